@@ -1,0 +1,118 @@
+"""The one interface every basis shares: SAEs, PCA, ICA, neurons, random rotations.
+
+A dictionary maps an activation ``x [..., d_model]`` to feature activations
+``c [..., n_features]`` (``encode``) and back (``decode``). Decoding is always affine::
+
+    decode(c) = c @ directions + decoder_bias      # directions: [n_features, d_model]
+
+so a feature's contribution to the reconstruction is ``c_i * directions[i]``, which is what
+feature patching edits. ``error(x) = x - decode(encode(x))`` is what the dictionary misses.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from featcircuits.errors import FeatureIdError, NonFiniteError
+
+
+class Dictionary(nn.Module):
+    """Base class: subclasses implement ``encode``, ``directions`` and ``decoder_bias``.
+
+    Attributes:
+        site: the site name this dictionary was trained on (``"resid_out.3"``) or ``None``.
+        meta: free-form metadata saved with the dictionary (training stats, source).
+    """
+
+    kind: ClassVar[str] = "dictionary"
+
+    def __init__(self, *, site: str | None = None, meta: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.site = None if site is None else str(site)
+        self.meta: dict[str, Any] = dict(meta or {})
+
+    # -------------------------------------------------------------- interface
+    @abstractmethod
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., d_model]`` → feature activations ``[..., n_features]``."""
+
+    @property
+    @abstractmethod
+    def directions(self) -> torch.Tensor:
+        """Decoder directions ``[n_features, d_model]`` (row i is feature i's f_i)."""
+
+    @property
+    @abstractmethod
+    def decoder_bias(self) -> torch.Tensor:
+        """Decoder bias ``[d_model]``."""
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """Feature activations ``[..., n_features]`` → reconstruction ``[..., d_model]``."""
+        return features @ self.directions + self.decoder_bias
+
+    def error(self, x: torch.Tensor) -> torch.Tensor:
+        """What the dictionary misses: ``x - decode(encode(x))``, ``[..., d_model]``."""
+        return x - self.decode(self.encode(x))
+
+    def forward(self, x: torch.Tensor, output_features: bool = False):
+        """Reconstruct ``x``; with ``output_features=True`` return ``(x_hat, features)``."""
+        features = self.encode(x)
+        reconstruction = self.decode(features)
+        return (reconstruction, features) if output_features else reconstruction
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def d_model(self) -> int:
+        return int(self.directions.shape[1])
+
+    @property
+    def n_features(self) -> int:
+        return int(self.directions.shape[0])
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments other than tensors (saved in ``cfg.json``)."""
+        return {}
+
+    def __repr__(self) -> str:
+        site = f", site={self.site!r}" if self.site else ""
+        return f"{type(self).__name__}(d_model={self.d_model}, n_features={self.n_features}{site})"
+
+    # ----------------------------------------------------------------- checks
+    def check_feature_ids(self, feature_ids, *, allow_duplicates: bool = False) -> torch.Tensor:
+        """Validate feature ids and return them as a ``long`` tensor.
+
+        Raises ``FeatureIdError`` naming the first id that is out of range or repeated.
+        """
+        ids = torch.as_tensor(feature_ids)
+        if ids.numel() and (ids.dtype.is_floating_point or ids.dtype == torch.bool):
+            raise FeatureIdError(
+                f"feature ids must be integers, got dtype {ids.dtype}",
+                hint="pass a list of ints or a long tensor",
+            )
+        ids = ids.long().reshape(-1)
+        bad = ids[(ids < 0) | (ids >= self.n_features)]
+        if bad.numel():
+            raise FeatureIdError(
+                f"feature id {int(bad[0])} is out of range for {self!r}",
+                hint=f"ids must lie in 0..{self.n_features - 1}",
+            )
+        if not allow_duplicates and ids.numel() != torch.unique(ids).numel():
+            values, counts = torch.unique(ids, return_counts=True)
+            raise FeatureIdError(
+                f"feature id {int(values[counts > 1][0])} is listed more than once",
+                hint="pass each feature once",
+            )
+        return ids
+
+    def check_finite(self) -> None:
+        """Raise ``NonFiniteError`` if any weight is NaN or infinite."""
+        for name, tensor in self.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise NonFiniteError(
+                    f"dictionary {self!r} has NaN/inf values in {name!r}",
+                    hint="retrain or reload the dictionary; the file may be corrupt",
+                )

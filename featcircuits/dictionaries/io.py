@@ -1,0 +1,405 @@
+"""Saving and loading dictionaries.
+
+Native format = SAELens' layout, so SAELens can read our SAEs: a folder holding
+``cfg.json`` and ``sae_weights.safetensors`` (``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``,
+``W_dec [d_sae, d_in]``, ``b_dec [d_in]``, ``threshold [d_sae]`` for JumpReLU). Our own keys
+sit under ``cfg["featcircuits"]`` (kind, site, constructor config, metadata).
+
+``load_dictionary`` also reads SAELens folders (v6 ``hook_name`` and pre-6.0 ``hook_point`` /
+``activation_fn_str`` configs) and dictionary_learning folders (``ae.pt`` + optional
+``config.json``; weights transposed with respect to SAELens).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from featcircuits._io import atomic_path
+from featcircuits.dictionaries.base import Dictionary
+from featcircuits.dictionaries.bases import (
+    ICABasis,
+    LinearBasis,
+    NeuronBasis,
+    PCABasis,
+    RandomBasis,
+)
+from featcircuits.dictionaries.sae import SparseAutoencoder
+from featcircuits.errors import (
+    DictionaryLoadError,
+    FeatCircuitsError,
+    SiteError,
+    WidthMismatchError,
+)
+from featcircuits.sites import Site
+
+FORMAT_VERSION = 1
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+_LINEAR_KINDS = {cls.kind: cls for cls in (LinearBasis, NeuronBasis, RandomBasis, PCABasis,
+                                           ICABasis)}
+
+
+# ---------------------------------------------------------------------------- save
+def save_dictionary(dictionary: Dictionary, path: str | os.PathLike[str]) -> Path:
+    """Write ``dictionary`` to folder ``path`` (``cfg.json`` + ``sae_weights.safetensors``).
+
+    Both files are written atomically (temp file, then rename).
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(path)
+    tensors, cfg = _to_saelens(dictionary)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
+    with atomic_path(folder / CFG_FILE) as tmp:
+        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+    return folder
+
+
+def _to_saelens(dictionary: Dictionary) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    site = dictionary.site
+    hook_name = None
+    if site is not None:
+        try:
+            hook_name = Site.parse(site).to_hook_name()
+        except SiteError:
+            hook_name = None
+    if isinstance(dictionary, SparseAutoencoder):
+        tensors = {"W_enc": dictionary.W_enc, "b_enc": dictionary.b_enc,
+                   "W_dec": dictionary.W_dec, "b_dec": dictionary.b_dec}
+        architecture = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}[
+            dictionary.activation]
+        if dictionary.threshold is not None:
+            tensors["threshold"] = dictionary.threshold
+        apply_b_dec = dictionary.pre_encoder_bias
+    elif isinstance(dictionary, LinearBasis):
+        tensors = {"W_enc": dictionary.encoder.T, "b_enc": torch.zeros(dictionary.n_features),
+                   "W_dec": dictionary.directions, "b_dec": dictionary.mean}
+        if isinstance(dictionary, PCABasis):
+            tensors["explained_variance"] = dictionary.explained_variance
+        architecture, apply_b_dec = "standard", True
+    else:
+        raise DictionaryLoadError(
+            f"cannot save a {type(dictionary).__name__}",
+            hint="subclass SparseAutoencoder or LinearBasis, or save its tensors yourself",
+        )
+    cfg: dict[str, Any] = {
+        "architecture": architecture,
+        "d_in": dictionary.d_model,
+        "d_sae": dictionary.n_features,
+        "dtype": "float32",
+        "device": "cpu",
+        "hook_name": hook_name,
+        "apply_b_dec_to_input": apply_b_dec,
+        "normalize_activations": "none",
+        "model_name": dictionary.meta.get("model_name"),
+        "featcircuits": {
+            "format_version": FORMAT_VERSION,
+            "kind": dictionary.kind,
+            "site": site,
+            "config": dictionary.config(),
+            "meta": dictionary.meta,
+        },
+    }
+    if architecture == "topk":
+        cfg["k"] = dictionary.k
+        cfg["activation_fn_kwargs"] = {"k": dictionary.k}
+    return tensors, cfg
+
+
+# ---------------------------------------------------------------------------- load
+def load_dictionary(
+    path: str | os.PathLike[str],
+    *,
+    site: str | Site | None = None,
+    model=None,
+    device: str | torch.device = "cpu",
+) -> Dictionary:
+    """Load a dictionary from a native/SAELens folder or a dictionary_learning folder.
+
+    Args:
+        path: the folder (or its ``ae.pt`` / ``cfg.json`` file).
+        site: the site it will be used at; overrides the site stored in the file.
+        model: if given, the dictionary's width is checked against ``site``'s width.
+
+    Raises:
+        DictionaryLoadError: missing, truncated or unrecognised files.
+        WidthMismatchError: the dictionary's ``d_in`` differs from the model's width.
+    """
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    if not folder.exists():
+        raise DictionaryLoadError(f"dictionary path {str(path)!r} does not exist",
+                                  hint="pass a folder holding cfg.json + sae_weights.safetensors"
+                                  " (SAELens/native) or ae.pt (dictionary_learning)")
+    try:
+        if (folder / WEIGHTS_FILE).is_file():
+            dictionary = _load_saelens(folder)
+        elif (folder / "ae.pt").is_file():
+            dictionary = _load_dictionary_learning(folder)
+        else:
+            found = sorted(p.name for p in folder.iterdir())[:10]
+            raise DictionaryLoadError(
+                f"no dictionary files in {str(folder)!r} (found: {found or 'nothing'})",
+                hint=f"expected {CFG_FILE} + {WEIGHTS_FILE} (SAELens/native) or ae.pt "
+                "(dictionary_learning)",
+            )
+    except FeatCircuitsError:
+        raise
+    except Exception as exc:  # corrupt bytes surface as many exception types
+        raise DictionaryLoadError(
+            f"could not read the dictionary in {str(folder)!r}: {type(exc).__name__}: {exc}",
+            hint="the files may be truncated or corrupt; re-download or re-save them",
+        ) from exc
+    dictionary.check_finite()
+    if site is not None:
+        dictionary.site = str(Site.parse(site))
+    if model is not None and dictionary.site is not None:
+        check_dictionary_fits(dictionary, model, dictionary.site)
+    return dictionary.to(device)
+
+
+def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> None:
+    """Raise ``WidthMismatchError`` if the dictionary's width differs from the site's."""
+    from featcircuits.sites import d_model
+
+    width = d_model(model)
+    if dictionary.d_model != width:
+        raise WidthMismatchError(
+            f"dictionary {dictionary!r} has width d_in={dictionary.d_model} but site "
+            f"{Site.parse(site)} of the model has width {width}",
+            hint="load the dictionary trained for this model and site",
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DictionaryLoadError(f"{str(path)!r} is missing",
+                                  hint=f"save the dictionary again; {path.name} holds its config")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DictionaryLoadError(f"{str(path)!r} is not valid JSON: {exc}",
+                                  hint="the file is corrupt; re-download or re-save it") from exc
+    if not isinstance(cfg, dict):
+        raise DictionaryLoadError(f"{str(path)!r} holds a {type(cfg).__name__}, not an object")
+    return cfg
+
+
+def _require(tensors: dict[str, torch.Tensor], names: list[str], where: Path) -> None:
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise DictionaryLoadError(
+            f"{str(where)!r} lacks tensors {missing} (has {sorted(tensors)})",
+            hint="the file is incomplete or from another library",
+        )
+
+
+def _expect_shape(name: str, tensor: torch.Tensor, shape: tuple[int, ...], where: Path) -> None:
+    if tuple(tensor.shape) != shape:
+        raise DictionaryLoadError(
+            f"tensor {name!r} in {str(where)!r} has shape {tuple(tensor.shape)}, expected {shape}",
+            hint="the config and the weights disagree; the files may come from different "
+            "dictionaries",
+        )
+
+
+def _site_from_hook(hook_name: str | None) -> str | None:
+    if not hook_name:
+        return None
+    try:
+        return str(Site.from_hook_name(hook_name))
+    except SiteError:
+        return None
+
+
+def _int_field(cfg: dict[str, Any], key: str, where: Path) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DictionaryLoadError(f"{str(where)!r}: {key!r} must be a positive integer, "
+                                  f"got {value!r}")
+    return value
+
+
+def _load_saelens(folder: Path) -> Dictionary:
+    from safetensors.torch import load_file
+
+    cfg = _read_json(folder / CFG_FILE)
+    tensors = {k: v.float() for k, v in load_file(str(folder / WEIGHTS_FILE)).items()}
+    _require(tensors, ["W_enc", "b_enc", "W_dec", "b_dec"], folder / WEIGHTS_FILE)
+    d_in, d_sae = _int_field(cfg, "d_in", folder / CFG_FILE), _int_field(cfg, "d_sae",
+                                                                        folder / CFG_FILE)
+    for name, shape in (("W_enc", (d_in, d_sae)), ("b_enc", (d_sae,)), ("W_dec", (d_sae, d_in)),
+                        ("b_dec", (d_in,))):
+        _expect_shape(name, tensors[name], shape, folder / WEIGHTS_FILE)
+    ours = cfg.get("featcircuits") if isinstance(cfg.get("featcircuits"), dict) else None
+    if ours is not None:
+        version = ours.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DictionaryLoadError(
+                f"{str(folder)!r} has featcircuits format_version {version!r}; this version "
+                f"reads {FORMAT_VERSION}", hint="upgrade featcircuits or re-save the dictionary")
+        site = ours.get("site")
+        meta = ours.get("meta") if isinstance(ours.get("meta"), dict) else {}
+        kind = ours.get("kind")
+        config = ours.get("config") if isinstance(ours.get("config"), dict) else {}
+        if kind in _LINEAR_KINDS:
+            return _linear_from_tensors(kind, tensors, site, meta, config)
+        if kind != "sae":
+            raise DictionaryLoadError(f"{str(folder)!r} has unknown dictionary kind {kind!r}",
+                                      hint=f"known kinds: sae, {', '.join(_LINEAR_KINDS)}")
+    else:
+        site = _site_from_hook(cfg.get("hook_name") or cfg.get("hook_point"))
+        meta = {"source": "saelens", "hook_name": cfg.get("hook_name") or cfg.get("hook_point"),
+                "model_name": cfg.get("model_name")}
+        config = None
+    normalize = cfg.get("normalize_activations")
+    if normalize not in (None, "none"):
+        raise DictionaryLoadError(
+            f"{str(folder)!r} uses normalize_activations={normalize!r}, which featcircuits "
+            "does not apply", hint="use an SAE trained without activation normalisation")
+    architecture = cfg.get("architecture", "standard")
+    activation_fn = cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu"
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    if architecture == "topk" or activation_fn == "topk":
+        activation, k = "topk", cfg.get("k", kwargs.get("k"))
+    elif architecture == "jumprelu":
+        activation, k = "jumprelu", None
+        _require(tensors, ["threshold"], folder / WEIGHTS_FILE)
+    elif architecture == "standard" and activation_fn == "relu":
+        activation, k = "relu", None
+    else:
+        raise DictionaryLoadError(
+            f"{str(folder)!r}: unsupported SAE architecture {architecture!r} / activation "
+            f"{activation_fn!r}", hint="featcircuits reads standard (ReLU), topk and jumprelu SAEs")
+    tied = bool(config.get("tied")) if config else False
+    sae = SparseAutoencoder(d_in, d_sae, activation=activation, k=k, tied=tied,
+                            pre_encoder_bias=bool(cfg.get("apply_b_dec_to_input", True)),
+                            site=site, meta=meta)
+    _fill_sae(sae, tensors["W_enc"], tensors["b_enc"], tensors["W_dec"], tensors["b_dec"],
+              tensors.get("threshold"))
+    return sae
+
+
+def _linear_from_tensors(kind: str, tensors: dict[str, torch.Tensor], site: str | None,
+                         meta: dict[str, Any], config: dict[str, Any]) -> LinearBasis:
+    encoder, directions, mean = tensors["W_enc"].T, tensors["W_dec"], tensors["b_dec"]
+    if kind == "pca":
+        basis = PCABasis(encoder, mean, tensors.get("explained_variance"), site=site, meta=meta)
+    elif kind == "ica":
+        basis = ICABasis(encoder, mean, directions.T, site=site, meta=meta)
+    elif kind == "neuron":
+        basis = NeuronBasis(encoder.shape[1], site=site, meta=meta)
+    elif kind == "random":
+        basis = RandomBasis(encoder.shape[1], seed=int(config.get("seed", 0)), mean=mean,
+                            site=site, meta=meta)
+    else:
+        basis = LinearBasis(encoder, directions, mean, site=site, meta=meta)
+    if kind in ("neuron", "random"):  # rebuilt from config; stored tensors must agree
+        if not (torch.equal(basis.encoder, encoder) and torch.equal(basis.directions, directions)):
+            raise DictionaryLoadError(f"stored {kind} basis does not match its config",
+                                      hint="the file was edited or is corrupt")
+    return basis
+
+
+@torch.no_grad()
+def _fill_sae(sae: SparseAutoencoder, W_enc, b_enc, W_dec, b_dec, threshold=None) -> None:
+    sae.W_enc.copy_(W_enc)
+    sae.b_enc.copy_(b_enc)
+    sae.b_dec.copy_(b_dec)
+    if sae.tied:
+        if not torch.equal(W_dec, W_enc.T):
+            raise DictionaryLoadError("config says the SAE is tied but W_dec != W_enc.T",
+                                      hint="the file is corrupt or was edited")
+    else:
+        sae.W_dec_untied.copy_(W_dec)
+    if threshold is not None:
+        if sae.threshold is None:
+            raise DictionaryLoadError("a threshold tensor was stored for a non-JumpReLU SAE")
+        sae.threshold.copy_(threshold)
+
+
+_DL_SUBMODULE = re.compile(r"(resid_post|resid_out|mlp_out|attn_out|resid_pre)_layer_?(\d+)")
+
+
+def _site_from_dictionary_learning(name: str | None) -> str | None:
+    if not name:
+        return None
+    match = _DL_SUBMODULE.search(name)
+    if match is None:
+        return "embed" if "embed" in name else None
+    kind = {"resid_post": "resid_out", "resid_pre": "resid_in"}.get(match.group(1), match.group(1))
+    return f"{kind}.{int(match.group(2))}"
+
+
+def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
+    state = torch.load(folder / "ae.pt", map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DictionaryLoadError(f"{str(folder / 'ae.pt')!r} is not a state dict of tensors")
+    trainer: dict[str, Any] = {}
+    if (folder / "config.json").is_file():
+        trainer = _read_json(folder / "config.json").get("trainer") or {}
+        if not isinstance(trainer, dict):
+            raise DictionaryLoadError(f"{str(folder / 'config.json')!r}: 'trainer' is not an object")
+    site = (_site_from_dictionary_learning(trainer.get("submodule_name"))
+            or (f"resid_out.{trainer['layer']}" if isinstance(trainer.get("layer"), int) else None)
+            or _site_from_dictionary_learning(str(folder)))
+    meta = {"source": "dictionary_learning", "dict_class": trainer.get("dict_class"),
+            "model_name": trainer.get("lm_name")}
+    state = {k: v.float() for k, v in state.items()}
+    where = folder / "ae.pt"
+    if "W_enc" in state:  # JumpReluAutoEncoder: SAELens orientation
+        _require(state, ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"], where)
+        d_in, d_sae = state["W_enc"].shape
+        sae = SparseAutoencoder(d_in, d_sae, activation="jumprelu",
+                                pre_encoder_bias=bool(trainer.get("apply_b_dec_to_input", False)),
+                                site=site, meta=meta)
+        _expect_shape("W_dec", state["W_dec"], (d_sae, d_in), where)
+        _fill_sae(sae, state["W_enc"], state["b_enc"], state["W_dec"], state["b_dec"],
+                  state["threshold"])
+        return sae
+    _require(state, ["encoder.weight", "encoder.bias", "decoder.weight"], where)
+    d_sae, d_in = state["encoder.weight"].shape
+    _expect_shape("decoder.weight", state["decoder.weight"], (d_in, d_sae), where)
+    _expect_shape("encoder.bias", state["encoder.bias"], (d_sae,), where)
+    bias = state.get("bias", state.get("b_dec"))
+    if bias is None:
+        raise DictionaryLoadError(f"{str(where)!r} lacks the decoder bias ('bias' or 'b_dec')")
+    _expect_shape("decoder bias", bias, (d_in,), where)
+    if "k" in state or trainer.get("k") is not None:
+        k = int(state["k"]) if "k" in state else int(trainer["k"])
+        sae = SparseAutoencoder(d_in, d_sae, activation="topk", k=k, site=site, meta=meta)
+    else:
+        sae = SparseAutoencoder(d_in, d_sae, activation="relu", site=site, meta=meta)
+    _fill_sae(sae, state["encoder.weight"].T, state["encoder.bias"], state["decoder.weight"].T,
+              bias)
+    return sae
+
+
+def load_dictionaries(folder: str | os.PathLike[str], *, model=None,
+                      device: str | torch.device = "cpu") -> dict[str, Dictionary]:
+    """Load every dictionary in the sub-folders of ``folder``, keyed by site name.
+
+    Sub-folders are named by site (``resid_out.0``, ``resid_out.1``, ...) or hold the site in
+    their config.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DictionaryLoadError(f"dictionary folder {str(folder)!r} does not exist")
+    dictionaries: dict[str, Dictionary] = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        dictionary = load_dictionary(sub, model=model, device=device)
+        site = dictionary.site or sub.name
+        dictionary.site = str(Site.parse(site))
+        dictionaries[dictionary.site] = dictionary
+    if not dictionaries:
+        raise DictionaryLoadError(f"no dictionaries found under {str(folder)!r}",
+                                  hint="each sub-folder should hold one saved dictionary")
+    return dict(sorted(dictionaries.items(), key=lambda item: Site.parse(item[0]).depth))

@@ -1,0 +1,117 @@
+"""Sparse autoencoders: tied or untied decoder; ReLU, TopK or JumpReLU activations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from featcircuits.dictionaries.base import Dictionary
+from featcircuits.errors import ParameterError
+
+ACTIVATIONS = ("relu", "topk", "jumprelu")
+
+
+class SparseAutoencoder(Dictionary):
+    """``c = act((x - b_dec) @ W_enc + b_enc)``, ``x̂ = c @ W_dec + b_dec``.
+
+    Shapes follow SAELens: ``W_enc [d_model, n_features]``, ``W_dec [n_features, d_model]``.
+
+    Args:
+        d_model: input width.
+        n_features: dictionary size.
+        activation: ``"relu"``, ``"topk"`` (keep the ``k`` largest pre-activations, then
+            ReLU) or ``"jumprelu"`` (``pre * (pre > threshold)``).
+        k: number of active features for ``"topk"``.
+        tied: decoder is the encoder's transpose (one shared weight).
+        pre_encoder_bias: subtract ``b_dec`` before encoding (SAELens' apply_b_dec_to_input).
+    """
+
+    kind = "sae"
+
+    def __init__(
+        self,
+        d_model: int,
+        n_features: int,
+        *,
+        activation: str = "relu",
+        k: int | None = None,
+        tied: bool = False,
+        pre_encoder_bias: bool = True,
+        site: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(site=site, meta=meta)
+        if activation not in ACTIVATIONS:
+            raise ParameterError(f"unknown SAE activation {activation!r}",
+                                 hint=f"use one of {', '.join(ACTIVATIONS)}")
+        if activation == "topk" and (k is None or not 0 < int(k) <= n_features):
+            raise ParameterError(f"topk SAE needs 0 < k <= {n_features}, got k={k!r}")
+        if d_model <= 0 or n_features <= 0:
+            raise ParameterError(
+                f"d_model and n_features must be positive, got {d_model} and {n_features}")
+        self.activation = activation
+        self.k = None if k is None else int(k)
+        self.tied = bool(tied)
+        self.pre_encoder_bias = bool(pre_encoder_bias)
+        weight = torch.empty(d_model, n_features)
+        nn.init.kaiming_uniform_(weight.T, a=5**0.5)
+        weight = weight / weight.norm(dim=0, keepdim=True)
+        self.W_enc = nn.Parameter(weight)
+        self.W_dec_untied = None if tied else nn.Parameter(weight.T.contiguous())
+        self.b_enc = nn.Parameter(torch.zeros(n_features))
+        self.b_dec = nn.Parameter(torch.zeros(d_model))
+        if activation == "jumprelu":
+            self.threshold = nn.Parameter(torch.zeros(n_features))
+        else:
+            self.threshold = None
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        """Decoder weight ``[n_features, d_model]`` (the encoder's transpose when tied)."""
+        return self.W_enc.T if self.tied else self.W_dec_untied
+
+    @property
+    def directions(self) -> torch.Tensor:
+        return self.W_dec
+
+    @property
+    def decoder_bias(self) -> torch.Tensor:
+        return self.b_dec
+
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """``(x - b_dec) @ W_enc + b_enc``, ``[..., n_features]``."""
+        if self.pre_encoder_bias:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.pre_activations(x)
+        if self.activation == "relu":
+            return torch.relu(pre)
+        if self.activation == "jumprelu":
+            return pre * (pre > self.threshold)
+        top = torch.topk(pre, self.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "activation": self.activation,
+            "k": self.k,
+            "tied": self.tied,
+            "pre_encoder_bias": self.pre_encoder_bias,
+        }
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale decoder rows to unit norm (encoder columns compensate when untied)."""
+        if self.tied:
+            self.W_enc.div_(self.W_enc.norm(dim=0, keepdim=True).clamp_min(1e-8))
+            return
+        norms = self.W_dec_untied.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.W_dec_untied.div_(norms)
+        self.W_enc.mul_(norms.T)
+        self.b_enc.mul_(norms.squeeze(1))
+        if self.threshold is not None:
+            self.threshold.mul_(norms.squeeze(1))

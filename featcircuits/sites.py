@@ -1,0 +1,258 @@
+"""Sites: named places in a model where activations are read or written.
+
+A site is written ``"resid_out.3"`` (kind, dot, layer) or ``"embed"``. Each kind resolves to an
+nnsight module per architecture:
+
+=============  ===========================================================
+kind           what it holds (``[batch, pos, d_model]``)
+=============  ===========================================================
+``embed``      output of the token-embedding module (GPT-2: token + position)
+``resid_in``   input hidden state of block L
+``resid_out``  output hidden state of block L (before the final norm)
+``mlp_out``    output of block L's MLP
+``attn_out``   output of block L's attention (first element of its tuple)
+=============  ===========================================================
+
+``Site.from_module_path("transformer.blocks.3")`` names any module directly, for
+architectures featcircuits does not know.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from featcircuits.errors import SiteError
+from featcircuits.models import model_config, underlying_module
+
+SITE_KINDS = ("embed", "resid_in", "resid_out", "mlp_out", "attn_out")
+_LAYER_KINDS = ("resid_in", "resid_out", "mlp_out", "attn_out")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where the parts of one model family live, as attribute paths from the top module."""
+
+    layers: str
+    embed: str
+    mlp: str
+    attn: str
+    final_norm: str
+    unembed: str
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "gpt_neox": Architecture(
+        "gpt_neox.layers", "gpt_neox.embed_in", "mlp", "attention", "gpt_neox.final_layer_norm",
+        "embed_out",
+    ),
+    "gpt2": Architecture("transformer.h", "transformer.drop", "mlp", "attn", "transformer.ln_f",
+                         "lm_head"),
+    "llama": Architecture("model.layers", "model.embed_tokens", "mlp", "self_attn", "model.norm",
+                          "lm_head"),
+}
+# Llama-family models share Llama's module names.
+for _family in ("qwen2", "qwen3", "mistral", "gemma", "gemma2", "olmo", "olmo2"):
+    ARCHITECTURES[_family] = ARCHITECTURES["llama"]
+
+_TL_HOOKS = {
+    "hook_resid_post": "resid_out",
+    "hook_resid_pre": "resid_in",
+    "hook_mlp_out": "mlp_out",
+    "hook_attn_out": "attn_out",
+}
+_SITE_RE = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<layer>-?\d+))?$")
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """A named activation site: ``Site("resid_out", 3)`` is written ``"resid_out.3"``.
+
+    ``module_path`` (set by ``from_module_path``) overrides the per-architecture resolution.
+    """
+
+    kind: str
+    layer: int | None = None
+    module_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.module_path is not None:
+            return
+        if self.kind not in SITE_KINDS:
+            raise SiteError(
+                f"unknown site kind {self.kind!r}",
+                hint=f"use one of {', '.join(SITE_KINDS)} (e.g. 'resid_out.3'), or "
+                "Site.from_module_path('path.to.module')",
+            )
+        if self.kind == "embed" and self.layer is not None:
+            raise SiteError(f"site 'embed' takes no layer, got layer {self.layer}",
+                            hint="write 'embed'")
+        if self.kind in _LAYER_KINDS and (not isinstance(self.layer, int) or self.layer < 0):
+            raise SiteError(
+                f"site kind {self.kind!r} needs a layer >= 0, got {self.layer!r}",
+                hint=f"write e.g. '{self.kind}.0'",
+            )
+
+    # ------------------------------------------------------------------ names
+    @classmethod
+    def parse(cls, text: str | Site) -> Site:
+        """Parse ``"resid_out.3"``, ``"embed"``, ``"module:path.to.mod"`` or a TL hook name."""
+        if isinstance(text, Site):
+            return text
+        if not isinstance(text, str):
+            raise SiteError(f"a site must be a string like 'resid_out.3', got {text!r}")
+        text = text.strip()
+        if text.startswith("module:"):
+            return cls.from_module_path(text[len("module:"):])
+        if text.startswith(("blocks.", "hook_")):
+            return cls.from_hook_name(text)
+        match = _SITE_RE.match(text)
+        if match is None:
+            raise SiteError(
+                f"cannot parse site {text!r}",
+                hint="write KIND.LAYER such as 'resid_out.3', or 'embed'",
+            )
+        layer = match.group("layer")
+        return cls(match.group("kind"), None if layer is None else int(layer))
+
+    @classmethod
+    def from_module_path(cls, path: str) -> Site:
+        """A site at any module, e.g. ``"transformer.blocks.3"`` (its output is read)."""
+        if not path or not re.fullmatch(r"[A-Za-z_][\w]*(\.\w+)*", path):
+            raise SiteError(f"invalid module path {path!r}", hint="write e.g. 'model.layers.3'")
+        return cls("module", None, path)
+
+    @classmethod
+    def from_hook_name(cls, hook_name: str) -> Site:
+        """Map a TransformerLens hook name (``blocks.3.hook_resid_post``) to a site."""
+        if hook_name in ("hook_embed", "embed.hook_embed"):
+            return cls("embed")
+        match = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", hook_name)
+        if match is None or match.group(2) not in _TL_HOOKS:
+            raise SiteError(
+                f"unsupported TransformerLens hook {hook_name!r}",
+                hint="supported: hook_embed and blocks.L." + ", blocks.L.".join(_TL_HOOKS),
+            )
+        return cls(_TL_HOOKS[match.group(2)], int(match.group(1)))
+
+    def to_hook_name(self) -> str:
+        """The TransformerLens hook name of this site (``blocks.3.hook_resid_post``)."""
+        if self.kind == "embed":
+            return "hook_embed"
+        reverse = {kind: hook for hook, kind in _TL_HOOKS.items()}
+        if self.kind not in reverse:
+            raise SiteError(f"site {self} has no TransformerLens hook name")
+        return f"blocks.{self.layer}.{reverse[self.kind]}"
+
+    def __str__(self) -> str:
+        if self.module_path is not None:
+            return f"module:{self.module_path}"
+        return self.kind if self.layer is None else f"{self.kind}.{self.layer}"
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+    @property
+    def depth(self) -> float:
+        """Order of sites in the forward pass: embed < resid_in.L < attn_out.L < mlp_out.L <
+        resid_out.L < resid_in.L+1. Used to sort sites and to place them in diagrams."""
+        if self.kind == "embed":
+            return -1.0
+        if self.module_path is not None:
+            return float("inf")
+        offset = {"resid_in": 0.0, "attn_out": 0.25, "mlp_out": 0.5, "resid_out": 0.75}[self.kind]
+        return self.layer + offset
+
+    # ------------------------------------------------------------- resolution
+    def module(self, model) -> Any:
+        """The nnsight envoy (or plain module) that holds this site in ``model``."""
+        if self.module_path is not None:
+            return _walk(model, self.module_path)
+        arch = architecture(model)
+        if self.kind == "embed":
+            return _walk(model, arch.embed)
+        n_layers = num_layers(model)
+        if self.layer >= n_layers:
+            raise SiteError(
+                f"site {self} is out of range: the model has {n_layers} layers",
+                hint=f"use a layer from 0 to {n_layers - 1}",
+            )
+        block = _walk(model, f"{arch.layers}.{self.layer}")
+        if self.kind in ("resid_in", "resid_out"):
+            return block
+        return _walk(block, arch.mlp if self.kind == "mlp_out" else arch.attn)
+
+    def read(self, model):
+        """Inside a trace: the activation at this site, ``[batch, pos, d_model]``."""
+        module = self.module(model)
+        if self.kind == "resid_in":
+            return module.input
+        value = module.output
+        if self.kind == "attn_out" or (self.module_path is not None and isinstance(value, tuple)):
+            return value[0]
+        return value
+
+    def write(self, model, value) -> None:
+        """Inside a trace: replace the activation at this site with ``value``."""
+        module = self.module(model)
+        if self.kind == "resid_in":
+            module.input = value
+            return
+        if self.kind == "attn_out":
+            old = module.output
+            module.output = (value, *old[1:])
+            return
+        module.output = value
+
+
+def architecture(model) -> Architecture:
+    """The ``Architecture`` of ``model`` from its config's ``model_type``."""
+    model_type = getattr(model_config(model), "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise SiteError(
+            f"unsupported architecture {model_type!r}",
+            hint=f"supported: {', '.join(sorted(ARCHITECTURES))}; for others name modules "
+            "directly with Site.from_module_path('path.to.block') or 'module:path.to.block'",
+        )
+    return ARCHITECTURES[model_type]
+
+
+def num_layers(model) -> int:
+    """Number of transformer blocks in ``model``."""
+    return len(_walk(underlying_module(model), architecture(model).layers))
+
+
+def d_model(model) -> int:
+    """Width of the residual stream of ``model``."""
+    config = model_config(model)
+    width = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if width is None:
+        raise SiteError(f"cannot find the hidden size in the config of {type(config).__name__}")
+    return int(width)
+
+
+def all_sites(model, kinds: tuple[str, ...] = ("resid_out",)) -> list[Site]:
+    """Every site of the given kinds in forward order, e.g. all ``resid_out.L``."""
+    sites = []
+    for kind in kinds:
+        if kind == "embed":
+            sites.append(Site("embed"))
+        else:
+            sites.extend(Site(kind, layer) for layer in range(num_layers(model)))
+    return sorted(sites, key=lambda site: site.depth)
+
+
+def _walk(root, path: str):
+    node = root
+    for part in path.split("."):
+        try:
+            node = node[int(part)] if part.isdigit() else getattr(node, part)
+        except (AttributeError, IndexError, KeyError, TypeError) as exc:
+            raise SiteError(
+                f"module path {path!r} does not exist in {type(underlying_module(root)).__name__}"
+                f" (failed at {part!r})",
+                hint="print(model) shows the module tree",
+            ) from exc
+    return node
