@@ -25,9 +25,10 @@ PROMPTS = pd.DataFrame({
 })
 
 
-def _sae(width: int, site: str, seed: int = 0) -> SparseAutoencoder:
+def _sae(width: int, site: str, seed: int = 0, n_features: int | None = None
+         ) -> SparseAutoencoder:
     torch.manual_seed(seed)
-    sae = SparseAutoencoder(width, 3 * width, site=site)
+    sae = SparseAutoencoder(width, n_features or 3 * width, site=site)
     with torch.no_grad():
         sae.b_enc.uniform_(-0.05, 0.2)
         sae.b_dec.normal_(0, 0.1)
@@ -189,3 +190,93 @@ def test_errors_name_the_bad_value(model):
         PatchingExperiment(model, sae, bad_answer, progress=False)
     with pytest.raises(PromptError, match="no prompt pairs"):
         PatchingExperiment(model, sae, PROMPTS.iloc[:0], progress=False)
+
+
+# ------------------------------------------------------------------------------ search
+from featcircuits.search import (  # noqa: E402
+    attribution_curve,
+    attribution_scores,
+    backward_elimination,
+    features_needed,
+)
+from featcircuits import ParameterError  # noqa: E402
+
+
+def _sequential_elimination(experiment, site, taus, seed):
+    """Plain sequential reference implementation of the greedy loop."""
+    generator = torch.Generator().manual_seed(seed)
+    kept = experiment.active_features(site)
+    current = float(experiment.mean_kl([{site: kept}])[0])
+    result = []
+    for tau in sorted(taus):
+        order = [kept[i] for i in torch.randperm(len(kept), generator=generator).tolist()]
+        for feature in order:
+            trial = sorted(set(kept) - {feature})
+            kl = float(experiment.mean_kl([{site: trial}])[0])
+            if kl - current <= tau:
+                kept, current = trial, kl
+        result.append(sorted(kept))
+    return result
+
+
+def test_backward_elimination_matches_sequential_and_is_seeded(model):
+    experiment = PatchingExperiment(model, _sae(32, "resid_out.0", 5, 20), PROMPTS,
+                                    progress=False)
+    taus = [1e-6, 1e-5, 1e-4]
+    frame = backward_elimination(experiment, taus=taus, seed=3, batch_size=8, progress=False)
+    reference = _sequential_elimination(experiment, "resid_out.0", taus, 3)
+    assert [list(f) for f in frame["features"]] == reference
+    again = backward_elimination(experiment, taus=taus, seed=3, batch_size=5, progress=False)
+    assert [list(f) for f in again["features"]] == reference
+    assert (frame["n_features"].diff().dropna() <= 0).all()
+
+
+def test_backward_elimination_extremes(model):
+    experiment = PatchingExperiment(model, _sae(32, "resid_out.0", 6, 20), PROMPTS,
+                                    progress=False)
+    active = experiment.active_features()
+    frame = backward_elimination(experiment, taus=[0.0, float("inf")], progress=False)
+    kept_at_zero = frame.loc[0, "features"]
+    full_kl = float(experiment.mean_kl([active])[0])
+    # at tau = 0 no removal may raise KL, so the kept set is at least as good as all features
+    assert frame.loc[0, "kl"] <= full_kl + 1e-9
+    # features that matter a lot (removal raises KL by > 10% of the total) are kept
+    rises = experiment.mean_kl([sorted(set(active) - {f}) for f in active]) - full_kl
+    important = [f for f, rise in zip(active, rises.tolist()) if rise > 0.1 * full_kl]
+    assert important and set(important) <= set(kept_at_zero)
+    # at tau = inf none is kept
+    assert frame.loc[1, "n_features"] == 0
+    with pytest.raises(ParameterError):
+        backward_elimination(experiment, taus=[float("nan")], progress=False)
+    with pytest.raises(ParameterError):
+        backward_elimination(experiment, taus=[-1.0], progress=False)
+
+
+def test_attribution_scores_match_finite_differences_for_linear_metric(model):
+    experiment = PatchingExperiment(model, _sae(32, "resid_out.1", 7), PROMPTS, progress=False)
+    scores = attribution_scores(experiment, metric="logit_diff").set_index("feature")
+    base = experiment.evaluate([[]]).loc[0, "logit_diff"]
+    top = scores.index[:3].tolist()
+    for feature in top:
+        # scale the patch down so the first-order estimate is accurate
+        source = experiment.source_features["resid_out.1"]
+        corrupt = experiment.corrupt_features["resid_out.1"]
+        epsilon = 1e-2
+        experiment.source_features["resid_out.1"] = corrupt + epsilon * (source - corrupt)
+        try:
+            patched = experiment.evaluate([[feature]]).loc[0, "logit_diff"]
+        finally:
+            experiment.source_features["resid_out.1"] = source
+        estimate = epsilon * scores.loc[feature, "score"]
+        assert patched - base == pytest.approx(estimate, rel=0.05, abs=1e-6)
+
+
+def test_attribution_curve_reaches_clean_with_complete_basis(model):
+    experiment = PatchingExperiment(model, NeuronBasis(32, site="resid_out.0"), PROMPTS,
+                                    progress=False)
+    curve = attribution_curve(experiment)
+    assert curve["n_features"].iloc[0] == 0 and curve["n_features"].iloc[-1] == 32
+    assert curve["kl"].iloc[-1] < 1e-6
+    assert curve["kl"].iloc[0] == pytest.approx(experiment.baselines()["kl"].iloc[1], abs=1e-7)
+    point = features_needed(curve, 0.1 * curve["kl"].iloc[0])
+    assert 0 < point["n_features"] <= 32
