@@ -67,6 +67,37 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
     return edit
 
 
+class RunCache:
+    """Clean and corrupted runs of prompt pairs: activations at sites, answer logits.
+
+    Computed once and shared by every experiment on the same prompts (e.g. when comparing
+    bases at one site), so the clean and corrupted forwards are never rerun.
+
+    Attributes:
+        clean_logits, corrupt_logits: ``[n, vocab]`` logits at each answer position.
+        clean_activations, corrupt_activations: ``{site: [n, pos, d_model]}``.
+    """
+
+    def __init__(self, model, prompts, sites: Sequence[str | Site]) -> None:
+        self.prompts: PromptPairs = tokenize_prompts(model.tokenizer, prompts)
+        self.sites = sorted({str(Site.parse(site)) for site in sites},
+                            key=lambda name: Site.parse(name).depth)
+        self.clean_logits, self.clean_activations = self._run(model, self.prompts.clean_ids)
+        self.corrupt_logits, self.corrupt_activations = self._run(model,
+                                                                  self.prompts.corrupt_ids)
+
+    @torch.no_grad()
+    def _run(self, model, input_ids: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        final = self.prompts.final_positions
+        activations: list[torch.Tensor] = []
+        with model.trace(input_ids):
+            for site in self.sites:
+                activations.append(Site.parse(site).read(model).save())
+            logits = model.output.logits[torch.arange(len(final)), final].save()
+        return logits, dict(zip(self.sites, activations))
+
+
 class PatchingExperiment:
     """Clean and corrupted runs of prompt pairs, cached, ready to patch feature sets.
 
@@ -81,12 +112,13 @@ class PatchingExperiment:
             (negative counts from each prompt's end).
         max_rows: most sequences per forward pass (feature sets × prompts), bounds memory.
         seed: for ``"resample"``.
+        runs: a ``RunCache`` of the same prompts to reuse (covering these sites).
     """
 
     def __init__(self, model, dictionaries: Mapping[str, Dictionary] | Dictionary,
                  prompts, *, source: str | torch.Tensor = "clean",
                  positions: str | Sequence[int] = "all", max_rows: int = 1024,
-                 seed: int = 0, progress: bool = True) -> None:
+                 seed: int = 0, progress: bool = True, runs: RunCache | None = None) -> None:
         if isinstance(dictionaries, Dictionary):
             if dictionaries.site is None:
                 raise ParameterError("the dictionary has no site",
@@ -102,30 +134,23 @@ class PatchingExperiment:
         self.sites = sorted(self.dictionaries, key=lambda name: Site.parse(name).depth)
         for site, dictionary in self.dictionaries.items():
             check_dictionary_fits(dictionary, model, site)
-        self.prompts: PromptPairs = tokenize_prompts(model.tokenizer, prompts)
+        if runs is None:
+            runs = RunCache(model, prompts, self.sites)
+        elif not set(self.sites) <= set(runs.sites):
+            raise ParameterError(f"the run cache covers sites {runs.sites}, not {self.sites}",
+                                 hint="build RunCache(model, prompts, sites) with every site")
+        self.runs = runs
+        self.prompts: PromptPairs = runs.prompts
+        self.clean_logits, self.corrupt_logits = runs.clean_logits, runs.corrupt_logits
+        with torch.no_grad():
+            self.clean_features = {site: self.dictionaries[site].encode(
+                runs.clean_activations[site]) for site in self.sites}
+            self.corrupt_features = {site: self.dictionaries[site].encode(
+                runs.corrupt_activations[site]) for site in self.sites}
         self.max_rows = int(max_rows)
         self.progress = progress
         self.position_mask = _position_mask(self.prompts, positions)
-        self._cache_runs()
         self.source_features = {site: self._source(site, source, seed) for site in self.sites}
-
-    # ------------------------------------------------------------------ caches
-    @torch.no_grad()
-    def _run(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        final = self.prompts.final_positions
-        features = {}
-        activations: list[torch.Tensor] = []
-        with self.model.trace(input_ids):
-            for site in self.sites:
-                activations.append(Site.parse(site).read(self.model).save())
-            logits = self.model.output.logits[torch.arange(len(final)), final].save()
-        for site, activation in zip(self.sites, activations):
-            features[site] = self.dictionaries[site].encode(activation)
-        return logits, features
-
-    def _cache_runs(self) -> None:
-        self.clean_logits, self.clean_features = self._run(self.prompts.clean_ids)
-        self.corrupt_logits, self.corrupt_features = self._run(self.prompts.corrupt_ids)
 
     def _source(self, site: str, source: str | torch.Tensor, seed: int) -> torch.Tensor:
         clean = self.clean_features[site]
