@@ -267,9 +267,9 @@ def test_text_annotations_title_and_tokens(small):
     }
     fig = render_circuit(small, labels=labels, top_tokens=top_tokens)
     texts = {node: t.get_text() for node, t in _artists(fig, "label:").items()}
-    assert texts["resid_out.3/5@13"] == "5\ncustom label"  # labels win over top_tokens
-    assert texts["resid_out.2/17@13"] == "17\n␣John ␣Mary ␣he"  # first three top tokens
-    assert texts["resid_out.1/88@9"] == "88\nduplicate token"  # else the label attribute
+    assert texts["resid_out.3/5@13"] == "#5\ncustom label"  # labels win over top_tokens
+    assert texts["resid_out.2/17@13"] == "#17\n␣John ␣Mary ␣he"  # first three top tokens
+    assert texts["resid_out.1/88@9"] == "#88\nduplicate token"  # else the label attribute
     assert texts["resid_out.1/error@9"] == "error"
     full = render_circuit(small, id_style="full")
     assert _artists(full, "label:")["resid_out.1/88@9"].get_text().startswith("resid_out.1/88@9\n")

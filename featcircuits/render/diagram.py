@@ -204,6 +204,16 @@ def _draw_frame(ax, graph: nx.DiGraph, layout: CircuitLayout, font_size: float) 
         ax.plot(
             [band.left, band.left], [0, layout.height], color="#f0f0f0", linewidth=0.8, zorder=0
         )
+    ax.text(
+        -_LEFT_PAD / 2,
+        layout.token_y,
+        "token\nposition",
+        ha="right",
+        va="top",
+        color="#666666",
+        gid="token-heading",
+        **_text_kwargs(font_size + 0.5),
+    )
     for band in layout.bands:
         ax.text(
             band.center,
@@ -230,7 +240,7 @@ def _draw_edges(ax, graph: nx.DiGraph, layout: CircuitLayout, radius_points: flo
                 (start.x, start.y),
                 (end.x, end.y),
                 arrowstyle="-|>",
-                mutation_scale=7,
+                mutation_scale=9,
                 shrinkA=radius_points,
                 shrinkB=radius_points + 1.5,
                 connectionstyle=f"arc3,rad={rad}",
@@ -301,24 +311,13 @@ def render_circuit(
             {str(i): _token_text(t, i) for i, t in enumerate(tokens)}, font_size + 0.5
         ).values()
     )
-    row_name_width = max(
-        _measure(
-            {
-                "w": max(
-                    (
-                        n
-                        for n in (
-                            "embed",
-                            "output",
-                            *(str(graph.nodes[v].get("site") or "") for v in graph.nodes),
-                        )
-                    ),
-                    key=len,
-                )
-            },
-            font_size + 1,
-        ).values()
-    )[0]
+    row_names = {
+        "embed",
+        "output",
+        "position",
+        *(str(a.get("site") or "") for _, a in graph.nodes(data=True)),
+    }
+    row_name_width = max(w for w, _ in _measure({n: n for n in row_names}, font_size + 1).values())
     spec = LayoutSpec(
         node_radius=_NODE_RADIUS,
         slot_width=max(0.42, 2.6 * _NODE_RADIUS),
@@ -330,9 +329,28 @@ def render_circuit(
     )
     layout = layered_layout(graph, label_sizes, token_sizes, spec)
 
+    heading = (
+        title
+        if title is not None
+        else f"Circuit for {graph.graph.get('target') or 'unnamed target'}"
+    )
+    subtitle = describe_thresholds(graph)
+    title_width = max(
+        _measure({"t": heading}, 12, fontweight="bold")["t"][0],
+        _measure({"s": subtitle}, 8.5)["s"][0],
+    )
+    metric = graph.graph.get("metric") or "metric"
+    # right-hand panel: legend on top, colour bar (with its title) below it
+    legend_height = len(_legend_handles()) * (font_size + 1) * 1.9 / 72
+    bar_title_height = 2 * (font_size + 1) * 1.3 / 72
+    bar_top = layout.height - legend_height - 0.3 - bar_title_height
+    bar_height = min(2.2, max(bar_top - 0.1, 1.2))
+
     left = row_name_width + _LEFT_PAD
-    x_min, x_max = -left, layout.width + _LEGEND_WIDTH
-    y_min, y_max = -_BOTTOM_PAD, layout.height + _TITLE_HEIGHT
+    x_min = -left
+    x_max = max(layout.width + _LEGEND_WIDTH, x_min + 0.15 + title_width + 0.25)
+    y_min = min(-_BOTTOM_PAD, bar_top - bar_height - 0.2)
+    y_max = layout.height + _TITLE_HEIGHT
     if ax is None:
         fig = Figure(figsize=(x_max - x_min, y_max - y_min), dpi=100)
         FigureCanvasAgg(fig)
@@ -369,18 +387,13 @@ def render_circuit(
                 "boxstyle": "square,pad=0.1",
                 "facecolor": "white",
                 "edgecolor": "none",
-                "alpha": 0.75,
+                "alpha": 0.85,
             },
             **_text_kwargs(font_size),
         )
 
-    heading = (
-        title
-        if title is not None
-        else f"Circuit for {graph.graph.get('target') or 'unnamed target'}"
-    )
     ax.text(
-        0,
+        x_min + 0.15,
         layout.height + _TITLE_HEIGHT - 0.12,
         heading,
         ha="left",
@@ -390,9 +403,9 @@ def render_circuit(
         gid="title",
     )
     ax.text(
-        0,
+        x_min + 0.15,
         layout.height + _TITLE_HEIGHT - 0.42,
-        describe_thresholds(graph),
+        subtitle,
         ha="left",
         va="top",
         fontsize=8.5,
@@ -412,14 +425,12 @@ def render_circuit(
     )
     legend.set_gid("legend")
     mappable = ScalarMappable(norm=effect_norm(effect_limit), cmap=effect_cmap())
-    metric = graph.graph.get("metric") or "metric"
     if owns_figure:
         width_in, height_in = x_max - x_min, y_max - y_min
-        bar_height = min(1.8, max(layout.height - 1.9, 0.6))
         cax = fig.add_axes(
             (
-                (legend_x - x_min) / width_in,
-                (0.15 - y_min) / height_in,
+                (legend_x + 0.05 - x_min) / width_in,
+                (bar_top - bar_height - y_min) / height_in,
                 0.14 / width_in,
                 bar_height / height_in,
             )
@@ -427,7 +438,7 @@ def render_circuit(
         colorbar = fig.colorbar(mappable, cax=cax)
     else:
         colorbar = fig.colorbar(mappable, ax=ax, shrink=0.5)
-    colorbar.set_label(f"node effect on {metric}", fontsize=font_size + 1)
+    colorbar.ax.set_title(f"node effect\non {metric}", fontsize=font_size + 1, loc="left", pad=6)
     colorbar.ax.tick_params(labelsize=font_size)
     colorbar.ax.set_gid("colorbar")
 

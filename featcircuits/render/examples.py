@@ -253,6 +253,8 @@ def random_layered_circuit(
             f"only {len(candidates)} upward edges are possible; asked for n_edges={n_edges}"
         )
     for source, target in rng.sample(candidates, n_edges):
-        weight = round(rng.choice((-1, 1)) * rng.uniform(0.02, 1.0), 3)
+        # heavy-tailed like measured effects: most edges weak, a few strong
+        magnitude = min(max(rng.lognormvariate(-2.0, 1.0), 0.01), 1.0)
+        weight = round(rng.choice((-1, 1)) * magnitude, 3)
         graph.add_edge(source, target, weight=weight, method=rng.choice(("acdc", "attribution")))
     return graph

@@ -51,21 +51,21 @@ from featcircuits.render.style import (
     symmetric_limit,
 )
 
-_FONT_PX = 10.0
-_CHAR_PX = 6.1  # advance of a monospace glyph at 10 px (DejaVu Sans Mono: 0.602 em), rounded up
-_LINE_PX = 12.0
+_FONT_PX = 11.0
+_CHAR_PX = 6.7  # advance of a monospace glyph at 11 px (DejaVu Sans Mono: 0.602 em), rounded up
+_LINE_PX = 13.0
 _TOKEN_FONT_PX = 11.0
-_RADIUS = 9.0
+_RADIUS = 10.0
 _MARGIN_TOP = 14.0
 _MARGIN_RIGHT = 16.0
 _MARGIN_BOTTOM = 8.0
 
 _SPEC = LayoutSpec(
     node_radius=_RADIUS,
-    slot_width=38.0,
+    slot_width=44.0,
     label_gap=4.0,
     label_hgap=8.0,
-    row_gap=28.0,
+    row_gap=34.0,
     band_pad=10.0,
     token_gap=10.0,
 )
@@ -99,9 +99,10 @@ main { display: flex; align-items: flex-start; }
            padding: 4px 6px; font-size: 12px; white-space: pre-line; max-width: 340px; z-index: 10;
            font-family: monospace; }
 .node { cursor: pointer; }
-.node .label { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 10px; fill: #111;
+.node .label { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 11px; fill: #111;
                paint-order: stroke; stroke: #fff; stroke-width: 3px; stroke-linejoin: round; }
-.node.selected .shape { stroke: #000; stroke-width: 3px; }
+.node:focus { outline: none; }
+.node.selected .shape, .node:focus-visible .shape { stroke: #000; stroke-width: 3px; }
 .row-name { font-size: 12px; fill: #333; }
 .token { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 11px; fill: #222; }
 .edge { fill: none; }
@@ -373,7 +374,7 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
         data_attrs = " ".join(f'data-{key}="{_attr(value)}"' for key, value in data.items())
         top = canvas.y(place.label_top)
         spans = "".join(
-            f'<tspan x="{_num(x)}" dy="{_num(9.5 if i == 0 else _LINE_PX)}">{_text(line)}</tspan>'
+            f'<tspan x="{_num(x)}" dy="{_num(_FONT_PX * 0.95 if i == 0 else _LINE_PX)}">{_text(line)}</tspan>'
             for i, line in enumerate(lines_of[node])
         )
         out.append(

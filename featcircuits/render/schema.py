@@ -152,9 +152,10 @@ def row_name(key: RowKey) -> str:
 
 
 def short_id(node: str, attrs: dict[str, Any]) -> str:
-    """The node id without the site prefix (the row names the site) and without ``@pos``.
+    """The node id without the site prefix (the row names the site) and without ``@pos``
+    (the column names the position); feature indices get a ``#``.
 
-    ``'resid_out.3/117@5'`` -> ``'117'``, ``'resid_out.3/error'`` -> ``'error'``,
+    ``'resid_out.3/117@5'`` -> ``'#117'``, ``'resid_out.3/error'`` -> ``'error'``,
     ``'output/logit_diff'`` -> ``'logit_diff'``, ``'input@5'`` -> ``'input'``.
     """
     text = node
@@ -162,6 +163,8 @@ def short_id(node: str, attrs: dict[str, Any]) -> str:
         text = text.rsplit("@", 1)[0]
     if "/" in text:
         text = text.split("/", 1)[1]
+    if attrs.get("kind") == "feature" and text.isdigit():
+        text = f"#{text}"
     return text or node
 
 
