@@ -23,6 +23,15 @@ from featcircuits.models import load_model, zoo_names, zoo_path
 from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
 from featcircuits.patching import PatchingExperiment, RunCache, patch_site
 from featcircuits.prompts import PromptPairs, read_prompts, tokenize_prompts
+from featcircuits.render import (
+    plot_patching_curves,
+    render_circuit,
+    to_dot,
+    to_html,
+    to_neuronpedia_json,
+    write_dot,
+    write_neuronpedia_json,
+)
 from featcircuits.search import (
     attribution_curve,
     attribution_scores,
@@ -71,4 +80,11 @@ __all__ = [
     "compare_bases",
     "reference_bases",
     "summarize_comparison",
+    "plot_patching_curves",
+    "render_circuit",
+    "to_dot",
+    "write_dot",
+    "to_html",
+    "to_neuronpedia_json",
+    "write_neuronpedia_json",
 ]

@@ -5,6 +5,7 @@ All of them read the circuit-graph schema of docs/graph-format.md and share one 
 layout and one colour convention (blue = positive, red = negative).
 """
 
+from featcircuits.render.curves import plot_patching_curves
 from featcircuits.render.diagram import render_circuit, save_figure
 from featcircuits.render.dot import to_dot, write_dot
 from featcircuits.render.examples import example_circuit, random_layered_circuit
@@ -14,6 +15,7 @@ from featcircuits.render.schema import validate_circuit_graph
 
 __all__ = [
     "example_circuit",
+    "plot_patching_curves",
     "random_layered_circuit",
     "render_circuit",
     "save_figure",
