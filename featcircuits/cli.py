@@ -125,5 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run through the package module so subcommands share one registry
+    from featcircuits.cli import main as package_main
+
+    sys.exit(package_main())

@@ -71,7 +71,6 @@ def add_ioi_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=1024,
                         help="most sequences per forward pass (default 1024)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def load_ioi_prompts(path: str | os.PathLike[str] | None, corruption: str, n_prompts: int,
@@ -94,7 +93,7 @@ def run_ioi_example(args: argparse.Namespace) -> pd.DataFrame:
     """Run the IOI basis comparison; write results.csv and curves.png under ``args.out``."""
     from featcircuits.render.curves import plot_patching_curves
 
-    progress = not args.quiet
+    progress = not getattr(args, "quiet", False)
     torch.manual_seed(args.seed)
     model = load_model(args.model, device=args.device)
     checkpoint = Path(resolve_checkpoint(args.model))
