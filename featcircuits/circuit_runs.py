@@ -13,8 +13,9 @@ site frozen to its clean value (so that later sites only see direct effects).
 
 Node values (what an edge's weight is a change of):
 
-* feature ``f`` at a site: ``Σ_t w_t c_f,t`` with ``w`` the real-token mask (per position
-  ``t`` in positional graphs), ``c = encode(x)``;
+* feature ``f`` at a site: ``Σ_t w_t c_f,t`` with ``w`` the real-token mask divided by
+  the prompt's length (``node_reduce="mean"``, the default) or not (``"sum"``); per
+  position ``t`` in positional graphs; ``c = encode(x)``;
 * error node: ``Σ_t w_t (e_t · g_t)`` with ``e = x − decode(encode(x))`` and ``g`` the
   gradient of the summed targets w.r.t. the site on the clean run — the error's first-order
   contribution to the targets (an error vector has no scalar activation of its own);
@@ -142,6 +143,8 @@ class CircuitRuns:
         inputs: prompt pairs, texts, or token ids (see ``read_inputs``).
         targets: one target or a list (``featcircuits.targets``); the circuit explains their
             sum.
+        node_reduce: a (non-positional) node's value is the ``mean`` (default) or ``sum`` of
+            its activation over each prompt's real tokens, averaged over prompts.
         max_rows: most sequences per forward pass.
         seed: for ``resample`` ablation.
 
@@ -153,14 +156,17 @@ class CircuitRuns:
     """
 
     def __init__(self, model, dictionaries: Mapping[str, Dictionary], inputs, *,
-                 targets: Target | str | int | Sequence, max_rows: int = 256, seed: int = 0,
-                 progress: bool = True) -> None:
+                 targets: Target | str | int | Sequence, node_reduce: str = "mean",
+                 max_rows: int = 256, seed: int = 0, progress: bool = True) -> None:
         if isinstance(dictionaries, Dictionary):
             dictionaries = {dictionaries.site: dictionaries}
         if not dictionaries:
             raise ParameterError("no dictionaries given", hint="pass {site: dictionary}")
         if max_rows < 1:
             raise ParameterError(f"max_rows must be >= 1, got {max_rows}")
+        if node_reduce not in ("sum", "mean"):
+            raise ParameterError(f"node_reduce must be 'sum' or 'mean', got {node_reduce!r}")
+        self.node_reduce = node_reduce
         self.model = model
         self.dictionaries = {str(Site.parse(site)): d for site, d in dictionaries.items()}
         self.sites = sorted(self.dictionaries, key=lambda name: Site.parse(name).depth)
@@ -297,9 +303,13 @@ class CircuitRuns:
         return list(range(int(self.lengths.max())))
 
     # ------------------------------------------------------------- node values
-    def node_weights(self, positional: bool) -> torch.Tensor | None:
-        """``[n, T]`` reduction weights of non-target nodes (``None`` when positional)."""
-        return None if positional else self.token_mask
+    @property
+    def node_weights(self) -> torch.Tensor:
+        """``[n, T]`` how positions count in a (non-positional) node's value: the real-token
+        mask for ``node_reduce="sum"``, divided by each prompt's length for ``"mean"``."""
+        if self.node_reduce == "sum":
+            return self.token_mask
+        return self.token_mask / self.lengths[:, None].float()
 
     # ------------------------------------------------------------------ engine
     def trace(self, ops: Mapping[str, SiteOps], copies: int, *,

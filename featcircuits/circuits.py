@@ -52,7 +52,7 @@ IG_METHODS = ("attribution", "ig")
 
 # ---------------------------------------------------------------------------- helpers
 def circuit_runs(model, dictionaries=None, inputs=None, *, targets=None, max_rows: int = 256,
-                 seed: int = 0, progress: bool = True) -> CircuitRuns:
+                 seed: int = 0, progress: bool = True, node_reduce: str = "mean") -> CircuitRuns:
     """A ``CircuitRuns`` (passed through when ``model`` already is one)."""
     if isinstance(model, CircuitRuns):
         if dictionaries is not None or inputs is not None or targets is not None:
@@ -63,8 +63,8 @@ def circuit_runs(model, dictionaries=None, inputs=None, *, targets=None, max_row
         raise ParameterError("circuit discovery needs model, dictionaries, inputs and targets",
                              hint="e.g. acdc_circuit(model, {'resid_out.0': sae}, prompts, "
                              "targets='logit_diff', tau=0.1)")
-    return CircuitRuns(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
-                       seed=seed, progress=progress)
+    return CircuitRuns(model, dictionaries, inputs, targets=targets, node_reduce=node_reduce,
+                       max_rows=max_rows, seed=seed, progress=progress)
 
 
 def node_id(node: Node) -> str:
@@ -137,7 +137,6 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
         of the targets deeper than ``site``.
     """
     source_features, source_errors = runs.sources(ablation)
-    tm = runs.token_mask
     depth = _depth(site)
     live_targets = [i for i, t in enumerate(runs.targets)
                     if t.is_output or _depth(t.site) > depth]
@@ -170,7 +169,8 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
                 _, ids, has_error = plans[j]
                 op.readout = Readout(feature_ids=ids if len(ids) else None, error=has_error,
                                      error_vector=repeat_rows(runs.gradients[j], copies),
-                                     weights=None if positional else repeat_rows(tm, copies))
+                                     weights=None if positional
+                                     else repeat_rows(runs.node_weights, copies))
             if freeze:
                 op.freeze = repeat_rows(runs.activations[j], copies)
             if op.readout is not None or op.freeze is not None:
@@ -219,15 +219,16 @@ def _ablation_ops(runs: CircuitRuns, site: str, chunk: Sequence[Node],
 def _baseline(runs: CircuitRuns, plans, live_targets, positional) -> torch.Tensor:
     """``[n_columns]`` the clean values of the columns of ``ablation_effects``."""
     tm = runs.token_mask
+    weights = runs.node_weights
     columns = []
     for j, (down, ids, _) in plans.items():
         index = {int(f): k for k, f in enumerate(ids.tolist())}
-        features = runs.features[j][..., ids] * tm[..., None]              # [n, T, k]
-        error = (runs.errors[j] * runs.gradients[j]).sum(-1) * tm          # [n, T]
+        features = runs.features[j][..., ids]                              # [n, T, k]
+        error = (runs.errors[j] * runs.gradients[j]).sum(-1)               # [n, T]
         for _, f, position in down:
             value = error if f == ERROR else features[..., index[f]]
-            columns.append(value.sum(1).mean(0) if position is None
-                           else value[:, position].mean(0))
+            columns.append((value * weights).sum(1).mean(0) if position is None
+                           else (value * tm)[:, position].mean(0))
     clean_targets = runs.target_values.mean(0)
     columns.extend(clean_targets[i] for i in live_targets)
     if not columns:
@@ -409,7 +410,7 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                     _, f, position = item
                     own_feature[k] = f
                     if position is None:
-                        own_weights[k] = tm
+                        own_weights[k] = runs.node_weights
                     else:
                         own_weights[k, :, position] = tm[:, position]
             ops[level] = SiteOps(readout=Readout(
@@ -457,7 +458,7 @@ def _feature_label(dictionary: Dictionary, site: str, feature: int) -> str:
     labeller = getattr(dictionary, "feature_label", None)
     if callable(labeller):
         return str(labeller(feature))
-    return f"{site} #{feature}"
+    return ""
 
 
 def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, float], *,
@@ -472,7 +473,8 @@ def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, 
         target_nodes=[t.node_id for t in runs.targets],
         metric=" + ".join(t.spec for t in runs.targets),
         tau=float(tau), model=_model_name(runs), method=method, ablation=ablation,
-        positional=bool(positional), n_prompts=int(runs.n), **graph_attrs,
+        positional=bool(positional), n_prompts=int(runs.n), node_reduce=runs.node_reduce,
+        **graph_attrs,
     )
     if positional:
         tokenizer = getattr(runs.model.tokenizer, "tokenizer", runs.model.tokenizer)
@@ -504,7 +506,7 @@ def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, 
         denominator = float(weights.sum()) or 1.0
         if f == ERROR:
             activation = float((runs.errors[site].norm(dim=-1) * weights).sum() / denominator)
-            kind, feature, label = "error", None, f"{site} error"
+            kind, feature, label = "error", None, ""
         else:
             activation = float((runs.features[site][..., f] * weights).sum() / denominator)
             kind = "input" if Site.parse(site).kind == "embed" else "feature"
@@ -543,8 +545,8 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
                  targets: Target | str | Sequence | None = None, tau: float,
                  ablation: str = "zero", positional: bool = False,
                  candidates: Mapping[str, Sequence[int]] | None = None, errors: bool = True,
-                 node_effects: bool = True, max_rows: int = 256, seed: int = 0,
-                 progress: bool = True) -> nx.DiGraph:
+                 node_effects: bool = True, node_reduce: str = "mean", max_rows: int = 256,
+                 seed: int = 0, progress: bool = True) -> nx.DiGraph:
     """Circuit by exact ablation, pruned backwards site by site.
 
     Args:
@@ -560,6 +562,8 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
         candidates: ``{site: feature ids}`` to restrict the upstream features considered
             (default: every feature active somewhere on the data).
         errors: include error nodes.
+        node_reduce: a node's value is the ``mean`` or ``sum`` over each prompt's tokens
+            (ignored when ``model`` is a ``CircuitRuns``, which fixed it).
         node_effects: also measure each kept node's own effect (one more batched pass).
 
     Returns:
@@ -568,7 +572,7 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
     tau = check_tau(tau)
     _check_options(ablation, positional)
     runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
-                        seed=seed, progress=progress)
+                        seed=seed, progress=progress, node_reduce=node_reduce)
     in_graph: dict[str, list[Node]] = {}
     edges: dict[tuple, float] = {}
     sites = upstream_sites(runs)
@@ -649,16 +653,17 @@ def feature_graph(model, dictionaries: Mapping[str, Dictionary], inputs, *,
 
 def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None,
                         inputs=None, *, targets: Target | str | Sequence | None = None,
-                        tau: float, node_tau: float | None = None, ablation: str = "zero",
+                        tau: float, node_tau: float | None = None,
+                        max_nodes: int | None = None, ablation: str = "zero",
                         positional: bool = False, method: str = "attribution",
                         steps: int = 10, candidates: Mapping[str, Sequence[int]] | None = None,
-                        errors: bool = True, max_rows: int = 256, seed: int = 0,
-                        progress: bool = True) -> nx.DiGraph:
+                        errors: bool = True, node_reduce: str = "mean", max_rows: int = 256,
+                        seed: int = 0, progress: bool = True) -> nx.DiGraph:
     """Circuit by attribution patching (gradients), after Marks et al. (2024).
 
     Node effects ``(c − s) · ∂m/∂c`` (``method="attribution"``) or integrated gradients
     (``method="ig"``, ``steps`` points); nodes with ``|effect| >= node_tau`` (default
-    ``tau``) are kept; edges between kept nodes are estimated from gradients of each
+    ``tau``) are kept, at most ``max_nodes`` per site (the largest); edges between kept nodes are estimated from gradients of each
     downstream node (one backward pass per chunk of downstream nodes) and kept when
     ``|weight| >= tau``. Edge weights use the gradient at the clean run in both methods.
     Arguments as for ``acdc_circuit``.
@@ -670,18 +675,32 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
         raise ParameterError(f"unknown attribution method {method!r}",
                              hint=f"use one of {IG_METHODS}")
     runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
-                        seed=seed, progress=progress)
+                        seed=seed, progress=progress, node_reduce=node_reduce)
     effects = node_attributions(runs, ablation=ablation, positional=positional, method=method,
                                 steps=steps, candidates=candidates, errors=errors)
-    kept: dict[str, list[Node]] = {}
-    for node, value in effects.items():
-        if abs(value) >= node_tau:
-            kept.setdefault(node[0], []).append(node)
+    kept = _keep_nodes(effects, node_tau, max_nodes)
     edges, _ = _attribution_edges(runs, kept, tau, ablation=ablation, positional=positional)
     nodes = [node for group in kept.values() for node in group]
     return build_graph(runs, nodes, edges, method="attribution", tau=tau, ablation=ablation,
                        positional=positional, effects=effects, node_threshold=node_tau,
-                       attribution=method)
+                       attribution=method, max_nodes=-1 if max_nodes is None else max_nodes)
+
+
+def _keep_nodes(effects: Mapping[Node, float], node_tau: float, max_nodes: int | None
+                ) -> dict[str, list[Node]]:
+    """Nodes with ``|effect| >= node_tau``, at most ``max_nodes`` per site (largest
+    ``|effect|`` first), grouped by site."""
+    if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int)
+                                  or max_nodes < 1):
+        raise ParameterError(f"max_nodes must be a positive int or None, got {max_nodes!r}")
+    kept: dict[str, list[Node]] = {}
+    for node, value in sorted(effects.items(), key=lambda item: -abs(item[1])):
+        if abs(value) < node_tau:
+            break
+        group = kept.setdefault(node[0], [])
+        if max_nodes is None or len(group) < max_nodes:
+            group.append(node)
+    return kept
 
 
 def _attribution_edges(runs: CircuitRuns, kept: Mapping[str, list[Node]], tau: float, *,
@@ -742,14 +761,16 @@ class HybridResult:
 
 def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, inputs=None, *,
                    targets: Target | str | Sequence | None = None, tau: float,
-                   node_tau: float | None = None, screen: float = 0.5,
-                   max_verify: int | None = None, ablation: str = "zero",
+                   node_tau: float | None = None, max_nodes: int | None = None,
+                   screen: float = 0.5, max_verify: int | None = None, ablation: str = "zero",
                    positional: bool = False, method: str = "attribution", steps: int = 10,
                    candidates: Mapping[str, Sequence[int]] | None = None, errors: bool = True,
-                   max_rows: int = 256, seed: int = 0, progress: bool = True) -> HybridResult:
+                   node_reduce: str = "mean", max_rows: int = 256, seed: int = 0,
+                   progress: bool = True) -> HybridResult:
     """Rank edges by attribution, verify the top ones by exact ablation.
 
-    Nodes with attributed ``|effect| >= node_tau`` (default ``screen * tau``) are kept; edges
+    Nodes with attributed ``|effect| >= node_tau`` (default ``screen * tau``) are kept (at
+    most ``max_nodes`` per site, the largest); edges
     among them with attributed ``|weight| >= screen * tau`` are candidates; the
     ``max_verify`` largest (default: all) are measured exactly as in ``acdc_circuit``
     (ablating each distinct upstream node once, batched) and kept when the exact
@@ -766,13 +787,10 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
         raise ParameterError(f"unknown attribution method {method!r}",
                              hint=f"use one of {IG_METHODS}")
     runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
-                        seed=seed, progress=progress)
+                        seed=seed, progress=progress, node_reduce=node_reduce)
     effects = node_attributions(runs, ablation=ablation, positional=positional, method=method,
                                 steps=steps, candidates=candidates, errors=errors)
-    kept: dict[str, list[Node]] = {}
-    for node, value in effects.items():
-        if abs(value) >= node_tau:
-            kept.setdefault(node[0], []).append(node)
+    kept = _keep_nodes(effects, node_tau, max_nodes)
     screened, _ = _attribution_edges(runs, kept, screen * tau, ablation=ablation,
                                      positional=positional)
     ranked = sorted(screened.items(), key=lambda item: -abs(item[1]))

@@ -209,8 +209,9 @@ def test_acdc_edges_match_manual_torch_hooks(random_setup):
             return out - sae0.encode(out)[..., u:u + 1] * sae0.directions[u]
         ablated, _ = _hooked(model, {layer0: ablate}, [layer1], ids)
         for d in active1[:3]:
+            # intermediate nodes average over the tokens (node_reduce="mean")
             expected = float((sae1.encode(clean[layer1])[..., d]
-                              - sae1.encode(ablated[layer1])[..., d]).sum(1).mean())
+                              - sae1.encode(ablated[layer1])[..., d]).mean(1).mean())
             edge = (f"resid_out.0/{u}", f"resid_out.1/{d}")
             if graph.has_edge(*edge):
                 assert graph.edges[edge]["weight"] == pytest.approx(expected, abs=2e-5)
