@@ -38,7 +38,7 @@ SOURCES = ("clean", "zero", "mean", "resample")
 
 def patch_site(model, site: Site | str, dictionary: Dictionary, source_features: torch.Tensor,
                feature_mask: torch.Tensor, position_mask: torch.Tensor | None = None, *,
-               feature_ids: torch.Tensor | None = None) -> torch.Tensor:
+               feature_ids: torch.Tensor | None = None, repeat: int = 1) -> torch.Tensor:
     """Inside a trace: patch features at ``site``; returns the edit ``x′ − x̄``.
 
     Args:
@@ -49,12 +49,17 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
         feature_ids: ``[n]`` the dictionary columns that ``source_features`` and
             ``feature_mask`` refer to (``None``: all ``n_features``). Restricting to the
             features that are ever patched saves memory and time; the result is the same.
+        repeat: tile the activation ``repeat`` times along the batch before patching, so
+            one forward of ``n`` prompts evaluates ``repeat`` feature sets from this site on
+            (the layers before the site run once, not once per set).
 
     Returns:
         ``[batch, pos, d_model]`` the edit added to the activation.
     """
     site = Site.parse(site)
     activation = site.read(model)
+    if repeat > 1:
+        activation = einops.repeat(activation, "n t d -> (k n) t d", k=repeat)
     current = dictionary.encode(activation)
     directions = dictionary.directions
     if feature_ids is not None:
@@ -188,6 +193,7 @@ class PatchingExperiment:
         self.progress = progress
         self.position_mask = _position_mask(self.prompts, positions)
         self.source_features = {site: self._source(site, source, seed) for site in self.sites}
+        self._tile_at_site = True  # run layers before the first patched site once per chunk
 
     def _source(self, site: str, source: str | torch.Tensor, seed: int) -> torch.Tensor:
         clean = self.clean_features[site]
@@ -279,7 +285,6 @@ class PatchingExperiment:
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         k = next(iter(masks.values())).shape[0]
         n = len(self.prompts)
-        input_ids = einops.repeat(self.prompts.corrupt_ids, "n t -> (k n) t", k=k)
         final = einops.repeat(self.prompts.final_positions, "n -> (k n)", k=k)
         position_mask = einops.repeat(self.position_mask, "n t -> (k n) t", k=k)
         plans = []
@@ -291,14 +296,31 @@ class PatchingExperiment:
                           einops.repeat(self.source_features[site][..., used],
                                         "n t f -> (k n) t f", k=k),
                           einops.repeat(masks[site][:, used], "k f -> (k n) f", n=n)))
+        if not plans:  # nothing patched: every set gives the corrupted run
+            return (einops.repeat(self.corrupt_logits, "n v -> k n v", k=k),
+                    torch.zeros(k, n))
+        if self._tile_at_site:
+            try:
+                return self._traced_chunk(plans, self.prompts.corrupt_ids, k, final,
+                                          position_mask, tile=k)
+            except RuntimeError:
+                # some architectures (e.g. Gemma-2's sliding-window masks) build per-batch
+                # tensors before the first block; tiling mid-forward then mismatches shapes
+                self._tile_at_site = False
+        input_ids = einops.repeat(self.prompts.corrupt_ids, "n t -> (k n) t", k=k)
+        return self._traced_chunk(plans, input_ids, k, final, position_mask, tile=1)
+
+    def _traced_chunk(self, plans, input_ids, k, final, position_mask, tile: int):
+        n = len(self.prompts)
         squared_norms: list[torch.Tensor] = []
         with self.model.trace(input_ids):
-            for site, used, source, mask in plans:
+            for index, (site, used, source, mask) in enumerate(plans):
                 edit = patch_site(self.model, site, self.dictionaries[site], source, mask,
-                                  position_mask, feature_ids=used)
+                                  position_mask, feature_ids=used,
+                                  repeat=tile if index == 0 else 1)
                 squared_norms.append(edit.pow(2).sum(dim=(-1, -2)).save())
             logits = self.model.output.logits[torch.arange(k * n), final].save()
-        total = torch.stack(squared_norms).sum(0) if squared_norms else torch.zeros(k * n)
+        total = torch.stack(squared_norms).sum(0)
         return (einops.rearrange(logits, "(k n) v -> k n v", k=k),
                 einops.rearrange(total.sqrt(), "(k n) -> k n", k=k))
 

@@ -280,3 +280,35 @@ def test_attribution_curve_reaches_clean_with_complete_basis(model):
     assert curve["kl"].iloc[0] == pytest.approx(experiment.baselines()["kl"].iloc[1], abs=1e-7)
     point = features_needed(curve, 0.1 * curve["kl"].iloc[0])
     assert 0 < point["n_features"] <= 32
+
+
+def test_patch_site_with_empty_mask_leaves_logits_unchanged(model):
+    """The primitive itself (not the experiment's shortcut for empty sets) is a no-op."""
+    from featcircuits import patch_site
+
+    sae = _sae(32, "resid_out.1", 8)
+    experiment = PatchingExperiment(model, sae, PROMPTS, progress=False)
+    ids = experiment.prompts.corrupt_ids
+    with torch.no_grad():
+        reference = underlying_module(model)(ids).logits
+        with model.trace(ids):
+            edit = patch_site(model, "resid_out.1", sae,
+                              experiment.clean_features["resid_out.1"],
+                              torch.zeros(len(ids), sae.n_features)).save()
+            logits = model.output.logits.save()
+    assert edit.abs().max() == 0
+    assert (logits - reference).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
+def test_tiled_batches_equal_separate_runs_on_every_architecture(tiny_models, arch):
+    """Sets are tiled at the first patched site (earlier layers run once); where an
+    architecture builds per-batch tensors before block 0 this falls back to full batches.
+    Either way a batch equals one-set runs (which never tile)."""
+    model = tiny_models[arch]
+    experiment = PatchingExperiment(model, _sae(32, "resid_out.1", 9), PROMPTS, progress=False)
+    sets = [[1, 5, 9], list(range(30)), [2]]
+    batched, _ = experiment.patched_logits(sets)
+    for index, feature_set in enumerate(sets):
+        single, _ = experiment.patched_logits([feature_set])
+        assert (batched[index] - single[0]).abs().max() < 1e-5
