@@ -1,0 +1,121 @@
+"""The committed tiny model (featcircuits/zoo/tiny) loads with plain transformers and really
+does IOI and closing parentheses on held-out data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from featcircuits.tasks import evaluate, ioi
+from featcircuits.tasks.parens import generate_parens_texts
+
+ZOO = Path(__file__).resolve().parents[1] / "featcircuits" / "zoo" / "tiny"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(ZOO)
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(2)
+    loaded = AutoModelForCausalLM.from_pretrained(ZOO)
+    loaded.eval()
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def ioi_result(model, tokenizer):
+    return evaluate.ioi_metrics(model, tokenizer)
+
+
+def test_checkpoint_layout_and_size():
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "training.json"):
+        assert (ZOO / name).is_file(), name
+    assert (ZOO / "model.safetensors").stat().st_size <= 5 * 2**20
+    config = json.loads((ZOO / "config.json").read_text())
+    assert config["model_type"] == "gpt_neox"
+    record = json.loads((ZOO / "training.json").read_text())
+    assert record["train_config"]["seed"] == 0
+    assert record["wall_time_s"] > 0 and record["final_loss"] > 0
+
+
+def test_model_is_gpt_neox(model, tokenizer):
+    from transformers import GPTNeoXForCausalLM
+
+    assert isinstance(model, GPTNeoXForCausalLM)
+    assert model.config.vocab_size == len(tokenizer)
+    assert model.config.num_hidden_layers == 4
+
+
+def test_tokenizer_loads_and_prepends_bos(tokenizer):
+    ids = tokenizer("When Mary and John went to the store, John gave a drink to")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id == tokenizer.eos_token_id == tokenizer.pad_token_id
+    assert tokenizer.convert_ids_to_tokens(ids[:3]) == ["<|endoftext|>", "When", "Mary"]
+    assert tokenizer.unk_token_id not in ids
+    assert tokenizer.convert_ids_to_tokens(tokenizer("a ((b))")["input_ids"]) == [
+        "<|endoftext|>", "a", "(", "(", "[UNK]", ")", ")"
+    ]
+
+
+def test_every_name_is_one_token(tokenizer):
+    for name in ioi.load_ioi_data().names:
+        for text in (name, " " + name):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert len(ids) == 1 and ids[0] != tokenizer.unk_token_id, name
+
+
+def test_bundled_pairs_have_equal_lengths(tokenizer):
+    prompts = ioi.load_prompts()
+    ioi.check_prompt_pairs(prompts, tokenizer)
+    lengths = [(len(tokenizer(r.clean)["input_ids"]), len(tokenizer(r.corrupt)["input_ids"]))
+               for r in prompts.itertuples()]
+    assert all(a == b for a, b in lengths)
+
+
+def test_ioi_accuracy_and_logit_diff(ioi_result):
+    assert ioi_result["n_clean"] == 250
+    assert ioi_result["accuracy"] >= 0.95
+    assert ioi_result["logit_diff"] >= 3.0
+
+
+def test_ioi_corruptions_remove_or_flip_the_preference(ioi_result):
+    clean = ioi_result["logit_diff"]
+    abc = ioi_result["corrupt"]["abc"]["logit_diff"]
+    flip = ioi_result["corrupt"]["flip"]["logit_diff"]
+    # ABC: both intro names appear once -> far less preference than on clean prompts
+    assert abc < clean / 2
+    # flip: the other name is now correct -> the clean answer loses
+    assert flip < -clean / 2
+
+
+def test_parens_closing_accuracy(model, tokenizer):
+    result = evaluate.parens_metrics(model, tokenizer, n_texts=120, seed=1)
+    assert result["n_positions"] > 500
+    assert result["accuracy"] >= 0.90
+    assert set(result["by_depth"]) == {1, 2, 3, 4}
+    # ")" must not be predicted where it is ungrammatical (depth 0): depth is really tracked
+    assert result["false_close_rate"] <= 0.10
+
+
+def test_parens_metric_can_fail(model, tokenizer):
+    """Texts whose "(" were all dropped: the same positions must no longer predict ")"."""
+    texts = generate_parens_texts(20, seed=2)
+    stripped = [t.replace("( ", "") for t in texts]
+    result = evaluate.parens_metrics(model, tokenizer, texts=stripped[:1] + texts[:1])
+    only_real = evaluate.parens_metrics(model, tokenizer, texts=texts[:1])
+    assert result["n_positions"] == only_real["n_positions"]
+    close_id = tokenizer.convert_tokens_to_ids(")")
+    logits = evaluate.final_logits(model, tokenizer, ["a dog ( with ( the cat",
+                                                      "a dog , with , the cat"])
+    assert logits[0].argmax().item() == close_id
+    assert logits[1].argmax().item() != close_id
