@@ -214,7 +214,7 @@ def test_corpus_mix_and_lengths(tokenizer):
             assert "(" in doc and parens.paren_depths(doc)[-1] == 0
         else:
             assert "(" not in doc
-    assert kinds["ioi"] > 200 and kinds["parens"] > 150 and kinds["filler"] > 40
+    assert kinds["ioi"] > 350 and kinds["parens"] > 80 and kinds["filler"] > 30
 
 
 def test_corpus_config_validation():

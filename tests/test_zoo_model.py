@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from featcircuits.tasks import evaluate, ioi
-from featcircuits.tasks.parens import generate_parens_texts
+from featcircuits.tasks.parens import parens_prompt_pairs
 
 ZOO = Path(__file__).resolve().parents[1] / "featcircuits" / "zoo" / "tiny"
 
@@ -107,15 +107,23 @@ def test_parens_closing_accuracy(model, tokenizer):
     assert result["false_close_rate"] <= 0.10
 
 
-def test_parens_metric_can_fail(model, tokenizer):
-    """Texts whose "(" were all dropped: the same positions must no longer predict ")"."""
-    texts = generate_parens_texts(20, seed=2)
-    stripped = [t.replace("( ", "") for t in texts]
-    result = evaluate.parens_metrics(model, tokenizer, texts=stripped[:1] + texts[:1])
-    only_real = evaluate.parens_metrics(model, tokenizer, texts=texts[:1])
-    assert result["n_positions"] == only_real["n_positions"]
+def test_closing_prediction_depends_on_unclosed_parens(model, tokenizer):
     close_id = tokenizer.convert_tokens_to_ids(")")
-    logits = evaluate.final_logits(model, tokenizer, ["a dog ( with ( the cat",
-                                                      "a dog , with , the cat"])
-    assert logits[0].argmax().item() == close_id
-    assert logits[1].argmax().item() != close_id
+    prompts = [
+        "a dog ( with ( the cat",  # depth 2 -> ")"
+        "a dog , with , the cat",  # no open paren -> not ")"
+        "a dog ( with ( the cat )",  # depth 1 -> ")"
+        "a dog ( with the cat )",  # depth 0 -> not ")"
+    ]
+    top1 = evaluate.final_logits(model, tokenizer, prompts).argmax(dim=-1).tolist()
+    assert [t == close_id for t in top1] == [True, False, True, False]
+
+
+def test_parens_prompt_pairs_clean_vs_corrupt(model, tokenizer):
+    pairs = parens_prompt_pairs(100, seed=0)
+    clean = evaluate.logit_diffs(model, tokenizer, pairs["clean"].tolist(),
+                                 pairs["answer"].tolist(), pairs["wrong_answer"].tolist())
+    corrupt = evaluate.logit_diffs(model, tokenizer, pairs["corrupt"].tolist(),
+                                   pairs["answer"].tolist(), pairs["wrong_answer"].tolist())
+    assert (clean > 0).mean() >= 0.9
+    assert (corrupt < 0).mean() >= 0.9

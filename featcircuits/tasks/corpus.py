@@ -29,11 +29,11 @@ from featcircuits.tasks.text import count_words
 class CorpusConfig:
     """Mixture weights and sizes of the corpus (weights need not sum to one)."""
 
-    ioi_weight: float = 0.5
-    parens_weight: float = 0.35
-    filler_weight: float = 0.15
+    ioi_weight: float = 0.7
+    parens_weight: float = 0.2
+    filler_weight: float = 0.1
     #: chance that an IOI document continues with filler sentences after the IOI sentence
-    ioi_continue_prob: float = 0.5
+    ioi_continue_prob: float = 0.0
     max_tokens: int = 63
     max_depth: int = MAX_DEPTH
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -34,8 +35,8 @@ class LMTrainConfig:
     """Everything that determines the trained model (with the corpus config)."""
 
     seed: int = 0
-    steps: int = 1200
-    batch_size: int = 64
+    steps: int = 2000
+    batch_size: int = 32
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 60
@@ -101,6 +102,7 @@ def train_lm(
     corpus: CorpusConfig | None = None,
     evaluate: bool = True,
     progress: bool = True,
+    command: str | None = None,
 ) -> dict:
     """Train, save to ``out`` and return the training record written to training.json."""
     cfg = config or LMTrainConfig()
@@ -163,7 +165,7 @@ def train_lm(
 
     model.eval()
     record = {
-        "command": "python -m featcircuits.train.lm --out " + str(out),
+        "command": command or f"train_lm({str(out)!r}, ...)",
         "train_config": asdict(cfg),
         "corpus_config": corpus_cfg.to_dict(),
         "n_parameters": n_params,
@@ -267,7 +269,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                               if k not in ("out", "no_eval", *corpus_fields)})
     corpus = CorpusConfig(max_tokens=config.context - 1,
                           **{k: values[k] for k in corpus_fields})
-    record = train_lm(args.out, config, corpus, evaluate=not args.no_eval)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python -m featcircuits.train.lm", *raw])
+    record = train_lm(args.out, config, corpus, evaluate=not args.no_eval, command=command)
     summary = {k: record[k] for k in ("final_loss", "wall_time_s", "n_parameters")}
     summary["metrics"] = record.get("metrics")
     print(json.dumps(summary, indent=2))
