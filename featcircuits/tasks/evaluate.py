@@ -33,7 +33,7 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
-def batched_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 64):
+def batched_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 128):
     """Yield ``(start, logits [b, pos, vocab], attention_mask [b, pos])`` per batch of texts."""
     device = _device(model)
     for start in range(0, len(texts), batch_size):
@@ -45,7 +45,7 @@ def batched_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 64)
         yield start, logits.float(), attention_mask, input_ids
 
 
-def final_logits(model, tokenizer, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+def final_logits(model, tokenizer, prompts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
     """Logits at each prompt's last token, ``[n_prompts, vocab]`` (right padding handled)."""
     if len(prompts) == 0:
         raise PromptError("no prompts given", hint="pass at least one prompt")
@@ -81,7 +81,7 @@ def logit_diffs(
     prompts: Sequence[str],
     answers: Sequence[str],
     wrong_answers: Sequence[str],
-    batch_size: int = 64,
+    batch_size: int = 128,
 ) -> np.ndarray:
     """logit(answer) - logit(wrong_answer) at the last position of each prompt, ``[n]``."""
     if not len(prompts) == len(answers) == len(wrong_answers):
@@ -97,7 +97,7 @@ def logit_diffs(
 
 
 def ioi_logit_diffs(
-    model, tokenizer, prompts: pd.DataFrame | None = None, batch_size: int = 64
+    model, tokenizer, prompts: pd.DataFrame | None = None, batch_size: int = 128
 ) -> pd.DataFrame:
     """``prompts`` (default: bundled prompts.jsonl) with ``clean_logit_diff`` and
     ``corrupt_logit_diff`` columns: logit(answer) - logit(wrong_answer) on each prompt."""
@@ -105,9 +105,21 @@ def ioi_logit_diffs(
     check_prompt_pairs(frame, tokenizer)
     answers = frame["answer"].tolist()
     wrong = frame["wrong_answer"].tolist()
-    frame["clean_logit_diff"] = logit_diffs(
-        model, tokenizer, frame["clean"].tolist(), answers, wrong, batch_size
+    # each clean prompt usually appears once per corruption: run it once
+    unique = frame.drop_duplicates(["clean", "answer", "wrong_answer"])
+    unique_diffs = logit_diffs(
+        model, tokenizer, unique["clean"].tolist(), unique["answer"].tolist(),
+        unique["wrong_answer"].tolist(), batch_size,
     )
+    lookup = {
+        key: value
+        for key, value in zip(
+            zip(unique["clean"], unique["answer"], unique["wrong_answer"]), unique_diffs
+        )
+    }
+    frame["clean_logit_diff"] = [
+        lookup[key] for key in zip(frame["clean"], frame["answer"], frame["wrong_answer"])
+    ]
     frame["corrupt_logit_diff"] = logit_diffs(
         model, tokenizer, frame["corrupt"].tolist(), answers, wrong, batch_size
     )
@@ -115,7 +127,7 @@ def ioi_logit_diffs(
 
 
 def ioi_metrics(
-    model, tokenizer, prompts: pd.DataFrame | None = None, batch_size: int = 64
+    model, tokenizer, prompts: pd.DataFrame | None = None, batch_size: int = 128
 ) -> dict:
     """IOI behaviour summary.
 
@@ -149,7 +161,7 @@ def parens_metrics(
     texts: Sequence[str] | None = None,
     n_texts: int = 200,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int = 128,
 ) -> dict:
     """Closing-parenthesis behaviour on ``texts`` (default: ``n_texts`` fresh held-out ones).
 
@@ -196,7 +208,7 @@ def parens_metrics(
     }
 
 
-def behaviour_metrics(model, tokenizer, batch_size: int = 64) -> dict:
+def behaviour_metrics(model, tokenizer, batch_size: int = 128) -> dict:
     """IOI metrics on the bundled prompts.jsonl plus parenthesis metrics on 200 fresh texts."""
     was_training = model.training
     model.eval()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -385,8 +386,9 @@ def write_prompts(prompts: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
     """Write ``prompts`` as JSONL (one object per row), atomically."""
     with atomic_open(path, "w", encoding="utf-8") as handle:
         for record in prompts.to_dict(orient="records"):
-            clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()}
-            handle.write(json.dumps(clean, ensure_ascii=False) + "\n")
+            row = {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                   for k, v in record.items()}
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return Path(path)
 
 
