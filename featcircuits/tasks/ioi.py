@@ -39,6 +39,7 @@ import pandas as pd
 
 from featcircuits._io import atomic_open
 from featcircuits.errors import ParameterError, PromptError
+from featcircuits.tasks.text import split_words
 
 ORDERS: tuple[str, ...] = ("ABBA", "BABA")
 CORRUPTIONS: tuple[str, ...] = ("abc", "flip")
@@ -104,8 +105,6 @@ class IOIData:
 
     def vocabulary(self) -> list[str]:
         """Every word and punctuation mark the templates and lists use, in a fixed order."""
-        from featcircuits.tasks.text import split_words
-
         seen: dict[str, None] = {}
         for template in self.templates:
             text = template.prompt
@@ -180,7 +179,8 @@ def _load_cached(folder: Path) -> IOIData:
         if missing or not isinstance(entry.get("id"), str):
             raise PromptError(
                 f"IOI template {entry!r} lacks an id or the slots {missing}",
-                hint='each template is {"id": str, "prompt": str with {A} {B} {S} {PLACE} {OBJECT}}',
+                hint='each template is {"id": str, "prompt": str} and the prompt has the '
+                "slots {A} {B} {S} {PLACE} {OBJECT}",
             )
         templates.append(Template(id=entry["id"], prompt=prompt))
     names = _read_list(folder / "names.txt")
@@ -213,7 +213,10 @@ class IOIExample:
 
 
 def sample_ioi_example(
-    rng: random.Random, data: IOIData, split: str = "train", pairs: Sequence[tuple[str, str]] | None = None
+    rng: random.Random,
+    data: IOIData,
+    split: str = "train",
+    pairs: Sequence[tuple[str, str]] | None = None,
 ) -> IOIExample:
     """Draw one IOI example of ``split`` with ``rng`` (template, order, names, place, object)."""
     _check_split(split)

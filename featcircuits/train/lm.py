@@ -156,7 +156,8 @@ def train_lm(
         losses.append(loss.item())
         if step % 20 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-        if evaluate and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+        due = cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps
+        if evaluate and due:
             eval_started = time.perf_counter()
             history.append(_quick_eval(model, tokenizer, step + 1, losses))
             eval_seconds += time.perf_counter() - eval_started
