@@ -18,12 +18,11 @@ from featcircuits.prompts import read_prompts
 from featcircuits.search import default_taus
 from featcircuits.sites import Site, num_layers
 
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
-
-
 def default_ioi_prompts() -> Path:
     """The bundled held-out IOI prompt pairs (``data/ioi/prompts.jsonl``)."""
-    return REPO_DATA / "ioi" / "prompts.jsonl"
+    from featcircuits.tasks.ioi import default_prompts_path
+
+    return Path(default_prompts_path())
 
 
 def dictionary_sets(folder: str | os.PathLike[str], model=None, *,
@@ -58,11 +57,14 @@ def add_ioi_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corruption", default="abc",
                         help="which corruption rows to use when the file has a 'corruption' "
                         "column (abc | flip | all; default abc)")
-    parser.add_argument("--n-prompts", type=int, default=24, help="prompt pairs (default 24)")
+    parser.add_argument("--n-prompts", type=int, default=16, help="prompt pairs (default 16)")
     parser.add_argument("--layers", type=int, nargs="+", default=None,
                         help="layers to patch (default: all)")
     parser.add_argument("--method", choices=["elimination", "attribution"],
-                        default="elimination", help="search method (default: elimination)")
+                        default="attribution",
+                        help="attribution: patch the top-k features by attribution for a grid "
+                        "of k (fast, the default); elimination: the paper's greedy backward "
+                        "elimination over a tau grid (minutes)")
     parser.add_argument("--n-taus", type=int, default=16,
                         help="points on the 1e-5..1 tau grid (paper: 50; default 16)")
     parser.add_argument("--positions", default="all", help="all | final (default all)")
