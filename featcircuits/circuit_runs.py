@@ -191,6 +191,7 @@ class CircuitRuns:
         self.progress = progress
         self.n_layers = num_layers(model)
         self.rows_run = 0
+        self._tile_ok = True
         self._sources: dict[str, tuple[dict, dict]] = {}
         self._clean_run()
 
@@ -313,23 +314,42 @@ class CircuitRuns:
 
     # ------------------------------------------------------------------ engine
     def trace(self, ops: Mapping[str, SiteOps], copies: int, *,
-              ids: torch.Tensor | None = None) -> TraceResult:
-        """Run ``copies`` copies of the data with ``ops`` applied; see ``trace_rows``."""
+              ids: torch.Tensor | None = None, tile_at: str | None = None) -> TraceResult:
+        """Run ``copies`` copies of the data with ``ops`` applied; see ``trace_rows``.
+
+        ``tile_at``: a site before which every copy is identical; the layers before it then
+        run once on the ``n`` prompts and the activation is tiled there (falls back to full
+        copies for architectures that build per-batch tensors before the first block).
+        """
         ids = self.ids if ids is None else ids
         self.rows_run += copies * self.n
+        if tile_at is not None and copies > 1 and self._tile_ok:
+            try:
+                return trace_rows(self.model, self.sites, self.dictionaries, ops, ids,
+                                  self.targets, copies, tile_at=tile_at)
+            except RuntimeError:
+                self._tile_ok = False
         return trace_rows(self.model, self.sites, self.dictionaries, ops,
                           repeat_rows(ids, copies), self.targets, copies)
 
 
 def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionary],
                ops: Mapping[str, SiteOps], input_ids: torch.Tensor,
-               targets: Sequence[ResolvedTarget], copies: int) -> TraceResult:
+               targets: Sequence[ResolvedTarget], copies: int, *,
+               tile_at: str | None = None) -> TraceResult:
     """One forward pass of ``input_ids [R, T]`` with per-site operations ``ops``.
 
     At each site (forward order): overwrite → read feature targets → ``patch_site`` →
     ``patch_error`` → add delta (after detaching, if asked) → read node values → freeze. Output
     targets are read from the logits. Returns saved values (see ``TraceResult``).
+    With ``tile_at``, ``input_ids`` holds the ``n`` prompts once and the activation is
+    tiled ``copies`` times at that site (no site before it may have operations).
     """
+    tiled = tile_at is None
+    if tile_at is not None:
+        early = [site for site in sites if Site.parse(site).depth < Site.parse(tile_at).depth]
+        if any(site in ops for site in early) or any(t.site in early for t in targets):
+            raise ParameterError(f"cannot tile at {tile_at}: an earlier site has operations")
     result = TraceResult()
     saved: list[tuple[str, str, torch.Tensor]] = []
     target_values: list[torch.Tensor] = []
@@ -344,6 +364,9 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
             op = op or SiteOps()
             resolved = Site.parse(site)
             dictionary = dictionaries[site]
+            if not tiled and site == tile_at:
+                resolved.write(model, repeat_rows(resolved.read(model), copies))
+                tiled = True
             if op.overwrite is not None:
                 resolved.write(model, op.overwrite)
             if feature_targets[site]:

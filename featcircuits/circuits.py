@@ -153,6 +153,8 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
         columns.extend(down)
     columns.extend(runs.targets[i].node_id for i in live_targets)
     baseline = _baseline(runs, plans, live_targets, positional)
+    # copies only differ from ``site`` on: run the layers before it once and tile there
+    tile = site if all(t.is_output or _depth(t.site) >= depth for t in runs.targets) else None
     per_chunk = runs.chunk_copies()
     chunks = range(0, len(nodes), per_chunk)
     show = runs.progress if progress is None else progress
@@ -176,7 +178,7 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
             if op.readout is not None or op.freeze is not None:
                 ops[j] = op
         with torch.no_grad():
-            result = runs.trace(ops, copies)
+            result = runs.trace(ops, copies, tile_at=tile)
         out.append(_collect(runs, result, plans, live_targets, copies, positional))
     if not out:
         return torch.zeros(0, len(columns)), columns

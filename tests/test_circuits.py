@@ -10,7 +10,14 @@ import networkx as nx
 import pytest
 import torch
 
-from featcircuits import GraphError, LinearBasis, ParameterError, SparseAutoencoder, load_model
+from featcircuits import (
+    GraphError,
+    LinearBasis,
+    NonFiniteError,
+    ParameterError,
+    SparseAutoencoder,
+    load_model,
+)
 from featcircuits.circuit_runs import ERROR, CircuitRuns
 from featcircuits.circuits import (
     ablation_effects,
@@ -504,6 +511,10 @@ def test_graphml_and_tables(tmp_path):
     assert len(edges) == 5 and len(nodes) == 5
     nodes_path, edges_path = write_tables(graph, tmp_path / "out" / "circuit_")
     assert nodes_path.name == "circuit_nodes.csv" and edges_path.exists()
+    graph.edges["resid_out.1/3", "output/m"]["weight"] = float("nan")
+    with pytest.raises(NonFiniteError, match="resid_out.1/3"):
+        write_json(graph, tmp_path / "nan.json")
+    assert not (tmp_path / "nan.json").exists()
 
 
 # --------------------------------------------------------------- primitives, tokens
