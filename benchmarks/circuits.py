@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--n-targets", type=int, default=2)
     parser.add_argument("--per-site", type=int, default=48,
                         help="candidate features per site (default 48)")
-    parser.add_argument("--rel-tau", type=float, default=0.05)
+    parser.add_argument("--tau", type=float, default=0.1,
+                        help="edge threshold relative to the downstream node's magnitude")
     parser.add_argument("--ablation", default="mean")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
@@ -51,12 +52,12 @@ def main() -> None:
                                  n_targets=args.n_targets, progress=False)
     setup = time.perf_counter() - start
     candidates = candidate_set(runs, args.per_site, ablation=args.ablation)
-    tau = args.rel_tau * abs(runs.metric_value)
+    tau = args.tau
     n_candidates = sum(len(v) for v in candidates.values())
     print(f"model {args.model}: {runs.n} documents, {int(data.closing.sum())} ')' positions, "
           f"sites {runs.sites}")
     print(f"candidates: {n_candidates} features ({args.per_site} per site) + "
-          f"{len(candidates)} error nodes; tau = {tau:.4g}; ablation {args.ablation}; "
+          f"{len(candidates)} error nodes; relative tau = {tau:.4g}; ablation {args.ablation}; "
           f"cached clean run + gradients {setup:.1f} s (shared, not counted)")
     result = compare_methods(runs, tau=tau, candidates=candidates, ablation=args.ablation,
                              repeats=args.repeats)

@@ -192,6 +192,7 @@ class CircuitRuns:
         self.n_layers = num_layers(model)
         self.rows_run = 0
         self._tile_ok = True
+        self._scales: dict = {}
         self._sources: dict[str, tuple[dict, dict]] = {}
         self._clean_run()
 
@@ -304,6 +305,27 @@ class CircuitRuns:
         return list(range(int(self.lengths.max())))
 
     # ------------------------------------------------------------- node values
+    def node_scale(self, key) -> float:
+        """Typical magnitude of a node's value on the clean run: the prompt mean of
+        ``Σ_t w_t |value_t|`` (per position when positional); for a target (its node id),
+        the prompt mean of ``|target|``. The unit of relative thresholds."""
+        if key not in self._scales:
+            if isinstance(key, str):
+                index = [t.node_id for t in self.targets].index(key)
+                value = float(self.target_values[:, index].abs().mean())
+            else:
+                site, f, position = key
+                if f == ERROR:
+                    values = (self.errors[site] * self.gradients[site]).sum(-1)
+                else:
+                    values = self.features[site][..., f]
+                if position is None:
+                    value = float((values.abs() * self.node_weights).sum(1).mean())
+                else:
+                    value = float((values.abs() * self.token_mask)[:, position].mean())
+            self._scales[key] = value
+        return self._scales[key]
+
     @property
     def node_weights(self) -> torch.Tensor:
         """``[n, T]`` how positions count in a (non-positional) node's value: the real-token

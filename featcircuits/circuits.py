@@ -90,6 +90,17 @@ def _check_options(ablation: str, positional: bool) -> None:
         raise ParameterError(f"positional must be True or False, got {positional!r}")
 
 
+def edge_threshold(runs: CircuitRuns, downstream, tau: float, relative: bool) -> float:
+    """The ``|weight|`` an edge into ``downstream`` needs: ``tau``, or ``tau`` times the
+    downstream node's typical magnitude (``CircuitRuns.node_scale``) when ``relative``."""
+    return tau * runs.node_scale(downstream) if relative else tau
+
+
+def _keeps(weight: float, threshold: float) -> bool:
+    """An edge is kept when ``|weight| >= threshold``; a zero weight is never an edge."""
+    return weight != 0 and abs(weight) >= threshold
+
+
 def upstream_sites(runs: CircuitRuns) -> list[str]:
     """Dictionary sites that can influence a target (shallower than the deepest target)."""
     deepest = runs.max_target_depth
@@ -433,10 +444,9 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                 grad = torch.zeros(copies * n, width, runs.dictionaries[s].d_model)
             values = _contributions(runs, s, grad.reshape(copies, n, width, -1),
                                     upstream[s], ablation=ablation, positional=positional)
-            for k, item in enumerate(chunk):
+            for item, row in zip(chunk, values.tolist()):
                 key = _down_key(runs, item, level)
-                for u, node in enumerate(upstream[s]):
-                    weights[(node, key)] = float(values[k, u])
+                weights.update(((node, key), value) for node, value in zip(upstream[s], row))
     return weights
 
 
@@ -489,7 +499,7 @@ def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, 
         if target.is_output:
             graph.add_node(target.node_id, kind="output", site=None, layer=runs.n_layers,
                            feature=None, position=None, activation=value, effect=None,
-                           label=target.label)
+                           label=target.label, scale=runs.node_scale(target.node_id))
         else:
             own = ((runs.features[target.site][..., target.feature]
                     - source_features[target.site][..., target.feature])
@@ -497,7 +507,8 @@ def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, 
             graph.add_node(target.node_id, kind="feature", site=target.site,
                            layer=runs.site_layer(target.site), feature=int(target.feature),
                            position=None, activation=value, effect=float(own),
-                           label=f"target {target.label}")
+                           label=f"target {target.label}",
+                           scale=runs.node_scale(target.node_id))
     for node in nodes:
         site, f, position = node
         ident = node_id(node)
@@ -517,7 +528,8 @@ def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, 
         effect = None if effects is None or node not in effects else float(effects[node])
         graph.add_node(ident, kind=kind, site=site, layer=runs.site_layer(site),
                        feature=feature, position=None if position is None else int(position),
-                       activation=activation, effect=effect, label=label)
+                       activation=activation, effect=effect, label=label,
+                       scale=runs.node_scale(node))
     for (upstream, downstream), weight in edges.items():
         source = node_id(upstream)
         target = downstream if isinstance(downstream, str) else node_id(downstream)
@@ -547,8 +559,9 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
                  targets: Target | str | Sequence | None = None, tau: float,
                  ablation: str = "zero", positional: bool = False,
                  candidates: Mapping[str, Sequence[int]] | None = None, errors: bool = True,
-                 node_effects: bool = True, node_reduce: str = "mean", max_rows: int = 256,
-                 seed: int = 0, progress: bool = True) -> nx.DiGraph:
+                 node_effects: bool = True, node_reduce: str = "mean",
+                 relative_tau: bool = False, max_rows: int = 256, seed: int = 0,
+                 progress: bool = True) -> nx.DiGraph:
     """Circuit by exact ablation, pruned backwards site by site.
 
     Args:
@@ -558,7 +571,10 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
         inputs: prompt pairs, texts or token ids (``circuit_runs.read_inputs``).
         targets: what to explain (``featcircuits.targets``): ``"logit_diff"``,
             ``FeatureTarget(site, id, positions)``, ``LogitTarget(token)``, or a list.
-        tau: keep edges with ``|weight| >= tau``.
+        tau: keep edges with ``|weight| >= tau`` (and ``weight != 0``).
+        relative_tau: instead keep edges with ``|weight| >= tau × scale(d)``, ``scale(d)`` the
+            downstream node's typical magnitude (``CircuitRuns.node_scale``), so that one
+            ``tau`` suits nodes of different units (features of different layers, targets).
         ablation: ``zero``, ``mean``, ``resample`` or ``corrupt`` (prompt pairs).
         positional: one node per (feature, position) instead of per feature.
         candidates: ``{site: feature ids}`` to restrict the upstream features considered
@@ -591,17 +607,20 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
             continue
         effects, columns = ablation_effects(runs, site, nodes, downstream, ablation=ablation,
                                             positional=positional)
-        kept = effects.abs() >= tau
+        limits = torch.tensor([edge_threshold(runs, column, tau, relative_tau)
+                               for column in columns])
+        kept = (effects.abs() >= limits[None, :]) & (effects != 0)
         for i, node in enumerate(nodes):
             hits = torch.nonzero(kept[i]).flatten().tolist()
             if not hits:
                 continue
             in_graph.setdefault(site, []).append(node)
+            row = effects[i].tolist()
             for column in hits:
-                edges[(node, columns[column])] = float(effects[i, column])
+                edges[(node, columns[column])] = row[column]
     nodes = [node for group in in_graph.values() for node in group]
     graph = build_graph(runs, nodes, edges, method="acdc", tau=tau, ablation=ablation,
-                        positional=positional)
+                        positional=positional, relative_tau=bool(relative_tau))
     if node_effects:
         _set_exact_effects(runs, graph, ablation=ablation, positional=positional)
     return graph
@@ -659,8 +678,9 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
                         max_nodes: int | None = None, ablation: str = "zero",
                         positional: bool = False, method: str = "attribution",
                         steps: int = 10, candidates: Mapping[str, Sequence[int]] | None = None,
-                        errors: bool = True, node_reduce: str = "mean", max_rows: int = 256,
-                        seed: int = 0, progress: bool = True) -> nx.DiGraph:
+                        errors: bool = True, node_reduce: str = "mean",
+                        relative_tau: bool = False, max_rows: int = 256, seed: int = 0,
+                        progress: bool = True) -> nx.DiGraph:
     """Circuit by attribution patching (gradients), after Marks et al. (2024).
 
     Node effects ``(c − s) · ∂m/∂c`` (``method="attribution"``) or integrated gradients
@@ -681,11 +701,13 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
     effects = node_attributions(runs, ablation=ablation, positional=positional, method=method,
                                 steps=steps, candidates=candidates, errors=errors)
     kept = _keep_nodes(effects, node_tau, max_nodes)
-    edges, _ = _attribution_edges(runs, kept, tau, ablation=ablation, positional=positional)
+    edges, _ = _attribution_edges(runs, kept, tau, ablation=ablation, positional=positional,
+                                  relative_tau=relative_tau)
     nodes = [node for group in kept.values() for node in group]
     return build_graph(runs, nodes, edges, method="attribution", tau=tau, ablation=ablation,
                        positional=positional, effects=effects, node_threshold=node_tau,
-                       attribution=method, max_nodes=-1 if max_nodes is None else max_nodes)
+                       attribution=method, max_nodes=-1 if max_nodes is None else max_nodes,
+                       relative_tau=bool(relative_tau))
 
 
 def _keep_nodes(effects: Mapping[Node, float], node_tau: float, max_nodes: int | None
@@ -706,7 +728,7 @@ def _keep_nodes(effects: Mapping[Node, float], node_tau: float, max_nodes: int |
 
 
 def _attribution_edges(runs: CircuitRuns, kept: Mapping[str, list[Node]], tau: float, *,
-                       ablation: str, positional: bool
+                       ablation: str, positional: bool, relative_tau: bool = False
                        ) -> tuple[dict[tuple, float], dict[tuple, float]]:
     """Edges with ``|weight| >= tau`` among ``kept`` nodes, levels from the top down; also
     every weight computed."""
@@ -730,7 +752,7 @@ def _attribution_edges(runs: CircuitRuns, kept: Mapping[str, list[Node]], tau: f
                                  positional=positional)
         computed.update(weights)
         for (u, d), w in weights.items():
-            if abs(w) >= tau:
+            if _keeps(w, edge_threshold(runs, d, tau, relative_tau)):
                 edges[(u, d)] = w
                 in_graph.setdefault(u[0], set()).add(u)
     return edges, computed
@@ -767,8 +789,8 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
                    screen: float = 0.5, max_verify: int | None = None, ablation: str = "zero",
                    positional: bool = False, method: str = "attribution", steps: int = 10,
                    candidates: Mapping[str, Sequence[int]] | None = None, errors: bool = True,
-                   node_reduce: str = "mean", max_rows: int = 256, seed: int = 0,
-                   progress: bool = True) -> HybridResult:
+                   node_reduce: str = "mean", relative_tau: bool = False,
+                   max_rows: int = 256, seed: int = 0, progress: bool = True) -> HybridResult:
     """Rank edges by attribution, verify the top ones by exact ablation.
 
     Nodes with attributed ``|effect| >= node_tau`` (default ``screen * tau``) are kept (at
@@ -794,7 +816,7 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
                                 steps=steps, candidates=candidates, errors=errors)
     kept = _keep_nodes(effects, node_tau, max_nodes)
     screened, _ = _attribution_edges(runs, kept, screen * tau, ablation=ablation,
-                                     positional=positional)
+                                     positional=positional, relative_tau=relative_tau)
     ranked = sorted(screened.items(), key=lambda item: -abs(item[1]))
     if max_verify is not None:
         if isinstance(max_verify, bool) or not isinstance(max_verify, int) or max_verify < 0:
@@ -805,11 +827,12 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
     rows, edges = [], {}
     for (u, d), estimate in ranked:
         value = exact[(u, d)]
+        limit = edge_threshold(runs, d, tau, relative_tau)
         rows.append({"source": node_id(u), "target": d if isinstance(d, str) else node_id(d),
                      "attribution": estimate, "exact": value,
                      "sign_agrees": (estimate > 0) == (value > 0),
-                     "threshold_agrees": (abs(estimate) >= tau) == (abs(value) >= tau)})
-        if abs(value) >= tau:
+                     "threshold_agrees": _keeps(estimate, limit) == _keeps(value, limit)})
+        if _keeps(value, limit):
             edges[(u, d)] = value
     comparison = pd.DataFrame(rows, columns=["source", "target", "attribution", "exact",
                                              "sign_agrees", "threshold_agrees"])
@@ -820,7 +843,8 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
     graph = build_graph(runs, nodes, edges, method="hybrid", tau=tau, ablation=ablation,
                         positional=positional, node_threshold=node_tau,
                         verified_edges=len(rows), attribution_wrong_sign=wrong_sign,
-                        attribution_wrong_threshold=wrong_threshold)
+                        attribution_wrong_threshold=wrong_threshold,
+                        relative_tau=bool(relative_tau))
     _set_exact_effects(runs, graph, ablation=ablation, positional=positional)
     return HybridResult(graph, comparison, len(rows), wrong_sign, wrong_threshold)
 

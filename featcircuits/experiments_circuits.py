@@ -286,18 +286,18 @@ class CircuitReport:
 
 
 def build_circuit(runs: CircuitRuns, method: str, *, tau: float, ablation: str,
-                  positional: bool = False, max_nodes: int | None = None,
-                  max_verify: int | None = None) -> nx.DiGraph:
+                  positional: bool = False, relative_tau: bool = True,
+                  max_nodes: int | None = None, max_verify: int | None = None) -> nx.DiGraph:
     """One circuit by ``method`` (``acdc``, ``attribution`` or ``hybrid``) on cached runs
     (``max_nodes`` per site applies to the attribution-based methods)."""
+    common = {"tau": tau, "ablation": ablation, "positional": positional,
+              "relative_tau": relative_tau}
     if method == "acdc":
-        return acdc_circuit(runs, tau=tau, ablation=ablation, positional=positional)
+        return acdc_circuit(runs, **common)
     if method == "attribution":
-        return attribution_circuit(runs, tau=tau, ablation=ablation, positional=positional,
-                                   max_nodes=max_nodes)
+        return attribution_circuit(runs, max_nodes=max_nodes, **common)
     if method == "hybrid":
-        return hybrid_circuit(runs, tau=tau, ablation=ablation, positional=positional,
-                              max_nodes=max_nodes, max_verify=max_verify).graph
+        return hybrid_circuit(runs, max_nodes=max_nodes, max_verify=max_verify, **common).graph
     raise ParameterError(f"unknown method {method!r}", hint=f"use one of {METHODS}")
 
 
@@ -351,9 +351,8 @@ def run_parens_circuit(args: argparse.Namespace) -> CircuitReport:
     by_activation = ranking.sort_values("selectivity", ascending=False)["feature"].head(8)
     print(f"top by decoder direction: {by_direction.tolist()}; top by selectivity: "
           f"{by_activation.tolist()}")
-    tau = args.tau if args.tau is not None else args.rel_tau * abs(runs.metric_value)
-    graph = build_circuit(runs, args.method, tau=tau, ablation=args.ablation,
-                          max_nodes=args.max_nodes)
+    graph = build_circuit(runs, args.method, tau=args.tau, ablation=args.ablation,
+                          relative_tau=not args.absolute, max_nodes=args.max_nodes)
     return _report(runs, graph, args, start, ranking, "parens",
                    "Circuit for the ')' features (mean over ')'-predicting positions)")
 
@@ -382,16 +381,17 @@ def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
     lengths = set(runs.lengths.tolist())
     positional = args.positional and len(lengths) == 1
     print(f"{len(prompts)} prompt pairs; logit diff clean {runs.metric_value:.3f}")
-    tau = args.tau if args.tau is not None else args.rel_tau * abs(runs.metric_value)
-    graph = build_circuit(runs, args.method, tau=tau, ablation=args.ablation,
-                          positional=positional, max_nodes=args.max_nodes)
+    graph = build_circuit(runs, args.method, tau=args.tau, ablation=args.ablation,
+                          positional=positional, relative_tau=not args.absolute,
+                          max_nodes=args.max_nodes)
     return _report(runs, graph, args, start, None, "ioi",
                    "IOI circuit (logit difference IO − S)")
 
 
 def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
             ranking: pd.DataFrame | None, name: str, title: str) -> CircuitReport:
-    print(f"\n{args.method} circuit (tau = {graph.graph['tau']:.4g}, ablation "
+    kind = "relative" if graph.graph.get("relative_tau") else "absolute"
+    print(f"\n{args.method} circuit ({kind} tau = {graph.graph['tau']:.4g}, ablation "
           f"{args.ablation}): {graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges")
     print(circuit_table(graph, 25).to_string(index=False, float_format=lambda v: f"{v:+.4f}"))
     scores = faithfulness(runs, graph, ablation="mean")
@@ -428,7 +428,7 @@ def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
 
 
 def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str, method: str = "hybrid",
-                          rel_tau: float = 0.05) -> None:
+                          tau: float = 0.1) -> None:
     """Flags shared by the circuit examples."""
     parser.add_argument("--model", default="tiny", help="bundled name or folder (default tiny)")
     parser.add_argument("--dictionaries", default=None,
@@ -436,10 +436,11 @@ def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str, method: 
     parser.add_argument("--set", default=None, help="dictionary set (default: first found)")
     parser.add_argument("--method", choices=METHODS, default=method,
                         help=f"circuit discovery method (default {method})")
-    parser.add_argument("--tau", type=float, default=None,
-                        help="edge threshold (default: --rel-tau × |target on the clean run|)")
-    parser.add_argument("--rel-tau", type=float, default=rel_tau,
-                        help=f"edge threshold relative to the target (default {rel_tau})")
+    parser.add_argument("--tau", type=float, default=tau,
+                        help="edge threshold, as a fraction of the downstream node's typical "
+                        f"magnitude (default {tau})")
+    parser.add_argument("--absolute", action="store_true",
+                        help="--tau is an absolute threshold in the downstream node's units")
     parser.add_argument("--ablation", choices=["zero", "mean", "resample"], default="mean")
     parser.add_argument("--max-nodes", type=int, default=24,
                         help="attribution/hybrid: most nodes kept per site (default 24)")
@@ -467,7 +468,8 @@ def candidate_set(runs: CircuitRuns, per_site: int, *, ablation: str = "mean") -
 
 
 def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict, ablation: str = "mean",
-                    top: int = 50, repeats: int = 1) -> dict:
+                    relative_tau: bool = True, max_nodes: int | None = None, top: int = 50,
+                    repeats: int = 1) -> dict:
     """Exact ACDC, attribution and hybrid on the same cached runs and candidate set.
 
     Returns wall times (best of ``repeats``, cached clean run excluded), graph sizes, the
@@ -486,10 +488,11 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict, ablation
             best = min(best, time.perf_counter() - start)
         return best, result
 
-    common = {"tau": tau, "ablation": ablation, "candidates": candidates}
+    common = {"tau": tau, "ablation": ablation, "candidates": candidates,
+              "relative_tau": relative_tau}
     t_exact, exact = timed(lambda: acdc_circuit(runs, node_effects=False, **common))
-    t_attr, attr = timed(lambda: attribution_circuit(runs, **common))
-    t_hybrid, hybrid = timed(lambda: hybrid_circuit(runs, **common))
+    t_attr, attr = timed(lambda: attribution_circuit(runs, max_nodes=max_nodes, **common))
+    t_hybrid, hybrid = timed(lambda: hybrid_circuit(runs, max_nodes=max_nodes, **common))
     weights = all_edge_weights(runs, ablation=ablation, candidates=candidates)
     pairs = pd.DataFrame({"exact": pd.Series(weights["exact"]),
                           "attribution": pd.Series(weights["attribution"])}).dropna()

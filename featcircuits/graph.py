@@ -186,16 +186,31 @@ def reaching(graph: nx.DiGraph, targets: Iterable[str] | str | None = None) -> n
     return graph.subgraph(keep).copy()
 
 
-def threshold(graph: nx.DiGraph, tau: float) -> nx.DiGraph:
+def threshold(graph: nx.DiGraph, tau: float, *, relative: bool | None = None) -> nx.DiGraph:
     """Keep edges with ``|weight| >= tau`` and the nodes that still reach a target.
 
-    Monotone: a larger ``tau`` never adds an edge. ``ParameterError`` for NaN/negative tau.
-    The result's ``tau`` graph attribute is the larger of the old and the new threshold.
+    With ``relative`` (default: the graph attribute ``relative_tau``) an edge ``u → d``
+    needs ``|weight| >= tau × scale(d)``, ``scale`` being the node attribute written by
+    circuit discovery. Monotone: a larger ``tau`` never adds an edge. ``ParameterError``
+    for NaN/negative tau. The result's ``tau`` graph attribute is the larger of the old and
+    the new threshold.
     """
     tau = check_tau(tau)
+    if relative is None:
+        relative = bool(graph.graph.get("relative_tau", False))
+    limits = {}
+    for node in graph.nodes:
+        if relative:
+            scale = graph.nodes[node].get("scale")
+            if scale is None:
+                raise GraphError(f"node {node!r} has no 'scale' for a relative threshold",
+                                 hint="pass relative=False, or a graph from circuit discovery")
+            limits[node] = tau * float(scale)
+        else:
+            limits[node] = tau
     pruned = graph.copy()
     pruned.remove_edges_from([(u, v) for u, v, w in graph.edges(data="weight")
-                              if not abs(w) >= tau])
+                              if not abs(w) >= limits[v]])
     result = reaching(pruned)
     old = graph.graph.get("tau")
     result.graph["tau"] = tau if old is None else max(float(old), tau)

@@ -429,17 +429,24 @@ def test_threshold_is_monotone_and_prunes():
         reaching(graph, ["nope/1"])
 
 
-def test_acdc_thresholds_are_monotone(random_setup):
+@pytest.mark.parametrize("relative", [False, True])
+def test_acdc_thresholds_are_monotone(random_setup, relative):
     model, saes = random_setup
     runs = CircuitRuns(model, saes, _ids(), targets=[LogitTarget(9, positions="all")],
                        progress=False)
-    previous = None
-    for tau in (0.005, 0.02, 0.08):
-        edges = set(acdc_circuit(runs, tau=tau, node_effects=False).edges)
-        if previous is not None:
-            assert edges <= previous
-        previous = edges
-    assert previous
+    taus = (0.05, 0.2, 0.5) if relative else (0.002, 0.01, 0.04)
+    graphs = [acdc_circuit(runs, tau=tau, node_effects=False, relative_tau=relative)
+              for tau in taus]
+    for smaller, larger in zip(graphs, graphs[1:]):
+        assert set(larger.edges) <= set(smaller.edges)
+    assert graphs[-1].number_of_edges() > 0
+    assert graphs[0].number_of_edges() > graphs[-1].number_of_edges()
+    for tau, graph in zip(taus[1:], graphs[1:]):
+        # re-thresholding the loosest circuit gives the stricter ACDC circuit exactly
+        assert set(threshold(graphs[0], tau).edges) == set(graph.edges)
+        for u, v, w in graph.edges(data="weight"):
+            limit = tau * graph.nodes[v]["scale"] if relative else tau
+            assert abs(w) >= limit
 
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan"), "x", None])
