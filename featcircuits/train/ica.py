@@ -224,8 +224,11 @@ class _ActivationStream:
     def in_memory(self) -> bool:
         return self.tensor is not None
 
-    def chunks(self, limit: int | None = None) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Yield ``(chunk_index, first_row, chunk [m, d_model])``, at most ``limit`` rows.
+    def chunks(self, limit: int | None = None
+               ) -> Iterator[tuple[int, int, torch.Tensor, bool]]:
+        """Yield ``(chunk_index, first_row, chunk [m, d_model], owned)``, at most ``limit``
+        rows. ``owned``: the chunk is a private copy (converted to ``dtype`` or moved to
+        ``device``), so it may be overwritten.
 
         Consumers must drop their reference to a chunk before asking for the next one.
         """
@@ -242,9 +245,10 @@ class _ActivationStream:
                 stop = min(start + self.chunk_size, size)
                 if limit is not None:
                     stop = min(stop, start + limit - row)
-                piece = batch[start:stop].to(device=self.device, dtype=self.dtype)
-                yield index, row, piece
-                del piece
+                view = batch[start:stop]
+                piece = view.to(device=self.device, dtype=self.dtype)
+                yield index, row, piece, piece.data_ptr() != view.data_ptr()
+                del piece, view
                 index += 1
                 row += stop - start
                 start = stop
@@ -289,12 +293,19 @@ class _Workspace:
 
     def __init__(self, chunk_size: int, d_model: int, n_components: int,
                  device: torch.device, dtype: torch.dtype) -> None:
-        self.centred = torch.empty(chunk_size * d_model, device=device, dtype=dtype)
+        self.size, self.device, self.dtype = chunk_size * d_model, device, dtype
+        self.centred: torch.Tensor | None = None  # only needed for chunks we do not own
         self.projected = torch.empty(chunk_size * n_components, device=device, dtype=dtype)
 
-    def centre(self, chunk: torch.Tensor, mean: torch.Tensor | None) -> torch.Tensor:
+    def centre(self, chunk: torch.Tensor, mean: torch.Tensor | None,
+               owned: bool) -> torch.Tensor:
+        """``chunk - mean``: in place when the chunk is a private copy, else in the buffer."""
         if mean is None:
             return chunk
+        if owned:
+            return chunk.sub_(mean)
+        if self.centred is None:
+            self.centred = torch.empty(self.size, device=self.device, dtype=self.dtype)
         out = self.centred[: chunk.numel()].view(chunk.shape)
         return torch.sub(chunk, mean, out=out)
 
@@ -311,8 +322,8 @@ def _non_finite(index: int, row: int, rows: int, what: str) -> NonFiniteError:
         hint="drop or clip the NaN/inf activations before fitting ICA")
 
 
-def _moments(stream: _ActivationStream, n_components: int, progress: bool
-             ) -> tuple[int, torch.Tensor, torch.Tensor]:
+def _moments(stream: _ActivationStream, n_components: int, progress: bool,
+             limit: int | None = None) -> tuple[int, torch.Tensor, torch.Tensor]:
     """One pass: ``(n, mean [d] f64, covariance [d, d] f64)`` (population covariance).
 
     Sums are taken around the first chunk's mean (a shift), so the covariance does not
@@ -323,7 +334,7 @@ def _moments(stream: _ActivationStream, n_components: int, progress: bool
     first_moment = second_moment = buffer = None
     bar = tqdm(desc="ICA moments", unit="act", disable=not progress or stream.in_memory,
                leave=False)
-    for index, row, chunk in stream.chunks():
+    for index, row, chunk, owned in stream.chunks(limit):
         if not bool(torch.isfinite(chunk).all()):
             raise _non_finite(index, row, chunk.shape[0], "contains NaN/inf values")
         if shift is None:
@@ -336,11 +347,13 @@ def _moments(stream: _ActivationStream, n_components: int, progress: bool
             first_moment = torch.zeros(d_model, dtype=torch.float64, device=chunk.device)
             second_moment = torch.zeros(d_model, d_model, dtype=torch.float64,
                                         device=chunk.device)
+        if buffer is None and not owned:
             assert stream.chunk_size is not None
-            buffer = torch.empty(stream.chunk_size * d_model, dtype=chunk.dtype,
+            buffer = torch.empty(stream.chunk_size * chunk.shape[1], dtype=chunk.dtype,
                                  device=chunk.device)
         with _single_thread(_small_chunk(*chunk.shape, chunk.shape[1])):
-            centred = torch.sub(chunk, shift, out=buffer[: chunk.numel()].view(chunk.shape))
+            centred = chunk.sub_(shift) if owned else torch.sub(
+                chunk, shift, out=buffer[: chunk.numel()].view(chunk.shape))
             chunk_sum, chunk_products = centred.sum(0), centred.T @ centred
         with _small_ops(centred.shape[1]):
             first_moment += chunk_sum
@@ -389,6 +402,22 @@ def _whitening(covariance: torch.Tensor, n_components: int
     return vectors * values.rsqrt()[:, None], values, fraction
 
 
+def _prefix_whitening(stream: _ActivationStream, whitening: torch.Tensor, n_components: int,
+                      warm_start: int, progress: bool) -> dict[str, torch.Tensor]:
+    """Moments of the first ``warm_start`` rows (a partial pass): the prefix mean and
+    ``R = (K Σ_prefix Kᵀ)^-1/2`` ``[k, k]``, so that ``R K (x - μ_prefix)`` is exactly white
+    on the prefix. (With the full-data whitening the prefix is only nearly white and the
+    symmetric fixed-point iteration then wanders at the level of the mismatch instead of
+    converging.)"""
+    _, prefix_mean, prefix_covariance = _moments(stream, n_components, progress, warm_start)
+    with _small_ops(n_components):
+        covariance = whitening @ prefix_covariance @ whitening.T
+        eigenvalues, eigenvectors = torch.linalg.eigh((covariance + covariance.T) / 2)
+        eigenvalues = eigenvalues.clamp_min(float(eigenvalues.max()) * _EIGEN_FLOOR)
+        rotation = (eigenvectors * eigenvalues.rsqrt()) @ eigenvectors.T
+    return {"warm_rotation": rotation, "warm_mean": prefix_mean}
+
+
 # ----------------------------------------------------------------------- checkpointing
 _CONFIG_FIELDS = ("version", "d_model", "n_components", "contrast", "algorithm", "whiten",
                   "seed", "warm_start")
@@ -413,7 +442,7 @@ def _load_checkpoint(path: Path | None) -> dict[str, torch.Tensor] | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem
+    except Exception as exc:  # any unreadable file is the same problem for the user
         raise TrainingError(f"cannot read ICA checkpoint {str(path)!r}: {exc}",
                             hint="delete the file to start the fit from scratch") from exc
     if not isinstance(state, dict) or "config" not in state:
@@ -454,13 +483,32 @@ class _Fit:
         self.checkpoint = checkpoint
         self.progress = progress
         self.n = int(state["n_samples"])
+        self.whiten = whiten
         self.whitening = state["whitening"]  # K [k, d] float64, CPU
-        mean = state["mean"]
-        self.mean = mean.to(stream.device, stream.dtype) if whiten else None
+        self.mean: torch.Tensor | None = None
+        self.use_phase("full")
         k, d = self.whitening.shape
         if stream.chunk_size is None:  # resumed: the moments pass did not run
             stream.chunk_size = default_chunk_size(d, stream.device)
         self.workspace = _Workspace(stream.chunk_size, d, k, stream.device, stream.dtype)
+
+    def use_phase(self, phase: str) -> None:
+        """Select the whitening of the warm start (prefix) or of the full data."""
+        device, dtype = self.stream.device, self.stream.dtype
+        if phase == "warm":
+            # z' = R K (x - μ_prefix) is exactly white on the prefix (R = C_prefix^-1/2)
+            self.whitening = self.state["warm_rotation"] @ self.state["whitening"]
+            self.mean = self.state["warm_mean"].to(device, dtype)
+        else:
+            self.whitening = self.state["whitening"]
+            self.mean = self.state["mean"].to(device, dtype) if self.whiten else None
+
+    def _finish_phase(self, phase: str) -> None:
+        self.state[f"{phase}_done"] = torch.tensor(True)
+        if phase == "warm":  # the same unmixing W R K in full-data coordinates, W ← W R
+            with _small_ops(self.state["W"].shape[0]):
+                self.state["W"] = _sym_decorrelation(
+                    self.state["W"] @ self.state["warm_rotation"])
 
     def _unmixing(self, w: torch.Tensor) -> torch.Tensor:
         with _small_ops(self.whitening.shape[0]):
@@ -477,9 +525,9 @@ class _Fit:
         rows = 0
         finite: list[torch.Tensor] = []  # per-chunk flags, read after the pass (no GPU sync)
         spans: list[tuple[int, int, int]] = []
-        for index, row, chunk in self.stream.chunks(limit):
+        for index, row, chunk, owned in self.stream.chunks(limit):
             with _single_thread(_small_chunk(chunk.shape[0], d, k)):
-                centred = self.workspace.centre(chunk, self.mean)
+                centred = self.workspace.centre(chunk, self.mean, owned)
                 projected = self.workspace.project(centred, unmixing)
                 chunk_g_prime = self.contrast(projected)
                 chunk_g_x = projected @ centred
@@ -508,9 +556,9 @@ class _Fit:
         unmixing = self._unmixing(w)
         k = unmixing.shape[0]
         sums = torch.zeros(4, k, dtype=torch.float64, device=self.stream.device)
-        for _, _, chunk in self.stream.chunks():
+        for _, _, chunk, owned in self.stream.chunks():
             with _single_thread(_small_chunk(chunk.shape[0], chunk.shape[1], k)):
-                centred = self.workspace.centre(chunk, self.mean)
+                centred = self.workspace.centre(chunk, self.mean, owned)
                 y = self.workspace.project(centred, unmixing)
                 square = y * y
                 sums[0] += y.sum(1).double()
@@ -534,6 +582,7 @@ class _Fit:
         iteration = int(state[f"{phase}_iteration"])
         if bool(state[f"{phase}_done"]):
             return
+        self.use_phase(phase)
         bar = self._iteration_bar("ICA warm start" if phase == "warm" else "ICA", iteration)
         w = state["W"]
         while iteration < self.max_iter:
@@ -547,14 +596,17 @@ class _Fit:
                           f"{phase}_change": torch.tensor(change, dtype=torch.float64),
                           f"{phase}_converged": torch.tensor(converged)})
             if converged or iteration >= self.max_iter:
-                state[f"{phase}_done"] = torch.tensor(True)
+                self._finish_phase(phase)
             _save_checkpoint(self.checkpoint, state)
             bar.update(1)
             bar.set_postfix(change=f"{change:.2e}")
             if converged:
                 break
-        state[f"{phase}_done"] = torch.tensor(True)
+        if not bool(state[f"{phase}_done"]):
+            self._finish_phase(phase)
+            _save_checkpoint(self.checkpoint, state)
         bar.close()
+        self.use_phase("full")
 
     def run_deflation(self) -> None:
         """One component at a time, Gram-Schmidt against the ones already found."""
@@ -757,6 +809,9 @@ def fit_ica(
                           f"{phase}_done": torch.tensor(phase == "warm" and warm_start is None),
                           f"{phase}_converged": torch.tensor(algorithm == "deflation"),
                           f"{phase}_change": torch.tensor(math.inf, dtype=torch.float64)})
+        if warm_start is not None:
+            state.update(_prefix_whitening(stream, whitening, n_components, warm_start,
+                                           progress))
         if algorithm == "deflation":
             state.update({"component": torch.tensor(0),
                           "w": w_init[0] / torch.linalg.vector_norm(w_init[0]),
@@ -787,8 +842,8 @@ def fit_ica(
             f"{float(state['full_change']):.2e} >= tol={tol:g}); raise max_iter or tol",
             RuntimeWarning, stacklevel=2)
     return _to_basis(fit, state, contrast, algorithm, n_iter, converged,
-                     dict(tol=float(tol), max_iter=max_iter, seed=seed, whiten=bool(whiten),
-                          warm_start=warm_start), site)
+                     {"tol": float(tol), "max_iter": max_iter, "seed": seed,
+                      "whiten": bool(whiten), "warm_start": warm_start}, site)
 
 
 def _to_basis(fit: _Fit, state: dict[str, torch.Tensor], contrast: str, algorithm: str,
@@ -830,4 +885,4 @@ def _to_basis(fit: _Fit, state: dict[str, torch.Tensor], contrast: str, algorith
     return ICABasis(unmixing.float(), mean.float(), mixing.float(), site=site, meta=meta)
 
 
-__all__ = ["fit_ica", "amari_distance", "default_chunk_size", "CONTRASTS", "ALGORITHMS"]
+__all__ = ["ALGORITHMS", "CONTRASTS", "amari_distance", "default_chunk_size", "fit_ica"]
