@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from featcircuits.dictionaries import ICABasis, PCABasis, load_dictionary, save_dictionary
-from featcircuits.errors import NonFiniteError, ParameterError, TrainingError
+from featcircuits.errors import (
+    NonFiniteError,
+    ParameterError,
+    TrainingError,
+    WidthMismatchError,
+)
 from featcircuits.train.ica import amari_distance, fit_ica
 
 sklearn_decomposition = pytest.importorskip("sklearn.decomposition")
@@ -164,8 +169,12 @@ def test_deterministic_under_seed():
     assert torch.equal(first.unmixing, second.unmixing)
     assert torch.equal(first.mixing, second.mixing)
     assert first.meta == second.meta
-    # float64 input is converted chunk by chunk (and centred in place): same arithmetic
-    converted = fit_ica(x.double(), 6, seed=4, device="cpu", progress=False)
+    # float64 input is converted chunk by chunk (and centred in place): same arithmetic;
+    # numpy arrays and numpy integers are accepted
+    import numpy as np
+
+    converted = fit_ica(x.double().numpy(), np.int64(6), seed=np.int64(4), device="cpu",
+                        progress=False)
     assert torch.equal(converted.unmixing, first.unmixing)
 
 
@@ -216,6 +225,9 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     assert torch.allclose(resumed.mixing, reference.mixing, atol=1e-6)
     with pytest.raises(TrainingError, match="contrast=logcosh"):
         fit_ica(x, 6, contrast="cube", device="cpu", checkpoint_path=path, progress=False)
+    with pytest.raises(WidthMismatchError, match="width 5 but this fit has d_model=6"):
+        fit_ica(_batches(x[:, :5], 1_000), 6, device="cpu", checkpoint_path=path,
+                progress=False)
 
 
 class _Crash(Exception):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import operator
 import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -198,6 +199,7 @@ class _ActivationStream:
         self.dtype = dtype
         self.tensor: torch.Tensor | None = None
         self.factory: Callable[[], Iterable[Any]] | None = None
+        self.width: int | None = None  # d_model, once known (checked on every batch)
         if not isinstance(data, torch.Tensor) and hasattr(data, "__array_interface__"):
             data = torch.as_tensor(data)
         if isinstance(data, torch.Tensor):
@@ -240,6 +242,13 @@ class _ActivationStream:
             batch = next(batches, None)
             if batch is None:
                 return
+            if self.width is None:
+                self.width = batch.shape[1]
+            elif batch.shape[1] != self.width:
+                raise WidthMismatchError(
+                    f"the activations have width {batch.shape[1]} but this fit has "
+                    f"d_model={self.width}",
+                    hint="resume a checkpoint only with data from the same site")
             if self.chunk_size is None:
                 self.chunk_size = default_chunk_size(batch.shape[1], self.device)
             start, size = 0, batch.shape[0]
@@ -490,6 +499,8 @@ class _Fit:
         self.mean: torch.Tensor | None = None
         self.use_phase("full")
         k, d = self.whitening.shape
+        if stream.width is None:
+            stream.width = d
         if stream.chunk_size is None:  # resumed: the moments pass did not run
             stream.chunk_size = default_chunk_size(d, stream.device)
         self.workspace = _Workspace(stream.chunk_size, d, k, stream.device, stream.dtype)
@@ -653,9 +664,19 @@ class _Fit:
         bar.close()
 
 
-def _validate(n_components: int, contrast: str, algorithm: str, tol: float, max_iter: int,
-              chunk_size: int | None, warm_start: int | None, dtype: torch.dtype) -> None:
-    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+def _integer(value: Any) -> int | None:
+    """``value`` as an int if it is an integer (Python, numpy or 0-d tensor), else None."""
+    if isinstance(value, bool | float):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _validate(n_components: Any, contrast: str, algorithm: str, tol: float, max_iter: Any,
+              chunk_size: Any, warm_start: Any, dtype: torch.dtype) -> None:
+    if _integer(n_components) is None or _integer(n_components) < 1:
         raise ParameterError(f"n_components must be a positive integer, got {n_components!r}",
                              hint="use 1 <= n_components <= d_model")
     if contrast not in CONTRASTS:
@@ -666,15 +687,14 @@ def _validate(n_components: int, contrast: str, algorithm: str, tol: float, max_
                              hint=f"choose one of {', '.join(ALGORITHMS)}")
     if not (isinstance(tol, int | float) and math.isfinite(tol) and tol > 0):
         raise ParameterError(f"tol must be a positive number, got {tol!r}", hint="e.g. 1e-4")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+    if _integer(max_iter) is None or _integer(max_iter) < 1:
         raise ParameterError(f"max_iter must be a positive integer, got {max_iter!r}",
                              hint="e.g. 200")
-    if chunk_size is not None and (isinstance(chunk_size, bool)
-                                   or not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (_integer(chunk_size) is None or _integer(chunk_size) < 1):
         raise ParameterError(f"chunk_size must be None or a positive integer, got "
                              f"{chunk_size!r}", hint="e.g. 32768 (rows)")
     if warm_start is not None:
-        if isinstance(warm_start, bool) or not isinstance(warm_start, int) or warm_start < 2:
+        if _integer(warm_start) is None or _integer(warm_start) < 2:
             raise ParameterError(f"warm_start must be None or an integer >= 2 (rows), got "
                                  f"{warm_start!r}", hint="e.g. warm_start=100_000")
         if algorithm != "parallel":
@@ -761,7 +781,12 @@ def fit_ica(
             or mismatching checkpoint.
     """
     _validate(n_components, contrast, algorithm, tol, max_iter, chunk_size, warm_start, dtype)
-    seed = int(seed)
+    n_components, max_iter = operator.index(n_components), operator.index(max_iter)
+    chunk_size = None if chunk_size is None else operator.index(chunk_size)
+    warm_start = None if warm_start is None else operator.index(warm_start)
+    if _integer(seed) is None:
+        raise ParameterError(f"seed must be an integer, got {seed!r}", hint="e.g. seed=0")
+    seed = operator.index(seed)
     resolved = _resolve_device(device)
     stream = _ActivationStream(data, chunk_size, resolved, dtype)
     if stream.tensor is not None:
