@@ -362,3 +362,13 @@ def test_cuda_matches_cpu():  # pragma: no cover - runs only where a GPU exists
     assert gpu.unmixing.device.type == "cpu"
     assert amari_distance(gpu.unmixing, cpu.mixing) < 0.02
     assert amari_distance(gpu.unmixing, mixing) < 0.05
+
+
+def test_non_convergence_warns_and_reports_the_change():
+    x, _ = _mixture(4_000, MIXED, seed=59)
+    for algorithm in ("parallel", "deflation"):
+        with pytest.warns(RuntimeWarning, match="did not converge in max_iter=1"):
+            basis = fit_ica(x, 6, algorithm=algorithm, max_iter=1, device="cpu",
+                            progress=False)
+        assert not basis.meta["converged"] and basis.meta["n_iter"] == 1
+        assert basis.meta["final_change"] >= 1e-4

@@ -648,6 +648,8 @@ class _Fit:
                 if iteration < self.max_iter:
                     _save_checkpoint(self.checkpoint, state)
             converged_all = bool(state["full_converged"]) and change < self.tol
+            state["worst_change"] = torch.maximum(
+                state["worst_change"], torch.tensor(change, dtype=torch.float64))
             state["W"] = state["W"].clone()
             state["W"][j] = w
             state["component_iterations"] = state["component_iterations"].clone()
@@ -841,6 +843,7 @@ def fit_ica(
                                            progress))
         if algorithm == "deflation":
             state.update({"component": torch.tensor(0),
+                          "worst_change": torch.tensor(0.0, dtype=torch.float64),
                           "w": w_init[0] / torch.linalg.vector_norm(w_init[0]),
                           "component_iterations": torch.zeros(n_components,
                                                               dtype=torch.int64)})
@@ -859,18 +862,20 @@ def fit_ica(
         fit.run_parallel("warm", warm_start)
         fit.run_parallel("full", None)
         n_iter = int(state["full_iteration"])
+        final_change = float(state["full_change"])
     else:
         fit.run_deflation()
         n_iter = int(state["component_iterations"].max())
+        final_change = float(state["worst_change"])  # the least converged component's
     converged = bool(state["full_converged"])
     if not converged:
         warnings.warn(
             f"FastICA did not converge in max_iter={max_iter} iterations (last change "
-            f"{float(state['full_change']):.2e} >= tol={tol:g}); raise max_iter or tol",
+            f"{final_change:.2e} >= tol={tol:g}); raise max_iter or tol",
             RuntimeWarning, stacklevel=2)
     return _to_basis(fit, state, contrast, algorithm, n_iter, converged,
-                     {"tol": float(tol), "max_iter": max_iter, "seed": seed,
-                      "whiten": bool(whiten), "warm_start": warm_start}, site)
+                     {"final_change": final_change, "tol": float(tol), "max_iter": max_iter,
+                      "seed": seed, "whiten": bool(whiten), "warm_start": warm_start}, site)
 
 
 def _to_basis(fit: _Fit, state: dict[str, torch.Tensor], contrast: str, algorithm: str,
@@ -901,7 +906,6 @@ def _to_basis(fit: _Fit, state: dict[str, torch.Tensor], contrast: str, algorith
         "n_iter": n_iter,
         "converged": converged,
         "n_samples": n,
-        "final_change": float(state["full_change"]),
         "n_iter_warm_start": int(state["warm_iteration"]),
         "pca_variance_fraction": float(state["variance_fraction"]),
         "skewness": [round(float(value), 6) for value in (skewness * signs)[order_t]],
