@@ -39,18 +39,19 @@ def test_shared_run_cache_gives_identical_results(model):
 
 def test_compare_bases_tidy_rows_and_summary(model):
     sites = ["resid_out.0", "resid_out.1"]
-    bases = {"sae": {site: _sae(32, site, i) for i, site in enumerate(sites)},
+    bases = {"sae": {site: _sae(32, site, i, 16) for i, site in enumerate(sites)},
              **reference_bases(model, sites)}
-    results = compare_bases(model, PROMPTS, bases, taus=[1e-4, 1e-2], progress=False)
+    bases["random"] = {"resid_out.1": bases["random"]["resid_out.1"]}
+    results = compare_bases(model, PROMPTS, bases, taus=[1e-2], progress=False)
     assert set(results["basis"]) == {"sae", "neuron", "random"}
     assert set(results["site"]) == set(sites)
-    # per (site, basis): start (all active), 2 taus, end (empty set)
-    assert results.groupby(["site", "basis"]).size().eq(4).all()
+    # per (site, basis): start (all active), 1 tau, end (empty set)
+    assert results.groupby(["site", "basis"]).size().eq(3).all()
     neuron = results[(results.basis == "neuron") & (results.site == "resid_out.0")]
     assert neuron["n_features"].iloc[0] == 32 and neuron["kl"].iloc[0] < 1e-6
     assert neuron["kl"].iloc[-1] == pytest.approx(neuron["kl_corrupt"].iloc[0], abs=1e-7)
     summary = summarize_comparison(results)
-    assert len(summary) == 6
+    assert len(summary) == 5
     assert (summary["features_needed"].dropna() <= 32).all()
     attribution = compare_bases(model, PROMPTS, {"pca": {"resid_out.0": PCABasis.fit(
         torch.randn(300, 32), site="resid_out.0")}}, method="attribution", progress=False)
@@ -68,11 +69,13 @@ def test_ioi_example_end_to_end(tmp_path, checkpoint_dirs):
     parser = argparse.ArgumentParser()
     add_ioi_arguments(parser)
     args = parser.parse_args(["--model", checkpoint_dirs["gpt_neox"], "--dictionaries", str(sets),
-                              "--prompts", str(prompts), "--n-taus", "3", "--out",
-                              str(tmp_path / "out"), "--quiet"])
+                              "--prompts", str(prompts), "--out", str(tmp_path / "out")])
+    args.quiet = True
     results = run_ioi_example(args)
     written = pd.read_csv(tmp_path / "out" / "results.csv")
-    assert len(written) == len(results) == 2 * 4 * (3 + 2)
+    assert len(written) == len(results)
+    assert set(written["basis"]) == {"sae", "copy-of-neurons", "neuron", "random"}
+    assert set(written["site"]) == {"resid_out.0", "resid_out.1"}
     assert (tmp_path / "out" / "curves.png").stat().st_size > 10_000
     # the saved neuron basis and the built-in one are the same basis: identical curves
     saved = written[written.basis == "copy-of-neurons"].reset_index(drop=True)
