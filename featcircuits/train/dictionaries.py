@@ -20,7 +20,12 @@ from pathlib import Path
 
 import torch
 
-from featcircuits.train.shipping import SAESetSpec, ShippingConfig, random_word_texts, ship_dictionaries
+from featcircuits.train.shipping import (
+    SAESetSpec,
+    ShippingConfig,
+    random_word_texts,
+    ship_dictionaries,
+)
 
 
 def _texts(args, model):

@@ -80,8 +80,8 @@ def evaluate_dictionary(
     bos_id = bos_token_id(model)
     dict_dtype = dictionary.directions.dtype
 
-    sums = dict(ce_clean=0.0, ce_spliced=0.0, ce_zero=0.0, kl_spliced=0.0, kl_zero=0.0,
-                l0=0.0, sq_error=0.0, sq_norm=0.0)
+    sums = dict.fromkeys(("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero", "l0",
+                          "sq_error", "sq_norm"), 0.0)
     n_pred = n_tok = n_dict = 0
     x_sum = None
     fired = torch.zeros(dictionary.n_features, dtype=torch.bool)

@@ -111,6 +111,15 @@ def geometric_median(points: torch.Tensor, iterations: int = 50, eps: float = 1e
     return median
 
 
+def make_optimizer(parameters: list[torch.nn.Parameter], lr: float) -> torch.optim.Adam:
+    """Adam, fused into one kernel where this torch build supports it (CPU and CUDA in
+    torch >= 2.4): it is the largest per-step cost after the matmuls for small SAEs."""
+    try:
+        return torch.optim.Adam(parameters, lr=lr, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(parameters, lr=lr)
+
+
 class SAETrainer:
     """Trains one ``SparseAutoencoder``; see the module docstring for the objective.
 
@@ -168,7 +177,7 @@ class SAETrainer:
             self.sae = SparseAutoencoder(d_model, n_features, activation=activation, k=k,
                                          tied=tied, site=self.config.site)
         self.sae.to(self.device)
-        self.optimizer = torch.optim.Adam(list(self.sae.parameters()), lr=self.config.lr)
+        self.optimizer = make_optimizer(list(self.sae.parameters()), self.config.lr)
         self.step = 0
         self.initialized = False
         self.scale = torch.ones((), device=self.device)
@@ -176,9 +185,12 @@ class SAETrainer:
         self.generator = torch.Generator().manual_seed(self.config.seed + 1)
         self.resampled = 0
         self.log_rows: list[dict[str, float]] = []
-        # running sums since the last log row: loss, mse, l1, l0, variance, steps
-        self._acc = torch.zeros(6, device=self.device)
-        self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
+        # since the last log row: per-step (loss, mse, l1, Σ||x||²) rows, Σx, token count
+        self._trace = torch.zeros(0, 4, device=self.device)
+        self._pending = 0
+        self._x_sum = torch.zeros(d_model, device=self.device)
+        self._tokens = 0
+        self._last_l0 = float("nan")
 
     # ---------------------------------------------------------------- state
     def _decoder(self) -> torch.Tensor:
@@ -200,8 +212,10 @@ class SAETrainer:
             "generator": self.generator.get_state(),
             "resampled": self.resampled,
             "log": json.dumps(self.log_rows),
-            "acc": self._acc.cpu(),
-            "first_nonfinite": self._first_nonfinite.cpu(),
+            "trace": self._trace[:self._pending].cpu().clone(),
+            "x_sum": self._x_sum.cpu().clone(),
+            "tokens": self._tokens,
+            "last_l0": self._last_l0,
         }
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "checkpoint") -> None:
@@ -230,8 +244,11 @@ class SAETrainer:
         self.generator.set_state(state["generator"])
         self.resampled = int(state["resampled"])
         self.log_rows = json.loads(state["log"])
-        self._acc = state["acc"].to(self.device)
-        self._first_nonfinite = state["first_nonfinite"].to(self.device)
+        self._trace = state["trace"].to(self.device)
+        self._pending = self._trace.shape[0]
+        self._x_sum = state["x_sum"].to(self.device)
+        self._tokens = int(state["tokens"])
+        self._last_l0 = float(state["last_l0"])
 
     def save_checkpoint(self, checkpoint_dir: str | os.PathLike[str]) -> Path:
         """Write ``checkpoint_dir/checkpoint.pt`` atomically (temp file, then rename)."""
@@ -274,24 +291,31 @@ class SAETrainer:
         self.initialized = True
 
     def _check_finite(self) -> None:
-        bad = int(self._first_nonfinite)
-        if bad >= 0:
+        """Raise ``TrainingError`` naming the first step since the last log with a NaN/inf
+        loss (one host sync; called at log, resampling and checkpoint steps only)."""
+        losses = self._trace[:self._pending, 0]
+        bad = ~torch.isfinite(losses)
+        if bool(bad.any()):
+            step = self.step - self._pending + int(bad.nonzero()[0, 0])
             raise TrainingError(
-                f"loss became NaN/inf at step {bad} while training the SAE for site "
+                f"loss became NaN/inf at step {step} while training the SAE for site "
                 f"{self.config.site}",
                 hint="lower lr, check the activations for outliers, or lower l1_coefficient")
 
     def _log(self) -> dict[str, float]:
-        loss, mse, l1, l0, variance, count = self._acc.tolist()
-        count = max(count, 1.0)
+        count = max(self._pending, 1)
+        loss, mse, l1, sq_norm = (self._trace[:self._pending].sum(0) / count).tolist()
+        tokens = max(self._tokens, 1)
+        # pooled variance of the interval's inputs: E||x||² - ||E x||²
+        variance = sq_norm * count / tokens - float((self._x_sum / tokens).pow(2).sum())
         window = min(self.config.dead_window, self.step)
         dead = float((self.steps_since_fired >= max(window, 1)).float().mean())
-        row = {"step": self.step, "loss": loss / count, "mse": mse / count, "l1": l1 / count,
-               "l0": l0 / count,
+        row = {"step": self.step, "loss": loss, "mse": mse, "l1": l1, "l0": self._last_l0,
                "variance_explained": 1.0 - mse / variance if variance > 0 else float("nan"),
                "dead_fraction": dead, "resampled": self.resampled}
         self.log_rows.append(row)
-        self._acc.zero_()
+        self._pending, self._tokens = 0, 0
+        self._x_sum.zero_()
         return row
 
     @torch.no_grad()
@@ -387,7 +411,11 @@ class SAETrainer:
         resample_every = cfg.resample_dead_every
         last_resample = cfg.steps - cfg.dead_window
         device = self.device
-        acc, first_bad = self._acc, self._first_nonfinite
+        if self._trace.shape[0] < self._pending + log_every:
+            trace = torch.zeros(self._pending + log_every, 4, device=device)
+            trace[:self._pending] = self._trace[:self._pending]
+            self._trace = trace
+        trace, x_sum = self._trace, self._x_sum
 
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress,
                    desc=f"SAE {cfg.site or ''}".strip(), unit="step", leave=False)
@@ -420,7 +448,8 @@ class SAETrainer:
                     codes = torch.relu(pre)
                 x_hat = torch.addmm(b_dec, codes, W_dec)
                 mse = (x_hat - x).pow(2).sum(-1).mean()
-                l1 = codes.sum(-1).mean()  # codes >= 0
+                feature_sums = codes.sum(0)  # [n_features]; codes >= 0, so > 0 iff it fired
+                l1 = feature_sums.sum() / x.shape[0]
                 loss = mse + l1_coefficient * l1 if l1_coefficient else mse
 
                 # ---- backward + constrained step
@@ -437,17 +466,19 @@ class SAETrainer:
                     decoder.div_(norms.clamp_min(1e-8))
 
                     # ---- bookkeeping without host syncs
-                    active = codes > 0
-                    fired = active.any(0)
-                    self.steps_since_fired.add_(1).masked_fill_(fired, 0)
-                    variance = (x - x.mean(0)).pow(2).sum(-1).mean()
-                    acc.add_(torch.stack([loss, mse, l1, active.sum(-1).float().mean(), variance,
-                                          torch.ones((), device=device)]))
-                    bad_now = (~torch.isfinite(loss)) & (first_bad < 0)
-                    first_bad.masked_fill_(bad_now, step)
+                    self.steps_since_fired.add_(1).masked_fill_(feature_sums > 0, 0)
+                    flat = x.view(-1)
+                    torch.stack([loss, mse, l1, torch.dot(flat, flat)], out=trace[self._pending])
+                    x_sum.add_(x.sum(0))
+                    self._pending += 1
+                    self._tokens += x.shape[0]
+                    if (step + 1) % log_every == 0 or step + 1 == cfg.steps:
+                        # L0 costs a pass over [batch, n_features]: measured on log steps only
+                        self._last_l0 = float((codes > 0).sum()) / x.shape[0]
 
                 self.step = step + 1
-                bar.update(1)
+                if self.step % 16 == 0:  # tqdm's per-call cost shows on small SAEs
+                    bar.update(self.step - bar.n)
                 if (resample_every and self.step % resample_every == 0
                         and self.step <= last_resample):
                     self._check_finite()
@@ -455,6 +486,7 @@ class SAETrainer:
                 if self.step % log_every == 0 or self.step == cfg.steps:
                     self._check_finite()
                     row = self._log()
+                    bar.update(self.step - bar.n)
                     bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}",
                                     ve=f"{row['variance_explained']:.3f}",
                                     dead=f"{row['dead_fraction']:.2f}")
@@ -464,7 +496,7 @@ class SAETrainer:
         finally:
             bar.close()
         self._check_finite()
-        if self._acc[5] > 0:
+        if self._pending:
             self._log()
         return self.export(), self.log_frame()
 

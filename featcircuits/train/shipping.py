@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from featcircuits._io import atomic_write_text
 from featcircuits.dictionaries.bases import PCABasis
@@ -165,7 +164,7 @@ def ship_dictionaries(
                    "kl_spliced": stats["kl_spliced"], "dead_fraction": stats["dead_fraction"],
                    "train_seconds": seconds}
             rows.append(row)
-            log(f"{set_name:>10} {str(site):<12} L0 {stats['l0']:7.2f}  VE "
+            log(f"{set_name:>10} {site!s:<12} L0 {stats['l0']:7.2f}  VE "
                 f"{stats['variance_explained']:.3f}  CE rec {stats['ce_loss_recovered']:.3f}  "
                 f"dead {stats['dead_fraction']:.3f}  ({seconds:.1f}s)")
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
@@ -187,17 +186,17 @@ def write_summary(out: str | os.PathLike[str], summary: pd.DataFrame, *, model_n
     """``<out>/summary.md`` (one table per set) and ``<out>/summary.json``."""
     out = Path(out)
     lines = [f"# Dictionaries for `{model_name}`", "",
-             f"Trained on {config.train_tokens} tokens, evaluated on {config.eval_texts} held-out "
+             (f"Trained on {config.train_tokens} tokens, evaluated on {config.eval_texts} held-out "
              f"texts; total time {seconds:.0f}s. CE loss recovered = (CE_zero − CE_spliced) / "
-             "(CE_zero − CE_clean), with the site zero-ablated for CE_zero.", ""]
+             "(CE_zero − CE_clean), with the site zero-ablated for CE_zero."), ""]
     for set_name, table in summary.groupby("set", sort=False):
         lines += [f"## {set_name}", ""]
         target = TARGETS.get(set_name)
         if target:
             lo, hi = target["l0_range"]
-            lines += [f"Targets: L0 in {lo:g}–{hi:g}, variance explained ≥ "
+            lines += [(f"Targets: L0 in {lo:g}–{hi:g}, variance explained ≥ "
                       f"{target['variance_explained']:.2f}, CE loss recovered ≥ "
-                      f"{target['ce_loss_recovered']:.2f}.", ""]
+                      f"{target['ce_loss_recovered']:.2f}."), ""]
         lines.append("| site | features | L1 coeff | L0 | var. explained | CE loss recovered "
                      "| KL (nats/token) | dead fraction | train s |")
         lines.append("|---|---|---|---|---|---|---|---|---|")
