@@ -382,9 +382,10 @@ def test_evaluation_masks_padding(model):
 # ----------------------------------------------------------------------------- shipping
 def test_ship_dictionaries_writes_loadable_sets_and_summary(model, tmp_path):
     config = ShippingConfig(
-        sae_sets=(SAESetSpec("sae-sparse", 2.0, n_features=64, steps=60),
-                  SAESetSpec("sae-dense", 0.5, n_features=64, steps=60)),
-        train_tokens=3000, eval_texts=8, batch_size=128, resample_dead_every=50,
+        sae_sets=(SAESetSpec("sae-sparse", 2.0, n_features=64, steps=60, target_l0=(0.5, 1.0)),
+                  SAESetSpec("sae-dense", 0.25, n_features=64, steps=60,
+                             relative_to="sae-sparse")),
+        max_retries=1, train_tokens=3000, eval_texts=8, batch_size=128, resample_dead_every=50,
         dead_window=20)
     summary = ship_dictionaries(model, tmp_path, _texts(400, seed=7), _texts(8, seed=8),
                                 config=config, progress=False, log=lambda _: None)
@@ -397,12 +398,21 @@ def test_ship_dictionaries_writes_loadable_sets_and_summary(model, tmp_path):
                         "training_steps", "seed"):
                 assert key in loaded.meta, (set_name, key)
     sparse = load_dictionary(tmp_path / "sae-sparse" / "resid_out.1")
-    assert sparse.meta["training_steps"] == 60 and sparse.meta["l1_coefficient"] == 2.0
-    assert isinstance(sparse, SparseAutoencoder) and sparse.n_features == 64
+    assert sparse.meta["training_steps"] == 60 and isinstance(sparse, SparseAutoencoder)
+    assert sparse.n_features == 64
+    # L0 far above the (unreachable) target: one retry with a larger λ
+    first, second = sparse.meta["l1_attempts"]
+    assert first["l1_coefficient"] == 2.0 and first["train_l0"] > 1.0
+    assert second["l1_coefficient"] > 2.0
+    assert sparse.meta["l1_coefficient"] == second["l1_coefficient"]
+    dense = load_dictionary(tmp_path / "sae-dense" / "resid_out.1")
+    assert dense.meta["l1_coefficient"] == pytest.approx(0.25 * second["l1_coefficient"])
+    assert len(dense.meta["l1_attempts"]) == 1
     pca = load_dictionary(tmp_path / "pca" / "resid_out.0")
     assert pca.meta["variance_explained"] == pytest.approx(1.0, abs=1e-4)
     text = (tmp_path / "summary.md").read_text()
-    assert "## sae-sparse" in text and "| resid_out.1 | 64 | 2.000 |" in text
+    assert "## sae-sparse" in text
+    assert f"| resid_out.1 | 64 | {second['l1_coefficient']:.3f} |" in text
     rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
     assert {(r["set"], r["site"]) for r in rows} == {
         (s, f"resid_out.{layer}") for s in ("pca", "sae-sparse", "sae-dense") for layer in (0, 1)}

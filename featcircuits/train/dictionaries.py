@@ -60,8 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sites", help="comma-separated sites (default: every resid_out.L)")
     parser.add_argument("--n-features", type=int, default=sparse.n_features)
     parser.add_argument("--steps", type=int, default=sparse.steps)
-    parser.add_argument("--sparse-l1", type=float, default=sparse.l1_coefficient)
-    parser.add_argument("--dense-l1", type=float, default=dense.l1_coefficient)
+    parser.add_argument("--sparse-l1", type=float, default=sparse.l1_coefficient,
+                        help="starting λ of sae-sparse (retrained while L0 misses "
+                        f"{sparse.target_l0[0]:g}–{sparse.target_l0[1]:g})")
+    parser.add_argument("--sparse-l0", default="{:g}-{:g}".format(*sparse.target_l0),
+                        help="target L0 range of sae-sparse, or 'none'")
+    parser.add_argument("--dense-l1", type=float, default=None,
+                        help="λ of sae-dense (default: sae-sparse's final λ × "
+                        f"{dense.l1_coefficient:g} per site)")
+    parser.add_argument("--max-retries", type=int, default=default.max_retries)
     parser.add_argument("--no-pca", action="store_true")
     parser.add_argument("--train-tokens", type=int, default=default.train_tokens)
     parser.add_argument("--eval-texts", type=int, default=default.eval_texts)
@@ -82,10 +89,16 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model)
     train, held_out, source = _texts(args, model)
     print(f"model {args.model}; texts from {source}", flush=True)
+    target = None if args.sparse_l0 == "none" else tuple(float(v) for v in args.sparse_l0.split("-"))
+    default_dense = ShippingConfig().sae_sets[1]
+    dense = (SAESetSpec("sae-dense", args.dense_l1, args.n_features, args.steps)
+             if args.dense_l1 is not None else
+             SAESetSpec("sae-dense", default_dense.l1_coefficient, args.n_features, args.steps,
+                        relative_to="sae-sparse"))
     config = ShippingConfig(
-        sae_sets=(SAESetSpec("sae-sparse", args.sparse_l1, args.n_features, args.steps),
-                  SAESetSpec("sae-dense", args.dense_l1, args.n_features, args.steps)),
-        pca=not args.no_pca, train_tokens=args.train_tokens, eval_texts=args.eval_texts,
+        sae_sets=(SAESetSpec("sae-sparse", args.sparse_l1, args.n_features, args.steps,
+                             target_l0=target), dense),
+        max_retries=args.max_retries, pca=not args.no_pca, train_tokens=args.train_tokens, eval_texts=args.eval_texts,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     sites = args.sites.split(",") if args.sites else None
     ship_dictionaries(model, args.out, train, held_out, config=config, sites=sites,

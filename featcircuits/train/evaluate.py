@@ -157,7 +157,7 @@ def evaluate_dictionary(
         "ce_clean": ce_clean,
         "ce_spliced": ce_spliced,
         "ce_zero": ce_zero,
-        "ce_loss_recovered": (ce_zero - ce_spliced) / gap if gap != 0 else float("nan"),
+        "ce_loss_recovered": (ce_zero - ce_spliced) / gap + 0.0 if gap != 0 else float("nan"),
         "kl_spliced": sums["kl_spliced"] / n_tok,
         "kl_zero": sums["kl_zero"] / n_tok,
         "l0": sums["l0"] / n_dict,

@@ -395,7 +395,7 @@ class SAETrainer:
             self.load_checkpoint(checkpoint_dir)
         step_fn = data if callable(data) else None
         iterator = None
-        if step_fn is None:
+        if step_fn is None and self.step < cfg.steps:
             iterator = iter(data)
             for _ in range(self.step):  # replay the consumed batches
                 if next(iterator, None) is None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from featcircuits._io import atomic_write_text
 from featcircuits.dictionaries.bases import PCABasis
@@ -42,12 +43,22 @@ from featcircuits.train.sae import train_sae
 
 @dataclass(frozen=True)
 class SAESetSpec:
-    """One shipped SAE set: its folder name and training settings."""
+    """One shipped SAE set: its folder name and training settings.
+
+    Attributes:
+        l1_coefficient: λ; with ``relative_to`` a factor on that set's final λ at the same site.
+        target_l0: ``(low, high)``: if the trained SAE's L0 falls outside, λ is rescaled
+            (assuming L0 ∝ λ^-0.6, aiming at the range's geometric middle) and the SAE retrained,
+            up to ``ShippingConfig.max_retries`` times.
+        relative_to: name of an earlier set whose final λ this set's λ is relative to.
+    """
 
     name: str
     l1_coefficient: float
     n_features: int = 512
     steps: int = 2000
+    target_l0: tuple[float, float] | None = None
+    relative_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,9 +67,10 @@ class ShippingConfig:
     d_model-128 model)."""
 
     sae_sets: tuple[SAESetSpec, ...] = field(default_factory=lambda: (
-        SAESetSpec("sae-sparse", l1_coefficient=4.0),
-        SAESetSpec("sae-dense", l1_coefficient=1.0),
+        SAESetSpec("sae-sparse", l1_coefficient=4.0, target_l0=(5.0, 15.0)),
+        SAESetSpec("sae-dense", l1_coefficient=0.25, relative_to="sae-sparse"),
     ))
+    max_retries: int = 2
     pca: bool = True
     train_tokens: int = 200_000
     eval_texts: int = 256
@@ -135,15 +147,12 @@ def ship_dictionaries(
             def fit_pca(x=x, site=site):
                 return PCABasis.fit(x, site=str(site)), {"n_features": width}
             jobs.append(("pca", fit_pca))
+        final_l1: dict[str, float] = {}
         for spec in config.sae_sets:
-            def fit_sae(x=x, site=site, spec=spec):
-                sae, _ = train_sae(
-                    StepBatches(x, config.batch_size, seed=config.seed), width, spec.n_features,
-                    l1_coefficient=spec.l1_coefficient, lr=config.lr, steps=spec.steps,
-                    resample_dead_every=config.resample_dead_every,
-                    dead_window=config.dead_window, seed=config.seed, site=str(site),
-                    progress=progress)
-                return sae, {"n_features": spec.n_features, "l1_coefficient": spec.l1_coefficient}
+            def fit_sae(x=x, site=site, spec=spec, final_l1=final_l1):
+                sae, l1 = _train_to_target(x, site, spec, config, width, final_l1, progress, log)
+                final_l1[spec.name] = l1
+                return sae, {"n_features": spec.n_features, "l1_coefficient": l1}
             jobs.append((spec.name, fit_sae))
         for set_name, fit in jobs:
             t0 = time.perf_counter()
@@ -171,6 +180,43 @@ def ship_dictionaries(
     write_summary(out, summary, model_name=name, config=config,
                   seconds=time.perf_counter() - start)
     return summary
+
+
+L0_EXPONENT = 0.6  # L0 ∝ λ^-0.6: measured on synthetic sparse data, used only to aim retries
+
+
+def _train_to_target(x: torch.Tensor, site: Site, spec: SAESetSpec, config: ShippingConfig,
+                     width: int, final_l1: dict[str, float], progress: bool,
+                     log: Callable[[str], None]):
+    """Train one SAE of ``spec``; retrain with a rescaled λ while L0 misses ``target_l0``."""
+    l1 = spec.l1_coefficient
+    if spec.relative_to is not None:
+        if spec.relative_to not in final_l1:
+            raise ParameterError(f"SAE set {spec.name!r} is relative to {spec.relative_to!r}, "
+                                 "which is not trained before it",
+                                 hint="list the reference set first in sae_sets")
+        l1 = final_l1[spec.relative_to] * spec.l1_coefficient
+    attempts = []
+    for attempt in range(config.max_retries + 1):
+        sae, _ = train_sae(
+            StepBatches(x, config.batch_size, seed=config.seed), width, spec.n_features,
+            l1_coefficient=l1, lr=config.lr, steps=spec.steps,
+            resample_dead_every=config.resample_dead_every, dead_window=config.dead_window,
+            seed=config.seed, site=str(site), progress=progress)
+        l0 = float(sae.meta["train_l0"])
+        attempts.append({"l1_coefficient": l1, "train_l0": l0})
+        if spec.target_l0 is None:
+            break
+        low, high = spec.target_l0
+        if low <= l0 <= high or attempt == config.max_retries or not math.isfinite(l0):
+            break
+        factor = (max(l0, 0.1) / math.sqrt(low * high)) ** (1 / L0_EXPONENT)
+        new_l1 = l1 * min(max(factor, 1 / 16), 16)
+        log(f"{spec.name:>10} {site!s:<12} L0 {l0:.1f} outside {low:g}–{high:g} at λ={l1:.4g};"
+            f" retrying with λ={new_l1:.4g}")
+        l1 = new_l1
+    sae.meta["l1_attempts"] = attempts
+    return sae, l1
 
 
 def _fmt(value: Any) -> str:
