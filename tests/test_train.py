@@ -416,3 +416,29 @@ def test_ship_dictionaries_writes_loadable_sets_and_summary(model, tmp_path):
     rows = json.loads((tmp_path / "summary.json").read_text())["rows"]
     assert {(r["set"], r["site"]) for r in rows} == {
         (s, f"resid_out.{layer}") for s in ("pca", "sae-sparse", "sae-dense") for layer in (0, 1)}
+
+
+def test_train_from_activation_buffer_resumes_identically(model, tmp_path):
+    texts = _texts(120, seed=9)
+
+    def buffer():
+        return ActivationBuffer(model, "resid_out.1", texts, batch_size=16, buffer_size=256,
+                                out_batch_size=64, seed=2)
+
+    settings = {"l1_coefficient": 1.0, "steps": 24, "site": "resid_out.1", "progress": False}
+    whole, log = train_sae(buffer(), 32, 64, **settings)
+    assert log["step"].iloc[-1] == 24 and whole.site == "resid_out.1"
+
+    class Interrupted:
+        def __iter__(self):
+            for i, batch in enumerate(buffer()):
+                if i == 15:
+                    raise _Killed
+                yield batch
+
+    with pytest.raises(_Killed):
+        train_sae(Interrupted(), 32, 64, checkpoint_dir=tmp_path, checkpoint_every=10,
+                  **settings)
+    resumed, _ = train_sae(buffer(), 32, 64, checkpoint_dir=tmp_path, checkpoint_every=10,
+                           **settings)
+    _assert_same_sae(whole, resumed)
