@@ -23,7 +23,12 @@ from featcircuits.models import underlying_module
 from featcircuits.train.buffer import ActivationBuffer, StepBatches, collect_activations
 from featcircuits.train.evaluate import evaluate_dictionary
 from featcircuits.train.sae import SAETrainer, train_sae
-from featcircuits.train.shipping import SAESetSpec, ShippingConfig, ship_dictionaries
+from featcircuits.train.shipping import (
+    SAESetSpec,
+    ShippingConfig,
+    next_l1_coefficient,
+    ship_dictionaries,
+)
 
 BOS = "<|endoftext|>"
 BOS_ID = 62
@@ -442,3 +447,15 @@ def test_train_from_activation_buffer_resumes_identically(model, tmp_path):
     resumed, _ = train_sae(buffer(), 32, 64, checkpoint_dir=tmp_path, checkpoint_every=10,
                            **settings)
     _assert_same_sae(whole, resumed)
+
+
+def test_l1_retry_rule():
+    spec = SAESetSpec("s", 2.0, target_l0=(5.0, 15.0), min_variance_explained=0.9)
+    assert next_l1_coefficient(2.0, 30.0, 0.95, spec) > 2.0  # too dense: stronger L1
+    assert next_l1_coefficient(2.0, 2.0, 0.80, spec) < 2.0  # too sparse: weaker L1
+    assert next_l1_coefficient(2.0, 8.0, 0.93, spec) is None  # on target
+    lower = next_l1_coefficient(2.0, 6.0, 0.85, spec)  # in range but poor reconstruction
+    assert lower is not None and lower < 2.0
+    assert lower == pytest.approx(2.0 * (6.0 / 9.0) ** (1 / 0.8))
+    assert next_l1_coefficient(2.0, 14.5, 0.85, spec) is None  # no room left to densify
+    assert next_l1_coefficient(2.0, 30.0, 0.9, SAESetSpec("d", 2.0)) is None  # no target

@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{sparse.target_l0[0]:g}–{sparse.target_l0[1]:g})")
     parser.add_argument("--sparse-l0", default="{:g}-{:g}".format(*sparse.target_l0),
                         help="target L0 range of sae-sparse, or 'none'")
+    parser.add_argument("--sparse-min-ve", type=float, default=sparse.min_variance_explained,
+                        help="retrain sae-sparse with a lower λ while its variance explained "
+                        "is below this and L0 allows")
     parser.add_argument("--dense-l1", type=float, default=None,
                         help="λ of sae-dense (default: sae-sparse's final λ × "
                         f"{dense.l1_coefficient:g} per site)")
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                         relative_to="sae-sparse"))
     config = ShippingConfig(
         sae_sets=(SAESetSpec("sae-sparse", args.sparse_l1, args.n_features, args.steps,
-                             target_l0=target), dense),
+                             target_l0=target, min_variance_explained=args.sparse_min_ve),
+                  dense),
         max_retries=args.max_retries, pca=not args.no_pca, train_tokens=args.train_tokens, eval_texts=args.eval_texts,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     sites = args.sites.split(",") if args.sites else None
