@@ -16,9 +16,29 @@ from featcircuits.dictionaries import (
     load_dictionary,
     save_dictionary,
 )
+from featcircuits.compare import compare_bases, reference_bases, summarize_comparison
 from featcircuits.errors import *  # noqa: F401,F403
 from featcircuits.errors import __all__ as _error_names
 from featcircuits.models import load_model, zoo_names, zoo_path
+from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
+from featcircuits.patching import PatchingExperiment, RunCache, patch_site
+from featcircuits.prompts import PromptPairs, read_prompts, tokenize_prompts
+from featcircuits.render import (
+    plot_patching_curves,
+    render_circuit,
+    to_dot,
+    to_html,
+    to_neuronpedia_json,
+    write_dot,
+    write_neuronpedia_json,
+)
+from featcircuits.search import (
+    attribution_curve,
+    attribution_scores,
+    backward_elimination,
+    default_taus,
+    features_needed,
+)
 from featcircuits.sites import Site, all_sites, d_model, num_layers
 
 __version__ = "0.1.0"
@@ -43,4 +63,28 @@ __all__ = [
     "load_dictionary",
     "load_dictionaries",
     "check_dictionary_fits",
+    "read_prompts",
+    "tokenize_prompts",
+    "PromptPairs",
+    "logit_diff",
+    "kl_divergence",
+    "answer_prob",
+    "patch_site",
+    "RunCache",
+    "PatchingExperiment",
+    "backward_elimination",
+    "attribution_scores",
+    "attribution_curve",
+    "default_taus",
+    "features_needed",
+    "compare_bases",
+    "reference_bases",
+    "summarize_comparison",
+    "plot_patching_curves",
+    "render_circuit",
+    "to_dot",
+    "write_dot",
+    "to_html",
+    "to_neuronpedia_json",
+    "write_neuronpedia_json",
 ]

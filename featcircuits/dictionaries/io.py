@@ -12,6 +12,7 @@ sit under ``cfg["featcircuits"]`` (kind, site, constructor config, metadata).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -56,10 +57,19 @@ def save_dictionary(dictionary: Dictionary, path: str | os.PathLike[str]) -> Pat
     folder = Path(path)
     tensors, cfg = _to_saelens(dictionary)
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
+        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp),
+                  metadata={"format": "featcircuits", "format_version": str(FORMAT_VERSION)})
+        cfg["featcircuits"]["sha256"] = _checksum(tmp.read_bytes(), cfg)
     with atomic_path(folder / CFG_FILE) as tmp:
         tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
     return folder
+
+
+def _checksum(weights: bytes, cfg: dict[str, Any]) -> str:
+    """SHA-256 over the weights file and the config (without the checksum itself)."""
+    ours = {key: value for key, value in cfg.get("featcircuits", {}).items() if key != "sha256"}
+    canonical = json.dumps({**cfg, "featcircuits": ours}, sort_keys=True)
+    return hashlib.sha256(weights + canonical.encode("utf-8")).hexdigest()
 
 
 def _to_saelens(dictionary: Dictionary) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -231,8 +241,17 @@ def _int_field(cfg: dict[str, Any], key: str, where: Path) -> int:
 def _load_saelens(folder: Path) -> Dictionary:
     from safetensors.torch import load_file
 
+    from safetensors import safe_open
+
     cfg = _read_json(folder / CFG_FILE)
     tensors = {k: v.float() for k, v in load_file(str(folder / WEIGHTS_FILE)).items()}
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as handle:
+        written_by_us = (handle.metadata() or {}).get("format") == "featcircuits"
+    if written_by_us and not isinstance(cfg.get("featcircuits"), dict):
+        raise DictionaryLoadError(
+            f"{str(folder)!r}: the weights were saved by featcircuits but {CFG_FILE} has no "
+            "'featcircuits' section (corrupted or edited)",
+            hint="re-save or re-download the dictionary")
     _require(tensors, ["W_enc", "b_enc", "W_dec", "b_dec"], folder / WEIGHTS_FILE)
     d_in, d_sae = _int_field(cfg, "d_in", folder / CFG_FILE), _int_field(cfg, "d_sae",
                                                                         folder / CFG_FILE)
@@ -240,6 +259,13 @@ def _load_saelens(folder: Path) -> Dictionary:
                         ("b_dec", (d_in,))):
         _expect_shape(name, tensors[name], shape, folder / WEIGHTS_FILE)
     ours = cfg.get("featcircuits") if isinstance(cfg.get("featcircuits"), dict) else None
+    if ours is not None and "sha256" in ours:
+        if _checksum((folder / WEIGHTS_FILE).read_bytes(), cfg) != ours["sha256"]:
+            raise DictionaryLoadError(
+                f"{str(folder)!r}: checksum mismatch — {WEIGHTS_FILE} or {CFG_FILE} changed "
+                "since it was saved (corrupted or edited)",
+                hint="re-save or re-download it; if you edited cfg.json on purpose, delete the "
+                "'sha256' entry under 'featcircuits'")
     if ours is not None:
         version = ours.get("format_version")
         if version != FORMAT_VERSION:

@@ -1,0 +1,276 @@
+"""Benchmark featcircuits' torch FastICA (featcircuits.train.ica.fit_ica).
+
+(a) in memory: 200k x 128 mixtures of Laplace and uniform sources, featcircuits vs
+    scikit-learn's FastICA with the same contrast, tol and max_iter, timed side by side in
+    this process. scikit-learn runs three times: its defaults on float64 input (what a
+    float64 array gets), its defaults on float32 input (it then computes in float32, but
+    whitens by SVD of the data), and its fastest settings (float32, whiten_solver="eigh").
+(b) streaming: 5M x 256 activations synthesised chunk by chunk by a generator (the full
+    data never exists), on CPU: wall time, throughput and peak resident memory (VmHWM,
+    reset before the fit, as a delta over the resident memory at that point) against the
+    size of one streamed batch.
+
+Usage: python benchmarks/ica.py [--quick] [--part a|b|both] [--no-sklearn] [--threads N]
+Timings are wall-clock on whatever machine runs this; the load average is printed with
+them because other processes change them a lot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+import time
+import warnings
+
+import torch
+
+from featcircuits.train.ica import amari_distance, fit_ica
+
+
+def _load() -> str:
+    return "load avg {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+
+
+def _sources_(out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Fill ``out [m, k]`` in place: first half Laplace, second half uniform (unit var)."""
+    half = out.shape[1] // 2
+    laplace, uniform = out[:, :half], out[:, half:]
+    laplace.uniform_(-0.5, 0.5, generator=generator)
+    sign = laplace.sign()
+    # |u| = 0.5 would give log(0): keep |u| below it
+    laplace.abs_().clamp_(max=0.5 - 2.0**-24).mul_(-2).log1p_().mul_(sign)
+    laplace.mul_(-1 / math.sqrt(2))
+    uniform.uniform_(-math.sqrt(3), math.sqrt(3), generator=generator)
+    return out
+
+
+def _warm_up() -> None:
+    """Load torch's kernels and thread pools before anything is timed."""
+    sources = _sources_(torch.empty(4096, 8), torch.Generator().manual_seed(0))
+    fit_ica(sources, 8, device="cpu", progress=False)
+    fit_ica(lambda: iter([sources]), 8, device="cpu", progress=False)
+
+
+def _problem(d_model: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(d_model, d_model, generator=generator)
+    offset = torch.randn(d_model, generator=generator)
+    return mixing, offset
+
+
+# ----------------------------------------------------------------------- (a) in memory
+def bench_in_memory(n: int, d_model: int, max_iter: int, sklearn: bool) -> None:
+    print(f"\n(a) in memory: {n:,} x {d_model}, contrast=logcosh, tol=1e-4, "
+          f"max_iter={max_iter}, {torch.get_num_threads()} torch threads")
+    mixing, offset = _problem(d_model, seed=1)
+    sources = _sources_(torch.empty(n, d_model), torch.Generator().manual_seed(2))
+    data = sources @ mixing.T + offset
+    del sources
+    _warm_up()
+
+    rows = []
+    print(f"  featcircuits (float32) ... {_load()}", flush=True)
+    start = time.perf_counter()
+    ours = fit_ica(data, d_model, contrast="logcosh", tol=1e-4, max_iter=max_iter,
+                   device="cpu", progress=False)
+    ours_time = time.perf_counter() - start
+    ours_amari = amari_distance(ours.unmixing, mixing)
+    rows.append(("featcircuits fit_ica (float32)", ours_time, ours.meta["n_iter"], ours_amari))
+
+    print(f"  featcircuits warm_start=n/10 ... {_load()}", flush=True)
+    start = time.perf_counter()
+    warm = fit_ica(data, d_model, contrast="logcosh", tol=1e-4, max_iter=max_iter,
+                   device="cpu", warm_start=n // 10, progress=False)
+    warm_time = time.perf_counter() - start
+    label = (f"featcircuits warm_start={n // 10} (+{warm.meta['n_iter_warm_start']} "
+             "prefix its)")
+    rows.append((label, warm_time, warm.meta["n_iter"],
+                 amari_distance(warm.unmixing, mixing)))
+
+    if sklearn:
+        import numpy as np
+        from sklearn.decomposition import FastICA
+
+        for label, dtype, solver in (
+                ("scikit-learn defaults, float64 input (svd)", np.float64, "svd"),
+                ("scikit-learn defaults, float32 input (svd)", np.float32, "svd"),
+                ("scikit-learn float32 input, whiten_solver=eigh", np.float32, "eigh")):
+            array = data.numpy().astype(dtype)
+            print(f"  {label} ... {_load()}", flush=True)
+            model = FastICA(d_model, fun="logcosh", tol=1e-4, max_iter=max_iter,
+                            whiten="unit-variance", whiten_solver=solver, random_state=0)
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.fit(array)
+            elapsed = time.perf_counter() - start
+            rows.append((label, elapsed, model.n_iter_,
+                         amari_distance(torch.from_numpy(model.components_), mixing)))
+            del array
+
+    print(f"\n  {'method':<50} {'wall s':>8} {'iters':>6} {'Amari':>8} {'sklearn/ours':>13}")
+    for label, elapsed, n_iter, amari in rows:
+        print(f"  {label:<50} {elapsed:8.2f} {n_iter:6d} {amari:8.4f}", end="")
+        print(f" {elapsed / ours_time:12.2f}x" if "scikit" in label else "")
+    if sklearn:
+        sk_default = rows[2]
+        print(f"\n  speed ratio (sklearn defaults, float64 / ours): "
+              f"{sk_default[1] / ours_time:.1f}x (target >= 5x)")
+        print(f"  Amari ours - sklearn defaults: {ours_amari - sk_default[3]:+.4f} "
+              f"(target <= +0.01)")
+
+
+# ------------------------------------------------------------------------ (b) streaming
+class SyntheticActivations:
+    """A re-readable stream of ``n`` synthetic activations ``[batch_rows, d_model]``.
+
+    Each call returns a fresh iterator; batch ``i`` is rebuilt from seed ``(seed, i)`` in
+    blocks of ``block_rows`` (sources, then mixing into the batch in place), so every pass
+    sees the same data and only one batch plus one block exists at a time.
+    """
+
+    def __init__(self, n: int, d_model: int, batch_rows: int, block_rows: int, seed: int):
+        self.n, self.d_model = n, d_model
+        self.batch_rows, self.block_rows, self.seed = batch_rows, block_rows, seed
+        self.mixing, self.offset = _problem(d_model, seed)
+
+    def __call__(self):
+        for index, start in enumerate(range(0, self.n, self.batch_rows)):
+            rows = min(self.batch_rows, self.n - start)
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            batch = torch.empty(rows, self.d_model)
+            block = torch.empty(min(self.block_rows, rows), self.d_model)
+            for offset in range(0, rows, self.block_rows):
+                size = min(self.block_rows, rows - offset)
+                sources = _sources_(block[:size], generator)
+                torch.matmul(sources, self.mixing.T, out=batch[offset:offset + size])
+            del block, sources
+            batch += self.offset
+            yield batch
+            del batch
+
+
+def _memory_kib() -> dict[str, int]:
+    with open("/proc/self/status", encoding="ascii") as handle:
+        status = handle.read()
+    return {key: int(re.search(rf"{key}:\s+(\d+)", status).group(1))
+            for key in ("VmRSS", "VmHWM")}
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def bench_streaming(n: int, d_model: int, batch_rows: int, chunk_size: int, max_iter: int,
+                    warm_start: int | None) -> None:
+    stream = SyntheticActivations(n, d_model, batch_rows, block_rows=chunk_size, seed=3)
+    batch_mib = batch_rows * d_model * 4 / 2**20
+    print(f"\n(b) streaming: {n:,} x {d_model} synthesised in batches of {batch_rows:,} rows "
+          f"({batch_mib:.0f} MiB), chunk_size={chunk_size:,}, warm_start={warm_start}, "
+          f"max_iter={max_iter}, CPU")
+    _warm_up()
+
+    exact = _reset_peak()
+    baseline = _memory_kib()["VmRSS"]
+    print(f"  fit_ica ... {_load()}", flush=True)
+    start = time.perf_counter()
+    basis = fit_ica(stream, d_model, contrast="logcosh", tol=1e-4, max_iter=max_iter,
+                    device="cpu", chunk_size=chunk_size, warm_start=warm_start, progress=True)
+    elapsed = time.perf_counter() - start
+    peak_mib = (_memory_kib()["VmHWM"] - baseline) / 1024
+    # timed after the fit so that its freed batches cannot inflate the RSS baseline
+    print(f"  generator alone, one pass ... {_load()}", flush=True)
+    start = time.perf_counter()
+    for batch in stream():
+        del batch
+    generate_time = time.perf_counter() - start
+    print(f"  done ... {_load()}")
+
+    k = d_model
+    state_mib = (3 * k * d_model + 4 * k * k) * 8 / 2**20  # K, W, g accumulators (float64)
+    workspace_mib = chunk_size * (d_model + k) * 4 / 2**20
+    warm_rows = basis.meta["n_iter_warm_start"] * min(warm_start or 0, n)
+    full_passes = 1 + basis.meta["n_iter"] + 1  # moments + iterations + source statistics
+    processed = full_passes * n + warm_rows
+    ica_time = elapsed - generate_time * processed / n
+    print(f"  iterations: {basis.meta['n_iter']} full passes + "
+          f"{basis.meta['n_iter_warm_start']} warm-start passes over {warm_start or 0:,} "
+          f"rows; converged={basis.meta['converged']} (final change "
+          f"{basis.meta['final_change']:.1e})")
+    print(f"  data passes: {full_passes} full (+{warm_rows / n:.2f} in prefixes) = "
+          f"{processed:,} activations read")
+    print(f"  wall: {elapsed:.1f} s total; generator alone {generate_time:.1f} s per pass")
+    print(f"  throughput incl. synthesis: {processed / elapsed:,.0f} activations/s")
+    print(f"  throughput of ICA alone (synthesis time subtracted): "
+          f"{processed / max(ica_time, 1e-9):,.0f} activations/s")
+    print(f"  Amari distance to the true mixing: {amari_distance(basis.unmixing, stream.mixing):.4f}")
+    print(f"  peak RSS delta: {peak_mib:.0f} MiB{'' if exact else ' (VmHWM not reset: upper bound)'}"
+          f" = {peak_mib / batch_mib:.2f} x one batch ({batch_mib:.0f} MiB); "
+          f"workspace {workspace_mib:.0f} MiB, model state {state_mib:.1f} MiB")
+    print(f"  target peak <= 1.5 x batch + state = {1.5 * batch_mib + state_mib:.0f} MiB: "
+          f"{'met' if peak_mib <= 1.5 * batch_mib + state_mib else 'NOT met'}")
+
+
+def _limit_threads(threads: int | None):
+    """Set torch's threads and (for scikit-learn) the BLAS/OpenMP pools' to ``threads``."""
+    import contextlib
+
+    if threads is None:
+        return contextlib.nullcontext()
+    torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(threads)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
+    parser.add_argument("--part", choices=("a", "b", "both"), default="both")
+    parser.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn in (a)")
+    parser.add_argument("--max-iter", type=int, default=200, help="(a) max_iter")
+    parser.add_argument("--stream-max-iter", type=int, default=50, help="(b) max_iter")
+    parser.add_argument("--no-warm-start", action="store_true", help="(b) without warm start")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for torch and scikit-learn's BLAS (default: torch's)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    limits = _limit_threads(args.threads)
+    if not args.child:
+        print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, "
+              f"{torch.get_num_threads()} torch threads, python {sys.version.split()[0]}")
+    if args.part in ("a", "both"):
+        n, d = (50_000, 64) if args.quick else (200_000, 128)
+        with limits:
+            bench_in_memory(n, d, args.max_iter, sklearn=not args.no_sklearn)
+    if args.part in ("b", "both") and not args.child:
+        # a fresh process, so that (a)'s freed memory cannot hide in the RSS baseline
+        import subprocess
+
+        command = [sys.executable, os.path.abspath(__file__), "--part", "b", "--child",
+                   "--stream-max-iter", str(args.stream_max_iter)]
+        command += ["--quick"] * args.quick + ["--no-warm-start"] * args.no_warm_start
+        command += [] if args.threads is None else ["--threads", str(args.threads)]
+        sys.stdout.flush()
+        subprocess.run(command, check=True)
+    elif args.part == "b":
+        if args.quick:
+            n, d, batch, chunk, warm = 500_000, 64, 262_144, 16_384, 50_000
+        else:
+            n, d, batch, chunk, warm = 5_000_000, 256, 262_144, 16_384, 200_000
+        bench_streaming(n, d, batch, chunk, args.stream_max_iter,
+                        None if args.no_warm_start else warm)
+
+
+if __name__ == "__main__":
+    main()

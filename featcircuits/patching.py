@@ -1,0 +1,369 @@
+"""Sub-rank-one feature patching.
+
+On the corrupted run, the activation x̄ at a site is replaced by::
+
+    x′ = x̄ + Σ_{i∈F} (cᵢ − c̄ᵢ) fᵢ
+
+where ``c̄ = encode(x̄)`` is read live from the run being patched, ``c`` comes from a source
+(the clean run, zero, the dataset mean, or another prompt's clean run), and ``fᵢ`` are the
+dictionary's decoder directions. The reconstruction error of x̄ is untouched, so patching
+the empty set reproduces the corrupted run exactly, and with a complete basis (neurons,
+full PCA) patching every feature at every position reproduces the clean activation.
+
+``patch_site`` is the trace-level primitive: call it inside your own ``model.trace``.
+``PatchingExperiment`` caches the clean and corrupted runs once and evaluates many feature
+sets in batched forward passes (feature sets stacked along the batch dimension).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Union
+
+import einops
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from featcircuits.dictionaries.base import Dictionary
+from featcircuits.dictionaries.io import check_dictionary_fits
+from featcircuits.errors import FeatureIdError, ParameterError
+from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
+from featcircuits.prompts import PromptPairs, tokenize_prompts
+from featcircuits.sites import Site
+
+FeatureSet = Union[Sequence[int], Mapping[str, Sequence[int]]]
+SOURCES = ("clean", "zero", "mean", "resample")
+
+
+def patch_site(model, site: Site | str, dictionary: Dictionary, source_features: torch.Tensor,
+               feature_mask: torch.Tensor, position_mask: torch.Tensor | None = None, *,
+               feature_ids: torch.Tensor | None = None, repeat: int = 1) -> torch.Tensor:
+    """Inside a trace: patch features at ``site``; returns the edit ``x′ − x̄``.
+
+    Args:
+        source_features: ``[batch, pos, n]`` (or broadcastable) values cᵢ to patch in.
+        feature_mask: ``[batch, n]`` or ``[n]``; 1 for features in F, 0 elsewhere.
+        position_mask: ``[batch, pos]``; 1 at positions to patch (``None``: all).
+        feature_ids: ``[n]`` the dictionary columns that ``source_features`` and
+            ``feature_mask`` refer to (``None``: all ``n_features``). Restricting to the
+            features that are ever patched saves memory and time; the result is the same.
+        repeat: tile the activation ``repeat`` times along the batch before patching, so
+            one forward of ``n`` prompts evaluates ``repeat`` feature sets from this site on
+            (the layers before the site run once, not once per set).
+
+    Returns:
+        ``[batch, pos, d_model]`` the edit added to the activation.
+    """
+    site = Site.parse(site)
+    activation = site.read(model)
+    if repeat > 1:
+        activation = einops.repeat(activation, "n t d -> (k n) t d", k=repeat)
+    current = dictionary.encode(activation)
+    directions = dictionary.directions
+    if feature_ids is not None:
+        current, directions = current[..., feature_ids], directions[feature_ids]
+    mask = feature_mask if feature_mask.ndim == 2 else feature_mask[None, :]
+    weight = (source_features - current) * mask[:, None, :]
+    if position_mask is not None:
+        weight = weight * position_mask[..., None]
+    edit = weight @ directions
+    site.write(model, activation + edit)
+    return edit
+
+
+class RunCache:
+    """Clean and corrupted runs of prompt pairs: activations at sites, answer logits.
+
+    Computed once and shared by every experiment on the same prompts (e.g. when comparing
+    bases at one site), so the clean and corrupted forwards are never rerun.
+
+    Attributes:
+        clean_logits, corrupt_logits: ``[n, vocab]`` logits at each answer position.
+        clean_activations, corrupt_activations: ``{site: [n, pos, d_model]}``.
+    """
+
+    def __init__(self, model, prompts, sites: Sequence[str | Site]) -> None:
+        self.prompts: PromptPairs = tokenize_prompts(model.tokenizer, prompts)
+        self.sites = sorted({str(Site.parse(site)) for site in sites},
+                            key=lambda name: Site.parse(name).depth)
+        self.clean_logits, self.clean_activations = self._run(model, self.prompts.clean_ids)
+        self.corrupt_logits, self.corrupt_activations = self._run(model,
+                                                                  self.prompts.corrupt_ids)
+
+    @torch.no_grad()
+    def _run(self, model, input_ids: torch.Tensor
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        final = self.prompts.final_positions
+        activations: list[torch.Tensor] = []
+        with model.trace(input_ids):
+            for site in self.sites:
+                activations.append(Site.parse(site).read(model).save())
+            logits = model.output.logits[torch.arange(len(final)), final].save()
+        return logits, dict(zip(self.sites, activations))
+
+
+class PatchingExperiment:
+    """Clean and corrupted runs of prompt pairs, cached, ready to patch feature sets.
+
+    Args:
+        model: an nnsight ``LanguageModel`` (from ``load_model``).
+        dictionaries: ``{site: Dictionary}`` (or one ``Dictionary`` whose ``site`` is set).
+        prompts: a DataFrame / list of rows / ``PromptPairs`` (see ``featcircuits.prompts``).
+        source: ``"clean"`` (patching), ``"zero"``, ``"mean"`` (mean feature activation over
+            the clean prompts' tokens) or ``"resample"`` (clean run of another prompt of the
+            same length) — the latter three are ablations; or a tensor ``[n_features]``.
+        positions: ``"all"``, ``"final"`` (the answer position), or a list of token indices
+            (negative counts from each prompt's end).
+        max_rows: most sequences per forward pass (feature sets × prompts), bounds memory.
+        seed: for ``"resample"``.
+        runs: a ``RunCache`` of the same prompts to reuse (covering these sites).
+    """
+
+    def __init__(self, model, dictionaries: Mapping[str, Dictionary] | Dictionary,
+                 prompts, *, source: str | torch.Tensor = "clean",
+                 positions: str | Sequence[int] = "all", max_rows: int = 1024,
+                 seed: int = 0, progress: bool = True, runs: RunCache | None = None) -> None:
+        if isinstance(dictionaries, Dictionary):
+            if dictionaries.site is None:
+                raise ParameterError("the dictionary has no site",
+                                     hint="pass {site: dictionary} or set dictionary.site")
+            dictionaries = {dictionaries.site: dictionaries}
+        if not dictionaries:
+            raise ParameterError("no dictionaries given", hint="pass {site: dictionary}")
+        if max_rows < 1:
+            raise ParameterError(f"max_rows must be >= 1, got {max_rows}")
+        self.model = model
+        self.dictionaries = {str(Site.parse(site)): dictionary
+                             for site, dictionary in dictionaries.items()}
+        self.sites = sorted(self.dictionaries, key=lambda name: Site.parse(name).depth)
+        for site, dictionary in self.dictionaries.items():
+            check_dictionary_fits(dictionary, model, site)
+        if runs is None:
+            runs = RunCache(model, prompts, self.sites)
+        elif not set(self.sites) <= set(runs.sites):
+            raise ParameterError(f"the run cache covers sites {runs.sites}, not {self.sites}",
+                                 hint="build RunCache(model, prompts, sites) with every site")
+        self.runs = runs
+        self.prompts: PromptPairs = runs.prompts
+        self.clean_logits, self.corrupt_logits = runs.clean_logits, runs.corrupt_logits
+        with torch.no_grad():
+            self.clean_features = {site: self.dictionaries[site].encode(
+                runs.clean_activations[site]) for site in self.sites}
+            self.corrupt_features = {site: self.dictionaries[site].encode(
+                runs.corrupt_activations[site]) for site in self.sites}
+        self.max_rows = int(max_rows)
+        self.progress = progress
+        self.position_mask = _position_mask(self.prompts, positions)
+        self.source_features = {site: self._source(site, source, seed) for site in self.sites}
+        self._tile_at_site = True  # run layers before the first patched site once per chunk
+
+    def _source(self, site: str, source: str | torch.Tensor, seed: int) -> torch.Tensor:
+        clean = self.clean_features[site]
+        if isinstance(source, torch.Tensor):
+            if source.shape[-1] != clean.shape[-1]:
+                raise ParameterError(f"source has {source.shape[-1]} features, dictionary at "
+                                     f"{site} has {clean.shape[-1]}")
+            return source.to(clean).expand_as(clean)
+        if source == "clean":
+            return clean
+        if source == "zero":
+            return torch.zeros_like(clean)
+        if source == "mean":
+            mask = self.prompts.token_mask
+            return clean[mask].mean(0).expand_as(clean)
+        if source == "resample":
+            return clean[_resample_index(self.prompts.lengths, seed)]
+        raise ParameterError(f"unknown source {source!r}", hint=f"use one of {', '.join(SOURCES)}"
+                             " or a tensor [n_features]")
+
+    # --------------------------------------------------------------- feature sets
+    def feature_masks(self, feature_sets: Sequence[FeatureSet]) -> dict[str, torch.Tensor]:
+        """``{site: [k, n_features]}`` 0/1 masks for ``k`` feature sets (validated)."""
+        masks = {site: torch.zeros(len(feature_sets), self.dictionaries[site].n_features)
+                 for site in self.sites}
+        for row, feature_set in enumerate(feature_sets):
+            if not isinstance(feature_set, Mapping):
+                if len(self.sites) != 1:
+                    raise FeatureIdError(
+                        f"feature set {row} is a plain list but the experiment has sites "
+                        f"{self.sites}", hint="pass {site: [feature ids]}")
+                feature_set = {self.sites[0]: feature_set}
+            for site, ids in feature_set.items():
+                name = str(Site.parse(site))
+                if name not in self.dictionaries:
+                    raise FeatureIdError(f"feature set {row} names site {name!r}, which has no "
+                                         f"dictionary", hint=f"sites: {self.sites}")
+                checked = self.dictionaries[name].check_feature_ids(ids)
+                masks[name][row, checked] = 1.0
+        return masks
+
+    def all_features(self, site: str | None = None) -> list[int]:
+        """Ids of every feature at ``site`` (the only site when omitted)."""
+        site = self._one_site(site)
+        return list(range(self.dictionaries[site].n_features))
+
+    def active_features(self, site: str | None = None) -> list[int]:
+        """Features whose source and corrupted activations differ at some patched position.
+
+        Patching any other feature is a no-op, so searches can skip them.
+        """
+        site = self._one_site(site)
+        diff = (self.source_features[site] - self.corrupt_features[site]).abs()
+        diff = diff * self.position_mask[..., None]
+        return torch.nonzero(diff.amax(dim=(0, 1)) > 0).flatten().tolist()
+
+    def _one_site(self, site: str | None) -> str:
+        if site is None:
+            if len(self.sites) != 1:
+                raise ParameterError(f"name a site: the experiment has {self.sites}")
+            return self.sites[0]
+        name = str(Site.parse(site))
+        if name not in self.dictionaries:
+            raise ParameterError(f"site {name!r} has no dictionary", hint=f"sites: {self.sites}")
+        return name
+
+    # --------------------------------------------------------------- evaluation
+    def patched_logits(self, feature_sets: Sequence[FeatureSet]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Answer-position logits ``[k, n, vocab]`` and edit norms ``[k, n]`` for ``k`` sets.
+
+        Sets are stacked along the batch dimension, ``max_rows`` sequences per forward.
+        """
+        masks = self.feature_masks(feature_sets)
+        n = len(self.prompts)
+        per_chunk = max(1, self.max_rows // n)
+        logits, norms = [], []
+        starts = range(0, len(feature_sets), per_chunk)
+        for start in tqdm(starts, desc="patching", disable=not self.progress or len(starts) < 4,
+                          leave=False):
+            chunk = {site: mask[start:start + per_chunk] for site, mask in masks.items()}
+            chunk_logits, chunk_norms = self._patched_chunk(chunk)
+            logits.append(chunk_logits)
+            norms.append(chunk_norms)
+        return torch.cat(logits), torch.cat(norms)
+
+    @torch.no_grad()
+    def _patched_chunk(self, masks: dict[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        k = next(iter(masks.values())).shape[0]
+        n = len(self.prompts)
+        final = einops.repeat(self.prompts.final_positions, "n -> (k n)", k=k)
+        position_mask = einops.repeat(self.position_mask, "n t -> (k n) t", k=k)
+        plans = []
+        for site in self.sites:
+            used = torch.nonzero(masks[site].any(0)).flatten()
+            if used.numel() == 0:
+                continue
+            plans.append((site, used,
+                          einops.repeat(self.source_features[site][..., used],
+                                        "n t f -> (k n) t f", k=k),
+                          einops.repeat(masks[site][:, used], "k f -> (k n) f", n=n)))
+        if not plans:  # nothing patched: every set gives the corrupted run
+            return (einops.repeat(self.corrupt_logits, "n v -> k n v", k=k),
+                    torch.zeros(k, n))
+        if self._tile_at_site:
+            try:
+                return self._traced_chunk(plans, self.prompts.corrupt_ids, k, final,
+                                          position_mask, tile=k)
+            except RuntimeError:
+                # some architectures (e.g. Gemma-2's sliding-window masks) build per-batch
+                # tensors before the first block; tiling mid-forward then mismatches shapes
+                self._tile_at_site = False
+        input_ids = einops.repeat(self.prompts.corrupt_ids, "n t -> (k n) t", k=k)
+        return self._traced_chunk(plans, input_ids, k, final, position_mask, tile=1)
+
+    def _traced_chunk(self, plans, input_ids, k, final, position_mask, tile: int):
+        n = len(self.prompts)
+        squared_norms: list[torch.Tensor] = []
+        with self.model.trace(input_ids):
+            for index, (site, used, source, mask) in enumerate(plans):
+                edit = patch_site(self.model, site, self.dictionaries[site], source, mask,
+                                  position_mask, feature_ids=used,
+                                  repeat=tile if index == 0 else 1)
+                squared_norms.append(edit.pow(2).sum(dim=(-1, -2)).save())
+            logits = self.model.output.logits[torch.arange(k * n), final].save()
+        total = torch.stack(squared_norms).sum(0)
+        return (einops.rearrange(logits, "(k n) v -> k n v", k=k),
+                einops.rearrange(total.sqrt(), "(k n) -> k n", k=k))
+
+    def evaluate(self, feature_sets: Sequence[FeatureSet], *, per_prompt: bool = False
+                 ) -> pd.DataFrame:
+        """Metrics for each feature set, averaged over prompts (or one row per prompt).
+
+        Columns: ``set`` (index), ``n_features``, ``kl`` (KL(clean ‖ patched) at the answer
+        position), ``logit_diff`` (answer − wrong answer), ``answer_prob``,
+        ``edit_magnitude`` (‖x′ − x̄‖ over patched positions and sites).
+        """
+        feature_sets = list(feature_sets)
+        logits, norms = self.patched_logits(feature_sets)
+        metrics = self._metrics(logits)
+        sizes = self.feature_masks(feature_sets)
+        n_features = sum(mask.sum(1) for mask in sizes.values()).long()
+        frame = pd.DataFrame({
+            "set": torch.arange(len(feature_sets)).repeat_interleave(len(self.prompts)).numpy(),
+            "prompt": torch.arange(len(self.prompts)).repeat(len(feature_sets)).numpy(),
+            "n_features": n_features.repeat_interleave(len(self.prompts)).numpy(),
+            **{name: value.flatten().numpy() for name, value in metrics.items()},
+            "edit_magnitude": norms.flatten().numpy(),
+        })
+        if per_prompt:
+            return frame
+        return frame.drop(columns="prompt").groupby("set", as_index=False).mean()
+
+    def _metrics(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        prompts = self.prompts
+        return {
+            "kl": kl_divergence(self.clean_logits, logits),
+            "logit_diff": logit_diff(logits, prompts.answer_ids, prompts.wrong_ids),
+            "answer_prob": answer_prob(logits, prompts.answer_ids),
+        }
+
+    def baselines(self) -> pd.DataFrame:
+        """Metrics of the clean and the corrupted run (means over prompts)."""
+        rows = []
+        for name, logits in (("clean", self.clean_logits), ("corrupt", self.corrupt_logits)):
+            values = self._metrics(logits)
+            rows.append({"run": name, **{key: float(v.mean()) for key, v in values.items()}})
+        return pd.DataFrame(rows)
+
+    def mean_kl(self, feature_sets: Sequence[FeatureSet]) -> torch.Tensor:
+        """``[k]`` KL(clean ‖ patched) averaged over prompts, for ``k`` feature sets."""
+        logits, _ = self.patched_logits(feature_sets)
+        return kl_divergence(self.clean_logits, logits).mean(-1)
+
+
+def _position_mask(prompts: PromptPairs, positions: str | Sequence[int]) -> torch.Tensor:
+    mask = prompts.token_mask.float()
+    if positions == "all":
+        return mask
+    if positions == "final":
+        out = torch.zeros_like(mask)
+        out[torch.arange(len(prompts)), prompts.final_positions] = 1.0
+        return out
+    if isinstance(positions, str):
+        raise ParameterError(f"unknown positions {positions!r}",
+                             hint="use 'all', 'final' or a list of token indices")
+    out = torch.zeros_like(mask)
+    for row, length in enumerate(prompts.lengths.tolist()):
+        for position in positions:
+            index = position + length if position < 0 else position
+            if not 0 <= index < length:
+                raise ParameterError(f"position {position} is outside prompt {row} "
+                                     f"(length {length})",
+                                     hint="use indices within the shortest prompt")
+            out[row, index] = 1.0
+    return out
+
+
+def _resample_index(lengths: torch.Tensor, seed: int) -> torch.Tensor:
+    """For each prompt, another prompt of the same length (itself if it has no peer)."""
+    generator = torch.Generator().manual_seed(int(seed))
+    index = torch.arange(len(lengths))
+    for length in torch.unique(lengths):
+        members = torch.nonzero(lengths == length).flatten()
+        if len(members) > 1:
+            shift = int(torch.randint(1, len(members), (1,), generator=generator))
+            order = members[torch.randperm(len(members), generator=generator)]
+            index[order] = order.roll(shift)
+    return index

@@ -1,0 +1,194 @@
+"""Clean/corrupt prompt pairs: reading files, validating, tokenizing.
+
+A prompt pair is a row ``{clean, corrupt, answer, wrong_answer, ...}``. The answer is the
+token the model should predict after ``clean``; ``wrong_answer`` the one it predicts after
+``corrupt`` (for IOI: the indirect object vs the subject). Clean and corrupt prompts of one
+pair must tokenize to the same length so positions line up. Pairs of different lengths are
+right-padded; the answer position is each prompt's last real token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from featcircuits.errors import PromptError
+
+REQUIRED_COLUMNS = ("clean", "corrupt", "answer", "wrong_answer")
+
+
+def read_prompts(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read prompt pairs from JSONL, CSV, or auto-circuit's prompt JSON.
+
+    auto-circuit's format is ``{"prompts": [{"clean": str, "corrupt": str, "answers": [str],
+    "wrong_answers": [str]}, ...]}``; its first answer and wrong answer are used.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise PromptError(f"prompt file {str(path)!r} does not exist",
+                          hint="pass a .jsonl, .csv or auto-circuit .json file")
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+        elif suffix == ".jsonl":
+            rows = []
+            for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise PromptError(f"{str(path)!r} line {number} is not JSON: {exc}") from exc
+            frame = pd.DataFrame(rows)
+        elif suffix == ".json":
+            data = json.loads(file.read_text(encoding="utf-8"))
+            frame = _from_auto_circuit(data, path)
+        else:
+            raise PromptError(f"unknown prompt file type {suffix!r} for {str(path)!r}",
+                              hint="use .jsonl, .csv or .json (auto-circuit)")
+    except PromptError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError, pd.errors.ParserError, ValueError) as exc:
+        raise PromptError(f"could not parse {str(path)!r}: {exc}",
+                          hint="check the file is valid JSONL/CSV/JSON") from exc
+    return validate_prompt_frame(frame, source=str(path))
+
+
+def _from_auto_circuit(data: Any, path) -> pd.DataFrame:
+    if isinstance(data, dict) and isinstance(data.get("prompts"), list):
+        rows = []
+        for index, item in enumerate(data["prompts"]):
+            if not isinstance(item, dict):
+                raise PromptError(f"{str(path)!r}: prompt {index} is not an object")
+            answers, wrongs = item.get("answers"), item.get("wrong_answers")
+            if not answers or not wrongs:
+                raise PromptError(f"{str(path)!r}: prompt {index} lacks answers/wrong_answers")
+            rows.append({"clean": item.get("clean"), "corrupt": item.get("corrupt"),
+                         "answer": answers[0], "wrong_answer": wrongs[0]})
+        return pd.DataFrame(rows)
+    if isinstance(data, list):
+        return pd.DataFrame(data)
+    raise PromptError(f"{str(path)!r} is neither auto-circuit prompt JSON nor a list of rows")
+
+
+def validate_prompt_frame(frame: pd.DataFrame | list[dict], *, source: str = "prompts"
+                          ) -> pd.DataFrame:
+    """Check the required columns exist and hold non-empty strings; return a clean copy."""
+    frame = pd.DataFrame(frame)
+    if frame.empty:
+        raise PromptError(f"{source}: no prompt pairs", hint="pass at least one row")
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise PromptError(f"{source}: missing columns {missing} (have {list(frame.columns)})",
+                          hint=f"every row needs {', '.join(REQUIRED_COLUMNS)}")
+    for column in REQUIRED_COLUMNS:
+        for index, value in frame[column].items():
+            if not isinstance(value, str) or not value.strip():
+                raise PromptError(f"{source}: row {index} has {column}={value!r}",
+                                  hint="every field must be a non-empty string")
+    return frame.reset_index(drop=True)
+
+
+@dataclass
+class PromptPairs:
+    """Tokenized prompt pairs (right-padded).
+
+    Attributes:
+        clean_ids, corrupt_ids: ``[n, T]`` token ids, padded with ``pad_id``.
+        lengths: ``[n]`` real length of each pair (both prompts share it).
+        answer_ids, wrong_ids: ``[n]`` single-token answers.
+        frame: the original rows.
+    """
+
+    clean_ids: torch.Tensor
+    corrupt_ids: torch.Tensor
+    lengths: torch.Tensor
+    answer_ids: torch.Tensor
+    wrong_ids: torch.Tensor
+    frame: pd.DataFrame
+    pad_id: int = 0
+
+    def __len__(self) -> int:
+        return int(self.clean_ids.shape[0])
+
+    @property
+    def final_positions(self) -> torch.Tensor:
+        """``[n]`` index of each prompt's last real token (where the answer is predicted)."""
+        return self.lengths - 1
+
+    @property
+    def token_mask(self) -> torch.Tensor:
+        """``[n, T]`` True on real tokens, False on padding."""
+        positions = torch.arange(self.clean_ids.shape[1])
+        return positions[None, :] < self.lengths[:, None]
+
+    def subset(self, index) -> PromptPairs:
+        """The pairs at ``index`` (a slice, list or tensor of row numbers)."""
+        index = torch.as_tensor(range(len(self))[index] if isinstance(index, slice) else index)
+        width = int(self.lengths[index].max())
+        return PromptPairs(self.clean_ids[index, :width], self.corrupt_ids[index, :width],
+                           self.lengths[index], self.answer_ids[index], self.wrong_ids[index],
+                           self.frame.iloc[index.tolist()].reset_index(drop=True), self.pad_id)
+
+
+def answer_token(tokenizer, text: str, *, row: Any = "?", column: str = "answer") -> int:
+    """The single token id of ``text``; tries a leading space (BPE convention) if needed."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1 and not text.startswith(" "):
+        spaced = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+        if len(spaced) == 1:
+            return int(spaced[0])
+    if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise PromptError(
+            f"row {row}: {column} {text!r} is {len(ids)} tokens {pieces}, not one",
+            hint="patching metrics compare single next-token logits; pick single-token answers",
+        )
+    return int(ids[0])
+
+
+def tokenize_prompts(tokenizer, prompts: pd.DataFrame | list[dict] | PromptPairs) -> PromptPairs:
+    """Tokenize and validate prompt pairs with ``tokenizer`` (or ``model.tokenizer``).
+
+    Raises ``PromptError`` naming the row for: clean/corrupt of different token lengths
+    (showing both tokenizations), answers that are not one token, empty input.
+    """
+    if isinstance(prompts, PromptPairs):
+        return prompts
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    frame = validate_prompt_frame(prompts)
+    clean, corrupt, answers, wrongs = [], [], [], []
+    for index, row in frame.iterrows():
+        clean_ids = tokenizer(row["clean"])["input_ids"]
+        corrupt_ids = tokenizer(row["corrupt"])["input_ids"]
+        if len(clean_ids) != len(corrupt_ids):
+            raise PromptError(
+                f"row {index}: clean and corrupt prompts tokenize to different lengths "
+                f"({len(clean_ids)} vs {len(corrupt_ids)}):\n"
+                f"    clean:   {tokenizer.convert_ids_to_tokens(clean_ids)}\n"
+                f"    corrupt: {tokenizer.convert_ids_to_tokens(corrupt_ids)}",
+                hint="edit the corrupt prompt so positions line up (same number of tokens)",
+            )
+        clean.append(clean_ids)
+        corrupt.append(corrupt_ids)
+        answers.append(answer_token(tokenizer, row["answer"], row=index))
+        wrongs.append(answer_token(tokenizer, row["wrong_answer"], row=index,
+                                   column="wrong_answer"))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    lengths = torch.tensor([len(ids) for ids in clean])
+    width = int(lengths.max())
+
+    def padded(rows: list[list[int]]) -> torch.Tensor:
+        out = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        for i, ids in enumerate(rows):
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+    return PromptPairs(padded(clean), padded(corrupt), lengths, torch.tensor(answers),
+                       torch.tensor(wrongs), frame, int(pad_id))

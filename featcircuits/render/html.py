@@ -1,0 +1,576 @@
+"""One self-contained, interactive HTML page per circuit.
+
+The page holds the diagram as inline SVG (the layered layout of
+:mod:`featcircuits.render.layout`, computed in Python), inline CSS and a little inline
+JavaScript; it loads nothing from anywhere (a Content-Security-Policy forbids it), so
+it works offline and can be mailed around as one file.
+
+- ``<g class="node" data-id=...>`` per node, ``<path class="edge" data-weight=...>`` per edge;
+- hovering a node highlights it, its edges and neighbours, and shows a tooltip;
+- clicking a node opens the side panel with its dashboard (``dashboards[node]``, an
+  HTML fragment inserted as is) or, without one, a table of its attributes and edges;
+- a range slider hides edges whose |weight| is below the chosen threshold.
+
+All graph text (ids, labels, tokens, metadata) is HTML-escaped; dashboard fragments are
+trusted HTML and are not.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import networkx as nx
+
+from featcircuits._io import atomic_write_text
+from featcircuits.errors import ParameterError
+from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
+from featcircuits.render.schema import (
+    annotation,
+    describe_thresholds,
+    display_token,
+    format_number,
+    short_id,
+    truncate,
+    validate_circuit_graph,
+)
+from featcircuits.render.style import (
+    ERROR_OUTLINE,
+    NEGATIVE_COLOR,
+    NODE_OUTLINE,
+    POSITIVE_COLOR,
+    edge_alpha,
+    edge_color,
+    edge_strength,
+    edge_width,
+    effect_cmap,
+    effect_hex,
+    symmetric_limit,
+)
+
+_FONT_PX = 11.0
+_CHAR_PX = 6.7  # advance of a monospace glyph at 11 px (DejaVu Sans Mono: 0.602 em), rounded up
+_LINE_PX = 13.0
+_TOKEN_FONT_PX = 11.0
+_RADIUS = 10.0
+_MARGIN_TOP = 14.0
+_MARGIN_RIGHT = 16.0
+_MARGIN_BOTTOM = 8.0
+
+_SPEC = LayoutSpec(
+    node_radius=_RADIUS,
+    slot_width=44.0,
+    label_gap=4.0,
+    label_hgap=8.0,
+    row_gap=34.0,
+    band_pad=10.0,
+    token_gap=10.0,
+)
+
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; font-src data:"
+
+_CSS = """
+[hidden] { display: none !important; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0;
+       color: #111; background: #fff; }
+header { padding: 10px 16px 4px 16px; border-bottom: 1px solid #e5e5e5; }
+h1 { font-size: 18px; margin: 0 0 2px 0; }
+.subtitle { font-size: 13px; color: #444; margin: 0 0 6px 0; }
+.controls { display: flex; flex-wrap: wrap; gap: 18px; align-items: center; font-size: 13px; margin: 4px 0; }
+.controls input[type=range] { width: 220px; vertical-align: middle; }
+.legend { display: flex; flex-wrap: wrap; gap: 14px; align-items: center; font-size: 12px; color: #333; }
+.legend span { display: inline-flex; align-items: center; gap: 4px; }
+.scale { display: inline-block; width: 120px; height: 10px; border: 1px solid #999; }
+main { display: flex; align-items: flex-start; }
+#diagram { flex: 1 1 auto; overflow: auto; padding: 8px; }
+#diagram svg { display: block; }
+#panel { flex: 0 0 380px; max-height: calc(100vh - 120px); overflow: auto; border-left: 1px solid #ddd;
+         padding: 10px 14px; position: sticky; top: 0; background: #fafafa; font-size: 13px; }
+#panel h2 { font-size: 14px; margin: 0 0 8px 0; word-break: break-all; font-family: monospace; }
+#panel-close { float: right; border: 1px solid #bbb; background: #fff; cursor: pointer; }
+#panel table { border-collapse: collapse; width: 100%; margin-bottom: 8px; }
+#panel td, #panel th { border-bottom: 1px solid #e5e5e5; padding: 2px 4px; text-align: left;
+                       vertical-align: top; word-break: break-all; }
+#panel th { font-weight: 600; color: #444; width: 35%; }
+#tooltip { position: fixed; pointer-events: none; background: rgba(255,255,255,0.96); border: 1px solid #888;
+           padding: 4px 6px; font-size: 12px; white-space: pre-line; max-width: 340px; z-index: 10;
+           font-family: monospace; }
+.node { cursor: pointer; }
+.node .label { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 11px; fill: #111;
+               paint-order: stroke; stroke: #fff; stroke-width: 3px; stroke-linejoin: round; }
+.node:focus { outline: none; }
+.node.selected .shape, .node:focus-visible .shape { stroke: #000; stroke-width: 3px; }
+.row-name { font-size: 12px; fill: #333; }
+.token { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 11px; fill: #222; }
+.edge { fill: none; }
+.edge.filtered { display: none; }
+svg.focus .edge:not(.hl) { opacity: 0.06; }
+svg.focus .node:not(.hl) { opacity: 0.3; }
+svg.focus .edge.hl { stroke-opacity: 1; }
+"""
+
+_JS = """
+(function () {
+  "use strict";
+  var svg = document.querySelector("#diagram svg");
+  var nodes = Array.prototype.slice.call(svg.querySelectorAll(".node"));
+  var edges = Array.prototype.slice.call(svg.querySelectorAll(".edge"));
+  var byId = new Map();
+  var incident = new Map();
+  nodes.forEach(function (n) { byId.set(n.dataset.id, n); incident.set(n.dataset.id, []); });
+  edges.forEach(function (e) {
+    incident.get(e.dataset.source).push(e);
+    incident.get(e.dataset.target).push(e);
+  });
+  var tip = document.getElementById("tooltip");
+  var panel = document.getElementById("panel");
+
+  function focus(node) {
+    svg.classList.add("focus");
+    node.classList.add("hl");
+    incident.get(node.dataset.id).forEach(function (e) {
+      if (e.classList.contains("filtered")) { return; }
+      e.classList.add("hl");
+      byId.get(e.dataset.source).classList.add("hl");
+      byId.get(e.dataset.target).classList.add("hl");
+    });
+  }
+  function unfocus() {
+    svg.classList.remove("focus");
+    Array.prototype.forEach.call(svg.querySelectorAll(".hl"), function (x) { x.classList.remove("hl"); });
+  }
+  function moveTip(evt) {
+    tip.style.left = (evt.clientX + 14) + "px";
+    tip.style.top = (evt.clientY + 14) + "px";
+  }
+  function showTip(node, evt) {
+    var d = node.dataset;
+    var lines = [d.id, d.kind + (d.site ? " at " + d.site : ""), "effect: " + d.effect,
+                 "activation: " + d.activation];
+    if (d.label) { lines.push(d.label); }
+    tip.textContent = lines.join("\\n");
+    tip.hidden = false;
+    moveTip(evt);
+  }
+  function select(node) {
+    nodes.forEach(function (m) { m.classList.toggle("selected", m === node); });
+    document.getElementById("panel-title").textContent = node.dataset.id;
+    Array.prototype.forEach.call(panel.querySelectorAll(".dashboard"), function (d) {
+      d.hidden = d.id !== "dash-" + node.dataset.index;
+    });
+    panel.hidden = false;
+  }
+  nodes.forEach(function (n) {
+    n.addEventListener("mouseenter", function (evt) { focus(n); showTip(n, evt); });
+    n.addEventListener("mousemove", moveTip);
+    n.addEventListener("mouseleave", function () { unfocus(); tip.hidden = true; });
+    n.addEventListener("click", function () { select(n); });
+    n.addEventListener("keydown", function (evt) {
+      if (evt.key === "Enter" || evt.key === " ") { select(n); evt.preventDefault(); }
+    });
+  });
+  document.getElementById("panel-close").addEventListener("click", function () {
+    panel.hidden = true;
+    nodes.forEach(function (m) { m.classList.remove("selected"); });
+  });
+
+  var slider = document.getElementById("threshold");
+  var shownOut = document.getElementById("threshold-value");
+  var countOut = document.getElementById("edge-count");
+  function applyThreshold() {
+    var threshold = parseFloat(slider.value);
+    var shown = 0;
+    edges.forEach(function (e) {
+      var hide = Math.abs(parseFloat(e.dataset.weight)) < threshold;
+      e.classList.toggle("filtered", hide);
+      if (!hide) { shown += 1; }
+    });
+    shownOut.textContent = threshold.toPrecision(3);
+    countOut.textContent = shown + " / " + edges.length + " edges shown";
+  }
+  slider.addEventListener("input", applyThreshold);
+  applyThreshold();
+})();
+"""
+
+
+def _attr(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _text(value: object) -> str:
+    return html.escape(str(value), quote=False)
+
+
+def _num(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".") if math.isfinite(value) else "0"
+
+
+def _label_lines(node: str, attrs: dict, labels, top_tokens) -> list[str]:
+    head = short_id(node, attrs)
+    note = truncate(annotation(node, attrs, labels, top_tokens), 22)
+    if note and note.replace("_", " ").lower() != head.replace("_", " ").lower():
+        return [head, note]
+    return [head]
+
+
+def _text_size(lines: list[str], char_px: float, line_px: float) -> tuple[float, float]:
+    return (max(len(line) for line in lines) * char_px, len(lines) * line_px)
+
+
+def _token_lines(token: str | None, position: int | None) -> list[str]:
+    if position is ALL_POSITIONS:
+        return ["all", "positions"]
+    return [truncate(display_token(token), 14) if token is not None else "·", str(position)]
+
+
+class _Canvas:
+    """Maps layout coordinates (y up) to SVG coordinates (y down)."""
+
+    def __init__(self, layout: CircuitLayout, left: float) -> None:
+        self.layout = layout
+        self.left = left
+        self.width = left + layout.width + _MARGIN_RIGHT
+        self.height = _MARGIN_TOP + layout.height + _MARGIN_BOTTOM
+
+    def x(self, x: float) -> float:
+        return self.left + x
+
+    def y(self, y: float) -> float:
+        return _MARGIN_TOP + self.layout.height - y
+
+
+def _shape(kind: str, x: float, y: float, fill: str) -> str:
+    r = _RADIUS
+    if kind == "error":
+        side = 1.7 * r
+        box = f'x="{_num(x - side / 2)}" y="{_num(y - side / 2)}" width="{_num(side)}" height="{_num(side)}"'
+        return (
+            f'<rect class="shape" {box} fill="{fill}" stroke="{ERROR_OUTLINE}" stroke-width="1.4" '
+            f'stroke-dasharray="3 2"/><rect {box} fill="url(#hatch)" pointer-events="none"/>'
+        )
+    if kind in ("input", "output"):
+        sides, radius, offset = (4, 1.25 * r, 0.0) if kind == "input" else (6, 1.3 * r, math.pi / 6)
+        points = " ".join(
+            f"{_num(x + radius * math.sin(offset + 2 * math.pi * k / sides))},"
+            f"{_num(y - radius * math.cos(offset + 2 * math.pi * k / sides))}"
+            for k in range(sides)
+        )
+        width = 1.6 if kind == "output" else 1.0
+        return f'<polygon class="shape" points="{points}" fill="{fill}" stroke="{NODE_OUTLINE}" stroke-width="{width}"/>'
+    return f'<circle class="shape" cx="{_num(x)}" cy="{_num(y)}" r="{_num(r)}" fill="{fill}" stroke="{NODE_OUTLINE}" stroke-width="1"/>'
+
+
+def _edge_path(x1: float, y1: float, x2: float, y2: float, curved: bool) -> str:
+    dx, dy = x2 - x1, y2 - y1
+    length = math.hypot(dx, dy) or 1.0
+    if curved:
+        bend = 0.25 if dx >= 0 else -0.25
+        cx, cy = (x1 + x2) / 2 + bend * dy, (y1 + y2) / 2 - bend * dx
+    else:
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+
+    def toward(px, py, qx, qy, distance):
+        span = math.hypot(qx - px, qy - py) or 1.0
+        return px + (qx - px) * distance / span, py + (qy - py) * distance / span
+
+    sx, sy = toward(x1, y1, cx, cy, min(_RADIUS + 1.5, length / 3))
+    ex, ey = toward(x2, y2, cx, cy, min(_RADIUS + 2.5, length / 3))
+    if curved:
+        return f"M{_num(sx)},{_num(sy)} Q{_num(cx)},{_num(cy)} {_num(ex)},{_num(ey)}"
+    return f"M{_num(sx)},{_num(sy)} L{_num(ex)},{_num(ey)}"
+
+
+def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]]) -> str:
+    row_name_px = max((len(row.name) for row in layout.rows), default=5) * 7.2 + 14
+    canvas = _Canvas(layout, left=row_name_px)
+    effect_limit = symmetric_limit(a.get("effect") for _, a in graph.nodes(data=True))
+    weight_limit = symmetric_limit(w for _, _, w in graph.edges(data="weight"))
+    out = [
+        (
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="{_num(canvas.width)}" height="{_num(canvas.height)}" '
+            f'viewBox="0 0 {_num(canvas.width)} {_num(canvas.height)}" role="img" aria-label="circuit diagram">'
+        ),
+        "<defs>",
+        (
+            '<pattern id="hatch" width="5" height="5" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
+            f'<line x1="0" y1="0" x2="0" y2="5" stroke="{ERROR_OUTLINE}" stroke-width="1.2" stroke-opacity="0.7"/></pattern>'
+        ),
+    ]
+    for name, color in (("pos", POSITIVE_COLOR), ("neg", NEGATIVE_COLOR)):
+        out.append(
+            f'<marker id="arrow-{name}" viewBox="0 0 10 10" refX="8" refY="5" markerWidth="7" '
+            f'markerHeight="7" markerUnits="userSpaceOnUse" orient="auto">'
+            f'<path d="M0,0 L10,5 L0,10 z" fill="{color}"/></marker>'
+        )
+    out.append("</defs>")
+
+    out.append('<g class="frame">')
+    for row in layout.rows:
+        y = canvas.y(row.y)
+        out.append(
+            f'<line x1="{_num(canvas.x(0))}" y1="{_num(y)}" x2="{_num(canvas.x(layout.width))}" '
+            f'y2="{_num(y)}" stroke="#eeeeee"/>'
+        )
+        out.append(
+            f'<text class="row-name" x="{_num(canvas.x(0) - 8)}" y="{_num(y + 4)}" '
+            f'text-anchor="end">{_text(row.name)}</text>'
+        )
+    if layout.positional:
+        for band in layout.bands[1:]:
+            out.append(
+                f'<line x1="{_num(canvas.x(band.left))}" y1="{_num(canvas.y(layout.height))}" '
+                f'x2="{_num(canvas.x(band.left))}" y2="{_num(canvas.y(0))}" stroke="#f0f0f0"/>'
+            )
+        for band in layout.bands:
+            top = canvas.y(layout.token_y)
+            spans = "".join(
+                f'<tspan x="{_num(canvas.x(band.center))}" dy="{_num(11 if i == 0 else 13)}">{_text(line)}</tspan>'
+                for i, line in enumerate(_token_lines(band.token, band.position))
+            )
+            out.append(
+                f'<text class="token" data-position="{_attr(band.position)}" y="{_num(top)}" '
+                f'text-anchor="middle">{spans}</text>'
+            )
+    out.append("</g>")
+
+    out.append('<g class="edges">')
+    ordered = sorted(graph.edges(data="weight"), key=lambda e: (abs(e[2]), e[0], e[1]))
+    for source, target, weight in ordered:
+        start, end = layout.nodes[source], layout.nodes[target]
+        path = _edge_path(
+            canvas.x(start.x),
+            canvas.y(start.y),
+            canvas.x(end.x),
+            canvas.y(end.y),
+            curved=abs(end.row - start.row) != 1,
+        )
+        sign = "pos" if weight >= 0 else "neg"
+        out.append(
+            f'<path class="edge {sign}" d="{path}" data-source="{_attr(source)}" data-target="{_attr(target)}" '
+            f'data-weight="{_attr(repr(float(weight)))}" stroke="{edge_color(weight)}" '
+            f'stroke-width="{_num(edge_width(weight, weight_limit) * 1.1)}" '
+            f'stroke-opacity="{edge_alpha(weight, weight_limit):.2f}" marker-end="url(#arrow-{sign})" '
+            f'data-strength="{edge_strength(weight, weight_limit):.3f}"/>'
+        )
+    out.append("</g>")
+
+    out.append('<g class="nodes">')
+    for index, (node, place) in enumerate(layout.nodes.items()):
+        attrs = graph.nodes[node]
+        x, y = canvas.x(place.x), canvas.y(place.y)
+        data = {
+            "id": node,
+            "index": index,
+            "kind": attrs["kind"],
+            "site": attrs.get("site") or "",
+            "effect": format_number(attrs.get("effect")),
+            "activation": format_number(attrs.get("activation")),
+            "label": attrs.get("label") or "",
+        }
+        data_attrs = " ".join(f'data-{key}="{_attr(value)}"' for key, value in data.items())
+        top = canvas.y(place.label_top)
+        spans = "".join(
+            f'<tspan x="{_num(x)}" dy="{_num(_FONT_PX * 0.95 if i == 0 else _LINE_PX)}">{_text(line)}</tspan>'
+            for i, line in enumerate(lines_of[node])
+        )
+        out.append(
+            f'<g class="node kind-{attrs["kind"]}" {data_attrs} tabindex="0" role="button" '
+            f'aria-label="{_attr(node)}">{_shape(attrs["kind"], x, y, effect_hex(attrs.get("effect"), effect_limit))}'
+            f'<text class="label" y="{_num(top)}" text-anchor="middle">{spans}</text></g>'
+        )
+    out.append("</g></svg>")
+    return "\n".join(out)
+
+
+def _attribute_table(graph: nx.DiGraph, node: str) -> str:
+    attrs = graph.nodes[node]
+    rows = []
+    for key in ("kind", "site", "layer", "feature", "position", "activation", "effect", "label"):
+        value = attrs.get(key)
+        shown = (
+            format_number(value)
+            if key in ("activation", "effect")
+            else ("–" if value in (None, "") else value)
+        )
+        rows.append(f"<tr><th>{_text(key)}</th><td>{_text(shown)}</td></tr>")
+    extra = sorted(
+        k
+        for k in attrs
+        if k
+        not in {"kind", "site", "layer", "feature", "position", "activation", "effect", "label"}
+    )
+    for key in extra:
+        rows.append(
+            f"<tr><th>{_text(key)}</th><td>{_text(truncate(str(attrs[key]), 200))}</td></tr>"
+        )
+    parts = [f'<table class="attributes">{"".join(rows)}</table>']
+    for title, edges, other in (
+        ("strongest inputs", graph.in_edges(node, data="weight"), 0),
+        ("strongest outputs", graph.out_edges(node, data="weight"), 1),
+    ):
+        edges = sorted(edges, key=lambda e: (-abs(e[2]), e[other]))[:10]
+        if not edges:
+            continue
+        items = "".join(
+            f"<tr><td>{_text(edge[other])}</td><td>{_text(format_number(edge[2]))}</td></tr>"
+            for edge in edges
+        )
+        parts.append(f"<h3>{_text(title)}</h3><table>{items}</table>")
+    return "".join(parts)
+
+
+def _legend(effect_limit: float, metric: str) -> str:
+    cmap = effect_cmap()
+    stops = ", ".join(
+        f"rgb({round(255 * r)},{round(255 * g)},{round(255 * b)}) {round(100 * t)}%"
+        for t in (0, 0.25, 0.5, 0.75, 1.0)
+        for r, g, b, _ in [cmap(t)]
+    )
+    swatch = '<svg class="legend-shape" width="16" height="16" viewBox="0 0 16 16">{}</svg>'
+    items = [
+        (
+            "feature",
+            swatch.format(f'<circle cx="8" cy="8" r="6" fill="#fff" stroke="{NODE_OUTLINE}"/>'),
+        ),
+        (
+            "error (SAE residual)",
+            swatch.format(
+                f'<rect x="2" y="2" width="12" height="12" fill="url(#hatch)" stroke="{ERROR_OUTLINE}" '
+                'stroke-dasharray="3 2"/>'
+            ),
+        ),
+        (
+            "input / embedding",
+            swatch.format(
+                f'<polygon points="8,1 15,8 8,15 1,8" fill="#fff" stroke="{NODE_OUTLINE}"/>'
+            ),
+        ),
+        (
+            "output (metric)",
+            swatch.format(
+                f'<polygon points="8,1 14,4.5 14,11.5 8,15 2,11.5 2,4.5" fill="#fff" stroke="{NODE_OUTLINE}"/>'
+            ),
+        ),
+        (
+            "edge, weight &gt; 0",
+            swatch.format(
+                f'<line x1="1" y1="8" x2="15" y2="8" stroke="{POSITIVE_COLOR}" stroke-width="3"/>'
+            ),
+        ),
+        (
+            "edge, weight &lt; 0",
+            swatch.format(
+                f'<line x1="1" y1="8" x2="15" y2="8" stroke="{NEGATIVE_COLOR}" stroke-width="3"/>'
+            ),
+        ),
+    ]
+    spans = "".join(f"<span>{shape}{label}</span>" for label, shape in items)
+    scale = (
+        f"<span>node effect on {_text(metric)}: {_text(f'{-effect_limit:.3g}')} "
+        f'<i class="scale" style="background: linear-gradient(to right, {stops})"></i> '
+        f"{_text(f'{effect_limit:+.3g}')}</span>"
+    )
+    return f'<div class="legend">{spans}{scale}</div>'
+
+
+def to_html(
+    graph: nx.DiGraph,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    dashboards: Mapping[str, str] | None = None,
+    title: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    top_tokens: Mapping[str, Iterable[str]] | None = None,
+) -> str:
+    """Return (and, with ``path``, atomically write) one self-contained interactive HTML page.
+
+    Args:
+        graph: circuit ``networkx.DiGraph`` (schema in docs/graph-format.md).
+        path: where to write the page (UTF-8), or None to only return it.
+        dashboards: node id -> trusted HTML fragment shown when the node is clicked;
+            nodes without one show their attributes and strongest edges. Entries for
+            ids not in the graph are ignored.
+        title: page heading; default ``"Circuit for <target>"``.
+        labels, top_tokens: node annotations, as in :func:`render_circuit`.
+    """
+    validate_circuit_graph(graph)
+    dashboards = dict(dashboards or {})
+    for node, fragment in dashboards.items():
+        if not isinstance(fragment, str):
+            raise ParameterError(
+                f"dashboards[{node!r}] is a {type(fragment).__name__}, not an HTML string",
+                hint="pass HTML fragments as str",
+            )
+    heading = (
+        title
+        if title is not None
+        else f"Circuit for {graph.graph.get('target') or 'unnamed target'}"
+    )
+    lines_of = {
+        node: _label_lines(node, graph.nodes[node], labels, top_tokens) for node in graph.nodes
+    }
+    label_sizes = {node: _text_size(lines, _CHAR_PX, _LINE_PX) for node, lines in lines_of.items()}
+    tokens = list(graph.graph.get("prompt_tokens") or [])
+    token_sizes = [
+        _text_size(_token_lines(t, i), _TOKEN_FONT_PX * 0.61, 13.0) for i, t in enumerate(tokens)
+    ]
+    layout = (
+        layered_layout(graph, label_sizes, token_sizes, _SPEC) if graph.number_of_nodes() else None
+    )
+
+    effect_limit = symmetric_limit(a.get("effect") for _, a in graph.nodes(data=True))
+    weights = [abs(w) for _, _, w in graph.edges(data="weight")]
+    max_weight = max(weights, default=0.0)
+    step = max_weight / 200 if max_weight > 0 else 0.01
+    svg = _svg(graph, layout, lines_of) if layout is not None else "<p>(empty circuit)</p>"
+
+    sections = []
+    for index, node in enumerate(layout.nodes if layout is not None else []):
+        body = dashboards[node] if node in dashboards else _attribute_table(graph, node)
+        sections.append(
+            f'<section class="dashboard" id="dash-{index}" data-for="{_attr(node)}" hidden>{body}</section>'
+        )
+
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_attr(_CSP)}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="featcircuits">
+<title>{_text(heading)}</title>
+<style>{_CSS}</style>
+</head>
+<body>
+<header>
+<h1>{_text(heading)}</h1>
+<p class="subtitle">{_text(describe_thresholds(graph))}</p>
+<div class="controls">
+<label for="threshold">hide edges with |weight| &lt; <output id="threshold-value">0</output></label>
+<input type="range" id="threshold" min="0" max="{_attr(repr(float(max_weight)))}" step="{_attr(repr(float(step)))}" value="0">
+<span id="edge-count"></span>
+</div>
+{_legend(effect_limit, str(graph.graph.get("metric") or "metric"))}
+</header>
+<main>
+<div id="diagram">
+{svg}
+</div>
+<aside id="panel" hidden>
+<button id="panel-close" type="button" aria-label="close">×</button>
+<h2 id="panel-title"></h2>
+{"".join(sections)}
+</aside>
+</main>
+<div id="tooltip" role="tooltip" hidden></div>
+<script>{_JS}</script>
+</body>
+</html>
+"""
+    if path is not None:
+        atomic_write_text(Path(path), page)
+    return page
