@@ -430,7 +430,6 @@ def render_dashboard(data: FeatureDashboard, path: str | os.PathLike[str] | None
     down), ablation drop histogram, and the top contexts with tokens shaded by activation.
     """
     import matplotlib
-
     from matplotlib.figure import Figure
 
     from featcircuits.render.diagram import save_figure
@@ -534,8 +533,8 @@ def _svg_histogram(data: FeatureDashboard, width: int = 340, height: int = 130) 
     top = max(totals) or 1
     plot_h = height - 18
     bar_w = width / n_bins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'role="img" aria-label="activation histogram">']
+    parts = [(f'<svg width="{width}" height="{height}" '
+             f'role="img" aria-label="activation histogram">')]
     for k in range(n_bins):
         y = plot_h
         for index, (group, group_counts) in enumerate(counts.items()):
@@ -574,8 +573,8 @@ def _svg_drops(values: list[float], width: int = 340, height: int = 90, n_bins: 
     top = max(counts)
     plot_h = height - 16
     bar_w = width / n_bins
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'role="img" aria-label="ablation drop histogram">']
+    parts = [(f'<svg width="{width}" height="{height}" '
+             f'role="img" aria-label="ablation drop histogram">')]
     for k, count in enumerate(counts):
         h = plot_h * count / top
         parts.append(f'<rect x="{k * bar_w:.1f}" y="{plot_h - h:.1f}" '
