@@ -219,34 +219,44 @@ def _cli(*args, cwd):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_cli_dashboard(sae, tmp_path):
+def test_cli_dashboard(sae, tmp_path, capsys):
+    from featcircuits.cli import main
+
     save_dictionary(sae, tmp_path / "dicts" / SITE)
     result = _cli("dashboard", "--site", SITE, "--feature", str(FEATURE), "--dictionaries",
                   str(tmp_path / "dicts"), "--n-texts", "12", "-o", "f.html", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "f.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and f"Feature {FEATURE} at {SITE}" in page
-    bad = _cli("dashboard", "--site", SITE, "--feature", "999", "--dictionaries",
-               str(tmp_path / "dicts" / SITE), "--n-texts", "4", "-o", "g.png", cwd=tmp_path)
-    assert bad.returncode == 1
-    error_lines = [line for line in bad.stderr.splitlines() if "error:" in line]
+    # Error paths in-process (same entry point, without another interpreter start-up).
+    code = main(["--quiet", "dashboard", "--site", SITE, "--feature", "999", "--dictionaries",
+                 str(tmp_path / "dicts" / SITE), "--n-texts", "4", "-o",
+                 str(tmp_path / "g.png")])
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert code == 1
     assert len(error_lines) == 1 and "999" in error_lines[0]
     assert not (tmp_path / "g.png").exists()
 
 
-def test_cli_render(tmp_path):
+def test_cli_render(tmp_path, capsys):
+    from featcircuits.cli import main
     from featcircuits.render import example_circuit
 
     graph_path = tmp_path / "circuit.json"
     graph_path.write_text(json.dumps(nx.node_link_data(example_circuit(), edges="links")))
-    for name in ("c.png", "c.html"):
-        result = _cli("render", str(graph_path), "-o", name, cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        assert (tmp_path / name).stat().st_size > 1000
+    result = _cli("render", str(graph_path), "-o", "c.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
-    bad_ext = _cli("render", str(graph_path), "-o", "c.jpg", cwd=tmp_path)
-    assert bad_ext.returncode == 1 and "'.jpg'" in bad_ext.stderr
+    for name in ("c.html", "c.dot", "c.svg"):
+        assert main(["render", str(graph_path), "-o", str(tmp_path / name)]) == 0
+        assert (tmp_path / name).stat().st_size > 1000
+    assert "<svg" in (tmp_path / "c.html").read_text()
+    assert main(["render", str(graph_path), "-o", str(tmp_path / "c.jpg")]) == 1
+    assert "'.jpg'" in capsys.readouterr().err
     (tmp_path / "broken.json").write_text('{"nodes": [{"id": "a"}], "links": []}')
-    broken = _cli("render", "broken.json", "-o", "x.dot", cwd=tmp_path)
-    assert broken.returncode == 1 and "kind" in broken.stderr
+    assert main(["render", str(tmp_path / "broken.json"), "-o", str(tmp_path / "x.dot")]) == 1
+    assert "kind" in capsys.readouterr().err
+    (tmp_path / "notjson.json").write_text("{nodes")
+    assert main(["render", str(tmp_path / "notjson.json"), "-o", str(tmp_path / "x.dot")]) == 1
+    assert "not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "x.dot").exists()
