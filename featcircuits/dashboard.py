@@ -423,7 +423,7 @@ def _window(context: DashboardContext, before: int = 10, after: int = 3) -> rang
 
 
 def render_dashboard(data: FeatureDashboard, path: str | os.PathLike[str] | None = None,
-                     *, n_contexts: int = 6):
+                     *, n_contexts: int = 6, dpi: float = 150.0):
     """Draw ``data`` as one matplotlib figure; with ``path`` save it (format by extension).
 
     Panels: activation histogram stacked by firing token, direct logit effect (top 10 up /
@@ -514,7 +514,7 @@ def render_dashboard(data: FeatureDashboard, path: str | os.PathLike[str] | None
             if x > 0.98:
                 break
     if path is not None:
-        save_figure(fig, path)
+        save_figure(fig, path, dpi=dpi)
     return fig
 
 
