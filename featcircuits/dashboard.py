@@ -254,8 +254,9 @@ def _ablation_drops(model, site: Site, dictionary: Dictionary, feature: int, run
             logits: list[torch.Tensor] = []
             with model.trace(doubled):
                 x = site.read(model)
-                c = dictionary.encode(x[n:])[..., feature]
-                ablated = x[n:] - c.unsqueeze(-1) * direction.to(x.dtype)
+                # The dictionary may hold another dtype than the model (e.g. fp32 vs bf16).
+                c = dictionary.encode(x[n:].to(direction.dtype))[..., feature]
+                ablated = x[n:] - (c.unsqueeze(-1) * direction).to(x.dtype)
                 site.write(model, torch.cat([x[:n], ablated]))
                 logits.append(model.output.logits[:, :, token_id].save())
             values = logits[0].detach().float().cpu()
