@@ -202,10 +202,11 @@ def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", required=True, help="output .html, .png, .svg or .pdf")
 
 
-def _dashboard_dictionary(args: argparse.Namespace, model, site: str):
+def _dashboard_dictionary_folder(args: argparse.Namespace, site: str):
+    """The folder holding the dictionary for ``site`` (checked before the model loads)."""
     from pathlib import Path
 
-    from featcircuits.dictionaries.io import CFG_FILE, WEIGHTS_FILE, load_dictionary
+    from featcircuits.dictionaries.io import CFG_FILE, WEIGHTS_FILE
     from featcircuits.errors import DictionaryLoadError
     from featcircuits.models import ZOO_DIR
 
@@ -215,19 +216,19 @@ def _dashboard_dictionary(args: argparse.Namespace, model, site: str):
         if not found:
             raise DictionaryLoadError(f"no bundled dictionaries for model {args.model!r}",
                                       hint="pass --dictionaries PATH")
-        folder = found[0] / site
-    else:
-        folder = Path(args.dictionaries)
-        if (folder / site).is_dir() and not (folder / WEIGHTS_FILE).is_file() \
-                and not (folder / CFG_FILE).is_file() and not (folder / "ae.pt").is_file():
-            folder = folder / site
-    return load_dictionary(folder, site=site, model=model, device=args.device)
+        return found[0] / site
+    folder = Path(args.dictionaries)
+    holds_one = any((folder / name).is_file() for name in (WEIGHTS_FILE, CFG_FILE, "ae.pt"))
+    if not holds_one and (folder / site).is_dir():
+        return folder / site
+    return folder
 
 
 def _run_dashboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from featcircuits.dashboard import default_texts, feature_dashboard_data, write_dashboard
+    from featcircuits.dictionaries.io import load_dictionary
     from featcircuits.errors import OutputError, ParameterError
     from featcircuits.models import load_model
     from featcircuits.sites import Site
@@ -238,8 +239,9 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     if args.n_texts < 1:
         raise ParameterError(f"--n-texts must be >= 1, got {args.n_texts}")
     site = str(Site.parse(args.site))
+    folder = _dashboard_dictionary_folder(args, site)
     model = load_model(args.model, device=args.device)
-    dictionary = _dashboard_dictionary(args, model, site)
+    dictionary = load_dictionary(folder, site=site, model=model, device=args.device)
     token = args.logit_token
     if token is not None and token.isdigit():
         token = int(token)
