@@ -101,3 +101,42 @@ def summarize_comparison(results: pd.DataFrame, *, fraction: float = 0.1) -> pd.
                      "kl": point["kl"], "logit_diff": point["logit_diff"],
                      "kl_corrupt": float(curve["kl_corrupt"].iloc[0])})
     return pd.DataFrame(rows)
+
+
+def basis_statistics(dictionary: Dictionary, activations, token_ids=None, *, k: int = 16,
+                     top: int = 20) -> dict[str, float]:
+    """Describe how a basis carves up activations ``[n, d_model]``.
+
+    Returns:
+        ``variance_explained_at_k``: 1 − ‖x − x̂ₖ‖² / ‖x − x̄‖² where x̂ₖ keeps the ``k``
+        features with the largest energy E[cᵢ²]·‖fᵢ‖² (plus the decoder bias);
+        ``mean_kurtosis``: mean excess kurtosis of the features' activations;
+        ``token_purity``: for each feature, the share of its ``top`` highest activations that
+        fall on its most common token, averaged over features (needs ``token_ids [n]``);
+        ``l0``: mean number of nonzero features per activation.
+    """
+    import torch
+
+    with torch.no_grad():
+        x = torch.as_tensor(activations, dtype=torch.float32)
+        codes = dictionary.encode(x)
+        energy = codes.pow(2).mean(0) * dictionary.directions.pow(2).sum(1)
+        keep = torch.topk(energy, min(k, dictionary.n_features)).indices
+        reconstruction = codes[:, keep] @ dictionary.directions[keep] + dictionary.decoder_bias
+        total = (x - x.mean(0)).pow(2).sum()
+        explained = 1 - (x - reconstruction).pow(2).sum() / total
+        centred = codes - codes.mean(0)
+        variance = centred.pow(2).mean(0)
+        alive = variance > 1e-12
+        kurtosis = (centred[:, alive].pow(4).mean(0) / variance[alive].pow(2) - 3).mean()
+        purity = float("nan")
+        if token_ids is not None:
+            tokens = torch.as_tensor(token_ids).reshape(-1)
+            n_top = min(top, len(tokens))
+            best = torch.topk(codes[:, alive], n_top, dim=0).indices  # [top, alive]
+            top_tokens = tokens[best]
+            counts = (top_tokens[None, :, :] == top_tokens[:, None, :]).sum(0)  # [top, alive]
+            purity = float((counts.max(0).values.float() / n_top).mean())
+        l0 = float((codes != 0).float().sum(-1).mean())
+    return {"variance_explained_at_k": float(explained), "mean_kurtosis": float(kurtosis),
+            "token_purity": purity, "l0": l0}

@@ -24,7 +24,7 @@ from featcircuits import (
 )
 
 D, N = 8, 24
-FUZZ = settings(max_examples=60, deadline=None,
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -55,7 +55,8 @@ def _load_or_project_error(folder, reference):
 
 
 @pytest.mark.parametrize("kind", ["relu", "topk", "jumprelu", "pca"])
-@FUZZ
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_damaged_native_dictionaries(tmp_path_factory, kind, data):
     reference = _reference(kind)
@@ -166,3 +167,14 @@ def test_damaged_prompt_files(tmp_path_factory, suffix, data):
         return
     for column in ("clean", "corrupt", "answer", "wrong_answer"):
         assert frame[column].map(lambda v: isinstance(v, str) and v.strip() != "").all()
+
+
+def test_mangled_section_name_is_not_read_as_a_foreign_sae(tmp_path):
+    """Regression (found by the fuzzer): a bit flip in the key 'featcircuits' of cfg.json
+    once made a PCA basis load as a SAELens ReLU SAE."""
+    reference = _reference("pca")
+    save_dictionary(reference, tmp_path / "d")
+    cfg_path = tmp_path / "d" / "cfg.json"
+    cfg_path.write_text(cfg_path.read_text().replace('"featcircuits"', '"featcircuit3"'))
+    with pytest.raises(FeatCircuitsError, match="no 'featcircuits' section"):
+        load_dictionary(tmp_path / "d")

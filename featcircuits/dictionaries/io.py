@@ -57,7 +57,8 @@ def save_dictionary(dictionary: Dictionary, path: str | os.PathLike[str]) -> Pat
     folder = Path(path)
     tensors, cfg = _to_saelens(dictionary)
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
+        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp),
+                  metadata={"format": "featcircuits", "format_version": str(FORMAT_VERSION)})
         cfg["featcircuits"]["sha256"] = _checksum(tmp.read_bytes(), cfg)
     with atomic_path(folder / CFG_FILE) as tmp:
         tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
@@ -240,8 +241,17 @@ def _int_field(cfg: dict[str, Any], key: str, where: Path) -> int:
 def _load_saelens(folder: Path) -> Dictionary:
     from safetensors.torch import load_file
 
+    from safetensors import safe_open
+
     cfg = _read_json(folder / CFG_FILE)
     tensors = {k: v.float() for k, v in load_file(str(folder / WEIGHTS_FILE)).items()}
+    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as handle:
+        written_by_us = (handle.metadata() or {}).get("format") == "featcircuits"
+    if written_by_us and not isinstance(cfg.get("featcircuits"), dict):
+        raise DictionaryLoadError(
+            f"{str(folder)!r}: the weights were saved by featcircuits but {CFG_FILE} has no "
+            "'featcircuits' section (corrupted or edited)",
+            hint="re-save or re-download the dictionary")
     _require(tensors, ["W_enc", "b_enc", "W_dec", "b_dec"], folder / WEIGHTS_FILE)
     d_in, d_sae = _int_field(cfg, "d_in", folder / CFG_FILE), _int_field(cfg, "d_sae",
                                                                         folder / CFG_FILE)
