@@ -1,10 +1,10 @@
-"""Feature dashboard of one feature of a stand-in SAE on the bundled model.
+"""Feature dashboard of one feature of a shipped SAE on the bundled model.
 
-The bundled model ships no trained SAEs yet, so this builds a small ReLU SAE by hand: the
-first 16 principal components of ``resid_out.2`` as encoder and decoder, each with an encoder
-bias that lets it fire on the top ~15% of tokens. Its feature 3 responds to '('.
+By default: the feature of ``sae-sparse`` at ``resid_out.2`` whose decoder direction most
+raises the logit of ")" (direct logit effect) — a candidate closing-parenthesis feature.
 
     python examples/feature_dashboard.py --out out/dashboard     # writes .png and .html
+    python examples/feature_dashboard.py --site resid_out.3 --feature 117
 
 docs/img/dashboard_example.png comes from ``--dpi 100``.
 """
@@ -16,55 +16,43 @@ from pathlib import Path
 
 import torch
 
+import featcircuits as fc
 from featcircuits.dashboard import (
     default_texts,
+    direct_logit_effect,
     feature_dashboard_data,
     render_dashboard,
     write_dashboard,
 )
-from featcircuits.dictionaries import PCABasis, SparseAutoencoder
-from featcircuits.models import load_model, underlying_module
-
-SITE, LAYER = "resid_out.2", 2
-
-
-def stand_in_sae(model, texts: list[str], n_features: int = 16, quantile: float = 0.85):
-    """A ReLU SAE whose directions are principal components of the site's activations."""
-    rows = []
-    with torch.no_grad():
-        for text in texts:
-            ids = torch.tensor(model.tokenizer(text)["input_ids"][:64])
-            out = underlying_module(model)(ids[None], output_hidden_states=True)
-            rows.append(out.hidden_states[LAYER + 1][0, 1:])  # skip the BOS token
-    acts = torch.cat(rows)
-    pca = PCABasis.fit(acts, n_features)
-    sae = SparseAutoencoder(acts.shape[1], n_features, site=SITE)
-    with torch.no_grad():
-        sae.W_enc.copy_(pca.directions.T)
-        sae.W_dec_untied.copy_(pca.directions)
-        sae.b_dec.copy_(pca.decoder_bias)
-        pre = (acts - pca.decoder_bias) @ pca.directions.T
-        sae.b_enc.copy_(-pre.quantile(quantile, dim=0))
-    return sae
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/dashboard", help="output folder")
-    parser.add_argument("--feature", type=int, default=3)
+    parser.add_argument("--set", default="sae-sparse", help="dictionary set of the zoo model")
+    parser.add_argument("--site", default="resid_out.2")
+    parser.add_argument("--feature", type=int, default=None,
+                        help="feature id (default: the one that most raises ')')")
     parser.add_argument("--n-texts", type=int, default=200)
     parser.add_argument("--dpi", type=float, default=150.0)
     args = parser.parse_args(argv)
-    model = load_model("tiny")
-    texts = default_texts(args.n_texts, seed=0)
-    sae = stand_in_sae(model, texts)
-    data = feature_dashboard_data(model, sae, SITE, args.feature, texts=texts)
+
+    model = fc.load_model("tiny")
+    dictionary = fc.load_dictionary(fc.zoo_path("tiny") / "dictionaries" / args.set / args.site)
+    feature = args.feature
+    if feature is None:
+        close = model.tokenizer(")", add_special_tokens=False)["input_ids"][0]
+        with torch.no_grad():
+            effects = torch.stack([direct_logit_effect(model, direction)[close]
+                                   for direction in dictionary.directions])
+        feature = int(effects.argmax())
+    data = feature_dashboard_data(model, dictionary, args.site, feature,
+                                  texts=default_texts(args.n_texts))
     out = Path(args.out)
-    render_dashboard(data, out / f"feature{args.feature}.png", dpi=args.dpi)
-    write_dashboard(data, out / f"feature{args.feature}.html")
-    print(f"feature {args.feature}: fires on {len(data.fire_activations)} of "
-          f"{data.n_counted_tokens} tokens; top tokens "
-          f"{list(data.histogram_counts)[:3]}; wrote {out}")
+    render_dashboard(data, out / f"{args.site}_{feature}.png", dpi=args.dpi)
+    write_dashboard(data, out / f"{args.site}_{feature}.html")
+    print(f"feature {feature} at {args.site}: fires on {data.density:.1%} of tokens; "
+          f"wrote {out}/{args.site}_{feature}.png and .html")
     return 0
 
 
