@@ -7,7 +7,7 @@ activations (heavy tails = sparse, interpretable-looking features), the token pu
 feature's top activations, and L0.
 
     python examples/compare_bases.py                   # prints the table, saves to out/bases
-    python examples/compare_bases.py --save-to-zoo     # also writes ica/ and pca/ into the zoo
+    python examples/compare_bases.py --save-to-zoo     # also writes ica/ into the zoo
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=16, help="features for variance explained")
     parser.add_argument("--out", default="out/bases", help="where fitted bases are saved")
     parser.add_argument("--save-to-zoo", action="store_true",
-                        help="also save pca/ and ica/ into the model's dictionaries folder")
+                        help="also save the ICA bases into the model's dictionaries folder "
+                        "(the zoo's PCA bases come from the shipping script)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         bases.update({name: sets[site] for name, sets in reference_bases(model, [site]).items()})
         for name in ("pca", "ica"):
             fc.save_dictionary(bases[name], f"{args.out}/{name}/{site}")
-            if args.save_to_zoo and zoo is not None:
+            if args.save_to_zoo and zoo is not None and name == "ica":
                 fc.save_dictionary(bases[name], zoo / name / site)
         for name, basis in bases.items():
             rows.append({"site": site, "basis": name,

@@ -101,3 +101,165 @@ register_command(
     "  featcircuits patch --prompts my.csv --dictionaries DIR --features 3 17 --source mean\n"
     "  featcircuits patch --prompts p.jsonl --dictionaries DIR --search elimination --out f.csv",
     _patch_flags, _run_patch)
+
+
+# -------------------------------------------------------------------------- render
+RENDER_FORMATS = (".png", ".svg", ".pdf", ".dot", ".html")
+
+
+def read_circuit_json(path: str) -> object:
+    """Read a circuit graph written as networkx node-link JSON; ``GraphError`` on bad input."""
+    import json
+    import warnings
+
+    import networkx as nx
+
+    from featcircuits.errors import GraphError
+    from featcircuits.render.schema import validate_circuit_graph
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise GraphError(f"cannot read circuit file {path!r}: {exc.strerror or exc}",
+                         hint="pass the path of a circuit JSON file") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GraphError(f"circuit file {path!r} is not valid JSON: {exc}",
+                         hint="write circuits with networkx.node_link_data(graph)") from exc
+    if not isinstance(data, dict) or "nodes" not in data:
+        raise GraphError(f"circuit file {path!r} is not node-link JSON (no 'nodes' list)",
+                         hint="write circuits with networkx.node_link_data(graph)")
+    edges_key = "edges" if "edges" in data else "links"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = nx.node_link_graph(data, directed=True, multigraph=False, edges=edges_key)
+    except (KeyError, TypeError, ValueError, nx.NetworkXError) as exc:
+        raise GraphError(f"circuit file {path!r} is malformed node-link JSON: "
+                         f"{type(exc).__name__}: {exc}",
+                         hint="see docs/graph-format.md") from exc
+    return validate_circuit_graph(graph)
+
+
+def _render_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("graph", help="circuit graph JSON (networkx node-link format)")
+    parser.add_argument("-o", "--out", required=True,
+                        help="output file; the writer is picked by extension: "
+                        + ", ".join(RENDER_FORMATS))
+    parser.add_argument("--title", default=None, help="title of the figure / page")
+
+
+def _run_render(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from featcircuits.errors import OutputError
+
+    suffix = Path(args.out).suffix.lower()
+    if suffix not in RENDER_FORMATS:
+        raise OutputError(f"cannot render to {args.out!r}: unknown extension {suffix!r}",
+                          hint="use one of " + ", ".join(RENDER_FORMATS))
+    graph = read_circuit_json(args.graph)
+    if suffix == ".dot":
+        from featcircuits.render.dot import write_dot
+
+        write_dot(graph, args.out)
+    elif suffix == ".html":
+        from featcircuits.render.html import to_html
+
+        to_html(graph, args.out, title=args.title)
+    else:
+        from featcircuits.render.diagram import render_circuit, save_figure
+
+        kwargs = {} if args.title is None else {"title": args.title}
+        save_figure(render_circuit(graph, **kwargs), args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+register_command(
+    "render", "draw a circuit graph JSON as PNG/SVG/PDF, Graphviz DOT or interactive HTML",
+    "  featcircuits render circuit.json -o circuit.png\n"
+    "  featcircuits render circuit.json -o circuit.html --title 'IOI circuit'",
+    _render_flags, _run_render)
+
+
+# ----------------------------------------------------------------------- dashboard
+def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--site", required=True, help="site of the feature, e.g. resid_out.3")
+    parser.add_argument("--feature", type=int, required=True, help="dictionary index")
+    parser.add_argument("--dictionaries", default=None,
+                        help="a saved dictionary folder, or a folder of per-site folders "
+                        "(default: the bundled model's first dictionary set)")
+    parser.add_argument("--model", default="tiny", help="bundled name, folder or hub id")
+    parser.add_argument("--n-texts", type=int, default=200,
+                        help="corpus documents to scan (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="corpus sample seed")
+    parser.add_argument("--top-k", type=int, default=10, help="top contexts to keep")
+    parser.add_argument("--logit-token", default=None,
+                        help="token whose logit drop the ablation measures (default: the one "
+                        "the feature pushes up most)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("-o", "--out", required=True, help="output .html, .png, .svg or .pdf")
+
+
+def _dashboard_dictionary_folder(args: argparse.Namespace, site: str):
+    """The folder holding the dictionary for ``site`` (checked before the model loads)."""
+    from pathlib import Path
+
+    from featcircuits.dictionaries.io import CFG_FILE, WEIGHTS_FILE
+    from featcircuits.errors import DictionaryLoadError
+    from featcircuits.models import ZOO_DIR
+
+    if args.dictionaries is None:
+        sets = ZOO_DIR / str(args.model) / "dictionaries"
+        found = sorted(p for p in sets.iterdir() if p.is_dir()) if sets.is_dir() else []
+        if not found:
+            raise DictionaryLoadError(f"no bundled dictionaries for model {args.model!r}",
+                                      hint="pass --dictionaries PATH")
+        return found[0] / site
+    folder = Path(args.dictionaries)
+    holds_one = any((folder / name).is_file() for name in (WEIGHTS_FILE, CFG_FILE, "ae.pt"))
+    if not holds_one and (folder / site).is_dir():
+        return folder / site
+    return folder
+
+
+def _run_dashboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from featcircuits.dashboard import default_texts, feature_dashboard_data, write_dashboard
+    from featcircuits.dictionaries.io import load_dictionary
+    from featcircuits.errors import OutputError, ParameterError
+    from featcircuits.models import load_model
+    from featcircuits.sites import Site
+
+    if Path(args.out).suffix.lower() not in (".html", ".htm", ".png", ".svg", ".pdf"):
+        raise OutputError(f"cannot write a dashboard as {args.out!r}",
+                          hint="use a path ending in .html, .png, .svg or .pdf")
+    if args.n_texts < 1:
+        raise ParameterError(f"--n-texts must be >= 1, got {args.n_texts}")
+    site = str(Site.parse(args.site))
+    folder = _dashboard_dictionary_folder(args, site)
+    model = load_model(args.model, device=args.device)
+    dictionary = load_dictionary(folder, site=site, model=model, device=args.device)
+    token = args.logit_token
+    if token is not None and token.isdigit():
+        token = int(token)
+    data = feature_dashboard_data(model, dictionary, site, args.feature,
+                                  texts=default_texts(args.n_texts, seed=args.seed),
+                                  top_k=args.top_k, logit_token=token,
+                                  progress=not getattr(args, "quiet", False))
+    write_dashboard(data, args.out)
+    print(f"feature {data.feature} at {data.site}: fires on {len(data.fire_activations)} of "
+          f"{data.n_counted_tokens} tokens; top context max {data.top_contexts[0].max_activation:.4g}"
+          if data.top_contexts else "no contexts")
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+register_command(
+    "dashboard", "feature dashboard: top contexts, activation histogram, logit and ablation "
+    "effects",
+    "  featcircuits dashboard --site resid_out.3 --feature 117 -o f117.html\n"
+    "  featcircuits dashboard --site resid_out.2 --feature 5 --dictionaries DIR -o f5.png",
+    _dashboard_flags, _run_dashboard)

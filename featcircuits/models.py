@@ -140,6 +140,8 @@ def load_model(
             ) from exc
         hf_model.eval()
         hf_model.to(device)
+        if str(name_or_path) in zoo_names():  # report "tiny", not this machine's path
+            hf_model.config._name_or_path = str(name_or_path)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = LanguageModel(hf_model, tokenizer=tokenizer)

@@ -38,6 +38,8 @@ def plot_patching_curves(results: pd.DataFrame, *, panel: str = "site", line: st
             raise ParameterError(f"results lack column {column!r}",
                                  hint=f"columns: {list(results.columns)}")
     panels = list(dict.fromkeys(results[panel]))
+    # exact zeros (a complete basis fully patched) sit on a floor 4 decades below the top
+    floor = float(results[y].max()) * 1e-4 if (results[y] > 0).any() else 1e-8
     lines = list(dict.fromkeys(results[line]))
     figure, axes = plt.subplots(len(xs), len(panels), figsize=(3.2 * len(panels), 2.8 * len(xs)),
                                 squeeze=False, sharey=True)
@@ -50,13 +52,13 @@ def plot_patching_curves(results: pd.DataFrame, *, panel: str = "site", line: st
                 if points.empty:
                     continue
                 colour, style = BASIS_STYLES.get(str(line_value), (f"C{index}", "-"))
-                floor = max(points[y][points[y] > 0].min() if (points[y] > 0).any() else 1e-8,
-                            1e-8)
-                ax.plot(points[x], points[y].clip(lower=floor * 0.5), style, color=colour,
+                ax.plot(points[x], points[y].clip(lower=floor), style, color=colour,
                         marker="o", markersize=2.5, linewidth=1.4, label=str(line_value))
             ax.set_yscale("log")
+            ax.set_ylim(bottom=floor * 0.7)
             if x == "n_features":
                 ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(left=0)
             ax.grid(alpha=0.3, linewidth=0.5)
             if row == 0:
                 ax.set_title(str(panel_value), fontsize=10)
@@ -65,11 +67,11 @@ def plot_patching_curves(results: pd.DataFrame, *, panel: str = "site", line: st
             ax.set_xlabel({"n_features": "patched features",
                            "edit_magnitude": "edit magnitude ‖x′ − x̄‖"}.get(x, x), fontsize=9)
     handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.tight_layout(rect=(0, 0, 1, 0.9))
     figure.legend(handles, labels, loc="upper center", ncol=len(lines), frameon=False,
-                  bbox_to_anchor=(0.5, 1.0))
+                  bbox_to_anchor=(0.5, 0.97))
     if title:
-        figure.suptitle(title, y=1.06)
-    figure.tight_layout(rect=(0, 0, 1, 0.93))
+        figure.suptitle(title, y=1.0)
     if path is not None:
         suffix = os.path.splitext(str(path))[1] or ".png"
         with atomic_path(path) as tmp:
