@@ -129,6 +129,24 @@ def read_inputs(model, inputs) -> tuple[torch.Tensor, torch.Tensor, PromptPairs 
     raise PromptError("no inputs given", hint="pass prompt pairs, texts or token ids")
 
 
+FULL_STATE_KINDS = ("embed", "resid_in", "resid_out")
+
+
+def direct_sites(sites: Sequence[str], depth: float) -> list[str]:
+    """The sites (of ``sites``) before ``depth`` that can have a *direct* effect there.
+
+    ``embed``, ``resid_in.L`` and ``resid_out.L`` hold the model's whole state at their
+    point, so once one of them is held fixed nothing earlier can reach ``depth`` directly:
+    the result starts at the last such site before ``depth``."""
+    before = [s for s in sites if Site.parse(s).depth < depth]
+    start = 0
+    for index, site in enumerate(before):
+        parsed = Site.parse(site)
+        if parsed.module_path is None and parsed.kind in FULL_STATE_KINDS:
+            start = index
+    return before[start:]
+
+
 def repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
     """``[n, ...]`` → ``[(copies n), ...]`` (copy-major, matching the row layout)."""
     return einops.repeat(tensor, "n ... -> (k n) ...", k=copies)

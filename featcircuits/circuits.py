@@ -38,7 +38,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from featcircuits.circuit_runs import ERROR, CircuitRuns, Readout, SiteOps, repeat_rows
+from featcircuits.circuit_runs import (
+    ERROR,
+    CircuitRuns,
+    Readout,
+    SiteOps,
+    direct_sites,
+    repeat_rows,
+)
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.errors import ParameterError
 from featcircuits.graph import FORMAT_VERSION, check_tau, make_node_id, reaching
@@ -149,12 +156,20 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
     """
     source_features, source_errors = runs.sources(ablation)
     depth = _depth(site)
+
+    def reached(target_depth: float) -> bool:
+        # with later sites frozen, only sites with no whole-state site in between are reached
+        return not freeze or site in direct_sites(runs.sites, target_depth)
+
     live_targets = [i for i, t in enumerate(runs.targets)
-                    if t.is_output or _depth(t.site) > depth]
+                    if (t.is_output or _depth(t.site) > depth)
+                    and reached(float("inf") if t.is_output else _depth(t.site))]
     later = [s for s in runs.sites if _depth(s) > depth and _depth(s) < runs.max_target_depth]
     plans = {}
     columns: list = []
     for j in later:
+        if not reached(_depth(j)):
+            continue
         down = [node for node in downstream.get(j, [])]
         if not down:
             continue
@@ -399,17 +414,21 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     n, width = runs.n, runs.width
     tm = runs.token_mask
     depth = float("inf") if level is None else _depth(level)
-    up_sites = [s for s in runs.sites if _depth(s) < depth and upstream.get(s)]
+    # sites before the last whole-state site (embed/resid) have no direct edge to the level
+    reachable = direct_sites(runs.sites, depth)
+    up_sites = [s for s in reachable if upstream.get(s)]
     weights: dict[tuple, float] = {}
     if not up_sites or not downstream:
         return weights
+    early_targets = any(not t.is_output and _depth(t.site) < _depth(reachable[0])
+                        for t in runs.targets)
     per_chunk = runs.chunk_copies()
     for start in range(0, len(downstream), per_chunk):
         chunk = list(downstream[start:start + per_chunk])
         copies = len(chunk)
         deltas = {s: torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
                                  requires_grad=True)
-                  for s in runs.sites if _depth(s) < depth}
+                  for s in reachable}
         ops = {s: SiteOps(delta=delta, detach=True) for s, delta in deltas.items()}
         if level is not None:
             own_feature = torch.zeros(copies, dtype=torch.long)
@@ -431,7 +450,7 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                 own_weights=own_weights.reshape(copies * n, width),
                 error_vector=repeat_rows(runs.gradients[level], copies)))
         with torch.enable_grad():
-            result = runs.trace(ops, copies)
+            result = runs.trace(ops, copies, tile_at=None if early_targets else reachable[0])
             if level is None:
                 picks = torch.tensor(chunk).repeat_interleave(n)
                 loss = result.targets.gather(1, picks[:, None]).sum()
@@ -790,7 +809,8 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
                    positional: bool = False, method: str = "attribution", steps: int = 10,
                    candidates: Mapping[str, Sequence[int]] | None = None, errors: bool = True,
                    node_reduce: str = "mean", relative_tau: bool = False,
-                   max_rows: int = 256, seed: int = 0, progress: bool = True) -> HybridResult:
+                   exact_node_effects: bool = False, max_rows: int = 256, seed: int = 0,
+                   progress: bool = True) -> HybridResult:
     """Rank edges by attribution, verify the top ones by exact ablation.
 
     Nodes with attributed ``|effect| >= node_tau`` (default ``screen * tau``) are kept (at
@@ -799,7 +819,8 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
     ``max_verify`` largest (default: all) are measured exactly as in ``acdc_circuit``
     (ablating each distinct upstream node once, batched) and kept when the exact
     ``|weight| >= tau``. Graph attributes ``verified_edges``, ``attribution_wrong_sign`` and
-    ``attribution_wrong_threshold`` record how often attribution was wrong.
+    ``attribution_wrong_threshold`` record how often attribution was wrong. Node ``effect``s
+    are the attributed ones unless ``exact_node_effects`` (one more batched ablation pass).
     """
     tau = check_tau(tau)
     if not 0 < screen <= 1:
@@ -841,11 +862,12 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
     nodes = sorted({u for u, _ in edges} | {d for _, d in edges if not isinstance(d, str)},
                    key=_node_order)
     graph = build_graph(runs, nodes, edges, method="hybrid", tau=tau, ablation=ablation,
-                        positional=positional, node_threshold=node_tau,
+                        positional=positional, effects=effects, node_threshold=node_tau,
                         verified_edges=len(rows), attribution_wrong_sign=wrong_sign,
                         attribution_wrong_threshold=wrong_threshold,
                         relative_tau=bool(relative_tau))
-    _set_exact_effects(runs, graph, ablation=ablation, positional=positional)
+    if exact_node_effects:
+        _set_exact_effects(runs, graph, ablation=ablation, positional=positional)
     return HybridResult(graph, comparison, len(rows), wrong_sign, wrong_threshold)
 
 

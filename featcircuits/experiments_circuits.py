@@ -395,18 +395,23 @@ def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
           f"{args.ablation}): {graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges")
     print(circuit_table(graph, 25).to_string(index=False, float_format=lambda v: f"{v:+.4f}"))
     scores = faithfulness(runs, graph, ablation="mean")
-    edge_scores = faithfulness(runs, graph, ablation="mean", edges=True)
-    curve = faithfulness_curve(runs, graph, by="edges", ablation="mean")
-    print(f"\nfaithfulness (mean ablation outside the circuit): nodes "
-          f"{scores['faithfulness']:.3f}, edges {edge_scores['faithfulness']:.3f}; "
-          f"completeness: nodes {scores['completeness']:.3f}, edges "
-          f"{edge_scores['completeness']:.3f}")
-    print(f"m(M) = {scores['m_full']:.4f}, m(∅) = {scores['m_empty']:.4f}, m(C) = "
-          f"{scores['m_circuit']:.4f} (nodes) / {edge_scores['m_circuit']:.4f} (edges)")
-    print("\nfaithfulness of the top-k edges:")
+    edge_scores = faithfulness(runs, graph, ablation="mean", edges=True) if args.edges else {}
+    curve = faithfulness_curve(runs, graph, by="nodes", ablation="mean")
+    print(f"\nnode set, mean ablation outside it: faithfulness {scores['faithfulness']:.3f}, "
+          f"completeness {scores['completeness']:.3f}  (m(M) = {scores['m_full']:.4f}, "
+          f"m(∅) = {scores['m_empty']:.4f}, m(C) = {scores['m_circuit']:.4f}, m(M∖C) = "
+          f"{scores['m_complement']:.4f})")
+    if edge_scores:
+        print(f"edge set (path patching): faithfulness {edge_scores['faithfulness']:.3f}, "
+              f"completeness {edge_scores['completeness']:.3f}  (m(C) = "
+              f"{edge_scores['m_circuit']:.4f}, m(M∖C) = {edge_scores['m_complement']:.4f})")
+    print("\nfaithfulness of the top-k nodes (by |effect|), every edge between them kept:")
     print(curve.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     graph.graph["faithfulness_nodes"] = float(scores["faithfulness"])
-    graph.graph["faithfulness_edges"] = float(edge_scores["faithfulness"])
+    graph.graph["completeness_nodes"] = float(scores["completeness"])
+    if edge_scores:
+        graph.graph["faithfulness_edges"] = float(edge_scores["faithfulness"])
+        graph.graph["completeness_edges"] = float(edge_scores["completeness"])
     paths = save_circuit(graph, args.out, name, curve=curve, title=title)
     if ranking is not None:
         from featcircuits._io import atomic_path
@@ -416,11 +421,12 @@ def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
         paths["features"] = Path(args.out) / f"{name}_features.csv"
     seconds = time.perf_counter() - start
     summary = "\n".join(f"{key}: {path}" for key, path in paths.items())
+    edge_line = (f"edges: faithfulness {edge_scores['faithfulness']:.6f}, completeness "
+                 f"{edge_scores['completeness']:.6f}\n" if edge_scores else "")
     atomic_write_text(Path(args.out) / f"{name}_summary.txt",
                       f"{title}\nmethod {args.method}, tau {graph.graph['tau']:.6g}\n"
-                      f"faithfulness nodes {scores['faithfulness']:.6f} edges "
-                      f"{edge_scores['faithfulness']:.6f}\ncompleteness nodes "
-                      f"{scores['completeness']:.6f} edges {edge_scores['completeness']:.6f}\n"
+                      f"nodes: faithfulness {scores['faithfulness']:.6f}, completeness "
+                      f"{scores['completeness']:.6f}\n{edge_line}"
                       f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges\n"
                       f"{seconds:.1f} s\n{summary}\n")
     print(f"\nwrote {', '.join(str(p) for p in paths.values())} ({seconds:.1f} s)")
@@ -428,7 +434,7 @@ def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
 
 
 def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str, method: str = "hybrid",
-                          tau: float = 0.1) -> None:
+                          tau: float = 0.03, max_nodes: int = 64) -> None:
     """Flags shared by the circuit examples."""
     parser.add_argument("--model", default="tiny", help="bundled name or folder (default tiny)")
     parser.add_argument("--dictionaries", default=None,
@@ -442,12 +448,14 @@ def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str, method: 
     parser.add_argument("--absolute", action="store_true",
                         help="--tau is an absolute threshold in the downstream node's units")
     parser.add_argument("--ablation", choices=["zero", "mean", "resample"], default="mean")
-    parser.add_argument("--max-nodes", type=int, default=24,
-                        help="attribution/hybrid: most nodes kept per site (default 24)")
+    parser.add_argument("--max-nodes", type=int, default=max_nodes,
+                        help=f"attribution/hybrid: most nodes kept per site (default {max_nodes})")
     parser.add_argument("--out", default=out, help=f"output folder (default {out})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256,
                         help="most sequences per forward pass (default 256)")
+    parser.add_argument("--edges", action="store_true",
+                        help="also measure the edge set's faithfulness (path patching; slower)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

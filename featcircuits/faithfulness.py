@@ -38,7 +38,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from featcircuits.circuit_runs import ERROR, CircuitRuns, Readout, SiteOps, repeat_rows
+from featcircuits.circuit_runs import (
+    ERROR,
+    CircuitRuns,
+    Readout,
+    SiteOps,
+    direct_sites,
+    repeat_rows,
+)
 from featcircuits.circuits import Node, circuit_runs, graph_nodes, node_id
 from featcircuits.errors import GraphError, ParameterError
 from featcircuits.graph import check_graph, parse_node_id, reaching, target_nodes, top_k_edges
@@ -52,15 +59,17 @@ def _depth(site: str) -> float:
     return Site.parse(site).depth
 
 
-def _empty_masks(runs: CircuitRuns, value: bool = False) -> Masks:
+def _empty_masks(runs: CircuitRuns, value: bool = False, sites=None) -> Masks:
     return {site: torch.full((runs.width, runs.dictionaries[site].n_features + 1), value)
-            for site in runs.sites}
+            for site in runs.sites if sites is None or site in sites}
 
 
-def node_masks(runs: CircuitRuns, nodes: Iterable[Node]) -> Masks:
+def node_masks(runs: CircuitRuns, nodes: Iterable[Node], *, sparse: bool = False) -> Masks:
     """``{site: [T, F+1]}`` True at the nodes' (position, feature) cells; a node without a
-    position covers every position; feature ``ERROR`` is the last column."""
-    masks = _empty_masks(runs)
+    position covers every position; feature ``ERROR`` is the last column. ``sparse``: only
+    sites that hold one of the nodes get a mask."""
+    nodes = list(nodes)
+    masks = _empty_masks(runs, sites={site for site, _, _ in nodes} if sparse else None)
     for site, f, position in nodes:
         if site not in masks:
             raise GraphError(f"node at site {site!r} has no dictionary",
@@ -140,7 +149,9 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
     for level in tqdm(levels, desc="edge evaluation", leave=False,
                       disable=not runs.progress or len(levels) < 3):
         depth = float("inf") if level is None else _depth(level)
-        earlier = [s for s in sites if _depth(s) < depth]
+        # sites before the last whole-state site cannot reach the level directly: the copies
+        # share everything up to it (and run it once, tiled)
+        earlier = direct_sites(sites, depth)
         copies: list[tuple[int, object]] = []  # (spec index, None = base | node | target idx)
         for index, spec in enumerate(specs):
             copies.append((index, None))
@@ -193,6 +204,7 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
     n = runs.n
     readings: list[dict] = []
     per_chunk = runs.chunk_copies()
+    base: dict[tuple[int, str], torch.Tensor] = {}  # assembled activation per (spec, site)
     for start in range(0, len(copies), per_chunk):
         chunk = copies[start:start + per_chunk]
         ops = {}
@@ -202,17 +214,30 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
             for index, key in chunk:
                 features = assembled_f[index][site]
                 errors = assembled_e[index][site]
+                if (index, site) not in base:
+                    base[(index, site)] = dictionary.decode(features) + errors
+                activation = base[(index, site)]
                 masks = specs[index].ablated_into.get(key) if key is not None else None
-                if masks is not None and site in masks and masks[site].any():
-                    ablate = masks[site]
-                    features = torch.where(ablate[None, :, :-1], source_features[site], features)
-                    errors = torch.where(ablate[None, :, -1:], source_errors[site], errors)
-                written.append(dictionary.decode(features) + errors)
+                ablate = None if masks is None else masks.get(site)
+                if ablate is not None and ablate.any():
+                    # only the ablated cells change: add (source − assembled) along them
+                    columns = torch.nonzero(ablate[:, :-1].any(0)).flatten()
+                    if len(columns):
+                        change = (source_features[site][..., columns] - features[..., columns])
+                        change = change * ablate[None, :, columns]
+                        activation = activation + change @ dictionary.directions[columns]
+                    if ablate[:, -1].any():
+                        activation = activation + (source_errors[site] - errors) * ablate[
+                            None, :, -1:]
+                written.append(activation)
             ops[site] = SiteOps(overwrite=torch.cat(written))
         if read_site is not None:
             ops[read_site] = SiteOps(readout=Readout(full=True))
+        first = earlier[0] if earlier else None
+        early_targets = first is not None and any(
+            not t.is_output and _depth(t.site) < _depth(first) for t in runs.targets)
         with torch.no_grad():
-            result = runs.trace(ops, len(chunk))
+            result = runs.trace(ops, len(chunk), tile_at=None if early_targets else first)
         for k in range(len(chunk)):
             rows = slice(k * n, (k + 1) * n)
             reading = {"targets": result.targets[rows]}
@@ -243,7 +268,7 @@ def edge_spec(runs: CircuitRuns, graph: nx.DiGraph, *, complement: bool = False)
             cells = [u for u in nodes if u not in present]
         cells = [u for u in cells if _depth(u[0]) < depth]
         if cells:
-            spec.ablated_into[key] = node_masks(runs, cells)
+            spec.ablated_into[key] = node_masks(runs, cells, sparse=True)
     return spec
 
 
