@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--n-targets", type=int, default=2)
     parser.add_argument("--per-site", type=int, default=48,
                         help="candidate features per site (default 48)")
-    parser.add_argument("--tau", type=float, default=0.1,
+    parser.add_argument("--tau", type=float, default=0.03,
                         help="edge threshold relative to the downstream node's magnitude")
     parser.add_argument("--ablation", default="mean")
     parser.add_argument("--repeats", type=int, default=1)

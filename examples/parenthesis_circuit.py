@@ -6,7 +6,7 @@ builds the circuit from those features back to the input tokens over every ")"-p
 position of held-out documents. Prints the feature ranking and the circuit as tables and
 writes the circuit (JSON, CSV tables, diagram) and its faithfulness curve under out/parens/.
 
-    python examples/parenthesis_circuit.py [--method hybrid|acdc|attribution] [--n-texts 8]
+    python examples/parenthesis_circuit.py [--method acdc|hybrid|attribution] [--n-texts 8]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from featcircuits.experiments_circuits import add_circuit_arguments, run_parens_
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_circuit_arguments(parser, out="out/parens")
+    add_circuit_arguments(parser, out="out/parens", method="acdc")
     parser.add_argument("--n-texts", type=int, default=8, help="documents (default 8)")
     parser.add_argument("--n-targets", type=int, default=2,
                         help="last-layer ')' features to explain (default 2)")

@@ -39,7 +39,7 @@ from featcircuits.prompts import PromptPairs, tokenize_prompts
 from featcircuits.sites import Site, num_layers
 from featcircuits.targets import ResolvedTarget, Target, resolve_target
 
-ABLATIONS = ("zero", "mean", "resample", "corrupt")
+ABLATIONS = ("zero", "mean", "position_mean", "resample", "corrupt")
 ERROR = -1  # feature index of a site's error node
 
 
@@ -145,6 +145,17 @@ def direct_sites(sites: Sequence[str], depth: float) -> list[str]:
         if parsed.module_path is None and parsed.kind in FULL_STATE_KINDS:
             start = index
     return before[start:]
+
+
+def _position_mean(values: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """``[n, T, k]`` → the mean over prompts at each position (real tokens only), broadcast
+    over prompts; positions no prompt reaches get the overall mean."""
+    weights = token_mask[..., None]
+    counts = weights.sum(0)                                           # [T, 1]
+    overall = (values * weights).sum((0, 1)) / weights.sum().clamp(min=1)
+    means = (values * weights).sum(0) / counts.clamp(min=1)
+    means = torch.where(counts > 0, means, overall)
+    return means.expand_as(values)
 
 
 def repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
@@ -262,9 +273,11 @@ class CircuitRuns:
     def sources(self, ablation: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``({site: features [n, T, F]}, {site: errors [n, T, d]})`` an ablation puts in.
 
-        ``zero``: zeros; ``mean``: the mean over the data's real tokens; ``resample``: the
-        clean values of another prompt of the same length; ``corrupt``: the corrupted
-        prompts' values (prompt pairs only).
+        ``zero``: zeros; ``mean``: the mean over the data's real tokens; ``position_mean``:
+        the mean over the prompts at each position (for templated prompts whose positions
+        line up; the overall mean where no prompt is that long); ``resample``: the clean
+        values of another prompt of the same length; ``corrupt``: the corrupted prompts'
+        values (prompt pairs only).
         """
         if ablation not in ABLATIONS:
             raise ParameterError(f"unknown ablation {ablation!r}",
@@ -292,6 +305,9 @@ class CircuitRuns:
             elif ablation == "mean":
                 features[site] = clean_f[real].mean(0).expand_as(clean_f)
                 errors[site] = clean_e[real].mean(0).expand_as(clean_e)
+            elif ablation == "position_mean":
+                features[site] = _position_mean(clean_f, self.token_mask)
+                errors[site] = _position_mean(clean_e, self.token_mask)
             elif ablation == "resample":
                 features[site], errors[site] = clean_f[index], clean_e[index]
             else:
@@ -354,7 +370,8 @@ class CircuitRuns:
 
     # ------------------------------------------------------------------ engine
     def trace(self, ops: Mapping[str, SiteOps], copies: int, *,
-              ids: torch.Tensor | None = None, tile_at: str | None = None) -> TraceResult:
+              ids: torch.Tensor | None = None, tile_at: str | None = None,
+              outputs: bool = True) -> TraceResult:
         """Run ``copies`` copies of the data with ``ops`` applied; see ``trace_rows``.
 
         ``tile_at``: a site before which every copy is identical; the layers before it then
@@ -366,17 +383,17 @@ class CircuitRuns:
         if tile_at is not None and copies > 1 and self._tile_ok:
             try:
                 return trace_rows(self.model, self.sites, self.dictionaries, ops, ids,
-                                  self.targets, copies, tile_at=tile_at)
+                                  self.targets, copies, tile_at=tile_at, outputs=outputs)
             except RuntimeError:
                 self._tile_ok = False
         return trace_rows(self.model, self.sites, self.dictionaries, ops,
-                          repeat_rows(ids, copies), self.targets, copies)
+                          repeat_rows(ids, copies), self.targets, copies, outputs=outputs)
 
 
 def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionary],
                ops: Mapping[str, SiteOps], input_ids: torch.Tensor,
                targets: Sequence[ResolvedTarget], copies: int, *,
-               tile_at: str | None = None) -> TraceResult:
+               tile_at: str | None = None, outputs: bool = True) -> TraceResult:
     """One forward pass of ``input_ids [R, T]`` with per-site operations ``ops``.
 
     At each site (forward order): overwrite → read feature targets → ``patch_site`` →
@@ -384,6 +401,8 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     targets are read from the logits. Returns saved values (see ``TraceResult``).
     With ``tile_at``, ``input_ids`` holds the ``n`` prompts once and the activation is
     tiled ``copies`` times at that site (no site before it may have operations).
+    With ``outputs=False`` (or no output targets) the run stops after the last site with
+    operations or feature targets; output targets then read NaN.
     """
     tiled = tile_at is None
     if tile_at is not None:
@@ -395,8 +414,13 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     target_values: list[torch.Tensor] = []
     feature_targets = {site: [(i, t) for i, t in enumerate(targets) if t.site == site]
                        for site in sites}
-    output_targets = [(i, t) for i, t in enumerate(targets) if t.is_output]
-    with model.trace(input_ids):
+    output_targets = [(i, t) for i, t in enumerate(targets) if t.is_output] if outputs else []
+    last = None
+    if not output_targets:
+        used = [site for site in sites if site in ops or feature_targets[site]]
+        last = used[-1] if used else None
+    rows = input_ids.shape[0] * (copies if tile_at is not None else 1)
+    with model.trace(input_ids) as tracer:
         for site in sites:
             op = ops.get(site)
             if op is None and not feature_targets[site]:
@@ -432,6 +456,8 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                 features = dictionary.encode(x)
                 for kind, value in _read_nodes(op.readout, x, features, dictionary):
                     saved.append((kind, site, value.save()))
+            if site == last:
+                tracer.stop()  # nothing later is needed: skip the remaining layers
             if op.freeze is not None:
                 resolved.write(model, op.freeze)
         if output_targets:
@@ -442,9 +468,9 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
         {"activation": result.activations, "features": result.features,
          "errors": result.errors, "own": result.own, "full_features": result.full_features,
          "full_errors": result.full_errors}[kind][site] = value
-    if target_values:
-        ordered = sorted(target_values, key=lambda item: item[0])
-        result.targets = torch.stack([value for _, value in ordered], dim=-1)
+    result.targets = torch.full((rows, len(targets)), float("nan"))
+    for index, value in target_values:
+        result.targets[:, index] = value
     return result
 
 

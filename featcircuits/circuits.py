@@ -181,6 +181,7 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
     baseline = _baseline(runs, plans, live_targets, positional)
     # copies only differ from ``site`` on: run the layers before it once and tile there
     tile = site if all(t.is_output or _depth(t.site) >= depth for t in runs.targets) else None
+    need_outputs = any(runs.targets[i].is_output for i in live_targets)
     per_chunk = runs.chunk_copies()
     chunks = range(0, len(nodes), per_chunk)
     show = runs.progress if progress is None else progress
@@ -204,7 +205,7 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
             if op.readout is not None or op.freeze is not None:
                 ops[j] = op
         with torch.no_grad():
-            result = runs.trace(ops, copies, tile_at=tile)
+            result = runs.trace(ops, copies, tile_at=tile, outputs=need_outputs)
         out.append(_collect(runs, result, plans, live_targets, copies, positional))
     if not out:
         return torch.zeros(0, len(columns)), columns
@@ -450,7 +451,8 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                 own_weights=own_weights.reshape(copies * n, width),
                 error_vector=repeat_rows(runs.gradients[level], copies)))
         with torch.enable_grad():
-            result = runs.trace(ops, copies, tile_at=None if early_targets else reachable[0])
+            result = runs.trace(ops, copies, tile_at=None if early_targets else reachable[0],
+                                outputs=level is None)
             if level is None:
                 picks = torch.tensor(chunk).repeat_interleave(n)
                 loss = result.targets.gather(1, picks[:, None]).sum()
@@ -704,7 +706,8 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
 
     Node effects ``(c − s) · ∂m/∂c`` (``method="attribution"``) or integrated gradients
     (``method="ig"``, ``steps`` points); nodes with ``|effect| >= node_tau`` (default
-    ``tau``) are kept, at most ``max_nodes`` per site (the largest); edges between kept nodes are estimated from gradients of each
+    ``tau``; with ``relative_tau`` a fraction of the targets' magnitude) are kept, at most
+    ``max_nodes`` per site (the largest); edges between kept nodes are estimated from gradients of each
     downstream node (one backward pass per chunk of downstream nodes) and kept when
     ``|weight| >= tau``. Edge weights use the gradient at the clean run in both methods.
     Arguments as for ``acdc_circuit``.
@@ -719,7 +722,7 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
                         seed=seed, progress=progress, node_reduce=node_reduce)
     effects = node_attributions(runs, ablation=ablation, positional=positional, method=method,
                                 steps=steps, candidates=candidates, errors=errors)
-    kept = _keep_nodes(effects, node_tau, max_nodes)
+    kept = _keep_nodes(effects, node_limit(runs, node_tau, relative_tau), max_nodes)
     edges, _ = _attribution_edges(runs, kept, tau, ablation=ablation, positional=positional,
                                   relative_tau=relative_tau)
     nodes = [node for group in kept.values() for node in group]
@@ -727,6 +730,14 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
                        positional=positional, effects=effects, node_threshold=node_tau,
                        attribution=method, max_nodes=-1 if max_nodes is None else max_nodes,
                        relative_tau=bool(relative_tau))
+
+
+def node_limit(runs: CircuitRuns, node_tau: float, relative: bool) -> float:
+    """The ``|effect|`` a node needs: ``node_tau``, or ``node_tau`` times the summed targets'
+    typical magnitude when ``relative``."""
+    if not relative:
+        return node_tau
+    return node_tau * sum(runs.node_scale(t.node_id) for t in runs.targets)
 
 
 def _keep_nodes(effects: Mapping[Node, float], node_tau: float, max_nodes: int | None
@@ -835,7 +846,7 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
                         seed=seed, progress=progress, node_reduce=node_reduce)
     effects = node_attributions(runs, ablation=ablation, positional=positional, method=method,
                                 steps=steps, candidates=candidates, errors=errors)
-    kept = _keep_nodes(effects, node_tau, max_nodes)
+    kept = _keep_nodes(effects, node_limit(runs, node_tau, relative_tau), max_nodes)
     screened, _ = _attribution_edges(runs, kept, screen * tau, ablation=ablation,
                                      positional=positional, relative_tau=relative_tau)
     ranked = sorted(screened.items(), key=lambda item: -abs(item[1]))

@@ -351,6 +351,7 @@ def run_parens_circuit(args: argparse.Namespace) -> CircuitReport:
     by_activation = ranking.sort_values("selectivity", ascending=False)["feature"].head(8)
     print(f"top by decoder direction: {by_direction.tolist()}; top by selectivity: "
           f"{by_activation.tolist()}")
+    args.ablation = args.ablation or "mean"
     graph = build_circuit(runs, args.method, tau=args.tau, ablation=args.ablation,
                           relative_tau=not args.absolute, max_nodes=args.max_nodes)
     return _report(runs, graph, args, start, ranking, "parens",
@@ -381,6 +382,7 @@ def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
     lengths = set(runs.lengths.tolist())
     positional = args.positional and len(lengths) == 1
     print(f"{len(prompts)} prompt pairs; logit diff clean {runs.metric_value:.3f}")
+    args.ablation = args.ablation or ("position_mean" if positional else "mean")
     graph = build_circuit(runs, args.method, tau=args.tau, ablation=args.ablation,
                           positional=positional, relative_tau=not args.absolute,
                           max_nodes=args.max_nodes)
@@ -394,10 +396,12 @@ def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
     print(f"\n{args.method} circuit ({kind} tau = {graph.graph['tau']:.4g}, ablation "
           f"{args.ablation}): {graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges")
     print(circuit_table(graph, 25).to_string(index=False, float_format=lambda v: f"{v:+.4f}"))
-    scores = faithfulness(runs, graph, ablation="mean")
-    edge_scores = faithfulness(runs, graph, ablation="mean", edges=True) if args.edges else {}
-    curve = faithfulness_curve(runs, graph, by="nodes", ablation="mean")
-    print(f"\nnode set, mean ablation outside it: faithfulness {scores['faithfulness']:.3f}, "
+    ablation = args.ablation
+    scores = faithfulness(runs, graph, ablation=ablation)
+    edge_scores = faithfulness(runs, graph, ablation=ablation, edges=True) if args.edges else {}
+    curve = faithfulness_curve(runs, graph, by="nodes", ablation=ablation)
+    print(f"\nnode set, {ablation} ablation outside it: faithfulness "
+          f"{scores['faithfulness']:.3f}, "
           f"completeness {scores['completeness']:.3f}  (m(M) = {scores['m_full']:.4f}, "
           f"m(∅) = {scores['m_empty']:.4f}, m(C) = {scores['m_circuit']:.4f}, m(M∖C) = "
           f"{scores['m_complement']:.4f})")
@@ -434,7 +438,7 @@ def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
 
 
 def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str, method: str = "hybrid",
-                          tau: float = 0.03, max_nodes: int = 64) -> None:
+                          tau: float = 0.03, max_nodes: int | None = None) -> None:
     """Flags shared by the circuit examples."""
     parser.add_argument("--model", default="tiny", help="bundled name or folder (default tiny)")
     parser.add_argument("--dictionaries", default=None,
@@ -447,9 +451,11 @@ def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str, method: 
                         f"magnitude (default {tau})")
     parser.add_argument("--absolute", action="store_true",
                         help="--tau is an absolute threshold in the downstream node's units")
-    parser.add_argument("--ablation", choices=["zero", "mean", "resample"], default="mean")
+    parser.add_argument("--ablation", choices=["zero", "mean", "position_mean", "resample"],
+                        default=None, help="ablation for discovery and faithfulness (default: "
+                        "position_mean for positional circuits, else mean)")
     parser.add_argument("--max-nodes", type=int, default=max_nodes,
-                        help=f"attribution/hybrid: most nodes kept per site (default {max_nodes})")
+                        help="attribution/hybrid: most nodes kept per site (default: no cap)")
     parser.add_argument("--out", default=out, help=f"output folder (default {out})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256,

@@ -161,7 +161,8 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
                 if any(masks[s].any() for s in earlier if s in masks):
                     copies.append((index, key))
         readings = _run_copies(runs, copies, specs, earlier, level if level in sites else None,
-                               assembled_f, assembled_e, source_features, source_errors)
+                               assembled_f, assembled_e, source_features, source_errors,
+                               outputs=level is None)
         own = {(index, key): reading for (index, key), reading in zip(copies, readings)}
         for index, spec in enumerate(specs):
             base = own[(index, None)]
@@ -198,7 +199,7 @@ def _level_of(runs: CircuitRuns, key) -> str | None:
 
 
 def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_e,
-                source_features, source_errors) -> list[dict]:
+                source_features, source_errors, outputs: bool = True) -> list[dict]:
     """Forward passes for ``copies``; each returns the target values and (when ``read_site``
     is given) the features and errors there, ``[n, ...]`` per copy."""
     n = runs.n
@@ -237,7 +238,8 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
         early_targets = first is not None and any(
             not t.is_output and _depth(t.site) < _depth(first) for t in runs.targets)
         with torch.no_grad():
-            result = runs.trace(ops, len(chunk), tile_at=None if early_targets else first)
+            result = runs.trace(ops, len(chunk), tile_at=None if early_targets else first,
+                                outputs=outputs)
         for k in range(len(chunk)):
             rows = slice(k * n, (k + 1) * n)
             reading = {"targets": result.targets[rows]}
