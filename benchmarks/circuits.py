@@ -1,10 +1,11 @@
 """Circuit discovery speed and agreement, side by side in one run (prints numbers).
 
-    python benchmarks/circuits.py [--n-texts 8] [--per-site 48] [--repeats 1]
+    python benchmarks/circuits.py [--n-texts 8] [--per-site 0] [--tau 0.03] [--repeats 1]
 
 On the bundled model's closing-parenthesis circuit (see examples/parenthesis_circuit.py),
-with one shared cached clean run and the same candidate set for every method (the
-``--per-site`` features with the largest attributed effect at each site, plus error nodes):
+with one shared cached clean run and the same candidate set for every method (every
+feature active on the data and every input token, plus error nodes; or with ``--per-site``
+the features with the largest attributed effect at each site):
 
 1. exact ACDC (every candidate ablated, batched), attribution (gradients), hybrid
    (attribution-ranked edges verified by ablation): wall time of each;
@@ -36,11 +37,17 @@ def main() -> None:
     parser.add_argument("--set", default=None, help="dictionary set (default sae-sparse)")
     parser.add_argument("--n-texts", type=int, default=8)
     parser.add_argument("--n-targets", type=int, default=2)
-    parser.add_argument("--per-site", type=int, default=48,
-                        help="candidate features per site (default 48)")
+    parser.add_argument("--per-site", type=int, default=0,
+                        help="candidate features per site, the largest attributed effects "
+                        "(default 0: every active feature)")
     parser.add_argument("--tau", type=float, default=0.03,
                         help="edge threshold relative to the downstream node's magnitude")
     parser.add_argument("--ablation", default="mean")
+    parser.add_argument("--hybrid-screen", type=float, default=0.25,
+                        help="hybrid: verify attributed edges above screen × tau (default 0.25)")
+    parser.add_argument("--hybrid-node-tau", type=float, default=None,
+                        help="hybrid: node threshold as a fraction of the target "
+                        "(default tau / 10)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
@@ -51,19 +58,30 @@ def main() -> None:
     runs, _, data = parens_setup(args.model, set_name=args.set, n_texts=args.n_texts,
                                  n_targets=args.n_targets, progress=False)
     setup = time.perf_counter() - start
-    candidates = candidate_set(runs, args.per_site, ablation=args.ablation)
+    from featcircuits.circuits import candidate_nodes, upstream_sites
+
+    candidates = candidate_set(runs, args.per_site, ablation=args.ablation) \
+        if args.per_site > 0 else None
     tau = args.tau
-    n_candidates = sum(len(v) for v in candidates.values())
+    n_candidates = sum(
+        len(candidate_nodes(runs, site, ablation=args.ablation, positional=False,
+                            candidates=candidates, errors=False))
+        for site in upstream_sites(runs))
+    n_sites = len(upstream_sites(runs))
     print(f"model {args.model}: {runs.n} documents, {int(data.closing.sum())} ')' positions, "
           f"sites {runs.sites}")
-    print(f"candidates: {n_candidates} features ({args.per_site} per site) + "
-          f"{len(candidates)} error nodes; relative tau = {tau:.4g}; ablation {args.ablation}; "
+    per_site = f"{args.per_site} per site" if args.per_site > 0 else "every active feature"
+    print(f"candidates: {n_candidates} features and tokens ({per_site}) + "
+          f"{n_sites} error nodes; relative tau = {tau:.4g}; ablation {args.ablation}; "
           f"cached clean run + gradients {setup:.1f} s (shared, not counted)")
+    node_tau = args.hybrid_node_tau if args.hybrid_node_tau is not None else tau / 10
     result = compare_methods(runs, tau=tau, candidates=candidates, ablation=args.ablation,
+                             hybrid_screen=args.hybrid_screen, hybrid_node_tau=node_tau,
                              repeats=args.repeats)
-    print(f"\n{'method':<12}{'seconds':>10}{'edges':>8}")
+    print(f"\n{'method':<12}{'seconds':>10}{'edges':>8}{'sequences run':>16}")
     for name in ("exact", "attribution", "hybrid"):
-        print(f"{name:<12}{result['seconds_' + name]:>10.2f}{result['edges_' + name]:>8}")
+        print(f"{name:<12}{result['seconds_' + name]:>10.2f}{result['edges_' + name]:>8}"
+              f"{result['rows_' + name]:>16}")
     print(f"\nattribution speed-up over exact: {result['speedup_attribution']:.1f}x "
           f"(target >= 20x); hybrid: {result['speedup_hybrid']:.1f}x")
     print(f"Spearman(exact, attribution) over {result['n_pairs']} candidate pairs: "

@@ -728,8 +728,8 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
     nodes = [node for group in kept.values() for node in group]
     return build_graph(runs, nodes, edges, method="attribution", tau=tau, ablation=ablation,
                        positional=positional, effects=effects, node_threshold=node_tau,
-                       attribution=method, max_nodes=-1 if max_nodes is None else max_nodes,
-                       relative_tau=bool(relative_tau))
+                       attribution=method, relative_tau=bool(relative_tau),
+                       **({} if max_nodes is None else {"max_nodes": int(max_nodes)}))
 
 
 def node_limit(runs: CircuitRuns, node_tau: float, relative: bool) -> float:

@@ -481,8 +481,10 @@ def candidate_set(runs: CircuitRuns, per_site: int, *, ablation: str = "mean") -
     return chosen
 
 
-def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict, ablation: str = "mean",
+def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
+                    ablation: str = "mean",
                     relative_tau: bool = True, max_nodes: int | None = None, top: int = 50,
+                    hybrid_screen: float = 0.5, hybrid_node_tau: float | None = None,
                     repeats: int = 1) -> dict:
     """Exact ACDC, attribution and hybrid on the same cached runs and candidate set.
 
@@ -494,19 +496,27 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict, ablation
     from featcircuits.circuits import all_edge_weights
     from featcircuits.graph import edge_list
 
-    def timed(function):
+    rows: dict[str, int] = {}
+
+    def timed(function, name):
         best, result = float("inf"), None
         for _ in range(repeats):
+            before = runs.rows_run
             start = time.perf_counter()
             result = function()
             best = min(best, time.perf_counter() - start)
+            rows[name] = runs.rows_run - before
         return best, result
 
     common = {"tau": tau, "ablation": ablation, "candidates": candidates,
               "relative_tau": relative_tau}
-    t_exact, exact = timed(lambda: acdc_circuit(runs, node_effects=False, **common))
-    t_attr, attr = timed(lambda: attribution_circuit(runs, max_nodes=max_nodes, **common))
-    t_hybrid, hybrid = timed(lambda: hybrid_circuit(runs, max_nodes=max_nodes, **common))
+    t_exact, exact = timed(lambda: acdc_circuit(runs, node_effects=False, **common), "exact")
+    t_attr, attr = timed(lambda: attribution_circuit(runs, max_nodes=max_nodes, **common),
+                         "attribution")
+    t_hybrid, hybrid = timed(lambda: hybrid_circuit(runs, max_nodes=max_nodes,
+                                                    screen=hybrid_screen,
+                                                    node_tau=hybrid_node_tau, **common),
+                             "hybrid")
     weights = all_edge_weights(runs, ablation=ablation, candidates=candidates)
     pairs = pd.DataFrame({"exact": pd.Series(weights["exact"]),
                           "attribution": pd.Series(weights["attribution"])}).dropna()
@@ -519,6 +529,8 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict, ablation
     hybrid_top = {(u, v) for u, v, _ in edge_list(hybrid.graph)[:k]}
     return {
         "seconds_exact": t_exact, "seconds_attribution": t_attr, "seconds_hybrid": t_hybrid,
+        "rows_exact": rows["exact"], "rows_attribution": rows["attribution"],
+        "rows_hybrid": rows["hybrid"],
         "speedup_attribution": t_exact / t_attr, "speedup_hybrid": t_exact / t_hybrid,
         "edges_exact": exact.number_of_edges(), "edges_attribution": attr.number_of_edges(),
         "edges_hybrid": hybrid.graph.number_of_edges(),

@@ -3,6 +3,7 @@ completeness, edge/node evaluation, graph helpers and graph I/O."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -437,7 +438,7 @@ def test_acdc_thresholds_are_monotone(random_setup, relative):
     taus = (0.05, 0.2, 0.5) if relative else (0.002, 0.01, 0.04)
     graphs = [acdc_circuit(runs, tau=tau, node_effects=False, relative_tau=relative)
               for tau in taus]
-    for smaller, larger in zip(graphs, graphs[1:]):
+    for smaller, larger in itertools.pairwise(graphs):
         assert set(larger.edges) <= set(smaller.edges)
     assert graphs[-1].number_of_edges() > 0
     assert graphs[0].number_of_edges() > graphs[-1].number_of_edges()
