@@ -63,8 +63,12 @@ def _run_patch(args: argparse.Namespace) -> int:
     from featcircuits.prompts import read_prompts
     from featcircuits.search import attribution_curve, backward_elimination, default_taus
 
+    dictionary = load_dictionary(args.dictionaries, site=args.site)  # fail fast, before the model
     model = load_model(args.model, device=args.device)
-    dictionary = load_dictionary(args.dictionaries, site=args.site, model=model)
+    if dictionary.site is not None:
+        from featcircuits.dictionaries.io import check_dictionary_fits
+
+        check_dictionary_fits(dictionary, model, dictionary.site)
     if dictionary.site is None:
         from featcircuits.errors import ParameterError
 
