@@ -43,7 +43,8 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
 
     Args:
         source_features: ``[batch, pos, n]`` (or broadcastable) values cᵢ to patch in.
-        feature_mask: ``[batch, n]`` or ``[n]``; 1 for features in F, 0 elsewhere.
+        feature_mask: ``[batch, n]`` or ``[n]``; 1 for features in F, 0 elsewhere; or
+            ``[batch, pos, n]`` for a different feature set at each position.
         position_mask: ``[batch, pos]``; 1 at positions to patch (``None``: all).
         feature_ids: ``[n]`` the dictionary columns that ``source_features`` and
             ``feature_mask`` refer to (``None``: all ``n_features``). Restricting to the
@@ -63,11 +64,47 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
     directions = dictionary.directions
     if feature_ids is not None:
         current, directions = current[..., feature_ids], directions[feature_ids]
-    mask = feature_mask if feature_mask.ndim == 2 else feature_mask[None, :]
-    weight = (source_features - current) * mask[:, None, :]
+    if feature_mask.ndim == 3:
+        weight = (source_features - current) * feature_mask
+    else:
+        mask = feature_mask if feature_mask.ndim == 2 else feature_mask[None, :]
+        weight = (source_features - current) * mask[:, None, :]
     if position_mask is not None:
         weight = weight * position_mask[..., None]
     edit = weight @ directions
+    site.write(model, activation + edit)
+    return edit
+
+
+def patch_error(model, site: Site | str, dictionary: Dictionary, source_error: torch.Tensor,
+                error_mask: torch.Tensor, position_mask: torch.Tensor | None = None, *,
+                prior_edit: torch.Tensor | None = None) -> torch.Tensor:
+    """Inside a trace: replace the dictionary's error term at ``site``; returns the edit.
+
+    With ``ē = x̄ − decode(encode(x̄))`` read live, ``x′ = x̄ + m · (e_source − ē)``: the
+    features are untouched and only the part the dictionary misses is swapped.
+
+    After ``edit = patch_site(...)`` at the same site, pass ``prior_edit=edit``: the error is
+    then taken from the activation before that edit (``x̄ − edit``), so patching features and
+    the error together gives ``decode(c with patched features) + e_source`` — the error of
+    the already-patched activation would differ, since ``encode`` is not linear.
+
+    Args:
+        source_error: ``[batch, pos, d_model]`` (or broadcastable) error to patch in
+            (zeros to ablate, the mean error, another prompt's error, ...).
+        error_mask: ``[batch]``; 1 in rows whose error is patched.
+        position_mask: ``[batch, pos]``; 1 at positions to patch (``None``: all).
+
+    Returns:
+        ``[batch, pos, d_model]`` the edit added to the activation.
+    """
+    site = Site.parse(site)
+    activation = site.read(model)
+    weight = error_mask.to(activation.dtype)[:, None, None]
+    if position_mask is not None:
+        weight = weight * position_mask[..., None]
+    original = activation if prior_edit is None else activation - prior_edit
+    edit = (source_error - dictionary.error(original)) * weight
     site.write(model, activation + edit)
     return edit
 

@@ -1,0 +1,462 @@
+"""The cached clean run that circuit discovery works on, and its batched trace engine.
+
+``CircuitRuns`` holds, for one data set (token ids or prompt pairs), the clean activations,
+feature activations and dictionary errors at every dictionary site, the targets' values and
+their gradient with respect to every site (one forward and one backward pass), and the
+ablation sources (``zero``, ``mean``, ``resample``, ``corrupt``) computed on demand.
+
+``trace_rows`` runs many edited copies of the data in one forward pass: copy ``k`` of prompt
+``i`` is batch row ``k * n + i``. At each site, in forward order, a copy may have its
+activation overwritten, features ablated (``patching.patch_site``), its error term replaced
+(``patching.patch_error``), a zero "delta" added for gradients, node values read, and the
+site frozen to its clean value (so that later sites only see direct effects).
+
+Node values (what an edge's weight is a change of):
+
+* feature ``f`` at a site: ``Σ_t w_t c_f,t`` with ``w`` the real-token mask divided by
+  the prompt's length (``node_reduce="mean"``, the default) or not (``"sum"``); per
+  position ``t`` in positional graphs; ``c = encode(x)``;
+* error node: ``Σ_t w_t (e_t · g_t)`` with ``e = x − decode(encode(x))`` and ``g`` the
+  gradient of the summed targets w.r.t. the site on the clean run — the error's first-order
+  contribution to the targets (an error vector has no scalar activation of its own);
+* a target: its value (see ``featcircuits.targets``).
+All are averaged over prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import einops
+import torch
+
+from featcircuits.dictionaries.base import Dictionary
+from featcircuits.dictionaries.io import check_dictionary_fits
+from featcircuits.errors import ParameterError, PromptError
+from featcircuits.patching import _resample_index, patch_error, patch_site
+from featcircuits.prompts import PromptPairs, tokenize_prompts
+from featcircuits.sites import Site, num_layers
+from featcircuits.targets import ResolvedTarget, Target, resolve_target
+
+ABLATIONS = ("zero", "mean", "resample", "corrupt")
+ERROR = -1  # feature index of a site's error node
+
+
+@dataclass
+class Readout:
+    """Node values to read at one site (rows ``R``, positions ``T``).
+
+    ``feature_ids [k]`` and ``error``: read these features / the error node; ``weights
+    [R, T]`` reduce over positions (``None``: keep positions). ``own_feature [R]`` (``-1`` =
+    error) with ``own_weights [R, T]``: each row reads its own node (gradient copies).
+    ``full``: save all features ``[R, T, F]`` and the error ``[R, T, d]``.
+    ``error_vector [R, T, d]``: the ``g`` of error-node values ``Σ_t w_t (e_t · g_t)``.
+    """
+
+    feature_ids: torch.Tensor | None = None
+    error: bool = False
+    error_vector: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    own_feature: torch.Tensor | None = None
+    own_weights: torch.Tensor | None = None
+    full: bool = False
+
+
+@dataclass
+class SiteOps:
+    """What happens at one site in ``trace_rows`` (in this order)."""
+
+    overwrite: torch.Tensor | None = None          # [R, T, d]
+    patch: dict | None = None                      # kwargs of patch_site
+    patch_err: dict | None = None                  # kwargs of patch_error
+    delta: torch.Tensor | None = None              # [R, T, d] leaf requiring grad
+    detach: bool = False                           # cut gradients flowing through the site
+    readout: Readout | None = None
+    freeze: torch.Tensor | None = None             # [R, T, d] written after reading
+    save_activation: bool = False
+
+
+@dataclass
+class TraceResult:
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    errors: dict[str, torch.Tensor] = field(default_factory=dict)
+    own: dict[str, torch.Tensor] = field(default_factory=dict)
+    full_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    full_errors: dict[str, torch.Tensor] = field(default_factory=dict)
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    targets: torch.Tensor | None = None            # [R, n_targets]
+
+
+def read_inputs(model, inputs) -> tuple[torch.Tensor, torch.Tensor, PromptPairs | None]:
+    """``(ids [n, T], lengths [n], pairs or None)`` from prompt pairs (DataFrame, rows,
+    ``PromptPairs``), a ``[n, T]`` tensor of token ids, a list of strings or of id lists.
+    Lists are right-padded with the tokenizer's pad id."""
+    import pandas as pd
+
+    if isinstance(inputs, PromptPairs):
+        return inputs.clean_ids, inputs.lengths, inputs
+    if isinstance(inputs, pd.DataFrame) or (
+            isinstance(inputs, list) and inputs and isinstance(inputs[0], Mapping)):
+        pairs = tokenize_prompts(model.tokenizer, inputs)
+        return pairs.clean_ids, pairs.lengths, pairs
+    if isinstance(inputs, torch.Tensor):
+        if inputs.ndim != 2 or inputs.dtype.is_floating_point or inputs.numel() == 0:
+            raise PromptError(f"token ids must be a non-empty [n, T] integer tensor, got "
+                              f"{tuple(inputs.shape)} {inputs.dtype}")
+        ids = inputs.long()
+        return ids, torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long), None
+    if isinstance(inputs, (list, tuple)) and inputs:
+        tokenizer = getattr(model.tokenizer, "tokenizer", model.tokenizer)
+        rows = []
+        for index, item in enumerate(inputs):
+            if isinstance(item, str):
+                ids = tokenizer(item)["input_ids"]
+            elif isinstance(item, (list, tuple, torch.Tensor)):
+                ids = [int(i) for i in item]
+            else:
+                raise PromptError(f"input {index} is a {type(item).__name__}",
+                                  hint="pass strings, lists of token ids, or a [n, T] tensor")
+            if not ids:
+                raise PromptError(f"input {index} is empty")
+            rows.append(ids)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        lengths = torch.tensor([len(r) for r in rows])
+        ids = torch.full((len(rows), int(lengths.max())), pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r)
+        return ids, lengths, None
+    raise PromptError("no inputs given", hint="pass prompt pairs, texts or token ids")
+
+
+def repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
+    """``[n, ...]`` → ``[(copies n), ...]`` (copy-major, matching the row layout)."""
+    return einops.repeat(tensor, "n ... -> (k n) ...", k=copies)
+
+
+class CircuitRuns:
+    """Clean run, dictionaries, targets and ablation sources of one data set.
+
+    Args:
+        model: nnsight ``LanguageModel``.
+        dictionaries: ``{site: Dictionary}`` (sorted by ``Site.depth`` here).
+        inputs: prompt pairs, texts, or token ids (see ``read_inputs``).
+        targets: one target or a list (``featcircuits.targets``); the circuit explains their
+            sum.
+        node_reduce: a (non-positional) node's value is the ``mean`` (default) or ``sum`` of
+            its activation over each prompt's real tokens, averaged over prompts.
+        max_rows: most sequences per forward pass.
+        seed: for ``resample`` ablation.
+
+    Attributes:
+        ids ``[n, T]``, lengths ``[n]``, token_mask ``[n, T]`` (float), pairs,
+        activations / features / errors ``{site: [n, T, ·]}`` of the clean run,
+        target_values ``[n, n_targets]``, gradients ``{site: [n, T, d]}`` (of the summed
+        targets, per prompt), rows_run (sequences run so far; a cost counter).
+    """
+
+    def __init__(self, model, dictionaries: Mapping[str, Dictionary], inputs, *,
+                 targets: Target | str | int | Sequence, node_reduce: str = "mean",
+                 max_rows: int = 256, seed: int = 0, progress: bool = True) -> None:
+        if isinstance(dictionaries, Dictionary):
+            dictionaries = {dictionaries.site: dictionaries}
+        if not dictionaries:
+            raise ParameterError("no dictionaries given", hint="pass {site: dictionary}")
+        if max_rows < 1:
+            raise ParameterError(f"max_rows must be >= 1, got {max_rows}")
+        if node_reduce not in ("sum", "mean"):
+            raise ParameterError(f"node_reduce must be 'sum' or 'mean', got {node_reduce!r}")
+        self.node_reduce = node_reduce
+        self.model = model
+        self.dictionaries = {str(Site.parse(site)): d for site, d in dictionaries.items()}
+        self.sites = sorted(self.dictionaries, key=lambda name: Site.parse(name).depth)
+        for site, dictionary in self.dictionaries.items():
+            check_dictionary_fits(dictionary, model, site)
+        self.ids, self.lengths, self.pairs = read_inputs(model, inputs)
+        self.n, self.width = self.ids.shape
+        self.token_mask = (torch.arange(self.width)[None, :] < self.lengths[:, None]).float()
+        if isinstance(targets, (str, int)) or not isinstance(targets, Sequence):
+            targets = [targets]
+        if not targets:
+            raise ParameterError("no targets given", hint="pass e.g. targets='logit_diff'")
+        self.targets: list[ResolvedTarget] = [
+            resolve_target(t, tokenizer=getattr(model.tokenizer, "tokenizer", model.tokenizer),
+                           lengths=self.lengths, width=self.width, pairs=self.pairs,
+                           sites=self.sites, dictionaries=self.dictionaries) for t in targets]
+        names = [t.node_id for t in self.targets]
+        if len(set(names)) != len(names):
+            raise ParameterError(f"targets {names} name the same node twice")
+        self.max_rows = int(max_rows)
+        self.seed = int(seed)
+        self.progress = progress
+        self.n_layers = num_layers(model)
+        self.rows_run = 0
+        self._tile_ok = True
+        self._scales: dict = {}
+        self._sources: dict[str, tuple[dict, dict]] = {}
+        self._clean_run()
+
+    # ------------------------------------------------------------------ basics
+    def site_layer(self, site: str | None) -> int:
+        """Graph ``layer`` of a site: its block index, -1 for embed, n_layers for outputs."""
+        if site is None:
+            return self.n_layers
+        parsed = Site.parse(site)
+        return -1 if parsed.kind == "embed" else int(parsed.layer if parsed.layer is not None
+                                                     else self.n_layers)
+
+    def depth(self, site: str) -> float:
+        return Site.parse(site).depth
+
+    @property
+    def max_target_depth(self) -> float:
+        return max(float("inf") if t.is_output else self.depth(t.site) for t in self.targets)
+
+    def chunk_copies(self) -> int:
+        """How many copies of the data fit in one forward pass."""
+        return max(1, self.max_rows // self.n)
+
+    def _clean_run(self) -> None:
+        deltas = {site: torch.zeros(self.n, self.width, self.dictionaries[site].d_model,
+                                    requires_grad=True) for site in self.sites}
+        ops = {site: SiteOps(delta=deltas[site], save_activation=True) for site in self.sites}
+        with torch.enable_grad():
+            result = self.trace(ops, copies=1)
+            total = result.targets.sum()
+            grads = torch.autograd.grad(total, [deltas[s] for s in self.sites],
+                                        allow_unused=True)
+        self.target_values = result.targets.detach()
+        self.activations = {s: result.activations[s].detach() for s in self.sites}
+        self.gradients = {s: (torch.zeros_like(deltas[s]) if g is None else g.detach())
+                          for s, g in zip(self.sites, grads)}
+        with torch.no_grad():
+            self.features = {s: self.dictionaries[s].encode(self.activations[s])
+                             for s in self.sites}
+            self.errors = {s: self.activations[s] - self.dictionaries[s].decode(self.features[s])
+                           for s in self.sites}
+
+    @property
+    def metric_value(self) -> float:
+        """Mean over prompts of the summed targets on the clean run."""
+        return float(self.target_values.sum(-1).mean())
+
+    # ----------------------------------------------------------------- sources
+    def sources(self, ablation: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``({site: features [n, T, F]}, {site: errors [n, T, d]})`` an ablation puts in.
+
+        ``zero``: zeros; ``mean``: the mean over the data's real tokens; ``resample``: the
+        clean values of another prompt of the same length; ``corrupt``: the corrupted
+        prompts' values (prompt pairs only).
+        """
+        if ablation not in ABLATIONS:
+            raise ParameterError(f"unknown ablation {ablation!r}",
+                                 hint=f"use one of {', '.join(ABLATIONS)}")
+        if ablation not in self._sources:
+            self._sources[ablation] = self._compute_sources(ablation)
+        return self._sources[ablation]
+
+    @torch.no_grad()
+    def _compute_sources(self, ablation: str):
+        features, errors = {}, {}
+        real = self.token_mask.bool()
+        if ablation == "corrupt":
+            if self.pairs is None:
+                raise ParameterError("ablation 'corrupt' needs prompt pairs",
+                                     hint="pass prompt pairs, or use zero/mean/resample")
+            ops = {site: SiteOps(save_activation=True) for site in self.sites}
+            result = self.trace(ops, copies=1, ids=self.pairs.corrupt_ids)
+        index = _resample_index(self.lengths, self.seed) if ablation == "resample" else None
+        for site in self.sites:
+            clean_f, clean_e = self.features[site], self.errors[site]
+            if ablation == "zero":
+                features[site] = torch.zeros_like(clean_f)
+                errors[site] = torch.zeros_like(clean_e)
+            elif ablation == "mean":
+                features[site] = clean_f[real].mean(0).expand_as(clean_f)
+                errors[site] = clean_e[real].mean(0).expand_as(clean_e)
+            elif ablation == "resample":
+                features[site], errors[site] = clean_f[index], clean_e[index]
+            else:
+                x = result.activations[site]
+                features[site] = self.dictionaries[site].encode(x)
+                errors[site] = x - self.dictionaries[site].decode(features[site])
+        return features, errors
+
+    def source_activation(self, site: str, ablation: str) -> torch.Tensor:
+        """``[n, T, d]`` the activation with every feature and the error ablated."""
+        features, errors = self.sources(ablation)
+        return self.dictionaries[site].decode(features[site]) + errors[site]
+
+    def active_features(self, site: str, ablation: str, positional: bool = False
+                        ) -> list[int] | list[tuple[int, int]]:
+        """Features whose source differs from their clean value at some real token:
+        ids, or ``(feature, position)`` pairs when ``positional``. Ablating any other feature
+        does nothing."""
+        features, _ = self.sources(ablation)
+        diff = (features[site] - self.features[site]).abs() * self.token_mask[..., None]
+        if positional:
+            active = torch.nonzero(diff.amax(0) > 0)  # [*, 2] (position, feature)
+            return [(int(f), int(p)) for p, f in sorted(active.tolist(), key=lambda x: (x[1],
+                                                                                        x[0]))]
+        return torch.nonzero(diff.amax(dim=(0, 1)) > 0).flatten().tolist()
+
+    def error_positions(self) -> list[int]:
+        """Positions that are real in at least one prompt."""
+        return list(range(int(self.lengths.max())))
+
+    # ------------------------------------------------------------- node values
+    def node_scale(self, key) -> float:
+        """Typical magnitude of a node's value on the clean run: the prompt mean of
+        ``Σ_t w_t |value_t|`` (per position when positional); for a target (its node id),
+        the prompt mean of ``|target|``. The unit of relative thresholds."""
+        if key not in self._scales:
+            if isinstance(key, str):
+                index = [t.node_id for t in self.targets].index(key)
+                value = float(self.target_values[:, index].abs().mean())
+            else:
+                site, f, position = key
+                if f == ERROR:
+                    values = (self.errors[site] * self.gradients[site]).sum(-1)
+                else:
+                    values = self.features[site][..., f]
+                if position is None:
+                    value = float((values.abs() * self.node_weights).sum(1).mean())
+                else:
+                    value = float((values.abs() * self.token_mask)[:, position].mean())
+            self._scales[key] = value
+        return self._scales[key]
+
+    @property
+    def node_weights(self) -> torch.Tensor:
+        """``[n, T]`` how positions count in a (non-positional) node's value: the real-token
+        mask for ``node_reduce="sum"``, divided by each prompt's length for ``"mean"``."""
+        if self.node_reduce == "sum":
+            return self.token_mask
+        return self.token_mask / self.lengths[:, None].float()
+
+    # ------------------------------------------------------------------ engine
+    def trace(self, ops: Mapping[str, SiteOps], copies: int, *,
+              ids: torch.Tensor | None = None, tile_at: str | None = None) -> TraceResult:
+        """Run ``copies`` copies of the data with ``ops`` applied; see ``trace_rows``.
+
+        ``tile_at``: a site before which every copy is identical; the layers before it then
+        run once on the ``n`` prompts and the activation is tiled there (falls back to full
+        copies for architectures that build per-batch tensors before the first block).
+        """
+        ids = self.ids if ids is None else ids
+        self.rows_run += copies * self.n
+        if tile_at is not None and copies > 1 and self._tile_ok:
+            try:
+                return trace_rows(self.model, self.sites, self.dictionaries, ops, ids,
+                                  self.targets, copies, tile_at=tile_at)
+            except RuntimeError:
+                self._tile_ok = False
+        return trace_rows(self.model, self.sites, self.dictionaries, ops,
+                          repeat_rows(ids, copies), self.targets, copies)
+
+
+def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionary],
+               ops: Mapping[str, SiteOps], input_ids: torch.Tensor,
+               targets: Sequence[ResolvedTarget], copies: int, *,
+               tile_at: str | None = None) -> TraceResult:
+    """One forward pass of ``input_ids [R, T]`` with per-site operations ``ops``.
+
+    At each site (forward order): overwrite → read feature targets → ``patch_site`` →
+    ``patch_error`` → add delta (after detaching, if asked) → read node values → freeze. Output
+    targets are read from the logits. Returns saved values (see ``TraceResult``).
+    With ``tile_at``, ``input_ids`` holds the ``n`` prompts once and the activation is
+    tiled ``copies`` times at that site (no site before it may have operations).
+    """
+    tiled = tile_at is None
+    if tile_at is not None:
+        early = [site for site in sites if Site.parse(site).depth < Site.parse(tile_at).depth]
+        if any(site in ops for site in early) or any(t.site in early for t in targets):
+            raise ParameterError(f"cannot tile at {tile_at}: an earlier site has operations")
+    result = TraceResult()
+    saved: list[tuple[str, str, torch.Tensor]] = []
+    target_values: list[torch.Tensor] = []
+    feature_targets = {site: [(i, t) for i, t in enumerate(targets) if t.site == site]
+                       for site in sites}
+    output_targets = [(i, t) for i, t in enumerate(targets) if t.is_output]
+    with model.trace(input_ids):
+        for site in sites:
+            op = ops.get(site)
+            if op is None and not feature_targets[site]:
+                continue
+            op = op or SiteOps()
+            resolved = Site.parse(site)
+            dictionary = dictionaries[site]
+            if not tiled and site == tile_at:
+                resolved.write(model, repeat_rows(resolved.read(model), copies))
+                tiled = True
+            if op.overwrite is not None:
+                resolved.write(model, op.overwrite)
+            if feature_targets[site]:
+                # targets are read before this site's own edits: they are read-outs, not
+                # nodes that an ablation at their own site could change
+                target_features = dictionary.encode(resolved.read(model))
+                for index, target in feature_targets[site]:
+                    weights = repeat_rows(target.weights, copies)
+                    value = (target_features[..., target.feature] * weights).sum(-1)
+                    target_values.append((index, value.save()))
+            edit = None
+            if op.patch is not None:
+                edit = patch_site(model, resolved, dictionary, **op.patch)
+            if op.patch_err is not None:
+                patch_error(model, resolved, dictionary, **op.patch_err, prior_edit=edit)
+            x = resolved.read(model)
+            if op.delta is not None:
+                x = (x.detach() if op.detach else x) + op.delta
+                resolved.write(model, x)
+            if op.save_activation:
+                saved.append(("activation", site, x.save()))
+            if op.readout is not None:
+                features = dictionary.encode(x)
+                for kind, value in _read_nodes(op.readout, x, features, dictionary):
+                    saved.append((kind, site, value.save()))
+            if op.freeze is not None:
+                resolved.write(model, op.freeze)
+        if output_targets:
+            logits = model.output.logits
+            for index, target in output_targets:
+                target_values.append((index, target.output_values(logits, copies).save()))
+    for kind, site, value in saved:
+        {"activation": result.activations, "features": result.features,
+         "errors": result.errors, "own": result.own, "full_features": result.full_features,
+         "full_errors": result.full_errors}[kind][site] = value
+    if target_values:
+        ordered = sorted(target_values, key=lambda item: item[0])
+        result.targets = torch.stack([value for _, value in ordered], dim=-1)
+    return result
+
+
+def _read_nodes(readout: Readout, x, features, dictionary: Dictionary):
+    """Inside a trace: node values at a site as ``(kind, tensor)`` pairs."""
+    error = None
+    if readout.error or readout.full or readout.own_feature is not None:
+        error = x - dictionary.decode(features)
+    out = []
+    if readout.full:
+        out.append(("full_features", features))
+        out.append(("full_errors", error))
+    if readout.feature_ids is not None:
+        values = features[..., readout.feature_ids]
+        if readout.weights is not None:
+            values = (values * readout.weights[..., None]).sum(1)
+        out.append(("features", values))
+    if readout.own_feature is not None:
+        own = readout.own_feature
+        index = own.clamp(min=0)[:, None, None].expand(-1, features.shape[1], 1)
+        feature_values = torch.gather(features, -1, index).squeeze(-1)          # [R, T]
+        if readout.error_vector is not None:
+            error_values = (error * readout.error_vector).sum(-1)               # [R, T]
+        else:
+            error_values = torch.zeros_like(feature_values)
+        values = torch.where((own >= 0)[:, None], feature_values, error_values)
+        out.append(("own", (values * readout.own_weights).sum(-1)))
+    elif readout.error:
+        values = (error * readout.error_vector).sum(-1)
+        if readout.weights is not None:
+            values = (values * readout.weights).sum(-1)
+        out.append(("errors", values))
+    return out

@@ -1,0 +1,74 @@
+"""A dictionary whose features are vocabulary tokens, for the embedding site.
+
+``TokenBasis`` has one feature per token: its direction is the token's embedding row, and
+``encode`` is one-hot on the nearest row (so feature t is 1 exactly where token t sits).
+For models whose embedding output is the bare token embedding (GPT-NeoX, Llama-family) the
+reconstruction is exact and the error is zero; for GPT-2 (token + position embedding) the
+position embedding lands in the error term. Used to make circuits reach back to input
+tokens: node ``"embed/<token id>"`` is "this token, wherever it occurs".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from featcircuits.dictionaries.base import Dictionary
+from featcircuits.errors import NonFiniteError, ParameterError
+
+
+class TokenBasis(Dictionary):
+    """One-hot token features over an embedding matrix ``[vocab, d_model]``."""
+
+    kind = "tokens"
+
+    def __init__(self, embedding: torch.Tensor, *, site: str | None = "embed",
+                 token_strings: list[str] | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        super().__init__(site=site, meta=meta)
+        embedding = torch.as_tensor(embedding, dtype=torch.float32).detach()
+        if embedding.ndim != 2:
+            raise ParameterError(f"embedding must be [vocab, d_model], got "
+                                 f"{tuple(embedding.shape)}")
+        if not torch.isfinite(embedding).all():
+            raise NonFiniteError("the embedding matrix has NaN/inf values")
+        if token_strings is not None and len(token_strings) != embedding.shape[0]:
+            raise ParameterError(f"{len(token_strings)} token strings for a vocabulary of "
+                                 f"{embedding.shape[0]}")
+        self.register_buffer("embedding", embedding.clone().contiguous())
+        self.register_buffer("_half_norms", 0.5 * embedding.pow(2).sum(-1))
+        self.token_strings = token_strings
+
+    @classmethod
+    def from_model(cls, model, site: str = "embed") -> TokenBasis:
+        """The input-embedding matrix of ``model`` (an nnsight ``LanguageModel``)."""
+        from featcircuits.models import underlying_module
+
+        module = underlying_module(model)
+        weight = module.get_input_embeddings().weight
+        tokenizer = getattr(model, "tokenizer", None)
+        strings = None
+        if tokenizer is not None:
+            strings = tokenizer.convert_ids_to_tokens(list(range(weight.shape[0])))
+            strings = [str(s) if s is not None else f"<{i}>" for i, s in enumerate(strings)]
+        return cls(weight, site=site, token_strings=strings)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """One-hot of the nearest embedding row, ``[..., vocab]`` (piecewise constant)."""
+        scores = x.detach() @ self.embedding.T - self._half_norms
+        return torch.nn.functional.one_hot(scores.argmax(-1), self.embedding.shape[0]).to(x.dtype)
+
+    @property
+    def directions(self) -> torch.Tensor:
+        return self.embedding
+
+    @property
+    def decoder_bias(self) -> torch.Tensor:
+        return torch.zeros(self.embedding.shape[1], device=self.embedding.device)
+
+    def feature_label(self, feature: int) -> str:
+        """The token string of feature ``feature`` (its id when strings are unknown)."""
+        if self.token_strings is None:
+            return f"token {feature}"
+        return self.token_strings[feature]

@@ -1,0 +1,528 @@
+"""Ready-made circuit experiments on the bundled model: the closing-parenthesis circuit and
+the IOI logit-difference circuit. The example scripts and the benchmark are thin wrappers.
+
+Closing parentheses. Held-out documents of the parenthesis grammar
+(``featcircuits.tasks.parens``) give the positions where ")" is the one grammatical next
+token. The last-layer features that drive ")" are ranked two ways: by their decoder
+direction read through the final layer norm and the unembedding (logit of ")" minus "."
+per unit of activation, with the layer norm's scale taken at those positions), and by their
+activation on those positions versus the control positions (nouns and ")" at depth 0). The
+features that score highest on ``activation × logit per unit`` become the targets, and the
+circuit is built back to the input tokens (a ``TokenBasis`` at the embedding) over every
+")"-predicting position of the data.
+
+IOI. Prompt pairs from ``data/ioi/prompts.jsonl`` (one template, so positions line up); the
+target is the logit difference IO − S at the final position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+import pandas as pd
+import torch
+
+from featcircuits._io import atomic_write_text
+from featcircuits.circuit_runs import CircuitRuns
+from featcircuits.circuits import acdc_circuit, attribution_circuit, hybrid_circuit
+from featcircuits.dictionaries.base import Dictionary
+from featcircuits.dictionaries.tokens import TokenBasis
+from featcircuits.errors import DictionaryLoadError, ParameterError
+from featcircuits.faithfulness import faithfulness, faithfulness_curve
+from featcircuits.graphio import edges_frame, write_json, write_tables
+from featcircuits.models import load_model, resolve_checkpoint, underlying_module
+from featcircuits.sites import Site, architecture, num_layers
+from featcircuits.targets import FeatureTarget
+
+METHODS = ("acdc", "attribution", "hybrid")
+
+
+# -------------------------------------------------------------------------- inputs
+def default_dictionaries(model_name: str, model, set_name: str | None = None,
+                         folder: str | os.PathLike[str] | None = None
+                         ) -> tuple[str, dict[str, Dictionary]]:
+    """``(set name, {site: Dictionary})`` from ``<checkpoint>/dictionaries/<set>/`` (or
+    ``folder``); unless ``set_name`` is given: ``sae-sparse``, else the first SAE set."""
+    from featcircuits.experiments import dictionary_sets
+
+    if folder is None:
+        checkpoint = Path(resolve_checkpoint(model_name))
+        folder = checkpoint / "dictionaries"
+    root = Path(folder)
+    if not root.is_dir():
+        raise DictionaryLoadError(f"no dictionary folder {str(root)!r}",
+                                  hint="pass --dictionaries FOLDER holding <set>/<site>/")
+    sets = dictionary_sets(root, model, names=[set_name] if set_name else None)
+    if not sets:
+        raise DictionaryLoadError(f"no dictionary sets in {str(root)!r}")
+    name = set_name or _preferred_set(sets)
+    return name, {str(Site.parse(site)): d for site, d in sets[name].items()}
+
+
+def _preferred_set(sets) -> str:
+    """``sae-sparse`` if present, else the first SAE set, else the first set (sorted)."""
+    names = sorted(sets)
+    if "sae-sparse" in names:
+        return "sae-sparse"
+    return next((name for name in names if name.startswith("sae")), names[0])
+
+
+@dataclass
+class ParensData:
+    """Parenthesis documents as token ids with the positions that matter.
+
+    Attributes:
+        texts: the documents; ids ``[n, T]`` (BOS first, right-padded); lengths ``[n]``;
+        closing ``[n, T]``: 1 where ")" is the grammatical next token;
+        control ``[n, T]``: 1 at nouns and ")" at depth 0 (")" not grammatical).
+    """
+
+    texts: list[str]
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    closing: torch.Tensor
+    control: torch.Tensor
+
+
+def parens_data(model, n_texts: int = 12, *, seed: int = 0, min_closing: int = 1
+                ) -> ParensData:
+    """``n_texts`` held-out documents with at least ``min_closing`` ")"-predicting
+    positions, tokenized for ``model``."""
+    from featcircuits.tasks.parens import (
+        closing_positions,
+        generate_parens_texts,
+        nonclosing_positions,
+    )
+
+    if n_texts < 1:
+        raise ParameterError(f"n_texts must be >= 1, got {n_texts}")
+    tokenizer = getattr(model.tokenizer, "tokenizer", model.tokenizer)
+    texts, rows, closing, control = [], [], [], []
+    drawn = generate_parens_texts(4 * n_texts + 8, seed=seed)
+    for text in drawn:
+        ids = tokenizer(text)["input_ids"]
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        where = closing_positions(tokens)
+        if len(where) < min_closing:
+            continue
+        texts.append(text)
+        rows.append(ids)
+        closing.append(where)
+        control.append(nonclosing_positions(tokens))
+        if len(texts) == n_texts:
+            break
+    lengths = torch.tensor([len(r) for r in rows])
+    width = int(lengths.max())
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    closing_mask = torch.zeros(len(rows), width)
+    control_mask = torch.zeros(len(rows), width)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        closing_mask[i, closing[i]] = 1.0
+        control_mask[i, control[i]] = 1.0
+    return ParensData(texts, ids, lengths, closing_mask, control_mask)
+
+
+# ------------------------------------------------------------------ feature ranking
+def unembedding_readout(model, activations: torch.Tensor, mask: torch.Tensor,
+                        token: int, minus: int | None = None) -> torch.Tensor:
+    """``[d_model]`` vector ``r`` such that adding ``a·v`` to the last residual stream at the
+    masked positions raises ``logit[token] − logit[minus]`` by about ``a·(r·v)``.
+
+    The final norm is linearised at those positions: for LayerNorm, ``v`` is centred and
+    divided by the mean standard deviation of the residual there (RMS for RMSNorm), then
+    scaled by the norm's weight; ``r`` is that composed with the unembedding rows.
+    """
+    plain = underlying_module(model)
+    arch = architecture(model)
+    norm = plain.get_submodule(arch.final_norm)
+    unembed = plain.get_output_embeddings().weight.detach()
+    direction = unembed[token] - (unembed[minus] if minus is not None else unembed.mean(0))
+    weight = getattr(norm, "weight", None)
+    weight = torch.ones_like(direction) if weight is None else weight.detach()
+    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
+    x = activations[mask.bool()]
+    centred = hasattr(norm, "bias") and norm.bias is not None
+    if centred:
+        scale = (x.var(-1, unbiased=False) + eps).sqrt().mean()
+    else:
+        scale = (x.pow(2).mean(-1) + eps).sqrt().mean()
+    readout = weight * direction / scale
+    if centred:
+        readout = readout - readout.mean()  # r·v = r·(v − mean(v)) for the centred r
+    return readout
+
+
+def rank_parens_features(model, dictionary: Dictionary, activations: torch.Tensor,
+                         data: ParensData, *, token: str = ")", minus: str = ".") -> pd.DataFrame:
+    """Rank the features of ``dictionary`` (at the last layer) as drivers of ``token``.
+
+    Columns: ``feature``, ``act_closing`` / ``act_control`` (mean activation at ")"
+    positions / control positions), ``selectivity`` (their difference), ``logit_per_unit``
+    (decoder direction through the final norm and unembedding: ``logit[token] −
+    logit[minus]`` per unit of activation), ``contribution`` (``act_closing ×
+    logit_per_unit``), sorted by contribution.
+    """
+    tokenizer = getattr(model.tokenizer, "tokenizer", model.tokenizer)
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    minus_id = tokenizer.convert_tokens_to_ids(minus) if minus is not None else None
+    with torch.no_grad():
+        features = dictionary.encode(activations)
+        closing = (features * data.closing[..., None]).sum((0, 1)) / data.closing.sum()
+        control = (features * data.control[..., None]).sum((0, 1)) / data.control.sum().clamp(
+            min=1)
+        readout = unembedding_readout(model, activations, data.closing, token_id, minus_id)
+        per_unit = dictionary.directions @ readout
+    frame = pd.DataFrame({
+        "feature": range(dictionary.n_features), "act_closing": closing.numpy(),
+        "act_control": control.numpy(), "selectivity": (closing - control).numpy(),
+        "logit_per_unit": per_unit.numpy(), "contribution": (closing * per_unit).numpy()})
+    return frame.sort_values("contribution", ascending=False, kind="stable").reset_index(
+        drop=True)
+
+
+# ------------------------------------------------------------------------ outputs
+def circuit_table(graph: nx.DiGraph, max_rows: int | None = 40) -> pd.DataFrame:
+    """Edges of a circuit as a readable table: source and target (with labels), weight;
+    largest ``|weight|`` first."""
+    edges = edges_frame(graph)
+    labels = {node: graph.nodes[node].get("label") or "" for node in graph.nodes}
+    table = pd.DataFrame({
+        "source": edges["source"],
+        "source_label": edges["source"].map(labels),
+        "target": edges["target"],
+        "target_label": edges["target"].map(labels),
+        "weight": edges["weight"],
+    })
+    return table if max_rows is None else table.head(max_rows)
+
+
+def save_circuit(graph: nx.DiGraph, out: str | os.PathLike[str], name: str = "circuit", *,
+                 curve: pd.DataFrame | None = None, title: str | None = None) -> dict[str, Path]:
+    """Write ``<name>.json``, ``<name>_nodes.csv``/``_edges.csv``, ``<name>.png`` (diagram)
+    and, if given, the faithfulness curve as CSV, under ``out``."""
+    folder = Path(out)
+    paths = {"json": write_json(graph, folder / f"{name}.json")}
+    paths["nodes"], paths["edges"] = write_tables(graph, folder / f"{name}_")
+    paths["png"] = draw_circuit(graph, folder / f"{name}.png", title=title)
+    if curve is not None:
+        from featcircuits._io import atomic_path
+
+        with atomic_path(folder / f"{name}_faithfulness.csv") as tmp:
+            curve.to_csv(tmp, index=False, float_format="%.6g")
+        paths["curve"] = folder / f"{name}_faithfulness.csv"
+    return paths
+
+
+def draw_circuit(graph: nx.DiGraph, path: str | os.PathLike[str], *, title: str | None = None
+                 ) -> Path:
+    """A diagram of the circuit: ``featcircuits.render.render_circuit`` when available, else
+    a plain layered matplotlib drawing."""
+    try:
+        from featcircuits.render import render_circuit
+    except ImportError:
+        render_circuit = None
+    if render_circuit is not None:
+        render_circuit(graph, path=path, title=title)
+        return Path(path)
+    return _plain_diagram(graph, path, title=title)
+
+
+def _plain_diagram(graph: nx.DiGraph, path, *, title: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from featcircuits._io import atomic_path
+
+    rows: dict[int, list[str]] = {}
+    for node, layer in graph.nodes(data="layer"):
+        rows.setdefault(int(layer), []).append(node)
+    position = {}
+    for layer, nodes in rows.items():
+        for i, node in enumerate(sorted(nodes)):
+            position[node] = (i - (len(nodes) - 1) / 2, layer)
+    width = max(len(nodes) for nodes in rows.values())
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * width), 1.4 * len(rows) + 1))
+    weights = [abs(w) for _, _, w in graph.edges(data="weight")] or [1.0]
+    top = max(weights)
+    for u, v, w in graph.edges(data="weight"):
+        (x0, y0), (x1, y1) = position[u], position[v]
+        ax.plot([x0, x1], [y0, y1], color="tab:blue" if w > 0 else "tab:red",
+                lw=0.5 + 3 * abs(w) / top, alpha=0.7, zorder=1)
+    for node, (x, y) in position.items():
+        ax.scatter([x], [y], s=120, color="white", edgecolor="black", zorder=2)
+        ax.annotate(graph.nodes[node].get("label") or node.split("/")[-1], (x, y),
+                    textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
+    ax.set_yticks(sorted(rows))
+    ax.set_title(title or f"Circuit for {graph.graph.get('target', '')}")
+    ax.set_xticks([])
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=130,
+                    bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+# -------------------------------------------------------------------- experiments
+@dataclass
+class CircuitReport:
+    """What the circuit experiments return (and print)."""
+
+    graph: nx.DiGraph
+    faithfulness: dict
+    edge_faithfulness: dict
+    curve: pd.DataFrame
+    features: pd.DataFrame | None = None
+    paths: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def build_circuit(runs: CircuitRuns, method: str, *, tau: float, ablation: str,
+                  positional: bool = False, relative_tau: bool = True,
+                  max_nodes: int | None = None, max_verify: int | None = None) -> nx.DiGraph:
+    """One circuit by ``method`` (``acdc``, ``attribution`` or ``hybrid``) on cached runs
+    (``max_nodes`` per site applies to the attribution-based methods)."""
+    common = {"tau": tau, "ablation": ablation, "positional": positional,
+              "relative_tau": relative_tau}
+    if method == "acdc":
+        return acdc_circuit(runs, **common)
+    if method == "attribution":
+        return attribution_circuit(runs, max_nodes=max_nodes, **common)
+    if method == "hybrid":
+        return hybrid_circuit(runs, max_nodes=max_nodes, max_verify=max_verify, **common).graph
+    raise ParameterError(f"unknown method {method!r}", hint=f"use one of {METHODS}")
+
+
+def parens_setup(model_name: str = "tiny", *, set_name: str | None = None,
+                 dictionaries_folder=None, n_texts: int = 12, n_targets: int = 2,
+                 seed: int = 0, max_rows: int = 256, progress: bool = True,
+                 model=None) -> tuple[CircuitRuns, pd.DataFrame, ParensData]:
+    """Load the model and dictionaries, rank the last-layer ")" features, and cache the
+    runs with the top ``n_targets`` as targets (mean activation over ")" positions)."""
+    model = model if model is not None else load_model(model_name)
+    _, dictionaries = default_dictionaries(model_name, model, set_name, dictionaries_folder)
+    last = f"resid_out.{num_layers(model) - 1}"
+    if last not in dictionaries:
+        raise DictionaryLoadError(f"the dictionary set has no {last}",
+                                  hint=f"it has {sorted(dictionaries)}")
+    data = parens_data(model, n_texts, seed=seed)
+    with torch.no_grad(), model.trace(data.ids):
+        last_activation = Site.parse(last).read(model).save()
+    ranking = rank_parens_features(model, dictionaries[last], last_activation, data)
+    chosen = ranking["feature"].head(n_targets).tolist()
+    sites = {"embed": TokenBasis.from_model(model)}
+    sites.update({site: d for site, d in dictionaries.items()
+                  if Site.parse(site).depth <= Site.parse(last).depth})
+    targets = [FeatureTarget(last, int(f), positions=data.closing, reduce="mean")
+               for f in chosen]
+    runs = CircuitRuns(model, sites, _rows(data), targets=targets, max_rows=max_rows,
+                       seed=seed, progress=progress)
+    return runs, ranking, data
+
+
+def _rows(data: ParensData) -> list[list[int]]:
+    return [data.ids[i, :int(length)].tolist() for i, length in enumerate(data.lengths)]
+
+
+def run_parens_circuit(args: argparse.Namespace) -> CircuitReport:
+    """The closing-parenthesis circuit; prints tables and writes under ``args.out``."""
+    start = time.perf_counter()
+    progress = not args.quiet
+    torch.manual_seed(args.seed)
+    runs, ranking, data = parens_setup(args.model, set_name=args.set,
+                                       dictionaries_folder=args.dictionaries,
+                                       n_texts=args.n_texts, n_targets=args.n_targets,
+                                       seed=args.seed, max_rows=args.batch_size,
+                                       progress=progress)
+    print(f"{len(data.texts)} documents, {int(data.closing.sum())} positions where ')' is "
+          f"forced, {int(data.control.sum())} control positions")
+    print("\nlast-layer features that drive ')' (top 8 by activation at ')' positions × "
+          "logit(')') − logit('.') per unit):")
+    print(ranking.head(8).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    by_direction = ranking.sort_values("logit_per_unit", ascending=False)["feature"].head(8)
+    by_activation = ranking.sort_values("selectivity", ascending=False)["feature"].head(8)
+    print(f"top by decoder direction: {by_direction.tolist()}; top by selectivity: "
+          f"{by_activation.tolist()}")
+    graph = build_circuit(runs, args.method, tau=args.tau, ablation=args.ablation,
+                          relative_tau=not args.absolute, max_nodes=args.max_nodes)
+    return _report(runs, graph, args, start, ranking, "parens",
+                   "Circuit for the ')' features (mean over ')'-predicting positions)")
+
+
+def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
+    """The IOI logit-difference circuit; prints tables and writes under ``args.out``."""
+    from featcircuits.experiments import load_ioi_prompts
+
+    start = time.perf_counter()
+    progress = not args.quiet
+    torch.manual_seed(args.seed)
+    model = load_model(args.model)
+    _, dictionaries = default_dictionaries(args.model, model, args.set, args.dictionaries)
+    prompts = load_ioi_prompts(args.prompts, args.corruption, 10**9, args.seed)
+    if args.template != "all" and "template" in prompts.columns:
+        template = args.template
+        if template == "largest":
+            template = prompts["template"].value_counts().index[0]
+        prompts = prompts[prompts["template"] == template].reset_index(drop=True)
+        if prompts.empty:
+            raise ParameterError(f"no prompts with template {template!r}")
+    prompts = prompts.head(args.n_prompts)
+    sites = {"embed": TokenBasis.from_model(model), **dictionaries}
+    runs = CircuitRuns(model, sites, prompts, targets="logit_diff", max_rows=args.batch_size,
+                       seed=args.seed, progress=progress)
+    lengths = set(runs.lengths.tolist())
+    positional = args.positional and len(lengths) == 1
+    print(f"{len(prompts)} prompt pairs; logit diff clean {runs.metric_value:.3f}")
+    graph = build_circuit(runs, args.method, tau=args.tau, ablation=args.ablation,
+                          positional=positional, relative_tau=not args.absolute,
+                          max_nodes=args.max_nodes)
+    return _report(runs, graph, args, start, None, "ioi",
+                   "IOI circuit (logit difference IO − S)")
+
+
+def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
+            ranking: pd.DataFrame | None, name: str, title: str) -> CircuitReport:
+    kind = "relative" if graph.graph.get("relative_tau") else "absolute"
+    print(f"\n{args.method} circuit ({kind} tau = {graph.graph['tau']:.4g}, ablation "
+          f"{args.ablation}): {graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges")
+    print(circuit_table(graph, 25).to_string(index=False, float_format=lambda v: f"{v:+.4f}"))
+    scores = faithfulness(runs, graph, ablation="mean")
+    edge_scores = faithfulness(runs, graph, ablation="mean", edges=True)
+    curve = faithfulness_curve(runs, graph, by="edges", ablation="mean")
+    print(f"\nfaithfulness (mean ablation outside the circuit): nodes "
+          f"{scores['faithfulness']:.3f}, edges {edge_scores['faithfulness']:.3f}; "
+          f"completeness: nodes {scores['completeness']:.3f}, edges "
+          f"{edge_scores['completeness']:.3f}")
+    print(f"m(M) = {scores['m_full']:.4f}, m(∅) = {scores['m_empty']:.4f}, m(C) = "
+          f"{scores['m_circuit']:.4f} (nodes) / {edge_scores['m_circuit']:.4f} (edges)")
+    print("\nfaithfulness of the top-k edges:")
+    print(curve.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    graph.graph["faithfulness_nodes"] = float(scores["faithfulness"])
+    graph.graph["faithfulness_edges"] = float(edge_scores["faithfulness"])
+    paths = save_circuit(graph, args.out, name, curve=curve, title=title)
+    if ranking is not None:
+        from featcircuits._io import atomic_path
+
+        with atomic_path(Path(args.out) / f"{name}_features.csv") as tmp:
+            ranking.to_csv(tmp, index=False, float_format="%.6g")
+        paths["features"] = Path(args.out) / f"{name}_features.csv"
+    seconds = time.perf_counter() - start
+    summary = "\n".join(f"{key}: {path}" for key, path in paths.items())
+    atomic_write_text(Path(args.out) / f"{name}_summary.txt",
+                      f"{title}\nmethod {args.method}, tau {graph.graph['tau']:.6g}\n"
+                      f"faithfulness nodes {scores['faithfulness']:.6f} edges "
+                      f"{edge_scores['faithfulness']:.6f}\ncompleteness nodes "
+                      f"{scores['completeness']:.6f} edges {edge_scores['completeness']:.6f}\n"
+                      f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges\n"
+                      f"{seconds:.1f} s\n{summary}\n")
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())} ({seconds:.1f} s)")
+    return CircuitReport(graph, scores, edge_scores, curve, ranking, paths, seconds)
+
+
+def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str, method: str = "hybrid",
+                          tau: float = 0.1) -> None:
+    """Flags shared by the circuit examples."""
+    parser.add_argument("--model", default="tiny", help="bundled name or folder (default tiny)")
+    parser.add_argument("--dictionaries", default=None,
+                        help="folder of dictionary sets <set>/<site>/ (default: the model's)")
+    parser.add_argument("--set", default=None, help="dictionary set (default: first found)")
+    parser.add_argument("--method", choices=METHODS, default=method,
+                        help=f"circuit discovery method (default {method})")
+    parser.add_argument("--tau", type=float, default=tau,
+                        help="edge threshold, as a fraction of the downstream node's typical "
+                        f"magnitude (default {tau})")
+    parser.add_argument("--absolute", action="store_true",
+                        help="--tau is an absolute threshold in the downstream node's units")
+    parser.add_argument("--ablation", choices=["zero", "mean", "resample"], default="mean")
+    parser.add_argument("--max-nodes", type=int, default=24,
+                        help="attribution/hybrid: most nodes kept per site (default 24)")
+    parser.add_argument("--out", default=out, help=f"output folder (default {out})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="most sequences per forward pass (default 256)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# ---------------------------------------------------------------------- benchmark
+def candidate_set(runs: CircuitRuns, per_site: int, *, ablation: str = "mean") -> dict:
+    """``{site: feature ids}``: at each upstream site the ``per_site`` active features with
+    the largest attributed ``|effect|`` (one backward pass; error nodes always included)."""
+    from featcircuits.circuits import ERROR, node_attributions
+
+    effects = node_attributions(runs, ablation=ablation)
+    chosen: dict[str, list[int]] = {}
+    for (site, feature, _), value in sorted(effects.items(), key=lambda item: -abs(item[1])):
+        if feature == ERROR:
+            continue
+        if len(chosen.setdefault(site, [])) < per_site:
+            chosen[site].append(int(feature))
+    return chosen
+
+
+def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict, ablation: str = "mean",
+                    relative_tau: bool = True, max_nodes: int | None = None, top: int = 50,
+                    repeats: int = 1) -> dict:
+    """Exact ACDC, attribution and hybrid on the same cached runs and candidate set.
+
+    Returns wall times (best of ``repeats``, cached clean run excluded), graph sizes, the
+    Spearman correlation of edge weights (exact vs attribution) over every candidate pair
+    and over the exact circuit's edges, and the overlap of the hybrid's and the exact
+    circuit's top-``top`` edges.
+    """
+    from featcircuits.circuits import all_edge_weights
+    from featcircuits.graph import edge_list
+
+    def timed(function):
+        best, result = float("inf"), None
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = function()
+            best = min(best, time.perf_counter() - start)
+        return best, result
+
+    common = {"tau": tau, "ablation": ablation, "candidates": candidates,
+              "relative_tau": relative_tau}
+    t_exact, exact = timed(lambda: acdc_circuit(runs, node_effects=False, **common))
+    t_attr, attr = timed(lambda: attribution_circuit(runs, max_nodes=max_nodes, **common))
+    t_hybrid, hybrid = timed(lambda: hybrid_circuit(runs, max_nodes=max_nodes, **common))
+    weights = all_edge_weights(runs, ablation=ablation, candidates=candidates)
+    pairs = pd.DataFrame({"exact": pd.Series(weights["exact"]),
+                          "attribution": pd.Series(weights["attribution"])}).dropna()
+    in_circuit = [(u, v) for u, v in exact.edges]
+    keyed = {(_node_text(u), _node_text(v)): (u, v) for u, v in weights["exact"]}
+    circuit_pairs = pairs.loc[[keyed[e] for e in in_circuit if e in keyed]] if in_circuit \
+        else pairs.iloc[:0]
+    k = min(top, exact.number_of_edges())
+    exact_top = {(u, v) for u, v, _ in edge_list(exact)[:k]}
+    hybrid_top = {(u, v) for u, v, _ in edge_list(hybrid.graph)[:k]}
+    return {
+        "seconds_exact": t_exact, "seconds_attribution": t_attr, "seconds_hybrid": t_hybrid,
+        "speedup_attribution": t_exact / t_attr, "speedup_hybrid": t_exact / t_hybrid,
+        "edges_exact": exact.number_of_edges(), "edges_attribution": attr.number_of_edges(),
+        "edges_hybrid": hybrid.graph.number_of_edges(),
+        "spearman_all_pairs": float(pairs["exact"].corr(pairs["attribution"],
+                                                        method="spearman")),
+        "n_pairs": len(pairs),
+        "spearman_exact_edges": float(circuit_pairs["exact"].corr(
+            circuit_pairs["attribution"], method="spearman")) if len(circuit_pairs) > 2
+        else float("nan"),
+        "top_k": k, "hybrid_top_agreement": len(exact_top & hybrid_top) / k if k else
+        float("nan"),
+        "hybrid_verified": hybrid.n_verified, "hybrid_wrong_sign": hybrid.n_wrong_sign,
+        "hybrid_wrong_threshold": hybrid.n_wrong_threshold,
+        "exact_graph": exact, "attribution_graph": attr, "hybrid_graph": hybrid.graph,
+    }
+
+
+def _node_text(node) -> str:
+    from featcircuits.circuits import node_id
+
+    return node if isinstance(node, str) else node_id(node)
