@@ -448,7 +448,8 @@ def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str, method: 
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=256,
                         help="most sequences per forward pass (default 256)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    if "--quiet" not in parser._option_string_actions:  # the CLI adds its own
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 # ---------------------------------------------------------------------- benchmark
