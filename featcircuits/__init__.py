@@ -16,10 +16,19 @@ from featcircuits.dictionaries import (
     load_dictionary,
     save_dictionary,
 )
+from featcircuits.circuits import (
+    acdc_circuit,
+    attribution_circuit,
+    feature_graph,
+    hybrid_circuit,
+)
 from featcircuits.compare import compare_bases, reference_bases, summarize_comparison
 from featcircuits.errors import *  # noqa: F401,F403
 from featcircuits.errors import __all__ as _error_names
 from featcircuits.models import load_model, zoo_names, zoo_path
+from featcircuits.faithfulness import faithfulness, faithfulness_curve
+from featcircuits.graph import reaching, threshold, top_k_edges
+from featcircuits.graphio import read_graphml, read_json, write_graphml, write_json
 from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
 from featcircuits.patching import PatchingExperiment, RunCache, patch_site
 from featcircuits.prompts import PromptPairs, read_prompts, tokenize_prompts
@@ -87,4 +96,17 @@ __all__ = [
     "to_html",
     "to_neuronpedia_json",
     "write_neuronpedia_json",
+    "acdc_circuit",
+    "attribution_circuit",
+    "hybrid_circuit",
+    "feature_graph",
+    "faithfulness",
+    "faithfulness_curve",
+    "threshold",
+    "top_k_edges",
+    "reaching",
+    "read_json",
+    "write_json",
+    "read_graphml",
+    "write_graphml",
 ]

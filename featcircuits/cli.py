@@ -112,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         import os
 
         os.environ["TQDM_DISABLE"] = "1"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     _configure, run, _help, _examples = _COMMANDS[args.command]
     try:
         return int(run(args) or 0)

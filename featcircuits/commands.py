@@ -63,8 +63,12 @@ def _run_patch(args: argparse.Namespace) -> int:
     from featcircuits.prompts import read_prompts
     from featcircuits.search import attribution_curve, backward_elimination, default_taus
 
+    dictionary = load_dictionary(args.dictionaries, site=args.site)  # fail fast, before the model
     model = load_model(args.model, device=args.device)
-    dictionary = load_dictionary(args.dictionaries, site=args.site, model=model)
+    if dictionary.site is not None:
+        from featcircuits.dictionaries.io import check_dictionary_fits
+
+        check_dictionary_fits(dictionary, model, dictionary.site)
     if dictionary.site is None:
         from featcircuits.errors import ParameterError
 
@@ -263,3 +267,37 @@ register_command(
     "  featcircuits dashboard --site resid_out.3 --feature 117 -o f117.html\n"
     "  featcircuits dashboard --site resid_out.2 --feature 5 --dictionaries DIR -o f5.png",
     _dashboard_flags, _run_dashboard)
+
+
+# ------------------------------------------------------------------------- circuit
+def _circuit_flags(parser: argparse.ArgumentParser) -> None:
+    from featcircuits.experiments_circuits import add_circuit_arguments
+
+    parser.add_argument("task", choices=["parens", "ioi"],
+                        help="parens: the closing-parenthesis circuit; ioi: the IOI "
+                        "logit-difference circuit")
+    add_circuit_arguments(parser, out="out/circuit")
+    parser.add_argument("--n-texts", type=int, default=12, help="parens: documents (default 12)")
+    parser.add_argument("--n-targets", type=int, default=2,
+                        help="parens: last-layer ')' features to explain (default 2)")
+    parser.add_argument("--prompts", default=None, help="ioi: prompt pairs .jsonl/.csv")
+    parser.add_argument("--corruption", default="abc", help="ioi: abc | flip | all")
+    parser.add_argument("--template", default="largest", help="ioi: template id, largest or all")
+    parser.add_argument("--n-prompts", type=int, default=16, help="ioi: prompt pairs")
+    parser.add_argument("--no-positional", dest="positional", action="store_false",
+                        help="ioi: one node per feature instead of per (feature, position)")
+
+
+def _run_circuit(args: argparse.Namespace) -> int:
+    from featcircuits.experiments_circuits import run_ioi_circuit, run_parens_circuit
+
+    (run_parens_circuit if args.task == "parens" else run_ioi_circuit)(args)
+    return 0
+
+
+register_command(
+    "circuit", "find a feature circuit (closing parenthesis or IOI) and save JSON + diagram",
+    "  featcircuits circuit parens                       # bundled model, hybrid method\n"
+    "  featcircuits circuit parens --method acdc --tau 0.05 --out out/parens_acdc\n"
+    "  featcircuits circuit ioi --n-prompts 8 --set sae-sparse",
+    _circuit_flags, _run_circuit)

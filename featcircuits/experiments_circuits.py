@@ -462,7 +462,8 @@ def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str, method: 
                         help="most sequences per forward pass (default 256)")
     parser.add_argument("--edges", action="store_true",
                         help="also measure the edge set's faithfulness (path patching; slower)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    if "--quiet" not in parser._option_string_actions:  # the CLI adds its own
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 # ---------------------------------------------------------------------- benchmark
