@@ -17,7 +17,7 @@ from featcircuits.experiments_circuits import add_circuit_arguments, run_ioi_cir
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_circuit_arguments(parser, out="out/ioi_circuit", tau=0.01)
+    add_circuit_arguments(parser, out="out/ioi_circuit")
     parser.add_argument("--prompts", default=None,
                         help="prompt pairs .jsonl/.csv (default data/ioi/prompts.jsonl)")
     parser.add_argument("--corruption", default="abc", help="abc | flip | all (default abc)")

@@ -18,7 +18,7 @@ from featcircuits.experiments_circuits import add_circuit_arguments, run_parens_
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_circuit_arguments(parser, out="out/parens", method="acdc")
+    add_circuit_arguments(parser, out="out/parens")
     parser.add_argument("--n-texts", type=int, default=8, help="documents (default 8)")
     parser.add_argument("--n-targets", type=int, default=2,
                         help="last-layer ')' features to explain (default 2)")

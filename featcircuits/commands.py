@@ -277,7 +277,7 @@ def _circuit_flags(parser: argparse.ArgumentParser) -> None:
                         help="parens: the closing-parenthesis circuit; ioi: the IOI "
                         "logit-difference circuit")
     add_circuit_arguments(parser, out="out/circuit")
-    parser.add_argument("--n-texts", type=int, default=12, help="parens: documents (default 12)")
+    parser.add_argument("--n-texts", type=int, default=8, help="parens: documents (default 8)")
     parser.add_argument("--n-targets", type=int, default=2,
                         help="parens: last-layer ')' features to explain (default 2)")
     parser.add_argument("--prompts", default=None, help="ioi: prompt pairs .jsonl/.csv")
@@ -297,7 +297,7 @@ def _run_circuit(args: argparse.Namespace) -> int:
 
 register_command(
     "circuit", "find a feature circuit (closing parenthesis or IOI) and save JSON + diagram",
-    "  featcircuits circuit parens                       # bundled model, hybrid method\n"
-    "  featcircuits circuit parens --method acdc --tau 0.05 --out out/parens_acdc\n"
+    "  featcircuits circuit parens                       # bundled model, exact ACDC\n"
+    "  featcircuits circuit parens --method hybrid --tau 0.05 --out out/parens_hybrid\n"
     "  featcircuits circuit ioi --n-prompts 8 --set sae-sparse",
     _circuit_flags, _run_circuit)

@@ -335,6 +335,7 @@ def _rows(data: ParensData) -> list[list[int]]:
 def run_parens_circuit(args: argparse.Namespace) -> CircuitReport:
     """The closing-parenthesis circuit; prints tables and writes under ``args.out``."""
     start = time.perf_counter()
+    _fill_defaults(args, PARENS_DEFAULTS)
     progress = not args.quiet
     torch.manual_seed(args.seed)
     runs, ranking, data = parens_setup(args.model, set_name=args.set,
@@ -363,6 +364,7 @@ def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
     from featcircuits.experiments import load_ioi_prompts
 
     start = time.perf_counter()
+    _fill_defaults(args, IOI_DEFAULTS)
     progress = not args.quiet
     torch.manual_seed(args.seed)
     model = load_model(args.model)
@@ -388,6 +390,12 @@ def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
                           max_nodes=args.max_nodes)
     return _report(runs, graph, args, start, None, "ioi",
                    "IOI circuit (logit difference IO − S)")
+
+
+def _fill_defaults(args: argparse.Namespace, defaults: dict) -> None:
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
 
 
 def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
@@ -437,18 +445,26 @@ def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
     return CircuitReport(graph, scores, edge_scores, curve, ranking, paths, seconds)
 
 
-def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str, method: str = "hybrid",
-                          tau: float = 0.03, max_nodes: int | None = None) -> None:
+PARENS_DEFAULTS = {"method": "acdc", "tau": 0.03}
+IOI_DEFAULTS = {"method": "hybrid", "tau": 0.01}
+
+
+def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str,
+                          method: str | None = None, tau: float | None = None,
+                          max_nodes: int | None = None) -> None:
     """Flags shared by the circuit examples."""
     parser.add_argument("--model", default="tiny", help="bundled name or folder (default tiny)")
     parser.add_argument("--dictionaries", default=None,
                         help="folder of dictionary sets <set>/<site>/ (default: the model's)")
     parser.add_argument("--set", default=None, help="dictionary set (default: first found)")
     parser.add_argument("--method", choices=METHODS, default=method,
-                        help=f"circuit discovery method (default {method})")
+                        help="circuit discovery method (default: acdc for parens, hybrid for "
+                        "ioi)" if method is None else f"circuit discovery method (default "
+                        f"{method})")
     parser.add_argument("--tau", type=float, default=tau,
                         help="edge threshold, as a fraction of the downstream node's typical "
-                        f"magnitude (default {tau})")
+                        "magnitude (default: 0.03 for parens, 0.01 for ioi)" if tau is None
+                        else f"edge threshold, relative (default {tau})")
     parser.add_argument("--absolute", action="store_true",
                         help="--tau is an absolute threshold in the downstream node's units")
     parser.add_argument("--ablation", choices=["zero", "mean", "position_mean", "resample"],
