@@ -38,7 +38,8 @@ SOURCES = ("clean", "zero", "mean", "resample")
 
 def patch_site(model, site: Site | str, dictionary: Dictionary, source_features: torch.Tensor,
                feature_mask: torch.Tensor, position_mask: torch.Tensor | None = None, *,
-               feature_ids: torch.Tensor | None = None, repeat: int = 1) -> torch.Tensor:
+               feature_ids: torch.Tensor | None = None, repeat: int = 1,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
     """Inside a trace: patch features at ``site``; returns the edit ``x′ − x̄``.
 
     Args:
@@ -52,6 +53,8 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
         repeat: tile the activation ``repeat`` times along the batch before patching, so
             one forward of ``n`` prompts evaluates ``repeat`` feature sets from this site on
             (the layers before the site run once, not once per set).
+        rows: ``[batch]`` index into the activation's batch: gather these rows before
+            patching (the general form of ``repeat``; a prompt may appear in many rows).
 
     Returns:
         ``[batch, pos, d_model]`` the edit added to the activation.
@@ -60,6 +63,8 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
     activation = site.read(model)
     if repeat > 1:
         activation = einops.repeat(activation, "n t d -> (k n) t d", k=repeat)
+    if rows is not None:
+        activation = activation[rows]
     current = dictionary.encode(activation)
     directions = dictionary.directions
     if feature_ids is not None:
@@ -194,6 +199,7 @@ class PatchingExperiment:
         self.position_mask = _position_mask(self.prompts, positions)
         self.source_features = {site: self._source(site, source, seed) for site in self.sites}
         self._tile_at_site = True  # run layers before the first patched site once per chunk
+        self._change_cache: dict[str, torch.Tensor] = {}
 
     def _source(self, site: str, source: str | torch.Tensor, seed: int) -> torch.Tensor:
         clean = self.clean_features[site]
@@ -265,64 +271,121 @@ class PatchingExperiment:
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Answer-position logits ``[k, n, vocab]`` and edit norms ``[k, n]`` for ``k`` sets.
 
-        Sets are stacked along the batch dimension, ``max_rows`` sequences per forward.
+        Every (feature set, prompt) pair is one row of a batched forward, ``max_rows`` rows
+        per pass, with two savings that a loop of one trace per set cannot make:
+
+        - rows are reduced to the features that actually change on their prompt (at the
+          shallowest site, a feature whose source equals its corrupted value at every
+          patched position is a no-op); rows that become identical run once, and rows left
+          with nothing to patch take the cached corrupted logits without any forward;
+        - the layers before the first patched site run once per prompt, and the activation
+          is gathered into rows at the site.
         """
         masks = self.feature_masks(feature_sets)
+        k, n = len(feature_sets), len(self.prompts)
+        vocab = self.corrupt_logits.shape[-1]
+        logits = einops.repeat(self.corrupt_logits, "n v -> k n v", k=k).clone()
+        norms = torch.zeros(k, n)
+        rows = self._unique_rows(masks)
+        if rows is None:
+            return logits, norms
+        prompt_index, row_masks, used, inverse = rows
+        row_logits, row_norms = self._evaluate_rows(prompt_index, row_masks, used)
+        patched = inverse >= 0
+        flat_logits = logits.view(k * n, vocab)
+        flat_logits[patched] = row_logits[inverse[patched]]
+        norms.view(k * n)[patched] = row_norms[inverse[patched]]
+        return logits, norms
+
+    def _unique_rows(self, masks: dict[str, torch.Tensor]):
+        """Distinct (prompt, effective feature mask) rows of ``k`` sets × ``n`` prompts.
+
+        Returns ``None`` when nothing is patched, else ``prompt_index [R]``,
+        ``{site: [R, u_site]}`` masks over the ``used`` feature ids ``{site: [u_site]}``, and
+        ``inverse [k * n]`` mapping each (set, prompt) row to its unique row (``-1``: no-op).
+        """
+        k = next(iter(masks.values())).shape[0]
         n = len(self.prompts)
-        per_chunk = max(1, self.max_rows // n)
+        used = {site: torch.nonzero(mask.any(0)).flatten() for site, mask in masks.items()}
+        used = {site: ids for site, ids in used.items() if ids.numel() > 0}
+        if not used:
+            return None
+        first = self.sites[0]
+        parts = []
+        for site, ids in used.items():
+            part = einops.repeat(masks[site][:, ids].bool(), "k f -> k n f", n=n)
+            if site == first:  # upstream of everything: live activations are the corrupted ones
+                part = part & self._changes(site)[:, ids][None]
+            parts.append(part)
+        effective = einops.rearrange(torch.cat(parts, dim=-1), "k n f -> (k n) f")
+        prompt_of_row = einops.repeat(torch.arange(n), "n -> (k n)", k=k)
+        nonempty = effective.any(-1)
+        inverse = torch.full((k * n,), -1, dtype=torch.long)
+        if not bool(nonempty.any()):
+            return None
+        keys = torch.cat([prompt_of_row[nonempty, None], effective[nonempty].long()], dim=-1)
+        unique, unique_inverse = torch.unique(keys, dim=0, return_inverse=True)
+        inverse[nonempty] = unique_inverse
+        prompt_index = unique[:, 0]
+        row_masks, offset = {}, 1
+        for site, ids in used.items():
+            row_masks[site] = unique[:, offset:offset + len(ids)].float()
+            offset += len(ids)
+        return prompt_index, row_masks, used, inverse
+
+    def _changes(self, site: str) -> torch.Tensor:
+        """``[n, n_features]`` True where a feature's source differs from its corrupted value
+        at some patched position of that prompt (patching it there is not a no-op)."""
+        if site not in self._change_cache:
+            difference = (self.source_features[site] - self.corrupt_features[site]).abs()
+            difference = difference * self.position_mask[..., None]
+            self._change_cache[site] = difference.amax(dim=1) > 0
+        return self._change_cache[site]
+
+    def _evaluate_rows(self, prompt_index: torch.Tensor, row_masks: dict[str, torch.Tensor],
+                       used: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[R, vocab]`` and edit norms ``[R]`` of ``R`` (prompt, mask) rows."""
+        starts = range(0, len(prompt_index), self.max_rows)
         logits, norms = [], []
-        starts = range(0, len(feature_sets), per_chunk)
         for start in tqdm(starts, desc="patching", disable=not self.progress or len(starts) < 4,
                           leave=False):
-            chunk = {site: mask[start:start + per_chunk] for site, mask in masks.items()}
-            chunk_logits, chunk_norms = self._patched_chunk(chunk)
+            chunk = slice(start, start + self.max_rows)
+            chunk_logits, chunk_norms = self._patched_chunk(
+                prompt_index[chunk], {site: mask[chunk] for site, mask in row_masks.items()},
+                used)
             logits.append(chunk_logits)
             norms.append(chunk_norms)
         return torch.cat(logits), torch.cat(norms)
 
     @torch.no_grad()
-    def _patched_chunk(self, masks: dict[str, torch.Tensor]
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        k = next(iter(masks.values())).shape[0]
-        n = len(self.prompts)
-        final = einops.repeat(self.prompts.final_positions, "n -> (k n)", k=k)
-        position_mask = einops.repeat(self.position_mask, "n t -> (k n) t", k=k)
-        plans = []
-        for site in self.sites:
-            used = torch.nonzero(masks[site].any(0)).flatten()
-            if used.numel() == 0:
-                continue
-            plans.append((site, used,
-                          einops.repeat(self.source_features[site][..., used],
-                                        "n t f -> (k n) t f", k=k),
-                          einops.repeat(masks[site][:, used], "k f -> (k n) f", n=n)))
-        if not plans:  # nothing patched: every set gives the corrupted run
-            return (einops.repeat(self.corrupt_logits, "n v -> k n v", k=k),
-                    torch.zeros(k, n))
+    def _patched_chunk(self, prompt_index: torch.Tensor, masks: dict[str, torch.Tensor],
+                       used: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        plans = [(site, used[site], self.source_features[site][prompt_index][..., used[site]],
+                  masks[site]) for site in self.sites if site in masks]
+        final = self.prompts.final_positions[prompt_index]
+        position_mask = self.position_mask[prompt_index]
         if self._tile_at_site:
+            prompts, gather = torch.unique(prompt_index, return_inverse=True)
             try:
-                return self._traced_chunk(plans, self.prompts.corrupt_ids, k, final,
-                                          position_mask, tile=k)
+                return self._traced_chunk(plans, self.prompts.corrupt_ids[prompts], final,
+                                          position_mask, gather)
             except RuntimeError:
                 # some architectures (e.g. Gemma-2's sliding-window masks) build per-batch
-                # tensors before the first block; tiling mid-forward then mismatches shapes
+                # tensors before the first block; gathering rows mid-forward then mismatches
                 self._tile_at_site = False
-        input_ids = einops.repeat(self.prompts.corrupt_ids, "n t -> (k n) t", k=k)
-        return self._traced_chunk(plans, input_ids, k, final, position_mask, tile=1)
+        return self._traced_chunk(plans, self.prompts.corrupt_ids[prompt_index], final,
+                                  position_mask, None)
 
-    def _traced_chunk(self, plans, input_ids, k, final, position_mask, tile: int):
-        n = len(self.prompts)
+    def _traced_chunk(self, plans, input_ids, final, position_mask, gather):
         squared_norms: list[torch.Tensor] = []
         with self.model.trace(input_ids):
             for index, (site, used, source, mask) in enumerate(plans):
                 edit = patch_site(self.model, site, self.dictionaries[site], source, mask,
                                   position_mask, feature_ids=used,
-                                  repeat=tile if index == 0 else 1)
+                                  rows=gather if index == 0 else None)
                 squared_norms.append(edit.pow(2).sum(dim=(-1, -2)).save())
-            logits = self.model.output.logits[torch.arange(k * n), final].save()
-        total = torch.stack(squared_norms).sum(0)
-        return (einops.rearrange(logits, "(k n) v -> k n v", k=k),
-                einops.rearrange(total.sqrt(), "(k n) -> k n", k=k))
+            logits = self.model.output.logits[torch.arange(len(final)), final].save()
+        return logits, torch.stack(squared_norms).sum(0).sqrt()
 
     def evaluate(self, feature_sets: Sequence[FeatureSet], *, per_prompt: bool = False
                  ) -> pd.DataFrame:
