@@ -15,8 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from featcircuits import load_model, read_prompts
-from featcircuits.dictionaries import load_dictionary, save_dictionary
-from featcircuits.dictionaries import hub
+from featcircuits.dictionaries import hub, load_dictionary, save_dictionary
 from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.dictionaries.transcoder import Transcoder, load_transcoder
@@ -427,3 +426,37 @@ def test_patching_through_a_transcoder_matches_manual_hooks(tiny):
         assert (logits[index] - manual).abs().max() < 1e-5
     assert (logits[0] - experiment.corrupt_logits).abs().max() < 1e-5
     assert (logits[2] - experiment.corrupt_logits).abs().max() > 1e-3  # the patch does something
+
+
+def test_cli_patches_through_a_cached_transcoder_spec(tiny, tmp_path, monkeypatch, capsys):
+    from featcircuits.cli import main
+
+    transcoder = _tiny_transcoder(tiny, 2)
+    local = tmp_path / "cache" / "circuit_tracer" / "someone--tiny-transcoders"
+    local.mkdir(parents=True)
+    save_file({"W_enc": transcoder.W_enc.detach().T.contiguous(),
+               "W_dec": transcoder.W_dec.detach().clone(), "b_enc": transcoder.b_enc.detach(),
+               "b_dec": transcoder.b_dec.detach()}, str(local / "layer_2.safetensors"))
+    (local / "config.yaml").write_text("feature_input_hook: hook_resid_mid\n"
+                                       "feature_output_hook: hook_mlp_out\n")
+    monkeypatch.setenv("FEATCIRCUITS_CACHE", str(tmp_path / "cache"))
+    rows = read_prompts("data/ioi/prompts.jsonl").query("corruption == 'abc'").head(4)
+    prompts = tmp_path / "p.csv"
+    rows[["clean", "corrupt", "answer", "wrong_answer"]].to_csv(prompts, index=False)
+    out = tmp_path / "patch.csv"
+    code = main(["patch", "--prompts", str(prompts), "--dictionaries",
+                 "circuit_tracer:someone/tiny-transcoders/layer_2", "--features", "0", "1", "2",
+                 "3", "4", "5", "6", "7", "--out", str(out), "--quiet"])
+    assert code == 0
+    import pandas as pd
+
+    expected = PatchingExperiment(tiny, transcoder, rows, progress=False).evaluate(
+        [list(range(8))])
+    assert expected.loc[0, "kl"] > 1e-6  # the features do something
+    assert abs(pd.read_csv(out).loc[0, "kl"] - expected.loc[0, "kl"]) < 1e-5
+    capsys.readouterr()
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", _offline)
+    code = main(["patch", "--prompts", str(prompts), "--dictionaries",
+                 "saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "hf download jbloom/GPT2-Small-SAEs-Reformatted" in err
