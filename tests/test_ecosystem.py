@@ -460,3 +460,35 @@ def test_cli_patches_through_a_cached_transcoder_spec(tiny, tmp_path, monkeypatc
                  "saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre", "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and "hf download jbloom/GPT2-Small-SAEs-Reformatted" in err
+
+
+def test_dashboard_refuses_a_transcoder(tiny):
+    from featcircuits.dashboard import feature_dashboard_data
+    from featcircuits.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="reads resid_mid.1 and writes mlp_out.1"):
+        feature_dashboard_data(tiny, _tiny_transcoder(tiny, 1), "mlp_out.1", 0, texts=["w1"])
+
+
+def test_installed_sae_lens_table_is_read_too(tmp_path, monkeypatch):
+    package = tmp_path / "sae_lens"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    (package / "pretrained_saes.yaml").write_text(
+        "SAE_LOOKUP:\n"
+        "  extra-release:\n"
+        "    repo_id: someone/extra-saes\n"
+        "    model: gpt2-small\n"
+        "    conversion_func:\n"
+        "    saes:\n"
+        "      - id: blocks.3.hook_resid_post\n"
+        "        path: layer_3/folder\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    hub.saelens_releases.cache_clear()
+    try:
+        entry = hub.resolve_saelens("extra-release/blocks.3.hook_resid_post")
+        assert (entry.repo_id, entry.path) == ("someone/extra-saes", "layer_3/folder")
+        assert hub.resolve_saelens("gpt2-small-res-jb/blocks.0.hook_resid_pre").path == (
+            "blocks.0.hook_resid_pre")  # the curated copy stays
+    finally:
+        hub.saelens_releases.cache_clear()
