@@ -429,8 +429,8 @@ def _ensure_files(repo_id: str, filenames: list[str], local_dir: Path, *, includ
                 f"{name!r} of hub repo {repo_id!r} is not in the cache ({local_dir}) and could "
                 f"not be downloaded: {type(exc).__name__}: {first_line}",
                 hint=f"on a machine with network run `{command}` {note}".rstrip()
-                + f", then copy {local_dir} to the same place here (or point cache_dir= / "
-                f"${CACHE_ENV} at the copy's parent folder)") from exc
+                + f", then copy that folder to {local_dir} on this machine (the cache root "
+                f"is cache_dir=, else ${CACHE_ENV}, else ~/.cache/featcircuits)") from exc
 
 
 def _hf_hub_download(**kwargs) -> str:

@@ -166,7 +166,8 @@ def load_dictionary(
         return _finish(_transcoder_file(folder), site, model, device)
     if folder.is_dir() and not (folder / WEIGHTS_FILE).is_file() and not (
             folder / "ae.pt").is_file():
-        transcoders = sorted(folder.glob("*.safetensors"))
+        transcoders = [p for p in sorted(folder.glob("*.safetensors"))
+                       if p.name == "transcoder.safetensors" or re.match(r"layer_?\d+", p.stem)]
         if len(transcoders) == 1:
             return _finish(_transcoder_file(transcoders[0]), site, model, device)
     if folder.is_file():
