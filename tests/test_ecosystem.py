@@ -492,3 +492,31 @@ def test_installed_sae_lens_table_is_read_too(tmp_path, monkeypatch):
             "blocks.0.hook_resid_pre")  # the curated copy stays
     finally:
         hub.saelens_releases.cache_clear()
+
+
+def test_whole_sets_by_spec(tmp_path, no_network):
+    from featcircuits.dictionaries import load_dictionaries
+
+    specs = hub.expand("dictionary_learning:pythia-70m-deduped")
+    assert len(specs) == 19 and specs[0] == "dictionary_learning:pythia-70m-deduped/embed"
+    assert len(hub.expand("saelens:gpt2-small-res-jb")) == 13
+    assert hub.expand("saelens:gpt2-small-res-jb/blocks.1.hook_resid_pre") == [
+        "saelens:gpt2-small-res-jb/blocks.1.hook_resid_pre"]
+    with pytest.raises(DictionaryLoadError, match="pythia-70m-deduped-res-sm"):
+        hub.expand("saelens:pythia-70m-deduped-res")
+    root = tmp_path / "dictionary_learning" / "saprmarks--pythia-70m-deduped-saes"
+    root.mkdir(parents=True)
+    saes = {}
+    with zipfile.ZipFile(root / "dictionaries_pythia-70m-deduped_10.zip", "w") as archive:
+        for index, spec in enumerate(specs):
+            dl_site = spec.split("/")[-1]
+            saes[dl_site] = _random_sae(seed=index)
+            staging = tmp_path / f"{index}.pt"
+            torch.save(_dictionary_learning_state(saes[dl_site]), staging)
+            archive.write(staging, f"pythia-70m-deduped/{dl_site}/10_32768/ae.pt")
+    loaded = load_dictionaries("dictionary_learning:pythia-70m-deduped", cache_dir=tmp_path)
+    assert list(loaded)[:4] == ["embed", "attn_out.0", "mlp_out.0", "resid_out.0"]
+    assert len(loaded) == 19
+    x = torch.randn(3, D)
+    torch.testing.assert_close(loaded["mlp_out.4"].encode(x), saes["mlp_out_layer4"].encode(x),
+                               atol=1e-6, rtol=0)

@@ -125,6 +125,32 @@ def fetch(spec: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Fetc
     return _fetch_circuit_tracer(resolve_circuit_tracer(rest), root, spec)
 
 
+def expand(spec: str) -> list[str]:
+    """A spec naming a whole set → one spec per dictionary.
+
+    ``saelens:<release>`` → every SAE of the release; ``dictionary_learning:<model>`` →
+    its 19 sites (``embed`` and ``attn_out``/``mlp_out``/``resid_out`` of each layer). A
+    spec that already names one dictionary comes back alone.
+    """
+    match = _SPEC.match(spec)
+    if match is None or match.group("scheme") not in SCHEMES:
+        raise DictionaryLoadError(f"unknown dictionary spec {spec!r}",
+                                  hint="write " + ", ".join(f"'{s}:...'" for s in SCHEMES))
+    scheme, rest = match.group("scheme"), match.group("rest").strip().strip("/")
+    if scheme == "saelens" and "/" not in rest:
+        if rest not in saelens_releases():
+            resolve_saelens(f"{rest}/-")  # raises, naming close matches
+        return [f"saelens:{rest}/{sae['id']}" for sae in saelens_releases()[rest]["saes"]]
+    if scheme == "dictionary_learning" and "/" not in rest:
+        if rest not in DICTIONARY_LEARNING_RELEASES:
+            resolve_dictionary_learning(f"{rest}/embed")  # raises with close matches
+        layers = range(DICTIONARY_LEARNING_RELEASES[rest]["n_layers"])
+        sites = ["embed"] + [f"{kind}_layer{layer}" for layer in layers
+                             for kind in ("attn_out", "mlp_out", "resid_out")]
+        return [f"dictionary_learning:{rest}/{site}" for site in sites]
+    return [spec]
+
+
 # ----------------------------------------------------------------------------- SAELens
 @dataclass(frozen=True)
 class SaeLensEntry:

@@ -450,12 +450,28 @@ def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
 
 
 def load_dictionaries(folder: str | os.PathLike[str], *, model=None,
-                      device: str | torch.device = "cpu") -> dict[str, Dictionary]:
+                      device: str | torch.device = "cpu",
+                      cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Dictionary]:
     """Load every dictionary in the sub-folders of ``folder``, keyed by site name.
 
     Sub-folders are named by site (``resid_out.0``, ``resid_out.1``, ...) or hold the site in
-    their config.
+    their config. ``folder`` may also be a spec naming a set, e.g.
+    ``"dictionary_learning:pythia-70m-deduped"`` or ``"saelens:gpt2-small-res-jb"``.
     """
+    from featcircuits.dictionaries import hub
+
+    if hub.is_spec(folder):
+        loaded = [load_dictionary(spec, model=model, device=device, cache_dir=cache_dir)
+                  for spec in hub.expand(str(folder))]
+        by_site: dict[str, Dictionary] = {}
+        for dictionary in loaded:
+            name = str(Site.parse(dictionary.site))
+            if name in by_site:
+                raise DictionaryLoadError(
+                    f"{str(folder)!r} holds several dictionaries at site {name}",
+                    hint="load them one by one with load_dictionary('<spec>/<id>')")
+            by_site[name] = dictionary
+        return dict(sorted(by_site.items(), key=lambda item: Site.parse(item[0]).depth))
     root = Path(folder)
     if not root.is_dir():
         raise DictionaryLoadError(f"dictionary folder {str(folder)!r} does not exist")
