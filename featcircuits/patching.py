@@ -56,16 +56,27 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
         rows: ``[batch]`` index into the activation's batch: gather these rows before
             patching (the general form of ``repeat``; a prompt may appear in many rows).
 
+    A dictionary whose ``input_site`` differs from ``site`` (a ``Transcoder``) encodes c̄ from
+    the activation at ``input_site`` and adds the edit at ``site``.
+
     Returns:
         ``[batch, pos, d_model]`` the edit added to the activation.
     """
     site = Site.parse(site)
-    activation = site.read(model)
-    if repeat > 1:
-        activation = einops.repeat(activation, "n t d -> (k n) t d", k=repeat)
-    if rows is not None:
-        activation = activation[rows]
-    current = dictionary.encode(activation)
+    input_site = input_site_of(dictionary, site)
+    if input_site != site:
+        if repeat > 1 or rows is not None:
+            raise ParameterError("repeat/rows cannot tile at a transcoder's output site",
+                                 hint="repeat the input ids instead (repeat=1, rows=None)")
+        current = dictionary.encode(input_site.read(model))
+        activation = site.read(model)
+    else:
+        activation = site.read(model)
+        if repeat > 1:
+            activation = einops.repeat(activation, "n t d -> (k n) t d", k=repeat)
+        if rows is not None:
+            activation = activation[rows]
+        current = dictionary.encode(activation)
     directions = dictionary.directions
     if feature_ids is not None:
         current, directions = current[..., feature_ids], directions[feature_ids]
@@ -79,6 +90,12 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
     edit = weight @ directions
     site.write(model, activation + edit)
     return edit
+
+
+def input_site_of(dictionary: Dictionary, site: Site | str) -> Site:
+    """Where ``dictionary`` reads its input: its ``input_site`` if it has one, else ``site``."""
+    input_site = getattr(dictionary, "input_site", None)
+    return Site.parse(site) if input_site is None else Site.parse(input_site)
 
 
 def patch_error(model, site: Site | str, dictionary: Dictionary, source_error: torch.Tensor,
@@ -181,24 +198,30 @@ class PatchingExperiment:
         self.sites = sorted(self.dictionaries, key=lambda name: Site.parse(name).depth)
         for site, dictionary in self.dictionaries.items():
             check_dictionary_fits(dictionary, model, site)
+        # features are encoded where each dictionary reads (a transcoder's input site)
+        self.input_sites = {site: str(input_site_of(self.dictionaries[site], site))
+                            for site in self.sites}
+        needed = sorted(set(self.sites) | set(self.input_sites.values()))
         if runs is None:
-            runs = RunCache(model, prompts, self.sites)
-        elif not set(self.sites) <= set(runs.sites):
-            raise ParameterError(f"the run cache covers sites {runs.sites}, not {self.sites}",
+            runs = RunCache(model, prompts, needed)
+        elif not set(needed) <= set(runs.sites):
+            raise ParameterError(f"the run cache covers sites {runs.sites}, not {needed}",
                                  hint="build RunCache(model, prompts, sites) with every site")
         self.runs = runs
         self.prompts: PromptPairs = runs.prompts
         self.clean_logits, self.corrupt_logits = runs.clean_logits, runs.corrupt_logits
         with torch.no_grad():
             self.clean_features = {site: self.dictionaries[site].encode(
-                runs.clean_activations[site]) for site in self.sites}
+                runs.clean_activations[self.input_sites[site]]) for site in self.sites}
             self.corrupt_features = {site: self.dictionaries[site].encode(
-                runs.corrupt_activations[site]) for site in self.sites}
+                runs.corrupt_activations[self.input_sites[site]]) for site in self.sites}
         self.max_rows = int(max_rows)
         self.progress = progress
         self.position_mask = _position_mask(self.prompts, positions)
         self.source_features = {site: self._source(site, source, seed) for site in self.sites}
-        self._tile_at_site = True  # run layers before the first patched site once per chunk
+        # run layers before the first patched site once per chunk (not through transcoders,
+        # whose output site sits inside a block that keeps its untiled residual)
+        self._tile_at_site = all(self.input_sites[site] == site for site in self.sites)
         self._change_cache: dict[str, torch.Tensor] = {}
 
     def _source(self, site: str, source: str | torch.Tensor, seed: int) -> torch.Tensor:
