@@ -35,7 +35,7 @@ from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.errors import DictionaryLoadError, ParameterError
 from featcircuits.faithfulness import faithfulness, faithfulness_curve
 from featcircuits.graphio import edges_frame, write_json, write_tables
-from featcircuits.models import load_model, resolve_checkpoint, underlying_module
+from featcircuits.models import load_model, resolve_checkpoint, trace, underlying_module
 from featcircuits.sites import Site, architecture, num_layers
 from featcircuits.targets import FeatureTarget
 
@@ -314,7 +314,7 @@ def parens_setup(model_name: str = "tiny", *, set_name: str | None = None,
         raise DictionaryLoadError(f"the dictionary set has no {last}",
                                   hint=f"it has {sorted(dictionaries)}")
     data = parens_data(model, n_texts, seed=seed)
-    with torch.no_grad(), model.trace(data.ids):
+    with torch.no_grad(), trace(model, data.ids):
         last_activation = Site.parse(last).read(model).save()
     ranking = rank_parens_features(model, dictionaries[last], last_activation, data)
     chosen = ranking["feature"].head(n_targets).tolist()

@@ -29,6 +29,7 @@ from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import FeatureIdError, ParameterError
 from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
+from featcircuits.models import trace
 from featcircuits.prompts import PromptPairs, tokenize_prompts
 from featcircuits.sites import Site
 
@@ -133,7 +134,7 @@ class RunCache:
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         final = self.prompts.final_positions
         activations: list[torch.Tensor] = []
-        with model.trace(input_ids):
+        with trace(model, input_ids):
             for site in self.sites:
                 activations.append(Site.parse(site).read(model).save())
             logits = model.output.logits[torch.arange(len(final)), final].save()
@@ -313,7 +314,7 @@ class PatchingExperiment:
     def _traced_chunk(self, plans, input_ids, k, final, position_mask, tile: int):
         n = len(self.prompts)
         squared_norms: list[torch.Tensor] = []
-        with self.model.trace(input_ids):
+        with trace(self.model, input_ids):
             for index, (site, used, source, mask) in enumerate(plans):
                 edit = patch_site(self.model, site, self.dictionaries[site], source, mask,
                                   position_mask, feature_ids=used,
