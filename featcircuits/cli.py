@@ -94,7 +94,7 @@ def _load_commands() -> None:
     """Import modules that register further subcommands (kept lazy for a fast --help)."""
     import importlib
 
-    for module in ("featcircuits.commands",):
+    for module in ("featcircuits.commands", "featcircuits.commands_train"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

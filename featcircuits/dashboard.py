@@ -326,7 +326,7 @@ def feature_dashboard_data(
     feature_acts = []
     with torch.no_grad():
         for acts in run.activations:
-            feature_acts.append(dictionary.encode(acts.to(dictionary.directions.device)
+            feature_acts.append(dictionary.encode(acts.to(dictionary.directions)
                                                   )[..., feature].float().cpu())
     counted_masks = []
     for input_ids, lengths in zip(run.input_ids, run.lengths, strict=True):

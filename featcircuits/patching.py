@@ -72,7 +72,7 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
         weight = (source_features - current) * mask[:, None, :]
     if position_mask is not None:
         weight = weight * position_mask[..., None]
-    edit = weight @ directions
+    edit = (weight @ directions.to(weight.dtype)).to(activation.dtype)  # masks may be fp32
     site.write(model, activation + edit)
     return edit
 
@@ -137,7 +137,7 @@ class RunCache:
         with trace(model, input_ids):
             for site in self.sites:
                 activations.append(Site.parse(site).read(model).save())
-            logits = model.output.logits[torch.arange(len(final)), final].save()
+            logits = model.output.logits[torch.arange(len(final)), final].float().save()
         return logits, dict(zip(self.sites, activations))
 
 
@@ -319,8 +319,8 @@ class PatchingExperiment:
                 edit = patch_site(self.model, site, self.dictionaries[site], source, mask,
                                   position_mask, feature_ids=used,
                                   repeat=tile if index == 0 else 1)
-                squared_norms.append(edit.pow(2).sum(dim=(-1, -2)).save())
-            logits = self.model.output.logits[torch.arange(k * n), final].save()
+                squared_norms.append(edit.float().pow(2).sum(dim=(-1, -2)).save())
+            logits = self.model.output.logits[torch.arange(k * n), final].float().save()
         total = torch.stack(squared_norms).sum(0)
         return (einops.rearrange(logits, "(k n) v -> k n v", k=k),
                 einops.rearrange(total.sqrt(), "(k n) -> k n", k=k))
