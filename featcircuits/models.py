@@ -122,6 +122,8 @@ def load_model(
 
     torch_dtype = resolve_dtype(dtype)
     mode = _remote_mode_value(remote)
+    if mode is not True:
+        check_device(device)
     checkpoint = resolve_checkpoint(name_or_path)
     is_local = Path(checkpoint).exists()
     with warnings.catch_warnings():
@@ -164,6 +166,24 @@ def load_model(
     return model
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``; ``ParameterError`` if it is malformed or not available here."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ParameterError(f"unknown device {device!r}",
+                             hint="use cpu, cuda, cuda:1, mps, ...") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"device {device!r} requested but CUDA is not available here",
+                             hint="use --device cpu (or device='cpu')")
+    if resolved.type == "cuda" and resolved.index is not None and \
+            resolved.index >= torch.cuda.device_count():
+        raise ParameterError(f"device {device!r} does not exist: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)",
+                             hint="use cuda:0 .. cuda:N-1")
+    return resolved
+
+
 # ------------------------------------------------------------------ remote execution
 REMOTE_ATTRIBUTE = "featcircuits_remote"
 REMOTE_MODES = ("ndif", "local")
@@ -195,17 +215,19 @@ def _remote_language_model(checkpoint: str, is_local: bool, torch_dtype, kwargs:
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     try:
-        model = LanguageModel(checkpoint, **kwargs)
-    except (OSError, ValueError) as exc:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = LanguageModel(checkpoint, tokenizer=tokenizer, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - hub, config and pipeline failures vary
         where = "folder" if is_local else "model hub"
         raise ModelLoadError(
             f"could not read the config/tokenizer of {checkpoint!r} from the {where}: "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
             hint="remote models still need their config and tokenizer here: check the "
             "network, or pass a local folder holding config.json and tokenizer files") from exc
-    tokenizer = model.tokenizer
-    if tokenizer is not None and tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return model
 
 
