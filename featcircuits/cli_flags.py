@@ -21,11 +21,11 @@ def add_model_flags(parser: argparse.ArgumentParser, *, default_model: str = "ti
     parser.add_argument("--device", default="cpu",
                         help="where the model and dictionaries run: cpu, cuda, cuda:1 "
                         "(default: cpu)")
-    parser.add_argument("--dtype", default=None, choices=sorted(_DTYPES),
-                        help="model dtype (default: the checkpoint's); dictionaries are "
-                        "cast to it")
+    parser.add_argument("--dtype", default=None, choices=sorted(_DTYPES), metavar="DTYPE",
+                        help="model dtype: float32, bfloat16 (bf16), float16 (fp16) "
+                        "(default: the checkpoint's); dictionaries are cast to it")
     parser.add_argument("--remote", nargs="?", const="ndif", default=None,
-                        choices=REMOTE_MODES,
+                        choices=REMOTE_MODES, metavar="local",
                         help="run every trace remotely on NDIF (needs NDIF_API_KEY); "
                         "'--remote local' simulates the remote round trip in-process")
 
