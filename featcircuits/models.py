@@ -221,7 +221,7 @@ def _remote_language_model(checkpoint: str, is_local: bool, torch_dtype, kwargs:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = LanguageModel(checkpoint, tokenizer=tokenizer, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - hub, config and pipeline failures vary
+    except Exception as exc:  # hub, config and pipeline failures vary
         where = "folder" if is_local else "model hub"
         raise ModelLoadError(
             f"could not read the config/tokenizer of {checkpoint!r} from the {where}: "
