@@ -211,7 +211,9 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
     the traces of each toolkit entry point; the spy stops each before any network call."""
     from nnsight import LanguageModel
 
+    from featcircuits.circuit_runs import CircuitRuns
     from featcircuits.dashboard import feature_dashboard_data
+    from featcircuits.experiments_circuits import parens_setup
     from featcircuits.patching import PatchingExperiment
     from featcircuits.prompts import read_prompts
     from featcircuits.train.buffer import collect_activations
@@ -239,6 +241,9 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
         lambda: feature_dashboard_data(model, sae, "resid_out.2", 3, texts=["a b c"],
                                        progress=False),
         lambda: PatchingExperiment(model, sae, prompts, progress=False),
+        lambda: CircuitRuns(model, {"resid_out.2": sae}, prompts, targets="logit_diff",
+                            progress=False),
+        lambda: parens_setup("tiny", model=model, n_texts=1, progress=False),
     ]
     for call in calls:
         with pytest.raises(Stop):
