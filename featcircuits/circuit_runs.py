@@ -34,6 +34,7 @@ import torch
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import ParameterError, PromptError
+from featcircuits.models import trace
 from featcircuits.patching import _resample_index, patch_error, patch_site
 from featcircuits.prompts import PromptPairs, tokenize_prompts
 from featcircuits.sites import Site, num_layers
@@ -420,7 +421,7 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
         used = [site for site in sites if site in ops or feature_targets[site]]
         last = used[-1] if used else None
     rows = input_ids.shape[0] * (copies if tile_at is not None else 1)
-    with model.trace(input_ids) as tracer:
+    with trace(model, input_ids) as tracer:
         for site in sites:
             op = ops.get(site)
             if op is None and not feature_targets[site]:

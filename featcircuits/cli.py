@@ -94,7 +94,7 @@ def _load_commands() -> None:
     """Import modules that register further subcommands (kept lazy for a fast --help)."""
     import importlib
 
-    for module in ("featcircuits.commands",):
+    for module in ("featcircuits.commands", "featcircuits.commands_train"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -127,6 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if type(exc).__name__ != "RemoteError":  # nnsight's NDIF failures; bugs keep tracebacks
+            raise
+        print(f"featcircuits {args.command}: error: remote execution failed: "
+              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        print("  hint: check NDIF_API_KEY, the network and that NDIF serves this model "
+              "(python -c 'import nnsight; print(nnsight.ndif_status())')", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # run through the package module so subcommands share one registry

@@ -6,6 +6,12 @@ import argparse
 import sys
 
 from featcircuits.cli import register_command
+from featcircuits.cli_flags import (
+    add_model_flags,
+    add_run_flags,
+    dictionary_for_model,
+    model_from_args,
+)
 
 
 # ----------------------------------------------------------------------------- ioi
@@ -35,7 +41,7 @@ def _patch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", required=True,
                         help="JSONL/CSV with clean, corrupt, answer, wrong_answer columns, or "
                         "auto-circuit prompt JSON")
-    parser.add_argument("--model", default="tiny", help="bundled name, folder or hub id")
+    add_model_flags(parser)
     parser.add_argument("--dictionaries", required=True,
                         help="one saved dictionary folder (SAELens/native/dictionary_learning), "
                         "a transcoder file, or a spec such as "
@@ -51,22 +57,18 @@ def _patch_flags(parser: argparse.ArgumentParser) -> None:
                         help="where patched values come from (default clean)")
     parser.add_argument("--positions", default="all", help="all | final")
     parser.add_argument("--out", default=None, help="write the result table here (CSV)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=1024,
-                        help="most sequences per forward pass")
+    add_run_flags(parser, batch_size=1024)
 
 
 def _run_patch(args: argparse.Namespace) -> int:
     from featcircuits._io import atomic_path
     from featcircuits.dictionaries.io import load_dictionary
-    from featcircuits.models import load_model
     from featcircuits.patching import PatchingExperiment
     from featcircuits.prompts import read_prompts
     from featcircuits.search import attribution_curve, backward_elimination, default_taus
 
     dictionary = load_dictionary(args.dictionaries, site=args.site)  # fail fast, before the model
-    model = load_model(args.model, device=args.device)
+    model = model_from_args(args)
     if dictionary.site is not None:
         from featcircuits.dictionaries.io import check_dictionary_fits
 
@@ -76,6 +78,7 @@ def _run_patch(args: argparse.Namespace) -> int:
 
         raise ParameterError(f"the dictionary in {args.dictionaries!r} does not name its site",
                              hint="pass --site, e.g. --site resid_out.2")
+    dictionary = dictionary_for_model(dictionary, model, args)
     experiment = PatchingExperiment(model, dictionary, read_prompts(args.prompts),
                                     source=args.source, positions=args.positions,
                                     max_rows=args.batch_size, seed=args.seed,
@@ -197,15 +200,14 @@ def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
                         help="a saved dictionary folder, a folder of per-site folders, or a "
                         "spec such as dictionary_learning:pythia-70m-deduped/resid_out.3 "
                         "(default: the bundled model's first dictionary set)")
-    parser.add_argument("--model", default="tiny", help="bundled name, folder or hub id")
+    add_model_flags(parser)
     parser.add_argument("--n-texts", type=int, default=200,
                         help="corpus documents to scan (default 200)")
-    parser.add_argument("--seed", type=int, default=0, help="corpus sample seed")
+    add_run_flags(parser, batch_size=32)
     parser.add_argument("--top-k", type=int, default=10, help="top contexts to keep")
     parser.add_argument("--logit-token", default=None,
                         help="token whose logit drop the ablation measures (default: the one "
                         "the feature pushes up most)")
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("-o", "--out", required=True, help="output .html, .png, .svg or .pdf")
 
 
@@ -241,7 +243,6 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     from featcircuits.dashboard import default_texts, feature_dashboard_data, write_dashboard
     from featcircuits.dictionaries.io import load_dictionary
     from featcircuits.errors import OutputError, ParameterError
-    from featcircuits.models import load_model
     from featcircuits.sites import Site
 
     if Path(args.out).suffix.lower() not in (".html", ".htm", ".png", ".svg", ".pdf"):
@@ -251,14 +252,16 @@ def _run_dashboard(args: argparse.Namespace) -> int:
         raise ParameterError(f"--n-texts must be >= 1, got {args.n_texts}")
     site = str(Site.parse(args.site))
     folder = _dashboard_dictionary_folder(args, site)
-    model = load_model(args.model, device=args.device)
-    dictionary = load_dictionary(folder, site=site, model=model, device=args.device)
+    model = model_from_args(args)
+    dictionary = dictionary_for_model(load_dictionary(folder, site=site, model=model), model,
+                                      args)
     token = args.logit_token
     if token is not None and token.isdigit():
         token = int(token)
     data = feature_dashboard_data(model, dictionary, site, args.feature,
                                   texts=default_texts(args.n_texts, seed=args.seed),
                                   top_k=args.top_k, logit_token=token,
+                                  batch_size=args.batch_size,
                                   progress=not getattr(args, "quiet", False))
     write_dashboard(data, args.out)
     print(f"feature {data.feature} at {data.site}: fires on {len(data.fire_activations)} of "

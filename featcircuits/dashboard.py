@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.errors import ParameterError, SiteError
-from featcircuits.models import underlying_module
+from featcircuits.models import trace, underlying_module
 from featcircuits.sites import Site, architecture
 
 #: number of named token groups in the histogram; the rest is pooled as "other"
@@ -177,7 +177,7 @@ def _collect(model, site: Site, texts: Sequence[str], *, n_ctx: int, batch_size:
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = torch.tensor(ids)
         # Right padding + causal attention: real tokens never see the padding.
-        with model.trace(input_ids):
+        with trace(model, input_ids):
             activation = site.read(model).save()
         run.input_ids.append(input_ids)
         run.lengths.append(lengths)
@@ -252,7 +252,7 @@ def _ablation_drops(model, site: Site, dictionary: Dictionary, feature: int, run
             # One batch holds the clean copy (first n rows) and the ablated copy (last n).
             doubled = torch.cat([rows, rows])
             logits: list[torch.Tensor] = []
-            with model.trace(doubled):
+            with trace(model, doubled):
                 x = site.read(model)
                 # The dictionary may hold another dtype than the model (e.g. fp32 vs bf16).
                 c = dictionary.encode(x[n:].to(direction.dtype))[..., feature]
@@ -330,7 +330,7 @@ def feature_dashboard_data(
     feature_acts = []
     with torch.no_grad():
         for acts in run.activations:
-            feature_acts.append(dictionary.encode(acts.to(dictionary.directions.device)
+            feature_acts.append(dictionary.encode(acts.to(dictionary.directions)
                                                   )[..., feature].float().cpu())
     counted_masks = []
     for input_ids, lengths in zip(run.input_ids, run.lengths, strict=True):

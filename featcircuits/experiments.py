@@ -10,13 +10,15 @@ import pandas as pd
 import torch
 
 from featcircuits._io import atomic_path
+from featcircuits.cli_flags import add_model_flags, add_run_flags, model_from_args
 from featcircuits.compare import compare_bases, reference_bases, summarize_comparison
 from featcircuits.dictionaries.io import load_dictionaries
 from featcircuits.errors import DictionaryLoadError, ParameterError
-from featcircuits.models import load_model, resolve_checkpoint
+from featcircuits.models import resolve_checkpoint, to_model
 from featcircuits.prompts import read_prompts
 from featcircuits.search import default_taus
 from featcircuits.sites import Site, num_layers
+
 
 def default_ioi_prompts() -> Path:
     """The bundled held-out IOI prompt pairs (``data/ioi/prompts.jsonl``)."""
@@ -45,8 +47,7 @@ def dictionary_sets(folder: str | os.PathLike[str], model=None, *,
 
 def add_ioi_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of the IOI patching experiment (example script and ``featcircuits ioi``)."""
-    parser.add_argument("--model", default="tiny",
-                        help="bundled name, local folder or hub id (default: tiny)")
+    add_model_flags(parser)
     parser.add_argument("--dictionaries", default=None,
                         help="folder of dictionary sets <set>/<site>/ (default: the bundled "
                         "model's)")
@@ -69,10 +70,7 @@ def add_ioi_arguments(parser: argparse.ArgumentParser) -> None:
                         help="points on the 1e-5..1 tau grid (paper: 50; default 16)")
     parser.add_argument("--positions", default="all", help="all | final (default all)")
     parser.add_argument("--out", default="out/ioi", help="output folder (default out/ioi)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=1024,
-                        help="most sequences per forward pass (default 1024)")
+    add_run_flags(parser, batch_size=1024)
 
 
 def load_ioi_prompts(path: str | os.PathLike[str] | None, corruption: str, n_prompts: int,
@@ -97,7 +95,7 @@ def run_ioi_example(args: argparse.Namespace) -> pd.DataFrame:
 
     progress = not getattr(args, "quiet", False)
     torch.manual_seed(args.seed)
-    model = load_model(args.model, device=args.device)
+    model = model_from_args(args)
     checkpoint = Path(resolve_checkpoint(args.model))
     folder = args.dictionaries or (checkpoint / "dictionaries" if checkpoint.exists() else None)
     if folder is None:
@@ -113,6 +111,8 @@ def run_ioi_example(args: argparse.Namespace) -> pd.DataFrame:
     for name in ("neuron", "random"):
         if args.bases is None or name in args.bases:
             bases[name] = references[name]
+    bases = {name: {site: to_model(d, model) for site, d in sets.items()}
+             for name, sets in bases.items()}
     prompts = load_ioi_prompts(args.prompts, args.corruption, args.n_prompts, args.seed)
     positions = args.positions
     results = compare_bases(model, prompts, bases, method=args.method,

@@ -30,12 +30,13 @@ import torch
 from featcircuits._io import atomic_write_text
 from featcircuits.circuit_runs import CircuitRuns
 from featcircuits.circuits import acdc_circuit, attribution_circuit, hybrid_circuit
+from featcircuits.cli_flags import model_from_args
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.errors import DictionaryLoadError, ParameterError
 from featcircuits.faithfulness import faithfulness, faithfulness_curve
 from featcircuits.graphio import edges_frame, write_json, write_tables
-from featcircuits.models import load_model, resolve_checkpoint, underlying_module
+from featcircuits.models import load_model, resolve_checkpoint, to_model, trace, underlying_module
 from featcircuits.sites import Site, architecture, num_layers
 from featcircuits.targets import FeatureTarget
 
@@ -65,7 +66,7 @@ def default_dictionaries(model_name: str, model, set_name: str | None = None,
     if not sets:
         raise DictionaryLoadError(f"no dictionary sets in {str(root)!r}")
     name = set_name or _preferred_set(sets)
-    return name, {str(Site.parse(site)): d for site, d in sets[name].items()}
+    return name, {str(Site.parse(site)): to_model(d, model) for site, d in sets[name].items()}
 
 
 def _preferred_set(sets) -> str:
@@ -318,7 +319,7 @@ def parens_setup(model_name: str = "tiny", *, set_name: str | None = None,
         raise DictionaryLoadError(f"the dictionary set has no {last}",
                                   hint=f"it has {sorted(dictionaries)}")
     data = parens_data(model, n_texts, seed=seed)
-    with torch.no_grad(), model.trace(data.ids):
+    with torch.no_grad(), trace(model, data.ids):
         last_activation = Site.parse(last).read(model).save()
     ranking = rank_parens_features(model, dictionaries[last], last_activation, data)
     chosen = ranking["feature"].head(n_targets).tolist()
@@ -346,7 +347,7 @@ def run_parens_circuit(args: argparse.Namespace) -> CircuitReport:
                                        dictionaries_folder=args.dictionaries,
                                        n_texts=args.n_texts, n_targets=args.n_targets,
                                        seed=args.seed, max_rows=args.batch_size,
-                                       progress=progress)
+                                       progress=progress, model=model_from_args(args))
     print(f"{len(data.texts)} documents, {int(data.closing.sum())} positions where ')' is "
           f"forced, {int(data.control.sum())} control positions")
     print("\nlast-layer features that drive ')' (top 8 by activation at ')' positions × "
@@ -371,7 +372,7 @@ def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
     _fill_defaults(args, IOI_DEFAULTS)
     progress = not args.quiet
     torch.manual_seed(args.seed)
-    model = load_model(args.model)
+    model = model_from_args(args)
     _, dictionaries = default_dictionaries(args.model, model, args.set, args.dictionaries)
     prompts = load_ioi_prompts(args.prompts, args.corruption, 10**9, args.seed)
     if args.template != "all" and "template" in prompts.columns:
@@ -457,7 +458,9 @@ def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str,
                           method: str | None = None, tau: float | None = None,
                           max_nodes: int | None = None) -> None:
     """Flags shared by the circuit examples."""
-    parser.add_argument("--model", default="tiny", help="bundled name or folder (default tiny)")
+    from featcircuits.cli_flags import add_model_flags
+
+    add_model_flags(parser)
     parser.add_argument("--dictionaries", default=None,
                         help="folder of dictionary sets <set>/<site>/ (default: the model's)")
     parser.add_argument("--set", default=None, help="dictionary set (default: first found)")

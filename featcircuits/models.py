@@ -92,7 +92,7 @@ def load_model(
     *,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
-    remote: bool = False,
+    remote: bool | str = False,
     **from_pretrained_kwargs: Any,
 ):
     """Load a causal LM and wrap it in an nnsight ``LanguageModel``.
@@ -102,23 +102,39 @@ def load_model(
         device: where the weights live (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         dtype: ``"float32"``, ``"bf16"``, ... or a ``torch.dtype``; default keeps the
             checkpoint's dtype.
-        remote: build the model for nnsight remote execution (NDIF) instead of loading
-            weights locally; traces then need ``remote=True``.
+        remote: ``True`` (or ``"ndif"``): build the model for nnsight remote execution
+            on NDIF instead of loading weights locally (needs an NDIF API key; nothing is
+            downloaded but the config and tokenizer). ``"local"``: load the weights here but
+            run every trace through nnsight's in-process simulation of the remote round
+            trip (each trace is serialized and deserialized), which checks that trace
+            bodies are remote-compatible without a network. The choice is recorded on the
+            returned model (``remote_mode(model)``) and every trace the toolkit opens goes
+            through ``featcircuits.models.trace``, which passes it on.
 
     Returns:
         ``nnsight.LanguageModel`` in eval mode with its tokenizer attached.
+
+    Raises:
+        ModelLoadError: unreadable checkpoint, hub id unreachable, or ``remote=True``
+            without an NDIF API key.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
+    mode = _remote_mode_value(remote)
+    if mode is not True:
+        check_device(device)
     checkpoint = resolve_checkpoint(name_or_path)
     is_local = Path(checkpoint).exists()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from nnsight import LanguageModel
 
-        if remote:
-            return LanguageModel(checkpoint, **from_pretrained_kwargs)
+        if mode is True:
+            model = _remote_language_model(checkpoint, is_local, torch_dtype,
+                                           from_pretrained_kwargs)
+            setattr(model, REMOTE_ATTRIBUTE, True)
+            return model
         try:
             tokenizer = AutoTokenizer.from_pretrained(checkpoint)
             kwargs = dict(from_pretrained_kwargs)
@@ -145,7 +161,91 @@ def load_model(
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         model = LanguageModel(hf_model, tokenizer=tokenizer)
+    if mode:
+        setattr(model, REMOTE_ATTRIBUTE, mode)
     return model
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``; ``ParameterError`` if it is malformed or not available here."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ParameterError(f"unknown device {device!r}",
+                             hint="use cpu, cuda, cuda:1, mps, ...") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ParameterError(f"device {device!r} requested but CUDA is not available here",
+                             hint="use --device cpu (or device='cpu')")
+    if resolved.type == "cuda" and resolved.index is not None and \
+            resolved.index >= torch.cuda.device_count():
+        raise ParameterError(f"device {device!r} does not exist: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)",
+                             hint="use cuda:0 .. cuda:N-1")
+    return resolved
+
+
+# ------------------------------------------------------------------ remote execution
+REMOTE_ATTRIBUTE = "featcircuits_remote"
+REMOTE_MODES = ("ndif", "local")
+
+
+def _remote_mode_value(remote: bool | str | None) -> bool | str:
+    """``False``, ``True`` (NDIF) or ``"local"`` from the ``remote`` argument."""
+    if remote is None or remote is False:
+        return False
+    if remote is True or remote == "ndif":
+        return True
+    if remote == "local":
+        return "local"
+    raise ParameterError(f"unknown remote mode {remote!r}",
+                         hint="use remote=True (NDIF), remote='local' (in-process simulation) "
+                         "or remote=False")
+
+
+def _remote_language_model(checkpoint: str, is_local: bool, torch_dtype, kwargs: dict):
+    """An nnsight ``LanguageModel`` with meta weights, to be run on NDIF."""
+    from nnsight import CONFIG, LanguageModel
+
+    if not CONFIG.API.APIKEY:
+        raise ModelLoadError(
+            f"remote execution of {checkpoint!r} needs an NDIF API key, and none is set",
+            hint="get one at https://login.ndif.us and export NDIF_API_KEY=..., or call "
+            "nnsight.CONFIG.set_default_api_key(KEY); use remote='local' to test offline")
+    kwargs = dict(kwargs)
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = LanguageModel(checkpoint, tokenizer=tokenizer, **kwargs)
+    except Exception as exc:  # hub, config and pipeline failures vary
+        where = "folder" if is_local else "model hub"
+        raise ModelLoadError(
+            f"could not read the config/tokenizer of {checkpoint!r} from the {where}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            hint="remote models still need their config and tokenizer here: check the "
+            "network, or pass a local folder holding config.json and tokenizer files") from exc
+    return model
+
+
+def remote_mode(model) -> bool | str:
+    """How ``model``'s traces run: ``False`` (here), ``True`` (NDIF) or ``"local"``
+    (in-process simulation of the remote round trip); set by ``load_model(remote=...)``."""
+    return getattr(model, REMOTE_ATTRIBUTE, False)
+
+
+def trace(model, *inputs: Any, **kwargs: Any):
+    """Open ``model.trace(*inputs, **kwargs)``, adding ``remote=`` when the model was loaded
+    for remote execution. Use it as ``with trace(model, ids):`` exactly like
+    ``model.trace``; the trace body must be remote-compatible (values leaving it are
+    ``.save()``d, no hidden local state)."""
+    mode = remote_mode(model)
+    if mode and "remote" not in kwargs:
+        kwargs["remote"] = mode
+    return model.trace(*inputs, **kwargs)
 
 
 def underlying_module(model) -> torch.nn.Module:
@@ -169,3 +269,24 @@ def model_name(model) -> str:
     """A short name for ``model``: its checkpoint path/hub id, or its class name."""
     config = model_config(model)
     return str(getattr(config, "_name_or_path", "") or type(underlying_module(model)).__name__)
+
+
+def model_dtype(model) -> torch.dtype:
+    """The dtype of ``model``'s first floating-point parameter (float32 if it has none)."""
+    for parameter in underlying_module(model).parameters():
+        if parameter.dtype.is_floating_point:
+            return parameter.dtype
+    return torch.float32
+
+
+def to_model(module: torch.nn.Module, model, device: str | torch.device | None = None
+             ) -> torch.nn.Module:
+    """Cast ``module`` (a dictionary) to ``model``'s dtype and device, in place.
+
+    ``device`` overrides the device (needed for remote models, whose local weights are
+    meta tensors: then it defaults to the CPU).
+    """
+    if device is None:
+        parameter = next(underlying_module(model).parameters(), None)
+        device = "cpu" if parameter is None or parameter.is_meta else parameter.device
+    return module.to(device=device, dtype=model_dtype(model))

@@ -29,6 +29,7 @@ from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import FeatureIdError, ParameterError
 from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
+from featcircuits.models import trace
 from featcircuits.prompts import PromptPairs, tokenize_prompts
 from featcircuits.sites import Site
 
@@ -87,7 +88,7 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
         weight = (source_features - current) * mask[:, None, :]
     if position_mask is not None:
         weight = weight * position_mask[..., None]
-    edit = weight @ directions
+    edit = (weight @ directions.to(weight.dtype)).to(activation.dtype)  # masks may be fp32
     site.write(model, activation + edit)
     return edit
 
@@ -155,10 +156,10 @@ class RunCache:
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         final = self.prompts.final_positions
         activations: list[torch.Tensor] = []
-        with model.trace(input_ids):
+        with trace(model, input_ids):
             for site in self.sites:
                 activations.append(Site.parse(site).read(model).save())
-            logits = model.output.logits[torch.arange(len(final)), final].save()
+            logits = model.output.logits[torch.arange(len(final)), final].float().save()
         return logits, dict(zip(self.sites, activations))
 
 
@@ -401,13 +402,13 @@ class PatchingExperiment:
 
     def _traced_chunk(self, plans, input_ids, final, position_mask, gather):
         squared_norms: list[torch.Tensor] = []
-        with self.model.trace(input_ids):
+        with trace(self.model, input_ids):
             for index, (site, used, source, mask) in enumerate(plans):
                 edit = patch_site(self.model, site, self.dictionaries[site], source, mask,
                                   position_mask, feature_ids=used,
                                   rows=gather if index == 0 else None)
-                squared_norms.append(edit.pow(2).sum(dim=(-1, -2)).save())
-            logits = self.model.output.logits[torch.arange(len(final)), final].save()
+                squared_norms.append(edit.float().pow(2).sum(dim=(-1, -2)).save())
+            logits = self.model.output.logits[torch.arange(len(final)), final].float().save()
         return logits, torch.stack(squared_norms).sum(0).sqrt()
 
     def evaluate(self, feature_sets: Sequence[FeatureSet], *, per_prompt: bool = False

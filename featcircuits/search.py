@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from featcircuits.errors import ParameterError
 from featcircuits.metrics import kl_divergence, logit_diff
+from featcircuits.models import trace
 from featcircuits.patching import PatchingExperiment
 from featcircuits.sites import Site
 
@@ -103,7 +104,7 @@ def attribution_scores(experiment: PatchingExperiment, site: str | None = None, 
     model = experiment.model
     final = prompts.final_positions
     gradients: list[torch.Tensor] = []
-    with model.trace(prompts.corrupt_ids):
+    with trace(model, prompts.corrupt_ids):
         activation = resolved.read(model)
         logits = model.output.logits[torch.arange(len(final)), final]
         if metric == "kl":

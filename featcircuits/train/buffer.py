@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from featcircuits.errors import NonFiniteError, ParameterError, TrainingError
-from featcircuits.models import model_config, underlying_module
+from featcircuits.models import model_config, trace, underlying_module
 from featcircuits.sites import Site, d_model
 
 
@@ -54,7 +54,7 @@ def bos_token_id(model) -> int | None:
 def model_device(model) -> torch.device:
     """The device of ``model``'s first parameter (CPU for a parameterless module)."""
     parameter = next(underlying_module(model).parameters(), None)
-    return torch.device("cpu") if parameter is None else parameter.device
+    return torch.device("cpu") if parameter is None or parameter.is_meta else parameter.device
 
 
 def tokenize(model, texts: Sequence[str], n_ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +95,7 @@ def read_sites(model, sites: list[Site], input_ids: torch.Tensor,
     """One forward pass that reads every site (``[batch, pos, d_model]`` each) and stops the
     model after the deepest one."""
     saved = []
-    with torch.no_grad(), model.trace(input_ids, attention_mask=attention_mask) as tracer:
+    with torch.no_grad(), trace(model, input_ids, attention_mask=attention_mask) as tracer:
         for site in sites:
             saved.append(site.read(model).save())
         tracer.stop()

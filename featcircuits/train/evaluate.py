@@ -26,13 +26,14 @@ from tqdm.auto import tqdm
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import NonFiniteError, ParameterError, TrainingError
+from featcircuits.models import trace
 from featcircuits.sites import Site
 from featcircuits.train.buffer import bos_token_id, keep_mask, tokenize
 
 
 def _run(model, site: Site, input_ids, attention_mask, edit=None) -> torch.Tensor:
     """Logits ``[batch, pos, vocab]`` (float32); ``edit(x) -> x'`` replaces the site if given."""
-    with torch.no_grad(), model.trace(input_ids, attention_mask=attention_mask):
+    with torch.no_grad(), trace(model, input_ids, attention_mask=attention_mask):
         if edit is not None:
             site.write(model, edit(site.read(model)))
         logits = model.output.logits.save()
@@ -40,7 +41,7 @@ def _run(model, site: Site, input_ids, attention_mask, edit=None) -> torch.Tenso
 
 
 def _read_clean(model, site: Site, input_ids, attention_mask):
-    with torch.no_grad(), model.trace(input_ids, attention_mask=attention_mask):
+    with torch.no_grad(), trace(model, input_ids, attention_mask=attention_mask):
         x = site.read(model).save()
         logits = model.output.logits.save()
     return x, logits.float()
