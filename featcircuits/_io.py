@@ -38,9 +38,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual mode
     try:
         yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        try:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write {str(target)!r}: {exc.strerror or exc}",
+                hint="the target may be a folder or on a read-only or full disk; choose "
+                "another output path (--out)",
+            ) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -177,15 +177,32 @@ def load_dictionary(
 
 
 def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> None:
-    """Raise ``WidthMismatchError`` if the dictionary's width differs from the site's."""
+    """Raise ``WidthMismatchError`` if the dictionary's width differs from the site's, or
+    (for a token basis) its vocabulary size from the model's; ``NonFiniteError`` if its
+    weights hold NaN/inf."""
+    from featcircuits.models import model_config, underlying_module
     from featcircuits.sites import d_model
 
     width = d_model(model)
+    trained_on = dictionary.meta.get("model_name")
+    origin = f" (it was trained on {trained_on!r})" if trained_on else ""
     if dictionary.d_model != width:
         raise WidthMismatchError(
             f"dictionary {dictionary!r} has width d_in={dictionary.d_model} but site "
-            f"{Site.parse(site)} of the model has width {width}",
+            f"{Site.parse(site)} of the model has width {width}{origin}",
             hint="load the dictionary trained for this model and site",
+        )
+    dictionary.check_finite()
+    if dictionary.kind != "tokens":
+        return
+    embeddings = getattr(underlying_module(model), "get_input_embeddings", lambda: None)()
+    vocab = getattr(model_config(model), "vocab_size", None) if embeddings is None else int(
+        embeddings.weight.shape[0])
+    if vocab is not None and dictionary.n_features != vocab:
+        raise WidthMismatchError(
+            f"token basis {dictionary!r} has {dictionary.n_features} tokens but the model's "
+            f"vocabulary has {vocab}{origin}",
+            hint="build it from this model: TokenBasis.from_model(model)",
         )
 
 
