@@ -19,10 +19,11 @@ def _current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, sync: bool = True) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; rename it onto ``path`` on success.
 
     A crash or exception leaves ``path`` as it was (old content or absent), never torn.
+    ``sync=False`` skips the fsync before the rename (for a caller that synced already).
     """
     target = Path(path)
     try:
@@ -39,8 +40,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         try:
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
+            if sync:
+                with open(tmp, "rb") as handle:
+                    os.fsync(handle.fileno())
             os.replace(tmp, target)
         except OSError as exc:
             raise OutputError(

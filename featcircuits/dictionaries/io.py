@@ -50,18 +50,24 @@ _LINEAR_KINDS = {cls.kind: cls for cls in (LinearBasis, NeuronBasis, RandomBasis
 def save_dictionary(dictionary: Dictionary, path: str | os.PathLike[str]) -> Path:
     """Write ``dictionary`` to folder ``path`` (``cfg.json`` + ``sae_weights.safetensors``).
 
-    Both files are written atomically (temp file, then rename).
+    Both files are written atomically (temp file, then rename), and both temp files are
+    complete and synced before the first rename, so a crash leaves the old pair, the new
+    pair, or (killed between the two renames, a window of microseconds) a mixed pair that
+    the checksum refuses to load.
     """
     from safetensors.torch import save_file
 
     folder = Path(path)
     tensors, cfg = _to_saelens(dictionary)
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp),
+    with atomic_path(folder / WEIGHTS_FILE, sync=False) as weights_tmp:
+        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()},
+                  str(weights_tmp),
                   metadata={"format": "featcircuits", "format_version": str(FORMAT_VERSION)})
-        cfg["featcircuits"]["sha256"] = _checksum(tmp.read_bytes(), cfg)
-    with atomic_path(folder / CFG_FILE) as tmp:
-        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+        cfg["featcircuits"]["sha256"] = _checksum(weights_tmp.read_bytes(), cfg)
+        with atomic_path(folder / CFG_FILE) as cfg_tmp:
+            cfg_tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+            with open(weights_tmp, "rb") as handle:  # sync now: the renames follow at once
+                os.fsync(handle.fileno())
     return folder
 
 
