@@ -341,9 +341,9 @@ def test_atomic_writer_onto_a_folder(tmp_path):
     """Writing onto an existing folder → OutputError (was a bare IsADirectoryError); no
     temporary file is left behind."""
     (tmp_path / "taken").mkdir()
-    with pytest.raises(OutputError, match="taken") as error:
-        with atomic_path(tmp_path / "taken") as tmp:
-            tmp.write_text("x")
+    with pytest.raises(OutputError, match="taken") as error, \
+            atomic_path(tmp_path / "taken") as tmp:
+        tmp.write_text("x")
     assert isinstance(error.value, OSError)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _determinism_runs import run_all  # noqa: E402
+from _determinism_runs import run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 

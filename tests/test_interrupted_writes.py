@@ -24,7 +24,7 @@ from featcircuits import DictionaryLoadError, load_dictionaries, load_dictionary
 from featcircuits.graphio import read_json, write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _kill_writer import (  # noqa: E402
+from _kill_writer import (
     expected_dictionary,
     expected_frame,
     expected_graph,
