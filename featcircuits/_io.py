@@ -71,3 +71,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
     return Path(path)
+
+
+def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
+    """Create folder ``path`` if needed and check it is writable, before any long work.
+
+    Raises ``OutputError`` naming the path (e.g. it is below a regular file, or read-only).
+    """
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(folder)!r}: {exc.strerror or exc}",
+                          hint="choose an output path in a folder you can write to (--out)"
+                          ) from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {str(folder)!r}: the folder is read-only",
+                          hint="choose an output path in a folder you can write to (--out)")
+    return folder

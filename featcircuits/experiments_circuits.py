@@ -334,6 +334,9 @@ def _rows(data: ParensData) -> list[list[int]]:
 
 def run_parens_circuit(args: argparse.Namespace) -> CircuitReport:
     """The closing-parenthesis circuit; prints tables and writes under ``args.out``."""
+    from featcircuits._io import ensure_writable_dir
+
+    ensure_writable_dir(args.out)  # fail before the long work, not after
     start = time.perf_counter()
     _fill_defaults(args, PARENS_DEFAULTS)
     progress = not args.quiet
@@ -363,6 +366,9 @@ def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
     """The IOI logit-difference circuit; prints tables and writes under ``args.out``."""
     from featcircuits.experiments import load_ioi_prompts
 
+    from featcircuits._io import ensure_writable_dir
+
+    ensure_writable_dir(args.out)  # fail before the long work, not after
     start = time.perf_counter()
     _fill_defaults(args, IOI_DEFAULTS)
     progress = not args.quiet

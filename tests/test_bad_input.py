@@ -348,10 +348,10 @@ def test_atomic_writer_onto_a_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
-@pytest.mark.parametrize("command", ["render", "patch"])
+@pytest.mark.parametrize("command", ["render", "patch", "ioi", "circuit"])
 def test_cli_unwritable_out(tmp_path, capsys, command):
-    """The CLI with --out below a regular file → exit code 1 and one 'error: cannot write'
-    line plus a hint; nothing is written."""
+    """The CLI (render, patch, ioi, circuit) with --out below a regular file → exit code 1
+    and one 'error: cannot write' line plus a hint, before any model is loaded."""
     from featcircuits.cli import main
 
     blocker = tmp_path / "blocker"
@@ -359,6 +359,11 @@ def test_cli_unwritable_out(tmp_path, capsys, command):
     if command == "render":
         graph = write_json(example_circuit(), tmp_path / "c.json")
         argv = ["render", str(graph), "-o", str(blocker / "c.dot")]
+    elif command == "ioi":
+        argv = ["--quiet", "ioi", "--model", "no-such-model", "--out", str(blocker / "ioi")]
+    elif command == "circuit":
+        argv = ["--quiet", "circuit", "parens", "--model", "no-such-model", "--out",
+                str(blocker / "c")]
     else:
         prompts = tmp_path / "p.jsonl"
         rows = [{"clean": "( ( )", "corrupt": "( [ ]", "answer": ")", "wrong_answer": "]"}]
