@@ -51,26 +51,33 @@ def _check(out: Path, scratch: Path) -> dict[str, object]:
     assert (out / "results.csv").read_bytes() == (scratch / "results.csv").read_bytes()
 
     folder = out / "sets" / "resid_out.1"
-    try:
-        dictionary = load_dictionary(folder)
-    except DictionaryLoadError as exc:
-        # killed between the two renames of save_dictionary: new weights, old config.
-        # The checksum refuses the mix; it is never loaded.
-        assert "checksum mismatch" in str(exc)
-        dictionary_version = "refused"
-    else:
-        dictionary_version = dictionary.meta["version"]
-        reference = expected_dictionary(dictionary_version)
-        for name, tensor in reference.state_dict().items():
-            assert torch.equal(dictionary.state_dict()[name], tensor), name
-    return {"graph": version, "csv": csv_version, "dictionary": dictionary_version}
+    dictionary = load_dictionary(folder)
+    dictionary_version = dictionary.meta["version"]
+    reference = expected_dictionary(dictionary_version)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(dictionary.state_dict()[name], tensor), name
+    weights = (folder / "sae_weights.safetensors").read_bytes()
+    torn = load_dictionary_version_of(weights) != dictionary_version
+    return {"graph": version, "csv": csv_version, "dictionary": dictionary_version,
+            "between_renames": torn}
+
+
+def load_dictionary_version_of(weights: bytes) -> int:
+    """Which version's weights a safetensors file holds (compared with each candidate)."""
+    from safetensors.torch import load
+
+    tensors = load(weights)
+    for version in range(1000):
+        if torch.equal(tensors["b_dec"], expected_dictionary(version).b_dec):
+            return version
+    raise AssertionError("weights of no known version")
 
 
 def test_sigkill_during_writes_leaves_complete_versions(tmp_path):
     """SIGKILL of a process rewriting a circuit JSON, a results CSV and a dictionary, 12 times
-    at seeded random moments → each file is byte-identical to one complete version, temp
-    files are ignored by readers, and a two-file dictionary torn between its renames is
-    refused by its checksum, never loaded as a mix."""
+    at seeded random moments → each file is byte-identical to one complete version, stray
+    temp files are ignored, and a dictionary killed between its two renames loads as the
+    new version (its synced temp weights, proven by the checksum), never as a mix."""
     rng = random.Random(1126)
     out, scratch = tmp_path / "out", tmp_path / "scratch"
     scratch.mkdir()
@@ -86,26 +93,34 @@ def test_sigkill_during_writes_leaves_complete_versions(tmp_path):
         assert all(p.name.startswith(".") for p in leftovers), leftovers
         # a leftover temp file sits beside the outputs: readers must not pick it up
         (out / "sets" / ".resid_out.2.abc.tmp").write_bytes(b"\x00" * 10)
-        if seen[-1]["dictionary"] != "refused":
-            assert list(load_dictionaries(out / "sets")) == ["resid_out.1"]
+        assert list(load_dictionaries(out / "sets")) == ["resid_out.1"]
         write_version(out, 0)  # the next run starts from a consistent state
     versions = [s["graph"] for s in seen]
     assert max(versions) > 0, f"the writer was never interrupted mid-loop: {seen}"
     print(seen)
 
 
-def test_refused_dictionary_is_repaired_by_saving_again(tmp_path):
-    """New weights with an old cfg.json (the torn two-file state) → DictionaryLoadError
-    'checksum mismatch'; saving again repairs the folder."""
+def test_dictionary_between_its_two_renames(tmp_path):
+    """A save stopped between its renames (new cfg.json, old weights, new weights in their
+    temp file) → loads as the new version; without the temp file, or with a damaged one →
+    DictionaryLoadError 'checksum mismatch', never a mix."""
     from featcircuits import save_dictionary
 
-    folder = tmp_path / "d"
-    save_dictionary(expected_dictionary(1), folder)
-    old_cfg = (folder / "cfg.json").read_text()
-    save_dictionary(expected_dictionary(2), folder)
-    (folder / "cfg.json").write_text(old_cfg)
+    old, new = tmp_path / "old", tmp_path / "new"
+    save_dictionary(expected_dictionary(1), old)
+    save_dictionary(expected_dictionary(2), new)
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    (torn / "cfg.json").write_bytes((new / "cfg.json").read_bytes())
+    (torn / "sae_weights.safetensors").write_bytes((old / "sae_weights.safetensors").read_bytes())
+    stray = torn / ".sae_weights.safetensors.zz_other.tmp"  # a half-written later save
+    stray.write_bytes((new / "sae_weights.safetensors").read_bytes()[:-100])
+    pending = torn / ".sae_weights.safetensors.k3j_x.tmp"
+    pending.write_bytes((new / "sae_weights.safetensors").read_bytes())
+    loaded = load_dictionary(torn)
+    assert loaded.meta["version"] == 2
+    assert torch.equal(loaded.W_dec, expected_dictionary(2).W_dec)
+    pending.unlink()
     with pytest.raises(DictionaryLoadError, match="checksum mismatch"):
-        load_dictionary(folder)
-    save_dictionary(expected_dictionary(2), folder)
-    assert load_dictionary(folder).meta["version"] == 2
-    assert json.loads((folder / "cfg.json").read_text())["featcircuits"]["meta"]["version"] == 2
+        load_dictionary(torn)
+    assert json.loads((torn / "cfg.json").read_text())["featcircuits"]["meta"]["version"] == 2

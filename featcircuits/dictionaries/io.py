@@ -51,9 +51,10 @@ def save_dictionary(dictionary: Dictionary, path: str | os.PathLike[str]) -> Pat
     """Write ``dictionary`` to folder ``path`` (``cfg.json`` + ``sae_weights.safetensors``).
 
     Both files are written atomically (temp file, then rename), and both temp files are
-    complete and synced before the first rename, so a crash leaves the old pair, the new
-    pair, or (killed between the two renames, a window of microseconds) a mixed pair that
-    the checksum refuses to load.
+    complete and synced before the first rename (``cfg.json``; the weights follow). A crash
+    between the two renames leaves the new config, the old weights and the new weights in
+    their temp file; ``load_dictionary`` finds the latter by the config's checksum, so a
+    reader always gets the old or the new dictionary, never a mix.
     """
     from safetensors.torch import save_file
 
@@ -261,14 +262,35 @@ def _int_field(cfg: dict[str, Any], key: str, where: Path) -> int:
     return value
 
 
+def _weights_path(folder: Path, cfg: dict[str, Any]) -> Path:
+    """The weights file that belongs to ``cfg``: normally ``sae_weights.safetensors``.
+
+    ``save_dictionary`` renames ``cfg.json`` into place first and the weights right after;
+    a crash between the two renames leaves the new config beside the old weights, with the
+    new weights complete and synced in their temp file ``.sae_weights.safetensors.*.tmp``.
+    That file is used only when the config's SHA-256 proves it is the one saved with it.
+    """
+    main = folder / WEIGHTS_FILE
+    ours = cfg.get("featcircuits")
+    if not (isinstance(ours, dict) and isinstance(ours.get("sha256"), str)):
+        return main
+    if _checksum(main.read_bytes(), cfg) == ours["sha256"]:
+        return main
+    for candidate in sorted(folder.glob(f".{WEIGHTS_FILE}.*.tmp")):
+        if _checksum(candidate.read_bytes(), cfg) == ours["sha256"]:
+            return candidate
+    return main
+
+
 def _load_saelens(folder: Path) -> Dictionary:
     from safetensors.torch import load_file
 
     from safetensors import safe_open
 
     cfg = _read_json(folder / CFG_FILE)
-    tensors = {k: v.float() for k, v in load_file(str(folder / WEIGHTS_FILE)).items()}
-    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as handle:
+    weights_path = _weights_path(folder, cfg)
+    tensors = {k: v.float() for k, v in load_file(str(weights_path)).items()}
+    with safe_open(str(weights_path), framework="pt") as handle:
         written_by_us = (handle.metadata() or {}).get("format") == "featcircuits"
     if written_by_us and not isinstance(cfg.get("featcircuits"), dict):
         raise DictionaryLoadError(
@@ -283,7 +305,7 @@ def _load_saelens(folder: Path) -> Dictionary:
         _expect_shape(name, tensors[name], shape, folder / WEIGHTS_FILE)
     ours = cfg.get("featcircuits") if isinstance(cfg.get("featcircuits"), dict) else None
     if ours is not None and "sha256" in ours:
-        if _checksum((folder / WEIGHTS_FILE).read_bytes(), cfg) != ours["sha256"]:
+        if _checksum(weights_path.read_bytes(), cfg) != ours["sha256"]:
             raise DictionaryLoadError(
                 f"{str(folder)!r}: checksum mismatch — {WEIGHTS_FILE} or {CFG_FILE} changed "
                 "since it was saved (corrupted or edited)",
