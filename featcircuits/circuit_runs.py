@@ -35,7 +35,12 @@ from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import ParameterError, PromptError
 from featcircuits.models import trace
-from featcircuits.patching import _resample_index, patch_error, patch_site
+from featcircuits.patching import (
+    _resample_index,
+    check_finite_activations,
+    patch_error,
+    patch_site,
+)
 from featcircuits.prompts import PromptPairs, tokenize_prompts
 from featcircuits.sites import Site, num_layers
 from featcircuits.targets import ResolvedTarget, Target, resolve_target
@@ -257,6 +262,8 @@ class CircuitRuns:
                                         allow_unused=True)
         self.target_values = result.targets.detach()
         self.activations = {s: result.activations[s].detach() for s in self.sites}
+        for site, values in self.activations.items():
+            check_finite_activations(values, site=site, run="clean", token_mask=self.token_mask)
         self.gradients = {s: (torch.zeros_like(deltas[s]) if g is None else g.detach())
                           for s, g in zip(self.sites, grads)}
         with torch.no_grad():
@@ -297,6 +304,9 @@ class CircuitRuns:
                                      hint="pass prompt pairs, or use zero/mean/resample")
             ops = {site: SiteOps(save_activation=True) for site in self.sites}
             result = self.trace(ops, copies=1, ids=self.pairs.corrupt_ids)
+            for site in self.sites:
+                check_finite_activations(result.activations[site], site=site, run="corrupt",
+                                         token_mask=self.token_mask)
         index = _resample_index(self.lengths, self.seed) if ablation == "resample" else None
         for site in self.sites:
             clean_f, clean_e = self.features[site], self.errors[site]

@@ -68,6 +68,12 @@ def _run_patch(args: argparse.Namespace) -> int:
     from featcircuits.search import attribution_curve, backward_elimination, default_taus
 
     dictionary = load_dictionary(args.dictionaries, site=args.site)  # fail fast, before the model
+    if args.out:
+        from pathlib import Path
+
+        from featcircuits._io import ensure_writable_dir
+
+        ensure_writable_dir(Path(args.out).parent)
     model = model_from_args(args)
     if dictionary.site is not None:
         from featcircuits.dictionaries.io import check_dictionary_fits

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from featcircuits._io import atomic_path
+from featcircuits._io import atomic_path, ensure_writable_dir
 from featcircuits.cli_flags import add_model_flags, add_run_flags, model_from_args
 from featcircuits.compare import compare_bases, reference_bases, summarize_comparison
 from featcircuits.dictionaries.io import load_dictionaries
@@ -95,6 +95,7 @@ def run_ioi_example(args: argparse.Namespace) -> pd.DataFrame:
 
     progress = not getattr(args, "quiet", False)
     torch.manual_seed(args.seed)
+    ensure_writable_dir(args.out)  # fail before the long work, not after
     model = model_from_args(args)
     checkpoint = Path(resolve_checkpoint(args.model))
     folder = args.dictionaries or (checkpoint / "dictionaries" if checkpoint.exists() else None)

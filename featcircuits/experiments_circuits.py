@@ -339,6 +339,9 @@ def _rows(data: ParensData) -> list[list[int]]:
 
 def run_parens_circuit(args: argparse.Namespace) -> CircuitReport:
     """The closing-parenthesis circuit; prints tables and writes under ``args.out``."""
+    from featcircuits._io import ensure_writable_dir
+
+    ensure_writable_dir(args.out)  # fail before the long work, not after
     start = time.perf_counter()
     _fill_defaults(args, PARENS_DEFAULTS)
     progress = not args.quiet
@@ -368,6 +371,9 @@ def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
     """The IOI logit-difference circuit; prints tables and writes under ``args.out``."""
     from featcircuits.experiments import load_ioi_prompts
 
+    from featcircuits._io import ensure_writable_dir
+
+    ensure_writable_dir(args.out)  # fail before the long work, not after
     start = time.perf_counter()
     _fill_defaults(args, IOI_DEFAULTS)
     progress = not args.quiet
@@ -437,7 +443,7 @@ def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
             ranking.to_csv(tmp, index=False, float_format="%.6g")
         paths["features"] = Path(args.out) / f"{name}_features.csv"
     seconds = time.perf_counter() - start
-    summary = "\n".join(f"{key}: {path}" for key, path in paths.items())
+    summary = "\n".join(f"{key}: {Path(path).name}" for key, path in paths.items())
     edge_line = (f"edges: faithfulness {edge_scores['faithfulness']:.6f}, completeness "
                  f"{edge_scores['completeness']:.6f}\n" if edge_scores else "")
     atomic_write_text(Path(args.out) / f"{name}_summary.txt",
@@ -445,7 +451,7 @@ def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
                       f"nodes: faithfulness {scores['faithfulness']:.6f}, completeness "
                       f"{scores['completeness']:.6f}\n{edge_line}"
                       f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges\n"
-                      f"{seconds:.1f} s\n{summary}\n")
+                      f"{summary}\n")  # no timings or absolute paths: same seed, same bytes
     print(f"\nwrote {', '.join(str(p) for p in paths.values())} ({seconds:.1f} s)")
     return CircuitReport(graph, scores, edge_scores, curve, ranking, paths, seconds)
 

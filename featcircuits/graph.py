@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from featcircuits.errors import GraphError, ParameterError
+from featcircuits.errors import GraphError, NonFiniteError, ParameterError
 
 FORMAT_VERSION = 1
 NODE_KINDS = ("feature", "error", "input", "output")
@@ -154,6 +154,9 @@ def check_graph(graph) -> nx.DiGraph:
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise GraphError(f"edge {source!r} -> {target!r} has weight {weight!r}",
                              hint="every edge needs a float 'weight'")
+        if not math.isfinite(weight):
+            raise NonFiniteError(f"edge {source!r} -> {target!r} has weight {weight!r}",
+                                 hint="every edge needs a finite weight")
     return graph
 
 

@@ -7,16 +7,22 @@
   attributes are left out (and restored as ``None`` on reading), lists are stored as JSON
   strings, numbers are coerced to the schema's types.
 * ``nodes_frame`` / ``edges_frame`` give one row per node / edge; ``write_tables`` writes
-  them as CSV (or Parquet when pyarrow is installed).
+  them as CSV (or Parquet when pyarrow is installed) plus a small ``graph.json`` manifest
+  (graph attributes and the tables' SHA-256); ``read_tables`` reads them back (extra
+  attributes come back as strings).
 
-All writes are atomic.
+Every file carries a SHA-256 of its content (JSON: the top-level ``sha256``; GraphML: the
+graph attribute ``_sha256``; tables: the manifest), so a damaged file raises ``GraphError``
+instead of loading as a different circuit. All writes are atomic.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +36,27 @@ from featcircuits.graph import FORMAT_VERSION, NODE_ATTRIBUTES, check_graph
 _INT_ATTRS = ("layer", "feature", "position")
 _FLOAT_ATTRS = ("activation", "effect", "weight")
 _JSON_MARK = "_json_attributes"
+_SHA_MARK = "_sha256"
+_DAMAGED = ("the file was damaged or edited after it was written; write it again (or, for a "
+            "hand-edited file, skip the check: from_json_data(json.load(f)) / "
+            "read_graphml(path, verify=False))")
+
+
+def _digest(payload: Any) -> str:
+    """SHA-256 of ``payload``'s canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, allow_nan=True,
+                      separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _verify(payload: dict, stored: Any, source: str) -> None:
+    if not isinstance(stored, str):
+        raise GraphError(f"{source} has no valid checksum (sha256 is {stored!r})",
+                         hint=_DAMAGED)
+    actual = _digest(payload)
+    if actual != stored:
+        raise GraphError(f"{source} does not match its checksum (stored {stored[:12]}…, "
+                         f"content {actual[:12]}…)", hint=_DAMAGED)
 
 
 # ---------------------------------------------------------------------------- JSON
@@ -59,7 +86,7 @@ def to_json_data(graph: nx.DiGraph) -> dict[str, Any]:
     check_graph(graph)
     attrs = {key: _plain(value, f"graph attribute {key!r}")
              for key, value in graph.graph.items() if key != "format_version"}
-    return {
+    data = {
         "format_version": FORMAT_VERSION,
         "directed": True,
         "graph": attrs,
@@ -71,14 +98,20 @@ def to_json_data(graph: nx.DiGraph) -> dict[str, Any]:
                       for key, value in data.items()}}
                   for u, v, data in graph.edges(data=True)],
     }
+    return {**data, "sha256": _digest(data)}
 
 
-def from_json_data(data: Any, *, source: str = "circuit JSON") -> nx.DiGraph:
-    """Rebuild a graph from ``to_json_data`` output (checks ``format_version``)."""
+def from_json_data(data: Any, *, source: str = "circuit JSON",
+                   require_checksum: bool = False) -> nx.DiGraph:
+    """Rebuild a graph from ``to_json_data`` output (checks ``format_version``, and the
+    ``sha256`` checksum when present or ``require_checksum``)."""
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
         raise GraphError(f"{source} is not a circuit graph (no 'nodes' list)",
                          hint="write circuits with featcircuits.graphio.write_json")
-    version = data.get("format_version", data.get("graph", {}).get("format_version"))
+    graph_attrs = data.get("graph", {})
+    if not isinstance(graph_attrs, dict):
+        raise GraphError(f"{source}: 'graph' is a {type(graph_attrs).__name__}, not an object")
+    version = data.get("format_version", graph_attrs.get("format_version"))
     if version != FORMAT_VERSION:
         raise GraphError(
             f"{source} has circuit format_version {version!r}; this featcircuits reads version "
@@ -86,17 +119,25 @@ def from_json_data(data: Any, *, source: str = "circuit JSON") -> nx.DiGraph:
             hint="re-export the circuit with a featcircuits that writes version "
             f"{FORMAT_VERSION}, or read it with the featcircuits version that wrote it",
         )
+    if require_checksum or "sha256" in data:
+        _verify({k: v for k, v in data.items() if k != "sha256"}, data.get("sha256"), source)
     graph = nx.DiGraph()
     graph.graph["format_version"] = FORMAT_VERSION
-    graph.graph.update(data.get("graph", {}))
+    graph.graph.update(graph_attrs)
+    graph.graph["format_version"] = FORMAT_VERSION
+    links = data.get("links", [])
+    if not isinstance(links, list):
+        raise GraphError(f"{source}: 'links' is a {type(links).__name__}, not a list")
     for index, node in enumerate(data["nodes"]):
-        if not isinstance(node, dict) or "id" not in node:
-            raise GraphError(f"{source}: node {index} has no 'id'")
+        if not isinstance(node, dict) or not isinstance(node.get("id"), str):
+            raise GraphError(f"{source}: node {index} has no string 'id'")
         attrs = dict(node)
         graph.add_node(attrs.pop("id"), **attrs)
-    for index, link in enumerate(data.get("links", [])):
-        if not isinstance(link, dict) or "source" not in link or "target" not in link:
-            raise GraphError(f"{source}: link {index} lacks 'source'/'target'")
+    for index, link in enumerate(links):
+        if not isinstance(link, dict) or not all(
+                isinstance(link.get(key), str) and link[key] in graph
+                for key in ("source", "target")):
+            raise GraphError(f"{source}: link {index} lacks a 'source'/'target' naming a node")
         attrs = dict(link)
         graph.add_edge(attrs.pop("source"), attrs.pop("target"), **attrs)
     return check_graph(graph)
@@ -110,17 +151,17 @@ def write_json(graph: nx.DiGraph, path: str | os.PathLike[str], *, indent: int |
 
 
 def read_json(path: str | os.PathLike[str]) -> nx.DiGraph:
-    """Read a graph written by ``write_json``."""
+    """Read a graph written by ``write_json`` (its checksum must match)."""
     file = Path(path)
     if not file.is_file():
         raise GraphError(f"circuit file {str(path)!r} does not exist",
                          hint="pass the path of a .json file written by write_json")
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GraphError(f"{str(path)!r} is not valid JSON: {exc}",
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise GraphError(f"{str(path)!r} is not valid JSON: {type(exc).__name__}: {exc}",
                          hint="the file is truncated or not a circuit; write it again") from exc
-    return from_json_data(data, source=repr(str(path)))
+    return from_json_data(data, source=repr(str(path)), require_checksum=True)
 
 
 # ------------------------------------------------------------------------- GraphML
@@ -156,29 +197,60 @@ def write_graphml(graph: nx.DiGraph, path: str | os.PathLike[str]) -> Path:
     out.graph["format_version"] = FORMAT_VERSION
     if encoded:
         out.graph[_JSON_MARK] = json.dumps(sorted(encoded))
+    out.graph[_SHA_MARK] = _digest(_canonical(out))
     with atomic_path(path) as tmp:
         nx.write_graphml(out, tmp)
     return Path(path)
 
 
-def read_graphml(path: str | os.PathLike[str]) -> nx.DiGraph:
-    """Read a graph written by ``write_graphml`` (missing schema attributes become None)."""
+def _canonical(graph: nx.DiGraph) -> dict[str, Any]:
+    """What a GraphML checksum covers: graph, node and edge attributes (sorted)."""
+    return {"graph": {k: v for k, v in graph.graph.items() if k != _SHA_MARK},
+            "nodes": sorted([str(node), data] for node, data in graph.nodes(data=True)),
+            "edges": sorted([str(u), str(v), data] for u, v, data in graph.edges(data=True))}
+
+
+def read_graphml(path: str | os.PathLike[str], *, verify: bool = True) -> nx.DiGraph:
+    """Read a graph written by ``write_graphml`` (missing schema attributes become None).
+
+    With ``verify`` (default) the ``_sha256`` checksum must match: pass ``verify=False`` to
+    read a file edited in another tool."""
     file = Path(path)
     if not file.is_file():
         raise GraphError(f"GraphML file {str(path)!r} does not exist")
     try:
-        raw = nx.read_graphml(file)
+        with warnings.catch_warnings():  # damaged key types: the checksum reports them
+            warnings.simplefilter("ignore", UserWarning)
+            raw = nx.read_graphml(file)
     except Exception as exc:  # networkx raises several parser errors
-        raise GraphError(f"cannot read GraphML {str(path)!r}: {exc}",
+        raise GraphError(f"cannot read GraphML {str(path)!r}: {type(exc).__name__}: {exc}",
                          hint="the file is truncated or not GraphML") from exc
-    graph = nx.DiGraph()
-    encoded = set(json.loads(raw.graph.pop(_JSON_MARK, "[]")))
+    if not isinstance(raw, nx.DiGraph) or raw.is_multigraph():
+        raise GraphError(f"GraphML {str(path)!r} is not a directed simple graph")
     for key in ("node_default", "edge_default"):
         raw.graph.pop(key, None)
+    stored = raw.graph.pop(_SHA_MARK, None)
+    if verify:
+        try:
+            payload = _canonical(raw)
+        except TypeError as exc:  # unsortable (mixed-type) ids or attributes
+            raise GraphError(f"GraphML {str(path)!r} has mixed-type data: {exc}",
+                             hint=_DAMAGED) from exc
+        _verify(payload, stored, f"GraphML {str(path)!r}")
+    try:
+        encoded = set(json.loads(raw.graph.pop(_JSON_MARK, "[]")))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise GraphError(f"GraphML {str(path)!r}: {_JSON_MARK} is not a JSON list",
+                         hint=_DAMAGED) from exc
+    graph = nx.DiGraph()
 
     def decode(data: dict) -> dict:
-        return {k: json.loads(v) if k in encoded and isinstance(v, str) else v
-                for k, v in data.items()}
+        try:
+            return {k: json.loads(v) if k in encoded and isinstance(v, str) else v
+                    for k, v in data.items()}
+        except (ValueError, RecursionError) as exc:
+            raise GraphError(f"GraphML {str(path)!r}: a JSON-encoded attribute does not "
+                             f"parse: {exc}", hint=_DAMAGED) from exc
 
     graph.graph.update(decode(raw.graph))
     version = graph.graph.get("format_version")
@@ -221,28 +293,127 @@ def edges_frame(graph: nx.DiGraph) -> pd.DataFrame:
     return frame.loc[order].reset_index(drop=True)
 
 
-def write_tables(graph: nx.DiGraph, prefix: str | os.PathLike[str], *, format: str = "csv"
-                 ) -> tuple[Path, Path]:
-    """Write ``<prefix>nodes.<ext>`` and ``<prefix>edges.<ext>`` (``format`` is ``csv`` or
-    ``parquet``; Parquet needs pyarrow). ``prefix`` may be a folder (ending in ``/``)."""
+def _table_paths(prefix: str | os.PathLike[str], format: str) -> dict[str, Path]:
+    text = str(prefix)
+    base = Path(text) if text.endswith(("/", os.sep)) or Path(text).is_dir() else None
+    names = {"nodes": f"nodes.{format}", "edges": f"edges.{format}", "graph": "graph.json"}
+    return {key: (base / name) if base is not None else Path(f"{text}{name}")
+            for key, name in names.items()}
+
+
+def _check_format(format: str) -> None:
     if format not in ("csv", "parquet"):
         raise OutputError(f"unknown table format {format!r}", hint="use 'csv' or 'parquet'")
     if format == "parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError as exc:
-            raise OutputError("writing Parquet needs pyarrow, which is not installed",
+            raise OutputError("Parquet tables need pyarrow, which is not installed",
                               hint="pip install pyarrow, or use format='csv'") from exc
-    text = str(prefix)
-    base = Path(text) if text.endswith(("/", os.sep)) or Path(text).is_dir() else None
-    paths = []
+
+
+def write_tables(graph: nx.DiGraph, prefix: str | os.PathLike[str], *, format: str = "csv"
+                 ) -> tuple[Path, Path]:
+    """Write ``<prefix>nodes.<ext>`` and ``<prefix>edges.<ext>`` (``format`` is ``csv`` or
+    ``parquet``; Parquet needs pyarrow), and the manifest ``<prefix>graph.json`` (graph
+    attributes, the tables' SHA-256). ``prefix`` may be a folder (ending in ``/``).
+    Returns the nodes and edges paths."""
+    _check_format(format)
+    check_graph(graph)
+    paths = _table_paths(prefix, format)
+    digests = {}
     for name, frame in (("nodes", nodes_frame(graph)), ("edges", edges_frame(graph))):
-        target = (base / f"{name}.{format}") if base is not None else Path(
-            f"{text}{name}.{format}")
-        with atomic_path(target) as tmp:
+        with atomic_path(paths[name]) as tmp:
             if format == "csv":
                 frame.to_csv(tmp, index=False)
             else:
                 frame.to_parquet(tmp, index=False)
-        paths.append(target)
-    return paths[0], paths[1]
+            digests[f"{name}_sha256"] = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    manifest = {"format_version": FORMAT_VERSION, "table_format": format,
+                "graph": {key: _plain(value, f"graph attribute {key!r}")
+                          for key, value in graph.graph.items() if key != "format_version"},
+                **digests}
+    manifest["sha256"] = _digest(manifest)
+    atomic_write_text(paths["graph"], json.dumps(manifest, indent=1, ensure_ascii=False,
+                                                 allow_nan=False) + "\n")
+    return paths["nodes"], paths["edges"]
+
+
+def _cell(value: str, key: str, where: str) -> Any:
+    """A table cell (read as text) back in its schema type; ``""`` is ``None``."""
+    if value == "":
+        return None
+    try:
+        if key in _INT_ATTRS:
+            return int(value)
+        if key in _FLOAT_ATTRS:
+            number = float(value)
+            if not math.isfinite(number):
+                raise NonFiniteError(f"{where}: {key} is {value!r}",
+                                     hint="circuit tables hold finite numbers")
+            return number
+    except ValueError as exc:
+        raise GraphError(f"{where}: {key} is {value!r}, not a number", hint=_DAMAGED) from exc
+    return value
+
+
+def read_tables(prefix: str | os.PathLike[str], *, format: str = "csv") -> nx.DiGraph:
+    """Read a graph written by ``write_tables`` (the same ``prefix`` and ``format``).
+
+    The manifest's checksums must match the tables. Schema attributes come back typed;
+    extra node/edge attributes come back as strings (use JSON for a lossless copy)."""
+    _check_format(format)
+    paths = _table_paths(prefix, format)
+    for name, path in paths.items():
+        if not path.is_file():
+            raise GraphError(f"circuit table {str(path)!r} does not exist",
+                             hint="pass the prefix given to write_tables")
+    try:
+        manifest = json.loads(paths["graph"].read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise GraphError(f"{str(paths['graph'])!r} is not valid JSON: {exc}",
+                         hint=_DAMAGED) from exc
+    where = repr(str(paths["graph"]))
+    if not isinstance(manifest, dict):
+        raise GraphError(f"{where} is not a circuit table manifest", hint=_DAMAGED)
+    _verify({k: v for k, v in manifest.items() if k != "sha256"}, manifest.get("sha256"),
+            where)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise GraphError(f"{where} has circuit format_version "
+                         f"{manifest.get('format_version')!r}; this featcircuits reads "
+                         f"version {FORMAT_VERSION}",
+                         hint="re-export the circuit with a matching featcircuits version")
+    frames = {}
+    for name in ("nodes", "edges"):
+        content = paths[name].read_bytes()
+        if hashlib.sha256(content).hexdigest() != manifest.get(f"{name}_sha256"):
+            raise GraphError(f"{str(paths[name])!r} does not match the checksum in {where}",
+                             hint=_DAMAGED)
+        try:
+            if format == "csv":
+                frames[name] = pd.read_csv(paths[name], dtype=str, keep_default_na=False)
+            else:
+                frames[name] = pd.read_parquet(paths[name]).astype(str)
+        except Exception as exc:  # the checksum matched: a file we cannot parse back
+            raise GraphError(f"cannot parse {str(paths[name])!r}: {exc}") from exc
+    graph = nx.DiGraph()
+    graph.graph.update(manifest.get("graph") or {})
+    graph.graph["format_version"] = FORMAT_VERSION
+    nodes, edges = frames["nodes"], frames["edges"]
+    for column in ("id", *NODE_ATTRIBUTES):
+        if column not in nodes.columns:
+            raise GraphError(f"{str(paths['nodes'])!r} lacks column {column!r}")
+    for column in ("source", "target", "weight"):
+        if column not in edges.columns:
+            raise GraphError(f"{str(paths['edges'])!r} lacks column {column!r}")
+    for index, row in enumerate(nodes.to_dict("records")):
+        node = row.pop("id")
+        graph.add_node(node, **{key: _cell(value, key, f"node row {index}")
+                                for key, value in row.items()})
+    for index, row in enumerate(edges.to_dict("records")):
+        u, v = row.pop("source"), row.pop("target")
+        if u not in graph or v not in graph:
+            raise GraphError(f"edge row {index} ({u!r} -> {v!r}) names an unknown node")
+        graph.add_edge(u, v, **{key: _cell(value, key, f"edge row {index}")
+                                for key, value in row.items()})
+    return check_graph(graph)

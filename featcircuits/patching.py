@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
-from featcircuits.errors import FeatureIdError, ParameterError
+from featcircuits.errors import FeatureIdError, NonFiniteError, ParameterError
 from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
 from featcircuits.models import trace
 from featcircuits.prompts import PromptPairs, tokenize_prompts
@@ -132,6 +132,24 @@ def patch_error(model, site: Site | str, dictionary: Dictionary, source_error: t
     return edit
 
 
+def check_finite_activations(activations: torch.Tensor, *, site: str, run: str,
+                             token_mask: torch.Tensor | None = None) -> None:
+    """Raise ``NonFiniteError`` naming the site, run, prompt and position of the first
+    NaN/inf in ``activations [n, pos, d]`` (only real tokens when ``token_mask [n, pos]``)."""
+    bad = ~torch.isfinite(activations).all(dim=-1)
+    if token_mask is not None:
+        bad = bad & token_mask.bool()
+    if not bool(bad.any()):
+        return
+    row, position = (int(v) for v in torch.nonzero(bad)[0])
+    value = activations[row, position][~torch.isfinite(activations[row, position])][0]
+    raise NonFiniteError(
+        f"the {run} run has {float(value)} at site {site}, prompt {row}, position {position} "
+        f"({int(bad.sum())} token positions affected)",
+        hint="the model itself produced NaN/inf: check its weights, and load it in float32 "
+        "(float16 overflows in large activations)")
+
+
 class RunCache:
     """Clean and corrupted runs of prompt pairs: activations at sites, answer logits.
 
@@ -160,6 +178,10 @@ class RunCache:
             for site in self.sites:
                 activations.append(Site.parse(site).read(model).save())
             logits = model.output.logits[torch.arange(len(final)), final].float().save()
+        run = "clean" if input_ids is self.prompts.clean_ids else "corrupt"
+        for site, values in zip(self.sites, activations):
+            check_finite_activations(values, site=site, run=run,
+                                     token_mask=self.prompts.token_mask)
         return logits, dict(zip(self.sites, activations))
 
 

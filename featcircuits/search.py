@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from featcircuits.errors import ParameterError
+from featcircuits.graph import check_tau
 from featcircuits.metrics import kl_divergence, logit_diff
 from featcircuits.models import trace
 from featcircuits.patching import PatchingExperiment
@@ -161,6 +162,7 @@ def features_needed(curve: pd.DataFrame, threshold_kl: float) -> pd.Series:
 
     Returns that row, or a row of NaNs with ``n_features = NaN`` when no point reaches it.
     """
+    threshold_kl = check_tau(threshold_kl, "threshold_kl")
     ordered = curve.sort_values("n_features", kind="stable")
     reached = ordered[ordered["kl"] <= threshold_kl]
     if reached.empty:

@@ -118,7 +118,8 @@ class Site:
         if isinstance(text, Site):
             return text
         if not isinstance(text, str):
-            raise SiteError(f"a site must be a string like 'resid_out.3', got {text!r}")
+            raise SiteError(f"a site must be a string like 'resid_out.3', got {text!r}",
+                            hint="write KIND.LAYER such as 'resid_out.3', or 'embed'")
         text = text.strip()
         if text.startswith("module:"):
             return cls.from_module_path(text[len("module:"):])
@@ -131,7 +132,10 @@ class Site:
                 hint="write KIND.LAYER such as 'resid_out.3', or 'embed'",
             )
         layer = match.group("layer")
-        return cls(match.group("kind"), None if layer is None else int(layer))
+        try:
+            return cls(match.group("kind"), None if layer is None else int(layer))
+        except SiteError as exc:  # name the whole text, not only its kind or layer
+            raise SiteError(f"site {text!r}: {exc.message}", hint=exc.hint) from None
 
     @classmethod
     def from_module_path(cls, path: str) -> Site:

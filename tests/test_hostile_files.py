@@ -59,6 +59,9 @@ def _load_or_project_error(folder, reference):
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_damaged_native_dictionaries(tmp_path_factory, kind, data):
+    """Saved ReLU/TopK/JumpReLU SAEs and PCA bases with cfg.json or the weights truncated,
+    bit-flipped, replaced by garbage or emptied → a featcircuits error or the identical
+    dictionary."""
     reference = _reference(kind)
     folder = tmp_path_factory.mktemp("dict")
     save_dictionary(reference, folder)
@@ -86,6 +89,8 @@ WRONG_TYPES = [None, "12", 3.5, -4, 0, True, [], {}, "relu", 10**12]
                                  "hook_name", "activation_fn_kwargs", "featcircuits"])
 @pytest.mark.parametrize("value", WRONG_TYPES)
 def test_wrong_typed_config_values(tmp_path, key, value):
+    """cfg.json fields (d_in, d_sae, architecture, ...) set to None, strings, floats,
+    negatives, lists, dicts, 10**12 → a featcircuits error or the identical dictionary."""
     reference = _reference("topk")
     save_dictionary(reference, tmp_path / "d")
     cfg_path = tmp_path / "d" / "cfg.json"
@@ -98,7 +103,8 @@ def test_wrong_typed_config_values(tmp_path, key, value):
 
 
 def test_foreign_saelens_without_checksum_wrong_types(tmp_path):
-    """SAELens folders carry no checksum: wrong-typed fields must still give project errors."""
+    """SAELens folders (no checksum) with d_sae of a wrong type or value → a featcircuits
+    error."""
     reference = _reference("relu")
     for value in WRONG_TYPES:
         save_dictionary(reference, tmp_path / "d")
@@ -114,7 +120,8 @@ def test_foreign_saelens_without_checksum_wrong_types(tmp_path):
 
 
 def test_dictionary_learning_pickle_is_never_executed(tmp_path):
-    """ae.pt files load with weights_only=True: a pickle that runs code is refused."""
+    """A dictionary_learning ae.pt holding a pickle that runs code → DictionaryLoadError
+    (weights_only=True), the code never runs."""
     class Exploit:
         def __reduce__(self):
             return (exec, ("open(%r, 'w').write('pwned')" % str(tmp_path / "pwned"),))
@@ -138,6 +145,8 @@ PROMPT_ROWS = [
 @FUZZ
 @given(data=st.data())
 def test_damaged_prompt_files(tmp_path_factory, suffix, data):
+    """JSONL/CSV/auto-circuit JSON prompt files truncated, bit-flipped or garbage → a
+    featcircuits error or rows of non-empty strings."""
     folder = tmp_path_factory.mktemp("prompts")
     path = folder / f"p{suffix}"
     if suffix == ".jsonl":
@@ -170,8 +179,8 @@ def test_damaged_prompt_files(tmp_path_factory, suffix, data):
 
 
 def test_mangled_section_name_is_not_read_as_a_foreign_sae(tmp_path):
-    """Regression (found by the fuzzer): a bit flip in the key 'featcircuits' of cfg.json
-    once made a PCA basis load as a SAELens ReLU SAE."""
+    """A bit flip in the key 'featcircuits' of a PCA basis's cfg.json (found by the fuzzer:
+    it once loaded as a SAELens ReLU SAE) → DictionaryLoadError."""
     reference = _reference("pca")
     save_dictionary(reference, tmp_path / "d")
     cfg_path = tmp_path / "d" / "cfg.json"

@@ -50,7 +50,11 @@ _LINEAR_KINDS = {cls.kind: cls for cls in (LinearBasis, NeuronBasis, RandomBasis
 def save_dictionary(dictionary: Dictionary, path: str | os.PathLike[str]) -> Path:
     """Write ``dictionary`` to folder ``path`` (``cfg.json`` + ``sae_weights.safetensors``).
 
-    Both files are written atomically (temp file, then rename). A ``Transcoder`` is written
+    Both files are written atomically (temp file, then rename), and both temp files are
+    complete and synced before the first rename (``cfg.json``; the weights follow). A crash
+    between the two renames leaves the new config, the old weights and the new weights in
+    their temp file; ``load_dictionary`` finds the latter by the config's checksum, so a
+    reader always gets the old or the new dictionary, never a mix. A ``Transcoder`` is written
     as ``transcoder.safetensors`` in circuit-tracer's layout instead.
     """
     from safetensors.torch import save_file
@@ -62,12 +66,15 @@ def save_dictionary(dictionary: Dictionary, path: str | os.PathLike[str]) -> Pat
         save_transcoder(dictionary, folder / "transcoder.safetensors")
         return folder
     tensors, cfg = _to_saelens(dictionary)
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp),
+    with atomic_path(folder / WEIGHTS_FILE, sync=False) as weights_tmp:
+        save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()},
+                  str(weights_tmp),
                   metadata={"format": "featcircuits", "format_version": str(FORMAT_VERSION)})
-        cfg["featcircuits"]["sha256"] = _checksum(tmp.read_bytes(), cfg)
-    with atomic_path(folder / CFG_FILE) as tmp:
-        tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+        cfg["featcircuits"]["sha256"] = _checksum(weights_tmp.read_bytes(), cfg)
+        with atomic_path(folder / CFG_FILE) as cfg_tmp:
+            cfg_tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+            with open(weights_tmp, "rb") as handle:  # sync now: the renames follow at once
+                os.fsync(handle.fileno())
     return folder
 
 
@@ -214,15 +221,32 @@ def _transcoder_file(path: Path) -> Dictionary:
 
 
 def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> None:
-    """Raise ``WidthMismatchError`` if the dictionary's width differs from the site's."""
+    """Raise ``WidthMismatchError`` if the dictionary's width differs from the site's, or
+    (for a token basis) its vocabulary size from the model's; ``NonFiniteError`` if its
+    weights hold NaN/inf."""
+    from featcircuits.models import model_config, underlying_module
     from featcircuits.sites import d_model
 
     width = d_model(model)
+    trained_on = dictionary.meta.get("model_name")
+    origin = f" (it was trained on {trained_on!r})" if trained_on else ""
     if dictionary.d_model != width:
         raise WidthMismatchError(
             f"dictionary {dictionary!r} has width d_in={dictionary.d_model} but site "
-            f"{Site.parse(site)} of the model has width {width}",
+            f"{Site.parse(site)} of the model has width {width}{origin}",
             hint="load the dictionary trained for this model and site",
+        )
+    dictionary.check_finite()
+    if dictionary.kind != "tokens":
+        return
+    embeddings = getattr(underlying_module(model), "get_input_embeddings", lambda: None)()
+    vocab = getattr(model_config(model), "vocab_size", None) if embeddings is None else int(
+        embeddings.weight.shape[0])
+    if vocab is not None and dictionary.n_features != vocab:
+        raise WidthMismatchError(
+            f"token basis {dictionary!r} has {dictionary.n_features} tokens but the model's "
+            f"vocabulary has {vocab}{origin}",
+            hint="build it from this model: TokenBasis.from_model(model)",
         )
 
 
@@ -275,14 +299,35 @@ def _int_field(cfg: dict[str, Any], key: str, where: Path) -> int:
     return value
 
 
+def _weights_path(folder: Path, cfg: dict[str, Any]) -> Path:
+    """The weights file that belongs to ``cfg``: normally ``sae_weights.safetensors``.
+
+    ``save_dictionary`` renames ``cfg.json`` into place first and the weights right after;
+    a crash between the two renames leaves the new config beside the old weights, with the
+    new weights complete and synced in their temp file ``.sae_weights.safetensors.*.tmp``.
+    That file is used only when the config's SHA-256 proves it is the one saved with it.
+    """
+    main = folder / WEIGHTS_FILE
+    ours = cfg.get("featcircuits")
+    if not (isinstance(ours, dict) and isinstance(ours.get("sha256"), str)):
+        return main
+    if _checksum(main.read_bytes(), cfg) == ours["sha256"]:
+        return main
+    for candidate in sorted(folder.glob(f".{WEIGHTS_FILE}.*.tmp")):
+        if _checksum(candidate.read_bytes(), cfg) == ours["sha256"]:
+            return candidate
+    return main
+
+
 def _load_saelens(folder: Path) -> Dictionary:
     from safetensors.torch import load_file
 
     from safetensors import safe_open
 
     cfg = _read_json(folder / CFG_FILE)
-    tensors = {k: v.float() for k, v in load_file(str(folder / WEIGHTS_FILE)).items()}
-    with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as handle:
+    weights_path = _weights_path(folder, cfg)
+    tensors = {k: v.float() for k, v in load_file(str(weights_path)).items()}
+    with safe_open(str(weights_path), framework="pt") as handle:
         written_by_us = (handle.metadata() or {}).get("format") == "featcircuits"
     if written_by_us and not isinstance(cfg.get("featcircuits"), dict):
         raise DictionaryLoadError(
@@ -297,7 +342,7 @@ def _load_saelens(folder: Path) -> Dictionary:
         _expect_shape(name, tensors[name], shape, folder / WEIGHTS_FILE)
     ours = cfg.get("featcircuits") if isinstance(cfg.get("featcircuits"), dict) else None
     if ours is not None and "sha256" in ours:
-        if _checksum((folder / WEIGHTS_FILE).read_bytes(), cfg) != ours["sha256"]:
+        if _checksum(weights_path.read_bytes(), cfg) != ours["sha256"]:
             raise DictionaryLoadError(
                 f"{str(folder)!r}: checksum mismatch — {WEIGHTS_FILE} or {CFG_FILE} changed "
                 "since it was saved (corrupted or edited)",
