@@ -297,6 +297,7 @@ def _check_graph_targets(runs: CircuitRuns, graph: nx.DiGraph) -> None:
 
 def faithfulness(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *, targets=None,
                  ablation: str = "mean", edges: bool = False, max_rows: int = 256,
+                 max_memory: int | str | None = None,
                  progress: bool = True) -> dict[str, float]:
     """Faithfulness and completeness of ``graph`` (see the module docstring).
 
@@ -309,6 +310,7 @@ def faithfulness(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *, ta
         n_nodes, n_edges``.
     """
     runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
+                        max_memory=max_memory,
                         progress=progress)
     _check_graph_targets(runs, graph)
     m_full = runs.metric_value
@@ -338,6 +340,7 @@ def faithfulness(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *, ta
 def faithfulness_curve(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *,
                        targets=None, by: str = "nodes", sizes: Sequence[int] | None = None,
                        ablation: str = "mean", max_rows: int = 256,
+                       max_memory: int | str | None = None,
                        progress: bool = True) -> pd.DataFrame:
     """Faithfulness of the top-``k`` nodes (by ``|effect|``) or edges (by ``|weight|``) of
     ``graph`` for each ``k`` in ``sizes`` (default: 0 and a log grid up to the graph's size).
@@ -349,6 +352,7 @@ def faithfulness_curve(model, graph: nx.DiGraph, dictionaries=None, inputs=None,
     if by not in ("nodes", "edges"):
         raise ParameterError(f"by must be 'nodes' or 'edges', got {by!r}")
     runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
+                        max_memory=max_memory,
                         progress=progress)
     _check_graph_targets(runs, graph)
     m_full = runs.metric_value

@@ -17,7 +17,7 @@ sets in batched forward passes (feature sets stacked along the batch dimension).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Union
 
 import einops
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import FeatureIdError, ParameterError
+from featcircuits.memory import FLOAT_BYTES, parse_memory, rows_per_chunk, split_rows
 from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
 from featcircuits.prompts import PromptPairs, tokenize_prompts
 from featcircuits.sites import Site
@@ -60,10 +61,10 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
     activation = site.read(model)
     if repeat > 1:
         activation = einops.repeat(activation, "n t d -> (k n) t d", k=repeat)
-    current = dictionary.encode(activation)
+    current = dictionary.encode_features(activation, feature_ids)
     directions = dictionary.directions
     if feature_ids is not None:
-        current, directions = current[..., feature_ids], directions[feature_ids]
+        directions = directions[feature_ids]
     if feature_mask.ndim == 3:
         weight = (source_features - current) * feature_mask
     else:
@@ -140,6 +141,48 @@ class RunCache:
         return logits, dict(zip(self.sites, activations))
 
 
+class SiteFeatures(MutableMapping):
+    """``{site: [n, pos, n_features]}`` feature activations of one kind, computed on demand.
+
+    ``experiment.clean_features[site]`` encodes the cached activations each time it is read
+    (nothing ``[n, pos, n_features]``-sized is kept, which for wide dictionaries would not
+    fit); ``select(site, prompts, feature_ids)`` encodes only a block. Assigning a tensor
+    (``features[site] = t``) overrides the computed values for that site.
+    """
+
+    def __init__(self, sites: Sequence[str], compute) -> None:
+        self._sites = list(sites)
+        self._compute = compute
+        self._overrides: dict[str, torch.Tensor] = {}
+
+    def select(self, site: str, prompts: slice = slice(None),
+               feature_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``[p, pos, k]``: the prompts ``prompts`` and features ``feature_ids`` (all: None)."""
+        if site in self._overrides:
+            values = self._overrides[site][prompts]
+            return values if feature_ids is None else values[..., feature_ids]
+        return self._compute(site, prompts, feature_ids)
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        if site not in self._sites:
+            raise KeyError(site)
+        return self.select(site)
+
+    def __setitem__(self, site: str, value: torch.Tensor) -> None:
+        if site not in self._sites:
+            raise KeyError(site)
+        self._overrides[site] = value
+
+    def __delitem__(self, site: str) -> None:
+        del self._overrides[site]
+
+    def __iter__(self):
+        return iter(self._sites)
+
+    def __len__(self) -> int:
+        return len(self._sites)
+
+
 class PatchingExperiment:
     """Clean and corrupted runs of prompt pairs, cached, ready to patch feature sets.
 
@@ -153,13 +196,22 @@ class PatchingExperiment:
         positions: ``"all"``, ``"final"`` (the answer position), or a list of token indices
             (negative counts from each prompt's end).
         max_rows: most sequences per forward pass (feature sets × prompts), bounds memory.
+        max_memory: budget for the working tensors (bytes, or ``"2GB"``; default
+            ``memory.default_max_memory()``): sets how many sequences run per forward pass
+            (prompts and feature sets per chunk) and how many prompts and features are
+            encoded at once. See ``docs/memory.md``.
         seed: for ``"resample"``.
         runs: a ``RunCache`` of the same prompts to reuse (covering these sites).
+
+    Only activations ``[n, pos, d_model]`` are cached; feature activations
+    (``clean_features``, ``corrupt_features``, ``source_features``) are encoded on demand,
+    in blocks that fit the budget.
     """
 
     def __init__(self, model, dictionaries: Mapping[str, Dictionary] | Dictionary,
                  prompts, *, source: str | torch.Tensor = "clean",
                  positions: str | Sequence[int] = "all", max_rows: int = 1024,
+                 max_memory: int | str | None = None,
                  seed: int = 0, progress: bool = True, runs: RunCache | None = None) -> None:
         if isinstance(dictionaries, Dictionary):
             if dictionaries.site is None:
@@ -170,6 +222,7 @@ class PatchingExperiment:
             raise ParameterError("no dictionaries given", hint="pass {site: dictionary}")
         if max_rows < 1:
             raise ParameterError(f"max_rows must be >= 1, got {max_rows}")
+        self.max_memory = parse_memory(max_memory)
         self.model = model
         self.dictionaries = {str(Site.parse(site)): dictionary
                              for site, dictionary in dictionaries.items()}
@@ -184,35 +237,87 @@ class PatchingExperiment:
         self.runs = runs
         self.prompts: PromptPairs = runs.prompts
         self.clean_logits, self.corrupt_logits = runs.clean_logits, runs.corrupt_logits
-        with torch.no_grad():
-            self.clean_features = {site: self.dictionaries[site].encode(
-                runs.clean_activations[site]) for site in self.sites}
-            self.corrupt_features = {site: self.dictionaries[site].encode(
-                runs.corrupt_activations[site]) for site in self.sites}
+        self.clean_features = SiteFeatures(self.sites, self._encoder(runs.clean_activations))
+        self.corrupt_features = SiteFeatures(self.sites,
+                                             self._encoder(runs.corrupt_activations))
         self.max_rows = int(max_rows)
         self.progress = progress
         self.position_mask = _position_mask(self.prompts, positions)
-        self.source_features = {site: self._source(site, source, seed) for site in self.sites}
+        self._sources = {site: self._source(site, source, seed) for site in self.sites}
+        self.source_features = SiteFeatures(self.sites, self._source_block)
         self._tile_at_site = True  # run layers before the first patched site once per chunk
 
-    def _source(self, site: str, source: str | torch.Tensor, seed: int) -> torch.Tensor:
-        clean = self.clean_features[site]
+    # --------------------------------------------------------------- features
+    def _encoder(self, activations: Mapping[str, torch.Tensor]):
+        @torch.no_grad()
+        def compute(site: str, prompts: slice, feature_ids: torch.Tensor | None):
+            return self.dictionaries[site].encode_features(activations[site][prompts],
+                                                           feature_ids)
+        return compute
+
+    def _source(self, site: str, source: str | torch.Tensor, seed: int):
+        """How the source features at ``site`` are made: ``("clean",)``, ``("vector", [F])``
+        (the same values at every prompt and position), ``("tensor", t)`` (``t``
+        broadcastable to ``[n, pos, F]``) or ``("resample", index [n])``."""
+        n_features = self.dictionaries[site].n_features
         if isinstance(source, torch.Tensor):
-            if source.shape[-1] != clean.shape[-1]:
+            if source.shape[-1] != n_features:
                 raise ParameterError(f"source has {source.shape[-1]} features, dictionary at "
-                                     f"{site} has {clean.shape[-1]}")
-            return source.to(clean).expand_as(clean)
+                                     f"{site} has {n_features}")
+            source = source.detach().float()
+            return ("vector", source) if source.ndim == 1 else ("tensor", source)
         if source == "clean":
-            return clean
+            return ("clean",)
         if source == "zero":
-            return torch.zeros_like(clean)
+            return ("vector", torch.zeros(n_features))
         if source == "mean":
-            mask = self.prompts.token_mask
-            return clean[mask].mean(0).expand_as(clean)
+            return ("vector", self._mean_features(site))
         if source == "resample":
-            return clean[_resample_index(self.prompts.lengths, seed)]
+            return ("resample", _resample_index(self.prompts.lengths, seed))
         raise ParameterError(f"unknown source {source!r}", hint=f"use one of {', '.join(SOURCES)}"
                              " or a tensor [n_features]")
+
+    @torch.no_grad()
+    def _mean_features(self, site: str) -> torch.Tensor:
+        """``[F]`` mean clean feature activation over the real tokens (blockwise)."""
+        mask = self.prompts.token_mask
+        total = torch.zeros(self.dictionaries[site].n_features, dtype=torch.float64)
+        for prompts, ids in self.feature_blocks(site):
+            values = self.clean_features.select(site, prompts, ids)[mask[prompts]]
+            total[slice(None) if ids is None else ids] += values.double().sum(0)
+        return (total / mask.sum()).float()
+
+    def _source_block(self, site: str, prompts: slice, feature_ids: torch.Tensor | None):
+        kind = self._sources[site]
+        if kind[0] == "clean":
+            return self.clean_features.select(site, prompts, feature_ids)
+        if kind[0] == "resample":
+            index = kind[1][prompts]
+            with torch.no_grad():
+                return self.dictionaries[site].encode_features(
+                    self.runs.clean_activations[site][index], feature_ids)
+        n, width = self.prompts.clean_ids.shape
+        values = kind[1].expand(n, width, kind[1].shape[-1])[prompts]
+        return values if feature_ids is None else values[..., feature_ids]
+
+    def feature_blocks(self, site: str, temporaries: int = 4):
+        """``(prompt slice, feature ids or None)`` blocks that cover ``[n, pos, F]`` at
+        ``site`` with ``temporaries`` such tensors within ``max_memory``; features are split
+        only for dictionaries that can encode a subset (``Dictionary.separable``)."""
+        dictionary = self.dictionaries[site]
+        n, width = self.prompts.clean_ids.shape
+        n_features = dictionary.n_features
+        per_prompt = FLOAT_BYTES * temporaries * width * n_features
+        if per_prompt <= self.max_memory or not dictionary.separable:
+            step = min(n, rows_per_chunk(self.max_memory, per_prompt))
+            for start in range(0, n, step):
+                yield slice(start, start + step), None
+            return
+        features = rows_per_chunk(self.max_memory, FLOAT_BYTES * temporaries * width)
+        for start in range(n):
+            for first in range(0, n_features, features):
+                yield slice(start, start + 1), torch.arange(first,
+                                                            min(first + features, n_features))
 
     # --------------------------------------------------------------- feature sets
     def feature_masks(self, feature_sets: Sequence[FeatureSet]) -> dict[str, torch.Tensor]:
@@ -240,15 +345,24 @@ class PatchingExperiment:
         site = self._one_site(site)
         return list(range(self.dictionaries[site].n_features))
 
+    @torch.no_grad()
     def active_features(self, site: str | None = None) -> list[int]:
         """Features whose source and corrupted activations differ at some patched position.
 
         Patching any other feature is a no-op, so searches can skip them.
         """
         site = self._one_site(site)
-        diff = (self.source_features[site] - self.corrupt_features[site]).abs()
-        diff = diff * self.position_mask[..., None]
-        return torch.nonzero(diff.amax(dim=(0, 1)) > 0).flatten().tolist()
+        active = torch.zeros(self.dictionaries[site].n_features, dtype=torch.bool)
+        for prompts, ids in self.feature_blocks(site):
+            diff = (self.source_features.select(site, prompts, ids)
+                    - self.corrupt_features.select(site, prompts, ids)).abs()
+            diff = diff * self.position_mask[prompts][..., None]
+            hit = diff.amax(dim=(0, 1)) > 0
+            if ids is None:
+                active |= hit
+            else:
+                active[ids] |= hit
+        return torch.nonzero(active).flatten().tolist()
 
     def _one_site(self, site: str | None) -> str:
         if site is None:
@@ -261,57 +375,101 @@ class PatchingExperiment:
         return name
 
     # --------------------------------------------------------------- evaluation
+    def bytes_per_row(self, used: Mapping[str, int]) -> int:
+        """Estimated working memory of one patched sequence, ``used[site]`` features patched
+        at each site: the full-sequence logits, the model's activations, and at each site the
+        encoded features (all of them unless the dictionary is ``separable``), the source
+        values, their difference and its mask (float32)."""
+        width = self.prompts.clean_ids.shape[1]
+        vocab = self.clean_logits.shape[-1]
+        values = vocab + 16 * width
+        for site, count in used.items():
+            dictionary = self.dictionaries[site]
+            encoded = count if dictionary.separable else dictionary.n_features
+            values += encoded + 3 * count + 24 * dictionary.d_model
+        return FLOAT_BYTES * width * values
+
+    def _chunks(self, masks: Mapping[str, torch.Tensor]) -> list[tuple[slice, slice]]:
+        """``(set slice, prompt slice)`` blocks of at most ``min(max_rows, budget)`` rows."""
+        k = next(iter(masks.values())).shape[0]
+        n = len(self.prompts)
+        used = {site: int(mask.any(0).sum()) for site, mask in masks.items()}
+        rows = min(self.max_rows, rows_per_chunk(self.max_memory, self.bytes_per_row(used)))
+        per_sets, per_prompts = split_rows(k, n, rows)
+        return [(slice(s, s + per_sets), slice(p, p + per_prompts))
+                for p in range(0, n, per_prompts) for s in range(0, k, per_sets)]
+
+    def _evaluate_blocks(self, feature_sets: Sequence[FeatureSet]):
+        """Yield ``(set slice, prompt slice, logits [k', n', vocab], norms [k', n'])``."""
+        masks = self.feature_masks(feature_sets)
+        chunks = self._chunks(masks)
+        for sets, prompts in tqdm(chunks, desc="patching", leave=False,
+                                  disable=not self.progress or len(chunks) < 4):
+            chunk = {site: mask[sets] for site, mask in masks.items()}
+            logits, norms = self._patched_chunk(chunk, prompts)
+            yield sets, prompts, logits, norms
+
     def patched_logits(self, feature_sets: Sequence[FeatureSet]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Answer-position logits ``[k, n, vocab]`` and edit norms ``[k, n]`` for ``k`` sets.
 
-        Sets are stacked along the batch dimension, ``max_rows`` sequences per forward.
+        Sets are stacked along the batch dimension, at most ``max_rows`` sequences per
+        forward and as many as ``max_memory`` allows (prompts are split when one set's
+        prompts do not fit).
         """
-        masks = self.feature_masks(feature_sets)
-        n = len(self.prompts)
-        per_chunk = max(1, self.max_rows // n)
-        logits, norms = [], []
-        starts = range(0, len(feature_sets), per_chunk)
-        for start in tqdm(starts, desc="patching", disable=not self.progress or len(starts) < 4,
-                          leave=False):
-            chunk = {site: mask[start:start + per_chunk] for site, mask in masks.items()}
-            chunk_logits, chunk_norms = self._patched_chunk(chunk)
-            logits.append(chunk_logits)
-            norms.append(chunk_norms)
-        return torch.cat(logits), torch.cat(norms)
+        k, n = len(feature_sets), len(self.prompts)
+        logits = torch.empty(k, n, self.clean_logits.shape[-1])
+        norms = torch.empty(k, n)
+        for sets, prompts, chunk_logits, chunk_norms in self._evaluate_blocks(feature_sets):
+            logits[sets, prompts] = chunk_logits
+            norms[sets, prompts] = chunk_norms
+        return logits, norms
+
+    def _metric_table(self, feature_sets: Sequence[FeatureSet]
+                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``({metric: [k, n]}, norms [k, n])`` computed chunk by chunk (no ``[k, n, vocab]``
+        logits are kept)."""
+        k, n = len(feature_sets), len(self.prompts)
+        metrics = {name: torch.empty(k, n) for name in ("kl", "logit_diff", "answer_prob")}
+        norms = torch.empty(k, n)
+        for sets, prompts, logits, chunk_norms in self._evaluate_blocks(feature_sets):
+            for name, value in self._metrics(logits, prompts).items():
+                metrics[name][sets, prompts] = value
+            norms[sets, prompts] = chunk_norms
+        return metrics, norms
 
     @torch.no_grad()
-    def _patched_chunk(self, masks: dict[str, torch.Tensor]
+    def _patched_chunk(self, masks: dict[str, torch.Tensor], prompts: slice = slice(None)
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         k = next(iter(masks.values())).shape[0]
-        n = len(self.prompts)
-        final = einops.repeat(self.prompts.final_positions, "n -> (k n)", k=k)
-        position_mask = einops.repeat(self.position_mask, "n t -> (k n) t", k=k)
+        corrupt_ids = self.prompts.corrupt_ids[prompts]
+        n = corrupt_ids.shape[0]
+        final = einops.repeat(self.prompts.final_positions[prompts], "n -> (k n)", k=k)
+        position_mask = einops.repeat(self.position_mask[prompts], "n t -> (k n) t", k=k)
         plans = []
         for site in self.sites:
             used = torch.nonzero(masks[site].any(0)).flatten()
             if used.numel() == 0:
                 continue
             plans.append((site, used,
-                          einops.repeat(self.source_features[site][..., used],
+                          einops.repeat(self.source_features.select(site, prompts, used),
                                         "n t f -> (k n) t f", k=k),
                           einops.repeat(masks[site][:, used], "k f -> (k n) f", n=n)))
         if not plans:  # nothing patched: every set gives the corrupted run
-            return (einops.repeat(self.corrupt_logits, "n v -> k n v", k=k),
+            return (einops.repeat(self.corrupt_logits[prompts], "n v -> k n v", k=k),
                     torch.zeros(k, n))
         if self._tile_at_site:
             try:
-                return self._traced_chunk(plans, self.prompts.corrupt_ids, k, final,
-                                          position_mask, tile=k)
+                return self._traced_chunk(plans, corrupt_ids, k, n, final, position_mask,
+                                          tile=k)
             except RuntimeError:
                 # some architectures (e.g. Gemma-2's sliding-window masks) build per-batch
                 # tensors before the first block; tiling mid-forward then mismatches shapes
                 self._tile_at_site = False
-        input_ids = einops.repeat(self.prompts.corrupt_ids, "n t -> (k n) t", k=k)
-        return self._traced_chunk(plans, input_ids, k, final, position_mask, tile=1)
+        input_ids = einops.repeat(corrupt_ids, "n t -> (k n) t", k=k)
+        return self._traced_chunk(plans, input_ids, k, n, final, position_mask, tile=1)
 
-    def _traced_chunk(self, plans, input_ids, k, final, position_mask, tile: int):
-        n = len(self.prompts)
+    def _traced_chunk(self, plans, input_ids, k, n, final, position_mask, tile: int):
         squared_norms: list[torch.Tensor] = []
         with self.model.trace(input_ids):
             for index, (site, used, source, mask) in enumerate(plans):
@@ -333,8 +491,7 @@ class PatchingExperiment:
         ``edit_magnitude`` (‖x′ − x̄‖ over patched positions and sites).
         """
         feature_sets = list(feature_sets)
-        logits, norms = self.patched_logits(feature_sets)
-        metrics = self._metrics(logits)
+        metrics, norms = self._metric_table(feature_sets)
         sizes = self.feature_masks(feature_sets)
         n_features = sum(mask.sum(1) for mask in sizes.values()).long()
         frame = pd.DataFrame({
@@ -348,12 +505,13 @@ class PatchingExperiment:
             return frame
         return frame.drop(columns="prompt").groupby("set", as_index=False).mean()
 
-    def _metrics(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        prompts = self.prompts
+    def _metrics(self, logits: torch.Tensor, prompts: slice = slice(None)
+                 ) -> dict[str, torch.Tensor]:
+        pairs = self.prompts
         return {
-            "kl": kl_divergence(self.clean_logits, logits),
-            "logit_diff": logit_diff(logits, prompts.answer_ids, prompts.wrong_ids),
-            "answer_prob": answer_prob(logits, prompts.answer_ids),
+            "kl": kl_divergence(self.clean_logits[prompts], logits),
+            "logit_diff": logit_diff(logits, pairs.answer_ids[prompts], pairs.wrong_ids[prompts]),
+            "answer_prob": answer_prob(logits, pairs.answer_ids[prompts]),
         }
 
     def baselines(self) -> pd.DataFrame:
@@ -366,8 +524,8 @@ class PatchingExperiment:
 
     def mean_kl(self, feature_sets: Sequence[FeatureSet]) -> torch.Tensor:
         """``[k]`` KL(clean ‖ patched) averaged over prompts, for ``k`` feature sets."""
-        logits, _ = self.patched_logits(feature_sets)
-        return kl_divergence(self.clean_logits, logits).mean(-1)
+        metrics, _ = self._metric_table(list(feature_sets))
+        return metrics["kl"].mean(-1)
 
 
 def _position_mask(prompts: PromptPairs, positions: str | Sequence[int]) -> torch.Tensor:
