@@ -13,6 +13,7 @@ from featcircuits._io import atomic_path
 from featcircuits.compare import compare_bases, reference_bases, summarize_comparison
 from featcircuits.dictionaries.io import load_dictionaries
 from featcircuits.errors import DictionaryLoadError, ParameterError
+from featcircuits.memory import parse_memory
 from featcircuits.models import load_model, resolve_checkpoint
 from featcircuits.prompts import read_prompts
 from featcircuits.search import default_taus
@@ -96,6 +97,7 @@ def run_ioi_example(args: argparse.Namespace) -> pd.DataFrame:
     from featcircuits.render.curves import plot_patching_curves
 
     progress = not getattr(args, "quiet", False)
+    max_memory = parse_memory(getattr(args, "max_memory", None))  # fail before loading
     torch.manual_seed(args.seed)
     model = load_model(args.model, device=args.device)
     checkpoint = Path(resolve_checkpoint(args.model))
@@ -117,7 +119,8 @@ def run_ioi_example(args: argparse.Namespace) -> pd.DataFrame:
     positions = args.positions
     results = compare_bases(model, prompts, bases, method=args.method,
                             taus=default_taus(args.n_taus), positions=positions,
-                            seed=args.seed, max_rows=args.batch_size, progress=progress)
+                            seed=args.seed, max_rows=args.batch_size, max_memory=max_memory,
+                            progress=progress)
     out = Path(args.out)
     csv = results.assign(features=results["features"].map(lambda ids: " ".join(map(str, ids))))
     with atomic_path(out / "results.csv") as tmp:

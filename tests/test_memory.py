@@ -97,8 +97,9 @@ def test_default_budget_is_a_quarter_of_free_ram_at_most_4gb():
     budget = default_max_memory()
     assert parse_memory(None) == parse_memory("auto") == budget
     assert 64 * MIB <= budget <= DEFAULT_MAX_MEMORY
-    free = int(next(line.split()[1] for line in open("/proc/meminfo")
-                    if line.startswith("MemAvailable:"))) * 1024
+    with open("/proc/meminfo", encoding="ascii") as handle:
+        free = int(next(line.split()[1] for line in handle
+                        if line.startswith("MemAvailable:"))) * 1024
     assert budget == pytest.approx(min(DEFAULT_MAX_MEMORY, free // 4), rel=0.05)
 
 
