@@ -249,21 +249,25 @@ class CircuitRuns:
     def max_target_depth(self) -> float:
         return max(float("inf") if t.is_output else self.depth(t.site) for t in self.targets)
 
-    def chunk_copies(self) -> int:
+    def chunk_copies(self, every_site: bool = False) -> int:
         """How many copies of the data fit in one forward pass (``max_rows`` and
-        ``max_memory``; at least one)."""
-        rows = min(self.max_rows, rows_per_chunk(self.max_memory, self.bytes_per_row()))
+        ``max_memory``; at least one). ``every_site``: the pass patches every site at
+        once (faithfulness), so each site's feature tensors count."""
+        rows = min(self.max_rows,
+                   rows_per_chunk(self.max_memory, self.bytes_per_row(every_site)))
         return max(1, rows // self.n)
 
-    def bytes_per_row(self) -> int:
+    def bytes_per_row(self, every_site: bool = False) -> int:
         """Estimated working memory of one sequence in a traced pass: full-sequence logits,
         the model's activations, and three ``[T, F]`` feature tensors of the widest
-        dictionary (encoded features, their gradient or ablation edit, a temporary)."""
+        dictionary (encoded features, their gradient or ablation edit, a temporary) — or
+        four of every dictionary when ``every_site`` (sources, masks, features, edit)."""
         config = getattr(getattr(self.model, "_module", self.model), "config", None)
         vocab = int(getattr(config, "vocab_size", 0) or 0)
-        widest = max(d.n_features for d in self.dictionaries.values())
+        widths = [d.n_features for d in self.dictionaries.values()]
+        features = 4 * sum(widths) if every_site else 3 * max(widths)
         d_model = max(d.d_model for d in self.dictionaries.values())
-        return FLOAT_BYTES * self.width * (vocab + 16 * self.width + 3 * widest + 24 * d_model)
+        return FLOAT_BYTES * self.width * (vocab + 16 * self.width + features + 24 * d_model)
 
     def feature_chunk(self, rows: int, temporaries: int = 4) -> int:
         """How many features of ``[rows, T, ·]`` float tensors (``temporaries`` of them) fit

@@ -14,8 +14,8 @@ def _ioi_flags(parser: argparse.ArgumentParser) -> None:
 
     add_ioi_arguments(parser)
     parser.add_argument("--max-memory", default=None,
-                        help="memory budget for working tensors, e.g. 2GB or 512MB (default: "
-                        "25%% of free RAM, at most 4GB); sets chunk sizes, see docs/memory.md")
+                        help="memory budget for working tensors, e.g. 2GB or 512MB (default 4GB, "
+                        "or 25%% of RAM if less); sets chunk sizes, see docs/memory.md")
 
 
 def _run_ioi(args: argparse.Namespace) -> int:
@@ -57,8 +57,8 @@ def _patch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1024,
                         help="most sequences per forward pass")
     parser.add_argument("--max-memory", default=None,
-                        help="memory budget for working tensors, e.g. 2GB or 512MB (default: "
-                        "25%% of free RAM, at most 4GB); sets chunk sizes, see docs/memory.md")
+                        help="memory budget for working tensors, e.g. 2GB or 512MB (default 4GB, "
+                        "or 25%% of RAM if less); sets chunk sizes, see docs/memory.md")
 
 
 def _run_patch(args: argparse.Namespace) -> int:
@@ -295,8 +295,8 @@ def _circuit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-positional", dest="positional", action="store_false",
                         help="ioi: one node per feature instead of per (feature, position)")
     parser.add_argument("--max-memory", default=None,
-                        help="memory budget for working tensors, e.g. 2GB or 512MB (default: "
-                        "25%% of free RAM, at most 4GB); sets chunk sizes, see docs/memory.md")
+                        help="memory budget for working tensors, e.g. 2GB or 512MB (default 4GB, "
+                        "or 25%% of RAM if less); sets chunk sizes, see docs/memory.md")
 
 
 def _run_circuit(args: argparse.Namespace) -> int:

@@ -91,7 +91,7 @@ def evaluate_node_sets(runs: CircuitRuns, kept: Sequence[Masks], *,
     source_features, source_errors = runs.sources(ablation)
     tm = runs.token_mask
     values = []
-    per_chunk = runs.chunk_copies()
+    per_chunk = runs.chunk_copies(every_site=True)
     for start in range(0, len(kept), per_chunk):
         chunk = kept[start:start + per_chunk]
         copies = len(chunk)
@@ -204,7 +204,7 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
     is given) the features and errors there, ``[n, ...]`` per copy."""
     n = runs.n
     readings: list[dict] = []
-    per_chunk = runs.chunk_copies()
+    per_chunk = runs.chunk_copies(every_site=True)
     base: dict[tuple[int, str], torch.Tensor] = {}  # assembled activation per (spec, site)
     for start in range(0, len(copies), per_chunk):
         chunk = copies[start:start + per_chunk]

@@ -19,7 +19,7 @@ from featcircuits.errors import ParameterError
 
 #: Upper end of the default budget.
 DEFAULT_MAX_MEMORY = 4 * 1024**3
-#: Share of the available RAM the default budget may take.
+#: Share of the machine's RAM the default budget may take.
 DEFAULT_RAM_SHARE = 0.25
 #: Bytes of a float32.
 FLOAT_BYTES = 4
@@ -30,12 +30,12 @@ _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb":
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 
 
-def available_memory() -> int | None:
-    """``MemAvailable`` from ``/proc/meminfo`` in bytes (``None`` where unreadable)."""
+def total_memory() -> int | None:
+    """``MemTotal`` from ``/proc/meminfo`` in bytes (``None`` where unreadable)."""
     try:
         with open("/proc/meminfo", encoding="ascii") as handle:
             for line in handle:
-                if line.startswith("MemAvailable:"):
+                if line.startswith("MemTotal:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
@@ -43,19 +43,23 @@ def available_memory() -> int | None:
 
 
 def default_max_memory() -> int:
-    """The default budget: 25% of the available RAM, at most 4 GiB (4 GiB if unknown)."""
-    available = available_memory()
-    if available is None:
+    """The default budget: 4 GiB, or 25% of the machine's RAM where that is less.
+
+    Based on total, not free, RAM so that chunk sizes (and so float rounding) do not
+    change with the machine's load from one run to the next.
+    """
+    total = total_memory()
+    if total is None:
         return DEFAULT_MAX_MEMORY
-    return max(64 * 1024**2, min(DEFAULT_MAX_MEMORY, int(available * DEFAULT_RAM_SHARE)))
+    return max(64 * 1024**2, min(DEFAULT_MAX_MEMORY, int(total * DEFAULT_RAM_SHARE)))
 
 
 def parse_memory(value: float | str | None) -> int:
     """A memory budget in bytes from ``4_000_000_000``, ``"4GB"``, ``"512 MiB"``, ``"1.5g"``.
 
     Units are binary (``KB`` = ``KiB`` = 1024 bytes). ``None`` or ``"auto"`` gives
-    ``default_max_memory()``. Raises ``ParameterError`` on anything else, zero or negative
-    values, or budgets under 1 MiB.
+    ``default_max_memory()`` (4 GiB, less on machines with under 16 GiB of RAM). Raises
+    ``ParameterError`` on anything else, zero or negative values, or budgets under 1 MiB.
     """
     if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
         return default_max_memory()
@@ -79,8 +83,8 @@ def parse_memory(value: float | str | None) -> int:
     size = int(number * _UNITS[unit])
     if size < 1024**2:
         raise ParameterError(f"max_memory {value!r} is under 1 MiB",
-                             hint="pass at least '1MB'; the default is 25% of free RAM, "
-                             "at most 4GB")
+                             hint="pass at least '1MB'; the default is 4GB (or 25% of RAM "
+                             "if less)")
     return size
 
 

@@ -93,14 +93,13 @@ def test_parse_memory_rejects_bad_values(value):
         parse_memory(value)
 
 
-def test_default_budget_is_a_quarter_of_free_ram_at_most_4gb():
+def test_default_budget_is_4gb_or_a_quarter_of_ram():
     budget = default_max_memory()
     assert parse_memory(None) == parse_memory("auto") == budget
-    assert 64 * MIB <= budget <= DEFAULT_MAX_MEMORY
     with open("/proc/meminfo", encoding="ascii") as handle:
-        free = int(next(line.split()[1] for line in handle
-                        if line.startswith("MemAvailable:"))) * 1024
-    assert budget == pytest.approx(min(DEFAULT_MAX_MEMORY, free // 4), rel=0.05)
+        total = int(next(line.split()[1] for line in handle
+                         if line.startswith("MemTotal:"))) * 1024
+    assert budget == min(DEFAULT_MAX_MEMORY, total // 4)
 
 
 def test_split_rows():
