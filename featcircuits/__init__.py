@@ -16,21 +16,36 @@ from featcircuits.dictionaries import (
     load_dictionary,
     save_dictionary,
 )
+from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
+from featcircuits.dictionaries.tokens import TokenBasis
+from featcircuits.dictionaries.transcoder import Transcoder, load_transcoder, save_transcoder
+from featcircuits.circuit_runs import CircuitRuns
 from featcircuits.circuits import (
+    HybridResult,
     acdc_circuit,
     attribution_circuit,
+    circuit_runs,
     feature_graph,
     hybrid_circuit,
+    node_attributions,
 )
 from featcircuits.compare import compare_bases, reference_bases, summarize_comparison
 from featcircuits.errors import *  # noqa: F401,F403
 from featcircuits.errors import __all__ as _error_names
 from featcircuits.models import load_model, zoo_names, zoo_path
 from featcircuits.faithfulness import faithfulness, faithfulness_curve
-from featcircuits.graph import reaching, threshold, top_k_edges
-from featcircuits.graphio import read_graphml, read_json, write_graphml, write_json
+from featcircuits.graph import make_node_id, parse_node_id, reaching, threshold, top_k_edges
+from featcircuits.graphio import (
+    edges_frame,
+    nodes_frame,
+    read_graphml,
+    read_json,
+    write_graphml,
+    write_json,
+    write_tables,
+)
 from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
-from featcircuits.patching import PatchingExperiment, RunCache, patch_site
+from featcircuits.patching import PatchingExperiment, RunCache, patch_error, patch_site
 from featcircuits.prompts import PromptPairs, read_prompts, tokenize_prompts
 from featcircuits.render import (
     plot_patching_curves,
@@ -49,6 +64,7 @@ from featcircuits.search import (
     features_needed,
 )
 from featcircuits.sites import Site, all_sites, d_model, num_layers
+from featcircuits.targets import FeatureTarget, LogitTarget, MetricTarget
 
 __version__ = "0.1.0"
 
@@ -68,6 +84,11 @@ __all__ = [
     "PCABasis",
     "ICABasis",
     "RandomBasis",
+    "TokenBasis",
+    "CenteredSparseAutoencoder",
+    "Transcoder",
+    "load_transcoder",
+    "save_transcoder",
     "save_dictionary",
     "load_dictionary",
     "load_dictionaries",
@@ -79,6 +100,7 @@ __all__ = [
     "kl_divergence",
     "answer_prob",
     "patch_site",
+    "patch_error",
     "RunCache",
     "PatchingExperiment",
     "backward_elimination",
@@ -96,6 +118,15 @@ __all__ = [
     "to_html",
     "to_neuronpedia_json",
     "write_neuronpedia_json",
+    "CircuitRuns",
+    "circuit_runs",
+    "FeatureTarget",
+    "LogitTarget",
+    "MetricTarget",
+    "HybridResult",
+    "node_attributions",
+    "make_node_id",
+    "parse_node_id",
     "acdc_circuit",
     "attribution_circuit",
     "hybrid_circuit",
@@ -109,4 +140,7 @@ __all__ = [
     "write_json",
     "read_graphml",
     "write_graphml",
+    "nodes_frame",
+    "edges_frame",
+    "write_tables",
 ]

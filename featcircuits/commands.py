@@ -40,7 +40,9 @@ def _patch_flags(parser: argparse.ArgumentParser) -> None:
                         "auto-circuit prompt JSON")
     parser.add_argument("--model", default="tiny", help="bundled name, folder or hub id")
     parser.add_argument("--dictionaries", required=True,
-                        help="one saved dictionary folder (SAELens/native/dictionary_learning)")
+                        help="one saved dictionary folder (SAELens/native/dictionary_learning), "
+                        "a transcoder file, or a spec such as "
+                        "saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre (docs/real-models.md)")
     parser.add_argument("--site", default=None,
                         help="site to patch, e.g. resid_out.2 (default: the dictionary's own)")
     parser.add_argument("--features", type=int, nargs="*", default=None,
@@ -200,7 +202,8 @@ def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site of the feature, e.g. resid_out.3")
     parser.add_argument("--feature", type=int, required=True, help="dictionary index")
     parser.add_argument("--dictionaries", default=None,
-                        help="a saved dictionary folder, or a folder of per-site folders "
+                        help="a saved dictionary folder, a folder of per-site folders, or a "
+                        "spec such as dictionary_learning:pythia-70m-deduped/resid_out.3 "
                         "(default: the bundled model's first dictionary set)")
     parser.add_argument("--model", default="tiny", help="bundled name, folder or hub id")
     parser.add_argument("--n-texts", type=int, default=200,
@@ -229,6 +232,10 @@ def _dashboard_dictionary_folder(args: argparse.Namespace, site: str):
             raise DictionaryLoadError(f"no bundled dictionaries for model {args.model!r}",
                                       hint="pass --dictionaries PATH")
         return found[0] / site
+    from featcircuits.dictionaries.hub import is_spec
+
+    if is_spec(args.dictionaries):  # saelens:..., dictionary_learning:..., circuit_tracer:...
+        return args.dictionaries
     folder = Path(args.dictionaries)
     holds_one = any((folder / name).is_file() for name in (WEIGHTS_FILE, CFG_FILE, "ae.pt"))
     if not holds_one and (folder / site).is_dir():

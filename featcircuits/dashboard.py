@@ -297,6 +297,10 @@ def feature_dashboard_data(
     Positions holding a leading BOS token are shown but not counted in the statistics.
     """
     site = Site.parse(site)
+    if getattr(dictionary, "input_site", None) not in (None, str(site)):
+        raise ParameterError(f"{dictionary!r} reads {dictionary.input_site} and writes {site}; "
+                             "dashboards read and ablate one site",
+                             hint="dashboards of transcoder features are not supported yet")
     feature = int(dictionary.check_feature_ids([feature])[0])
     if top_k < 1 or n_ctx < 1 or batch_size < 1:
         raise ParameterError(f"top_k, n_ctx and batch_size must be >= 1, got {top_k}, {n_ctx}, "

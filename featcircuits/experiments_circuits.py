@@ -49,8 +49,12 @@ def default_dictionaries(model_name: str, model, set_name: str | None = None,
                          ) -> tuple[str, dict[str, Dictionary]]:
     """``(set name, {site: Dictionary})`` from ``<checkpoint>/dictionaries/<set>/`` (or
     ``folder``); unless ``set_name`` is given: ``sae-sparse``, else the first SAE set."""
+    from featcircuits.dictionaries.hub import is_spec
+    from featcircuits.dictionaries.io import load_dictionaries
     from featcircuits.experiments import dictionary_sets
 
+    if is_spec(folder):  # e.g. dictionary_learning:pythia-70m-deduped (docs/real-models.md)
+        return str(folder), load_dictionaries(folder, model=model)
     if folder is None:
         checkpoint = Path(resolve_checkpoint(model_name))
         folder = checkpoint / "dictionaries"

@@ -39,7 +39,8 @@ SOURCES = ("clean", "zero", "mean", "resample")
 
 def patch_site(model, site: Site | str, dictionary: Dictionary, source_features: torch.Tensor,
                feature_mask: torch.Tensor, position_mask: torch.Tensor | None = None, *,
-               feature_ids: torch.Tensor | None = None, repeat: int = 1) -> torch.Tensor:
+               feature_ids: torch.Tensor | None = None, repeat: int = 1,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
     """Inside a trace: patch features at ``site``; returns the edit ``x′ − x̄``.
 
     Args:
@@ -53,15 +54,30 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
         repeat: tile the activation ``repeat`` times along the batch before patching, so
             one forward of ``n`` prompts evaluates ``repeat`` feature sets from this site on
             (the layers before the site run once, not once per set).
+        rows: ``[batch]`` index into the activation's batch: gather these rows before
+            patching (the general form of ``repeat``; a prompt may appear in many rows).
+
+    A dictionary whose ``input_site`` differs from ``site`` (a ``Transcoder``) encodes c̄ from
+    the activation at ``input_site`` and adds the edit at ``site``.
 
     Returns:
         ``[batch, pos, d_model]`` the edit added to the activation.
     """
     site = Site.parse(site)
-    activation = site.read(model)
-    if repeat > 1:
-        activation = einops.repeat(activation, "n t d -> (k n) t d", k=repeat)
-    current = dictionary.encode_features(activation, feature_ids)
+    input_site = input_site_of(dictionary, site)
+    if input_site != site:
+        if repeat > 1 or rows is not None:
+            raise ParameterError("repeat/rows cannot tile at a transcoder's output site",
+                                 hint="repeat the input ids instead (repeat=1, rows=None)")
+        current = dictionary.encode_features(input_site.read(model), feature_ids)
+        activation = site.read(model)
+    else:
+        activation = site.read(model)
+        if repeat > 1:
+            activation = einops.repeat(activation, "n t d -> (k n) t d", k=repeat)
+        if rows is not None:
+            activation = activation[rows]
+        current = dictionary.encode_features(activation, feature_ids)
     directions = dictionary.directions
     if feature_ids is not None:
         directions = directions[feature_ids]
@@ -75,6 +91,12 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
     edit = weight @ directions
     site.write(model, activation + edit)
     return edit
+
+
+def input_site_of(dictionary: Dictionary, site: Site | str) -> Site:
+    """Where ``dictionary`` reads its input: its ``input_site`` if it has one, else ``site``."""
+    input_site = getattr(dictionary, "input_site", None)
+    return Site.parse(site) if input_site is None else Site.parse(input_site)
 
 
 def patch_error(model, site: Site | str, dictionary: Dictionary, source_error: torch.Tensor,
@@ -197,9 +219,8 @@ class PatchingExperiment:
             (negative counts from each prompt's end).
         max_rows: most sequences per forward pass (feature sets × prompts), bounds memory.
         max_memory: budget for the working tensors (bytes, or ``"2GB"``; default
-            ``memory.default_max_memory()``): sets how many sequences run per forward pass
-            (prompts and feature sets per chunk) and how many prompts and features are
-            encoded at once. See ``docs/memory.md``.
+            ``memory.default_max_memory()``): sets how many rows run per forward pass and
+            how many prompts and features are encoded at once. See ``docs/memory.md``.
         seed: for ``"resample"``.
         runs: a ``RunCache`` of the same prompts to reuse (covering these sites).
 
@@ -229,10 +250,14 @@ class PatchingExperiment:
         self.sites = sorted(self.dictionaries, key=lambda name: Site.parse(name).depth)
         for site, dictionary in self.dictionaries.items():
             check_dictionary_fits(dictionary, model, site)
+        # features are encoded where each dictionary reads (a transcoder's input site)
+        self.input_sites = {site: str(input_site_of(self.dictionaries[site], site))
+                            for site in self.sites}
+        needed = sorted(set(self.sites) | set(self.input_sites.values()))
         if runs is None:
-            runs = RunCache(model, prompts, self.sites)
-        elif not set(self.sites) <= set(runs.sites):
-            raise ParameterError(f"the run cache covers sites {runs.sites}, not {self.sites}",
+            runs = RunCache(model, prompts, needed)
+        elif not set(needed) <= set(runs.sites):
+            raise ParameterError(f"the run cache covers sites {runs.sites}, not {needed}",
                                  hint="build RunCache(model, prompts, sites) with every site")
         self.runs = runs
         self.prompts: PromptPairs = runs.prompts
@@ -245,14 +270,16 @@ class PatchingExperiment:
         self.position_mask = _position_mask(self.prompts, positions)
         self._sources = {site: self._source(site, source, seed) for site in self.sites}
         self.source_features = SiteFeatures(self.sites, self._source_block)
-        self._tile_at_site = True  # run layers before the first patched site once per chunk
+        # run layers before the first patched site once per chunk (not through transcoders,
+        # whose output site sits inside a block that keeps its untiled residual)
+        self._tile_at_site = all(self.input_sites[site] == site for site in self.sites)
+        self._change_cache: dict[str, torch.Tensor] = {}
 
-    # --------------------------------------------------------------- features
     def _encoder(self, activations: Mapping[str, torch.Tensor]):
         @torch.no_grad()
         def compute(site: str, prompts: slice, feature_ids: torch.Tensor | None):
-            return self.dictionaries[site].encode_features(activations[site][prompts],
-                                                           feature_ids)
+            return self.dictionaries[site].encode_features(
+                activations[self.input_sites[site]][prompts], feature_ids)
         return compute
 
     def _source(self, site: str, source: str | torch.Tensor, seed: int):
@@ -295,10 +322,10 @@ class PatchingExperiment:
             index = kind[1][prompts]
             with torch.no_grad():
                 return self.dictionaries[site].encode_features(
-                    self.runs.clean_activations[site][index], feature_ids)
+                    self.runs.clean_activations[self.input_sites[site]][index], feature_ids)
+        values = kind[1] if feature_ids is None else kind[1][..., feature_ids]
         n, width = self.prompts.clean_ids.shape
-        values = kind[1].expand(n, width, kind[1].shape[-1])[prompts]
-        return values if feature_ids is None else values[..., feature_ids]
+        return values.expand(n, width, values.shape[-1])[prompts]
 
     def feature_blocks(self, site: str, temporaries: int = 4):
         """``(prompt slice, feature ids or None)`` blocks that cover ``[n, pos, F]`` at
@@ -345,24 +372,13 @@ class PatchingExperiment:
         site = self._one_site(site)
         return list(range(self.dictionaries[site].n_features))
 
-    @torch.no_grad()
     def active_features(self, site: str | None = None) -> list[int]:
         """Features whose source and corrupted activations differ at some patched position.
 
         Patching any other feature is a no-op, so searches can skip them.
         """
         site = self._one_site(site)
-        active = torch.zeros(self.dictionaries[site].n_features, dtype=torch.bool)
-        for prompts, ids in self.feature_blocks(site):
-            diff = (self.source_features.select(site, prompts, ids)
-                    - self.corrupt_features.select(site, prompts, ids)).abs()
-            diff = diff * self.position_mask[prompts][..., None]
-            hit = diff.amax(dim=(0, 1)) > 0
-            if ids is None:
-                active |= hit
-            else:
-                active[ids] |= hit
-        return torch.nonzero(active).flatten().tolist()
+        return torch.nonzero(self._changes(site).any(0)).flatten().tolist()
 
     def _one_site(self, site: str | None) -> str:
         if site is None:
@@ -389,98 +405,151 @@ class PatchingExperiment:
             values += encoded + 3 * count + 24 * dictionary.d_model
         return FLOAT_BYTES * width * values
 
-    def _chunks(self, masks: Mapping[str, torch.Tensor]) -> list[tuple[slice, slice]]:
-        """``(set slice, prompt slice)`` blocks of at most ``min(max_rows, budget)`` rows."""
-        k = next(iter(masks.values())).shape[0]
-        n = len(self.prompts)
-        used = {site: int(mask.any(0).sum()) for site, mask in masks.items()}
-        rows = min(self.max_rows, rows_per_chunk(self.max_memory, self.bytes_per_row(used)))
-        per_sets, per_prompts = split_rows(k, n, rows)
-        return [(slice(s, s + per_sets), slice(p, p + per_prompts))
-                for p in range(0, n, per_prompts) for s in range(0, k, per_sets)]
-
-    def _evaluate_blocks(self, feature_sets: Sequence[FeatureSet]):
-        """Yield ``(set slice, prompt slice, logits [k', n', vocab], norms [k', n'])``."""
-        masks = self.feature_masks(feature_sets)
-        chunks = self._chunks(masks)
-        for sets, prompts in tqdm(chunks, desc="patching", leave=False,
-                                  disable=not self.progress or len(chunks) < 4):
-            chunk = {site: mask[sets] for site, mask in masks.items()}
-            logits, norms = self._patched_chunk(chunk, prompts)
-            yield sets, prompts, logits, norms
-
     def patched_logits(self, feature_sets: Sequence[FeatureSet]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Answer-position logits ``[k, n, vocab]`` and edit norms ``[k, n]`` for ``k`` sets.
 
-        Sets are stacked along the batch dimension, at most ``max_rows`` sequences per
-        forward and as many as ``max_memory`` allows (prompts are split when one set's
-        prompts do not fit).
+        Every (feature set, prompt) pair is one row of a batched forward, ``max_rows`` rows
+        per pass, with two savings that a loop of one trace per set cannot make:
+
+        - rows are reduced to the features that actually change on their prompt (at the
+          shallowest site, a feature whose source equals its corrupted value at every
+          patched position is a no-op); rows that become identical run once, and rows left
+          with nothing to patch take the cached corrupted logits without any forward;
+        - the layers before the first patched site run once per prompt, and the activation
+          is gathered into rows at the site.
         """
-        k, n = len(feature_sets), len(self.prompts)
-        logits = torch.empty(k, n, self.clean_logits.shape[-1])
-        norms = torch.empty(k, n)
-        for sets, prompts, chunk_logits, chunk_norms in self._evaluate_blocks(feature_sets):
-            logits[sets, prompts] = chunk_logits
-            norms[sets, prompts] = chunk_norms
+        masks = self.feature_masks(feature_sets)
+        k = len(feature_sets)
+        logits = einops.repeat(self.corrupt_logits, "n v -> k n v", k=k).clone()
+        norms = torch.zeros(k, len(self.prompts))
+        for sets, prompts in self._row_blocks(masks):
+            rows = self._unique_rows({site: mask[sets] for site, mask in masks.items()},
+                                     prompts)
+            if rows is None:
+                continue
+            prompt_index, row_masks, used, inverse = rows
+            row_logits, row_norms = self._evaluate_rows(prompt_index, row_masks, used)
+            patched = inverse >= 0
+            set_of_row = torch.arange(sets.start, min(sets.stop, k)).repeat_interleave(
+                len(prompts))[patched]
+            prompt_of_row = prompts.repeat(len(inverse) // len(prompts))[patched]
+            logits[set_of_row, prompt_of_row] = row_logits[inverse[patched]]
+            norms[set_of_row, prompt_of_row] = row_norms[inverse[patched]]
         return logits, norms
 
-    def _metric_table(self, feature_sets: Sequence[FeatureSet]
-                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """``({metric: [k, n]}, norms [k, n])`` computed chunk by chunk (no ``[k, n, vocab]``
-        logits are kept)."""
-        k, n = len(feature_sets), len(self.prompts)
-        metrics = {name: torch.empty(k, n) for name in ("kl", "logit_diff", "answer_prob")}
-        norms = torch.empty(k, n)
-        for sets, prompts, logits, chunk_norms in self._evaluate_blocks(feature_sets):
-            for name, value in self._metrics(logits, prompts).items():
-                metrics[name][sets, prompts] = value
-            norms[sets, prompts] = chunk_norms
-        return metrics, norms
+    def _row_blocks(self, masks: dict[str, torch.Tensor]) -> list[tuple[slice, torch.Tensor]]:
+        """``(set slice, prompt ids)`` blocks whose (set, prompt) masks over the used
+        features (bool, then int64 keys for deduplication, ~10 bytes per cell) fit in half
+        of ``max_memory``; rows are deduplicated within a block."""
+        k, n = next(iter(masks.values())).shape[0], len(self.prompts)
+        used = sum(int(mask.any(0).sum()) for mask in masks.values())
+        rows = rows_per_chunk(self.max_memory // 2, 10 * max(1, used))
+        per_sets, per_prompts = split_rows(k, n, rows)
+        return [(slice(s, s + per_sets), torch.arange(p, min(p + per_prompts, n)))
+                for p in range(0, n, per_prompts) for s in range(0, k, per_sets)]
+
+    def _unique_rows(self, masks: dict[str, torch.Tensor], prompts: torch.Tensor):
+        """Distinct (prompt, effective feature mask) rows of ``k`` sets × ``n`` prompts.
+
+        Only the prompts ``prompts [n]`` (ids) are considered. Returns ``None`` when nothing
+        is patched, else ``prompt_index [R]``, ``{site: [R, u_site]}`` masks over the
+        ``used`` feature ids ``{site: [u_site]}``, and ``inverse [k * n]`` mapping each (set,
+        prompt) row to its unique row (``-1``: no-op).
+        """
+        k = next(iter(masks.values())).shape[0]
+        n = len(prompts)
+        used = {site: torch.nonzero(mask.any(0)).flatten() for site, mask in masks.items()}
+        used = {site: ids for site, ids in used.items() if ids.numel() > 0}
+        if not used:
+            return None
+        first = self.sites[0]
+        parts = []
+        for site, ids in used.items():
+            part = einops.repeat(masks[site][:, ids].bool(), "k f -> k n f", n=n)
+            if site == first:  # upstream of everything: live activations are the corrupted ones
+                part = part & self._changes(site)[prompts][:, ids][None]
+            parts.append(part)
+        effective = einops.rearrange(torch.cat(parts, dim=-1), "k n f -> (k n) f")
+        prompt_of_row = einops.repeat(prompts, "n -> (k n)", k=k)
+        nonempty = effective.any(-1)
+        inverse = torch.full((k * n,), -1, dtype=torch.long)
+        if not bool(nonempty.any()):
+            return None
+        keys = torch.cat([prompt_of_row[nonempty, None], effective[nonempty].long()], dim=-1)
+        unique, unique_inverse = torch.unique(keys, dim=0, return_inverse=True)
+        inverse[nonempty] = unique_inverse
+        prompt_index = unique[:, 0]
+        row_masks, offset = {}, 1
+        for site, ids in used.items():
+            row_masks[site] = unique[:, offset:offset + len(ids)].float()
+            offset += len(ids)
+        return prompt_index, row_masks, used, inverse
+
+    def _changes(self, site: str) -> torch.Tensor:
+        """``[n, n_features]`` True where a feature's source differs from its corrupted value
+        at some patched position of that prompt (patching it there is not a no-op)."""
+        if site not in self._change_cache:
+            changes = torch.zeros(len(self.prompts), self.dictionaries[site].n_features,
+                                  dtype=torch.bool)
+            with torch.no_grad():
+                for prompts, ids in self.feature_blocks(site):  # [p, pos, f] within budget
+                    difference = (self.source_features.select(site, prompts, ids)
+                                  - self.corrupt_features.select(site, prompts, ids)).abs()
+                    difference = difference * self.position_mask[prompts][..., None]
+                    columns = slice(None) if ids is None else slice(int(ids[0]),
+                                                                     int(ids[-1]) + 1)
+                    changes[prompts, columns] = difference.amax(dim=1) > 0
+            self._change_cache[site] = changes
+        return self._change_cache[site]
+
+    def _evaluate_rows(self, prompt_index: torch.Tensor, row_masks: dict[str, torch.Tensor],
+                       used: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[R, vocab]`` and edit norms ``[R]`` of ``R`` (prompt, mask) rows, at most
+        ``max_rows`` per forward and as many as ``max_memory`` allows (``bytes_per_row``)."""
+        per_chunk = min(self.max_rows, rows_per_chunk(
+            self.max_memory, self.bytes_per_row({s: len(ids) for s, ids in used.items()})))
+        starts = range(0, len(prompt_index), per_chunk)
+        logits, norms = [], []
+        for start in tqdm(starts, desc="patching", disable=not self.progress or len(starts) < 4,
+                          leave=False):
+            chunk = slice(start, start + per_chunk)
+            chunk_logits, chunk_norms = self._patched_chunk(
+                prompt_index[chunk], {site: mask[chunk] for site, mask in row_masks.items()},
+                used)
+            logits.append(chunk_logits)
+            norms.append(chunk_norms)
+        return torch.cat(logits), torch.cat(norms)
 
     @torch.no_grad()
-    def _patched_chunk(self, masks: dict[str, torch.Tensor], prompts: slice = slice(None)
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        k = next(iter(masks.values())).shape[0]
-        corrupt_ids = self.prompts.corrupt_ids[prompts]
-        n = corrupt_ids.shape[0]
-        final = einops.repeat(self.prompts.final_positions[prompts], "n -> (k n)", k=k)
-        position_mask = einops.repeat(self.position_mask[prompts], "n t -> (k n) t", k=k)
-        plans = []
-        for site in self.sites:
-            used = torch.nonzero(masks[site].any(0)).flatten()
-            if used.numel() == 0:
-                continue
-            plans.append((site, used,
-                          einops.repeat(self.source_features.select(site, prompts, used),
-                                        "n t f -> (k n) t f", k=k),
-                          einops.repeat(masks[site][:, used], "k f -> (k n) f", n=n)))
-        if not plans:  # nothing patched: every set gives the corrupted run
-            return (einops.repeat(self.corrupt_logits[prompts], "n v -> k n v", k=k),
-                    torch.zeros(k, n))
+    def _patched_chunk(self, prompt_index: torch.Tensor, masks: dict[str, torch.Tensor],
+                       used: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        plans = [(site, used[site], self.source_features.select(site, prompt_index, used[site]),
+                  masks[site]) for site in self.sites if site in masks]
+        final = self.prompts.final_positions[prompt_index]
+        position_mask = self.position_mask[prompt_index]
         if self._tile_at_site:
+            prompts, gather = torch.unique(prompt_index, return_inverse=True)
             try:
-                return self._traced_chunk(plans, corrupt_ids, k, n, final, position_mask,
-                                          tile=k)
+                return self._traced_chunk(plans, self.prompts.corrupt_ids[prompts], final,
+                                          position_mask, gather)
             except RuntimeError:
                 # some architectures (e.g. Gemma-2's sliding-window masks) build per-batch
-                # tensors before the first block; tiling mid-forward then mismatches shapes
+                # tensors before the first block; gathering rows mid-forward then mismatches
                 self._tile_at_site = False
-        input_ids = einops.repeat(corrupt_ids, "n t -> (k n) t", k=k)
-        return self._traced_chunk(plans, input_ids, k, n, final, position_mask, tile=1)
+        return self._traced_chunk(plans, self.prompts.corrupt_ids[prompt_index], final,
+                                  position_mask, None)
 
-    def _traced_chunk(self, plans, input_ids, k, n, final, position_mask, tile: int):
+    def _traced_chunk(self, plans, input_ids, final, position_mask, gather):
         squared_norms: list[torch.Tensor] = []
         with self.model.trace(input_ids):
             for index, (site, used, source, mask) in enumerate(plans):
                 edit = patch_site(self.model, site, self.dictionaries[site], source, mask,
                                   position_mask, feature_ids=used,
-                                  repeat=tile if index == 0 else 1)
+                                  rows=gather if index == 0 else None)
                 squared_norms.append(edit.pow(2).sum(dim=(-1, -2)).save())
-            logits = self.model.output.logits[torch.arange(k * n), final].save()
-        total = torch.stack(squared_norms).sum(0)
-        return (einops.rearrange(logits, "(k n) v -> k n v", k=k),
-                einops.rearrange(total.sqrt(), "(k n) -> k n", k=k))
+            logits = self.model.output.logits[torch.arange(len(final)), final].save()
+        return logits, torch.stack(squared_norms).sum(0).sqrt()
 
     def evaluate(self, feature_sets: Sequence[FeatureSet], *, per_prompt: bool = False
                  ) -> pd.DataFrame:
@@ -491,7 +560,8 @@ class PatchingExperiment:
         ``edit_magnitude`` (‖x′ − x̄‖ over patched positions and sites).
         """
         feature_sets = list(feature_sets)
-        metrics, norms = self._metric_table(feature_sets)
+        logits, norms = self.patched_logits(feature_sets)
+        metrics = self._metrics(logits)
         sizes = self.feature_masks(feature_sets)
         n_features = sum(mask.sum(1) for mask in sizes.values()).long()
         frame = pd.DataFrame({
@@ -505,13 +575,12 @@ class PatchingExperiment:
             return frame
         return frame.drop(columns="prompt").groupby("set", as_index=False).mean()
 
-    def _metrics(self, logits: torch.Tensor, prompts: slice = slice(None)
-                 ) -> dict[str, torch.Tensor]:
-        pairs = self.prompts
+    def _metrics(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        prompts = self.prompts
         return {
-            "kl": kl_divergence(self.clean_logits[prompts], logits),
-            "logit_diff": logit_diff(logits, pairs.answer_ids[prompts], pairs.wrong_ids[prompts]),
-            "answer_prob": answer_prob(logits, pairs.answer_ids[prompts]),
+            "kl": kl_divergence(self.clean_logits, logits),
+            "logit_diff": logit_diff(logits, prompts.answer_ids, prompts.wrong_ids),
+            "answer_prob": answer_prob(logits, prompts.answer_ids),
         }
 
     def baselines(self) -> pd.DataFrame:
@@ -524,8 +593,8 @@ class PatchingExperiment:
 
     def mean_kl(self, feature_sets: Sequence[FeatureSet]) -> torch.Tensor:
         """``[k]`` KL(clean ‖ patched) averaged over prompts, for ``k`` feature sets."""
-        metrics, _ = self._metric_table(list(feature_sets))
-        return metrics["kl"].mean(-1)
+        logits, _ = self.patched_logits(feature_sets)
+        return kl_divergence(self.clean_logits, logits).mean(-1)
 
 
 def _position_mask(prompts: PromptPairs, positions: str | Sequence[int]) -> torch.Tensor:

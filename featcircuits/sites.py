@@ -11,7 +11,13 @@ kind           what it holds (``[batch, pos, d_model]``)
 ``resid_out``  output hidden state of block L (before the final norm)
 ``mlp_out``    output of block L's MLP
 ``attn_out``   output of block L's attention (first element of its tuple)
+``resid_mid``  residual stream entering block L's MLP (the input of its pre-MLP norm;
+               equals ``resid_in`` in parallel-attention blocks such as Pythia's); read-only
+``mlp_in``     input of block L's MLP module (after the pre-MLP norm)
 =============  ===========================================================
+
+``resid_mid`` and ``mlp_in`` are where transcoders read (circuit-tracer's
+``hook_resid_mid`` and ``ln2.hook_normalized``).
 
 ``Site.from_module_path("transformer.blocks.3")`` names any module directly, for
 architectures featcircuits does not know.
@@ -26,8 +32,8 @@ from typing import Any
 from featcircuits.errors import SiteError
 from featcircuits.models import model_config, underlying_module
 
-SITE_KINDS = ("embed", "resid_in", "resid_out", "mlp_out", "attn_out")
-_LAYER_KINDS = ("resid_in", "resid_out", "mlp_out", "attn_out")
+SITE_KINDS = ("embed", "resid_in", "resid_out", "mlp_out", "attn_out", "resid_mid", "mlp_in")
+_LAYER_KINDS = ("resid_in", "resid_out", "mlp_out", "attn_out", "resid_mid", "mlp_in")
 
 
 @dataclass(frozen=True)
@@ -40,27 +46,38 @@ class Architecture:
     attn: str
     final_norm: str
     unembed: str
+    mlp_norm: str | None = None  # the norm feeding the MLP, relative to a block (resid_mid)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
     "gpt_neox": Architecture(
         "gpt_neox.layers", "gpt_neox.embed_in", "mlp", "attention", "gpt_neox.final_layer_norm",
-        "embed_out",
+        "embed_out", "post_attention_layernorm",
     ),
     "gpt2": Architecture("transformer.h", "transformer.drop", "mlp", "attn", "transformer.ln_f",
-                         "lm_head"),
+                         "lm_head", "ln_2"),
     "llama": Architecture("model.layers", "model.embed_tokens", "mlp", "self_attn", "model.norm",
-                          "lm_head"),
+                          "lm_head", "post_attention_layernorm"),
 }
 # Llama-family models share Llama's module names.
-for _family in ("qwen2", "qwen3", "mistral", "gemma", "gemma2", "olmo", "olmo2"):
+for _family in ("qwen2", "qwen3", "mistral", "gemma", "olmo"):
     ARCHITECTURES[_family] = ARCHITECTURES["llama"]
+# Gemma-2 norms the MLP input with pre_feedforward_layernorm; OLMo-2 has no pre-MLP norm.
+ARCHITECTURES["gemma2"] = Architecture("model.layers", "model.embed_tokens", "mlp", "self_attn",
+                                       "model.norm", "lm_head", "pre_feedforward_layernorm")
+ARCHITECTURES["olmo2"] = Architecture("model.layers", "model.embed_tokens", "mlp", "self_attn",
+                                      "model.norm", "lm_head", None)
 
 _TL_HOOKS = {
     "hook_resid_post": "resid_out",
     "hook_resid_pre": "resid_in",
     "hook_mlp_out": "mlp_out",
     "hook_attn_out": "attn_out",
+    "hook_resid_mid": "resid_mid",
+    "ln2.hook_normalized": "mlp_in",
+    "hook_mlp_in": "mlp_in",
+    "mlp.hook_in": "mlp_in",
+    "mlp.hook_out": "mlp_out",
 }
 _SITE_RE = re.compile(r"^(?P<kind>[a-z_]+)(?:\.(?P<layer>-?\d+))?$")
 
@@ -128,7 +145,7 @@ class Site:
         """Map a TransformerLens hook name (``blocks.3.hook_resid_post``) to a site."""
         if hook_name in ("hook_embed", "embed.hook_embed"):
             return cls("embed")
-        match = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", hook_name)
+        match = re.fullmatch(r"blocks\.(\d+)\.([\w.]+)", hook_name)
         if match is None or match.group(2) not in _TL_HOOKS:
             raise SiteError(
                 f"unsupported TransformerLens hook {hook_name!r}",
@@ -140,7 +157,9 @@ class Site:
         """The TransformerLens hook name of this site (``blocks.3.hook_resid_post``)."""
         if self.kind == "embed":
             return "hook_embed"
-        reverse = {kind: hook for hook, kind in _TL_HOOKS.items()}
+        reverse = {}
+        for hook, kind in _TL_HOOKS.items():
+            reverse.setdefault(kind, hook)
         if self.kind not in reverse:
             raise SiteError(f"site {self} has no TransformerLens hook name")
         return f"blocks.{self.layer}.{reverse[self.kind]}"
@@ -162,7 +181,8 @@ class Site:
             return -1.0
         if self.module_path is not None:
             return float("inf")
-        offset = {"resid_in": 0.0, "attn_out": 0.25, "mlp_out": 0.5, "resid_out": 0.75}[self.kind]
+        offset = {"resid_in": 0.0, "attn_out": 0.25, "resid_mid": 0.35, "mlp_in": 0.4,
+                  "mlp_out": 0.5, "resid_out": 0.75}[self.kind]
         return self.layer + offset
 
     # ------------------------------------------------------------- resolution
@@ -182,12 +202,19 @@ class Site:
         block = _walk(model, f"{arch.layers}.{self.layer}")
         if self.kind in ("resid_in", "resid_out"):
             return block
-        return _walk(block, arch.mlp if self.kind == "mlp_out" else arch.attn)
+        if self.kind == "resid_mid":
+            if arch.mlp_norm is None:
+                raise SiteError(
+                    f"site {self}: {model_config(model).model_type!r} blocks have no pre-MLP "
+                    "norm to read the residual entering the MLP from",
+                    hint="read 'mlp_in' (the MLP's input) instead")
+            return _walk(block, arch.mlp_norm)
+        return _walk(block, arch.attn if self.kind == "attn_out" else arch.mlp)
 
     def read(self, model):
         """Inside a trace: the activation at this site, ``[batch, pos, d_model]``."""
         module = self.module(model)
-        if self.kind == "resid_in":
+        if self.kind in ("resid_in", "resid_mid", "mlp_in"):
             return module.input
         value = module.output
         if self.kind == "attn_out" or (self.module_path is not None and isinstance(value, tuple)):
@@ -196,8 +223,13 @@ class Site:
 
     def write(self, model, value) -> None:
         """Inside a trace: replace the activation at this site with ``value``."""
+        if self.kind == "resid_mid":
+            raise SiteError(
+                f"site {self} can be read but not written: the block keeps its own copy of the "
+                "residual, so writing the norm's input would change only the MLP's input",
+                hint=f"write 'mlp_in.{self.layer}' (the MLP's input) or 'resid_out.{self.layer}'")
         module = self.module(model)
-        if self.kind == "resid_in":
+        if self.kind in ("resid_in", "mlp_in"):
             module.input = value
             return
         if self.kind == "attn_out":

@@ -14,7 +14,7 @@ from featcircuits import (
     SparseAutoencoder,
 )
 from featcircuits.models import underlying_module
-from featcircuits.patching import PatchingExperiment
+from featcircuits.patching import PatchingExperiment, patch_site
 from featcircuits.sites import Site
 
 PROMPTS = pd.DataFrame({
@@ -116,6 +116,52 @@ def test_empty_set_reproduces_corrupt_run(model):
     result = experiment.evaluate([[]])
     corrupt_kl = experiment.baselines().set_index("run").loc["corrupt", "kl"]
     assert result.loc[0, "kl"] == pytest.approx(corrupt_kl, abs=1e-6)
+
+
+def test_patch_site_with_empty_mask_leaves_the_trace_unchanged(model):
+    """The primitive itself (not the experiment's no-op shortcut) on an empty feature set."""
+    sae = _sae(32, "resid_out.1")
+    experiment = PatchingExperiment(model, sae, PROMPTS, progress=False)
+    prompts = experiment.prompts
+    final = prompts.final_positions
+    with model.trace(prompts.corrupt_ids):
+        edit = patch_site(model, "resid_out.1", sae, experiment.clean_features["resid_out.1"],
+                          torch.zeros(sae.n_features)).save()
+        logits = model.output.logits[torch.arange(len(final)), final].save()
+    assert edit.abs().max() == 0
+    assert (logits - experiment.corrupt_logits).abs().max() < 1e-5
+
+
+def test_leave_one_out_sets_share_rows_and_match_manual_hooks(model, monkeypatch):
+    """Rows reduced to the features that change on their prompt give the same logits as the
+    patch formula with plain hooks, and identical reduced rows run only once."""
+    site = "resid_out.0"
+    sae = _sae(32, site, seed=5)
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.08)  # sparse: each prompt changes only some features
+    experiment = PatchingExperiment(model, sae, PROMPTS, progress=False)
+    changes = experiment._changes(site)
+    active = experiment.active_features()
+    assert 5 < len(active) and bool((~changes[:, active]).any())
+    sets = [[feature for feature in active if feature != left_out] for left_out in active]
+    computed = []
+    original = PatchingExperiment._patched_chunk
+
+    def counting(self, prompt_index, masks, used):
+        computed.append(len(prompt_index))
+        return original(self, prompt_index, masks, used)
+
+    monkeypatch.setattr(PatchingExperiment, "_patched_chunk", counting)
+    logits, _ = experiment.patched_logits(sets)
+    n = len(PROMPTS)
+    # one row per prompt for "everything that changes" plus one per (prompt, changed feature)
+    expected_rows = n + int(changes[:, active].sum())
+    assert sum(computed) == expected_rows < len(sets) * n
+    for index in (0, len(sets) // 2, len(sets) - 1):
+        mask = torch.zeros(sae.n_features)
+        mask[sets[index]] = 1
+        expected = _manual_patch_logits(model, {site: sae}, PROMPTS, {site: mask})
+        assert (logits[index] - expected).abs().max() < 1e-5
 
 
 def test_neuron_basis_all_features_restores_clean_site(model):

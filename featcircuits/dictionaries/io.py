@@ -50,11 +50,17 @@ _LINEAR_KINDS = {cls.kind: cls for cls in (LinearBasis, NeuronBasis, RandomBasis
 def save_dictionary(dictionary: Dictionary, path: str | os.PathLike[str]) -> Path:
     """Write ``dictionary`` to folder ``path`` (``cfg.json`` + ``sae_weights.safetensors``).
 
-    Both files are written atomically (temp file, then rename).
+    Both files are written atomically (temp file, then rename). A ``Transcoder`` is written
+    as ``transcoder.safetensors`` in circuit-tracer's layout instead.
     """
     from safetensors.torch import save_file
 
+    from featcircuits.dictionaries.transcoder import Transcoder, save_transcoder
+
     folder = Path(path)
+    if isinstance(dictionary, Transcoder):  # circuit-tracer layout, one file in the folder
+        save_transcoder(dictionary, folder / "transcoder.safetensors")
+        return folder
     tensors, cfg = _to_saelens(dictionary)
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp),
@@ -130,19 +136,40 @@ def load_dictionary(
     site: str | Site | None = None,
     model=None,
     device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Dictionary:
-    """Load a dictionary from a native/SAELens folder or a dictionary_learning folder.
+    """Load a dictionary from a folder, a transcoder file, or a hub spec.
 
     Args:
-        path: the folder (or its ``ae.pt`` / ``cfg.json`` file).
+        path: a native/SAELens folder, a dictionary_learning folder (or its ``ae.pt`` /
+            ``cfg.json`` file), a circuit-tracer ``layer_L.safetensors`` transcoder, or a spec:
+            ``"saelens:<release>/<sae_id>"``, ``"dictionary_learning:<model>/<site>"``,
+            ``"circuit_tracer:<repo_id>/layer_L"`` (see ``featcircuits.dictionaries.hub``).
         site: the site it will be used at; overrides the site stored in the file.
         model: if given, the dictionary's width is checked against ``site``'s width.
+        cache_dir: where specs are downloaded to / looked up (default ``$FEATCIRCUITS_CACHE``
+            or ``~/.cache/featcircuits``).
 
     Raises:
-        DictionaryLoadError: missing, truncated or unrecognised files.
+        DictionaryLoadError: missing, truncated or unrecognised files; an unknown spec; a
+            spec whose files are not cached and cannot be downloaded (says what to fetch).
         WidthMismatchError: the dictionary's ``d_in`` differs from the model's width.
     """
+    from featcircuits.dictionaries import hub
+
+    if hub.is_spec(path):
+        fetched = hub.fetch(str(path), cache_dir=cache_dir)
+        dictionary = fetched.adapt(load_dictionary(fetched.path))
+        return _finish(dictionary, site, model, device)
     folder = Path(path)
+    if folder.is_file() and folder.suffix == ".safetensors" and folder.name != WEIGHTS_FILE:
+        return _finish(_transcoder_file(folder), site, model, device)
+    if folder.is_dir() and not (folder / WEIGHTS_FILE).is_file() and not (
+            folder / "ae.pt").is_file():
+        transcoders = [p for p in sorted(folder.glob("*.safetensors"))
+                       if p.name == "transcoder.safetensors" or re.match(r"layer_?\d+", p.stem)]
+        if len(transcoders) == 1:
+            return _finish(_transcoder_file(transcoders[0]), site, model, device)
     if folder.is_file():
         folder = folder.parent
     if not folder.exists():
@@ -168,12 +195,22 @@ def load_dictionary(
             f"could not read the dictionary in {str(folder)!r}: {type(exc).__name__}: {exc}",
             hint="the files may be truncated or corrupt; re-download or re-save them",
         ) from exc
+    return _finish(dictionary, site, model, device)
+
+
+def _finish(dictionary: Dictionary, site, model, device) -> Dictionary:
     dictionary.check_finite()
     if site is not None:
         dictionary.site = str(Site.parse(site))
     if model is not None and dictionary.site is not None:
         check_dictionary_fits(dictionary, model, dictionary.site)
     return dictionary.to(device)
+
+
+def _transcoder_file(path: Path) -> Dictionary:
+    from featcircuits.dictionaries.transcoder import load_transcoder
+
+    return load_transcoder(path)
 
 
 def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> None:
@@ -306,7 +343,10 @@ def _load_saelens(folder: Path) -> Dictionary:
             f"{str(folder)!r}: unsupported SAE architecture {architecture!r} / activation "
             f"{activation_fn!r}", hint="featcircuits reads standard (ReLU), topk and jumprelu SAEs")
     tied = bool(config.get("tied")) if config else False
-    sae = SparseAutoencoder(d_in, d_sae, activation=activation, k=k, tied=tied,
+    sae_class = SparseAutoencoder
+    if config and config.get("center_input"):
+        from featcircuits.dictionaries.centered import CenteredSparseAutoencoder as sae_class
+    sae = sae_class(d_in, d_sae, activation=activation, k=k, tied=tied,
                             pre_encoder_bias=bool(cfg.get("apply_b_dec_to_input", True)),
                             site=site, meta=meta)
     _fill_sae(sae, tensors["W_enc"], tensors["b_enc"], tensors["W_dec"], tensors["b_dec"],
@@ -410,12 +450,28 @@ def _load_dictionary_learning(folder: Path) -> SparseAutoencoder:
 
 
 def load_dictionaries(folder: str | os.PathLike[str], *, model=None,
-                      device: str | torch.device = "cpu") -> dict[str, Dictionary]:
+                      device: str | torch.device = "cpu",
+                      cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Dictionary]:
     """Load every dictionary in the sub-folders of ``folder``, keyed by site name.
 
     Sub-folders are named by site (``resid_out.0``, ``resid_out.1``, ...) or hold the site in
-    their config.
+    their config. ``folder`` may also be a spec naming a set, e.g.
+    ``"dictionary_learning:pythia-70m-deduped"`` or ``"saelens:gpt2-small-res-jb"``.
     """
+    from featcircuits.dictionaries import hub
+
+    if hub.is_spec(folder):
+        loaded = [load_dictionary(spec, model=model, device=device, cache_dir=cache_dir)
+                  for spec in hub.expand(str(folder))]
+        by_site: dict[str, Dictionary] = {}
+        for dictionary in loaded:
+            name = str(Site.parse(dictionary.site))
+            if name in by_site:
+                raise DictionaryLoadError(
+                    f"{str(folder)!r} holds several dictionaries at site {name}",
+                    hint="load them one by one with load_dictionary('<spec>/<id>')")
+            by_site[name] = dictionary
+        return dict(sorted(by_site.items(), key=lambda item: Site.parse(item[0]).depth))
     root = Path(folder)
     if not root.is_dir():
         raise DictionaryLoadError(f"dictionary folder {str(folder)!r} does not exist")

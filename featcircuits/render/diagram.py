@@ -14,6 +14,7 @@ Every drawn object carries a ``gid`` (``node:<id>``, ``edge:<source>-><target>``
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
@@ -438,7 +439,9 @@ def render_circuit(
         colorbar = fig.colorbar(mappable, cax=cax)
     else:
         colorbar = fig.colorbar(mappable, ax=ax, shrink=0.5)
-    colorbar.ax.set_title(f"node effect\non {metric}", fontsize=font_size + 1, loc="left", pad=6)
+    metric_text = textwrap.fill(f"on {metric}", width=24, break_long_words=True)
+    colorbar.ax.set_title(f"node effect\n{metric_text}", fontsize=font_size + 1, loc="left",
+                          pad=6)
     colorbar.ax.tick_params(labelsize=font_size)
     colorbar.ax.set_gid("colorbar")
 

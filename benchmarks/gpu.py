@@ -1,0 +1,159 @@
+"""GPU checks and timings, side by side with the CPU in one run (prints numbers; not a test).
+
+    python benchmarks/gpu.py [--part ica train toolkit] [--out DIR]
+
+ica:     torch FastICA on CUDA vs the same fit on CPU (200k x 128 and 1M x 256, Laplace/uniform
+         sources): wall time, Amari distance of each; then a fit streamed in chunks on CUDA.
+train:   SAE trainer steps per second on CUDA vs CPU (d_model 512, 4096 features, batch 4096).
+toolkit: the bundled model and dictionaries on CUDA: IOI patching results vs the CPU run
+         (max abs difference of every numeric column), the same run twice (determinism),
+         bf16, and an attribution circuit on CUDA vs CPU.
+The machine has to have a CUDA device; nothing here downloads anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import traceback
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+def _sources(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    half = d // 2
+    laplace = torch.distributions.Laplace(0.0, 1.0).sample((n, half))
+    uniform = (torch.rand(n, d - half, generator=generator) - 0.5) * math.sqrt(12)
+    sources = torch.cat([laplace, uniform], dim=1)
+    mixing = torch.randn(d, d, generator=generator)
+    return sources @ mixing.T, mixing
+
+
+def part_ica() -> None:
+    from featcircuits.train.ica import amari_distance, fit_ica
+
+    torch.manual_seed(0)
+    data, mixing = _sources(200_000, 128, 0)
+    times = {}
+    for device in ("cuda", "cpu"):
+        fit_ica(data[:20_000], 8, device=device, progress=False)  # warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        basis = fit_ica(data, 128, device=device, progress=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times[device] = time.perf_counter() - start
+        amari = amari_distance(basis.unmixing, mixing)
+        print(f"ica 200k x 128 on {device}: {times[device]:.2f} s, Amari {float(amari):.4f}")
+    print(f"ica speed-up cuda vs cpu (same code): {times['cpu'] / times['cuda']:.1f}x")
+
+    big, big_mixing = _sources(1_000_000, 256, 1)
+    for device in ("cuda", "cpu"):
+        start = time.perf_counter()
+        basis = fit_ica(big, 256, device=device, max_iter=50, progress=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times[device] = time.perf_counter() - start
+        print(f"ica 1M x 256 on {device}: {times[device]:.2f} s, "
+              f"Amari {float(amari_distance(basis.unmixing, big_mixing)):.4f}")
+    print(f"ica speed-up cuda vs cpu (same code): {times['cpu'] / times['cuda']:.1f}x")
+
+    chunk = 250_000
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    basis = fit_ica(lambda: (big[i:i + chunk] for i in range(0, len(big), chunk)), 256,
+                    device="cuda", chunk_size=chunk, max_iter=20, progress=False)
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    print(f"ica streamed 1M x 256 in chunks of {chunk:,} on cuda (max_iter 20): {wall:.1f} s, "
+          f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB, "
+          f"Amari {float(amari_distance(basis.unmixing, big_mixing)):.4f}")
+
+
+def part_train() -> None:
+    from featcircuits.train.sae import SAETrainer
+
+    d_model, n_features, batch = 512, 4096, 4096
+    for device in ("cuda", "cpu"):
+        steps = 200 if device == "cuda" else 10
+        trainer = SAETrainer(d_model, n_features, l1_coefficient=1e-3, steps=steps,
+                             resample_dead_every=None, device=device)
+        data = torch.randn(batch, d_model)
+        start = time.perf_counter()
+        trainer.fit(lambda step, data=data: data, log_every=10_000, progress=False)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+        print(f"sae trainer on {device}: {steps / wall:.1f} steps/s "
+              f"(d_model {d_model}, {n_features} features, batch {batch})")
+
+
+def part_toolkit(out: str) -> None:
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    def ioi(device: str, folder: str, *extra: str) -> pd.DataFrame:
+        command = [sys.executable, "-m", "featcircuits", "ioi", "--quiet", "--device", device,
+                   "--out", folder, "--n-prompts", "8", "--layers", "1", *extra]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        print(f"ioi on {device} {' '.join(extra)}: rc {done.returncode}, "
+              f"{time.perf_counter() - start:.1f} s")
+        if done.returncode != 0:
+            print(done.stderr[-3000:])
+            return pd.DataFrame()
+        return pd.read_csv(f"{folder}/results.csv")
+
+    cpu = ioi("cpu", f"{out}/ioi_cpu")
+    gpu = ioi("cuda", f"{out}/ioi_cuda")
+    gpu2 = ioi("cuda", f"{out}/ioi_cuda2")
+    if len(cpu) and len(gpu):
+        numeric = [c for c in cpu.columns if pd.api.types.is_float_dtype(cpu[c])]
+        diff = (cpu[numeric] - gpu[numeric]).abs().max()
+        print("ioi max |cpu - cuda| per column:", diff.round(6).to_dict())
+    if len(gpu) and len(gpu2):
+        print("ioi cuda run twice identical:", gpu.equals(gpu2))
+    bf16 = ioi("cuda", f"{out}/ioi_bf16", "--dtype", "bfloat16")
+    if len(bf16) and len(gpu):
+        numeric = [c for c in gpu.columns if pd.api.types.is_float_dtype(gpu[c])]
+        print("ioi bf16 vs fp32 max |diff| of kl:",
+              float((bf16["kl"] - gpu["kl"]).abs().max()))
+    for device in ("cpu", "cuda"):
+        command = [sys.executable, "-m", "featcircuits", "circuit", "parens", "--quiet",
+                   "--device", device, "--out", f"{out}/parens_{device}"]
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        print(f"circuit parens on {device}: rc {done.returncode}, "
+              f"{time.perf_counter() - start:.1f} s")
+        print(done.stdout[-1500:] if done.returncode == 0 else done.stderr[-3000:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", nargs="+", default=["ica", "train", "toolkit"],
+                        choices=["ica", "train", "toolkit"])
+    parser.add_argument("--out", default="out/gpu")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("no CUDA device")
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    for part in args.part:
+        start = time.perf_counter()
+        try:
+            {"ica": part_ica, "train": part_train,
+             "toolkit": lambda: part_toolkit(args.out)}[part]()
+        except Exception:
+            traceback.print_exc()
+        print(f"[{part} took {time.perf_counter() - start:.1f} s]", flush=True)
+
+
+if __name__ == "__main__":
+    main()

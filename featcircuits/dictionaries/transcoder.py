@@ -1,0 +1,265 @@
+"""Transcoders: dictionaries that read at one site and write at another.
+
+A (per-layer) transcoder approximates an MLP: features are encoded from the MLP's input and
+decoded into its output::
+
+    c = act(x_in @ W_enc + b_enc)            # x_in: activation at ``input_site``
+    ŷ = c @ W_dec + b_dec (+ x_in @ W_skip.T)  # ≈ activation at ``site`` (the output)
+
+Feature patching through a transcoder encodes c (clean) and c̄ (the run being patched) from the
+INPUT site and adds ``Σ_{i∈F}(cᵢ − c̄ᵢ) fᵢ`` at the OUTPUT site (``patching.patch_site``).
+
+File format: circuit-tracer's per-layer files (``layer_L.safetensors``, repos such as
+``mntss/transcoder-Llama-3.2-1B``): ``W_enc [d_transcoder, d_model]`` — transposed with respect
+to SAELens' ``W_enc [d_in, d_sae]`` — ``W_dec [d_transcoder, d_model]``, ``b_enc
+[d_transcoder]``, ``b_dec [d_model]``, optional ``W_skip [d_model, d_model]`` and optional
+``threshold`` / ``activation_function.threshold [d_transcoder]`` (JumpReLU; ReLU without
+it). Older circuit-tracer files store ``W_dec`` as ``[d_model, d_transcoder]``; those are
+transposed on load when the shape says so unambiguously. The sites come from the file's
+``featcircuits`` metadata, else from a ``config.yaml`` beside it (circuit-tracer's
+``feature_input_hook`` / ``feature_output_hook``), else ``hook_resid_mid`` → ``hook_mlp_out``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from featcircuits._io import atomic_path
+from featcircuits.dictionaries.sae import SparseAutoencoder
+from featcircuits.errors import DictionaryError, DictionaryLoadError, FeatCircuitsError, SiteError
+from featcircuits.sites import Site
+
+DEFAULT_INPUT_HOOK = "hook_resid_mid"
+DEFAULT_OUTPUT_HOOK = "hook_mlp_out"
+_LAYER_IN_NAME = re.compile(r"layer_?(\d+)")
+
+
+class Transcoder(SparseAutoencoder):
+    """A sparse dictionary that reads ``input_site`` and writes ``site``.
+
+    Internally ``W_enc`` is ``[d_model, n_features]`` like every ``SparseAutoencoder``; the
+    circuit-tracer file layout stores its transpose. There is no pre-encoder bias: ``b_dec``
+    is the output bias.
+
+    Args:
+        d_model: width of the input and the output site.
+        n_features: number of transcoder features.
+        activation: ``"relu"``, ``"jumprelu"`` or ``"topk"``.
+        skip: with a linear skip connection ``W_skip [d_model, d_model]`` (output += x @ W_skip.T).
+        input_site: where features are encoded from (e.g. ``"resid_mid.3"``).
+        site: where features are decoded into (e.g. ``"mlp_out.3"``).
+    """
+
+    kind = "transcoder"
+
+    def __init__(self, d_model: int, n_features: int, *, activation: str = "relu",
+                 k: int | None = None, skip: bool = False, input_site: str | Site | None = None,
+                 site: str | Site | None = None, meta: dict[str, Any] | None = None) -> None:
+        super().__init__(d_model, n_features, activation=activation, k=k, tied=False,
+                         pre_encoder_bias=False, site=None if site is None else str(site),
+                         meta=meta)
+        self.input_site = None if input_site is None else str(Site.parse(input_site))
+        if site is not None:
+            self.site = str(Site.parse(site))
+        self.W_skip = nn.Parameter(torch.zeros(d_model, d_model)) if skip else None
+
+    def skip(self, x_in: torch.Tensor) -> torch.Tensor:
+        """The skip connection's contribution ``x_in @ W_skip.T`` (zeros without one)."""
+        if self.W_skip is None:
+            return torch.zeros_like(x_in)
+        return x_in @ self.W_skip.T
+
+    def transcode(self, x_in: torch.Tensor) -> torch.Tensor:
+        """Predicted output ``[..., d_model]`` from the input-site activation ``x_in``."""
+        return self.decode(self.encode(x_in)) + self.skip(x_in)
+
+    def output_error(self, x_in: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the transcoder misses: ``y - transcode(x_in)``, ``[..., d_model]``."""
+        return y - self.transcode(x_in)
+
+    def error(self, x: torch.Tensor) -> torch.Tensor:
+        raise DictionaryError(
+            f"{self!r} has no single-site error: it reads {self.input_site} and writes "
+            f"{self.site}",
+            hint="use transcoder.output_error(x_in, y); feature patching (patch_site, "
+            "PatchingExperiment) works, error-node circuits do not support transcoders yet")
+
+    def config(self) -> dict[str, Any]:
+        return {"activation": self.activation, "k": self.k, "skip": self.W_skip is not None,
+                "input_site": self.input_site}
+
+    def __repr__(self) -> str:
+        return (f"Transcoder(d_model={self.d_model}, n_features={self.n_features}, "
+                f"{self.input_site} -> {self.site})")
+
+
+# ----------------------------------------------------------------------------- files
+def save_transcoder(transcoder: Transcoder, path: str | os.PathLike[str]) -> Path:
+    """Write ``transcoder`` as one circuit-tracer-layout safetensors file (atomically).
+
+    ``path`` is the file (``.../layer_3.safetensors``); the sites go in its metadata.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise DictionaryError(f"transcoder file {str(path)!r} must end in .safetensors",
+                              hint="e.g. save_transcoder(t, 'out/layer_3.safetensors')")
+    tensors = {"W_enc": transcoder.W_enc.T, "W_dec": transcoder.W_dec,
+               "b_enc": transcoder.b_enc, "b_dec": transcoder.b_dec}
+    if transcoder.threshold is not None:
+        tensors["threshold"] = transcoder.threshold
+    if transcoder.W_skip is not None:
+        tensors["W_skip"] = transcoder.W_skip
+    metadata = {"format": "featcircuits-transcoder", "activation": transcoder.activation}
+    for key, value in (("input_site", transcoder.input_site), ("site", transcoder.site),
+                       ("k", transcoder.k)):
+        if value is not None:
+            metadata[key] = str(value)
+    with atomic_path(path) as tmp:
+        save_file({name: t.detach().cpu().float().contiguous() for name, t in tensors.items()},
+                  str(tmp), metadata=metadata)
+    return path
+
+
+def load_transcoder(path: str | os.PathLike[str], *, layer: int | None = None,
+                    input_site: str | Site | None = None, site: str | Site | None = None,
+                    config: dict[str, Any] | None = None) -> Transcoder:
+    """Load a per-layer transcoder in circuit-tracer's layout.
+
+    Args:
+        path: the ``.safetensors`` file.
+        layer: block index; default: from the metadata or the file name (``layer_3``).
+        input_site, site: override where it reads / writes.
+        config: circuit-tracer settings (``feature_input_hook``, ``feature_output_hook``);
+            default: ``config.yaml`` beside the file or one folder up, if any.
+
+    Raises:
+        DictionaryLoadError: missing tensors, inconsistent shapes, unreadable file.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise DictionaryLoadError(f"transcoder file {str(path)!r} does not exist",
+                                  hint="pass a circuit-tracer layer_L.safetensors file")
+    try:
+        tensors = {name: t.float() for name, t in load_file(str(path)).items()}
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+    except Exception as exc:  # corrupt bytes surface as many exception types
+        raise DictionaryLoadError(f"could not read transcoder {str(path)!r}: "
+                                  f"{type(exc).__name__}: {exc}",
+                                  hint="the file may be truncated; re-download it") from exc
+    missing = [name for name in ("W_enc", "W_dec", "b_enc", "b_dec") if name not in tensors]
+    if missing:
+        raise DictionaryLoadError(
+            f"{str(path)!r} lacks tensors {missing} (has {sorted(tensors)})",
+            hint="a circuit-tracer transcoder holds W_enc, W_dec, b_enc, b_dec "
+            "(+ W_skip, threshold)")
+    if "log_thresholds" in tensors:
+        raise DictionaryLoadError(f"{str(path)!r} stores log_thresholds, which circuit-tracer "
+                                  "does not read either", hint="convert it to 'threshold'")
+    b_enc, b_dec = tensors["b_enc"], tensors["b_dec"]
+    if b_enc.ndim != 1 or b_dec.ndim != 1:
+        raise DictionaryLoadError(f"{str(path)!r}: b_enc and b_dec must be vectors, got shapes "
+                                  f"{tuple(b_enc.shape)} and {tuple(b_dec.shape)}")
+    n_features, d_model = b_enc.shape[0], b_dec.shape[0]
+    W_enc = _oriented("W_enc", tensors["W_enc"], n_features, d_model, path, legacy_ok=False)
+    W_dec = _oriented("W_dec", tensors["W_dec"], n_features, d_model, path, legacy_ok=True)
+    threshold = tensors.get("threshold", tensors.get("activation_function.threshold"))
+    activation = metadata.get("activation") or ("jumprelu" if threshold is not None else "relu")
+    k = int(metadata["k"]) if metadata.get("k") else None
+    skip = tensors.get("W_skip")
+    if skip is not None and tuple(skip.shape) != (d_model, d_model):
+        raise DictionaryLoadError(f"{str(path)!r}: W_skip has shape {tuple(skip.shape)}, "
+                                  f"expected {(d_model, d_model)}")
+    in_site, out_site = _sites(path, metadata, layer, input_site, site, config)
+    meta = {"source": "circuit_tracer", "file": path.name}
+    try:
+        transcoder = Transcoder(d_model, n_features, activation=activation, k=k,
+                                skip=skip is not None, input_site=in_site, site=out_site,
+                                meta=meta)
+    except FeatCircuitsError as exc:
+        raise DictionaryLoadError(f"{str(path)!r}: {exc.message}", hint=exc.hint) from exc
+    with torch.no_grad():
+        transcoder.W_enc.copy_(W_enc.T)
+        transcoder.W_dec_untied.copy_(W_dec)
+        transcoder.b_enc.copy_(b_enc)
+        transcoder.b_dec.copy_(b_dec)
+        if activation == "jumprelu":
+            if threshold is None or tuple(threshold.shape) != (n_features,):
+                raise DictionaryLoadError(f"{str(path)!r}: a JumpReLU transcoder needs a "
+                                          f"threshold of shape {(n_features,)}")
+            transcoder.threshold.copy_(threshold)
+        if skip is not None:
+            transcoder.W_skip.copy_(skip)
+    transcoder.check_finite()
+    return transcoder
+
+
+def _oriented(name: str, weight: torch.Tensor, n_features: int, d_model: int, path: Path,
+              *, legacy_ok: bool) -> torch.Tensor:
+    """``weight`` as ``[n_features, d_model]``; ``legacy_ok`` accepts the transpose."""
+    shape = tuple(weight.shape)
+    if shape == (n_features, d_model):
+        return weight
+    if legacy_ok and shape == (d_model, n_features):
+        return weight.T
+    raise DictionaryLoadError(
+        f"tensor {name!r} in {str(path)!r} has shape {shape}, expected "
+        f"[d_transcoder, d_model] = {(n_features, d_model)} (from b_enc and b_dec)",
+        hint="circuit-tracer stores W_enc as [d_transcoder, d_model], the transpose of "
+        "SAELens' W_enc; a SAELens-layout file belongs in a folder with cfg.json")
+
+
+def _sites(path: Path, metadata: dict[str, str], layer: int | None, input_site, site,
+           config: dict[str, Any] | None) -> tuple[str, str]:
+    if input_site is not None and site is not None:
+        return str(Site.parse(input_site)), str(Site.parse(site))
+    if metadata.get("input_site") and metadata.get("site"):
+        return (str(Site.parse(input_site or metadata["input_site"])),
+                str(Site.parse(site or metadata["site"])))
+    if layer is None:
+        match = _LAYER_IN_NAME.search(path.stem)
+        if match is None:
+            raise DictionaryLoadError(
+                f"cannot tell the layer of transcoder {str(path)!r}",
+                hint="name the file layer_L.safetensors or pass layer=L")
+        layer = int(match.group(1))
+    if config is None:
+        config = read_circuit_tracer_config(path)
+    hooks = (config.get("feature_input_hook", DEFAULT_INPUT_HOOK),
+             config.get("feature_output_hook", DEFAULT_OUTPUT_HOOK))
+    try:
+        resolved = [str(Site.from_hook_name(f"blocks.{layer}.{hook}")) for hook in hooks]
+    except SiteError as exc:
+        raise DictionaryLoadError(f"transcoder {str(path)!r}: {exc.message}",
+                                  hint="pass input_site= and site= explicitly") from exc
+    return (str(Site.parse(input_site)) if input_site else resolved[0],
+            str(Site.parse(site)) if site else resolved[1])
+
+
+def read_circuit_tracer_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """circuit-tracer's ``config.yaml`` beside ``path`` or one folder up (``{}`` if none)."""
+    path = Path(path)
+    for folder in (path.parent, path.parent.parent):
+        candidate = folder / "config.yaml"
+        if candidate.is_file():
+            import yaml
+
+            try:
+                config = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+            except yaml.YAMLError as exc:
+                raise DictionaryLoadError(f"{str(candidate)!r} is not valid YAML: {exc}") from exc
+            if not isinstance(config, dict):
+                raise DictionaryLoadError(f"{str(candidate)!r} does not hold a mapping")
+            return config
+    return {}
