@@ -34,6 +34,7 @@ import torch
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import ParameterError, PromptError
+from featcircuits.memory import FLOAT_BYTES, parse_memory, rows_per_chunk
 from featcircuits.models import trace
 from featcircuits.patching import (
     _resample_index,
@@ -181,6 +182,11 @@ class CircuitRuns:
         node_reduce: a (non-positional) node's value is the ``mean`` (default) or ``sum`` of
             its activation over each prompt's real tokens, averaged over prompts.
         max_rows: most sequences per forward pass.
+        max_memory: budget for the working tensors of one forward pass (bytes or ``"2GB"``;
+            default ``memory.default_max_memory()``): fewer copies of the data run at once
+            when ``[rows, positions, n_features]`` tensors would exceed it (see
+            ``docs/memory.md``). The cached clean run (``features [n, T, F]`` per site) is
+            not counted.
         seed: for ``resample`` ablation.
 
     Attributes:
@@ -192,7 +198,8 @@ class CircuitRuns:
 
     def __init__(self, model, dictionaries: Mapping[str, Dictionary], inputs, *,
                  targets: Target | str | int | Sequence, node_reduce: str = "mean",
-                 max_rows: int = 256, seed: int = 0, progress: bool = True) -> None:
+                 max_rows: int = 256, max_memory: int | str | None = None, seed: int = 0,
+                 progress: bool = True) -> None:
         if isinstance(dictionaries, Dictionary):
             dictionaries = {dictionaries.site: dictionaries}
         if not dictionaries:
@@ -222,6 +229,7 @@ class CircuitRuns:
         if len(set(names)) != len(names):
             raise ParameterError(f"targets {names} name the same node twice")
         self.max_rows = int(max_rows)
+        self.max_memory = parse_memory(max_memory)
         self.seed = int(seed)
         self.progress = progress
         self.n_layers = num_layers(model)
@@ -247,9 +255,30 @@ class CircuitRuns:
     def max_target_depth(self) -> float:
         return max(float("inf") if t.is_output else self.depth(t.site) for t in self.targets)
 
-    def chunk_copies(self) -> int:
-        """How many copies of the data fit in one forward pass."""
-        return max(1, self.max_rows // self.n)
+    def chunk_copies(self, every_site: bool = False) -> int:
+        """How many copies of the data fit in one forward pass (``max_rows`` and
+        ``max_memory``; at least one). ``every_site``: the pass patches every site at
+        once (faithfulness), so each site's feature tensors count."""
+        rows = min(self.max_rows,
+                   rows_per_chunk(self.max_memory, self.bytes_per_row(every_site)))
+        return max(1, rows // self.n)
+
+    def bytes_per_row(self, every_site: bool = False) -> int:
+        """Estimated working memory of one sequence in a traced pass: full-sequence logits,
+        the model's activations, and three ``[T, F]`` feature tensors of the widest
+        dictionary (encoded features, their gradient or ablation edit, a temporary) — or
+        four of every dictionary when ``every_site`` (sources, masks, features, edit)."""
+        config = getattr(getattr(self.model, "_module", self.model), "config", None)
+        vocab = int(getattr(config, "vocab_size", 0) or 0)
+        widths = [d.n_features for d in self.dictionaries.values()]
+        features = 4 * sum(widths) if every_site else 3 * max(widths)
+        d_model = max(d.d_model for d in self.dictionaries.values())
+        return FLOAT_BYTES * self.width * (vocab + 16 * self.width + features + 24 * d_model)
+
+    def feature_chunk(self, rows: int, temporaries: int = 4) -> int:
+        """How many features of ``[rows, T, ·]`` float tensors (``temporaries`` of them) fit
+        in ``max_memory`` (at least one)."""
+        return rows_per_chunk(self.max_memory, FLOAT_BYTES * temporaries * rows * self.width)
 
     def _clean_run(self) -> None:
         deltas = {site: torch.zeros(self.n, self.width, self.dictionaries[site].d_model,
@@ -310,9 +339,9 @@ class CircuitRuns:
         index = _resample_index(self.lengths, self.seed) if ablation == "resample" else None
         for site in self.sites:
             clean_f, clean_e = self.features[site], self.errors[site]
-            if ablation == "zero":
-                features[site] = torch.zeros_like(clean_f)
-                errors[site] = torch.zeros_like(clean_e)
+            if ablation == "zero":  # views: no [n, T, F] of zeros is allocated
+                features[site] = clean_f.new_zeros(()).expand_as(clean_f)
+                errors[site] = clean_e.new_zeros(()).expand_as(clean_e)
             elif ablation == "mean":
                 features[site] = clean_f[real].mean(0).expand_as(clean_f)
                 errors[site] = clean_e[real].mean(0).expand_as(clean_e)
@@ -464,7 +493,7 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
             if op.save_activation:
                 saved.append(("activation", site, x.save()))
             if op.readout is not None:
-                features = dictionary.encode(x)
+                features = _readout_features(op.readout, x, dictionary)
                 for kind, value in _read_nodes(op.readout, x, features, dictionary):
                     saved.append((kind, site, value.save()))
             if site == last:
@@ -485,8 +514,20 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     return result
 
 
+def _readout_features(readout: Readout, x, dictionary: Dictionary):
+    """Inside a trace: ``encode(x)`` when a readout needs every feature (the error node,
+    ``full``, per-row features), else only ``readout.feature_ids`` (``[R, T, k]``) — which
+    for a separable dictionary never builds the ``[R, T, F]`` tensor."""
+    if readout.error or readout.full or readout.own_feature is not None:
+        return dictionary.encode(x)
+    if readout.feature_ids is not None:
+        return dictionary.encode_features(x, readout.feature_ids)
+    return None
+
+
 def _read_nodes(readout: Readout, x, features, dictionary: Dictionary):
-    """Inside a trace: node values at a site as ``(kind, tensor)`` pairs."""
+    """Inside a trace: node values at a site as ``(kind, tensor)`` pairs (``features`` from
+    ``_readout_features``)."""
     error = None
     if readout.error or readout.full or readout.own_feature is not None:
         error = x - dictionary.decode(features)
@@ -495,7 +536,7 @@ def _read_nodes(readout: Readout, x, features, dictionary: Dictionary):
         out.append(("full_features", features))
         out.append(("full_errors", error))
     if readout.feature_ids is not None:
-        values = features[..., readout.feature_ids]
+        values = features if error is None else features[..., readout.feature_ids]
         if readout.weights is not None:
             values = (values * readout.weights[..., None]).sum(1)
         out.append(("features", values))

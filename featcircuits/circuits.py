@@ -59,6 +59,7 @@ IG_METHODS = ("attribution", "ig")
 
 # ---------------------------------------------------------------------------- helpers
 def circuit_runs(model, dictionaries=None, inputs=None, *, targets=None, max_rows: int = 256,
+                 max_memory: int | str | None = None,
                  seed: int = 0, progress: bool = True, node_reduce: str = "mean") -> CircuitRuns:
     """A ``CircuitRuns`` (passed through when ``model`` already is one)."""
     if isinstance(model, CircuitRuns):
@@ -71,7 +72,7 @@ def circuit_runs(model, dictionaries=None, inputs=None, *, targets=None, max_row
                              hint="e.g. acdc_circuit(model, {'resid_out.0': sae}, prompts, "
                              "targets='logit_diff', tau=0.1)")
     return CircuitRuns(model, dictionaries, inputs, targets=targets, node_reduce=node_reduce,
-                       max_rows=max_rows, seed=seed, progress=progress)
+                       max_rows=max_rows, max_memory=max_memory, seed=seed, progress=progress)
 
 
 def node_id(node: Node) -> str:
@@ -362,9 +363,14 @@ def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: 
     with torch.no_grad():
         if feature_ids:
             ids = torch.tensor(feature_ids, dtype=torch.long)
-            diff = (runs.features[site][..., ids] - source_features[site][..., ids]) * tm[..., None]
-            along = gradient @ dictionary.directions[ids].T             # [c, n, T, k]
-            per_position = (along * diff[None]).mean(1)                 # [c, T, k]
+            per_position = torch.empty(gradient.shape[0], runs.width, len(feature_ids))
+            step = runs.feature_chunk(gradient.shape[0] * runs.n)
+            for first in range(0, len(feature_ids), step):  # [c, n, T, step] within budget
+                block = ids[first:first + step]
+                diff = (runs.features[site][..., block]
+                        - source_features[site][..., block]) * tm[..., None]
+                along = gradient @ dictionary.directions[block].T       # [c, n, T, k]
+                per_position[..., first:first + step] = (along * diff[None]).mean(1)
             column = {f: k for k, f in enumerate(feature_ids)}
         error_diff = (runs.errors[site] - source_errors[site]) * tm[..., None]
         error_per_position = (gradient * error_diff[None]).sum(-1).mean(1)   # [c, T]
@@ -581,7 +587,8 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
                  ablation: str = "zero", positional: bool = False,
                  candidates: Mapping[str, Sequence[int]] | None = None, errors: bool = True,
                  node_effects: bool = True, node_reduce: str = "mean",
-                 relative_tau: bool = False, max_rows: int = 256, seed: int = 0,
+                 relative_tau: bool = False, max_rows: int = 256,
+                 max_memory: int | str | None = None, seed: int = 0,
                  progress: bool = True) -> nx.DiGraph:
     """Circuit by exact ablation, pruned backwards site by site.
 
@@ -611,6 +618,7 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
     tau = check_tau(tau)
     _check_options(ablation, positional)
     runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
+                        max_memory=max_memory,
                         seed=seed, progress=progress, node_reduce=node_reduce)
     in_graph: dict[str, list[Node]] = {}
     edges: dict[tuple, float] = {}
@@ -658,7 +666,8 @@ def _set_exact_effects(runs: CircuitRuns, graph: nx.DiGraph, *, ablation: str,
 def feature_graph(model, dictionaries: Mapping[str, Dictionary], inputs, *,
                   upstream: str, downstream: str, downstream_features: Sequence[int] | None = None,
                   tau: float = 0.0, ablation: str = "zero", errors: bool = False,
-                  max_rows: int = 256, progress: bool = True) -> nx.DiGraph:
+                  max_rows: int = 256,
+                  max_memory: int | str | None = None, progress: bool = True) -> nx.DiGraph:
     """The seed paper's feature graph between two dictionaries (Cunningham et al. 2023).
 
     Ablate each active feature at ``upstream`` (``x −= c_i f_i`` for ``zero``), re-encode
@@ -682,14 +691,14 @@ def feature_graph(model, dictionaries: Mapping[str, Dictionary], inputs, *,
             if str(Site.parse(s)) in (up, down)}
     if downstream_features is None:
         probe = CircuitRuns(model, pair, inputs, targets=[FeatureTarget(down, 0)],
-                            max_rows=max_rows, progress=progress)
+                            max_rows=max_rows, max_memory=max_memory, progress=progress)
         active = (probe.features[down].abs() * probe.token_mask[..., None]).amax((0, 1)) > 0
         downstream_features = torch.nonzero(active).flatten().tolist()
     if not downstream_features:
         raise ParameterError(f"no feature of the dictionary at {down} is active on the data")
     targets = [FeatureTarget(down, int(f)) for f in downstream_features]
     return acdc_circuit(model, pair, inputs, targets=targets, tau=tau, ablation=ablation,
-                        errors=errors, node_effects=False, max_rows=max_rows,
+                        errors=errors, node_effects=False, max_rows=max_rows, max_memory=max_memory,
                         progress=progress)
 
 
@@ -700,7 +709,8 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
                         positional: bool = False, method: str = "attribution",
                         steps: int = 10, candidates: Mapping[str, Sequence[int]] | None = None,
                         errors: bool = True, node_reduce: str = "mean",
-                        relative_tau: bool = False, max_rows: int = 256, seed: int = 0,
+                        relative_tau: bool = False, max_rows: int = 256,
+                        max_memory: int | str | None = None, seed: int = 0,
                         progress: bool = True) -> nx.DiGraph:
     """Circuit by attribution patching (gradients), after Marks et al. (2024).
 
@@ -719,6 +729,7 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
         raise ParameterError(f"unknown attribution method {method!r}",
                              hint=f"use one of {IG_METHODS}")
     runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
+                        max_memory=max_memory,
                         seed=seed, progress=progress, node_reduce=node_reduce)
     effects = node_attributions(runs, ablation=ablation, positional=positional, method=method,
                                 steps=steps, candidates=candidates, errors=errors)
@@ -820,7 +831,8 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
                    positional: bool = False, method: str = "attribution", steps: int = 10,
                    candidates: Mapping[str, Sequence[int]] | None = None, errors: bool = True,
                    node_reduce: str = "mean", relative_tau: bool = False,
-                   exact_node_effects: bool = False, max_rows: int = 256, seed: int = 0,
+                   exact_node_effects: bool = False, max_rows: int = 256,
+                   max_memory: int | str | None = None, seed: int = 0,
                    progress: bool = True) -> HybridResult:
     """Rank edges by attribution, verify the top ones by exact ablation.
 
@@ -843,6 +855,7 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
         raise ParameterError(f"unknown attribution method {method!r}",
                              hint=f"use one of {IG_METHODS}")
     runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
+                        max_memory=max_memory,
                         seed=seed, progress=progress, node_reduce=node_reduce)
     effects = node_attributions(runs, ablation=ablation, positional=positional, method=method,
                                 steps=steps, candidates=candidates, errors=errors)

@@ -19,6 +19,9 @@ def _ioi_flags(parser: argparse.ArgumentParser) -> None:
     from featcircuits.experiments import add_ioi_arguments
 
     add_ioi_arguments(parser)
+    parser.add_argument("--max-memory", default=None,
+                        help="memory budget for working tensors, e.g. 2GB or 512MB (default 4GB, "
+                        "or 25%% of RAM if less); sets chunk sizes, see docs/memory.md")
 
 
 def _run_ioi(args: argparse.Namespace) -> int:
@@ -58,15 +61,20 @@ def _patch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--positions", default="all", help="all | final")
     parser.add_argument("--out", default=None, help="write the result table here (CSV)")
     add_run_flags(parser, batch_size=1024)
+    parser.add_argument("--max-memory", default=None,
+                        help="memory budget for working tensors, e.g. 2GB or 512MB (default 4GB, "
+                        "or 25%% of RAM if less); sets chunk sizes, see docs/memory.md")
 
 
 def _run_patch(args: argparse.Namespace) -> int:
     from featcircuits._io import atomic_path
     from featcircuits.dictionaries.io import load_dictionary
+    from featcircuits.memory import parse_memory
     from featcircuits.patching import PatchingExperiment
     from featcircuits.prompts import read_prompts
     from featcircuits.search import attribution_curve, backward_elimination, default_taus
 
+    max_memory = parse_memory(args.max_memory)
     dictionary = load_dictionary(args.dictionaries, site=args.site)  # fail fast, before the model
     if args.out:
         from pathlib import Path
@@ -88,7 +96,7 @@ def _run_patch(args: argparse.Namespace) -> int:
     experiment = PatchingExperiment(model, dictionary, read_prompts(args.prompts),
                                     source=args.source, positions=args.positions,
                                     max_rows=args.batch_size, seed=args.seed,
-                                    progress=not args.quiet)
+                                    max_memory=max_memory, progress=not args.quiet)
     print(experiment.baselines().to_string(index=False, float_format="%.4f"))
     if args.search == "elimination":
         table = backward_elimination(experiment, taus=default_taus(args.n_taus), seed=args.seed,
@@ -302,6 +310,9 @@ def _circuit_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-prompts", type=int, default=16, help="ioi: prompt pairs")
     parser.add_argument("--no-positional", dest="positional", action="store_false",
                         help="ioi: one node per feature instead of per (feature, position)")
+    parser.add_argument("--max-memory", default=None,
+                        help="memory budget for working tensors, e.g. 2GB or 512MB (default 4GB, "
+                        "or 25%% of RAM if less); sets chunk sizes, see docs/memory.md")
 
 
 def _run_circuit(args: argparse.Namespace) -> int:

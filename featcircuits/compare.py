@@ -36,13 +36,15 @@ def reference_bases(model, sites: Sequence[str], *, seed: int = 0
 def compare_bases(model, prompts, bases: Mapping[str, Mapping[str, Dictionary]], *,
                   method: str = "elimination", taus: Sequence[float] | None = None,
                   positions: str | Sequence[int] = "all", seed: int = 0,
-                  max_rows: int = 1024, progress: bool = True) -> pd.DataFrame:
+                  max_rows: int = 1024, max_memory: int | str | None = None,
+                  progress: bool = True) -> pd.DataFrame:
     """Patching curves for every (site, basis).
 
     Args:
         bases: ``{basis name: {site: Dictionary}}``; sites missing from a basis are skipped.
         method: ``"elimination"`` (greedy backward elimination over ``taus``) or
             ``"attribution"`` (attribution-ranked top-k).
+        max_memory: working-memory budget of each experiment (see ``PatchingExperiment``).
 
     Returns:
         tidy rows ``basis, site, layer, method, tau, n_features, kl, logit_diff, answer_prob,
@@ -60,7 +62,8 @@ def compare_bases(model, prompts, bases: Mapping[str, Mapping[str, Dictionary]],
     jobs = [(site, name) for site in sites for name in bases if site in bases[name]]
     for site, name in tqdm(jobs, desc="bases", disable=not progress):
         experiment = PatchingExperiment(model, {site: bases[name][site]}, runs.prompts,
-                                        positions=positions, max_rows=max_rows, seed=seed,
+                                        positions=positions, max_rows=max_rows,
+                                        max_memory=max_memory, seed=seed,
                                         progress=False, runs=runs)
         if method == "elimination":
             curve = backward_elimination(experiment, site, taus=taus, seed=seed, progress=False)

@@ -14,6 +14,7 @@ from featcircuits.cli_flags import add_model_flags, add_run_flags, model_from_ar
 from featcircuits.compare import compare_bases, reference_bases, summarize_comparison
 from featcircuits.dictionaries.io import load_dictionaries
 from featcircuits.errors import DictionaryLoadError, ParameterError
+from featcircuits.memory import parse_memory
 from featcircuits.models import resolve_checkpoint, to_model
 from featcircuits.prompts import read_prompts
 from featcircuits.search import default_taus
@@ -94,6 +95,7 @@ def run_ioi_example(args: argparse.Namespace) -> pd.DataFrame:
     from featcircuits.render.curves import plot_patching_curves
 
     progress = not getattr(args, "quiet", False)
+    max_memory = parse_memory(getattr(args, "max_memory", None))  # fail before loading
     torch.manual_seed(args.seed)
     ensure_writable_dir(args.out)  # fail before the long work, not after
     model = model_from_args(args)
@@ -118,7 +120,8 @@ def run_ioi_example(args: argparse.Namespace) -> pd.DataFrame:
     positions = args.positions
     results = compare_bases(model, prompts, bases, method=args.method,
                             taus=default_taus(args.n_taus), positions=positions,
-                            seed=args.seed, max_rows=args.batch_size, progress=progress)
+                            seed=args.seed, max_rows=args.batch_size, max_memory=max_memory,
+                            progress=progress)
     out = Path(args.out)
     csv = results.assign(features=results["features"].map(lambda ids: " ".join(map(str, ids))))
     with atomic_path(out / "results.csv") as tmp:

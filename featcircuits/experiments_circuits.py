@@ -36,6 +36,7 @@ from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.errors import DictionaryLoadError, ParameterError
 from featcircuits.faithfulness import faithfulness, faithfulness_curve
 from featcircuits.graphio import edges_frame, write_json, write_tables
+from featcircuits.memory import parse_memory
 from featcircuits.models import load_model, resolve_checkpoint, to_model, trace, underlying_module
 from featcircuits.sites import Site, architecture, num_layers
 from featcircuits.targets import FeatureTarget
@@ -309,7 +310,8 @@ def build_circuit(runs: CircuitRuns, method: str, *, tau: float, ablation: str,
 def parens_setup(model_name: str = "tiny", *, set_name: str | None = None,
                  dictionaries_folder=None, n_texts: int = 12, n_targets: int = 2,
                  seed: int = 0, max_rows: int = 256, progress: bool = True,
-                 model=None) -> tuple[CircuitRuns, pd.DataFrame, ParensData]:
+                 model=None, max_memory: int | str | None = None
+                 ) -> tuple[CircuitRuns, pd.DataFrame, ParensData]:
     """Load the model and dictionaries, rank the last-layer ")" features, and cache the
     runs with the top ``n_targets`` as targets (mean activation over ")" positions)."""
     model = model if model is not None else load_model(model_name)
@@ -329,7 +331,7 @@ def parens_setup(model_name: str = "tiny", *, set_name: str | None = None,
     targets = [FeatureTarget(last, int(f), positions=data.closing, reduce="mean")
                for f in chosen]
     runs = CircuitRuns(model, sites, _rows(data), targets=targets, max_rows=max_rows,
-                       seed=seed, progress=progress)
+                       max_memory=max_memory, seed=seed, progress=progress)
     return runs, ranking, data
 
 
@@ -345,12 +347,14 @@ def run_parens_circuit(args: argparse.Namespace) -> CircuitReport:
     start = time.perf_counter()
     _fill_defaults(args, PARENS_DEFAULTS)
     progress = not args.quiet
+    max_memory = parse_memory(getattr(args, "max_memory", None))  # fail before loading
     torch.manual_seed(args.seed)
     runs, ranking, data = parens_setup(args.model, set_name=args.set,
                                        dictionaries_folder=args.dictionaries,
                                        n_texts=args.n_texts, n_targets=args.n_targets,
                                        seed=args.seed, max_rows=args.batch_size,
-                                       progress=progress, model=model_from_args(args))
+                                       progress=progress, model=model_from_args(args),
+                                       max_memory=max_memory)
     print(f"{len(data.texts)} documents, {int(data.closing.sum())} positions where ')' is "
           f"forced, {int(data.control.sum())} control positions")
     print("\nlast-layer features that drive ')' (top 8 by activation at ')' positions × "
@@ -377,6 +381,7 @@ def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
     start = time.perf_counter()
     _fill_defaults(args, IOI_DEFAULTS)
     progress = not args.quiet
+    max_memory = parse_memory(getattr(args, "max_memory", None))  # fail before loading
     torch.manual_seed(args.seed)
     model = model_from_args(args)
     _, dictionaries = default_dictionaries(args.model, model, args.set, args.dictionaries)
@@ -391,7 +396,7 @@ def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
     prompts = prompts.head(args.n_prompts)
     sites = {"embed": TokenBasis.from_model(model), **dictionaries}
     runs = CircuitRuns(model, sites, prompts, targets="logit_diff", max_rows=args.batch_size,
-                       seed=args.seed, progress=progress)
+                       max_memory=max_memory, seed=args.seed, progress=progress)
     lengths = set(runs.lengths.tolist())
     positional = args.positional and len(lengths) == 1
     print(f"{len(prompts)} prompt pairs; logit diff clean {runs.metric_value:.3f}")

@@ -91,7 +91,7 @@ def evaluate_node_sets(runs: CircuitRuns, kept: Sequence[Masks], *,
     source_features, source_errors = runs.sources(ablation)
     tm = runs.token_mask
     values = []
-    per_chunk = runs.chunk_copies()
+    per_chunk = runs.chunk_copies(every_site=True)
     for start in range(0, len(kept), per_chunk):
         chunk = kept[start:start + per_chunk]
         copies = len(chunk)
@@ -204,7 +204,7 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
     is given) the features and errors there, ``[n, ...]`` per copy."""
     n = runs.n
     readings: list[dict] = []
-    per_chunk = runs.chunk_copies()
+    per_chunk = runs.chunk_copies(every_site=True)
     base: dict[tuple[int, str], torch.Tensor] = {}  # assembled activation per (spec, site)
     for start in range(0, len(copies), per_chunk):
         chunk = copies[start:start + per_chunk]
@@ -297,6 +297,7 @@ def _check_graph_targets(runs: CircuitRuns, graph: nx.DiGraph) -> None:
 
 def faithfulness(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *, targets=None,
                  ablation: str = "mean", edges: bool = False, max_rows: int = 256,
+                 max_memory: int | str | None = None,
                  progress: bool = True) -> dict[str, float]:
     """Faithfulness and completeness of ``graph`` (see the module docstring).
 
@@ -309,6 +310,7 @@ def faithfulness(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *, ta
         n_nodes, n_edges``.
     """
     runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
+                        max_memory=max_memory,
                         progress=progress)
     _check_graph_targets(runs, graph)
     m_full = runs.metric_value
@@ -338,6 +340,7 @@ def faithfulness(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *, ta
 def faithfulness_curve(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *,
                        targets=None, by: str = "nodes", sizes: Sequence[int] | None = None,
                        ablation: str = "mean", max_rows: int = 256,
+                       max_memory: int | str | None = None,
                        progress: bool = True) -> pd.DataFrame:
     """Faithfulness of the top-``k`` nodes (by ``|effect|``) or edges (by ``|weight|``) of
     ``graph`` for each ``k`` in ``sizes`` (default: 0 and a log grid up to the graph's size).
@@ -349,6 +352,7 @@ def faithfulness_curve(model, graph: nx.DiGraph, dictionaries=None, inputs=None,
     if by not in ("nodes", "edges"):
         raise ParameterError(f"by must be 'nodes' or 'edges', got {by!r}")
     runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
+                        max_memory=max_memory,
                         progress=progress)
     _check_graph_targets(runs, graph)
     m_full = runs.metric_value

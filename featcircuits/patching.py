@@ -17,7 +17,7 @@ sets in batched forward passes (feature sets stacked along the batch dimension).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Union
 
 import einops
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import FeatureIdError, NonFiniteError, ParameterError
+from featcircuits.memory import FLOAT_BYTES, parse_memory, rows_per_chunk, split_rows
 from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
 from featcircuits.models import trace
 from featcircuits.prompts import PromptPairs, tokenize_prompts
@@ -69,7 +70,7 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
         if repeat > 1 or rows is not None:
             raise ParameterError("repeat/rows cannot tile at a transcoder's output site",
                                  hint="repeat the input ids instead (repeat=1, rows=None)")
-        current = dictionary.encode(input_site.read(model))
+        current = dictionary.encode_features(input_site.read(model), feature_ids)
         activation = site.read(model)
     else:
         activation = site.read(model)
@@ -77,10 +78,10 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
             activation = einops.repeat(activation, "n t d -> (k n) t d", k=repeat)
         if rows is not None:
             activation = activation[rows]
-        current = dictionary.encode(activation)
+        current = dictionary.encode_features(activation, feature_ids)
     directions = dictionary.directions
     if feature_ids is not None:
-        current, directions = current[..., feature_ids], directions[feature_ids]
+        directions = directions[feature_ids]
     if feature_mask.ndim == 3:
         weight = (source_features - current) * feature_mask
     else:
@@ -185,6 +186,48 @@ class RunCache:
         return logits, dict(zip(self.sites, activations))
 
 
+class SiteFeatures(MutableMapping):
+    """``{site: [n, pos, n_features]}`` feature activations of one kind, computed on demand.
+
+    ``experiment.clean_features[site]`` encodes the cached activations each time it is read
+    (nothing ``[n, pos, n_features]``-sized is kept, which for wide dictionaries would not
+    fit); ``select(site, prompts, feature_ids)`` encodes only a block. Assigning a tensor
+    (``features[site] = t``) overrides the computed values for that site.
+    """
+
+    def __init__(self, sites: Sequence[str], compute) -> None:
+        self._sites = list(sites)
+        self._compute = compute
+        self._overrides: dict[str, torch.Tensor] = {}
+
+    def select(self, site: str, prompts: slice = slice(None),
+               feature_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``[p, pos, k]``: the prompts ``prompts`` and features ``feature_ids`` (all: None)."""
+        if site in self._overrides:
+            values = self._overrides[site][prompts]
+            return values if feature_ids is None else values[..., feature_ids]
+        return self._compute(site, prompts, feature_ids)
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        if site not in self._sites:
+            raise KeyError(site)
+        return self.select(site)
+
+    def __setitem__(self, site: str, value: torch.Tensor) -> None:
+        if site not in self._sites:
+            raise KeyError(site)
+        self._overrides[site] = value
+
+    def __delitem__(self, site: str) -> None:
+        del self._overrides[site]
+
+    def __iter__(self):
+        return iter(self._sites)
+
+    def __len__(self) -> int:
+        return len(self._sites)
+
+
 class PatchingExperiment:
     """Clean and corrupted runs of prompt pairs, cached, ready to patch feature sets.
 
@@ -198,13 +241,21 @@ class PatchingExperiment:
         positions: ``"all"``, ``"final"`` (the answer position), or a list of token indices
             (negative counts from each prompt's end).
         max_rows: most sequences per forward pass (feature sets × prompts), bounds memory.
+        max_memory: budget for the working tensors (bytes, or ``"2GB"``; default
+            ``memory.default_max_memory()``): sets how many rows run per forward pass and
+            how many prompts and features are encoded at once. See ``docs/memory.md``.
         seed: for ``"resample"``.
         runs: a ``RunCache`` of the same prompts to reuse (covering these sites).
+
+    Only activations ``[n, pos, d_model]`` are cached; feature activations
+    (``clean_features``, ``corrupt_features``, ``source_features``) are encoded on demand,
+    in blocks that fit the budget.
     """
 
     def __init__(self, model, dictionaries: Mapping[str, Dictionary] | Dictionary,
                  prompts, *, source: str | torch.Tensor = "clean",
                  positions: str | Sequence[int] = "all", max_rows: int = 1024,
+                 max_memory: int | str | None = None,
                  seed: int = 0, progress: bool = True, runs: RunCache | None = None) -> None:
         if isinstance(dictionaries, Dictionary):
             if dictionaries.site is None:
@@ -215,6 +266,7 @@ class PatchingExperiment:
             raise ParameterError("no dictionaries given", hint="pass {site: dictionary}")
         if max_rows < 1:
             raise ParameterError(f"max_rows must be >= 1, got {max_rows}")
+        self.max_memory = parse_memory(max_memory)
         self.model = model
         self.dictionaries = {str(Site.parse(site)): dictionary
                              for site, dictionary in dictionaries.items()}
@@ -233,38 +285,89 @@ class PatchingExperiment:
         self.runs = runs
         self.prompts: PromptPairs = runs.prompts
         self.clean_logits, self.corrupt_logits = runs.clean_logits, runs.corrupt_logits
-        with torch.no_grad():
-            self.clean_features = {site: self.dictionaries[site].encode(
-                runs.clean_activations[self.input_sites[site]]) for site in self.sites}
-            self.corrupt_features = {site: self.dictionaries[site].encode(
-                runs.corrupt_activations[self.input_sites[site]]) for site in self.sites}
+        self.clean_features = SiteFeatures(self.sites, self._encoder(runs.clean_activations))
+        self.corrupt_features = SiteFeatures(self.sites,
+                                             self._encoder(runs.corrupt_activations))
         self.max_rows = int(max_rows)
         self.progress = progress
         self.position_mask = _position_mask(self.prompts, positions)
-        self.source_features = {site: self._source(site, source, seed) for site in self.sites}
+        self._sources = {site: self._source(site, source, seed) for site in self.sites}
+        self.source_features = SiteFeatures(self.sites, self._source_block)
         # run layers before the first patched site once per chunk (not through transcoders,
         # whose output site sits inside a block that keeps its untiled residual)
         self._tile_at_site = all(self.input_sites[site] == site for site in self.sites)
         self._change_cache: dict[str, torch.Tensor] = {}
 
-    def _source(self, site: str, source: str | torch.Tensor, seed: int) -> torch.Tensor:
-        clean = self.clean_features[site]
+    def _encoder(self, activations: Mapping[str, torch.Tensor]):
+        @torch.no_grad()
+        def compute(site: str, prompts: slice, feature_ids: torch.Tensor | None):
+            return self.dictionaries[site].encode_features(
+                activations[self.input_sites[site]][prompts], feature_ids)
+        return compute
+
+    def _source(self, site: str, source: str | torch.Tensor, seed: int):
+        """How the source features at ``site`` are made: ``("clean",)``, ``("vector", [F])``
+        (the same values at every prompt and position), ``("tensor", t)`` (``t``
+        broadcastable to ``[n, pos, F]``) or ``("resample", index [n])``."""
+        n_features = self.dictionaries[site].n_features
         if isinstance(source, torch.Tensor):
-            if source.shape[-1] != clean.shape[-1]:
+            if source.shape[-1] != n_features:
                 raise ParameterError(f"source has {source.shape[-1]} features, dictionary at "
-                                     f"{site} has {clean.shape[-1]}")
-            return source.to(clean).expand_as(clean)
+                                     f"{site} has {n_features}")
+            source = source.detach().float()
+            return ("vector", source) if source.ndim == 1 else ("tensor", source)
         if source == "clean":
-            return clean
+            return ("clean",)
         if source == "zero":
-            return torch.zeros_like(clean)
+            return ("vector", torch.zeros(n_features))
         if source == "mean":
-            mask = self.prompts.token_mask
-            return clean[mask].mean(0).expand_as(clean)
+            return ("vector", self._mean_features(site))
         if source == "resample":
-            return clean[_resample_index(self.prompts.lengths, seed)]
+            return ("resample", _resample_index(self.prompts.lengths, seed))
         raise ParameterError(f"unknown source {source!r}", hint=f"use one of {', '.join(SOURCES)}"
                              " or a tensor [n_features]")
+
+    @torch.no_grad()
+    def _mean_features(self, site: str) -> torch.Tensor:
+        """``[F]`` mean clean feature activation over the real tokens (blockwise)."""
+        mask = self.prompts.token_mask
+        total = torch.zeros(self.dictionaries[site].n_features, dtype=torch.float64)
+        for prompts, ids in self.feature_blocks(site):
+            values = self.clean_features.select(site, prompts, ids)[mask[prompts]]
+            total[slice(None) if ids is None else ids] += values.double().sum(0)
+        return (total / mask.sum()).float()
+
+    def _source_block(self, site: str, prompts: slice, feature_ids: torch.Tensor | None):
+        kind = self._sources[site]
+        if kind[0] == "clean":
+            return self.clean_features.select(site, prompts, feature_ids)
+        if kind[0] == "resample":
+            index = kind[1][prompts]
+            with torch.no_grad():
+                return self.dictionaries[site].encode_features(
+                    self.runs.clean_activations[self.input_sites[site]][index], feature_ids)
+        values = kind[1] if feature_ids is None else kind[1][..., feature_ids]
+        n, width = self.prompts.clean_ids.shape
+        return values.expand(n, width, values.shape[-1])[prompts]
+
+    def feature_blocks(self, site: str, temporaries: int = 4):
+        """``(prompt slice, feature ids or None)`` blocks that cover ``[n, pos, F]`` at
+        ``site`` with ``temporaries`` such tensors within ``max_memory``; features are split
+        only for dictionaries that can encode a subset (``Dictionary.separable``)."""
+        dictionary = self.dictionaries[site]
+        n, width = self.prompts.clean_ids.shape
+        n_features = dictionary.n_features
+        per_prompt = FLOAT_BYTES * temporaries * width * n_features
+        if per_prompt <= self.max_memory or not dictionary.separable:
+            step = min(n, rows_per_chunk(self.max_memory, per_prompt))
+            for start in range(0, n, step):
+                yield slice(start, start + step), None
+            return
+        features = rows_per_chunk(self.max_memory, FLOAT_BYTES * temporaries * width)
+        for start in range(n):
+            for first in range(0, n_features, features):
+                yield slice(start, start + 1), torch.arange(first,
+                                                            min(first + features, n_features))
 
     # --------------------------------------------------------------- feature sets
     def feature_masks(self, feature_sets: Sequence[FeatureSet]) -> dict[str, torch.Tensor]:
@@ -298,9 +401,7 @@ class PatchingExperiment:
         Patching any other feature is a no-op, so searches can skip them.
         """
         site = self._one_site(site)
-        diff = (self.source_features[site] - self.corrupt_features[site]).abs()
-        diff = diff * self.position_mask[..., None]
-        return torch.nonzero(diff.amax(dim=(0, 1)) > 0).flatten().tolist()
+        return torch.nonzero(self._changes(site).any(0)).flatten().tolist()
 
     def _one_site(self, site: str | None) -> str:
         if site is None:
@@ -313,6 +414,20 @@ class PatchingExperiment:
         return name
 
     # --------------------------------------------------------------- evaluation
+    def bytes_per_row(self, used: Mapping[str, int]) -> int:
+        """Estimated working memory of one patched sequence, ``used[site]`` features patched
+        at each site: the full-sequence logits, the model's activations, and at each site the
+        encoded features (all of them unless the dictionary is ``separable``), the source
+        values, their difference and its mask (float32)."""
+        width = self.prompts.clean_ids.shape[1]
+        vocab = self.clean_logits.shape[-1]
+        values = vocab + 16 * width
+        for site, count in used.items():
+            dictionary = self.dictionaries[site]
+            encoded = count if dictionary.separable else dictionary.n_features
+            values += encoded + 3 * count + 24 * dictionary.d_model
+        return FLOAT_BYTES * width * values
+
     def patched_logits(self, feature_sets: Sequence[FeatureSet]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Answer-position logits ``[k, n, vocab]`` and edit norms ``[k, n]`` for ``k`` sets.
@@ -328,30 +443,45 @@ class PatchingExperiment:
           is gathered into rows at the site.
         """
         masks = self.feature_masks(feature_sets)
-        k, n = len(feature_sets), len(self.prompts)
-        vocab = self.corrupt_logits.shape[-1]
+        k = len(feature_sets)
         logits = einops.repeat(self.corrupt_logits, "n v -> k n v", k=k).clone()
-        norms = torch.zeros(k, n)
-        rows = self._unique_rows(masks)
-        if rows is None:
-            return logits, norms
-        prompt_index, row_masks, used, inverse = rows
-        row_logits, row_norms = self._evaluate_rows(prompt_index, row_masks, used)
-        patched = inverse >= 0
-        flat_logits = logits.view(k * n, vocab)
-        flat_logits[patched] = row_logits[inverse[patched]]
-        norms.view(k * n)[patched] = row_norms[inverse[patched]]
+        norms = torch.zeros(k, len(self.prompts))
+        for sets, prompts in self._row_blocks(masks):
+            rows = self._unique_rows({site: mask[sets] for site, mask in masks.items()},
+                                     prompts)
+            if rows is None:
+                continue
+            prompt_index, row_masks, used, inverse = rows
+            row_logits, row_norms = self._evaluate_rows(prompt_index, row_masks, used)
+            patched = inverse >= 0
+            set_of_row = torch.arange(sets.start, min(sets.stop, k)).repeat_interleave(
+                len(prompts))[patched]
+            prompt_of_row = prompts.repeat(len(inverse) // len(prompts))[patched]
+            logits[set_of_row, prompt_of_row] = row_logits[inverse[patched]]
+            norms[set_of_row, prompt_of_row] = row_norms[inverse[patched]]
         return logits, norms
 
-    def _unique_rows(self, masks: dict[str, torch.Tensor]):
+    def _row_blocks(self, masks: dict[str, torch.Tensor]) -> list[tuple[slice, torch.Tensor]]:
+        """``(set slice, prompt ids)`` blocks whose (set, prompt) masks over the used
+        features (bool, then int64 keys for deduplication, ~10 bytes per cell) fit in half
+        of ``max_memory``; rows are deduplicated within a block."""
+        k, n = next(iter(masks.values())).shape[0], len(self.prompts)
+        used = sum(int(mask.any(0).sum()) for mask in masks.values())
+        rows = rows_per_chunk(self.max_memory // 2, 10 * max(1, used))
+        per_sets, per_prompts = split_rows(k, n, rows)
+        return [(slice(s, s + per_sets), torch.arange(p, min(p + per_prompts, n)))
+                for p in range(0, n, per_prompts) for s in range(0, k, per_sets)]
+
+    def _unique_rows(self, masks: dict[str, torch.Tensor], prompts: torch.Tensor):
         """Distinct (prompt, effective feature mask) rows of ``k`` sets × ``n`` prompts.
 
-        Returns ``None`` when nothing is patched, else ``prompt_index [R]``,
-        ``{site: [R, u_site]}`` masks over the ``used`` feature ids ``{site: [u_site]}``, and
-        ``inverse [k * n]`` mapping each (set, prompt) row to its unique row (``-1``: no-op).
+        Only the prompts ``prompts [n]`` (ids) are considered. Returns ``None`` when nothing
+        is patched, else ``prompt_index [R]``, ``{site: [R, u_site]}`` masks over the
+        ``used`` feature ids ``{site: [u_site]}``, and ``inverse [k * n]`` mapping each (set,
+        prompt) row to its unique row (``-1``: no-op).
         """
         k = next(iter(masks.values())).shape[0]
-        n = len(self.prompts)
+        n = len(prompts)
         used = {site: torch.nonzero(mask.any(0)).flatten() for site, mask in masks.items()}
         used = {site: ids for site, ids in used.items() if ids.numel() > 0}
         if not used:
@@ -361,10 +491,10 @@ class PatchingExperiment:
         for site, ids in used.items():
             part = einops.repeat(masks[site][:, ids].bool(), "k f -> k n f", n=n)
             if site == first:  # upstream of everything: live activations are the corrupted ones
-                part = part & self._changes(site)[:, ids][None]
+                part = part & self._changes(site)[prompts][:, ids][None]
             parts.append(part)
         effective = einops.rearrange(torch.cat(parts, dim=-1), "k n f -> (k n) f")
-        prompt_of_row = einops.repeat(torch.arange(n), "n -> (k n)", k=k)
+        prompt_of_row = einops.repeat(prompts, "n -> (k n)", k=k)
         nonempty = effective.any(-1)
         inverse = torch.full((k * n,), -1, dtype=torch.long)
         if not bool(nonempty.any()):
@@ -383,19 +513,30 @@ class PatchingExperiment:
         """``[n, n_features]`` True where a feature's source differs from its corrupted value
         at some patched position of that prompt (patching it there is not a no-op)."""
         if site not in self._change_cache:
-            difference = (self.source_features[site] - self.corrupt_features[site]).abs()
-            difference = difference * self.position_mask[..., None]
-            self._change_cache[site] = difference.amax(dim=1) > 0
+            changes = torch.zeros(len(self.prompts), self.dictionaries[site].n_features,
+                                  dtype=torch.bool)
+            with torch.no_grad():
+                for prompts, ids in self.feature_blocks(site):  # [p, pos, f] within budget
+                    difference = (self.source_features.select(site, prompts, ids)
+                                  - self.corrupt_features.select(site, prompts, ids)).abs()
+                    difference = difference * self.position_mask[prompts][..., None]
+                    columns = slice(None) if ids is None else slice(int(ids[0]),
+                                                                     int(ids[-1]) + 1)
+                    changes[prompts, columns] = difference.amax(dim=1) > 0
+            self._change_cache[site] = changes
         return self._change_cache[site]
 
     def _evaluate_rows(self, prompt_index: torch.Tensor, row_masks: dict[str, torch.Tensor],
                        used: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``[R, vocab]`` and edit norms ``[R]`` of ``R`` (prompt, mask) rows."""
-        starts = range(0, len(prompt_index), self.max_rows)
+        """Logits ``[R, vocab]`` and edit norms ``[R]`` of ``R`` (prompt, mask) rows, at most
+        ``max_rows`` per forward and as many as ``max_memory`` allows (``bytes_per_row``)."""
+        per_chunk = min(self.max_rows, rows_per_chunk(
+            self.max_memory, self.bytes_per_row({s: len(ids) for s, ids in used.items()})))
+        starts = range(0, len(prompt_index), per_chunk)
         logits, norms = [], []
         for start in tqdm(starts, desc="patching", disable=not self.progress or len(starts) < 4,
                           leave=False):
-            chunk = slice(start, start + self.max_rows)
+            chunk = slice(start, start + per_chunk)
             chunk_logits, chunk_norms = self._patched_chunk(
                 prompt_index[chunk], {site: mask[chunk] for site, mask in row_masks.items()},
                 used)
@@ -406,7 +547,7 @@ class PatchingExperiment:
     @torch.no_grad()
     def _patched_chunk(self, prompt_index: torch.Tensor, masks: dict[str, torch.Tensor],
                        used: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        plans = [(site, used[site], self.source_features[site][prompt_index][..., used[site]],
+        plans = [(site, used[site], self.source_features.select(site, prompt_index, used[site]),
                   masks[site]) for site in self.sites if site in masks]
         final = self.prompts.final_positions[prompt_index]
         position_mask = self.position_mask[prompt_index]

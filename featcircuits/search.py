@@ -44,14 +44,16 @@ def _check_taus(taus) -> np.ndarray:
 
 def backward_elimination(experiment: PatchingExperiment, site: str | None = None, *,
                          taus: Sequence[float] | None = None, seed: int = 0,
-                         batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
+                         batch_size: int = 32, features: Sequence[int] | None = None,
+                         progress: bool = True) -> pd.DataFrame:
     """Greedy backward elimination of patched features (Cunningham et al. 2023).
 
     Features whose source and corrupted activations never differ are dropped first: patching
     them is a no-op. Candidate removals are evaluated speculatively in batches of
     ``batch_size`` (each candidate against the current set); results up to the first accepted
     removal are exact, later ones are recomputed, so the outcome equals the sequential
-    algorithm.
+    algorithm. ``features`` restricts the starting set (e.g. the top features by
+    attribution for a wide dictionary; default: every active feature).
 
     Returns:
         one row per tau: ``tau, n_features, kl, logit_diff, answer_prob, edit_magnitude,
@@ -61,6 +63,9 @@ def backward_elimination(experiment: PatchingExperiment, site: str | None = None
     taus = _check_taus(default_taus() if taus is None else taus)
     generator = torch.Generator().manual_seed(int(seed))
     kept = experiment.active_features(site)
+    if features is not None:
+        wanted = set(experiment.dictionaries[site].check_feature_ids(features).tolist())
+        kept = [feature for feature in kept if feature in wanted]
     current_kl = float(experiment.mean_kl([{site: kept}])[0])
     rows = []
     for tau in tqdm(taus, desc=f"elimination {site}", disable=not progress, leave=False):
@@ -100,31 +105,47 @@ def attribution_scores(experiment: PatchingExperiment, site: str | None = None, 
     site = experiment._one_site(site)
     if metric not in ("kl", "logit_diff"):
         raise ParameterError(f"unknown metric {metric!r}", hint="use 'kl' or 'logit_diff'")
-    prompts = experiment.prompts
-    resolved = Site.parse(site)
-    model = experiment.model
-    final = prompts.final_positions
-    gradients: list[torch.Tensor] = []
-    with trace(model, prompts.corrupt_ids):
-        activation = resolved.read(model)
-        logits = model.output.logits[torch.arange(len(final)), final]
-        if metric == "kl":
-            value = kl_divergence(experiment.clean_logits, logits).sum()
-        else:
-            value = logit_diff(logits, prompts.answer_ids, prompts.wrong_ids).sum()
-        with value.backward():
-            gradients.append(activation.grad.save())
-    gradient = gradients[0].detach()
     dictionary = experiment.dictionaries[site]
-    difference = (experiment.source_features[site] - experiment.corrupt_features[site])
-    difference = difference * experiment.position_mask[..., None]
-    with torch.no_grad():
-        along = gradient @ dictionary.directions.T  # [n, pos, n_features]
-        score = (difference * along).sum(dim=(0, 1)) / len(prompts)
+    score = torch.zeros(dictionary.n_features, dtype=torch.float64)
+    gradient, gradient_prompts = None, None
+    for prompts, ids in experiment.feature_blocks(site):
+        if gradient is None or prompts != gradient_prompts:
+            gradient = _metric_gradient(experiment, site, prompts, metric)
+            gradient_prompts = prompts
+        with torch.no_grad():
+            directions = dictionary.directions if ids is None else dictionary.directions[ids]
+            difference = (experiment.source_features.select(site, prompts, ids)
+                          - experiment.corrupt_features.select(site, prompts, ids))
+            difference = difference * experiment.position_mask[prompts][..., None]
+            along = gradient @ directions.T  # [p, pos, features]
+            block = (difference * along).sum(dim=(0, 1)).double()
+        score[slice(None) if ids is None else ids] += block
+    score = (score / len(experiment.prompts)).float()
     gain = -score if metric == "kl" else score
     frame = pd.DataFrame({"feature": np.arange(len(score)), "score": score.numpy(),
                           "predicted_gain": gain.numpy()})
     return frame.sort_values("predicted_gain", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _metric_gradient(experiment: PatchingExperiment, site: str, prompts: slice,
+                     metric: str) -> torch.Tensor:
+    """``[p, pos, d_model]`` gradient of the summed metric w.r.t. ``site`` on the corrupted
+    run of the prompts ``prompts``."""
+    pairs = experiment.prompts
+    resolved = Site.parse(site)
+    model = experiment.model
+    final = pairs.final_positions[prompts]
+    gradients: list[torch.Tensor] = []
+    with trace(model, pairs.corrupt_ids[prompts]):
+        activation = resolved.read(model)
+        logits = model.output.logits[torch.arange(len(final)), final]
+        if metric == "kl":
+            value = kl_divergence(experiment.clean_logits[prompts], logits).sum()
+        else:
+            value = logit_diff(logits, pairs.answer_ids[prompts], pairs.wrong_ids[prompts]).sum()
+        with value.backward():
+            gradients.append(activation.grad.save())
+    return gradients[0].detach()
 
 
 def size_grid(n_max: int, n_points: int = 24) -> list[int]:

@@ -40,6 +40,22 @@ class Dictionary(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., d_model]`` → feature activations ``[..., n_features]``."""
 
+    def encode_features(self, x: torch.Tensor, feature_ids: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        """``encode(x)[..., feature_ids]``, ``[..., len(feature_ids)]`` (all when ``None``).
+
+        Dictionaries whose features are computed independently of each other (linear
+        bases, ReLU and JumpReLU SAEs) compute only the requested columns, so memory and
+        time scale with ``len(feature_ids)``, not ``n_features``; ``separable`` says so.
+        """
+        features = self.encode(x)
+        return features if feature_ids is None else features[..., feature_ids]
+
+    @property
+    def separable(self) -> bool:
+        """Whether ``encode_features`` computes only the requested features."""
+        return False
+
     @property
     @abstractmethod
     def directions(self) -> torch.Tensor:

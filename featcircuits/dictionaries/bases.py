@@ -65,6 +65,16 @@ class LinearBasis(Dictionary):
         return (x - self.mean) @ self.encoder.T
 
     @property
+    def separable(self) -> bool:
+        return type(self).encode is LinearBasis.encode
+
+    def encode_features(self, x: torch.Tensor, feature_ids: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        if feature_ids is None or not self.separable:
+            return super().encode_features(x, feature_ids)
+        return (x - self.mean) @ self.encoder[feature_ids].T
+
+    @property
     def directions(self) -> torch.Tensor:
         return self._directions
 
@@ -88,22 +98,44 @@ class NeuronBasis(LinearBasis):
 
 
 class RandomBasis(LinearBasis):
-    """A random orthonormal basis (seeded): the control for 'is any basis as good?'."""
+    """A random basis (seeded): the control for 'is any basis as good?'.
+
+    With ``n_features`` unset (or ``d_model``) a random orthonormal basis (a Haar rotation);
+    fewer features take its first rows; more (an overcomplete "wide" dictionary, e.g. 32k
+    features on a 128-wide model) use Gaussian unit-norm directions with the pseudo-inverse
+    as encoder, so ``decode(encode(x)) == x`` still holds (up to float precision).
+    """
 
     kind = "random"
 
     def __init__(self, d_model: int, *, seed: int = 0, mean: torch.Tensor | None = None,
-                 site: str | None = None, meta: dict[str, Any] | None = None) -> None:
+                 n_features: int | None = None, site: str | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        d_model = int(d_model)
+        n_features = d_model if n_features is None else int(n_features)
+        if n_features < 1:
+            raise ParameterError(f"n_features must be >= 1, got {n_features}")
         generator = torch.Generator().manual_seed(int(seed))
-        gaussian = torch.randn(int(d_model), int(d_model), generator=generator, dtype=torch.float64)
-        q, r = torch.linalg.qr(gaussian)
-        q = q * torch.sign(torch.diagonal(r))  # unique (Haar-distributed) rotation
-        rotation = q.T.float().contiguous()
-        super().__init__(rotation, rotation.clone(), mean, site=site, meta=meta)
+        if n_features <= d_model:
+            gaussian = torch.randn(d_model, d_model, generator=generator, dtype=torch.float64)
+            q, r = torch.linalg.qr(gaussian)
+            q = q * torch.sign(torch.diagonal(r))  # unique (Haar-distributed) rotation
+            rotation = q.T[:n_features].float().contiguous()
+            super().__init__(rotation, rotation.clone(), mean, site=site, meta=meta)
+        else:
+            directions = torch.randn(n_features, d_model, generator=generator,
+                                     dtype=torch.float64)
+            directions = directions / directions.norm(dim=1, keepdim=True)
+            # pinv(directions).T via the [d, d] Gram matrix: cheap for n_features >> d_model
+            encoder = directions @ torch.linalg.inv(directions.T @ directions)
+            super().__init__(encoder.float(), directions.float(), mean, site=site, meta=meta)
         self.seed = int(seed)
 
     def config(self) -> dict[str, Any]:
-        return {"d_model": self.d_model, "seed": self.seed}
+        config = {"d_model": self.d_model, "seed": self.seed}
+        if self.n_features != self.d_model:
+            config["n_features"] = self.n_features
+        return config
 
 
 class PCABasis(LinearBasis):

@@ -410,7 +410,7 @@ def _linear_from_tensors(kind: str, tensors: dict[str, torch.Tensor], site: str 
         basis = NeuronBasis(encoder.shape[1], site=site, meta=meta)
     elif kind == "random":
         basis = RandomBasis(encoder.shape[1], seed=int(config.get("seed", 0)), mean=mean,
-                            site=site, meta=meta)
+                            n_features=encoder.shape[0], site=site, meta=meta)
     else:
         basis = LinearBasis(encoder, directions, mean, site=site, meta=meta)
     if kind in ("neuron", "random"):  # rebuilt from config; stored tensors must agree

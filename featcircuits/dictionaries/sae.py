@@ -95,6 +95,23 @@ class SparseAutoencoder(Dictionary):
         top = torch.topk(pre, self.k, dim=-1)
         return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
 
+    @property
+    def separable(self) -> bool:
+        return self.activation in ("relu", "jumprelu") and (
+            type(self).encode is SparseAutoencoder.encode
+            and type(self).pre_activations is SparseAutoencoder.pre_activations)
+
+    def encode_features(self, x: torch.Tensor, feature_ids: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        if feature_ids is None or not self.separable:
+            return super().encode_features(x, feature_ids)
+        if self.pre_encoder_bias:
+            x = x - self.b_dec
+        pre = x @ self.W_enc[:, feature_ids] + self.b_enc[feature_ids]
+        if self.activation == "relu":
+            return torch.relu(pre)
+        return pre * (pre > self.threshold[feature_ids])
+
     def config(self) -> dict[str, Any]:
         return {
             "activation": self.activation,

@@ -1,0 +1,126 @@
+"""Memory budgets: parsing ``max_memory``, sizing chunks, reading the process's RSS.
+
+Patch search and circuit discovery hold tensors of shape ``[rows, positions, n_features]``
+(feature activations of every sequence in a forward pass), which for a 32k-feature
+dictionary at 128 positions is 16 MiB per row. A budget in bytes bounds those working
+tensors: ``rows_per_chunk(budget, bytes_per_row)`` rows run per forward pass, and the
+caller splits its work (prompts, feature sets, copies of the data, features) into chunks of
+that size. The budget bounds the *working* tensors, not the whole process: the model, the
+dictionaries and the interpreter come on top.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+
+from featcircuits.errors import ParameterError
+
+#: Upper end of the default budget.
+DEFAULT_MAX_MEMORY = 4 * 1024**3
+#: Share of the machine's RAM the default budget may take.
+DEFAULT_RAM_SHARE = 0.25
+#: Bytes of a float32.
+FLOAT_BYTES = 4
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
+          "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4,
+          "tb": 1024**4, "tib": 1024**4}
+_PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def total_memory() -> int | None:
+    """``MemTotal`` from ``/proc/meminfo`` in bytes (``None`` where unreadable)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def default_max_memory() -> int:
+    """The default budget: 4 GiB, or 25% of the machine's RAM where that is less.
+
+    Based on total, not free, RAM so that chunk sizes (and so float rounding) do not
+    change with the machine's load from one run to the next.
+    """
+    total = total_memory()
+    if total is None:
+        return DEFAULT_MAX_MEMORY
+    return max(64 * 1024**2, min(DEFAULT_MAX_MEMORY, int(total * DEFAULT_RAM_SHARE)))
+
+
+def parse_memory(value: float | str | None) -> int:
+    """A memory budget in bytes from ``4_000_000_000``, ``"4GB"``, ``"512 MiB"``, ``"1.5g"``.
+
+    Units are binary (``KB`` = ``KiB`` = 1024 bytes). ``None`` or ``"auto"`` gives
+    ``default_max_memory()`` (4 GiB, less on machines with under 16 GiB of RAM). Raises
+    ``ParameterError`` on anything else, zero or negative values, or budgets under 1 MiB.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return default_max_memory()
+    if isinstance(value, bool):
+        raise ParameterError(f"max_memory must be a size, got {value!r}",
+                             hint="pass bytes (an int) or a string like '2GB' or '512MB'")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    elif isinstance(value, str):
+        match = _PATTERN.match(value)
+        if match is None or match.group(2).lower() not in _UNITS:
+            raise ParameterError(f"cannot read max_memory {value!r}",
+                                 hint="use bytes or a number with a unit: '2GB', '512MB', "
+                                 "'64KiB'; or 'auto'")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    else:
+        raise ParameterError(f"max_memory must be a size, got {type(value).__name__} {value!r}",
+                             hint="pass bytes (an int) or a string like '2GB'")
+    if not math.isfinite(number):
+        raise ParameterError(f"max_memory must be finite, got {value!r}")
+    size = int(number * _UNITS[unit])
+    if size < 1024**2:
+        raise ParameterError(f"max_memory {value!r} is under 1 MiB",
+                             hint="pass at least '1MB'; the default is 4GB (or 25% of RAM "
+                             "if less)")
+    return size
+
+
+def rows_per_chunk(budget: int, bytes_per_row: int) -> int:
+    """How many rows of ``bytes_per_row`` fit in ``budget`` (at least 1)."""
+    return max(1, int(budget) // max(1, int(bytes_per_row)))
+
+
+def split_rows(n_items: int, rows_per_item: int, max_rows: int) -> tuple[int, int]:
+    """``(items per chunk, rows of one item per chunk)`` for ``n_items`` items of
+    ``rows_per_item`` rows each (e.g. feature sets × prompts) and at most ``max_rows`` rows
+    per chunk: whole items when at least one fits, else one item split into row chunks."""
+    max_rows = max(1, int(max_rows))
+    if rows_per_item <= max_rows:
+        return max(1, min(n_items, max_rows // max(1, rows_per_item))), rows_per_item
+    return 1, max_rows
+
+
+def current_rss() -> int:
+    """The resident set size of this process now, in bytes (from ``/proc/self/statm``)."""
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        pages = int(handle.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss() -> int:
+    """The peak resident set size of this process so far, in bytes."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def format_bytes(size: float) -> str:
+    """``1536`` → ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
