@@ -271,6 +271,12 @@ def model_name(model) -> str:
     return str(getattr(config, "_name_or_path", "") or type(underlying_module(model)).__name__)
 
 
+def model_device(model) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a parameterless or meta module)."""
+    parameter = next(underlying_module(model).parameters(), None)
+    return torch.device("cpu") if parameter is None or parameter.is_meta else parameter.device
+
+
 def model_dtype(model) -> torch.dtype:
     """The dtype of ``model``'s first floating-point parameter (float32 if it has none)."""
     for parameter in underlying_module(model).parameters():

@@ -125,12 +125,26 @@ class PromptPairs:
     @property
     def token_mask(self) -> torch.Tensor:
         """``[n, T]`` True on real tokens, False on padding."""
-        positions = torch.arange(self.clean_ids.shape[1])
+        positions = torch.arange(self.clean_ids.shape[1], device=self.lengths.device)
         return positions[None, :] < self.lengths[:, None]
+
+    @property
+    def device(self) -> torch.device:
+        return self.clean_ids.device
+
+    def to(self, device: str | torch.device) -> PromptPairs:
+        """The same pairs with every tensor on ``device`` (itself if already there)."""
+        device = torch.device(device)
+        if self.clean_ids.device == device:
+            return self
+        return PromptPairs(self.clean_ids.to(device), self.corrupt_ids.to(device),
+                           self.lengths.to(device), self.answer_ids.to(device),
+                           self.wrong_ids.to(device), self.frame, self.pad_id)
 
     def subset(self, index) -> PromptPairs:
         """The pairs at ``index`` (a slice, list or tensor of row numbers)."""
-        index = torch.as_tensor(range(len(self))[index] if isinstance(index, slice) else index)
+        index = torch.as_tensor(range(len(self))[index] if isinstance(index, slice) else index,
+                                device=self.lengths.device)
         width = int(self.lengths[index].max())
         return PromptPairs(self.clean_ids[index, :width], self.corrupt_ids[index, :width],
                            self.lengths[index], self.answer_ids[index], self.wrong_ids[index],

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from featcircuits.errors import NonFiniteError, ParameterError, TrainingError
-from featcircuits.models import model_config, trace, underlying_module
+from featcircuits.models import model_config, model_device, trace, underlying_module
 from featcircuits.sites import Site, d_model
 
 
@@ -49,12 +49,6 @@ def bos_token_id(model) -> int | None:
         return int(tokenizer.bos_token_id)
     config_bos = getattr(model_config(model), "bos_token_id", None)
     return None if config_bos is None else int(config_bos)
-
-
-def model_device(model) -> torch.device:
-    """The device of ``model``'s first parameter (CPU for a parameterless module)."""
-    parameter = next(underlying_module(model).parameters(), None)
-    return torch.device("cpu") if parameter is None or parameter.is_meta else parameter.device
 
 
 def tokenize(model, texts: Sequence[str], n_ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
