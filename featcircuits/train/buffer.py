@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from featcircuits.errors import NonFiniteError, ParameterError, TrainingError
-from featcircuits.models import model_config, model_device, trace, underlying_module
+from featcircuits.models import model_config, model_device, trace
 from featcircuits.sites import Site, d_model
 
 
