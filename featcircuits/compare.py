@@ -24,11 +24,14 @@ METHODS = ("elimination", "attribution")
 
 def reference_bases(model, sites: Sequence[str], *, seed: int = 0
                     ) -> dict[str, dict[str, Dictionary]]:
-    """The neuron basis and a seeded random rotation at each site (the baselines)."""
+    """The neuron basis and a seeded random rotation at each site (the baselines), on the
+    model's device and dtype (the rotation is drawn on the CPU, so it is the same everywhere)."""
+    from featcircuits.models import to_model
+
     width = d_model(model)
     return {
-        "neuron": {site: NeuronBasis(width, site=site) for site in sites},
-        "random": {site: RandomBasis(width, seed=seed + index, site=site)
+        "neuron": {site: to_model(NeuronBasis(width, site=site), model) for site in sites},
+        "random": {site: to_model(RandomBasis(width, seed=seed + index, site=site), model)
                    for index, site in enumerate(sites)},
     }
 
@@ -121,7 +124,10 @@ def basis_statistics(dictionary: Dictionary, activations, token_ids=None, *, k: 
     import torch
 
     with torch.no_grad():
+        reference = next(iter(dictionary.parameters()), None)
         x = torch.as_tensor(activations, dtype=torch.float32)
+        if reference is not None:
+            x = x.to(device=reference.device, dtype=reference.dtype)
         codes = dictionary.encode(x)
         energy = codes.pow(2).mean(0) * dictionary.directions.pow(2).sum(1)
         keep = torch.topk(energy, min(k, dictionary.n_features)).indices

@@ -30,7 +30,7 @@ from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import FeatureIdError, NonFiniteError, ParameterError
 from featcircuits.memory import FLOAT_BYTES, parse_memory, rows_per_chunk, split_rows
 from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
-from featcircuits.models import trace
+from featcircuits.models import model_device, trace
 from featcircuits.prompts import PromptPairs, tokenize_prompts
 from featcircuits.sites import Site
 
@@ -139,7 +139,7 @@ def check_finite_activations(activations: torch.Tensor, *, site: str, run: str,
     NaN/inf in ``activations [n, pos, d]`` (only real tokens when ``token_mask [n, pos]``)."""
     bad = ~torch.isfinite(activations).all(dim=-1)
     if token_mask is not None:
-        bad = bad & token_mask.bool()
+        bad = bad & token_mask.to(bad.device).bool()
     if not bool(bad.any()):
         return
     row, position = (int(v) for v in torch.nonzero(bad)[0])
@@ -163,7 +163,9 @@ class RunCache:
     """
 
     def __init__(self, model, prompts, sites: Sequence[str | Site]) -> None:
-        self.prompts: PromptPairs = tokenize_prompts(model.tokenizer, prompts)
+        # prompt tensors live where the model runs, like every tensor computed from them
+        self.prompts: PromptPairs = tokenize_prompts(model.tokenizer, prompts).to(
+            model_device(model))
         self.sites = sorted({str(Site.parse(site)) for site in sites},
                             key=lambda name: Site.parse(name).depth)
         self.clean_logits, self.clean_activations = self._run(model, self.prompts.clean_ids)
@@ -178,7 +180,8 @@ class RunCache:
         with trace(model, input_ids):
             for site in self.sites:
                 activations.append(Site.parse(site).read(model).save())
-            logits = model.output.logits[torch.arange(len(final)), final].float().save()
+            rows = torch.arange(len(final), device=final.device)
+            logits = model.output.logits[rows, final].float().save()
         run = "clean" if input_ids is self.prompts.clean_ids else "corrupt"
         for site, values in zip(self.sites, activations):
             check_finite_activations(values, site=site, run=run,
@@ -284,6 +287,7 @@ class PatchingExperiment:
                                  hint="build RunCache(model, prompts, sites) with every site")
         self.runs = runs
         self.prompts: PromptPairs = runs.prompts
+        self.device = self.prompts.device
         self.clean_logits, self.corrupt_logits = runs.clean_logits, runs.corrupt_logits
         self.clean_features = SiteFeatures(self.sites, self._encoder(runs.clean_activations))
         self.corrupt_features = SiteFeatures(self.sites,
@@ -314,12 +318,12 @@ class PatchingExperiment:
             if source.shape[-1] != n_features:
                 raise ParameterError(f"source has {source.shape[-1]} features, dictionary at "
                                      f"{site} has {n_features}")
-            source = source.detach().float()
+            source = source.detach().float().to(self.device)
             return ("vector", source) if source.ndim == 1 else ("tensor", source)
         if source == "clean":
             return ("clean",)
         if source == "zero":
-            return ("vector", torch.zeros(n_features))
+            return ("vector", torch.zeros(n_features, device=self.device))
         if source == "mean":
             return ("vector", self._mean_features(site))
         if source == "resample":
@@ -331,7 +335,8 @@ class PatchingExperiment:
     def _mean_features(self, site: str) -> torch.Tensor:
         """``[F]`` mean clean feature activation over the real tokens (blockwise)."""
         mask = self.prompts.token_mask
-        total = torch.zeros(self.dictionaries[site].n_features, dtype=torch.float64)
+        total = torch.zeros(self.dictionaries[site].n_features, dtype=torch.float64,
+                            device=self.device)
         for prompts, ids in self.feature_blocks(site):
             values = self.clean_features.select(site, prompts, ids)[mask[prompts]]
             total[slice(None) if ids is None else ids] += values.double().sum(0)
@@ -445,7 +450,7 @@ class PatchingExperiment:
         masks = self.feature_masks(feature_sets)
         k = len(feature_sets)
         logits = einops.repeat(self.corrupt_logits, "n v -> k n v", k=k).clone()
-        norms = torch.zeros(k, len(self.prompts))
+        norms = torch.zeros(k, len(self.prompts), device=logits.device)
         for sets, prompts in self._row_blocks(masks):
             rows = self._unique_rows({site: mask[sets] for site, mask in masks.items()},
                                      prompts)
@@ -511,7 +516,8 @@ class PatchingExperiment:
 
     def _changes(self, site: str) -> torch.Tensor:
         """``[n, n_features]`` True where a feature's source differs from its corrupted value
-        at some patched position of that prompt (patching it there is not a no-op)."""
+        at some patched position of that prompt (patching it there is not a no-op); on the
+        CPU, like the rest of the row bookkeeping."""
         if site not in self._change_cache:
             changes = torch.zeros(len(self.prompts), self.dictionaries[site].n_features,
                                   dtype=torch.bool)
@@ -522,7 +528,7 @@ class PatchingExperiment:
                     difference = difference * self.position_mask[prompts][..., None]
                     columns = slice(None) if ids is None else slice(int(ids[0]),
                                                                      int(ids[-1]) + 1)
-                    changes[prompts, columns] = difference.amax(dim=1) > 0
+                    changes[prompts, columns] = (difference.amax(dim=1) > 0).cpu()
             self._change_cache[site] = changes
         return self._change_cache[site]
 
@@ -549,6 +555,7 @@ class PatchingExperiment:
                        used: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         plans = [(site, used[site], self.source_features.select(site, prompt_index, used[site]),
                   masks[site]) for site in self.sites if site in masks]
+        masks = {site: mask.to(self.device) for site, mask in masks.items()}
         final = self.prompts.final_positions[prompt_index]
         position_mask = self.position_mask[prompt_index]
         if self._tile_at_site:
@@ -571,7 +578,8 @@ class PatchingExperiment:
                                   position_mask, feature_ids=used,
                                   rows=gather if index == 0 else None)
                 squared_norms.append(edit.float().pow(2).sum(dim=(-1, -2)).save())
-            logits = self.model.output.logits[torch.arange(len(final)), final].float().save()
+            rows = torch.arange(len(final), device=final.device)
+            logits = self.model.output.logits[rows, final].float().save()
         return logits, torch.stack(squared_norms).sum(0).sqrt()
 
     def evaluate(self, feature_sets: Sequence[FeatureSet], *, per_prompt: bool = False
@@ -591,8 +599,8 @@ class PatchingExperiment:
             "set": torch.arange(len(feature_sets)).repeat_interleave(len(self.prompts)).numpy(),
             "prompt": torch.arange(len(self.prompts)).repeat(len(feature_sets)).numpy(),
             "n_features": n_features.repeat_interleave(len(self.prompts)).numpy(),
-            **{name: value.flatten().numpy() for name, value in metrics.items()},
-            "edit_magnitude": norms.flatten().numpy(),
+            **{name: value.flatten().cpu().numpy() for name, value in metrics.items()},
+            "edit_magnitude": norms.flatten().cpu().numpy(),
         })
         if per_prompt:
             return frame
@@ -626,7 +634,7 @@ def _position_mask(prompts: PromptPairs, positions: str | Sequence[int]) -> torc
         return mask
     if positions == "final":
         out = torch.zeros_like(mask)
-        out[torch.arange(len(prompts)), prompts.final_positions] = 1.0
+        out[torch.arange(len(prompts), device=mask.device), prompts.final_positions] = 1.0
         return out
     if isinstance(positions, str):
         raise ParameterError(f"unknown positions {positions!r}",
@@ -645,6 +653,7 @@ def _position_mask(prompts: PromptPairs, positions: str | Sequence[int]) -> torc
 
 def _resample_index(lengths: torch.Tensor, seed: int) -> torch.Tensor:
     """For each prompt, another prompt of the same length (itself if it has no peer)."""
+    device, lengths = lengths.device, lengths.cpu()  # drawn on the CPU: same on every device
     generator = torch.Generator().manual_seed(int(seed))
     index = torch.arange(len(lengths))
     for length in torch.unique(lengths):
@@ -653,4 +662,4 @@ def _resample_index(lengths: torch.Tensor, seed: int) -> torch.Tensor:
             shift = int(torch.randint(1, len(members), (1,), generator=generator))
             order = members[torch.randperm(len(members), generator=generator)]
             index[order] = order.roll(shift)
-    return index
+    return index.to(device)

@@ -106,7 +106,7 @@ def attribution_scores(experiment: PatchingExperiment, site: str | None = None, 
     if metric not in ("kl", "logit_diff"):
         raise ParameterError(f"unknown metric {metric!r}", hint="use 'kl' or 'logit_diff'")
     dictionary = experiment.dictionaries[site]
-    score = torch.zeros(dictionary.n_features, dtype=torch.float64)
+    score = torch.zeros(dictionary.n_features, dtype=torch.float64, device=experiment.device)
     gradient, gradient_prompts = None, None
     for prompts, ids in experiment.feature_blocks(site):
         if gradient is None or prompts != gradient_prompts:
@@ -120,7 +120,7 @@ def attribution_scores(experiment: PatchingExperiment, site: str | None = None, 
             along = gradient @ directions.T  # [p, pos, features]
             block = (difference * along).sum(dim=(0, 1)).double()
         score[slice(None) if ids is None else ids] += block
-    score = (score / len(experiment.prompts)).float()
+    score = (score / len(experiment.prompts)).float().cpu()
     gain = -score if metric == "kl" else score
     frame = pd.DataFrame({"feature": np.arange(len(score)), "score": score.numpy(),
                           "predicted_gain": gain.numpy()})
@@ -138,11 +138,12 @@ def _metric_gradient(experiment: PatchingExperiment, site: str, prompts: slice,
     gradients: list[torch.Tensor] = []
     with trace(model, pairs.corrupt_ids[prompts]):
         activation = resolved.read(model)
-        logits = model.output.logits[torch.arange(len(final)), final]
+        logits = model.output.logits[torch.arange(len(final), device=final.device), final]
         if metric == "kl":
-            value = kl_divergence(experiment.clean_logits[prompts], logits).sum()
+            value = kl_divergence(experiment.clean_logits[prompts], logits.float()).sum()
         else:
-            value = logit_diff(logits, pairs.answer_ids[prompts], pairs.wrong_ids[prompts]).sum()
+            value = logit_diff(logits.float(), pairs.answer_ids[prompts],
+                               pairs.wrong_ids[prompts]).sum()
         with value.backward():
             gradients.append(activation.grad.save())
     return gradients[0].detach()
