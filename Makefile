@@ -19,8 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/ioi_patching.py
 
+# two workers (pytest-xdist), one torch thread each: the suite is CPU-bound on 2 cores
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check featcircuits tests examples benchmarks
