@@ -95,45 +95,57 @@ def part_train() -> None:
 
 
 def part_toolkit(out: str) -> None:
+    """Every command runs as its own process, all at once (the machine has many cores)."""
     import subprocess
     import sys
 
     import pandas as pd
 
-    def ioi(device: str, folder: str, *extra: str) -> pd.DataFrame:
-        command = [sys.executable, "-m", "featcircuits", "ioi", "--quiet", "--device", device,
-                   "--out", folder, "--n-prompts", "8", "--layers", "1", *extra]
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
-        print(f"ioi on {device} {' '.join(extra)}: rc {done.returncode}, "
-              f"{time.perf_counter() - start:.1f} s")
-        if done.returncode != 0:
-            print(done.stderr[-3000:])
-            return pd.DataFrame()
-        return pd.read_csv(f"{folder}/results.csv")
+    ioi = ["ioi", "--n-prompts", "8", "--layers", "1"]
+    commands = {
+        "ioi cpu": [*ioi, "--device", "cpu", "--out", f"{out}/ioi_cpu"],
+        "ioi cuda": [*ioi, "--device", "cuda", "--out", f"{out}/ioi_cuda"],
+        "ioi cuda again": [*ioi, "--device", "cuda", "--out", f"{out}/ioi_cuda2"],
+        "ioi cuda bf16": [*ioi, "--device", "cuda", "--dtype", "bfloat16",
+                          "--out", f"{out}/ioi_bf16"],
+        "circuit parens cuda": ["circuit", "parens", "--device", "cuda",
+                                "--out", f"{out}/parens_cuda"],
+        "dashboard cuda": ["dashboard", "--site", "resid_out.2", "--feature", "27",
+                           "--n-texts", "50", "--device", "cuda", "-o", f"{out}/f27.html"],
+        "train-sae cuda": ["train-sae", "--site", "resid_out.1", "--steps", "300",
+                           "--device", "cuda", "--out", f"{out}/sae1"],
+        "fit-ica cuda": ["fit-ica", "--site", "resid_out.1", "--device", "cuda",
+                         "--out", f"{out}/ica1"],
+    }
+    start = time.perf_counter()
+    running = {name: subprocess.Popen([sys.executable, "-m", "featcircuits", args[0], "--quiet",
+                                       *args[1:]], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True)
+               for name, args in commands.items()}
+    codes = {}
+    for name, process in running.items():
+        stdout, stderr = process.communicate()
+        codes[name] = process.returncode
+        print(f"== {name}: rc {process.returncode} ({time.perf_counter() - start:.0f} s "
+              "since start)")
+        print(stdout[-700:] if process.returncode == 0 else stderr[-2500:])
 
-    cpu = ioi("cpu", f"{out}/ioi_cpu")
-    gpu = ioi("cuda", f"{out}/ioi_cuda")
-    gpu2 = ioi("cuda", f"{out}/ioi_cuda2")
+    def table(name: str) -> pd.DataFrame:
+        folder = commands[name][commands[name].index("--out") + 1]
+        return pd.read_csv(f"{folder}/results.csv") if codes[name] == 0 else pd.DataFrame()
+
+    cpu, gpu, gpu2, bf16 = (table(n) for n in ("ioi cpu", "ioi cuda", "ioi cuda again",
+                                                "ioi cuda bf16"))
     if len(cpu) and len(gpu):
         numeric = [c for c in cpu.columns if pd.api.types.is_float_dtype(cpu[c])]
-        diff = (cpu[numeric] - gpu[numeric]).abs().max()
-        print("ioi max |cpu - cuda| per column:", diff.round(6).to_dict())
+        print("ioi max |cpu - cuda| per column:",
+              (cpu[numeric] - gpu[numeric]).abs().max().round(6).to_dict())
     if len(gpu) and len(gpu2):
-        print("ioi cuda run twice identical:", gpu.equals(gpu2))
-    bf16 = ioi("cuda", f"{out}/ioi_bf16", "--dtype", "bfloat16")
+        print("ioi cuda twice: identical results.csv:", gpu.equals(gpu2))
     if len(bf16) and len(gpu):
-        numeric = [c for c in gpu.columns if pd.api.types.is_float_dtype(gpu[c])]
-        print("ioi bf16 vs fp32 max |diff| of kl:",
-              float((bf16["kl"] - gpu["kl"]).abs().max()))
-    for device in ("cpu", "cuda"):
-        command = [sys.executable, "-m", "featcircuits", "circuit", "parens", "--quiet",
-                   "--device", device, "--out", f"{out}/parens_{device}"]
-        start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
-        print(f"circuit parens on {device}: rc {done.returncode}, "
-              f"{time.perf_counter() - start:.1f} s")
-        print(done.stdout[-1500:] if done.returncode == 0 else done.stderr[-3000:])
+        print("ioi bf16 vs fp32 on cuda: max |kl diff|",
+              float((bf16["kl"] - gpu["kl"]).abs().max()), " max kl",
+              float(gpu["kl"].max()))
 
 
 def main() -> None:
