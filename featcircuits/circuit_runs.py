@@ -509,7 +509,11 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
             if op.patch is not None:
                 edit = patch_site(model, resolved, dictionary, **op.patch)
             if op.patch_err is not None:
-                patch_error(model, resolved, dictionary, **op.patch_err, prior_edit=edit)
+                # masks in the activation's dtype, so that a bf16 model gets bf16 back
+                dtype = resolved.read(model).dtype
+                patch_err = {key: value.to(dtype) if value.is_floating_point() else value
+                             for key, value in op.patch_err.items()}
+                patch_error(model, resolved, dictionary, **patch_err, prior_edit=edit)
             x = resolved.read(model)
             if op.delta is not None:
                 # the delta is float32 (exact gradients); the model gets its own dtype back
