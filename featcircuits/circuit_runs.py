@@ -229,8 +229,8 @@ class CircuitRuns:
         self.dictionaries = {str(Site.parse(site)): d for site, d in dictionaries.items()}
         self.sites = sorted(self.dictionaries, key=lambda name: Site.parse(name).depth)
         for site, dictionary in self.dictionaries.items():
-            check_dictionary_fits(dictionary, model, site)
             check_dictionary_placement(dictionary, model, site)
+            check_dictionary_fits(dictionary, model, site)
         ids, lengths, pairs = read_inputs(model, inputs)
         # every tensor computed with lives on the model's device (docs/devices.md)
         self.device = model_device(model)

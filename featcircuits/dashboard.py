@@ -335,7 +335,7 @@ def feature_dashboard_data(
                                                   )[..., feature].float().cpu())
     counted_masks = []
     for input_ids, lengths in zip(run.input_ids, run.lengths, strict=True):
-        positions = torch.arange(input_ids.shape[1])
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         mask = positions[None, :] < lengths[:, None]
         if bos is not None:
             mask[:, 0] &= input_ids[:, 0] != bos
