@@ -255,9 +255,10 @@ def _ablation_drops(model, site: Site, dictionary: Dictionary, feature: int, run
             logits: list[torch.Tensor] = []
             with trace(model, doubled.to(model_device(model))):
                 x = site.read(model)
-                # The dictionary may hold another dtype than the model (e.g. fp32 vs bf16).
-                c = dictionary.encode(x[n:].to(direction.dtype))[..., feature]
-                ablated = x[n:] - (c.unsqueeze(-1) * direction).to(x.dtype)
+                # The dictionary may hold another dtype (fp32 vs bf16) or sit on another
+                # device than the model: compute where it is, bring the edit back.
+                c = dictionary.encode(x[n:].to(direction))[..., feature]
+                ablated = x[n:] - (c.unsqueeze(-1) * direction).to(x)
                 site.write(model, torch.cat([x[:n], ablated]))
                 logits.append(model.output.logits[:, :, token_id].save())
             values = logits[0].detach().float().cpu()
