@@ -172,13 +172,15 @@ def direct_sites(sites: Sequence[str], depth: float) -> list[str]:
 
 def _position_mean(values: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     """``[n, T, k]`` → the mean over prompts at each position (real tokens only), broadcast
-    over prompts; positions no prompt reaches get the overall mean."""
-    weights = token_mask[..., None]
+    over prompts; positions no prompt reaches get the overall mean. Summed in float32,
+    returned in ``values``' dtype."""
+    dtype, values = values.dtype, values.float()
+    weights = token_mask[..., None].float()
     counts = weights.sum(0)                                           # [T, 1]
     overall = (values * weights).sum((0, 1)) / weights.sum().clamp(min=1)
     means = (values * weights).sum(0) / counts.clamp(min=1)
     means = torch.where(counts > 0, means, overall)
-    return means.expand_as(values)
+    return means.to(dtype).expand_as(values)
 
 
 def repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:

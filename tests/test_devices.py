@@ -100,14 +100,15 @@ def test_bfloat16_circuits_follow_float32(both):
         for u, v, w in shared:  # exact weights are differences of bf16-rounded readings
             assert w == pytest.approx(weights[(u, v)], abs=0.25 * scale), (ablation, u, v)
     graph = attribution_circuit(low, tau=0.05, relative_tau=True, ablation="mean")
-    scores = {d: faithfulness(runs[d], graph, ablation="mean", edges=edges)
-              for d in runs for edges in (False,)}
-    edge_scores = faithfulness(low, graph, ablation="mean", edges=True)
+    scores = {d: faithfulness(runs[d], graph, ablation="mean") for d in runs}
+    for ablation in ("mean", "position_mean"):  # nodes and edges agree on m(empty)
+        node_scores = faithfulness(low, graph, ablation=ablation)
+        edge_scores = faithfulness(low, graph, ablation=ablation, edges=True)
+        assert edge_scores["m_empty"] == pytest.approx(node_scores["m_empty"], abs=0.05)
     assert scores["bfloat16"]["m_full"] == pytest.approx(scores["float32"]["m_full"], rel=0.05,
                                                           abs=0.05)
     assert scores["bfloat16"]["faithfulness"] == pytest.approx(
         scores["float32"]["faithfulness"], abs=0.1)
-    assert edge_scores["m_empty"] == pytest.approx(scores["bfloat16"]["m_empty"], abs=0.05)
 
 
 def test_dictionaries_elsewhere_are_refused(both):
