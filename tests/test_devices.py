@@ -151,3 +151,23 @@ def test_new_tensors_name_their_device(name):
 
     visit(tree, None)
     assert not missing, "new tensors without device=: " + "; ".join(missing)
+
+
+def test_training_saves_float32_weights_after_a_bf16_evaluation(both, tmp_path, capsys):
+    import argparse
+
+    from featcircuits.commands_train import _finish
+    from featcircuits.dictionaries import PCABasis, load_dictionary
+
+    model, _ = both["bfloat16"]
+    torch.manual_seed(0)
+    basis = PCABasis.fit(torch.randn(200, 32), site="resid_out.1")
+    trained = basis.directions.clone()
+    assert not torch.equal(trained.bfloat16().float(), trained)  # bf16 would round them
+    args = argparse.Namespace(site="resid_out.1", n_ctx=8, quiet=True, seed=0, device="cpu",
+                              out=str(tmp_path / "pca"))
+    stats = _finish(model, basis, args, ["w1 w2 w3 w4", "w5 w6 w7"], {"method": "pca"})
+    assert stats["variance_explained"] == pytest.approx(1.0, abs=0.05)  # a full basis, bf16
+    saved = load_dictionary(tmp_path / "pca")
+    assert saved.directions.dtype == torch.float32
+    assert torch.equal(saved.directions, trained)
