@@ -33,9 +33,9 @@ import torch
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
-from featcircuits.errors import ParameterError, PromptError
+from featcircuits.errors import DictionaryError, ParameterError, PromptError
 from featcircuits.memory import FLOAT_BYTES, parse_memory, rows_per_chunk
-from featcircuits.models import trace
+from featcircuits.models import model_device, model_dtype, trace
 from featcircuits.patching import (
     _resample_index,
     check_finite_activations,
@@ -136,6 +136,22 @@ def read_inputs(model, inputs) -> tuple[torch.Tensor, torch.Tensor, PromptPairs 
     raise PromptError("no inputs given", hint="pass prompt pairs, texts or token ids")
 
 
+def check_dictionary_placement(dictionary: Dictionary, model, site: str) -> None:
+    """Raise ``DictionaryError`` unless ``dictionary``'s weights sit on ``model``'s device
+    in its dtype (the CLI casts them with ``featcircuits.models.to_model``; Python callers
+    must too)."""
+    weights = [t for t in (*dictionary.parameters(), *dictionary.buffers())
+               if t.is_floating_point()]
+    if not weights:
+        return
+    device, dtype = model_device(model), model_dtype(model)
+    if weights[0].device != device or weights[0].dtype != dtype:
+        raise DictionaryError(
+            f"the dictionary at {site} is on {weights[0].device} in {weights[0].dtype} but the "
+            f"model is on {device} in {dtype}",
+            hint="cast it first: featcircuits.models.to_model(dictionary, model)")
+
+
 FULL_STATE_KINDS = ("embed", "resid_in", "resid_out")
 
 
@@ -156,13 +172,15 @@ def direct_sites(sites: Sequence[str], depth: float) -> list[str]:
 
 def _position_mean(values: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
     """``[n, T, k]`` → the mean over prompts at each position (real tokens only), broadcast
-    over prompts; positions no prompt reaches get the overall mean."""
-    weights = token_mask[..., None]
+    over prompts; positions no prompt reaches get the overall mean. Summed in float32,
+    returned in ``values``' dtype."""
+    dtype, values = values.dtype, values.float()
+    weights = token_mask[..., None].float()
     counts = weights.sum(0)                                           # [T, 1]
     overall = (values * weights).sum((0, 1)) / weights.sum().clamp(min=1)
     means = (values * weights).sum(0) / counts.clamp(min=1)
     means = torch.where(counts > 0, means, overall)
-    return means.expand_as(values)
+    return means.to(dtype).expand_as(values)
 
 
 def repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
@@ -213,10 +231,16 @@ class CircuitRuns:
         self.dictionaries = {str(Site.parse(site)): d for site, d in dictionaries.items()}
         self.sites = sorted(self.dictionaries, key=lambda name: Site.parse(name).depth)
         for site, dictionary in self.dictionaries.items():
+            check_dictionary_placement(dictionary, model, site)
             check_dictionary_fits(dictionary, model, site)
-        self.ids, self.lengths, self.pairs = read_inputs(model, inputs)
+        ids, lengths, pairs = read_inputs(model, inputs)
+        # every tensor computed with lives on the model's device (docs/devices.md)
+        self.device = model_device(model)
+        self.ids, self.lengths = ids.to(self.device), lengths.to(self.device)
+        self.pairs = None if pairs is None else pairs.to(self.device)
         self.n, self.width = self.ids.shape
-        self.token_mask = (torch.arange(self.width)[None, :] < self.lengths[:, None]).float()
+        positions = torch.arange(self.width, device=self.device)
+        self.token_mask = (positions[None, :] < self.lengths[:, None]).float()
         if isinstance(targets, (str, int)) or not isinstance(targets, Sequence):
             targets = [targets]
         if not targets:
@@ -282,7 +306,8 @@ class CircuitRuns:
 
     def _clean_run(self) -> None:
         deltas = {site: torch.zeros(self.n, self.width, self.dictionaries[site].d_model,
-                                    requires_grad=True) for site in self.sites}
+                                    device=self.device, requires_grad=True)
+                  for site in self.sites}
         ops = {site: SiteOps(delta=deltas[site], save_activation=True) for site in self.sites}
         with torch.enable_grad():
             result = self.trace(ops, copies=1)
@@ -336,7 +361,8 @@ class CircuitRuns:
             for site in self.sites:
                 check_finite_activations(result.activations[site], site=site, run="corrupt",
                                          token_mask=self.token_mask)
-        index = _resample_index(self.lengths, self.seed) if ablation == "resample" else None
+        index = (_resample_index(self.lengths.cpu(), self.seed).to(self.device)
+                 if ablation == "resample" else None)
         for site in self.sites:
             clean_f, clean_e = self.features[site], self.errors[site]
             if ablation == "zero":  # views: no [n, T, F] of zeros is allocated
@@ -418,7 +444,7 @@ class CircuitRuns:
         run once on the ``n`` prompts and the activation is tiled there (falls back to full
         copies for architectures that build per-batch tensors before the first block).
         """
-        ids = self.ids if ids is None else ids
+        ids = self.ids if ids is None else ids.to(self.device)
         self.rows_run += copies * self.n
         if tile_at is not None and copies > 1 and self._tile_ok:
             try:
@@ -472,7 +498,7 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                 resolved.write(model, repeat_rows(resolved.read(model), copies))
                 tiled = True
             if op.overwrite is not None:
-                resolved.write(model, op.overwrite)
+                resolved.write(model, _as_activation(op.overwrite, resolved.read(model)))
             if feature_targets[site]:
                 # targets are read before this site's own edits: they are read-outs, not
                 # nodes that an ablation at their own site could change
@@ -485,10 +511,15 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
             if op.patch is not None:
                 edit = patch_site(model, resolved, dictionary, **op.patch)
             if op.patch_err is not None:
-                patch_error(model, resolved, dictionary, **op.patch_err, prior_edit=edit)
+                # masks in the activation's dtype, so that a bf16 model gets bf16 back
+                dtype = resolved.read(model).dtype
+                patch_err = {key: value.to(dtype) if value.is_floating_point() else value
+                             for key, value in op.patch_err.items()}
+                patch_error(model, resolved, dictionary, **patch_err, prior_edit=edit)
             x = resolved.read(model)
             if op.delta is not None:
-                x = (x.detach() if op.detach else x) + op.delta
+                # the delta is float32 (exact gradients); the model gets its own dtype back
+                x = (x.detach() if op.detach else x) + _as_activation(op.delta, x)
                 resolved.write(model, x)
             if op.save_activation:
                 saved.append(("activation", site, x.save()))
@@ -499,7 +530,7 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
             if site == last:
                 tracer.stop()  # nothing later is needed: skip the remaining layers
             if op.freeze is not None:
-                resolved.write(model, op.freeze)
+                resolved.write(model, _as_activation(op.freeze, x))
         if output_targets:
             logits = model.output.logits
             for index, target in output_targets:
@@ -508,10 +539,16 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
         {"activation": result.activations, "features": result.features,
          "errors": result.errors, "own": result.own, "full_features": result.full_features,
          "full_errors": result.full_errors}[kind][site] = value
-    result.targets = torch.full((rows, len(targets)), float("nan"))
+    result.targets = torch.full((rows, len(targets)), float("nan"), device=model_device(model))
     for index, value in target_values:
         result.targets[:, index] = value
     return result
+
+
+def _as_activation(value: torch.Tensor, activation) -> torch.Tensor:
+    """``value`` on the device and in the dtype of the model's ``activation`` (a no-op in
+    float32 on one device; differentiable, so gradients still reach a float32 delta)."""
+    return value.to(device=activation.device, dtype=activation.dtype)
 
 
 def _readout_features(readout: Readout, x, dictionary: Dictionary):

@@ -175,7 +175,7 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
         if not down:
             continue
         feature_ids = sorted({f for _, f, _ in down if f != ERROR})
-        plans[j] = (down, torch.tensor(feature_ids, dtype=torch.long),
+        plans[j] = (down, torch.tensor(feature_ids, dtype=torch.long, device=runs.device),
                     any(f == ERROR for _, f, _ in down))
         columns.extend(down)
     columns.extend(runs.targets[i].node_id for i in live_targets)
@@ -209,7 +209,7 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
             result = runs.trace(ops, copies, tile_at=tile, outputs=need_outputs)
         out.append(_collect(runs, result, plans, live_targets, copies, positional))
     if not out:
-        return torch.zeros(0, len(columns)), columns
+        return torch.zeros(0, len(columns), device=runs.device), columns
     ablated = torch.cat(out)
     return baseline[None, :] - ablated, columns
 
@@ -219,7 +219,7 @@ def _ablation_ops(runs: CircuitRuns, site: str, chunk: Sequence[Node],
     n, width = runs.n, runs.width
     copies = len(chunk)
     tm = runs.token_mask
-    position_mask = torch.zeros(copies, n, width)
+    position_mask = torch.zeros(copies, n, width, device=tm.device)
     for i, (_, _, position) in enumerate(chunk):
         if position is None:
             position_mask[i] = tm
@@ -229,16 +229,16 @@ def _ablation_ops(runs: CircuitRuns, site: str, chunk: Sequence[Node],
     used = sorted({f for _, f, _ in chunk if f != ERROR})
     op = SiteOps()
     if used:
-        used_ids = torch.tensor(used, dtype=torch.long)
+        used_ids = torch.tensor(used, dtype=torch.long, device=tm.device)
         column = {f: k for k, f in enumerate(used)}
-        feature_mask = torch.zeros(copies, len(used))
+        feature_mask = torch.zeros(copies, len(used), device=tm.device)
         for i, (_, f, _) in enumerate(chunk):
             if f != ERROR:
                 feature_mask[i, column[f]] = 1.0
         op.patch = {"source_features": repeat_rows(source_features[..., used_ids], copies),
                     "feature_mask": feature_mask.repeat_interleave(n, 0),
                     "position_mask": position_mask, "feature_ids": used_ids}
-    error_rows = torch.tensor([1.0 if f == ERROR else 0.0 for _, f, _ in chunk])
+    error_rows = torch.tensor([1.0 if f == ERROR else 0.0 for _, f, _ in chunk], device=tm.device)
     if error_rows.any():
         op.patch_err = {"source_error": repeat_rows(source_errors, copies),
                         "error_mask": error_rows.repeat_interleave(n),
@@ -262,8 +262,8 @@ def _baseline(runs: CircuitRuns, plans, live_targets, positional) -> torch.Tenso
     clean_targets = runs.target_values.mean(0)
     columns.extend(clean_targets[i] for i in live_targets)
     if not columns:
-        return torch.zeros(0)
-    return torch.stack(columns).float()
+        return torch.zeros(0, device=runs.device)
+    return torch.stack([column.float() for column in columns])
 
 
 def _collect(runs: CircuitRuns, result, plans, live_targets, copies: int, positional: bool
@@ -297,8 +297,8 @@ def _collect(runs: CircuitRuns, result, plans, live_targets, copies: int, positi
         targets = result.targets.reshape(copies, n, -1).mean(1)
         columns.extend(targets[:, i] for i in live_targets)
     if not columns:
-        return torch.zeros(copies, 0)
-    return torch.stack(columns, dim=1)
+        return torch.zeros(copies, 0, device=runs.device)
+    return torch.stack([column.float() for column in columns], dim=1)
 
 
 def exact_node_effects(runs: CircuitRuns, nodes: Sequence[Node], *, ablation: str,
@@ -332,14 +332,15 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
         raise ParameterError(f"steps must be a positive int, got {steps!r}")
     clean = runs.activations[site]
     source = runs.source_activation(site, ablation)
-    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
+    alphas = (torch.arange(steps, dtype=torch.float32, device=clean.device) + 0.5) / steps
     per_chunk = runs.chunk_copies()
-    total = torch.zeros_like(clean)
+    total = torch.zeros(clean.shape, device=clean.device)  # float32 even for a bf16 model
     for start in range(0, steps, per_chunk):
         chunk = alphas[start:start + per_chunk]
         copies = len(chunk)
         points = clean[None] - chunk[:, None, None, None] * (clean - source)[None]
-        delta = torch.zeros(copies * runs.n, runs.width, clean.shape[-1], requires_grad=True)
+        delta = torch.zeros(copies * runs.n, runs.width, clean.shape[-1], device=clean.device,
+                            requires_grad=True)
         ops = {site: SiteOps(overwrite=points.reshape(copies * runs.n, runs.width, -1),
                              delta=delta)}
         with torch.enable_grad():
@@ -359,17 +360,20 @@ def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: 
     tm = runs.token_mask
     dictionary = runs.dictionaries[site]
     feature_ids = sorted({f for _, f, _ in nodes if f != ERROR})
-    out = torch.zeros(gradient.shape[0], len(nodes))
+    device = gradient.device
+    out = torch.zeros(gradient.shape[0], len(nodes), device=device)
     with torch.no_grad():
         if feature_ids:
-            ids = torch.tensor(feature_ids, dtype=torch.long)
-            per_position = torch.empty(gradient.shape[0], runs.width, len(feature_ids))
+            ids = torch.tensor(feature_ids, dtype=torch.long, device=device)
+            per_position = torch.empty(gradient.shape[0], runs.width, len(feature_ids),
+                                       device=device)
             step = runs.feature_chunk(gradient.shape[0] * runs.n)
             for first in range(0, len(feature_ids), step):  # [c, n, T, step] within budget
                 block = ids[first:first + step]
                 diff = (runs.features[site][..., block]
                         - source_features[site][..., block]) * tm[..., None]
-                along = gradient @ dictionary.directions[block].T       # [c, n, T, k]
+                directions = dictionary.directions[block].to(gradient.dtype)
+                along = gradient @ directions.T                           # [c, n, T, k]
                 per_position[..., first:first + step] = (along * diff[None]).mean(1)
             column = {f: k for k, f in enumerate(feature_ids)}
         error_diff = (runs.errors[site] - source_errors[site]) * tm[..., None]
@@ -434,12 +438,12 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
         chunk = list(downstream[start:start + per_chunk])
         copies = len(chunk)
         deltas = {s: torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
-                                 requires_grad=True)
+                                 device=runs.device, requires_grad=True)
                   for s in reachable}
         ops = {s: SiteOps(delta=delta, detach=True) for s, delta in deltas.items()}
         if level is not None:
-            own_feature = torch.zeros(copies, dtype=torch.long)
-            own_weights = torch.zeros(copies, n, width)
+            own_feature = torch.zeros(copies, dtype=torch.long, device=runs.device)
+            own_weights = torch.zeros(copies, n, width, device=runs.device)
             for k, item in enumerate(chunk):
                 if isinstance(item, int):          # a feature target at this site
                     target = runs.targets[item]
@@ -460,7 +464,7 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
             result = runs.trace(ops, copies, tile_at=None if early_targets else reachable[0],
                                 outputs=level is None)
             if level is None:
-                picks = torch.tensor(chunk).repeat_interleave(n)
+                picks = torch.tensor(chunk, device=result.targets.device).repeat_interleave(n)
                 loss = result.targets.gather(1, picks[:, None]).sum()
             else:
                 loss = result.own[level].sum()
@@ -468,7 +472,8 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                                         allow_unused=True)
         for s, grad in zip(up_sites, grads):
             if grad is None:
-                grad = torch.zeros(copies * n, width, runs.dictionaries[s].d_model)
+                grad = torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
+                                   device=runs.device)
             values = _contributions(runs, s, grad.reshape(copies, n, width, -1),
                                     upstream[s], ablation=ablation, positional=positional)
             for item, row in zip(chunk, values.tolist()):
@@ -542,10 +547,11 @@ def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, 
         if ident in graph:
             continue
         weights = tm if position is None else torch.zeros_like(tm).index_fill_(1, torch.tensor(
-            [position]), 1.0) * tm
+            [position], device=tm.device), 1.0) * tm
         denominator = float(weights.sum()) or 1.0
         if f == ERROR:
-            activation = float((runs.errors[site].norm(dim=-1) * weights).sum() / denominator)
+            activation = float((runs.errors[site].float().norm(dim=-1) * weights).sum()
+                               / denominator)
             kind, feature, label = "error", None, ""
         else:
             activation = float((runs.features[site][..., f] * weights).sum() / denominator)
@@ -637,7 +643,7 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
         effects, columns = ablation_effects(runs, site, nodes, downstream, ablation=ablation,
                                             positional=positional)
         limits = torch.tensor([edge_threshold(runs, column, tau, relative_tau)
-                               for column in columns])
+                               for column in columns], device=effects.device)
         kept = (effects.abs() >= limits[None, :]) & (effects != 0)
         for i, node in enumerate(nodes):
             hits = torch.nonzero(kept[i]).flatten().tolist()

@@ -12,6 +12,7 @@ and save it in the native SAELens layout (``cfg.json`` + ``sae_weights.safetenso
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import math
 import sys
@@ -107,10 +108,11 @@ def _finish(model, dictionary, args: argparse.Namespace, held_out: list[str],
     if held_out:
         from featcircuits.train.evaluate import evaluate_dictionary
 
-        evaluated = dictionary_for_model(dictionary, model, args)
+        # a copy in the model's dtype and device: the saved weights stay the trained float32
+        evaluated = dictionary_for_model(copy.deepcopy(dictionary), model, args)
         stats = evaluate_dictionary(model, evaluated, args.site, held_out, n_ctx=args.n_ctx,
                                     progress=not args.quiet)
-        dictionary = evaluated.float()
+        del evaluated
     dictionary.meta.update({"model_name": model_name(model), "seed": args.seed, **extra,
                             **{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                for k, v in stats.items()}})

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.errors import ParameterError, SiteError
-from featcircuits.models import trace, underlying_module
+from featcircuits.models import model_device, trace, underlying_module
 from featcircuits.sites import Site, architecture
 
 #: number of named token groups in the histogram; the rest is pooled as "other"
@@ -176,8 +176,9 @@ def _collect(model, site: Site, texts: Sequence[str], *, n_ctx: int, batch_size:
         input_ids = torch.full((len(batch), int(lengths.max())), pad_id, dtype=torch.long)
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = torch.tensor(ids)
-        # Right padding + causal attention: real tokens never see the padding.
-        with trace(model, input_ids):
+        # Right padding + causal attention: real tokens never see the padding. The ids stay
+        # on the CPU here (bookkeeping); the model gets a copy on its device.
+        with trace(model, input_ids.to(model_device(model))):
             activation = site.read(model).save()
         run.input_ids.append(input_ids)
         run.lengths.append(lengths)
@@ -252,11 +253,12 @@ def _ablation_drops(model, site: Site, dictionary: Dictionary, feature: int, run
             # One batch holds the clean copy (first n rows) and the ablated copy (last n).
             doubled = torch.cat([rows, rows])
             logits: list[torch.Tensor] = []
-            with trace(model, doubled):
+            with trace(model, doubled.to(model_device(model))):
                 x = site.read(model)
-                # The dictionary may hold another dtype than the model (e.g. fp32 vs bf16).
-                c = dictionary.encode(x[n:].to(direction.dtype))[..., feature]
-                ablated = x[n:] - (c.unsqueeze(-1) * direction).to(x.dtype)
+                # The dictionary may hold another dtype (fp32 vs bf16) or sit on another
+                # device than the model: compute where it is, bring the edit back.
+                c = dictionary.encode(x[n:].to(direction))[..., feature]
+                ablated = x[n:] - (c.unsqueeze(-1) * direction).to(x)
                 site.write(model, torch.cat([x[:n], ablated]))
                 logits.append(model.output.logits[:, :, token_id].save())
             values = logits[0].detach().float().cpu()
@@ -334,7 +336,7 @@ def feature_dashboard_data(
                                                   )[..., feature].float().cpu())
     counted_masks = []
     for input_ids, lengths in zip(run.input_ids, run.lengths, strict=True):
-        positions = torch.arange(input_ids.shape[1])
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         mask = positions[None, :] < lengths[:, None]
         if bos is not None:
             mask[:, 0] &= input_ids[:, 0] != bos

@@ -37,7 +37,14 @@ from featcircuits.errors import DictionaryLoadError, ParameterError
 from featcircuits.faithfulness import faithfulness, faithfulness_curve
 from featcircuits.graphio import edges_frame, write_json, write_tables
 from featcircuits.memory import parse_memory
-from featcircuits.models import load_model, resolve_checkpoint, to_model, trace, underlying_module
+from featcircuits.models import (
+    load_model,
+    model_device,
+    resolve_checkpoint,
+    to_model,
+    trace,
+    underlying_module,
+)
 from featcircuits.sites import Site, architecture, num_layers
 from featcircuits.targets import FeatureTarget
 
@@ -144,16 +151,20 @@ def unembedding_readout(model, activations: torch.Tensor, mask: torch.Tensor,
     The final norm is linearised at those positions: for LayerNorm, ``v`` is centred and
     divided by the mean standard deviation of the residual there (RMS for RMSNorm), then
     scaled by the norm's weight; ``r`` is that composed with the unembedding rows.
+    Computed in float32 on the activations' device.
     """
     plain = underlying_module(model)
     arch = architecture(model)
     norm = plain.get_submodule(arch.final_norm)
+    device = activations.device
     unembed = plain.get_output_embeddings().weight.detach()
-    direction = unembed[token] - (unembed[minus] if minus is not None else unembed.mean(0))
+    rows = [unembed[token], unembed[minus] if minus is not None else unembed.mean(0)]
+    direction = (rows[0].float() - rows[1].float()).to(device)
     weight = getattr(norm, "weight", None)
-    weight = torch.ones_like(direction) if weight is None else weight.detach()
+    weight = (torch.ones_like(direction) if weight is None
+              else weight.detach().float().to(device))
     eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
-    x = activations[mask.bool()]
+    x = activations[mask.to(device).bool()].float()
     centred = hasattr(norm, "bias") and norm.bias is not None
     if centred:
         scale = (x.var(-1, unbiased=False) + eps).sqrt().mean()
@@ -179,12 +190,15 @@ def rank_parens_features(model, dictionary: Dictionary, activations: torch.Tenso
     token_id = tokenizer.convert_tokens_to_ids(token)
     minus_id = tokenizer.convert_tokens_to_ids(minus) if minus is not None else None
     with torch.no_grad():
-        features = dictionary.encode(activations)
-        closing = (features * data.closing[..., None]).sum((0, 1)) / data.closing.sum()
-        control = (features * data.control[..., None]).sum((0, 1)) / data.control.sum().clamp(
+        features = dictionary.encode(activations).float()  # float32 sums, on its device
+        closing_mask = data.closing.to(features.device)
+        control_mask = data.control.to(features.device)
+        closing = (features * closing_mask[..., None]).sum((0, 1)) / closing_mask.sum()
+        control = (features * control_mask[..., None]).sum((0, 1)) / control_mask.sum().clamp(
             min=1)
         readout = unembedding_readout(model, activations, data.closing, token_id, minus_id)
-        per_unit = dictionary.directions @ readout
+        per_unit = dictionary.directions.float() @ readout.to(dictionary.directions.device)
+        closing, control, per_unit = closing.cpu(), control.cpu(), per_unit.cpu()
     frame = pd.DataFrame({
         "feature": range(dictionary.n_features), "act_closing": closing.numpy(),
         "act_control": control.numpy(), "selectivity": (closing - control).numpy(),
@@ -321,7 +335,7 @@ def parens_setup(model_name: str = "tiny", *, set_name: str | None = None,
         raise DictionaryLoadError(f"the dictionary set has no {last}",
                                   hint=f"it has {sorted(dictionaries)}")
     data = parens_data(model, n_texts, seed=seed)
-    with torch.no_grad(), trace(model, data.ids):
+    with torch.no_grad(), trace(model, data.ids.to(model_device(model))):
         last_activation = Site.parse(last).read(model).save()
     ranking = rank_parens_features(model, dictionaries[last], last_activation, data)
     chosen = ranking["feature"].head(n_targets).tolist()

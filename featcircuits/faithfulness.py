@@ -59,17 +59,22 @@ def _depth(site: str) -> float:
     return Site.parse(site).depth
 
 
-def _empty_masks(runs: CircuitRuns, value: bool = False, sites=None) -> Masks:
-    return {site: torch.full((runs.width, runs.dictionaries[site].n_features + 1), value)
+def _empty_masks(runs: CircuitRuns, value: bool = False, sites=None, device=None) -> Masks:
+    """Masks on ``device`` (default: the runs' device)."""
+    device = runs.device if device is None else device
+    return {site: torch.full((runs.width, runs.dictionaries[site].n_features + 1), value,
+                             device=device)
             for site in runs.sites if sites is None or site in sites}
 
 
 def node_masks(runs: CircuitRuns, nodes: Iterable[Node], *, sparse: bool = False) -> Masks:
     """``{site: [T, F+1]}`` True at the nodes' (position, feature) cells; a node without a
     position covers every position; feature ``ERROR`` is the last column. ``sparse``: only
-    sites that hold one of the nodes get a mask."""
+    sites that hold one of the nodes get a mask. Built on the CPU (cell by cell), returned
+    on the runs' device."""
     nodes = list(nodes)
-    masks = _empty_masks(runs, sites={site for site, _, _ in nodes} if sparse else None)
+    masks = _empty_masks(runs, sites={site for site, _, _ in nodes} if sparse else None,
+                         device="cpu")
     for site, f, position in nodes:
         if site not in masks:
             raise GraphError(f"node at site {site!r} has no dictionary",
@@ -79,7 +84,7 @@ def node_masks(runs: CircuitRuns, nodes: Iterable[Node], *, sparse: bool = False
             masks[site][:, column] = True
         elif position < runs.width:
             masks[site][position, column] = True
-    return masks
+    return {site: mask.to(runs.device) for site, mask in masks.items()}
 
 
 # --------------------------------------------------------------------------- nodes
@@ -97,7 +102,7 @@ def evaluate_node_sets(runs: CircuitRuns, kept: Sequence[Masks], *,
         copies = len(chunk)
         ops = {}
         for site in runs.sites:
-            stacked = torch.stack([masks[site] for masks in chunk])        # [c, T, F+1]
+            stacked = torch.stack([masks[site].to(tm.device) for masks in chunk])  # [c, T, F+1]
             ablate = ~stacked
             ablate_features = ablate[..., :-1]
             uniform = bool((ablate_features == ablate_features[:, :1]).all())
@@ -111,12 +116,12 @@ def evaluate_node_sets(runs: CircuitRuns, kept: Sequence[Masks], *,
                 patch={"source_features": repeat_rows(source_features[site], copies),
                        "feature_mask": feature_mask, "position_mask": repeat_rows(tm, copies)},
                 patch_err={"source_error": repeat_rows(source_errors[site], copies),
-                           "error_mask": torch.ones(copies * n),
+                           "error_mask": torch.ones(copies * n, device=tm.device),
                            "position_mask": error_positions})
         with torch.no_grad():
             result = runs.trace(ops, copies)
         values.append(result.targets.sum(-1).reshape(copies, n).mean(1))
-    return torch.cat(values) if values else torch.zeros(0)
+    return torch.cat(values) if values else torch.zeros(0, device=tm.device)
 
 
 # --------------------------------------------------------------------------- edges
@@ -145,7 +150,7 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
         levels.append(None)
     assembled_f = [{} for _ in specs]
     assembled_e = [{} for _ in specs]
-    target_values = torch.zeros(len(specs), len(runs.targets))
+    target_values = torch.zeros(len(specs), len(runs.targets), device=runs.device)
     for level in tqdm(levels, desc="edge evaluation", leave=False,
                       disable=not runs.progress or len(levels) < 3):
         depth = float("inf") if level is None else _depth(level)
@@ -167,7 +172,7 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
         for index, spec in enumerate(specs):
             base = own[(index, None)]
             if level is not None and level in sites:
-                kept = spec.kept[level]
+                kept = spec.kept[level].to(runs.device)
                 features = torch.where(kept[None, :, :-1], base["features"],
                                        source_features[level])
                 errors = torch.where(kept[None, :, -1:], base["errors"], source_errors[level])
@@ -220,6 +225,7 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
                 activation = base[(index, site)]
                 masks = specs[index].ablated_into.get(key) if key is not None else None
                 ablate = None if masks is None else masks.get(site)
+                ablate = None if ablate is None else ablate.to(runs.device)
                 if ablate is not None and ablate.any():
                     # only the ablated cells change: add (source − assembled) along them
                     columns = torch.nonzero(ablate[:, :-1].any(0)).flatten()

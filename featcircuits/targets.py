@@ -97,7 +97,7 @@ class ResolvedTarget:
         data (row ``r`` is prompt ``r % n``)."""
         weights = self.weights.repeat(rows_per_prompt, 1)
         used = torch.nonzero(weights.any(0)).flatten()
-        logits = logits[:, used]
+        logits = logits[:, used].float()  # bf16 logit differences lose their low digits
         weights = weights[:, used]
         tokens = self.token_ids.repeat(rows_per_prompt)[:, None].expand(-1, len(used))
         if self.transform == "prob":
@@ -141,26 +141,28 @@ def parse_target(target: Target | str | int) -> Target:
 
 def position_weights(positions: Positions, lengths: torch.Tensor, width: int,
                      reduce: str = "sum") -> torch.Tensor:
-    """``[n, T]`` weights of the chosen positions of ``n`` prompts of the given lengths."""
+    """``[n, T]`` weights of the chosen positions of ``n`` prompts of the given lengths
+    (on ``lengths.device``)."""
     if reduce not in REDUCTIONS:
         raise ParameterError(f"unknown reduce {reduce!r}", hint=f"use one of {REDUCTIONS}")
     n = len(lengths)
-    real = torch.arange(width)[None, :] < lengths[:, None]
+    device = lengths.device
+    real = torch.arange(width, device=device)[None, :] < lengths[:, None]
     if isinstance(positions, torch.Tensor) and positions.ndim == 2:
         if tuple(positions.shape) != (n, width):
             raise ParameterError(f"position mask has shape {tuple(positions.shape)}, expected "
                                  f"{(n, width)}", hint="one row per prompt, one column per token")
-        mask = positions.float() * real
+        mask = positions.to(device).float() * real
     elif positions == "all":
         mask = real.float()
     elif positions == "final":
-        mask = torch.zeros(n, width)
-        mask[torch.arange(n), lengths - 1] = 1.0
+        mask = torch.zeros(n, width, device=device)
+        mask[torch.arange(n, device=device), lengths - 1] = 1.0
     elif isinstance(positions, str):
         raise ParameterError(f"unknown positions {positions!r}",
                              hint="use 'all', 'final', token indices or a [n, T] mask")
     else:
-        mask = torch.zeros(n, width)
+        mask = torch.zeros(n, width, device=device)
         items = [positions] if isinstance(positions, int) else list(positions)
         per_prompt = bool(items) and not isinstance(items[0], int)
         if per_prompt and len(items) != n:
@@ -232,6 +234,6 @@ def resolve_target(target: Target | str | int, *, tokenizer, lengths: torch.Tens
     weights = position_weights(target.positions, lengths, width, target.reduce)
     return ResolvedTarget(make_node_id(kind="output", name=name), label,
                           f"logit:{target.token}" + ("" if minus is None else f"-{target.minus}"),
-                          weights, token_ids=torch.full((n,), token, dtype=torch.long),
-                          minus_ids=None if minus is None else torch.full((n,), minus,
-                                                                          dtype=torch.long))
+                          weights, token_ids=torch.full((n,), token, dtype=torch.long, device=lengths.device),
+                          minus_ids=None if minus is None else torch.full(
+                              (n,), minus, dtype=torch.long, device=lengths.device))

@@ -42,7 +42,9 @@ class TokenBasis(Dictionary):
 
     @classmethod
     def from_model(cls, model, site: str = "embed") -> TokenBasis:
-        """The input-embedding matrix of ``model`` (an nnsight ``LanguageModel``)."""
+        """The input-embedding matrix of ``model`` (an nnsight ``LanguageModel``), on the
+        model's device and in its dtype (so ``decode`` returns activations the model takes;
+        ``encode`` still scores in float32)."""
         from featcircuits.models import underlying_module
 
         module = underlying_module(model)
@@ -52,11 +54,17 @@ class TokenBasis(Dictionary):
         if tokenizer is not None:
             strings = tokenizer.convert_ids_to_tokens(list(range(weight.shape[0])))
             strings = [str(s) if s is not None else f"<{i}>" for i, s in enumerate(strings)]
-        return cls(weight, site=site, token_strings=strings)
+        basis = cls(weight, site=site, token_strings=strings)
+        if weight.is_floating_point() and not weight.is_meta:
+            basis = basis.to(device=weight.device, dtype=weight.dtype)
+        return basis
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """One-hot of the nearest embedding row, ``[..., vocab]`` (piecewise constant)."""
-        scores = x.detach() @ self.embedding.T - self._half_norms
+        embedding = self.embedding.float()
+        half_norms = (self._half_norms if self._half_norms.dtype == torch.float32
+                      else 0.5 * embedding.pow(2).sum(-1))
+        scores = x.detach().float() @ embedding.T - half_norms
         return torch.nn.functional.one_hot(scores.argmax(-1), self.embedding.shape[0]).to(x.dtype)
 
     @property
@@ -65,7 +73,7 @@ class TokenBasis(Dictionary):
 
     @property
     def decoder_bias(self) -> torch.Tensor:
-        return torch.zeros(self.embedding.shape[1], device=self.embedding.device)
+        return self.embedding.new_zeros(self.embedding.shape[1])
 
     def feature_label(self, feature: int) -> str:
         """The token string of feature ``feature`` (its id when strings are unknown)."""

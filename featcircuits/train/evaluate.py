@@ -79,7 +79,8 @@ def evaluate_dictionary(
         raise ParameterError(f"max_texts must be a positive integer or None, got {max_texts!r}")
     text_iter = iter(texts) if max_texts is None else itertools.islice(texts, max_texts)
     bos_id = bos_token_id(model)
-    dict_dtype = dictionary.directions.dtype
+    # the dictionary computes where it lives; activations travel there and back
+    dict_dtype, dict_device = dictionary.directions.dtype, dictionary.directions.device
 
     sums = dict.fromkeys(("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero", "l0",
                           "sq_error", "sq_norm"), 0.0)
@@ -101,7 +102,7 @@ def evaluate_dictionary(
             keep = edit_here[..., None]
 
             def splice(x, keep=keep):
-                recon = dictionary(x.to(dict_dtype)).to(x.dtype)
+                recon = dictionary(x.to(device=dict_device, dtype=dict_dtype)).to(x)
                 return torch.where(keep, recon, x)
 
             def zero(x, keep=keep):
@@ -133,7 +134,7 @@ def evaluate_dictionary(
                 sums[f"kl_{name}"] += float((log_p.exp() * (log_p - log_q)).sum())
 
             # dictionary statistics on the edited tokens
-            acts = x[edit_here].to(dict_dtype)
+            acts = x[edit_here].to(device=dict_device, dtype=dict_dtype)
             with torch.no_grad():
                 recon, codes = dictionary(acts, output_features=True)
             active = codes != 0
