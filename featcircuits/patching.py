@@ -128,7 +128,7 @@ def patch_error(model, site: Site | str, dictionary: Dictionary, source_error: t
     if position_mask is not None:
         weight = weight * position_mask[..., None]
     original = activation if prior_edit is None else activation - prior_edit
-    edit = (source_error - dictionary.error(original)) * weight
+    edit = ((source_error - dictionary.error(original)) * weight).to(activation.dtype)
     site.write(model, activation + edit)
     return edit
 

@@ -186,7 +186,7 @@ class PCABasis(LinearBasis):
         order = torch.argsort(eigenvalues, descending=True)[:n_components]
         components = eigenvectors[:, order].T
         pivot = components.abs().argmax(dim=1)
-        signs = torch.sign(components[torch.arange(len(order)), pivot])
+        signs = torch.sign(components[torch.arange(len(order), device=pivot.device), pivot])
         components = components * signs[:, None]
         return cls(components.float(), mean.float(), eigenvalues[order].clamp_min(0).float(),
                    site=site)
