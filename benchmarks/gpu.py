@@ -110,6 +110,8 @@ def part_toolkit(out: str) -> None:
                           "--out", f"{out}/ioi_bf16"],
         "circuit parens cuda": ["circuit", "parens", "--device", "cuda",
                                 "--out", f"{out}/parens_cuda"],
+        "circuit parens cuda bf16": ["circuit", "parens", "--device", "cuda", "--dtype",
+                                     "bfloat16", "--out", f"{out}/parens_bf16"],
         "dashboard cuda": ["dashboard", "--site", "resid_out.2", "--feature", "27",
                            "--n-texts", "50", "--device", "cuda", "-o", f"{out}/f27.html"],
         "train-sae cuda": ["train-sae", "--site", "resid_out.1", "--steps", "300",
