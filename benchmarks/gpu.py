@@ -94,6 +94,24 @@ def part_train() -> None:
               f"(d_model {d_model}, {n_features} features, batch {batch})")
 
 
+def part_placement() -> None:
+    """Where the model's weights and activations land for device='cpu' and 'cuda'."""
+    from featcircuits import load_model, zoo_path
+    from featcircuits.models import underlying_module
+
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(str(zoo_path("tiny")))
+    print("AutoModelForCausalLM.from_pretrained ->", next(plain.parameters()).device)
+    for device in ("cpu", "cuda"):
+        model = load_model("tiny", device=device)
+        with model.trace(torch.tensor([[1, 2, 3]])):
+            hidden = model.gpt_neox.layers[0].output.save()
+        print(f"load_model(device={device!r}): weights on "
+              f"{next(underlying_module(model).parameters()).device}, activations on "
+              f"{hidden.device}")
+
+
 def part_toolkit(out: str) -> None:
     """Every command runs as its own process, all at once (the machine has many cores)."""
     import subprocess
@@ -152,8 +170,8 @@ def part_toolkit(out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", nargs="+", default=["ica", "train", "toolkit"],
-                        choices=["ica", "train", "toolkit"])
+    parser.add_argument("--part", nargs="+", default=["placement", "ica", "train", "toolkit"],
+                        choices=["placement", "ica", "train", "toolkit"])
     parser.add_argument("--out", default="out/gpu")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -162,7 +180,7 @@ def main() -> None:
     for part in args.part:
         start = time.perf_counter()
         try:
-            {"ica": part_ica, "train": part_train,
+            {"placement": part_placement, "ica": part_ica, "train": part_train,
              "toolkit": lambda: part_toolkit(args.out)}[part]()
         except Exception:
             traceback.print_exc()

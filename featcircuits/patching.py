@@ -553,9 +553,9 @@ class PatchingExperiment:
     @torch.no_grad()
     def _patched_chunk(self, prompt_index: torch.Tensor, masks: dict[str, torch.Tensor],
                        used: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        masks = {site: mask.to(self.device) for site, mask in masks.items()}
         plans = [(site, used[site], self.source_features.select(site, prompt_index, used[site]),
                   masks[site]) for site in self.sites if site in masks]
-        masks = {site: mask.to(self.device) for site, mask in masks.items()}
         final = self.prompts.final_positions[prompt_index]
         position_mask = self.position_mask[prompt_index]
         if self._tile_at_site:
