@@ -441,7 +441,9 @@ def render_dashboard(data: FeatureDashboard, path: str | os.PathLike[str] | None
 
     from featcircuits.render.diagram import save_figure
 
-    fig = Figure(figsize=(14, 9.5), layout="constrained")
+    # tight layout, not constrained: constrained layout goes through kiwisolver, whose solver
+    # failed intermittently under pytest-xdist workers ("Expected object of type Variable")
+    fig = Figure(figsize=(14, 9.5), layout="tight")
     grid = fig.add_gridspec(2, 3, height_ratios=[1.0, 0.9])
     ax_hist = fig.add_subplot(grid[0, 0])
     ax_logit = fig.add_subplot(grid[0, 1])
