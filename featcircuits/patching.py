@@ -21,6 +21,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Union
 
 import einops
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -377,7 +378,8 @@ class PatchingExperiment:
     # --------------------------------------------------------------- feature sets
     def feature_masks(self, feature_sets: Sequence[FeatureSet]) -> dict[str, torch.Tensor]:
         """``{site: [k, n_features]}`` 0/1 masks for ``k`` feature sets (validated)."""
-        masks = {site: torch.zeros(len(feature_sets), self.dictionaries[site].n_features)
+        masks = {site: torch.zeros(len(feature_sets), self.dictionaries[site].n_features,
+                                   device="cpu")
                  for site in self.sites}
         for row, feature_set in enumerate(feature_sets):
             if not isinstance(feature_set, Mapping):
@@ -459,8 +461,8 @@ class PatchingExperiment:
             prompt_index, row_masks, used, inverse = rows
             row_logits, row_norms = self._evaluate_rows(prompt_index, row_masks, used)
             patched = inverse >= 0
-            set_of_row = torch.arange(sets.start, min(sets.stop, k)).repeat_interleave(
-                len(prompts))[patched]
+            set_ids = torch.arange(sets.start, min(sets.stop, k), device="cpu")
+            set_of_row = set_ids.repeat_interleave(len(prompts))[patched]
             prompt_of_row = prompts.repeat(len(inverse) // len(prompts))[patched]
             logits[set_of_row, prompt_of_row] = row_logits[inverse[patched]]
             norms[set_of_row, prompt_of_row] = row_norms[inverse[patched]]
@@ -474,7 +476,7 @@ class PatchingExperiment:
         used = sum(int(mask.any(0).sum()) for mask in masks.values())
         rows = rows_per_chunk(self.max_memory // 2, 10 * max(1, used))
         per_sets, per_prompts = split_rows(k, n, rows)
-        return [(slice(s, s + per_sets), torch.arange(p, min(p + per_prompts, n)))
+        return [(slice(s, s + per_sets), torch.arange(p, min(p + per_prompts, n), device="cpu"))
                 for p in range(0, n, per_prompts) for s in range(0, k, per_sets)]
 
     def _unique_rows(self, masks: dict[str, torch.Tensor], prompts: torch.Tensor):
@@ -501,7 +503,7 @@ class PatchingExperiment:
         effective = einops.rearrange(torch.cat(parts, dim=-1), "k n f -> (k n) f")
         prompt_of_row = einops.repeat(prompts, "n -> (k n)", k=k)
         nonempty = effective.any(-1)
-        inverse = torch.full((k * n,), -1, dtype=torch.long)
+        inverse = torch.full((k * n,), -1, dtype=torch.long, device="cpu")
         if not bool(nonempty.any()):
             return None
         keys = torch.cat([prompt_of_row[nonempty, None], effective[nonempty].long()], dim=-1)
@@ -520,7 +522,7 @@ class PatchingExperiment:
         CPU, like the rest of the row bookkeeping."""
         if site not in self._change_cache:
             changes = torch.zeros(len(self.prompts), self.dictionaries[site].n_features,
-                                  dtype=torch.bool)
+                                  dtype=torch.bool, device="cpu")
             with torch.no_grad():
                 for prompts, ids in self.feature_blocks(site):  # [p, pos, f] within budget
                     difference = (self.source_features.select(site, prompts, ids)
@@ -596,8 +598,8 @@ class PatchingExperiment:
         sizes = self.feature_masks(feature_sets)
         n_features = sum(mask.sum(1) for mask in sizes.values()).long()
         frame = pd.DataFrame({
-            "set": torch.arange(len(feature_sets)).repeat_interleave(len(self.prompts)).numpy(),
-            "prompt": torch.arange(len(self.prompts)).repeat(len(feature_sets)).numpy(),
+            "set": np.repeat(np.arange(len(feature_sets)), len(self.prompts)),
+            "prompt": np.tile(np.arange(len(self.prompts)), len(feature_sets)),
             "n_features": n_features.repeat_interleave(len(self.prompts)).numpy(),
             **{name: value.flatten().cpu().numpy() for name, value in metrics.items()},
             "edit_magnitude": norms.flatten().cpu().numpy(),
@@ -655,11 +657,11 @@ def _resample_index(lengths: torch.Tensor, seed: int) -> torch.Tensor:
     """For each prompt, another prompt of the same length (itself if it has no peer)."""
     device, lengths = lengths.device, lengths.cpu()  # drawn on the CPU: same on every device
     generator = torch.Generator().manual_seed(int(seed))
-    index = torch.arange(len(lengths))
+    index = torch.arange(len(lengths), device="cpu")
     for length in torch.unique(lengths):
         members = torch.nonzero(lengths == length).flatten()
         if len(members) > 1:
-            shift = int(torch.randint(1, len(members), (1,), generator=generator))
-            order = members[torch.randperm(len(members), generator=generator)]
+            shift = int(torch.randint(1, len(members), (1,), generator=generator, device="cpu"))
+            order = members[torch.randperm(len(members), generator=generator, device="cpu")]
             index[order] = order.roll(shift)
     return index.to(device)

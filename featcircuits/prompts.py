@@ -195,14 +195,15 @@ def tokenize_prompts(tokenizer, prompts: pd.DataFrame | list[dict] | PromptPairs
         wrongs.append(answer_token(tokenizer, row["wrong_answer"], row=index,
                                    column="wrong_answer"))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    lengths = torch.tensor([len(ids) for ids in clean])
+    lengths = torch.tensor([len(ids) for ids in clean], device="cpu")
     width = int(lengths.max())
 
     def padded(rows: list[list[int]]) -> torch.Tensor:
-        out = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        out = torch.full((len(rows), width), pad_id, dtype=torch.long, device="cpu")
         for i, ids in enumerate(rows):
-            out[i, : len(ids)] = torch.tensor(ids)
+            out[i, : len(ids)] = torch.tensor(ids, device="cpu")
         return out
 
-    return PromptPairs(padded(clean), padded(corrupt), lengths, torch.tensor(answers),
-                       torch.tensor(wrongs), frame, int(pad_id))
+    return PromptPairs(padded(clean), padded(corrupt), lengths,
+                       torch.tensor(answers, device="cpu"), torch.tensor(wrongs, device="cpu"),
+                       frame, int(pad_id))

@@ -69,7 +69,8 @@ def backward_elimination(experiment: PatchingExperiment, site: str | None = None
     current_kl = float(experiment.mean_kl([{site: kept}])[0])
     rows = []
     for tau in tqdm(taus, desc=f"elimination {site}", disable=not progress, leave=False):
-        order = [kept[i] for i in torch.randperm(len(kept), generator=generator).tolist()]
+        order = [kept[i] for i in torch.randperm(len(kept), generator=generator,
+                                                            device="cpu").tolist()]
         position = 0
         while position < len(order):
             candidates = order[position:position + batch_size]
