@@ -213,7 +213,7 @@ def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dictionaries", default=None,
                         help="a saved dictionary folder, a folder of per-site folders, or a "
                         "spec such as dictionary_learning:pythia-70m-deduped/resid_out.3 "
-                        "(default: the bundled model's first dictionary set)")
+                        "(default: the bundled model's sae-sparse set)")
     add_model_flags(parser)
     parser.add_argument("--n-texts", type=int, default=200,
                         help="corpus documents to scan (default 200)")
@@ -235,11 +235,13 @@ def _dashboard_dictionary_folder(args: argparse.Namespace, site: str):
 
     if args.dictionaries is None:
         sets = ZOO_DIR / str(args.model) / "dictionaries"
-        found = sorted(p for p in sets.iterdir() if p.is_dir()) if sets.is_dir() else []
+        found = sorted(p.name for p in sets.iterdir() if p.is_dir()) if sets.is_dir() else []
         if not found:
             raise DictionaryLoadError(f"no bundled dictionaries for model {args.model!r}",
                                       hint="pass --dictionaries PATH")
-        return found[0] / site
+        from featcircuits.experiments_circuits import _preferred_set
+
+        return sets / _preferred_set(found) / site  # the sparse SAE, as in the docs
     from featcircuits.dictionaries.hub import is_spec
 
     if is_spec(args.dictionaries):  # saelens:..., dictionary_learning:..., circuit_tracer:...
