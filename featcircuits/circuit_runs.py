@@ -361,8 +361,7 @@ class CircuitRuns:
             for site in self.sites:
                 check_finite_activations(result.activations[site], site=site, run="corrupt",
                                          token_mask=self.token_mask)
-        index = (_resample_index(self.lengths.cpu(), self.seed).to(self.device)
-                 if ablation == "resample" else None)
+        index = _resample_index(self.lengths, self.seed) if ablation == "resample" else None
         for site in self.sites:
             clean_f, clean_e = self.features[site], self.errors[site]
             if ablation == "zero":  # views: no [n, T, F] of zeros is allocated

@@ -723,23 +723,20 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
     Node effects ``(c − s) · ∂m/∂c`` (``method="attribution"``) or integrated gradients
     (``method="ig"``, ``steps`` points); nodes with ``|effect| >= node_tau`` (default
     ``tau``; with ``relative_tau`` a fraction of the targets' magnitude) are kept, at most
-    ``max_nodes`` per site (the largest); edges between kept nodes are estimated from gradients of each
-    downstream node (one backward pass per chunk of downstream nodes) and kept when
+    ``max_nodes`` per site (the largest); edges between kept nodes are estimated from
+    gradients of each downstream node (one backward pass per chunk of downstream nodes) and
+    kept when
     ``|weight| >= tau``. Edge weights use the gradient at the clean run in both methods.
     Arguments as for ``acdc_circuit``.
     """
     tau = check_tau(tau)
     node_tau = tau if node_tau is None else check_tau(node_tau, "node_tau")
-    _check_options(ablation, positional)
-    if method not in IG_METHODS:
-        raise ParameterError(f"unknown attribution method {method!r}",
-                             hint=f"use one of {IG_METHODS}")
-    runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
-                        max_memory=max_memory,
-                        seed=seed, progress=progress, node_reduce=node_reduce)
-    effects = node_attributions(runs, ablation=ablation, positional=positional, method=method,
-                                steps=steps, candidates=candidates, errors=errors)
-    kept = _keep_nodes(effects, node_limit(runs, node_tau, relative_tau), max_nodes)
+    runs, effects, kept = _attributed_nodes(
+        model, dictionaries, inputs, targets=targets, node_tau=node_tau, max_nodes=max_nodes,
+        ablation=ablation, positional=positional, method=method, steps=steps,
+        candidates=candidates, errors=errors, node_reduce=node_reduce,
+        relative_tau=relative_tau, max_rows=max_rows, max_memory=max_memory, seed=seed,
+        progress=progress)
     edges, _ = _attribution_edges(runs, kept, tau, ablation=ablation, positional=positional,
                                   relative_tau=relative_tau)
     nodes = [node for group in kept.values() for node in group]
@@ -747,6 +744,30 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
                        positional=positional, effects=effects, node_threshold=node_tau,
                        attribution=method, relative_tau=bool(relative_tau),
                        **({} if max_nodes is None else {"max_nodes": int(max_nodes)}))
+
+
+def _attributed_nodes(model, dictionaries, inputs, *, targets, node_tau: float,
+                      max_nodes: int | None, ablation: str, positional: bool, method: str,
+                      steps: int, candidates, errors: bool, node_reduce: str,
+                      relative_tau: bool, max_rows: int, max_memory, seed: int,
+                      progress: bool) -> tuple[CircuitRuns, dict, dict]:
+    """The step attribution and hybrid discovery share: check the options, cache the runs,
+    attribute every candidate node and keep those above the node threshold.
+
+    Returns ``(runs, effects, kept)``: ``effects`` maps each candidate to its attributed
+    effect, ``kept`` maps each site to its kept nodes.
+    """
+    _check_options(ablation, positional)
+    if method not in IG_METHODS:
+        raise ParameterError(f"unknown attribution method {method!r}",
+                             hint=f"use one of {IG_METHODS}")
+    runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
+                        max_memory=max_memory, seed=seed, progress=progress,
+                        node_reduce=node_reduce)
+    effects = node_attributions(runs, ablation=ablation, positional=positional, method=method,
+                                steps=steps, candidates=candidates, errors=errors)
+    kept = _keep_nodes(effects, node_limit(runs, node_tau, relative_tau), max_nodes)
+    return runs, effects, kept
 
 
 def node_limit(runs: CircuitRuns, node_tau: float, relative: bool) -> float:
@@ -856,16 +877,12 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
         raise ParameterError(f"screen must be in (0, 1], got {screen!r}",
                              hint="attribution candidates need |weight| >= screen * tau")
     node_tau = screen * tau if node_tau is None else check_tau(node_tau, "node_tau")
-    _check_options(ablation, positional)
-    if method not in IG_METHODS:
-        raise ParameterError(f"unknown attribution method {method!r}",
-                             hint=f"use one of {IG_METHODS}")
-    runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
-                        max_memory=max_memory,
-                        seed=seed, progress=progress, node_reduce=node_reduce)
-    effects = node_attributions(runs, ablation=ablation, positional=positional, method=method,
-                                steps=steps, candidates=candidates, errors=errors)
-    kept = _keep_nodes(effects, node_limit(runs, node_tau, relative_tau), max_nodes)
+    runs, effects, kept = _attributed_nodes(
+        model, dictionaries, inputs, targets=targets, node_tau=node_tau, max_nodes=max_nodes,
+        ablation=ablation, positional=positional, method=method, steps=steps,
+        candidates=candidates, errors=errors, node_reduce=node_reduce,
+        relative_tau=relative_tau, max_rows=max_rows, max_memory=max_memory, seed=seed,
+        progress=progress)
     screened, _ = _attribution_edges(runs, kept, screen * tau, ablation=ablation,
                                      positional=positional, relative_tau=relative_tau)
     ranked = sorted(screened.items(), key=lambda item: -abs(item[1]))

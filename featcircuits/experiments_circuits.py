@@ -355,14 +355,7 @@ def _rows(data: ParensData) -> list[list[int]]:
 
 def run_parens_circuit(args: argparse.Namespace) -> CircuitReport:
     """The closing-parenthesis circuit; prints tables and writes under ``args.out``."""
-    from featcircuits._io import ensure_writable_dir
-
-    ensure_writable_dir(args.out)  # fail before the long work, not after
-    start = time.perf_counter()
-    _fill_defaults(args, PARENS_DEFAULTS)
-    progress = not args.quiet
-    max_memory = parse_memory(getattr(args, "max_memory", None))  # fail before loading
-    torch.manual_seed(args.seed)
+    start, progress, max_memory = _start_run(args, PARENS_DEFAULTS)
     runs, ranking, data = parens_setup(args.model, set_name=args.set,
                                        dictionaries_folder=args.dictionaries,
                                        n_texts=args.n_texts, n_targets=args.n_targets,
@@ -389,14 +382,7 @@ def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
     """The IOI logit-difference circuit; prints tables and writes under ``args.out``."""
     from featcircuits.experiments import load_ioi_prompts
 
-    from featcircuits._io import ensure_writable_dir
-
-    ensure_writable_dir(args.out)  # fail before the long work, not after
-    start = time.perf_counter()
-    _fill_defaults(args, IOI_DEFAULTS)
-    progress = not args.quiet
-    max_memory = parse_memory(getattr(args, "max_memory", None))  # fail before loading
-    torch.manual_seed(args.seed)
+    start, progress, max_memory = _start_run(args, IOI_DEFAULTS)
     model = model_from_args(args)
     _, dictionaries = default_dictionaries(args.model, model, args.set, args.dictionaries)
     prompts = load_ioi_prompts(args.prompts, args.corruption, 10**9, args.seed)
@@ -420,6 +406,20 @@ def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
                           max_nodes=args.max_nodes)
     return _report(runs, graph, args, start, None, "ioi",
                    "IOI circuit (logit difference IO − S)")
+
+
+def _start_run(args: argparse.Namespace, defaults: dict) -> tuple[float, bool, int]:
+    """Checks and settings both circuit examples start with, before any long work: the
+    output folder is writable and the memory budget parses; task defaults fill unset flags;
+    torch is seeded. Returns ``(start time, progress, max_memory in bytes)``."""
+    from featcircuits._io import ensure_writable_dir
+
+    ensure_writable_dir(args.out)
+    start = time.perf_counter()
+    _fill_defaults(args, defaults)
+    max_memory = parse_memory(getattr(args, "max_memory", None))
+    torch.manual_seed(args.seed)
+    return start, not args.quiet, max_memory
 
 
 def _fill_defaults(args: argparse.Namespace, defaults: dict) -> None:

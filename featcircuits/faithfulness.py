@@ -301,6 +301,16 @@ def _check_graph_targets(runs: CircuitRuns, graph: nx.DiGraph) -> None:
                          hint="evaluate with the targets the circuit was built for")
 
 
+def _graph_runs(model, graph: nx.DiGraph, dictionaries, inputs, *, targets, max_rows: int,
+                max_memory, progress: bool):
+    """Cached runs for evaluating ``graph`` (its targets checked against the runs'), the
+    full model's metric ``m(M)`` and the all-ablated masks."""
+    runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
+                        max_memory=max_memory, progress=progress)
+    _check_graph_targets(runs, graph)
+    return runs, runs.metric_value, _empty_masks(runs)
+
+
 def faithfulness(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *, targets=None,
                  ablation: str = "mean", edges: bool = False, max_rows: int = 256,
                  max_memory: int | str | None = None,
@@ -315,12 +325,9 @@ def faithfulness(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *, ta
         ``faithfulness, complement, completeness, m_circuit, m_complement, m_empty, m_full,
         n_nodes, n_edges``.
     """
-    runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
-                        max_memory=max_memory,
-                        progress=progress)
-    _check_graph_targets(runs, graph)
-    m_full = runs.metric_value
-    empty = _empty_masks(runs)
+    runs, m_full, empty = _graph_runs(model, graph, dictionaries, inputs, targets=targets,
+                                      max_rows=max_rows, max_memory=max_memory,
+                                      progress=progress)
     nodes = graph_nodes(graph)
     if edges:
         specs = [edge_spec(runs, graph), edge_spec(runs, graph, complement=True),
@@ -357,12 +364,9 @@ def faithfulness_curve(model, graph: nx.DiGraph, dictionaries=None, inputs=None,
     """
     if by not in ("nodes", "edges"):
         raise ParameterError(f"by must be 'nodes' or 'edges', got {by!r}")
-    runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
-                        max_memory=max_memory,
-                        progress=progress)
-    _check_graph_targets(runs, graph)
-    m_full = runs.metric_value
-    empty = _empty_masks(runs)
+    runs, m_full, empty = _graph_runs(model, graph, dictionaries, inputs, targets=targets,
+                                      max_rows=max_rows, max_memory=max_memory,
+                                      progress=progress)
     m_empty = float(evaluate_node_sets(runs, [empty], ablation=ablation)[0])
     if by == "nodes":
         nodes = graph_nodes(graph)

@@ -41,7 +41,7 @@ SOURCES = ("clean", "zero", "mean", "resample")
 
 def patch_site(model, site: Site | str, dictionary: Dictionary, source_features: torch.Tensor,
                feature_mask: torch.Tensor, position_mask: torch.Tensor | None = None, *,
-               feature_ids: torch.Tensor | None = None, repeat: int = 1,
+               feature_ids: torch.Tensor | None = None,
                rows: torch.Tensor | None = None) -> torch.Tensor:
     """Inside a trace: patch features at ``site``; returns the edit ``x′ − x̄``.
 
@@ -53,11 +53,10 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
         feature_ids: ``[n]`` the dictionary columns that ``source_features`` and
             ``feature_mask`` refer to (``None``: all ``n_features``). Restricting to the
             features that are ever patched saves memory and time; the result is the same.
-        repeat: tile the activation ``repeat`` times along the batch before patching, so
-            one forward of ``n`` prompts evaluates ``repeat`` feature sets from this site on
-            (the layers before the site run once, not once per set).
         rows: ``[batch]`` index into the activation's batch: gather these rows before
-            patching (the general form of ``repeat``; a prompt may appear in many rows).
+            patching, so one forward of ``n`` prompts evaluates many (prompt, feature set)
+            rows from this site on (the layers before the site run once per prompt; e.g.
+            ``torch.arange(n).repeat(k)`` evaluates ``k`` sets).
 
     A dictionary whose ``input_site`` differs from ``site`` (a ``Transcoder``) encodes c̄ from
     the activation at ``input_site`` and adds the edit at ``site``.
@@ -68,15 +67,13 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
     site = Site.parse(site)
     input_site = input_site_of(dictionary, site)
     if input_site != site:
-        if repeat > 1 or rows is not None:
-            raise ParameterError("repeat/rows cannot tile at a transcoder's output site",
-                                 hint="repeat the input ids instead (repeat=1, rows=None)")
+        if rows is not None:
+            raise ParameterError("rows cannot gather at a transcoder's output site",
+                                 hint="repeat the input ids instead (rows=None)")
         current = dictionary.encode_features(input_site.read(model), feature_ids)
         activation = site.read(model)
     else:
         activation = site.read(model)
-        if repeat > 1:
-            activation = einops.repeat(activation, "n t d -> (k n) t d", k=repeat)
         if rows is not None:
             activation = activation[rows]
         current = dictionary.encode_features(activation, feature_ids)
