@@ -208,10 +208,16 @@ class CircuitRuns:
         seed: for ``resample`` ablation.
 
     Attributes:
-        ids ``[n, T]``, lengths ``[n]``, token_mask ``[n, T]`` (float), pairs,
-        activations / features / errors ``{site: [n, T, ·]}`` of the clean run,
-        target_values ``[n, n_targets]``, gradients ``{site: [n, T, d]}`` (of the summed
-        targets, per prompt), rows_run (sequences run so far; a cost counter).
+        ids: token ids ``[n, T]``.
+        lengths: real tokens per prompt ``[n]``.
+        token_mask: ``[n, T]`` (float), 1 on real tokens.
+        pairs: the prompt pairs, or ``None`` for plain texts.
+        activations: ``{site: [n, T, d]}`` of the clean run.
+        features: ``{site: [n, T, F]}`` of the clean run.
+        errors: ``{site: [n, T, d]}`` reconstruction errors of the clean run.
+        target_values: ``[n, n_targets]``.
+        gradients: ``{site: [n, T, d]}`` of the summed targets, per prompt.
+        rows_run: sequences run so far (a cost counter).
     """
 
     def __init__(self, model, dictionaries: Mapping[str, Dictionary], inputs, *,
