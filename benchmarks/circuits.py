@@ -44,10 +44,11 @@ def main() -> None:
                         help="edge threshold relative to the downstream node's magnitude")
     parser.add_argument("--ablation", default="mean")
     parser.add_argument("--hybrid-screen", type=float, default=0.25,
-                        help="hybrid: verify attributed edges above screen × tau (default 0.25)")
+                        help="hybrid: verify attributed edges above screen × tau (default 0.25, "
+                        "the library default)")
     parser.add_argument("--hybrid-node-tau", type=float, default=None,
                         help="hybrid: node threshold as a fraction of the target "
-                        "(default tau / 10)")
+                        "(default tau / 10, the library default)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the numbers to this file")
@@ -74,10 +75,9 @@ def main() -> None:
     print(f"candidates: {n_candidates} features and tokens ({per_site}) + "
           f"{n_sites} error nodes; relative tau = {tau:.4g}; ablation {args.ablation}; "
           f"cached clean run + gradients {setup:.1f} s (shared, not counted)")
-    node_tau = args.hybrid_node_tau if args.hybrid_node_tau is not None else tau / 10
     result = compare_methods(runs, tau=tau, candidates=candidates, ablation=args.ablation,
-                             hybrid_screen=args.hybrid_screen, hybrid_node_tau=node_tau,
-                             repeats=args.repeats)
+                             hybrid_screen=args.hybrid_screen,
+                             hybrid_node_tau=args.hybrid_node_tau, repeats=args.repeats)
     print(f"\n{'method':<12}{'seconds':>10}{'edges':>8}{'sequences run':>16}")
     for name in ("exact", "attribution", "hybrid"):
         print(f"{name:<12}{result['seconds_' + name]:>10.2f}{result['edges_' + name]:>8}"

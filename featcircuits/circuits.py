@@ -854,7 +854,7 @@ class HybridResult:
 def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, inputs=None, *,
                    targets: Target | str | Sequence | None = None, tau: float,
                    node_tau: float | None = None, max_nodes: int | None = None,
-                   screen: float = 0.5, max_verify: int | None = None, ablation: str = "zero",
+                   screen: float = 0.25, max_verify: int | None = None, ablation: str = "zero",
                    positional: bool = False, method: str = "attribution", steps: int = 10,
                    candidates: Mapping[str, Sequence[int]] | None = None, errors: bool = True,
                    node_reduce: str = "mean", relative_tau: bool = False,
@@ -863,7 +863,8 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
                    progress: bool = True) -> HybridResult:
     """Rank edges by attribution, verify the top ones by exact ablation.
 
-    Nodes with attributed ``|effect| >= node_tau`` (default ``screen * tau``) are kept (at
+    Nodes with attributed ``|effect| >= node_tau`` (default ``tau / 10``: a node missed here
+    loses all its edges, so nodes are screened more loosely than edges) are kept (at
     most ``max_nodes`` per site, the largest); edges
     among them with attributed ``|weight| >= screen * tau`` are candidates; the
     ``max_verify`` largest (default: all) are measured exactly as in ``acdc_circuit``
@@ -876,7 +877,7 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
     if not 0 < screen <= 1:
         raise ParameterError(f"screen must be in (0, 1], got {screen!r}",
                              hint="attribution candidates need |weight| >= screen * tau")
-    node_tau = screen * tau if node_tau is None else check_tau(node_tau, "node_tau")
+    node_tau = tau / 10 if node_tau is None else check_tau(node_tau, "node_tau")
     runs, effects, kept = _attributed_nodes(
         model, dictionaries, inputs, targets=targets, node_tau=node_tau, max_nodes=max_nodes,
         ablation=ablation, positional=positional, method=method, steps=steps,

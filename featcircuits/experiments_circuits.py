@@ -533,7 +533,7 @@ def candidate_set(runs: CircuitRuns, per_site: int, *, ablation: str = "mean") -
 def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
                     ablation: str = "mean",
                     relative_tau: bool = True, max_nodes: int | None = None, top: int = 50,
-                    hybrid_screen: float = 0.5, hybrid_node_tau: float | None = None,
+                    hybrid_screen: float = 0.25, hybrid_node_tau: float | None = None,
                     repeats: int = 1) -> dict:
     """Exact ACDC, attribution and hybrid on the same cached runs and candidate set.
 
