@@ -96,10 +96,10 @@ def part_train() -> None:
 
 def part_placement() -> None:
     """Where the model's weights and activations land for device='cpu' and 'cuda'."""
+    from transformers import AutoModelForCausalLM
+
     from featcircuits import load_model, zoo_path
     from featcircuits.models import underlying_module
-
-    from transformers import AutoModelForCausalLM
 
     plain = AutoModelForCausalLM.from_pretrained(str(zoo_path("tiny")))
     print("AutoModelForCausalLM.from_pretrained ->", next(plain.parameters()).device)
@@ -182,7 +182,7 @@ def main() -> None:
         try:
             {"placement": part_placement, "ica": part_ica, "train": part_train,
              "toolkit": lambda: part_toolkit(args.out)}[part]()
-        except Exception:
+        except Exception:  # noqa: BLE001 -- report and go on to the next part
             traceback.print_exc()
         print(f"[{part} took {time.perf_counter() - start:.1f} s]", flush=True)
 

@@ -3,6 +3,17 @@
 The public API is re-exported here; modules and names starting with ``_`` are private.
 """
 
+from featcircuits.circuit_runs import CircuitRuns
+from featcircuits.circuits import (
+    HybridResult,
+    acdc_circuit,
+    attribution_circuit,
+    circuit_runs,
+    feature_graph,
+    hybrid_circuit,
+    node_attributions,
+)
+from featcircuits.compare import compare_bases, reference_bases, summarize_comparison
 from featcircuits.dictionaries import (
     Dictionary,
     ICABasis,
@@ -19,20 +30,8 @@ from featcircuits.dictionaries import (
 from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
 from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.dictionaries.transcoder import Transcoder, load_transcoder, save_transcoder
-from featcircuits.circuit_runs import CircuitRuns
-from featcircuits.circuits import (
-    HybridResult,
-    acdc_circuit,
-    attribution_circuit,
-    circuit_runs,
-    feature_graph,
-    hybrid_circuit,
-    node_attributions,
-)
-from featcircuits.compare import compare_bases, reference_bases, summarize_comparison
-from featcircuits.errors import *  # noqa: F401,F403
+from featcircuits.errors import *
 from featcircuits.errors import __all__ as _error_names
-from featcircuits.models import load_model, zoo_names, zoo_path
 from featcircuits.faithfulness import faithfulness, faithfulness_curve
 from featcircuits.graph import make_node_id, parse_node_id, reaching, threshold, top_k_edges
 from featcircuits.graphio import (
@@ -45,6 +44,7 @@ from featcircuits.graphio import (
     write_tables,
 )
 from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
+from featcircuits.models import load_model, zoo_names, zoo_path
 from featcircuits.patching import PatchingExperiment, RunCache, patch_error, patch_site
 from featcircuits.prompts import PromptPairs, read_prompts, tokenize_prompts
 from featcircuits.render import (
@@ -68,7 +68,7 @@ from featcircuits.targets import FeatureTarget, LogitTarget, MetricTarget
 
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = [  # noqa: PLE0604 -- the error names are strings
     *_error_names,
     "load_model",
     "zoo_names",

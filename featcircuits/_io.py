@@ -61,9 +61,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs) -> Iter
     """Open a temporary file for writing and rename it onto ``path`` when the block ends."""
     if not mode.startswith("w"):
         raise ValueError(f"atomic_open only writes, got mode {mode!r}")
-    with atomic_path(path) as tmp:
-        with open(tmp, mode, **kwargs) as handle:
-            yield handle
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -67,17 +67,17 @@ class OutputError(FeatCircuitsError, OSError):
 
 
 __all__ = [
-    "FeatCircuitsError",
-    "ModelLoadError",
-    "SiteError",
     "DictionaryError",
     "DictionaryLoadError",
-    "WidthMismatchError",
+    "FeatCircuitsError",
     "FeatureIdError",
-    "PromptError",
-    "NonFiniteError",
-    "ParameterError",
     "GraphError",
-    "TrainingError",
+    "ModelLoadError",
+    "NonFiniteError",
     "OutputError",
+    "ParameterError",
+    "PromptError",
+    "SiteError",
+    "TrainingError",
+    "WidthMismatchError",
 ]

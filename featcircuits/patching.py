@@ -18,7 +18,6 @@ sets in batched forward passes (feature sets stacked along the batch dimension).
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping, Sequence
-from typing import Union
 
 import einops
 import numpy as np
@@ -35,7 +34,7 @@ from featcircuits.models import model_device, trace
 from featcircuits.prompts import PromptPairs, tokenize_prompts
 from featcircuits.sites import Site
 
-FeatureSet = Union[Sequence[int], Mapping[str, Sequence[int]]]
+FeatureSet = Sequence[int] | Mapping[str, Sequence[int]]
 SOURCES = ("clean", "zero", "mean", "resample")
 
 

@@ -34,7 +34,7 @@ def _tokenizer():
 def _configs():
     from transformers import Gemma2Config, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
-    common = dict(vocab_size=VOCAB, bos_token_id=VOCAB - 2, eos_token_id=VOCAB - 2)
+    common = {"vocab_size": VOCAB, "bos_token_id": VOCAB - 2, "eos_token_id": VOCAB - 2}
     return {
         "gpt_neox": GPTNeoXConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=64, **common),

@@ -10,8 +10,8 @@ import torch
 
 from featcircuits import (
     NeuronBasis,
-    PCABasis,
     PatchingExperiment,
+    PCABasis,
     RunCache,
     compare_bases,
     reference_bases,

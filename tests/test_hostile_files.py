@@ -124,7 +124,7 @@ def test_dictionary_learning_pickle_is_never_executed(tmp_path):
     (weights_only=True), the code never runs."""
     class Exploit:
         def __reduce__(self):
-            return (exec, ("open(%r, 'w').write('pwned')" % str(tmp_path / "pwned"),))
+            return (exec, ("open({!r}, 'w').write('pwned')".format(str(tmp_path / "pwned")),))
 
     folder = tmp_path / "ae"
     folder.mkdir()

@@ -98,7 +98,7 @@ def test_patch_matches_manual_torch_hooks(model, positions):
 def test_two_sites_at_once_match_manual_hooks(model):
     dictionaries = {"resid_out.0": _sae(32, "resid_out.0", 1), "resid_out.1": _sae(32, "resid_out.1", 2)}
     experiment = PatchingExperiment(model, dictionaries, PROMPTS, progress=False)
-    feature_set = {"resid_out.0": experiment.active_features  # noqa: E731
+    feature_set = {"resid_out.0": experiment.active_features
                    and [0, 3, 5, 9, 20], "resid_out.1": [1, 2, 40, 77]}
     masks = {site: torch.zeros(96) for site in dictionaries}
     for site, ids in feature_set.items():
@@ -239,13 +239,13 @@ def test_errors_name_the_bad_value(model):
 
 
 # ------------------------------------------------------------------------------ search
-from featcircuits.search import (  # noqa: E402
+from featcircuits import ParameterError
+from featcircuits.search import (
     attribution_curve,
     attribution_scores,
     backward_elimination,
     features_needed,
 )
-from featcircuits import ParameterError  # noqa: E402
 
 
 def _sequential_elimination(experiment, site, taus, seed):

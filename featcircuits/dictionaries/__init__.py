@@ -1,7 +1,13 @@
 """Dictionaries: every basis (SAE, PCA, ICA, neurons, random) behind one interface."""
 
 from featcircuits.dictionaries.base import Dictionary
-from featcircuits.dictionaries.bases import ICABasis, LinearBasis, NeuronBasis, PCABasis, RandomBasis
+from featcircuits.dictionaries.bases import (
+    ICABasis,
+    LinearBasis,
+    NeuronBasis,
+    PCABasis,
+    RandomBasis,
+)
 from featcircuits.dictionaries.io import (
     check_dictionary_fits,
     load_dictionaries,
@@ -12,14 +18,14 @@ from featcircuits.dictionaries.sae import SparseAutoencoder
 
 __all__ = [
     "Dictionary",
-    "SparseAutoencoder",
+    "ICABasis",
     "LinearBasis",
     "NeuronBasis",
     "PCABasis",
-    "ICABasis",
     "RandomBasis",
-    "save_dictionary",
-    "load_dictionary",
-    "load_dictionaries",
+    "SparseAutoencoder",
     "check_dictionary_fits",
+    "load_dictionaries",
+    "load_dictionary",
+    "save_dictionary",
 ]

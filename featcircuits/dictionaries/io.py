@@ -253,7 +253,7 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
+    except FileNotFoundError:
         raise DictionaryLoadError(f"{str(path)!r} is missing",
                                   hint=f"save the dictionary again; {path.name} holds its config")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -320,9 +320,8 @@ def _weights_path(folder: Path, cfg: dict[str, Any]) -> Path:
 
 
 def _load_saelens(folder: Path) -> Dictionary:
-    from safetensors.torch import load_file
-
     from safetensors import safe_open
+    from safetensors.torch import load_file
 
     cfg = _read_json(folder / CFG_FILE)
     weights_path = _weights_path(folder, cfg)
@@ -341,13 +340,13 @@ def _load_saelens(folder: Path) -> Dictionary:
                         ("b_dec", (d_in,))):
         _expect_shape(name, tensors[name], shape, folder / WEIGHTS_FILE)
     ours = cfg.get("featcircuits") if isinstance(cfg.get("featcircuits"), dict) else None
-    if ours is not None and "sha256" in ours:
-        if _checksum(weights_path.read_bytes(), cfg) != ours["sha256"]:
-            raise DictionaryLoadError(
-                f"{str(folder)!r}: checksum mismatch — {WEIGHTS_FILE} or {CFG_FILE} changed "
-                "since it was saved (corrupted or edited)",
-                hint="re-save or re-download it; if you edited cfg.json on purpose, delete the "
-                "'sha256' entry under 'featcircuits'")
+    if ours is not None and "sha256" in ours \
+            and _checksum(weights_path.read_bytes(), cfg) != ours["sha256"]:
+        raise DictionaryLoadError(
+            f"{str(folder)!r}: checksum mismatch — {WEIGHTS_FILE} or {CFG_FILE} changed "
+            "since it was saved (corrupted or edited)",
+            hint="re-save or re-download it; if you edited cfg.json on purpose, delete the "
+            "'sha256' entry under 'featcircuits'")
     if ours is not None:
         version = ours.get("format_version")
         if version != FORMAT_VERSION:
@@ -413,10 +412,11 @@ def _linear_from_tensors(kind: str, tensors: dict[str, torch.Tensor], site: str 
                             n_features=encoder.shape[0], site=site, meta=meta)
     else:
         basis = LinearBasis(encoder, directions, mean, site=site, meta=meta)
-    if kind in ("neuron", "random"):  # rebuilt from config; stored tensors must agree
-        if not (torch.equal(basis.encoder, encoder) and torch.equal(basis.directions, directions)):
-            raise DictionaryLoadError(f"stored {kind} basis does not match its config",
-                                      hint="the file was edited or is corrupt")
+    # neuron and random bases are rebuilt from their config; stored tensors must agree
+    if kind in ("neuron", "random") and not (
+            torch.equal(basis.encoder, encoder) and torch.equal(basis.directions, directions)):
+        raise DictionaryLoadError(f"stored {kind} basis does not match its config",
+                                  hint="the file was edited or is corrupt")
     return basis
 
 

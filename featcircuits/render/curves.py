@@ -7,12 +7,12 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
 
-from featcircuits._io import atomic_path  # noqa: E402
-from featcircuits.errors import ParameterError  # noqa: E402
+from featcircuits._io import atomic_path
+from featcircuits.errors import ParameterError
 
 BASIS_STYLES = {
     "sae-sparse": ("#1b7837", "-"),
