@@ -163,18 +163,26 @@ def test_planted_faithfulness_nodes_and_edges(planted):
 
 
 # ------------------------------------------------------------------ exact vs torch hooks
-@pytest.fixture(scope="module")
-def random_setup(tiny_models):
-    model = tiny_models["gpt_neox"]
+RANDOM_SITES = ("resid_out.0", "mlp_out.1", "resid_out.1")
+
+
+def random_saes(sites=RANDOM_SITES) -> dict:
+    """Seeded random SAEs (32 → 24, biases set so that features fire) at ``sites`` of the
+    2-layer test models; also used by tests/test_devices.py."""
     saes = {}
-    for seed, site in enumerate(("resid_out.0", "mlp_out.1", "resid_out.1")):
+    for seed, site in enumerate(sites):
         torch.manual_seed(seed)
         sae = SparseAutoencoder(32, 24, site=site)
         with torch.no_grad():
             sae.b_enc.uniform_(-0.05, 0.2)
             sae.b_dec.normal_(0, 0.1)
         saes[site] = sae
-    return model, saes
+    return saes
+
+
+@pytest.fixture(scope="module")
+def random_setup(tiny_models):
+    return tiny_models["gpt_neox"], random_saes()
 
 
 def _hooked(model, edits, reads, ids):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from featcircuits import DictionaryError, SparseAutoencoder, load_model
+from featcircuits import DictionaryError, load_model
 from featcircuits.circuit_runs import ERROR, CircuitRuns
 from featcircuits.circuits import acdc_circuit, attribution_circuit, node_attributions
 from featcircuits.dictionaries.tokens import TokenBasis
@@ -20,32 +20,20 @@ from featcircuits.faithfulness import faithfulness
 from featcircuits.models import to_model
 from featcircuits.sites import Site
 from featcircuits.targets import FeatureTarget, LogitTarget
+from tests.test_circuits import random_saes
 
 ROOT = Path(__file__).resolve().parents[1]
-SITES = ("resid_out.0", "mlp_out.1", "resid_out.1")
 
 
 def _ids(n=4, t=6, seed=3):
     return torch.randint(0, 60, (n, t), generator=torch.Generator().manual_seed(seed))
 
 
-def _saes():
-    saes = {}
-    for seed, site in enumerate(SITES):
-        torch.manual_seed(seed)
-        sae = SparseAutoencoder(32, 24, site=site)
-        with torch.no_grad():
-            sae.b_enc.uniform_(-0.05, 0.2)
-            sae.b_dec.normal_(0, 0.1)
-        saes[site] = sae
-    return saes
-
-
 @pytest.fixture(scope="module")
 def both(checkpoint_dirs):
     """The same GPT-NeoX and dictionaries in float32 and in bfloat16."""
     path = checkpoint_dirs["gpt_neox"]
-    saes = _saes()
+    saes = random_saes()
     out = {}
     for dtype in ("float32", "bfloat16"):
         model = load_model(path, dtype=dtype)
