@@ -43,9 +43,9 @@ def main() -> None:
     parser.add_argument("--tau", type=float, default=0.03,
                         help="edge threshold relative to the downstream node's magnitude")
     parser.add_argument("--ablation", default="mean")
-    parser.add_argument("--hybrid-screen", type=float, default=0.25,
-                        help="hybrid: verify attributed edges above screen × tau (default 0.25, "
-                        "the library default)")
+    parser.add_argument("--hybrid-screen", type=float, default=None,
+                        help="hybrid: verify attributed edges above screen × tau (default: the "
+                        "library default, 0.25)")
     parser.add_argument("--hybrid-node-tau", type=float, default=None,
                         help="hybrid: node threshold as a fraction of the target "
                         "(default tau / 10, the library default)")

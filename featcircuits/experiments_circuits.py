@@ -533,7 +533,7 @@ def candidate_set(runs: CircuitRuns, per_site: int, *, ablation: str = "mean") -
 def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
                     ablation: str = "mean",
                     relative_tau: bool = True, max_nodes: int | None = None, top: int = 50,
-                    hybrid_screen: float = 0.25, hybrid_node_tau: float | None = None,
+                    hybrid_screen: float | None = None, hybrid_node_tau: float | None = None,
                     repeats: int = 1) -> dict:
     """Exact ACDC, attribution and hybrid on the same cached runs and candidate set.
 
@@ -562,9 +562,10 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
     t_exact, exact = timed(lambda: acdc_circuit(runs, node_effects=False, **common), "exact")
     t_attr, attr = timed(lambda: attribution_circuit(runs, max_nodes=max_nodes, **common),
                          "attribution")
+    screen = {} if hybrid_screen is None else {"screen": hybrid_screen}  # None: the default
     t_hybrid, hybrid = timed(lambda: hybrid_circuit(runs, max_nodes=max_nodes,
-                                                    screen=hybrid_screen,
-                                                    node_tau=hybrid_node_tau, **common),
+                                                    node_tau=hybrid_node_tau, **screen,
+                                                    **common),
                              "hybrid")
     weights = all_edge_weights(runs, ablation=ablation, candidates=candidates)
     pairs = pd.DataFrame({"exact": pd.Series(weights["exact"]),
