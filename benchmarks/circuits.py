@@ -30,7 +30,7 @@ warnings.filterwarnings("ignore")
 
 
 def main() -> None:
-    from featcircuits.experiments_circuits import candidate_set, compare_methods, parens_setup
+    from featcircuits.experiments.circuits import candidate_set, compare_methods, parens_setup
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny")
@@ -59,7 +59,7 @@ def main() -> None:
     runs, _, data = parens_setup(args.model, set_name=args.set, n_texts=args.n_texts,
                                  n_targets=args.n_targets, progress=False)
     setup = time.perf_counter() - start
-    from featcircuits.circuits import candidate_nodes, upstream_sites
+    from featcircuits.circuits.discovery import candidate_nodes, upstream_sites
 
     candidates = candidate_set(runs, args.per_site, ablation=args.ablation) \
         if args.per_site > 0 else None
@@ -93,7 +93,7 @@ def main() -> None:
           f"{result['hybrid_wrong_sign']} and the wrong side of tau on "
           f"{result['hybrid_wrong_threshold']}")
     if args.json:
-        from featcircuits._io import atomic_write_text
+        from featcircuits.files import atomic_write_text
 
         numbers = {k: v for k, v in result.items() if not k.endswith("_graph")}
         atomic_write_text(args.json, json.dumps(numbers, indent=1) + "\n")

@@ -99,7 +99,7 @@ def part_placement() -> None:
     from transformers import AutoModelForCausalLM
 
     from featcircuits import load_model, zoo_path
-    from featcircuits.models import underlying_module
+    from featcircuits.model.loading import underlying_module
 
     plain = AutoModelForCausalLM.from_pretrained(str(zoo_path("tiny")))
     print("AutoModelForCausalLM.from_pretrained ->", next(plain.parameters()).device)

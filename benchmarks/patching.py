@@ -36,9 +36,9 @@ def _timed(function, repeats: int) -> float:
 
 def main() -> None:
     import featcircuits as fc
-    from featcircuits.experiments import load_ioi_prompts
-    from featcircuits.models import underlying_module
-    from featcircuits.sites import architecture
+    from featcircuits.experiments.ioi import load_ioi_prompts
+    from featcircuits.model.loading import underlying_module
+    from featcircuits.model.sites import architecture
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny")

@@ -90,7 +90,7 @@ def bench_trainer(args) -> None:
 
 
 def _model_for_buffer():
-    from featcircuits.models import load_model, zoo_names
+    from featcircuits.model.loading import load_model, zoo_names
 
     if "tiny" in zoo_names():
         return load_model("tiny"), "bundled tiny"

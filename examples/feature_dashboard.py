@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import featcircuits as fc
-from featcircuits.dashboard import (
+from featcircuits.dashboards.dashboard import (
     default_texts,
     direct_logit_effect,
     feature_dashboard_data,

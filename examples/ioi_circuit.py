@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from featcircuits.experiments_circuits import add_circuit_arguments, run_ioi_circuit
+from featcircuits.experiments.circuits import add_circuit_arguments, run_ioi_circuit
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from featcircuits.experiments import add_ioi_arguments, run_ioi_example
+from featcircuits.experiments.ioi import add_ioi_arguments, run_ioi_example
 
 
 def main(argv: list[str] | None = None) -> int:

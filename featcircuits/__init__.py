@@ -3,8 +3,8 @@
 The public API is re-exported here; modules and names starting with ``_`` are private.
 """
 
-from featcircuits.circuit_runs import CircuitRuns
-from featcircuits.circuits import (
+from featcircuits.engine.runs import CircuitRuns
+from featcircuits.circuits.discovery import (
     HybridResult,
     acdc_circuit,
     attribution_circuit,
@@ -13,7 +13,7 @@ from featcircuits.circuits import (
     hybrid_circuit,
     node_attributions,
 )
-from featcircuits.compare import compare_bases, reference_bases, summarize_comparison
+from featcircuits.patching.compare import compare_bases, reference_bases, summarize_comparison
 from featcircuits.dictionaries import (
     Dictionary,
     ICABasis,
@@ -32,9 +32,9 @@ from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.dictionaries.transcoder import Transcoder, load_transcoder, save_transcoder
 from featcircuits.errors import *
 from featcircuits.errors import __all__ as _error_names
-from featcircuits.faithfulness import faithfulness, faithfulness_curve
-from featcircuits.graph import make_node_id, parse_node_id, reaching, threshold, top_k_edges
-from featcircuits.graphio import (
+from featcircuits.circuits.faithfulness import faithfulness, faithfulness_curve
+from featcircuits.graph.ops import make_node_id, parse_node_id, reaching, threshold, top_k_edges
+from featcircuits.graph.io import (
     edges_frame,
     nodes_frame,
     read_graphml,
@@ -43,10 +43,10 @@ from featcircuits.graphio import (
     write_json,
     write_tables,
 )
-from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
-from featcircuits.models import load_model, zoo_names, zoo_path
-from featcircuits.patching import PatchingExperiment, RunCache, patch_error, patch_site
-from featcircuits.prompts import PromptPairs, read_prompts, tokenize_prompts
+from featcircuits.model.metrics import answer_prob, kl_divergence, logit_diff
+from featcircuits.model.loading import load_model, zoo_names, zoo_path
+from featcircuits.engine.patching import PatchingExperiment, RunCache, patch_error, patch_site
+from featcircuits.tasks.prompts import PromptPairs, read_prompts, tokenize_prompts
 from featcircuits.render import (
     plot_patching_curves,
     render_circuit,
@@ -56,15 +56,15 @@ from featcircuits.render import (
     write_dot,
     write_neuronpedia_json,
 )
-from featcircuits.search import (
+from featcircuits.patching.search import (
     attribution_curve,
     attribution_scores,
     backward_elimination,
     default_taus,
     features_needed,
 )
-from featcircuits.sites import Site, all_sites, d_model, num_layers
-from featcircuits.targets import FeatureTarget, LogitTarget, MetricTarget
+from featcircuits.model.sites import Site, all_sites, d_model, num_layers
+from featcircuits.circuits.targets import FeatureTarget, LogitTarget, MetricTarget
 
 __version__ = "0.1.0"
 

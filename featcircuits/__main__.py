@@ -2,6 +2,6 @@
 
 import sys
 
-from featcircuits.cli import main
+from featcircuits.cli.main import main
 
 sys.exit(main())

@@ -15,7 +15,7 @@ COMMANDS = {
 
 
 def run_all(out: Path) -> None:
-    from featcircuits.cli import main
+    from featcircuits.cli.main import main
 
     for name, argv in COMMANDS.items():
         code = main([*argv, "--out", str(out / name)])

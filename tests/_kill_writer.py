@@ -16,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from featcircuits._io import atomic_path
+from featcircuits.files import atomic_path
 from featcircuits.dictionaries.sae import SparseAutoencoder
-from featcircuits.graphio import write_json
+from featcircuits.graph.io import write_json
 from featcircuits.render.examples import example_circuit
 
 

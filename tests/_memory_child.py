@@ -22,9 +22,9 @@ import torch
 torch.set_num_threads(1)
 
 from featcircuits.dictionaries.bases import RandomBasis
-from featcircuits.memory import current_rss, peak_rss
-from featcircuits.models import load_model
-from featcircuits.prompts import PromptPairs
+from featcircuits.engine.memory import current_rss, peak_rss
+from featcircuits.model.loading import load_model
+from featcircuits.tasks.prompts import PromptPairs
 
 SITE = "resid_out.1"
 LATER = "resid_out.2"
@@ -45,8 +45,8 @@ def wide_pairs(n_prompts: int, width: int, vocab: int) -> PromptPairs:
 
 
 def run_patch(model, pairs, dictionaries, max_memory) -> dict:
-    from featcircuits.patching import PatchingExperiment
-    from featcircuits.search import attribution_curve, attribution_scores, backward_elimination
+    from featcircuits.engine.patching import PatchingExperiment
+    from featcircuits.patching.search import attribution_curve, attribution_scores, backward_elimination
 
     dictionary = dictionaries[SITE]
     n_features = dictionary.n_features
@@ -65,7 +65,7 @@ def run_patch(model, pairs, dictionaries, max_memory) -> dict:
 
 
 def run_circuit(model, pairs, dictionaries, max_memory) -> dict:
-    from featcircuits.circuits import acdc_circuit, attribution_circuit, circuit_runs
+    from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit, circuit_runs
 
     n_features = dictionaries[SITE].n_features
     runs = circuit_runs(model, dictionaries, pairs, targets="logit_diff", progress=False,

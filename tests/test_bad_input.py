@@ -29,19 +29,19 @@ from featcircuits import (
     load_dictionary,
     save_dictionary,
 )
-from featcircuits._io import atomic_path, atomic_write_text
-from featcircuits.circuit_runs import CircuitRuns
-from featcircuits.circuits import acdc_circuit, attribution_circuit, hybrid_circuit
+from featcircuits.files import atomic_path, atomic_write_text
+from featcircuits.engine.runs import CircuitRuns
+from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit, hybrid_circuit
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.dictionaries.tokens import TokenBasis
-from featcircuits.graph import threshold
-from featcircuits.graphio import read_json, write_json
-from featcircuits.models import load_model, underlying_module
-from featcircuits.patching import PatchingExperiment, RunCache
-from featcircuits.prompts import read_prompts, tokenize_prompts
+from featcircuits.graph.ops import threshold
+from featcircuits.graph.io import read_json, write_json
+from featcircuits.model.loading import load_model, underlying_module
+from featcircuits.engine.patching import PatchingExperiment, RunCache
+from featcircuits.tasks.prompts import read_prompts, tokenize_prompts
 from featcircuits.render.examples import example_circuit
-from featcircuits.search import backward_elimination, features_needed
-from featcircuits.sites import Site, architecture
+from featcircuits.patching.search import backward_elimination, features_needed
+from featcircuits.model.sites import Site, architecture
 
 PROMPTS = pd.DataFrame({
     "clean": ["w1 w2 w3 w4", "w6 w7 w8 w9"],
@@ -352,7 +352,7 @@ def test_atomic_writer_onto_a_folder(tmp_path):
 def test_cli_unwritable_out(tmp_path, capsys, command):
     """The CLI (render, patch, ioi, circuit) with --out below a regular file → exit code 1
     and one 'error: cannot write' line plus a hint, before any model is loaded."""
-    from featcircuits.cli import main
+    from featcircuits.cli.main import main
 
     blocker = tmp_path / "blocker"
     blocker.write_text("")
@@ -368,7 +368,7 @@ def test_cli_unwritable_out(tmp_path, capsys, command):
         prompts = tmp_path / "p.jsonl"
         rows = [{"clean": "( ( )", "corrupt": "( [ ]", "answer": ")", "wrong_answer": "]"}]
         prompts.write_text("\n".join(json.dumps(r) for r in rows))
-        from featcircuits.models import ZOO_DIR
+        from featcircuits.model.loading import ZOO_DIR
 
         folder = ZOO_DIR / "tiny" / "dictionaries" / "pca" / "resid_out.1"
         argv = ["--quiet", "patch", "--prompts", str(prompts), "--dictionaries", str(folder),

@@ -19,8 +19,8 @@ from featcircuits import (
     SparseAutoencoder,
     load_model,
 )
-from featcircuits.circuit_runs import ERROR, CircuitRuns
-from featcircuits.circuits import (
+from featcircuits.engine.runs import ERROR, CircuitRuns
+from featcircuits.circuits.discovery import (
     ablation_effects,
     acdc_circuit,
     attribution_circuit,
@@ -30,7 +30,7 @@ from featcircuits.circuits import (
     node_attributions,
 )
 from featcircuits.dictionaries.tokens import TokenBasis
-from featcircuits.faithfulness import (
+from featcircuits.circuits.faithfulness import (
     EdgeSpec,
     circuit_masks,
     evaluate_edge_specs,
@@ -39,8 +39,8 @@ from featcircuits.faithfulness import (
     faithfulness_curve,
     node_masks,
 )
-from featcircuits.graph import make_node_id, parse_node_id, reaching, threshold, top_k_edges
-from featcircuits.graphio import (
+from featcircuits.graph.ops import make_node_id, parse_node_id, reaching, threshold, top_k_edges
+from featcircuits.graph.io import (
     edges_frame,
     nodes_frame,
     read_graphml,
@@ -49,10 +49,10 @@ from featcircuits.graphio import (
     write_json,
     write_tables,
 )
-from featcircuits.models import underlying_module
-from featcircuits.patching import patch_error, patch_site
-from featcircuits.sites import Site
-from featcircuits.targets import FeatureTarget, LogitTarget
+from featcircuits.model.loading import underlying_module
+from featcircuits.engine.patching import patch_error, patch_site
+from featcircuits.model.sites import Site
+from featcircuits.circuits.targets import FeatureTarget, LogitTarget
 
 A, C, B = 0, 1, 0  # planted: feature A (and C) of resid_out.0, feature B of resid_out.1
 GAIN = 2.0

@@ -18,10 +18,10 @@ import pandas as pd
 import pytest
 import torch
 
-from featcircuits.cli import main
+from featcircuits.cli.main import main
 from featcircuits.dictionaries.io import load_dictionary
 from featcircuits.errors import ModelLoadError, ParameterError
-from featcircuits.models import load_model, remote_mode, trace
+from featcircuits.model.loading import load_model, remote_mode, trace
 
 ROOT = Path(__file__).resolve().parents[1]
 SAE = ROOT / "featcircuits/zoo/tiny/dictionaries/sae-sparse/resid_out.2"
@@ -211,11 +211,11 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
     the traces of each toolkit entry point; the spy stops each before any network call."""
     from nnsight import LanguageModel
 
-    from featcircuits.circuit_runs import CircuitRuns
-    from featcircuits.dashboard import feature_dashboard_data
-    from featcircuits.experiments_circuits import parens_setup
-    from featcircuits.patching import PatchingExperiment
-    from featcircuits.prompts import read_prompts
+    from featcircuits.engine.runs import CircuitRuns
+    from featcircuits.dashboards.dashboard import feature_dashboard_data
+    from featcircuits.experiments.circuits import parens_setup
+    from featcircuits.engine.patching import PatchingExperiment
+    from featcircuits.tasks.prompts import read_prompts
     from featcircuits.train.buffer import collect_activations
     from featcircuits.train.evaluate import evaluate_dictionary
 
@@ -278,10 +278,10 @@ def test_remote_round_trip_simulation_matches_local():
 
 # ------------------------------------------------------------------------------ docs
 def test_docs_cli_page_is_generated_from_help():
-    from featcircuits.cli_docs import PAGE, updated_page
+    from featcircuits.cli.docs import PAGE, updated_page
 
     text = PAGE.read_text(encoding="utf-8")
-    assert updated_page(text) == text, "run: python -m featcircuits.cli_docs"
+    assert updated_page(text) == text, "run: python -m featcircuits.cli.docs"
     for name in ("info", "ioi", "patch", "circuit", "render", "dashboard", "train-sae",
                  "fit-ica"):
         assert f"## `featcircuits {name}`" in text

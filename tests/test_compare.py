@@ -18,7 +18,7 @@ from featcircuits import (
     save_dictionary,
     summarize_comparison,
 )
-from featcircuits.experiments import add_ioi_arguments, run_ioi_example
+from featcircuits.experiments.ioi import add_ioi_arguments, run_ioi_example
 from tests.test_patching import PROMPTS, _sae
 
 

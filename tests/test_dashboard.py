@@ -12,7 +12,7 @@ import networkx as nx
 import pytest
 import torch
 
-from featcircuits.dashboard import (
+from featcircuits.dashboards.dashboard import (
     OTHER,
     dashboard_html,
     dashboards_for_graph,
@@ -23,7 +23,7 @@ from featcircuits.dashboard import (
 )
 from featcircuits.dictionaries import PCABasis, SparseAutoencoder, save_dictionary
 from featcircuits.errors import FeatureIdError
-from featcircuits.models import load_model, underlying_module
+from featcircuits.model.loading import load_model, underlying_module
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = "resid_out.2"
@@ -221,7 +221,7 @@ def _cli(*args, cwd):
 
 
 def test_cli_dashboard(sae, tmp_path, capsys):
-    from featcircuits.cli import main
+    from featcircuits.cli.main import main
 
     save_dictionary(sae, tmp_path / "dicts" / SITE)
     result = _cli("dashboard", "--site", SITE, "--feature", str(FEATURE), "--dictionaries",
@@ -240,7 +240,7 @@ def test_cli_dashboard(sae, tmp_path, capsys):
 
 
 def test_cli_render(tmp_path, capsys):
-    from featcircuits.cli import main
+    from featcircuits.cli.main import main
     from featcircuits.render import example_circuit
 
     graph_path = tmp_path / "circuit.json"

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from featcircuits import DictionaryError, load_model
-from featcircuits.circuit_runs import ERROR, CircuitRuns
-from featcircuits.circuits import acdc_circuit, attribution_circuit, node_attributions
+from featcircuits.engine.runs import ERROR, CircuitRuns
+from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit, node_attributions
 from featcircuits.dictionaries.tokens import TokenBasis
-from featcircuits.faithfulness import faithfulness
-from featcircuits.models import to_model
-from featcircuits.sites import Site
-from featcircuits.targets import FeatureTarget, LogitTarget
+from featcircuits.circuits.faithfulness import faithfulness
+from featcircuits.model.loading import to_model
+from featcircuits.model.sites import Site
+from featcircuits.circuits.targets import FeatureTarget, LogitTarget
 from tests.test_circuits import random_saes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,8 +117,9 @@ FACTORIES = {"zeros", "ones", "full", "empty", "arange", "tensor", "as_tensor", 
 # functions whose new tensors are CPU bookkeeping by design (moved to the model's device by
 # their callers, or never combined with model tensors)
 CPU_BY_DESIGN = {"read_inputs", "parens_data", "_collect", "_ablation_drops"}
-CHECKED = ["circuit_runs.py", "circuits.py", "faithfulness.py", "targets.py",
-           "experiments_circuits.py", "dashboard.py"]
+CHECKED = sorted(str(path.relative_to(ROOT / "featcircuits"))
+                 for folder in ("engine", "circuits", "experiments", "dashboards")
+                 for path in (ROOT / "featcircuits" / folder).glob("*.py"))
 
 
 @pytest.mark.parametrize("name", CHECKED)
@@ -144,7 +145,7 @@ def test_new_tensors_name_their_device(name):
 def test_training_saves_float32_weights_after_a_bf16_evaluation(both, tmp_path, capsys):
     import argparse
 
-    from featcircuits.commands_train import _finish
+    from featcircuits.cli.commands_train import _finish
     from featcircuits.dictionaries import PCABasis, load_dictionary
 
     model, _ = both["bfloat16"]

@@ -20,9 +20,9 @@ from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.dictionaries.transcoder import Transcoder, load_transcoder
 from featcircuits.errors import DictionaryError, DictionaryLoadError, ModelLoadError, SiteError
-from featcircuits.models import underlying_module
-from featcircuits.patching import PatchingExperiment
-from featcircuits.sites import Site
+from featcircuits.model.loading import underlying_module
+from featcircuits.engine.patching import PatchingExperiment
+from featcircuits.model.sites import Site
 
 D, N = 16, 40
 
@@ -429,7 +429,7 @@ def test_patching_through_a_transcoder_matches_manual_hooks(tiny):
 
 
 def test_cli_patches_through_a_cached_transcoder_spec(tiny, tmp_path, monkeypatch, capsys):
-    from featcircuits.cli import main
+    from featcircuits.cli.main import main
 
     transcoder = _tiny_transcoder(tiny, 2)
     local = tmp_path / "cache" / "circuit_tracer" / "someone--tiny-transcoders"
@@ -463,7 +463,7 @@ def test_cli_patches_through_a_cached_transcoder_spec(tiny, tmp_path, monkeypatc
 
 
 def test_dashboard_refuses_a_transcoder(tiny):
-    from featcircuits.dashboard import feature_dashboard_data
+    from featcircuits.dashboards.dashboard import feature_dashboard_data
     from featcircuits.errors import ParameterError
 
     with pytest.raises(ParameterError, match="reads resid_mid.1 and writes mlp_out.1"):

@@ -1,6 +1,6 @@
 """Hostile graph files: truncated, bit-flipped, garbage and wrong-typed circuit files.
 
-Every reader in ``featcircuits.graphio`` (JSON node-link, GraphML, CSV tables) must either
+Every reader in ``featcircuits.graph.io`` (JSON node-link, GraphML, CSV tables) must either
 load exactly the graph that was written or raise a featcircuits error — never another
 exception, a hang, or a different graph. Hypothesis drives one set of damages; a seeded
 loop walks truncation points and bit flips deterministically.
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from featcircuits import FeatCircuitsError
-from featcircuits.graphio import (
+from featcircuits.graph.io import (
     _digest,
     from_json_data,
     read_graphml,
@@ -171,7 +171,7 @@ def test_wrong_typed_json_fields(tmp_path, path):
                 graph = read_json(tmp_path / "e.json")
         except FeatCircuitsError:
             continue
-        from featcircuits.graph import check_graph
+        from featcircuits.graph.ops import check_graph
 
         check_graph(graph)  # whatever loads satisfies the schema
 

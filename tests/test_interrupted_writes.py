@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from featcircuits import DictionaryLoadError, load_dictionaries, load_dictionary
-from featcircuits.graphio import read_json, write_json
+from featcircuits.graph.io import read_json, write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _kill_writer import (

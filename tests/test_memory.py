@@ -21,16 +21,16 @@ import torch
 from featcircuits.dictionaries.bases import RandomBasis
 from featcircuits.dictionaries.io import load_dictionary
 from featcircuits.errors import ParameterError
-from featcircuits.memory import (
+from featcircuits.engine.memory import (
     DEFAULT_MAX_MEMORY,
     current_rss,
     default_max_memory,
     parse_memory,
     split_rows,
 )
-from featcircuits.models import load_model
-from featcircuits.patching import PatchingExperiment
-from featcircuits.search import attribution_curve, attribution_scores, backward_elimination
+from featcircuits.model.loading import load_model
+from featcircuits.engine.patching import PatchingExperiment
+from featcircuits.patching.search import attribution_curve, attribution_scores, backward_elimination
 from featcircuits.tasks.ioi import ioi_prompt_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +174,7 @@ def test_chunked_patch_search_equals_unchunked(tiny, one_thread):
 
 
 def test_chunked_circuits_equal_unchunked(tiny, one_thread):
-    from featcircuits.circuits import acdc_circuit, attribution_circuit, circuit_runs
+    from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit, circuit_runs
 
     dictionaries = {"resid_out.1": RandomBasis(128, n_features=4096, seed=1),
                     "resid_out.2": RandomBasis(128, n_features=4096, seed=2)}

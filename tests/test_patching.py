@@ -13,9 +13,9 @@ from featcircuits import (
     PromptError,
     SparseAutoencoder,
 )
-from featcircuits.models import underlying_module
-from featcircuits.patching import PatchingExperiment, patch_site
-from featcircuits.sites import Site
+from featcircuits.model.loading import underlying_module
+from featcircuits.engine.patching import PatchingExperiment, patch_site
+from featcircuits.model.sites import Site
 
 PROMPTS = pd.DataFrame({
     "clean": ["w1 w2 w3 w4 w5", "w6 w7 w8 w9", "w10 w11 w12 w13 w14", "w3 w3 w2 w1"],
@@ -240,7 +240,7 @@ def test_errors_name_the_bad_value(model):
 
 # ------------------------------------------------------------------------------ search
 from featcircuits import ParameterError
-from featcircuits.search import (
+from featcircuits.patching.search import (
     attribution_curve,
     attribution_scores,
     backward_elimination,

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from featcircuits import Site, SiteError, all_sites, d_model, load_model, num_layers
-from featcircuits.models import underlying_module
-from featcircuits.sites import architecture
+from featcircuits.model.loading import underlying_module
+from featcircuits.model.sites import architecture
 
 ARCHS = ["gpt_neox", "gpt2", "llama", "qwen2", "gemma2"]
 

@@ -19,7 +19,7 @@ from featcircuits import (
     load_dictionary,
     load_model,
 )
-from featcircuits.models import underlying_module
+from featcircuits.model.loading import underlying_module
 from featcircuits.train.buffer import ActivationBuffer, StepBatches, collect_activations
 from featcircuits.train.evaluate import evaluate_dictionary
 from featcircuits.train.sae import SAETrainer, train_sae

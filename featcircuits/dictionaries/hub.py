@@ -53,7 +53,7 @@ from typing import Any
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.errors import DictionaryLoadError, SiteError
-from featcircuits.sites import Site
+from featcircuits.model.sites import Site
 
 SCHEMES = ("saelens", "dictionary_learning", "circuit_tracer")
 CACHE_ENV = "FEATCIRCUITS_CACHE"
@@ -358,7 +358,7 @@ def _extract_member(archive: Path, member: str, local_dir: Path) -> Path:
     """Extract the ``ae.pt`` ending in ``member`` (and its config.json) into ``local_dir``."""
     from tqdm.auto import tqdm
 
-    from featcircuits._io import atomic_path
+    from featcircuits.files import atomic_path
 
     try:
         with zipfile.ZipFile(archive) as handle:

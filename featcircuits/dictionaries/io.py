@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from featcircuits._io import atomic_path
+from featcircuits.files import atomic_path
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.bases import (
     ICABasis,
@@ -37,7 +37,7 @@ from featcircuits.errors import (
     SiteError,
     WidthMismatchError,
 )
-from featcircuits.sites import Site
+from featcircuits.model.sites import Site
 
 FORMAT_VERSION = 1
 CFG_FILE = "cfg.json"
@@ -224,8 +224,8 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
     """Raise ``WidthMismatchError`` if the dictionary's width differs from the site's, or
     (for a token basis) its vocabulary size from the model's; ``NonFiniteError`` if its
     weights hold NaN/inf."""
-    from featcircuits.models import model_config, underlying_module
-    from featcircuits.sites import d_model
+    from featcircuits.model.loading import model_config, underlying_module
+    from featcircuits.model.sites import d_model
 
     width = d_model(model)
     trained_on = dictionary.meta.get("model_name")

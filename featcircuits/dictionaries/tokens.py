@@ -45,7 +45,7 @@ class TokenBasis(Dictionary):
         """The input-embedding matrix of ``model`` (an nnsight ``LanguageModel``), on the
         model's device and in its dtype (so ``decode`` returns activations the model takes;
         ``encode`` still scores in float32)."""
-        from featcircuits.models import underlying_module
+        from featcircuits.model.loading import underlying_module
 
         module = underlying_module(model)
         weight = module.get_input_embeddings().weight

@@ -30,10 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from featcircuits._io import atomic_path
+from featcircuits.files import atomic_path
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.errors import DictionaryError, DictionaryLoadError, FeatCircuitsError, SiteError
-from featcircuits.sites import Site
+from featcircuits.model.sites import Site
 
 DEFAULT_INPUT_HOOK = "hook_resid_mid"
 DEFAULT_OUTPUT_HOOK = "hook_mlp_out"

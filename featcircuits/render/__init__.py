@@ -11,7 +11,7 @@ from featcircuits.render.dot import to_dot, write_dot
 from featcircuits.render.examples import example_circuit, random_layered_circuit
 from featcircuits.render.html import to_html
 from featcircuits.render.neuronpedia import to_neuronpedia_json, write_neuronpedia_json
-from featcircuits.render.schema import validate_circuit_graph
+from featcircuits.graph.schema import validate_circuit_graph
 
 __all__ = [
     "example_circuit",

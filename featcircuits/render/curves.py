@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from featcircuits._io import atomic_path
+from featcircuits.files import atomic_path
 from featcircuits.errors import ParameterError
 
 BASIS_STYLES = {

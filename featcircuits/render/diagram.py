@@ -28,10 +28,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, FancyArrowPatch, Patch, Rectangle, RegularPolygon
 from matplotlib.text import Text
 
-from featcircuits._io import atomic_path
+from featcircuits.files import atomic_path
 from featcircuits.errors import OutputError, ParameterError
 from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
-from featcircuits.render.schema import (
+from featcircuits.graph.schema import (
     annotation,
     describe_thresholds,
     display_token,

@@ -20,9 +20,9 @@ from pathlib import Path
 import networkx as nx
 from matplotlib.colors import to_hex
 
-from featcircuits._io import atomic_write_text
+from featcircuits.files import atomic_write_text
 from featcircuits.render.layout import natural_key
-from featcircuits.render.schema import (
+from featcircuits.graph.schema import (
     annotation,
     describe_thresholds,
     row_key,

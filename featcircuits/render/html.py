@@ -25,10 +25,10 @@ from pathlib import Path
 
 import networkx as nx
 
-from featcircuits._io import atomic_write_text
+from featcircuits.files import atomic_write_text
 from featcircuits.errors import ParameterError
 from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
-from featcircuits.render.schema import (
+from featcircuits.graph.schema import (
     annotation,
     describe_thresholds,
     display_token,

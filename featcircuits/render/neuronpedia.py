@@ -40,10 +40,10 @@ from typing import Any
 
 import networkx as nx
 
-from featcircuits._io import atomic_write_text
+from featcircuits.files import atomic_write_text
 from featcircuits.errors import GraphError, OutputError, ParameterError
 from featcircuits.render.layout import natural_key
-from featcircuits.render.schema import annotation, row_key, validate_circuit_graph
+from featcircuits.graph.schema import annotation, row_key, validate_circuit_graph
 
 FEATURE_TYPES = {
     "feature": "cross layer transcoder",

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from featcircuits._io import atomic_open
+from featcircuits.files import atomic_open
 from featcircuits.errors import ParameterError, PromptError
 from featcircuits.tasks.text import split_words
 

@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from featcircuits.errors import NonFiniteError, ParameterError, TrainingError
-from featcircuits.models import model_config, model_device, trace
-from featcircuits.sites import Site, d_model
+from featcircuits.model.loading import model_config, model_device, trace
+from featcircuits.model.sites import Site, d_model
 
 
 def _positive_int(name: str, value) -> int:

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from featcircuits.models import load_model
+    from featcircuits.model.loading import load_model
 
     model = load_model(args.model)
     train, held_out, source = _texts(args, model)

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import NonFiniteError, ParameterError, TrainingError
-from featcircuits.models import trace
-from featcircuits.sites import Site
+from featcircuits.model.loading import trace
+from featcircuits.model.sites import Site
 from featcircuits.train.buffer import bos_token_id, keep_mask, tokenize
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from featcircuits._io import atomic_path
+from featcircuits.files import atomic_path
 from featcircuits.dictionaries.bases import ICABasis
 from featcircuits.errors import (
     NonFiniteError,

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from featcircuits._io import atomic_write_text
+from featcircuits.files import atomic_write_text
 from featcircuits.errors import OutputError, ParameterError, TrainingError
 from featcircuits.tasks.corpus import CorpusConfig, iter_corpus
 from featcircuits.train.tokenizer import build_tokenizer

@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from featcircuits._io import atomic_path
+from featcircuits.files import atomic_path
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.errors import ParameterError, TrainingError
 

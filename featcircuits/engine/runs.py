@@ -19,7 +19,7 @@ Node values (what an edge's weight is a change of):
 * error node: ``Σ_t w_t (e_t · g_t)`` with ``e = x − decode(encode(x))`` and ``g`` the
   gradient of the summed targets w.r.t. the site on the clean run — the error's first-order
   contribution to the targets (an error vector has no scalar activation of its own);
-* a target: its value (see ``featcircuits.targets``).
+* a target: its value (see ``featcircuits.circuits.targets``).
 All are averaged over prompts.
 """
 
@@ -34,17 +34,17 @@ import torch
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import DictionaryError, ParameterError, PromptError
-from featcircuits.memory import FLOAT_BYTES, parse_memory, rows_per_chunk
-from featcircuits.models import model_device, model_dtype, trace
-from featcircuits.patching import (
+from featcircuits.engine.memory import FLOAT_BYTES, parse_memory, rows_per_chunk
+from featcircuits.model.loading import model_device, model_dtype, trace
+from featcircuits.engine.patching import (
     _resample_index,
     check_finite_activations,
     patch_error,
     patch_site,
 )
-from featcircuits.prompts import PromptPairs, tokenize_prompts
-from featcircuits.sites import Site, num_layers
-from featcircuits.targets import ResolvedTarget, Target, resolve_target
+from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
+from featcircuits.model.sites import Site, num_layers
+from featcircuits.circuits.targets import ResolvedTarget, Target, resolve_target
 
 ABLATIONS = ("zero", "mean", "position_mean", "resample", "corrupt")
 ERROR = -1  # feature index of a site's error node
@@ -138,7 +138,7 @@ def read_inputs(model, inputs) -> tuple[torch.Tensor, torch.Tensor, PromptPairs 
 
 def check_dictionary_placement(dictionary: Dictionary, model, site: str) -> None:
     """Raise ``DictionaryError`` unless ``dictionary``'s weights sit on ``model``'s device
-    in its dtype (the CLI casts them with ``featcircuits.models.to_model``; Python callers
+    in its dtype (the CLI casts them with ``featcircuits.model.loading.to_model``; Python callers
     must too)."""
     weights = [t for t in (*dictionary.parameters(), *dictionary.buffers())
                if t.is_floating_point()]
@@ -149,7 +149,7 @@ def check_dictionary_placement(dictionary: Dictionary, model, site: str) -> None
         raise DictionaryError(
             f"the dictionary at {site} is on {weights[0].device} in {weights[0].dtype} but the "
             f"model is on {device} in {dtype}",
-            hint="cast it first: featcircuits.models.to_model(dictionary, model)")
+            hint="cast it first: featcircuits.model.loading.to_model(dictionary, model)")
 
 
 FULL_STATE_KINDS = ("embed", "resid_in", "resid_out")
@@ -195,7 +195,7 @@ class CircuitRuns:
         model: nnsight ``LanguageModel``.
         dictionaries: ``{site: Dictionary}`` (sorted by ``Site.depth`` here).
         inputs: prompt pairs, texts, or token ids (see ``read_inputs``).
-        targets: one target or a list (``featcircuits.targets``); the circuit explains their
+        targets: one target or a list (``featcircuits.circuits.targets``); the circuit explains their
             sum.
         node_reduce: a (non-positional) node's value is the ``mean`` (default) or ``sum`` of
             its activation over each prompt's real tokens, averaged over prompts.

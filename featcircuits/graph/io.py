@@ -29,9 +29,9 @@ from typing import Any
 import networkx as nx
 import pandas as pd
 
-from featcircuits._io import atomic_path, atomic_write_text
+from featcircuits.files import atomic_path, atomic_write_text
 from featcircuits.errors import GraphError, NonFiniteError, OutputError
-from featcircuits.graph import FORMAT_VERSION, NODE_ATTRIBUTES, check_graph
+from featcircuits.graph.ops import FORMAT_VERSION, NODE_ATTRIBUTES, check_graph
 
 _INT_ATTRS = ("layer", "feature", "position")
 _FLOAT_ATTRS = ("activation", "effect", "weight")
@@ -107,7 +107,7 @@ def from_json_data(data: Any, *, source: str = "circuit JSON",
     ``sha256`` checksum when present or ``require_checksum``)."""
     if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
         raise GraphError(f"{source} is not a circuit graph (no 'nodes' list)",
-                         hint="write circuits with featcircuits.graphio.write_json")
+                         hint="write circuits with featcircuits.graph.io.write_json")
     graph_attrs = data.get("graph", {})
     if not isinstance(graph_attrs, dict):
         raise GraphError(f"{source}: 'graph' is a {type(graph_attrs).__name__}, not an object")

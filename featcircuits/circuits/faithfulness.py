@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from featcircuits.circuit_runs import (
+from featcircuits.engine.runs import (
     ERROR,
     CircuitRuns,
     Readout,
@@ -46,11 +46,11 @@ from featcircuits.circuit_runs import (
     direct_sites,
     repeat_rows,
 )
-from featcircuits.circuits import Node, circuit_runs, graph_nodes, node_id
+from featcircuits.circuits.discovery import Node, circuit_runs, graph_nodes, node_id
 from featcircuits.errors import GraphError, ParameterError
-from featcircuits.graph import check_graph, parse_node_id, reaching, target_nodes, top_k_edges
-from featcircuits.search import size_grid
-from featcircuits.sites import Site
+from featcircuits.graph.ops import check_graph, parse_node_id, reaching, target_nodes, top_k_edges
+from featcircuits.patching.search import size_grid
+from featcircuits.model.sites import Site
 
 Masks = dict[str, torch.Tensor]  # {site: [T, F + 1] bool}, last column = error node
 

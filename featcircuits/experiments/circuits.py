@@ -27,17 +27,17 @@ import networkx as nx
 import pandas as pd
 import torch
 
-from featcircuits._io import atomic_write_text
-from featcircuits.circuit_runs import CircuitRuns
-from featcircuits.circuits import acdc_circuit, attribution_circuit, hybrid_circuit
-from featcircuits.cli_flags import model_from_args
+from featcircuits.files import atomic_write_text
+from featcircuits.engine.runs import CircuitRuns
+from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit, hybrid_circuit
+from featcircuits.cli.flags import model_from_args
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.errors import DictionaryLoadError, ParameterError
-from featcircuits.faithfulness import faithfulness, faithfulness_curve
-from featcircuits.graphio import edges_frame, write_json, write_tables
-from featcircuits.memory import parse_memory
-from featcircuits.models import (
+from featcircuits.circuits.faithfulness import faithfulness, faithfulness_curve
+from featcircuits.graph.io import edges_frame, write_json, write_tables
+from featcircuits.engine.memory import parse_memory
+from featcircuits.model.loading import (
     load_model,
     model_device,
     resolve_checkpoint,
@@ -45,8 +45,8 @@ from featcircuits.models import (
     trace,
     underlying_module,
 )
-from featcircuits.sites import Site, architecture, num_layers
-from featcircuits.targets import FeatureTarget
+from featcircuits.model.sites import Site, architecture, num_layers
+from featcircuits.circuits.targets import FeatureTarget
 
 METHODS = ("acdc", "attribution", "hybrid")
 
@@ -59,7 +59,7 @@ def default_dictionaries(model_name: str, model, set_name: str | None = None,
     ``folder``); unless ``set_name`` is given: ``sae-sparse``, else the first SAE set."""
     from featcircuits.dictionaries.hub import is_spec
     from featcircuits.dictionaries.io import load_dictionaries
-    from featcircuits.experiments import dictionary_sets
+    from featcircuits.experiments.ioi import dictionary_sets
 
     if is_spec(folder):  # e.g. dictionary_learning:pythia-70m-deduped (docs/real-models.md)
         return str(folder), load_dictionaries(folder, model=model)
@@ -232,7 +232,7 @@ def save_circuit(graph: nx.DiGraph, out: str | os.PathLike[str], name: str = "ci
     paths["nodes"], paths["edges"] = write_tables(graph, folder / f"{name}_")
     paths["png"] = draw_circuit(graph, folder / f"{name}.png", title=title)
     if curve is not None:
-        from featcircuits._io import atomic_path
+        from featcircuits.files import atomic_path
 
         with atomic_path(folder / f"{name}_faithfulness.csv") as tmp:
             curve.to_csv(tmp, index=False, float_format="%.6g")
@@ -260,7 +260,7 @@ def _plain_diagram(graph: nx.DiGraph, path, *, title: str | None = None) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from featcircuits._io import atomic_path
+    from featcircuits.files import atomic_path
 
     rows: dict[int, list[str]] = {}
     for node, layer in graph.nodes(data="layer"):
@@ -380,7 +380,7 @@ def run_parens_circuit(args: argparse.Namespace) -> CircuitReport:
 
 def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
     """The IOI logit-difference circuit; prints tables and writes under ``args.out``."""
-    from featcircuits.experiments import load_ioi_prompts
+    from featcircuits.experiments.ioi import load_ioi_prompts
 
     start, progress, max_memory = _start_run(args, IOI_DEFAULTS)
     model = model_from_args(args)
@@ -412,7 +412,7 @@ def _start_run(args: argparse.Namespace, defaults: dict) -> tuple[float, bool, i
     """Checks and settings both circuit examples start with, before any long work: the
     output folder is writable and the memory budget parses; task defaults fill unset flags;
     torch is seeded. Returns ``(start time, progress, max_memory in bytes)``."""
-    from featcircuits._io import ensure_writable_dir
+    from featcircuits.files import ensure_writable_dir
 
     ensure_writable_dir(args.out)
     start = time.perf_counter()
@@ -456,7 +456,7 @@ def _report(runs: CircuitRuns, graph: nx.DiGraph, args, start: float,
         graph.graph["completeness_edges"] = float(edge_scores["completeness"])
     paths = save_circuit(graph, args.out, name, curve=curve, title=title)
     if ranking is not None:
-        from featcircuits._io import atomic_path
+        from featcircuits.files import atomic_path
 
         with atomic_path(Path(args.out) / f"{name}_features.csv") as tmp:
             ranking.to_csv(tmp, index=False, float_format="%.6g")
@@ -483,7 +483,7 @@ def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str,
                           method: str | None = None, tau: float | None = None,
                           max_nodes: int | None = None) -> None:
     """Flags shared by the circuit examples."""
-    from featcircuits.cli_flags import add_model_flags
+    from featcircuits.cli.flags import add_model_flags
 
     add_model_flags(parser)
     parser.add_argument("--dictionaries", default=None,
@@ -518,7 +518,7 @@ def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str,
 def candidate_set(runs: CircuitRuns, per_site: int, *, ablation: str = "mean") -> dict:
     """``{site: feature ids}``: at each upstream site the ``per_site`` active features with
     the largest attributed ``|effect|`` (one backward pass; error nodes always included)."""
-    from featcircuits.circuits import ERROR, node_attributions
+    from featcircuits.circuits.discovery import ERROR, node_attributions
 
     effects = node_attributions(runs, ablation=ablation)
     chosen: dict[str, list[int]] = {}
@@ -542,8 +542,8 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
     and over the exact circuit's edges, and the overlap of the hybrid's and the exact
     circuit's top-``top`` edges.
     """
-    from featcircuits.circuits import all_edge_weights
-    from featcircuits.graph import edge_list
+    from featcircuits.circuits.discovery import all_edge_weights
+    from featcircuits.graph.ops import edge_list
 
     rows: dict[str, int] = {}
 
@@ -599,6 +599,6 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
 
 
 def _node_text(node) -> str:
-    from featcircuits.circuits import node_id
+    from featcircuits.circuits.discovery import node_id
 
     return node if isinstance(node, str) else node_id(node)

@@ -36,7 +36,7 @@ def run_info(args: argparse.Namespace) -> int:
     import transformers
 
     import featcircuits
-    from featcircuits.models import ZOO_DIR, zoo_names
+    from featcircuits.model.loading import ZOO_DIR, zoo_names
 
     zoo = {}
     for name in zoo_names():
@@ -94,7 +94,7 @@ def _load_commands() -> None:
     """Import modules that register further subcommands (kept lazy for a fast --help)."""
     import importlib
 
-    for module in ("featcircuits.commands", "featcircuits.commands_train"):
+    for module in ("featcircuits.cli.commands", "featcircuits.cli.commands_train"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -138,6 +138,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # run through the package module so subcommands share one registry
-    from featcircuits.cli import main as package_main
+    from featcircuits.cli.main import main as package_main
 
     sys.exit(package_main())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from featcircuits.cli import register_command
-from featcircuits.cli_flags import (
+from featcircuits.cli.main import register_command
+from featcircuits.cli.flags import (
     add_model_flags,
     add_run_flags,
     dictionary_for_model,
@@ -16,7 +16,7 @@ from featcircuits.cli_flags import (
 
 # ----------------------------------------------------------------------------- ioi
 def _ioi_flags(parser: argparse.ArgumentParser) -> None:
-    from featcircuits.experiments import add_ioi_arguments
+    from featcircuits.experiments.ioi import add_ioi_arguments
 
     add_ioi_arguments(parser)
     parser.add_argument("--max-memory", default=None,
@@ -25,7 +25,7 @@ def _ioi_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_ioi(args: argparse.Namespace) -> int:
-    from featcircuits.experiments import run_ioi_example
+    from featcircuits.experiments.ioi import run_ioi_example
 
     run_ioi_example(args)
     return 0
@@ -67,19 +67,19 @@ def _patch_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_patch(args: argparse.Namespace) -> int:
-    from featcircuits._io import atomic_path
+    from featcircuits.files import atomic_path
     from featcircuits.dictionaries.io import load_dictionary
-    from featcircuits.memory import parse_memory
-    from featcircuits.patching import PatchingExperiment
-    from featcircuits.prompts import read_prompts
-    from featcircuits.search import attribution_curve, backward_elimination, default_taus
+    from featcircuits.engine.memory import parse_memory
+    from featcircuits.engine.patching import PatchingExperiment
+    from featcircuits.tasks.prompts import read_prompts
+    from featcircuits.patching.search import attribution_curve, backward_elimination, default_taus
 
     max_memory = parse_memory(args.max_memory)
     dictionary = load_dictionary(args.dictionaries, site=args.site)  # fail fast, before the model
     if args.out:
         from pathlib import Path
 
-        from featcircuits._io import ensure_writable_dir
+        from featcircuits.files import ensure_writable_dir
 
         ensure_writable_dir(Path(args.out).parent)
     model = model_from_args(args)
@@ -138,7 +138,7 @@ def read_circuit_json(path: str) -> object:
     import networkx as nx
 
     from featcircuits.errors import GraphError
-    from featcircuits.render.schema import validate_circuit_graph
+    from featcircuits.graph.schema import validate_circuit_graph
 
     try:
         with open(path, encoding="utf-8") as handle:
@@ -231,7 +231,7 @@ def _dashboard_dictionary_folder(args: argparse.Namespace, site: str):
 
     from featcircuits.dictionaries.io import CFG_FILE, WEIGHTS_FILE
     from featcircuits.errors import DictionaryLoadError
-    from featcircuits.models import ZOO_DIR
+    from featcircuits.model.loading import ZOO_DIR
 
     if args.dictionaries is None:
         sets = ZOO_DIR / str(args.model) / "dictionaries"
@@ -239,7 +239,7 @@ def _dashboard_dictionary_folder(args: argparse.Namespace, site: str):
         if not found:
             raise DictionaryLoadError(f"no bundled dictionaries for model {args.model!r}",
                                       hint="pass --dictionaries PATH")
-        from featcircuits.experiments_circuits import _preferred_set
+        from featcircuits.experiments.circuits import _preferred_set
 
         return sets / _preferred_set(found) / site  # the sparse SAE, as in the docs
     from featcircuits.dictionaries.hub import is_spec
@@ -256,10 +256,10 @@ def _dashboard_dictionary_folder(args: argparse.Namespace, site: str):
 def _run_dashboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from featcircuits.dashboard import default_texts, feature_dashboard_data, write_dashboard
+    from featcircuits.dashboards.dashboard import default_texts, feature_dashboard_data, write_dashboard
     from featcircuits.dictionaries.io import load_dictionary
     from featcircuits.errors import OutputError, ParameterError
-    from featcircuits.sites import Site
+    from featcircuits.model.sites import Site
 
     if Path(args.out).suffix.lower() not in (".html", ".htm", ".png", ".svg", ".pdf"):
         raise OutputError(f"cannot write a dashboard as {args.out!r}",
@@ -297,7 +297,7 @@ register_command(
 
 # ------------------------------------------------------------------------- circuit
 def _circuit_flags(parser: argparse.ArgumentParser) -> None:
-    from featcircuits.experiments_circuits import add_circuit_arguments
+    from featcircuits.experiments.circuits import add_circuit_arguments
 
     parser.add_argument("task", choices=["parens", "ioi"],
                         help="parens: the closing-parenthesis circuit; ioi: the IOI "
@@ -318,7 +318,7 @@ def _circuit_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_circuit(args: argparse.Namespace) -> int:
-    from featcircuits.experiments_circuits import run_ioi_circuit, run_parens_circuit
+    from featcircuits.experiments.circuits import run_ioi_circuit, run_parens_circuit
 
     (run_parens_circuit if args.task == "parens" else run_ioi_circuit)(args)
     return 0

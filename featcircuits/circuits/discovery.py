@@ -2,7 +2,7 @@
 
 Nodes are dictionary features (and each site's error term) at the dictionary sites, either
 summed over token positions or one per position (``positional=True``); the targets (a
-feature, a logit or a metric, see ``featcircuits.targets``) are the sinks. An edge ``u → d``
+feature, a logit or a metric, see ``featcircuits.circuits.targets``) are the sinks. An edge ``u → d``
 carries the **direct effect** of ``u`` on ``d``::
 
     weight(u → d) = d(clean) − d(u ablated, every dictionary site between u and d frozen)
@@ -12,7 +12,7 @@ error kept (``patching.patch_site``); ablating an error node replaces the error 
 source (``patching.patch_error``). Sites between ``u`` and ``d`` are held at their clean
 values, so the weight does not include paths through other dictionary sites (with residual
 -stream dictionaries at every layer, edges join adjacent layers). Node values are defined in
-``featcircuits.circuit_runs``. A node's ``effect`` is the change of the summed targets when it
+``featcircuits.engine.runs``. A node's ``effect`` is the change of the summed targets when it
 alone is ablated (no freezing): ``m(clean) − m(node ablated)``.
 
 * ``acdc_circuit`` measures every edge by ablation: walking backwards over the sites, every
@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from featcircuits.circuit_runs import (
+from featcircuits.engine.runs import (
     ERROR,
     CircuitRuns,
     Readout,
@@ -48,10 +48,10 @@ from featcircuits.circuit_runs import (
 )
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.errors import ParameterError
-from featcircuits.graph import FORMAT_VERSION, check_tau, make_node_id, reaching
-from featcircuits.models import underlying_module
-from featcircuits.sites import Site
-from featcircuits.targets import FeatureTarget, Target
+from featcircuits.graph.ops import FORMAT_VERSION, check_tau, make_node_id, reaching
+from featcircuits.model.loading import underlying_module
+from featcircuits.model.sites import Site
+from featcircuits.circuits.targets import FeatureTarget, Target
 
 Node = tuple[str, int, "int | None"]  # (site, feature id or ERROR, position or None)
 IG_METHODS = ("attribution", "ig")
@@ -89,7 +89,7 @@ def _depth(site: str) -> float:
 
 
 def _check_options(ablation: str, positional: bool) -> None:
-    from featcircuits.circuit_runs import ABLATIONS
+    from featcircuits.engine.runs import ABLATIONS
 
     if ablation not in ABLATIONS:
         raise ParameterError(f"unknown ablation {ablation!r}",
@@ -573,7 +573,7 @@ def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, 
 def graph_nodes(graph: nx.DiGraph) -> list[Node]:
     """Internal nodes ``(site, feature or ERROR, position)`` of a graph's feature, error and
     input nodes that belong to a site (targets excluded)."""
-    from featcircuits.graph import parse_node_id, target_nodes
+    from featcircuits.graph.ops import parse_node_id, target_nodes
 
     targets = set(target_nodes(graph))
     nodes = []
@@ -603,7 +603,7 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
             inputs and targets).
         dictionaries: ``{site: Dictionary}``; their sites are the graph's layers.
         inputs: prompt pairs, texts or token ids (``circuit_runs.read_inputs``).
-        targets: what to explain (``featcircuits.targets``): ``"logit_diff"``,
+        targets: what to explain (``featcircuits.circuits.targets``): ``"logit_diff"``,
             ``FeatureTarget(site, id, positions)``, ``LogitTarget(token)``, or a list.
         tau: keep edges with ``|weight| >= tau`` (and ``weight != 0``).
         relative_tau: instead keep edges with ``|weight| >= tau × scale(d)``, ``scale(d)`` the

@@ -28,11 +28,11 @@ from tqdm.auto import tqdm
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import FeatureIdError, NonFiniteError, ParameterError
-from featcircuits.memory import FLOAT_BYTES, parse_memory, rows_per_chunk, split_rows
-from featcircuits.metrics import answer_prob, kl_divergence, logit_diff
-from featcircuits.models import model_device, trace
-from featcircuits.prompts import PromptPairs, tokenize_prompts
-from featcircuits.sites import Site
+from featcircuits.engine.memory import FLOAT_BYTES, parse_memory, rows_per_chunk, split_rows
+from featcircuits.model.metrics import answer_prob, kl_divergence, logit_diff
+from featcircuits.model.loading import model_device, trace
+from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
+from featcircuits.model.sites import Site
 
 FeatureSet = Sequence[int] | Mapping[str, Sequence[int]]
 SOURCES = ("clean", "zero", "mean", "resample")
@@ -234,7 +234,7 @@ class PatchingExperiment:
     Args:
         model: an nnsight ``LanguageModel`` (from ``load_model``).
         dictionaries: ``{site: Dictionary}`` (or one ``Dictionary`` whose ``site`` is set).
-        prompts: a DataFrame / list of rows / ``PromptPairs`` (see ``featcircuits.prompts``).
+        prompts: a DataFrame / list of rows / ``PromptPairs`` (see ``featcircuits.tasks.prompts``).
         source: ``"clean"`` (patching), ``"zero"``, ``"mean"`` (mean feature activation over
             the clean prompts' tokens) or ``"resample"`` (clean run of another prompt of the
             same length) — the latter three are ablations; or a tensor ``[n_features]``.
@@ -368,8 +368,8 @@ class PatchingExperiment:
         features = rows_per_chunk(self.max_memory, FLOAT_BYTES * temporaries * width)
         for start in range(n):
             for first in range(0, n_features, features):
-                yield slice(start, start + 1), torch.arange(first,
-                                                            min(first + features, n_features))
+                yield slice(start, start + 1), torch.arange(
+                    first, min(first + features, n_features), device=self.device)
 
     # --------------------------------------------------------------- feature sets
     def feature_masks(self, feature_sets: Sequence[FeatureSet]) -> dict[str, torch.Tensor]:

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from featcircuits.cli import register_command
-from featcircuits.cli_flags import add_model_flags, add_run_flags
+from featcircuits.cli.main import register_command
+from featcircuits.cli.flags import add_model_flags, add_run_flags
 
 EVAL_KEYS = ("l0", "variance_explained", "ce_loss_recovered", "kl_spliced", "dead_fraction")
 
@@ -100,9 +100,9 @@ def _progress(args: argparse.Namespace, message: str) -> None:
 def _finish(model, dictionary, args: argparse.Namespace, held_out: list[str],
             extra: dict) -> dict:
     """Evaluate (unless ``--eval-texts 0``), record, save and print the dictionary."""
-    from featcircuits.cli_flags import dictionary_for_model
+    from featcircuits.cli.flags import dictionary_for_model
     from featcircuits.dictionaries.io import save_dictionary
-    from featcircuits.models import model_name
+    from featcircuits.model.loading import model_name
 
     stats: dict = {}
     if held_out:
@@ -152,7 +152,7 @@ def _train_sae_flags(parser: argparse.ArgumentParser) -> None:
 
 def _run_train_sae(args: argparse.Namespace) -> int:
     from featcircuits.errors import ParameterError
-    from featcircuits.sites import Site, d_model
+    from featcircuits.model.sites import Site, d_model
     from featcircuits.train.buffer import StepBatches
     from featcircuits.train.sae import train_sae
 
@@ -160,7 +160,7 @@ def _run_train_sae(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise ParameterError(f"--steps must be >= 1, got {args.steps}")
     train_texts, held_out, source = _read_texts(args)
-    from featcircuits.cli_flags import model_from_args
+    from featcircuits.cli.flags import model_from_args
 
     model = model_from_args(args)
     Site.parse(args.site).module(model)  # SiteError before collecting
@@ -219,9 +219,9 @@ def _fit_ica_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_fit_ica(args: argparse.Namespace) -> int:
-    from featcircuits.cli_flags import model_from_args
+    from featcircuits.cli.flags import model_from_args
     from featcircuits.dictionaries.bases import PCABasis
-    from featcircuits.sites import Site
+    from featcircuits.model.sites import Site
     from featcircuits.train.ica import fit_ica
 
     args.site = str(Site.parse(args.site))

@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.bases import NeuronBasis, RandomBasis
 from featcircuits.errors import ParameterError
-from featcircuits.patching import PatchingExperiment, RunCache
-from featcircuits.search import attribution_curve, backward_elimination, features_needed
-from featcircuits.sites import Site, d_model
+from featcircuits.engine.patching import PatchingExperiment, RunCache
+from featcircuits.patching.search import attribution_curve, backward_elimination, features_needed
+from featcircuits.model.sites import Site, d_model
 
 METHODS = ("elimination", "attribution")
 
@@ -26,7 +26,7 @@ def reference_bases(model, sites: Sequence[str], *, seed: int = 0
                     ) -> dict[str, dict[str, Dictionary]]:
     """The neuron basis and a seeded random rotation at each site (the baselines), on the
     model's device and dtype (the rotation is drawn on the CPU, so it is the same everywhere)."""
-    from featcircuits.models import to_model
+    from featcircuits.model.loading import to_model
 
     width = d_model(model)
     return {

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.errors import ParameterError, SiteError
-from featcircuits.models import model_device, trace, underlying_module
-from featcircuits.sites import Site, architecture
+from featcircuits.model.loading import model_device, trace, underlying_module
+from featcircuits.model.sites import Site, architecture
 
 #: number of named token groups in the histogram; the rest is pooled as "other"
 HISTOGRAM_TOKEN_GROUPS = 8
@@ -307,7 +307,7 @@ def feature_dashboard_data(
     if top_k < 1 or n_ctx < 1 or batch_size < 1:
         raise ParameterError(f"top_k, n_ctx and batch_size must be >= 1, got {top_k}, {n_ctx}, "
                              f"{batch_size}")
-    from featcircuits.sites import d_model
+    from featcircuits.model.sites import d_model
 
     if dictionary.d_model != d_model(model):
         raise SiteError(f"{dictionary!r} has width {dictionary.d_model} but site {site} has "
@@ -665,7 +665,7 @@ def dashboard_page(data: FeatureDashboard) -> str:
 
 def write_dashboard(data: FeatureDashboard, path: str | os.PathLike[str]) -> Path:
     """Write ``data`` to ``path``: ``.html`` a standalone page, ``.png/.svg/.pdf`` a figure."""
-    from featcircuits._io import atomic_write_text
+    from featcircuits.files import atomic_write_text
     from featcircuits.errors import OutputError
 
     target = Path(path)
@@ -688,7 +688,7 @@ def dashboards_for_graph(model, dictionaries: Mapping[str, Dictionary], graph, *
     ``dictionaries`` are skipped. Site activations are read once per site. ``kwargs`` go to
     :func:`feature_dashboard_data` (``texts``, ``top_k``, ``n_ctx``, ``batch_size``, ...).
     """
-    from featcircuits.render.schema import validate_circuit_graph
+    from featcircuits.graph.schema import validate_circuit_graph
 
     validate_circuit_graph(graph)
     wanted: dict[tuple[str, int], list[str]] = {}

@@ -1,4 +1,4 @@
-"""Regenerate the ``--help`` part of docs/cli.md: ``python -m featcircuits.cli_docs``.
+"""Regenerate the ``--help`` part of docs/cli.md: ``python -m featcircuits.cli.docs``.
 
 The page keeps its hand-written text; only the part between ``BEGIN`` and ``END`` is
 replaced by the top-level help and each subcommand's help (at 80 columns).
@@ -11,14 +11,14 @@ import os
 import sys
 from pathlib import Path
 
-BEGIN = "<!-- BEGIN generated from --help by python -m featcircuits.cli_docs -->"
+BEGIN = "<!-- BEGIN generated from --help by python -m featcircuits.cli.docs -->"
 END = "<!-- END generated -->"
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
 def help_markdown(columns: int = 80) -> str:
     """The help text of ``featcircuits`` and of every subcommand as Markdown sections."""
-    from featcircuits.cli import build_parser
+    from featcircuits.cli.main import build_parser
 
     previous = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(columns)
@@ -51,7 +51,7 @@ def main() -> int:
     text = PAGE.read_text(encoding="utf-8")
     new = updated_page(text)
     if new != text:
-        from featcircuits._io import atomic_write_text
+        from featcircuits.files import atomic_write_text
 
         atomic_write_text(PAGE, new)
         print(f"updated {PAGE}", file=sys.stderr)

@@ -8,7 +8,7 @@ A target turns one run into one number per prompt. Three kinds:
   summed or averaged over positions; tokens are ids or single-token strings.
 * ``MetricTarget("logit_diff")`` — a prompt-pair metric at each prompt's answer position
   (``logit_diff``: answer − wrong answer, ``answer_logit``, ``answer_prob``; from
-  ``featcircuits.metrics``). Needs prompt pairs.
+  ``featcircuits.model.metrics``). Needs prompt pairs.
 
 Positions are ``"all"`` (every real token), ``"final"`` (each prompt's last token), an int or
 list of ints (negative counts from each prompt's end), a list of per-prompt lists, or a
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 
 from featcircuits.errors import ParameterError, PromptError
-from featcircuits.graph import make_node_id
-from featcircuits.metrics import answer_prob, logit_diff
-from featcircuits.prompts import answer_token
-from featcircuits.sites import Site
+from featcircuits.graph.ops import make_node_id
+from featcircuits.model.metrics import answer_prob, logit_diff
+from featcircuits.tasks.prompts import answer_token
+from featcircuits.model.sites import Site
 
 Positions = str | int | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 METRIC_TARGETS = ("logit_diff", "answer_logit", "answer_prob")

@@ -21,11 +21,11 @@ import torch
 from tqdm.auto import tqdm
 
 from featcircuits.errors import ParameterError
-from featcircuits.graph import check_tau
-from featcircuits.metrics import kl_divergence, logit_diff
-from featcircuits.models import trace
-from featcircuits.patching import PatchingExperiment
-from featcircuits.sites import Site
+from featcircuits.graph.ops import check_tau
+from featcircuits.model.metrics import kl_divergence, logit_diff
+from featcircuits.model.loading import trace
+from featcircuits.engine.patching import PatchingExperiment
+from featcircuits.model.sites import Site
 
 
 def default_taus(n: int = 50, low: float = 1e-5, high: float = 1.0) -> np.ndarray:

@@ -9,16 +9,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from featcircuits._io import atomic_path, ensure_writable_dir
-from featcircuits.cli_flags import add_model_flags, add_run_flags, model_from_args
-from featcircuits.compare import compare_bases, reference_bases, summarize_comparison
+from featcircuits.files import atomic_path, ensure_writable_dir
+from featcircuits.cli.flags import add_model_flags, add_run_flags, model_from_args
+from featcircuits.patching.compare import compare_bases, reference_bases, summarize_comparison
 from featcircuits.dictionaries.io import load_dictionaries
 from featcircuits.errors import DictionaryLoadError, ParameterError
-from featcircuits.memory import parse_memory
-from featcircuits.models import resolve_checkpoint, to_model
-from featcircuits.prompts import read_prompts
-from featcircuits.search import default_taus
-from featcircuits.sites import Site, num_layers
+from featcircuits.engine.memory import parse_memory
+from featcircuits.model.loading import resolve_checkpoint, to_model
+from featcircuits.tasks.prompts import read_prompts
+from featcircuits.patching.search import default_taus
+from featcircuits.model.sites import Site, num_layers
 
 
 def default_ioi_prompts() -> Path:

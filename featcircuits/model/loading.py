@@ -16,7 +16,7 @@ import torch
 
 from featcircuits.errors import ModelLoadError, ParameterError
 
-ZOO_DIR = Path(__file__).resolve().parent / "zoo"
+ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 
 _DTYPES = {
     "float32": torch.float32,
@@ -109,7 +109,7 @@ def load_model(
             trip (each trace is serialized and deserialized), which checks that trace
             bodies are remote-compatible without a network. The choice is recorded on the
             returned model (``remote_mode(model)``) and every trace the toolkit opens goes
-            through ``featcircuits.models.trace``, which passes it on.
+            through ``featcircuits.model.loading.trace``, which passes it on.
 
     Returns:
         ``nnsight.LanguageModel`` in eval mode with its tokenizer attached.

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from featcircuits.errors import SiteError
-from featcircuits.models import model_config, underlying_module
+from featcircuits.model.loading import model_config, underlying_module
 
 SITE_KINDS = ("embed", "resid_in", "resid_out", "mlp_out", "attn_out", "resid_mid", "mlp_in")
 _LAYER_KINDS = ("resid_in", "resid_out", "mlp_out", "attn_out", "resid_mid", "mlp_in")

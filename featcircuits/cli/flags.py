@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from featcircuits.models import _DTYPES, REMOTE_MODES
+from featcircuits.model.loading import _DTYPES, REMOTE_MODES
 
 
 def add_model_flags(parser: argparse.ArgumentParser, *, default_model: str = "tiny") -> None:
@@ -41,7 +41,7 @@ def add_run_flags(parser: argparse.ArgumentParser, *, batch_size: int | None = N
 
 def model_from_args(args: argparse.Namespace):
     """``load_model`` with the flags of ``add_model_flags``."""
-    from featcircuits.models import load_model
+    from featcircuits.model.loading import load_model
 
     return load_model(args.model, device=getattr(args, "device", "cpu"),
                       dtype=getattr(args, "dtype", None),
@@ -51,7 +51,7 @@ def model_from_args(args: argparse.Namespace):
 def dictionary_for_model(dictionary, model, args: argparse.Namespace | None = None):
     """Cast ``dictionary`` to ``model``'s dtype and device (``--device`` for remote models,
     whose local weights are meta tensors)."""
-    from featcircuits.models import remote_mode, to_model
+    from featcircuits.model.loading import remote_mode, to_model
 
     device = getattr(args, "device", None) if remote_mode(model) is True else None
     return to_model(dictionary, model, device=device)

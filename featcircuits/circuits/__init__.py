@@ -1,0 +1,1 @@
+"""Feature circuits: targets, discovery (ACDC, attribution, hybrid) and faithfulness."""

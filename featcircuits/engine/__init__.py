@@ -1,0 +1,1 @@
+"""The one intervention engine: cached runs, batched traces over rows, edit primitives."""

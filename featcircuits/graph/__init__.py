@@ -1,0 +1,1 @@
+"""The circuit-graph schema, graph operations and graph files."""

@@ -1,0 +1,1 @@
+"""The model side: loading models, naming sites, reading logits (metrics, readout)."""

@@ -1,0 +1,1 @@
+"""Sub-rank-one feature patching experiments, searches and basis comparisons."""
