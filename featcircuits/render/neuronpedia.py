@@ -40,10 +40,11 @@ from typing import Any
 
 import networkx as nx
 
-from featcircuits.files import atomic_write_text
 from featcircuits.errors import GraphError, OutputError, ParameterError
+from featcircuits.files import atomic_write_text
+from featcircuits.graph.schema import validate_circuit_graph
+from featcircuits.render.labels import annotation, row_key
 from featcircuits.render.layout import natural_key
-from featcircuits.graph.schema import annotation, row_key, validate_circuit_graph
 
 FEATURE_TYPES = {
     "feature": "cross layer transcoder",
