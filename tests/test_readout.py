@@ -121,3 +121,24 @@ def test_an_unknown_norm_is_refused():
 
     with pytest.raises(SiteError, match="Tanh is neither a LayerNorm nor an RMSNorm"):
         readout_of(Tanh(), torch.nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_dashboards_direct_logit_effect_is_the_readouts(models, name):
+    """The dashboards' scale-free direct logit effect is the real readout's Jacobian times
+    the norm's scale, on directions the scale does not see (Gemma: 1 + weight, not weight)."""
+    from featcircuits.dashboards import direct_logit_effect
+
+    model = models[name]
+    ro = readout(model)
+    generator = torch.Generator().manual_seed(2)
+    width = ro.unembed.shape[1]
+    x = torch.randn(width, generator=generator) + 0.5
+    v = torch.randn(width, generator=generator)
+    if ro.centred:
+        v = v - v.mean()
+    x_hat = ro.normalized(x)
+    v = v - x_hat * (x_hat @ v) / (x_hat @ x_hat)
+    _, jvp = torch.func.jvp(lambda t: _pre_cap(model, t), (x,), (v,))
+    assert torch.allclose(direct_logit_effect(model, v), jvp * ro.scale(x), atol=1e-5,
+                          rtol=1e-4)
