@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import featcircuits as fc
-from featcircuits.dashboards.dashboard import (
+from featcircuits.dashboards import (
     default_texts,
     direct_logit_effect,
     feature_dashboard_data,

@@ -12,7 +12,7 @@ import networkx as nx
 import pytest
 import torch
 
-from featcircuits.dashboards.dashboard import (
+from featcircuits.dashboards import (
     OTHER,
     dashboard_html,
     dashboards_for_graph,

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
-from featcircuits.errors import ParameterError, PromptError
-from featcircuits.graph.ops import make_node_id
+from featcircuits.errors import GraphError, ParameterError, PromptError
+from featcircuits.graph.schema import make_node_id, parse_node_id
 from featcircuits.model.metrics import answer_prob, logit_diff
 from featcircuits.tasks.prompts import answer_token
 from featcircuits.model.sites import Site
@@ -132,9 +132,12 @@ def parse_target(target: Target | str | int) -> Target:
             raise ParameterError("target 'logit:' names no token", hint="write e.g. 'logit:)'")
         return LogitTarget(body)
     if "/" in target:
-        site, _, feature = target.rpartition("/")
-        if feature.isdigit():
-            return FeatureTarget(str(Site.parse(site)), int(feature))
+        try:
+            key = parse_node_id(target)
+        except GraphError:
+            key = None
+        if key is not None and key.feature is not None and key.position is None:
+            return FeatureTarget(str(Site.parse(key.site)), key.feature)
     raise ParameterError(f"cannot read target {target!r}",
                          hint=f"use one of {METRIC_TARGETS}, 'resid_out.3/117' or 'logit:TOKEN'")
 

@@ -181,7 +181,9 @@ def _run_render(args: argparse.Namespace) -> int:
     if suffix not in RENDER_FORMATS:
         raise OutputError(f"cannot render to {args.out!r}: unknown extension {suffix!r}",
                           hint="use one of " + ", ".join(RENDER_FORMATS))
-    graph = read_circuit_json(args.graph)
+    from featcircuits.graph.io import read_graph
+
+    graph = read_graph(args.graph)
     if suffix == ".dot":
         from featcircuits.render.dot import write_dot
 

@@ -43,9 +43,9 @@ from featcircuits.model.loading import (
     resolve_checkpoint,
     to_model,
     trace,
-    underlying_module,
 )
-from featcircuits.model.sites import Site, architecture, num_layers
+from featcircuits.model.readout import logit_direction, readout
+from featcircuits.model.sites import Site, num_layers
 from featcircuits.circuits.targets import FeatureTarget
 
 METHODS = ("acdc", "attribution", "hybrid")
@@ -148,32 +148,16 @@ def unembedding_readout(model, activations: torch.Tensor, mask: torch.Tensor,
     """``[d_model]`` vector ``r`` such that adding ``a·v`` to the last residual stream at the
     masked positions raises ``logit[token] − logit[minus]`` by about ``a·(r·v)``.
 
-    The final norm is linearised at those positions: for LayerNorm, ``v`` is centred and
-    divided by the mean standard deviation of the residual there (RMS for RMSNorm), then
-    scaled by the norm's weight; ``r`` is that composed with the unembedding rows.
-    Computed in float32 on the activations' device.
+    The final norm is linearised at those positions with its scale frozen at the mean
+    standard deviation (RMS for RMSNorm) of the residual there:
+    ``featcircuits.model.readout.Readout.residual_direction``. Computed in float32 on the
+    unembedding's device.
     """
-    plain = underlying_module(model)
-    arch = architecture(model)
-    norm = plain.get_submodule(arch.final_norm)
-    device = activations.device
-    unembed = plain.get_output_embeddings().weight.detach()
-    rows = [unembed[token], unembed[minus] if minus is not None else unembed.mean(0)]
-    direction = (rows[0].float() - rows[1].float()).to(device)
-    weight = getattr(norm, "weight", None)
-    weight = (torch.ones_like(direction) if weight is None
-              else weight.detach().float().to(device))
-    eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-5)))
-    x = activations[mask.to(device).bool()].float()
-    centred = hasattr(norm, "bias") and norm.bias is not None
-    if centred:
-        scale = (x.var(-1, unbiased=False) + eps).sqrt().mean()
-    else:
-        scale = (x.pow(2).mean(-1) + eps).sqrt().mean()
-    readout = weight * direction / scale
-    if centred:
-        readout = readout - readout.mean()  # r·v = r·(v − mean(v)) for the centred r
-    return readout
+    ro = readout(model)
+    x = activations[mask.to(activations.device).bool()]
+    scale = ro.scale(x).mean()
+    direction = logit_direction(ro.unembed.shape[0], token, minus, device=ro.unembed.device)
+    return ro.residual_direction(direction, scale).to(activations.device)
 
 
 def rank_parens_features(model, dictionary: Dictionary, activations: torch.Tensor,

@@ -1,1 +1,62 @@
-"""The circuit-graph schema, graph operations and graph files."""
+"""The circuit-graph schema (``schema``: node ids, attributes, validation, site order,
+format version), graph operations (``ops``) and graph files (``io``)."""
+
+from featcircuits.graph.io import (
+    edges_frame,
+    from_json_data,
+    nodes_frame,
+    read_graph,
+    read_graphml,
+    read_json,
+    read_tables,
+    to_json_data,
+    write_graphml,
+    write_json,
+    write_tables,
+)
+from featcircuits.graph.ops import check_tau, edge_list, reaching, threshold, top_k_edges
+from featcircuits.graph.schema import (
+    EDGE_ATTRIBUTES,
+    EDGE_METHODS,
+    FORMAT_VERSION,
+    NODE_ATTRIBUTES,
+    NODE_KINDS,
+    NodeKey,
+    check_graph,
+    make_node_id,
+    parse_node_id,
+    site_depth,
+    target_nodes,
+    validate_circuit_graph,
+)
+
+__all__ = [
+    "EDGE_ATTRIBUTES",
+    "EDGE_METHODS",
+    "FORMAT_VERSION",
+    "NODE_ATTRIBUTES",
+    "NODE_KINDS",
+    "NodeKey",
+    "check_graph",
+    "check_tau",
+    "edge_list",
+    "edges_frame",
+    "from_json_data",
+    "make_node_id",
+    "nodes_frame",
+    "parse_node_id",
+    "reaching",
+    "read_graph",
+    "read_graphml",
+    "read_json",
+    "read_tables",
+    "site_depth",
+    "target_nodes",
+    "threshold",
+    "to_json_data",
+    "top_k_edges",
+    "validate_circuit_graph",
+    "write_graphml",
+    "write_json",
+    "write_tables",
+]

@@ -6,6 +6,8 @@
 * GraphML (``write_graphml`` / ``read_graphml``) for Gephi, yEd, Cytoscape: ``None``
   attributes are left out (and restored as ``None`` on reading), lists are stored as JSON
   strings, numbers are coerced to the schema's types.
+* ``read_graph(path)`` reads any of these files (by extension and content; the
+  ``<prefix>graph.json`` manifest of a table pair, too), checking its checksum.
 * ``nodes_frame`` / ``edges_frame`` give one row per node / edge; ``write_tables`` writes
   them as CSV (or Parquet when pyarrow is installed) plus a small ``graph.json`` manifest
   (graph attributes and the tables' SHA-256); ``read_tables`` reads them back (extra
@@ -29,12 +31,19 @@ from typing import Any
 import networkx as nx
 import pandas as pd
 
-from featcircuits.files import atomic_path, atomic_write_text
 from featcircuits.errors import GraphError, NonFiniteError, OutputError
-from featcircuits.graph.ops import FORMAT_VERSION, NODE_ATTRIBUTES, check_graph
+from featcircuits.files import atomic_path, atomic_write_text
+from featcircuits.graph.schema import (
+    FLOAT_ATTRIBUTES,
+    FORMAT_VERSION,
+    INT_ATTRIBUTES,
+    NODE_ATTRIBUTES,
+    check_format_version,
+    check_graph,
+)
 
-_INT_ATTRS = ("layer", "feature", "position")
-_FLOAT_ATTRS = ("activation", "effect", "weight")
+_INT_ATTRS = INT_ATTRIBUTES
+_FLOAT_ATTRS = FLOAT_ATTRIBUTES
 _JSON_MARK = "_json_attributes"
 _SHA_MARK = "_sha256"
 _DAMAGED = ("the file was damaged or edited after it was written; write it again (or, for a "
@@ -111,21 +120,17 @@ def from_json_data(data: Any, *, source: str = "circuit JSON",
     graph_attrs = data.get("graph", {})
     if not isinstance(graph_attrs, dict):
         raise GraphError(f"{source}: 'graph' is a {type(graph_attrs).__name__}, not an object")
-    version = data.get("format_version", graph_attrs.get("format_version"))
-    if version != FORMAT_VERSION:
-        raise GraphError(
-            f"{source} has circuit format_version {version!r}; this featcircuits reads version "
-            f"{FORMAT_VERSION}",
-            hint="re-export the circuit with a featcircuits that writes version "
-            f"{FORMAT_VERSION}, or read it with the featcircuits version that wrote it",
-        )
+    if data.get("multigraph"):
+        raise GraphError(f"{source} holds a multigraph; circuits are simple directed graphs",
+                         hint="merge parallel edges (sum their weights) before saving")
+    check_format_version(data.get("format_version", graph_attrs.get("format_version")), source)
     if require_checksum or "sha256" in data:
         _verify({k: v for k, v in data.items() if k != "sha256"}, data.get("sha256"), source)
     graph = nx.DiGraph()
     graph.graph["format_version"] = FORMAT_VERSION
     graph.graph.update(graph_attrs)
     graph.graph["format_version"] = FORMAT_VERSION
-    links = data.get("links", [])
+    links = data.get("links", data.get("edges", []))  # networkx writes either key
     if not isinstance(links, list):
         raise GraphError(f"{source}: 'links' is a {type(links).__name__}, not a list")
     for index, node in enumerate(data["nodes"]):
@@ -253,11 +258,7 @@ def read_graphml(path: str | os.PathLike[str], *, verify: bool = True) -> nx.DiG
                              f"parse: {exc}", hint=_DAMAGED) from exc
 
     graph.graph.update(decode(raw.graph))
-    version = graph.graph.get("format_version")
-    if version != FORMAT_VERSION:
-        raise GraphError(f"{str(path)!r} has circuit format_version {version!r}; this "
-                         f"featcircuits reads version {FORMAT_VERSION}",
-                         hint="re-export the circuit with a matching featcircuits version")
+    check_format_version(graph.graph.get("format_version"), repr(str(path)))
     for node, data in raw.nodes(data=True):
         attrs = {key: None for key in NODE_ATTRIBUTES}
         attrs.update(decode(data))
@@ -378,11 +379,7 @@ def read_tables(prefix: str | os.PathLike[str], *, format: str = "csv") -> nx.Di
         raise GraphError(f"{where} is not a circuit table manifest", hint=_DAMAGED)
     _verify({k: v for k, v in manifest.items() if k != "sha256"}, manifest.get("sha256"),
             where)
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise GraphError(f"{where} has circuit format_version "
-                         f"{manifest.get('format_version')!r}; this featcircuits reads "
-                         f"version {FORMAT_VERSION}",
-                         hint="re-export the circuit with a matching featcircuits version")
+    check_format_version(manifest.get("format_version"), where)
     frames = {}
     for name in ("nodes", "edges"):
         content = paths[name].read_bytes()
@@ -417,3 +414,70 @@ def read_tables(prefix: str | os.PathLike[str], *, format: str = "csv") -> nx.Di
         graph.add_edge(u, v, **{key: _cell(value, key, f"edge row {index}")
                                 for key, value in row.items()})
     return check_graph(graph)
+
+
+# --------------------------------------------------------------------------- any file
+def _table_prefix(path: Path) -> tuple[str, str] | None:
+    """``(prefix, format)`` when ``path`` is a table file or manifest of ``write_tables``."""
+    name = path.name
+    for format in ("csv", "parquet"):
+        for stem in (f"nodes.{format}", f"edges.{format}"):
+            if name.endswith(stem):
+                return str(path)[: len(str(path)) - len(stem)], format
+    return None
+
+
+def read_graph(path: str | os.PathLike[str]) -> nx.DiGraph:
+    """Read a circuit graph from any file the toolkit writes, verifying its checksum.
+
+    * ``.graphml``: ``read_graphml``;
+    * a folder, or a ``nodes.<ext>`` / ``edges.<ext>`` table, or a table manifest
+      (``<prefix>graph.json``, e.g. the ``<name>_graph.json`` the ``circuit`` command
+      writes): ``read_tables`` with that prefix and the manifest's table format;
+    * any other JSON: node-link JSON (``read_json``). A file with a ``sha256`` key must
+      match it; a file without one (e.g. ``json.dump(nx.node_link_data(graph), f)``) is
+      read as written by hand: ``"links"`` or ``"edges"``, a missing ``format_version``
+      read as 1.
+
+    ``GraphError`` names the file and what is wrong with it.
+    """
+    file = Path(path)
+    if file.is_dir():
+        manifests = sorted(file.glob("*graph.json"))
+        if (file / "graph.json").is_file():
+            manifests = [file / "graph.json"]
+        if len(manifests) != 1:
+            raise GraphError(f"folder {str(path)!r} holds {len(manifests)} circuit table "
+                             "manifests (*graph.json); expected one",
+                             hint="pass the manifest file itself, or a folder written by "
+                             "write_tables(graph, 'folder/')")
+        file = manifests[0]
+    if not file.is_file():
+        raise GraphError(f"circuit file {str(path)!r} does not exist",
+                         hint="pass a .json, .graphml or table file written by "
+                         "featcircuits.graph.io")
+    if file.suffix.lower() == ".graphml":
+        return read_graphml(file)
+    tables = _table_prefix(file)
+    if tables is not None:
+        return read_tables(tables[0], format=tables[1])
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise GraphError(f"{str(path)!r} is not valid JSON: {type(exc).__name__}: {exc}",
+                         hint="the file is truncated or not a circuit; write it again") from exc
+    if isinstance(data, dict) and "table_format" in data and "nodes" not in data:
+        name = file.name
+        prefix = str(file)[: len(str(file)) - len("graph.json")] if name.endswith(
+            "graph.json") else None
+        if prefix is None:
+            raise GraphError(f"{str(path)!r} is a table manifest but is not named "
+                             "<prefix>graph.json, so its tables cannot be found",
+                             hint="keep the names write_tables gave the files")
+        return read_tables(prefix, format=str(data["table_format"]))
+    if isinstance(data, dict) and "sha256" not in data:
+        graph_attrs = data.get("graph")
+        if "format_version" not in data and not (
+                isinstance(graph_attrs, dict) and "format_version" in graph_attrs):
+            data = {**data, "format_version": FORMAT_VERSION}  # docs: missing is read as 1
+    return from_json_data(data, source=repr(str(path)))

@@ -1,36 +1,167 @@
-"""The circuit-graph schema (format version 1) and its validation.
+"""The circuit-graph schema (format version 1): the one place that defines it.
 
 A circuit is a ``networkx.DiGraph``; the node, edge and graph attributes are listed in
-``docs/graph-format.md``. Every renderer calls :func:`validate_circuit_graph` first so
-that a malformed graph fails with a message naming the bad node or edge.
+``docs/graph-format.md``. This module owns
+
+* the format version (:data:`FORMAT_VERSION`, :func:`check_format_version`);
+* node ids (:func:`make_node_id`, :func:`parse_node_id`, :class:`NodeKey`);
+* the node / edge attribute names (:data:`NODE_ATTRIBUTES`, :data:`EDGE_ATTRIBUTES`) and
+  their validation (:func:`check_graph` for what graph operations and files need,
+  :func:`validate_circuit_graph` for the full schema every renderer reads);
+* the order of sites (:func:`site_depth`, derived from ``Site.depth``: no separate table).
+
+Node ids are strings:
+
+=====================================  ==========================================
+``"resid_out.3/117"``                  feature 117 of the dictionary at resid_out.3
+``"resid_out.3/117@5"``                the same feature at token position 5 only
+``"resid_out.3/error"`` (``@5``)       the dictionary's error term at that site
+``"embed/42"`` (``@5``)                feature 42 of a dictionary at the embedding
+``"input@5"``                          the whole input embedding at position 5
+``"output/logit_diff"``                an output (a metric or a logit)
+=====================================  ==========================================
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
 
-from featcircuits.errors import GraphError, NonFiniteError
+from featcircuits.errors import FeatCircuitsError, GraphError, NonFiniteError
+from featcircuits.model.sites import Site
 
 FORMAT_VERSION = 1
-NODE_KINDS = ("input", "feature", "error", "output")
+NODE_KINDS = ("feature", "error", "input", "output")
 EDGE_METHODS = ("acdc", "attribution", "hybrid")
+#: node attributes of the schema, in table-column order
+NODE_ATTRIBUTES = ("kind", "site", "layer", "feature", "position", "activation", "effect",
+                   "label")
+#: edge attributes of the schema
+EDGE_ATTRIBUTES = ("weight", "method")
+#: schema attributes stored as ints / as floats (files restore these types)
+INT_ATTRIBUTES = ("layer", "feature", "position")
+FLOAT_ATTRIBUTES = ("activation", "effect", "weight")
 
-# Forward order of the sites inside one transformer block; unknown site kinds sort after.
-_SITE_ORDER = {
-    "embed": -1,
-    "resid_pre": 0,
-    "attn_out": 1,
-    "resid_mid": 2,
-    "mlp_out": 3,
-    "resid_out": 4,
-}
-_KIND_ORDER = {"input": 0, "feature": 1, "error": 1, "output": 2}
+_ID_RE = re.compile(
+    r"^(?:(?P<output>output/(?P<name>.+))"
+    r"|(?P<input>input(?:@(?P<input_pos>\d+))?)"
+    r"|(?P<site>[^/@]+)/(?P<what>error|\d+)(?:@(?P<pos>\d+))?)$"
+)
 
-RowKey = tuple[int, int, int, str]
+
+# ---------------------------------------------------------------------------- node ids
+@dataclass(frozen=True)
+class NodeKey:
+    """The parts of a node id. ``feature`` is None for error, input and output nodes."""
+
+    kind: str
+    site: str | None = None
+    feature: int | None = None
+    position: int | None = None
+    name: str | None = None  # output name
+
+    @property
+    def id(self) -> str:
+        return make_node_id(self.site, self.feature, self.position, kind=self.kind,
+                            name=self.name)
+
+
+def _check_index(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise GraphError(f"{what} must be a non-negative int, got {value!r}",
+                         hint=f"pass the {what} as a Python int >= 0")
+    return value
+
+
+def make_node_id(site: str | None = None, feature: int | None = None,
+                 position: int | None = None, *, kind: str | None = None,
+                 name: str | None = None) -> str:
+    """Build a node id.
+
+    ``make_node_id("resid_out.3", 117)`` → ``"resid_out.3/117"``;
+    ``make_node_id("resid_out.3", position=5, kind="error")`` → ``"resid_out.3/error@5"``;
+    ``make_node_id(kind="output", name="logit_diff")`` → ``"output/logit_diff"``;
+    ``make_node_id(kind="input", position=5)`` → ``"input@5"``.
+    """
+    if kind is None:
+        kind = "feature" if feature is not None else "error"
+    suffix = "" if position is None else f"@{_check_index(position, 'position')}"
+    if kind == "output":
+        if not name or "\n" in name:
+            raise GraphError(f"an output node needs a one-line name, got {name!r}",
+                             hint="e.g. make_node_id(kind='output', name='logit_diff')")
+        return f"output/{name}"
+    if kind == "input" and site is None:
+        return f"input{suffix}"
+    if not site or "/" in str(site) or "@" in str(site):
+        raise GraphError(f"invalid site {site!r} for a node id",
+                         hint="use a site name such as 'resid_out.3' or 'embed'")
+    if kind == "error":
+        return f"{site}/error{suffix}"
+    if kind not in ("feature", "input"):
+        raise GraphError(f"unknown node kind {kind!r}", hint=f"use one of {NODE_KINDS}")
+    return f"{site}/{_check_index(feature, 'feature')}{suffix}"
+
+
+def parse_node_id(node_id: str) -> NodeKey:
+    """Split a node id into its parts; ``GraphError`` if it is not of the schema's forms.
+
+    Features at the ``embed`` site parse as kind ``"input"``.
+    """
+    match = _ID_RE.match(node_id) if isinstance(node_id, str) else None
+    if match is None:
+        raise GraphError(
+            f"cannot parse node id {node_id!r}",
+            hint="node ids look like 'resid_out.3/117', 'resid_out.3/117@5', "
+            "'resid_out.3/error', 'input@5' or 'output/logit_diff'",
+        )
+    if match.group("output"):
+        return NodeKey("output", name=match.group("name"))
+    if match.group("input"):
+        position = match.group("input_pos")
+        return NodeKey("input", position=None if position is None else int(position))
+    site, what, position = match.group("site"), match.group("what"), match.group("pos")
+    position = None if position is None else int(position)
+    if what == "error":
+        return NodeKey("error", site, None, position)
+    kind = "input" if site == "embed" else "feature"
+    return NodeKey(kind, site, int(what), position)
+
+
+# -------------------------------------------------------------------------- site order
+def site_depth(site: str | Site | None) -> float:
+    """Forward-pass order of a site: ``Site.parse(site).depth`` (``embed`` = -1,
+    ``resid_in.L`` < ``attn_out.L`` < ``mlp_in.L`` < ``mlp_out.L`` < ``resid_out.L`` <
+    ``resid_in.L+1``). Sites that do not parse (and ``None``) sort last (``inf``)."""
+    if site is None or site == "":
+        return math.inf
+    try:
+        return float(Site.parse(site).depth)
+    except FeatCircuitsError:
+        return math.inf
+
+
+def site_kind(site: str | None) -> str:
+    """``'resid_out.3'`` -> ``'resid_out'``; ``None`` -> ``''``."""
+    if not site:
+        return ""
+    return site.split(".", 1)[0]
+
+
+# -------------------------------------------------------------------------- validation
+def check_format_version(version: Any, source: str = "circuit graph") -> None:
+    """``GraphError`` unless ``version`` is :data:`FORMAT_VERSION`."""
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise GraphError(
+            f"{source} has circuit format_version {version!r}; this featcircuits reads "
+            f"version {FORMAT_VERSION}",
+            hint="re-export the circuit with a featcircuits that writes version "
+            f"{FORMAT_VERSION}, or read it with the featcircuits version that wrote it",
+        )
 
 
 def _is_number(value: Any) -> bool:
@@ -48,45 +179,69 @@ def _check_finite(value: Any, what: str) -> None:
     if not math.isfinite(value):
         raise NonFiniteError(
             f"{what} is {value!r}",
-            hint="drop the node/edge or replace the value with a finite number before rendering",
+            hint="drop the node/edge or replace the value with a finite number",
         )
 
 
-def validate_circuit_graph(graph: Any) -> nx.DiGraph:
-    """Check that ``graph`` follows the circuit-graph schema; return it unchanged.
+def check_graph(graph: Any) -> nx.DiGraph:
+    """The checks graph operations and graph files need; returns ``graph`` unchanged.
 
-    Raises:
-        GraphError: not a DiGraph, wrong ``format_version``, a node without a valid
-            ``kind``/``layer``, an edge without a numeric ``weight``.
-        NonFiniteError: NaN/inf in ``weight``, ``effect`` or ``activation``.
+    ``GraphError`` unless ``graph`` is a DiGraph of format version 1 whose nodes carry a
+    ``kind`` of :data:`NODE_KINDS` and whose edges carry a numeric ``weight`` (no
+    self-loops); ``NonFiniteError`` for a NaN/inf weight.
     """
     if not isinstance(graph, nx.DiGraph) or graph.is_multigraph():
         raise GraphError(
             f"a circuit graph must be a networkx.DiGraph, got {type(graph).__name__}",
             hint="build circuits with networkx.DiGraph() (see docs/graph-format.md)",
         )
-    version = graph.graph.get("format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise GraphError(
-            f"graph format_version {version!r} is not supported (this version reads {FORMAT_VERSION})",
-            hint="re-export the circuit with this version of featcircuits",
-        )
+    check_format_version(graph.graph.get("format_version", FORMAT_VERSION))
+    for node, kind in graph.nodes(data="kind"):
+        if kind not in NODE_KINDS:
+            raise GraphError(
+                f"node {node!r} has kind {kind!r}; expected one of {NODE_KINDS}",
+                hint="set graph.nodes[node]['kind']",
+            )
+    for source, target, attrs in graph.edges(data=True):
+        if source == target:
+            raise GraphError(
+                f"edge {source!r} -> {target!r} is a self-loop",
+                hint="a node's effect on itself is not an edge of a circuit; remove it",
+            )
+        if "weight" not in attrs:
+            raise GraphError(
+                f"edge {source!r} -> {target!r} has no 'weight'",
+                hint="every edge needs a signed float 'weight' (its measured effect)",
+            )
+        if not _is_number(attrs["weight"]):
+            raise GraphError(f"edge {source!r} -> {target!r} has weight {attrs['weight']!r}",
+                             hint="every edge needs a float 'weight'")
+        _check_finite(attrs["weight"], f"weight of edge {source!r} -> {target!r}")
+    return graph
+
+
+def validate_circuit_graph(graph: Any) -> nx.DiGraph:
+    """Check that ``graph`` follows the full circuit-graph schema; return it unchanged.
+
+    Every renderer calls this first, so a malformed graph fails naming the bad node/edge.
+
+    Raises:
+        GraphError: not a DiGraph, wrong ``format_version``, a node without a valid
+            ``kind``/``layer``, an edge without a numeric ``weight``.
+        NonFiniteError: NaN/inf in ``weight``, ``effect`` or ``activation``.
+    """
+    check_graph(graph)
     for node, attrs in graph.nodes(data=True):
         if not isinstance(node, str):
             raise GraphError(
                 f"node id {node!r} is a {type(node).__name__}, not a str",
                 hint="use string ids such as 'resid_out.3/117' or 'resid_out.3/117@5'",
             )
-        kind = attrs.get("kind")
-        if kind not in NODE_KINDS:
-            raise GraphError(
-                f"node {node!r} has kind {kind!r}; expected one of {NODE_KINDS}",
-                hint="set graph.nodes[node]['kind']",
-            )
         layer = attrs.get("layer")
         if not isinstance(layer, int) or isinstance(layer, bool):
             raise GraphError(
-                f"node {node!r} has layer {layer!r}; expected an int (embed/input = -1, output = n_layers)",
+                f"node {node!r} has layer {layer!r}; expected an int (embed/input = -1, "
+                "output = n_layers)",
                 hint="set graph.nodes[node]['layer']",
             )
         position = attrs.get("position")
@@ -105,18 +260,6 @@ def validate_circuit_graph(graph: Any) -> nx.DiGraph:
             )
         _check_finite(attrs.get("effect"), f"effect of node {node!r}")
         _check_finite(attrs.get("activation"), f"activation of node {node!r}")
-    for source, target, attrs in graph.edges(data=True):
-        if source == target:
-            raise GraphError(
-                f"edge {source!r} -> {target!r} is a self-loop",
-                hint="a node's effect on itself is not an edge of a circuit; remove it",
-            )
-        if "weight" not in attrs:
-            raise GraphError(
-                f"edge {source!r} -> {target!r} has no 'weight'",
-                hint="every edge needs a signed float 'weight' (its measured effect)",
-            )
-        _check_finite(attrs["weight"], f"weight of edge {source!r} -> {target!r}")
     tokens = graph.graph.get("prompt_tokens")
     if tokens is not None and (
         not isinstance(tokens, (list, tuple)) or not all(isinstance(t, str) for t in tokens)
@@ -128,92 +271,29 @@ def validate_circuit_graph(graph: Any) -> nx.DiGraph:
     return graph
 
 
-def site_kind(site: str | None) -> str:
-    """``'resid_out.3'`` -> ``'resid_out'``; ``None`` -> ``''``."""
-    if not site:
-        return ""
-    return site.split(".", 1)[0]
+def target_nodes(graph: nx.DiGraph) -> list[str]:
+    """The circuit's target node ids: graph attribute ``target_nodes``, else output nodes."""
+    listed = graph.graph.get("target_nodes")
+    if listed:
+        return [node for node in listed if node in graph]
+    return [node for node, kind in graph.nodes(data="kind") if kind == "output"]
 
 
-def row_key(attrs: dict[str, Any]) -> RowKey:
-    """Sort key of the diagram row a node sits in: inputs, then layers/sites, then outputs."""
-    kind = attrs["kind"]
-    if kind == "input":
-        return (0, -1, -1, "embed")
-    if kind == "output":
-        return (2, 0, 0, "output")
-    site = attrs.get("site") or ""
-    return (1, attrs["layer"], _SITE_ORDER.get(site_kind(site), 99), site)
-
-
-def row_name(key: RowKey) -> str:
-    """Human name of a row (its site, ``embed`` or ``output``)."""
-    return key[3] or f"layer {key[1]}"
-
-
-def short_id(node: str, attrs: dict[str, Any]) -> str:
-    """The node id without the site prefix (the row names the site) and without ``@pos``
-    (the column names the position); feature indices get a ``#``.
-
-    ``'resid_out.3/117@5'`` -> ``'#117'``, ``'resid_out.3/error'`` -> ``'error'``,
-    ``'output/logit_diff'`` -> ``'logit_diff'``, ``'input@5'`` -> ``'input'``.
-    """
-    text = node
-    if attrs.get("position") is not None and "@" in text:
-        text = text.rsplit("@", 1)[0]
-    if "/" in text:
-        text = text.split("/", 1)[1]
-    if attrs.get("kind") == "feature" and text.isdigit():
-        text = f"#{text}"
-    return text or node
-
-
-def truncate(text: str, limit: int) -> str:
-    """Cut ``text`` to ``limit`` characters, marking the cut with an ellipsis."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
-
-
-def display_token(token: str) -> str:
-    """Make whitespace in a prompt token visible: spaces -> '␣', newlines -> '⏎', tabs -> '→'."""
-    return token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "→").replace("\r", "↵")
-
-
-def annotation(
-    node: str,
-    attrs: dict[str, Any],
-    labels: dict[str, str] | None,
-    top_tokens: dict[str, Iterable[str]] | None,
-) -> str:
-    """Short annotation: ``labels[node]``, else the first ``top_tokens[node]``, else ``label``."""
-    if labels and node in labels:
-        return str(labels[node])
-    if top_tokens and node in top_tokens:
-        return " ".join(display_token(str(t)) for t in list(top_tokens[node])[:3])
-    return str(attrs.get("label") or "")
-
-
-def format_number(value: float | None) -> str:
-    """Compact signed number for labels and tables; ``None`` -> ``'–'``."""
-    if value is None:
-        return "–"
-    return f"{value:+.3g}"
-
-
-def describe_thresholds(graph: nx.DiGraph) -> str:
-    """One line naming metric, method, thresholds, model and size, from ``graph.graph``."""
-    meta = graph.graph
-    parts = []
-    if meta.get("metric"):
-        parts.append(f"metric: {meta['metric']}")
-    if meta.get("method"):
-        parts.append(f"method: {meta['method']}")
-    tau = meta.get("tau")
-    parts.append("τ = " + (f"{tau:g}" if _is_number(tau) else "none"))
-    for name in ("node_threshold", "edge_threshold"):
-        if _is_number(meta.get(name)):
-            parts.append(f"{name.replace('_', ' ')} = {meta[name]:g}")
-    if meta.get("model"):
-        parts.append(f"model: {meta['model']}")
-    parts.append(f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges")
-    return " · ".join(parts)
+__all__ = [
+    "EDGE_ATTRIBUTES",
+    "EDGE_METHODS",
+    "FLOAT_ATTRIBUTES",
+    "FORMAT_VERSION",
+    "INT_ATTRIBUTES",
+    "NODE_ATTRIBUTES",
+    "NODE_KINDS",
+    "NodeKey",
+    "check_format_version",
+    "check_graph",
+    "make_node_id",
+    "parse_node_id",
+    "site_depth",
+    "site_kind",
+    "target_nodes",
+    "validate_circuit_graph",
+]

@@ -5,13 +5,13 @@ All of them read the circuit-graph schema of docs/graph-format.md and share one 
 layout and one colour convention (blue = positive, red = negative).
 """
 
+from featcircuits.graph.schema import validate_circuit_graph
 from featcircuits.render.curves import plot_patching_curves
 from featcircuits.render.diagram import render_circuit, save_figure
 from featcircuits.render.dot import to_dot, write_dot
 from featcircuits.render.examples import example_circuit, random_layered_circuit
 from featcircuits.render.html import to_html
 from featcircuits.render.neuronpedia import to_neuronpedia_json, write_neuronpedia_json
-from featcircuits.graph.schema import validate_circuit_graph
 
 __all__ = [
     "example_circuit",

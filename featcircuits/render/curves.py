@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from featcircuits.files import atomic_path
 from featcircuits.errors import ParameterError
+from featcircuits.files import atomic_path
 
 BASIS_STYLES = {
     "sae-sparse": ("#1b7837", "-"),

@@ -28,17 +28,17 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, FancyArrowPatch, Patch, Rectangle, RegularPolygon
 from matplotlib.text import Text
 
-from featcircuits.files import atomic_path
 from featcircuits.errors import OutputError, ParameterError
-from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
-from featcircuits.graph.schema import (
+from featcircuits.files import atomic_path
+from featcircuits.graph.schema import validate_circuit_graph
+from featcircuits.render.labels import (
     annotation,
     describe_thresholds,
     display_token,
     short_id,
     truncate,
-    validate_circuit_graph,
 )
+from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
 from featcircuits.render.style import (
     ERROR_OUTLINE,
     NEGATIVE_COLOR,

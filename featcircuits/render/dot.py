@@ -21,14 +21,9 @@ import networkx as nx
 from matplotlib.colors import to_hex
 
 from featcircuits.files import atomic_write_text
+from featcircuits.graph.schema import validate_circuit_graph
+from featcircuits.render.labels import annotation, describe_thresholds, row_key, truncate
 from featcircuits.render.layout import natural_key
-from featcircuits.graph.schema import (
-    annotation,
-    describe_thresholds,
-    row_key,
-    truncate,
-    validate_circuit_graph,
-)
 from featcircuits.render.style import (
     ERROR_OUTLINE,
     NODE_OUTLINE,

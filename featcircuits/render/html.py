@@ -25,18 +25,18 @@ from pathlib import Path
 
 import networkx as nx
 
-from featcircuits.files import atomic_write_text
 from featcircuits.errors import ParameterError
-from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
-from featcircuits.graph.schema import (
+from featcircuits.files import atomic_write_text
+from featcircuits.graph.schema import validate_circuit_graph
+from featcircuits.render.labels import (
     annotation,
     describe_thresholds,
     display_token,
     format_number,
     short_id,
     truncate,
-    validate_circuit_graph,
 )
+from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
 from featcircuits.render.style import (
     ERROR_OUTLINE,
     NEGATIVE_COLOR,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from featcircuits.graph.schema import RowKey, row_key, row_name
+from featcircuits.render.labels import RowKey, row_key, row_name
 
 ALL_POSITIONS = None  # band key of nodes without a position in a positional graph
 

@@ -40,10 +40,11 @@ from typing import Any
 
 import networkx as nx
 
-from featcircuits.files import atomic_write_text
 from featcircuits.errors import GraphError, OutputError, ParameterError
+from featcircuits.files import atomic_write_text
+from featcircuits.graph.schema import validate_circuit_graph
+from featcircuits.render.labels import annotation, row_key, short_id
 from featcircuits.render.layout import natural_key
-from featcircuits.graph.schema import annotation, row_key, validate_circuit_graph
 
 FEATURE_TYPES = {
     "feature": "cross layer transcoder",
@@ -195,7 +196,7 @@ def to_neuronpedia_json(
         ids[node] = node_id
         note = annotation(node, attrs, labels, None)
         if kind == "output":
-            clerp = f'Output "{note or node.split("/", 1)[-1]}" [{node}]'
+            clerp = f'Output "{note or short_id(node, attrs)}" [{node}]'
         elif kind == "error":
             clerp = f"error at {attrs.get('site') or 'unknown site'} [{node}]"
         else:
