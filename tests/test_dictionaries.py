@@ -262,3 +262,49 @@ def test_load_dictionaries_keys_by_site(tmp_path):
         save_dictionary(sae, tmp_path / f"resid_out.{layer}")
     loaded = load_dictionaries(tmp_path)
     assert list(loaded) == ["resid_out.0", "resid_out.1"]
+
+
+# ------------------------------------------------------------------- the contract
+def test_dictionary_is_abstract():
+    from featcircuits.dictionaries import Dictionary
+
+    with pytest.raises(TypeError, match="abstract"):
+        Dictionary()
+
+    class NoBias(Dictionary):  # decoder_bias missing
+        def encode(self, x):
+            return x
+
+        @property
+        def directions(self):
+            return torch.eye(D)
+
+    with pytest.raises(TypeError, match="decoder_bias"):
+        NoBias()
+
+    class Identity(NoBias):
+        @property
+        def decoder_bias(self):
+            return torch.zeros(D)
+
+    identity = Identity(site="resid_out.2")
+    x = torch.randn(3, D)
+    assert torch.equal(identity.decode(identity.encode(x)), x)
+    assert (identity.n_features, identity.d_model) == (D, D)
+    assert identity.input_site == "resid_out.2" and identity.feature_label(3) == ""
+    assert identity.architecture is None
+
+
+def test_input_site_and_feature_label_defaults():
+    from featcircuits.dictionaries import TokenBasis, Transcoder
+
+    sae = _sae()
+    assert sae.input_site == sae.site == "resid_out.1"
+    assert sae.feature_label(7) == ""
+    transcoder = Transcoder(D, N, input_site="resid_mid.1", site="mlp_out.1")
+    assert (transcoder.input_site, transcoder.site) == ("resid_mid.1", "mlp_out.1")
+    transcoder.input_site = "mlp_in.1"
+    assert transcoder.input_site == "mlp_in.1"
+    tokens = TokenBasis(torch.randn(3, D), token_strings=["a", "b", "c"])
+    assert tokens.feature_label(1) == "b"
+    assert TokenBasis(torch.randn(3, D)).feature_label(2) == "token 2"

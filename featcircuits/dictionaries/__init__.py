@@ -8,6 +8,7 @@ from featcircuits.dictionaries.bases import (
     PCABasis,
     RandomBasis,
 )
+from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
 from featcircuits.dictionaries.io import (
     check_dictionary_fits,
     load_dictionaries,
@@ -15,8 +16,11 @@ from featcircuits.dictionaries.io import (
     save_dictionary,
 )
 from featcircuits.dictionaries.sae import SparseAutoencoder
+from featcircuits.dictionaries.tokens import TokenBasis
+from featcircuits.dictionaries.transcoder import Transcoder, load_transcoder, save_transcoder
 
 __all__ = [
+    "CenteredSparseAutoencoder",
     "Dictionary",
     "ICABasis",
     "LinearBasis",
@@ -24,8 +28,12 @@ __all__ = [
     "PCABasis",
     "RandomBasis",
     "SparseAutoencoder",
+    "TokenBasis",
+    "Transcoder",
     "check_dictionary_fits",
     "load_dictionaries",
     "load_dictionary",
+    "load_transcoder",
     "save_dictionary",
+    "save_transcoder",
 ]

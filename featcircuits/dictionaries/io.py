@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from featcircuits.files import atomic_path
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.bases import (
     ICABasis,
@@ -37,6 +36,7 @@ from featcircuits.errors import (
     SiteError,
     WidthMismatchError,
 )
+from featcircuits.files import atomic_path
 from featcircuits.model.sites import Site
 
 FORMAT_VERSION = 1

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from featcircuits.files import atomic_path
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.errors import DictionaryError, DictionaryLoadError, FeatCircuitsError, SiteError
+from featcircuits.files import atomic_path
 from featcircuits.model.sites import Site
 
 DEFAULT_INPUT_HOOK = "hook_resid_mid"
@@ -64,10 +64,19 @@ class Transcoder(SparseAutoencoder):
         super().__init__(d_model, n_features, activation=activation, k=k, tied=False,
                          pre_encoder_bias=False, site=None if site is None else str(site),
                          meta=meta)
-        self.input_site = None if input_site is None else str(Site.parse(input_site))
+        self.input_site = input_site
         if site is not None:
             self.site = str(Site.parse(site))
         self.W_skip = nn.Parameter(torch.zeros(d_model, d_model)) if skip else None
+
+    @property
+    def input_site(self) -> str | None:
+        """Where features are encoded from (``None``: unknown, taken to be ``site``)."""
+        return self._input_site
+
+    @input_site.setter
+    def input_site(self, value: str | Site | None) -> None:
+        self._input_site = None if value is None else str(Site.parse(value))
 
     def skip(self, x_in: torch.Tensor) -> torch.Tensor:
         """The skip connection's contribution ``x_in @ W_skip.T`` (zeros without one)."""
