@@ -73,7 +73,9 @@ class NeuronFormat(LinearFormat):
     rebuilt = True
 
     @classmethod
-    def build(cls, encoder, directions, mean, state, site, meta, config) -> LinearBasis:
+    def build(cls, encoder: torch.Tensor, directions: torch.Tensor, mean: torch.Tensor,
+              state: DictionaryState, site: str | None, meta: dict[str, Any],
+              config: dict[str, Any]) -> LinearBasis:
         return NeuronBasis(encoder.shape[1], site=site, meta=meta)
 
 
@@ -84,7 +86,9 @@ class RandomFormat(LinearFormat):
     rebuilt = True
 
     @classmethod
-    def build(cls, encoder, directions, mean, state, site, meta, config) -> LinearBasis:
+    def build(cls, encoder: torch.Tensor, directions: torch.Tensor, mean: torch.Tensor,
+              state: DictionaryState, site: str | None, meta: dict[str, Any],
+              config: dict[str, Any]) -> LinearBasis:
         return RandomBasis(encoder.shape[1], seed=int(config.get("seed", 0)), mean=mean,
                            n_features=encoder.shape[0], site=site, meta=meta)
 
@@ -95,7 +99,9 @@ class PCAFormat(LinearFormat):
     name = "featcircuits-pca"
 
     @classmethod
-    def build(cls, encoder, directions, mean, state, site, meta, config) -> LinearBasis:
+    def build(cls, encoder: torch.Tensor, directions: torch.Tensor, mean: torch.Tensor,
+              state: DictionaryState, site: str | None, meta: dict[str, Any],
+              config: dict[str, Any]) -> LinearBasis:
         return PCABasis(encoder, mean, state.tensors.get("explained_variance"), site=site,
                         meta=meta)
 
@@ -110,7 +116,9 @@ class ICAFormat(LinearFormat):
     name = "featcircuits-ica"
 
     @classmethod
-    def build(cls, encoder, directions, mean, state, site, meta, config) -> LinearBasis:
+    def build(cls, encoder: torch.Tensor, directions: torch.Tensor, mean: torch.Tensor,
+              state: DictionaryState, site: str | None, meta: dict[str, Any],
+              config: dict[str, Any]) -> LinearBasis:
         return ICABasis(encoder, mean, directions.T, site=site, meta=meta)
 
 
