@@ -262,3 +262,160 @@ def test_load_dictionaries_keys_by_site(tmp_path):
         save_dictionary(sae, tmp_path / f"resid_out.{layer}")
     loaded = load_dictionaries(tmp_path)
     assert list(loaded) == ["resid_out.0", "resid_out.1"]
+
+
+# ------------------------------------------------------------------- the contract
+def test_dictionary_is_abstract():
+    from featcircuits.dictionaries import Dictionary
+
+    with pytest.raises(TypeError, match="abstract"):
+        Dictionary()
+
+    class NoBias(Dictionary):  # decoder_bias missing
+        def encode(self, x):
+            return x
+
+        @property
+        def directions(self):
+            return torch.eye(D)
+
+    with pytest.raises(TypeError, match="decoder_bias"):
+        NoBias()
+
+    class Identity(NoBias):
+        @property
+        def decoder_bias(self):
+            return torch.zeros(D)
+
+    identity = Identity(site="resid_out.2")
+    x = torch.randn(3, D)
+    assert torch.equal(identity.decode(identity.encode(x)), x)
+    assert (identity.n_features, identity.d_model) == (D, D)
+    assert identity.input_site == "resid_out.2" and identity.feature_label(3) == ""
+    assert identity.architecture is None
+
+
+def test_input_site_and_feature_label_defaults():
+    from featcircuits.dictionaries import TokenBasis, Transcoder
+
+    sae = _sae()
+    assert sae.input_site == sae.site == "resid_out.1"
+    assert sae.feature_label(7) == ""
+    transcoder = Transcoder(D, N, input_site="resid_mid.1", site="mlp_out.1")
+    assert (transcoder.input_site, transcoder.site) == ("resid_mid.1", "mlp_out.1")
+    transcoder.input_site = "mlp_in.1"
+    assert transcoder.input_site == "mlp_in.1"
+    tokens = TokenBasis(torch.randn(3, D), token_strings=["a", "b", "c"])
+    assert tokens.feature_label(1) == "b"
+    assert TokenBasis(torch.randn(3, D)).feature_label(2) == "token 2"
+
+
+# ------------------------------------------------------------------- the registry
+def _randomized(dictionary):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in dictionary.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return dictionary
+
+
+def _one_per_architecture() -> dict:
+    from featcircuits.dictionaries import LinearBasis, Transcoder
+
+    def jumprelu():
+        sae = _sae(activation="jumprelu")
+        with torch.no_grad():
+            sae.threshold.uniform_(0.0, 0.3)
+        return sae
+
+    data = torch.randn(200, D) @ torch.randn(D, D)
+    return {
+        "standard": _sae(),
+        "topk": _sae(activation="topk", k=5),
+        "jumprelu": jumprelu(),
+        "featcircuits-linear": LinearBasis(torch.randn(10, D), None, torch.randn(D),
+                                           site="resid_out.0"),
+        "featcircuits-neuron": NeuronBasis(D, site="resid_out.0"),
+        "featcircuits-random": RandomBasis(D, seed=3, n_features=40, site="resid_out.0"),
+        "featcircuits-pca": PCABasis.fit(data, 10, site="resid_out.0"),
+        "featcircuits-ica": ICABasis(torch.randn(D, D), torch.randn(D), torch.randn(D, D)),
+        "AutoEncoder": _sae(),
+        "AutoEncoderTopK": _sae(activation="topk", k=5),
+        "JumpReluAutoEncoder": jumprelu(),
+        "transcoder": _randomized(Transcoder(D, N, activation="jumprelu", skip=True,
+                                             input_site="resid_mid.1", site="mlp_out.1")),
+    }
+
+
+def test_every_registered_architecture_has_a_round_trip_case():
+    from featcircuits.dictionaries import FORMATS
+
+    assert set(_one_per_architecture()) == set(FORMATS)
+
+
+@pytest.mark.parametrize("architecture", list(_one_per_architecture()))
+def test_every_architecture_round_trips_with_identical_encodings(architecture, tmp_path):
+    from featcircuits.dictionaries import FORMATS, format_of
+
+    dictionary = _one_per_architecture()[architecture]
+    fmt = FORMATS[architecture]
+    assert fmt.name == architecture
+    fmt.save(dictionary, tmp_path / "d")
+    loaded = load_dictionary(tmp_path / "d")
+    assert loaded.architecture == dictionary.architecture
+    assert (loaded.input_site, loaded.site) == (dictionary.input_site, dictionary.site)
+    x = torch.randn(64, D)
+    with torch.no_grad():
+        assert (loaded.encode(x) - dictionary.encode(x)).abs().max() == 0
+        features = dictionary.encode(x)
+        assert (loaded.decode(features) - dictionary.decode(features)).abs().max() == 0
+    if fmt.layout != "dictionary_learning":  # save_dictionary picks the same class
+        assert format_of(dictionary) is fmt
+
+
+def test_unknown_architectures_are_refused_naming_the_known_ones(tmp_path):
+    from featcircuits.dictionaries import FORMATS, TokenBasis, dictionary_format
+
+    with pytest.raises(DictionaryLoadError, match="unknown dictionary architecture 'gated'") \
+            as info:
+        dictionary_format("gated")
+    assert all(name in str(info.value) for name in FORMATS)
+    sae = _sae()
+    _write_saelens(tmp_path / "gated", sae, legacy=False)
+    cfg = json.loads((tmp_path / "gated" / "cfg.json").read_text())
+    (tmp_path / "gated" / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
+    with pytest.raises(DictionaryLoadError, match="'gated'.*\n.*standard, topk, jumprelu"):
+        load_dictionary(tmp_path / "gated")
+    save_dictionary(NeuronBasis(D), tmp_path / "odd")
+    cfg = json.loads((tmp_path / "odd" / "cfg.json").read_text())
+    cfg["featcircuits"]["kind"] = "odd"
+    del cfg["featcircuits"]["sha256"]
+    (tmp_path / "odd" / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(DictionaryLoadError, match="'featcircuits-odd'"):
+        load_dictionary(tmp_path / "odd")
+    with pytest.raises(DictionaryLoadError, match="cannot save a TokenBasis"):
+        save_dictionary(TokenBasis(torch.randn(5, D)), tmp_path / "tokens")
+    assert not (tmp_path / "tokens").exists()
+
+
+def test_registry_is_a_read_only_constant():
+    from featcircuits.dictionaries import FORMATS, registry
+
+    with pytest.raises(TypeError):
+        FORMATS["mine"] = FORMATS["standard"]  # type: ignore[index]
+    assert registry.FORMATS is FORMATS and len(FORMATS) == 12
+
+
+def test_formats_refuse_dictionaries_they_cannot_store(tmp_path):
+    from featcircuits import DictionaryError
+    from featcircuits.dictionaries import FORMATS, CenteredSparseAutoencoder
+
+    for architecture, dictionary in [("AutoEncoder", _sae(pre_encoder_bias=False)),
+                                     ("AutoEncoder", _sae(activation="topk", k=5)),
+                                     ("AutoEncoder", CenteredSparseAutoencoder(D, N)),
+                                     ("topk", _sae()),
+                                     ("featcircuits-pca", NeuronBasis(D))]:
+        with pytest.raises(DictionaryError, match=f"format '{architecture}' cannot store|"
+                           f"{architecture} cannot store"):
+            FORMATS[architecture].save(dictionary, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()

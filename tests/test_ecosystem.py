@@ -19,9 +19,9 @@ from featcircuits.dictionaries import hub, load_dictionary, save_dictionary
 from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.dictionaries.transcoder import Transcoder, load_transcoder
+from featcircuits.engine.patching import PatchingExperiment
 from featcircuits.errors import DictionaryError, DictionaryLoadError, ModelLoadError, SiteError
 from featcircuits.model.loading import underlying_module
-from featcircuits.engine.patching import PatchingExperiment
 from featcircuits.model.sites import Site
 
 D, N = 16, 40

@@ -499,10 +499,7 @@ def _model_name(runs: CircuitRuns) -> str:
 
 
 def _feature_label(dictionary: Dictionary, site: str, feature: int) -> str:
-    labeller = getattr(dictionary, "feature_label", None)
-    if callable(labeller):
-        return str(labeller(feature))
-    return ""
+    return dictionary.feature_label(feature)
 
 
 def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, float], *,

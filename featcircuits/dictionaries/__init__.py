@@ -1,4 +1,6 @@
-"""Dictionaries: every basis (SAE, PCA, ICA, neurons, random) behind one interface."""
+"""Dictionaries: every basis (SAE, PCA, ICA, neurons, random, tokens, transcoders) behind one
+interface (``Dictionary``), and the files they are read from and written to: one
+``DictionaryFormat`` class per architecture, in the constant table ``FORMATS``."""
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.bases import (
@@ -8,24 +10,39 @@ from featcircuits.dictionaries.bases import (
     PCABasis,
     RandomBasis,
 )
+from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
+from featcircuits.dictionaries.formats import DictionaryFormat, DictionaryState
 from featcircuits.dictionaries.io import (
     check_dictionary_fits,
     load_dictionaries,
     load_dictionary,
     save_dictionary,
 )
+from featcircuits.dictionaries.registry import FORMATS, dictionary_format, format_of
 from featcircuits.dictionaries.sae import SparseAutoencoder
+from featcircuits.dictionaries.tokens import TokenBasis
+from featcircuits.dictionaries.transcoder import Transcoder, load_transcoder, save_transcoder
 
 __all__ = [
+    "FORMATS",
+    "CenteredSparseAutoencoder",
     "Dictionary",
+    "DictionaryFormat",
+    "DictionaryState",
     "ICABasis",
     "LinearBasis",
     "NeuronBasis",
     "PCABasis",
     "RandomBasis",
     "SparseAutoencoder",
+    "TokenBasis",
+    "Transcoder",
     "check_dictionary_fits",
+    "dictionary_format",
+    "format_of",
     "load_dictionaries",
     "load_dictionary",
+    "load_transcoder",
     "save_dictionary",
+    "save_transcoder",
 ]

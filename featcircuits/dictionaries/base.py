@@ -7,11 +7,16 @@ A dictionary maps an activation ``x [..., d_model]`` to feature activations
 
 so a feature's contribution to the reconstruction is ``c_i * directions[i]``, which is what
 feature patching edits. ``error(x) = x - decode(encode(x))`` is what the dictionary misses.
+
+``Dictionary`` is an abstract base class: a subclass must implement ``encode``,
+``directions`` and ``decoder_bias``; ``Dictionary()`` itself raises ``TypeError``. Everything
+else (``decode``, ``n_features``, ``d_model``, ``input_site``, ``feature_label``,
+``architecture``) has a default that follows from those three.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -20,11 +25,13 @@ from torch import nn
 from featcircuits.errors import FeatureIdError, NonFiniteError
 
 
-class Dictionary(nn.Module):
-    """Base class: subclasses implement ``encode``, ``directions`` and ``decoder_bias``.
+class Dictionary(nn.Module, ABC):
+    """Abstract base: subclasses implement ``encode``, ``directions`` and ``decoder_bias``.
 
     Attributes:
-        site: the site name this dictionary was trained on (``"resid_out.3"``) or ``None``.
+        site: the site name this dictionary was trained on (``"resid_out.3"``) or ``None``;
+            for a dictionary that reads one site and writes another (a transcoder), the site
+            it writes.
         meta: free-form metadata saved with the dictionary (training stats, source).
     """
 
@@ -83,11 +90,37 @@ class Dictionary(nn.Module):
     # ------------------------------------------------------------------ shape
     @property
     def d_model(self) -> int:
+        """Width of the activations it reads and writes (``directions.shape[1]``)."""
         return int(self.directions.shape[1])
 
     @property
     def n_features(self) -> int:
+        """Number of features (``directions.shape[0]``)."""
         return int(self.directions.shape[0])
+
+    # ------------------------------------------------------- sites, labels, files
+    @property
+    def input_site(self) -> str | None:
+        """The site ``encode`` reads: ``site`` (transcoders override it with their input).
+
+        Callers compare it with ``site``: a dictionary reads where it writes unless
+        ``input_site`` differs from ``site``.
+        """
+        return self.site
+
+    def feature_label(self, feature: int) -> str:
+        """Human label of ``feature`` shown beside its node in circuit graphs.
+
+        ``""`` by default: features have no names, and renderers show the id (``#117``). A
+        token basis returns the token's string.
+        """
+        return ""
+
+    @property
+    def architecture(self) -> str | None:
+        """Its file format: a key of ``featcircuits.dictionaries.registry.FORMATS`` that
+        ``save_dictionary`` writes it with, or ``None`` when it cannot be saved."""
+        return None
 
     def config(self) -> dict[str, Any]:
         """Constructor arguments other than tensors (saved in ``cfg.json``)."""

@@ -79,6 +79,11 @@ class LinearBasis(Dictionary):
         return self._directions
 
     @property
+    def architecture(self) -> str:
+        """``featcircuits-<kind>`` (``featcircuits-pca``, ...): stored in SAELens' layout."""
+        return f"featcircuits-{self.kind}"
+
+    @property
     def decoder_bias(self) -> torch.Tensor:
         return self.mean
 

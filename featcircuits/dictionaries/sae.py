@@ -11,6 +11,7 @@ from featcircuits.dictionaries.base import Dictionary
 from featcircuits.errors import ParameterError
 
 ACTIVATIONS = ("relu", "topk", "jumprelu")
+SAELENS_ARCHITECTURES = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
 
 
 class SparseAutoencoder(Dictionary):
@@ -79,6 +80,11 @@ class SparseAutoencoder(Dictionary):
     @property
     def decoder_bias(self) -> torch.Tensor:
         return self.b_dec
+
+    @property
+    def architecture(self) -> str:
+        """SAELens' name of its activation: ``standard`` (ReLU), ``topk`` or ``jumprelu``."""
+        return SAELENS_ARCHITECTURES[self.activation]
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - b_dec) @ W_enc + b_enc``, ``[..., n_features]``."""

@@ -30,9 +30,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from featcircuits.files import atomic_path
+from featcircuits.dictionaries.base import Dictionary
+from featcircuits.dictionaries.formats import DictionaryFormat, DictionaryState
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.errors import DictionaryError, DictionaryLoadError, FeatCircuitsError, SiteError
+from featcircuits.files import atomic_path
 from featcircuits.model.sites import Site
 
 DEFAULT_INPUT_HOOK = "hook_resid_mid"
@@ -64,10 +66,24 @@ class Transcoder(SparseAutoencoder):
         super().__init__(d_model, n_features, activation=activation, k=k, tied=False,
                          pre_encoder_bias=False, site=None if site is None else str(site),
                          meta=meta)
-        self.input_site = None if input_site is None else str(Site.parse(input_site))
+        self.input_site = input_site
         if site is not None:
             self.site = str(Site.parse(site))
         self.W_skip = nn.Parameter(torch.zeros(d_model, d_model)) if skip else None
+
+    @property
+    def input_site(self) -> str | None:
+        """Where features are encoded from (``None``: unknown, taken to be ``site``)."""
+        return self._input_site
+
+    @input_site.setter
+    def input_site(self, value: str | Site | None) -> None:
+        self._input_site = None if value is None else str(Site.parse(value))
+
+    @property
+    def architecture(self) -> str:
+        """``"transcoder"``: circuit-tracer's per-layer file."""
+        return "transcoder"
 
     def skip(self, x_in: torch.Tensor) -> torch.Tensor:
         """The skip connection's contribution ``x_in @ W_skip.T`` (zeros without one)."""
@@ -100,32 +116,85 @@ class Transcoder(SparseAutoencoder):
 
 
 # ----------------------------------------------------------------------------- files
+class TranscoderFormat(DictionaryFormat):
+    """circuit-tracer's per-layer transcoder file (see the module docstring)."""
+
+    name = "transcoder"
+    layout = "circuit_tracer"
+    FILE = "transcoder.safetensors"  # the file's name inside a folder written by ``write``
+
+    @classmethod
+    def from_state(cls, state: DictionaryState) -> Transcoder:
+        return transcoder_from_state(state)
+
+    @classmethod
+    def to_state(cls, dictionary: Dictionary) -> DictionaryState:
+        cls.check_writes(dictionary, (cls.name,))
+        transcoder: Transcoder = dictionary  # type: ignore[assignment]
+        tensors = {"W_enc": transcoder.W_enc.T, "W_dec": transcoder.W_dec,
+                   "b_enc": transcoder.b_enc, "b_dec": transcoder.b_dec}
+        if transcoder.threshold is not None:
+            tensors["threshold"] = transcoder.threshold
+        if transcoder.W_skip is not None:
+            tensors["W_skip"] = transcoder.W_skip
+        metadata = {"format": "featcircuits-transcoder", "activation": transcoder.activation}
+        for key, value in (("input_site", transcoder.input_site), ("site", transcoder.site),
+                           ("k", transcoder.k)):
+            if value is not None:
+                metadata[key] = str(value)
+        return DictionaryState(tensors, metadata)
+
+    @classmethod
+    def write(cls, state: DictionaryState, folder: Path) -> Path:
+        write_transcoder_file(state, Path(folder) / cls.FILE)
+        return Path(folder)
+
+
+def write_transcoder_file(state: DictionaryState, path: Path) -> Path:
+    """Write ``state`` as one safetensors file (atomically), its config as header metadata."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({name: t.detach().cpu().float().contiguous()
+                   for name, t in state.tensors.items()}, str(tmp), metadata=state.config)
+    return path
+
+
 def save_transcoder(transcoder: Transcoder, path: str | os.PathLike[str]) -> Path:
     """Write ``transcoder`` as one circuit-tracer-layout safetensors file (atomically).
 
     ``path`` is the file (``.../layer_3.safetensors``); the sites go in its metadata.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise DictionaryError(f"transcoder file {str(path)!r} must end in .safetensors",
                               hint="e.g. save_transcoder(t, 'out/layer_3.safetensors')")
-    tensors = {"W_enc": transcoder.W_enc.T, "W_dec": transcoder.W_dec,
-               "b_enc": transcoder.b_enc, "b_dec": transcoder.b_dec}
-    if transcoder.threshold is not None:
-        tensors["threshold"] = transcoder.threshold
-    if transcoder.W_skip is not None:
-        tensors["W_skip"] = transcoder.W_skip
-    metadata = {"format": "featcircuits-transcoder", "activation": transcoder.activation}
-    for key, value in (("input_site", transcoder.input_site), ("site", transcoder.site),
-                       ("k", transcoder.k)):
-        if value is not None:
-            metadata[key] = str(value)
-    with atomic_path(path) as tmp:
-        save_file({name: t.detach().cpu().float().contiguous() for name, t in tensors.items()},
-                  str(tmp), metadata=metadata)
-    return path
+    return write_transcoder_file(TranscoderFormat.to_state(transcoder), path)
+
+
+def read_transcoder_file(path: str | os.PathLike[str]) -> DictionaryState:
+    """The tensors (float32) and header metadata of a transcoder file."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise DictionaryLoadError(f"transcoder file {str(path)!r} does not exist",
+                                  hint="pass a circuit-tracer layer_L.safetensors file")
+    try:
+        tensors = {name: t.float() for name, t in load_file(str(path)).items()}
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+    except Exception as exc:  # corrupt bytes surface as many exception types
+        raise DictionaryLoadError(f"could not read transcoder {str(path)!r}: "
+                                  f"{type(exc).__name__}: {exc}",
+                                  hint="the file may be truncated; re-download it") from exc
+    return DictionaryState(tensors, metadata, path)
+
+
+def read_circuit_tracer(path: Path) -> tuple[str, DictionaryState]:
+    """The layout reader for ``load_dictionary``: ``("transcoder", state)``."""
+    return TranscoderFormat.name, read_transcoder_file(path)
 
 
 def load_transcoder(path: str | os.PathLike[str], *, layer: int | None = None,
@@ -143,21 +212,15 @@ def load_transcoder(path: str | os.PathLike[str], *, layer: int | None = None,
     Raises:
         DictionaryLoadError: missing tensors, inconsistent shapes, unreadable file.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    return transcoder_from_state(read_transcoder_file(path), layer=layer,
+                                 input_site=input_site, site=site, config=config)
 
-    path = Path(path)
-    if not path.is_file():
-        raise DictionaryLoadError(f"transcoder file {str(path)!r} does not exist",
-                                  hint="pass a circuit-tracer layer_L.safetensors file")
-    try:
-        tensors = {name: t.float() for name, t in load_file(str(path)).items()}
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-    except Exception as exc:  # corrupt bytes surface as many exception types
-        raise DictionaryLoadError(f"could not read transcoder {str(path)!r}: "
-                                  f"{type(exc).__name__}: {exc}",
-                                  hint="the file may be truncated; re-download it") from exc
+
+def transcoder_from_state(state: DictionaryState, *, layer: int | None = None,
+                          input_site: str | Site | None = None, site: str | Site | None = None,
+                          config: dict[str, Any] | None = None) -> Transcoder:
+    """Build a transcoder from a file's tensors and metadata (``load_transcoder``'s options)."""
+    tensors, metadata, path = state.tensors, state.config, state.where
     missing = [name for name in ("W_enc", "W_dec", "b_enc", "b_dec") if name not in tensors]
     if missing:
         raise DictionaryLoadError(

@@ -92,9 +92,12 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
 
 
 def input_site_of(dictionary: Dictionary, site: Site | str) -> Site:
-    """Where ``dictionary`` reads its input: its ``input_site`` if it has one, else ``site``."""
-    input_site = getattr(dictionary, "input_site", None)
-    return Site.parse(site) if input_site is None else Site.parse(input_site)
+    """Where ``dictionary`` reads its input: ``site``, unless its ``input_site`` differs
+    from its own ``site`` (a transcoder), then that ``input_site``."""
+    input_site = dictionary.input_site
+    if input_site is None or input_site == dictionary.site:
+        return Site.parse(site)
+    return Site.parse(input_site)
 
 
 def patch_error(model, site: Site | str, dictionary: Dictionary, source_error: torch.Tensor,

@@ -1,0 +1,318 @@
+"""SAELens' folder layout (featcircuits' native format) and the architectures stored in it.
+
+A folder holds ``cfg.json`` and ``sae_weights.safetensors`` (``W_enc [d_in, d_sae]``,
+``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``, ``threshold [d_sae]`` for
+JumpReLU). Our own keys sit under ``cfg["featcircuits"]`` (kind, site, constructor config,
+metadata, checksum). SAELens v6 (``hook_name``) and pre-6.0 (``hook_point``,
+``activation_fn_str``) configs are read too.
+
+The architecture of a folder is ``cfg["architecture"]`` (``standard``, ``topk``,
+``jumprelu``; pre-6.0 ``activation_fn_str: topk`` means ``topk``), except for featcircuits'
+linear bases, which SAELens would read as ``standard`` SAEs: their architecture is
+``featcircuits-<kind>`` (``featcircuits-pca``, ...), from ``cfg["featcircuits"]["kind"]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from featcircuits.dictionaries.base import Dictionary
+from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
+from featcircuits.dictionaries.formats import (
+    DictionaryFormat,
+    DictionaryState,
+    expect_shape,
+    fill_sae,
+    read_json,
+    require_tensors,
+)
+from featcircuits.dictionaries.sae import SparseAutoencoder
+from featcircuits.errors import DictionaryLoadError, SiteError
+from featcircuits.files import atomic_path
+from featcircuits.model.sites import Site
+
+FORMAT_VERSION = 1
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+
+
+# ----------------------------------------------------------------------------- reading
+def read_saelens(folder: Path) -> tuple[Any, DictionaryState]:
+    """Read and cross-check ``folder``'s config and weights; return its architecture name
+    and the state (``config`` is the whole ``cfg.json``).
+
+    Raises ``DictionaryLoadError`` on missing tensors, shapes that contradict ``d_in`` /
+    ``d_sae``, a checksum mismatch or an unknown featcircuits ``format_version``.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    cfg = read_json(folder / CFG_FILE)
+    weights_path = _weights_path(folder, cfg)
+    tensors = {k: v.float() for k, v in load_file(str(weights_path)).items()}
+    with safe_open(str(weights_path), framework="pt") as handle:
+        written_by_us = (handle.metadata() or {}).get("format") == "featcircuits"
+    if written_by_us and not isinstance(cfg.get("featcircuits"), dict):
+        raise DictionaryLoadError(
+            f"{str(folder)!r}: the weights were saved by featcircuits but {CFG_FILE} has no "
+            "'featcircuits' section (corrupted or edited)",
+            hint="re-save or re-download the dictionary")
+    require_tensors(tensors, ["W_enc", "b_enc", "W_dec", "b_dec"], folder / WEIGHTS_FILE)
+    d_in, d_sae = _int_field(cfg, "d_in", folder / CFG_FILE), _int_field(cfg, "d_sae",
+                                                                        folder / CFG_FILE)
+    for name, shape in (("W_enc", (d_in, d_sae)), ("b_enc", (d_sae,)), ("W_dec", (d_sae, d_in)),
+                        ("b_dec", (d_in,))):
+        expect_shape(name, tensors[name], shape, folder / WEIGHTS_FILE)
+    ours = cfg.get("featcircuits") if isinstance(cfg.get("featcircuits"), dict) else None
+    if ours is not None and "sha256" in ours \
+            and checksum(weights_path.read_bytes(), cfg) != ours["sha256"]:
+        raise DictionaryLoadError(
+            f"{str(folder)!r}: checksum mismatch — {WEIGHTS_FILE} or {CFG_FILE} changed "
+            "since it was saved (corrupted or edited)",
+            hint="re-save or re-download it; if you edited cfg.json on purpose, delete the "
+            "'sha256' entry under 'featcircuits'")
+    if ours is not None and ours.get("format_version") != FORMAT_VERSION:
+        raise DictionaryLoadError(
+            f"{str(folder)!r} has featcircuits format_version {ours.get('format_version')!r}; "
+            f"this version reads {FORMAT_VERSION}",
+            hint="upgrade featcircuits or re-save the dictionary")
+    return saelens_architecture(cfg, folder), DictionaryState(tensors, cfg, folder)
+
+
+def saelens_architecture(cfg: dict[str, Any], folder: Path) -> Any:
+    """The registry key of a SAELens-layout config (see the module docstring)."""
+    ours = cfg.get("featcircuits")
+    if isinstance(ours, dict) and ours.get("kind") != "sae":
+        return f"featcircuits-{ours.get('kind')}"
+    architecture = cfg.get("architecture", "standard")
+    activation_fn = cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu"
+    if activation_fn == "topk":  # pre-6.0 SAELens: a standard SAE with a TopK activation
+        return "topk"
+    if architecture == "standard" and activation_fn != "relu":
+        raise DictionaryLoadError(
+            f"{str(folder)!r}: unsupported SAE architecture {architecture!r} / activation "
+            f"{activation_fn!r}", hint="featcircuits reads standard (ReLU), topk and jumprelu SAEs")
+    return architecture
+
+
+def native_fields(cfg: dict[str, Any]) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
+    """``(site, meta, constructor config)`` of a config; for a foreign SAELens config the
+    site comes from its hook name and the config is ``None``."""
+    ours = cfg.get("featcircuits")
+    if isinstance(ours, dict):
+        meta = ours.get("meta") if isinstance(ours.get("meta"), dict) else {}
+        config = ours.get("config") if isinstance(ours.get("config"), dict) else {}
+        return ours.get("site"), meta, config
+    hook_name = cfg.get("hook_name") or cfg.get("hook_point")
+    meta = {"source": "saelens", "hook_name": hook_name, "model_name": cfg.get("model_name")}
+    return _site_from_hook(hook_name), meta, None
+
+
+def _site_from_hook(hook_name: str | None) -> str | None:
+    if not hook_name:
+        return None
+    try:
+        return str(Site.from_hook_name(hook_name))
+    except SiteError:
+        return None
+
+
+def _int_field(cfg: dict[str, Any], key: str, where: Path) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DictionaryLoadError(f"{str(where)!r}: {key!r} must be a positive integer, "
+                                  f"got {value!r}")
+    return value
+
+
+def checksum(weights: bytes, cfg: dict[str, Any]) -> str:
+    """SHA-256 over the weights file and the config (without the checksum itself)."""
+    ours = {key: value for key, value in cfg.get("featcircuits", {}).items() if key != "sha256"}
+    canonical = json.dumps({**cfg, "featcircuits": ours}, sort_keys=True)
+    return hashlib.sha256(weights + canonical.encode("utf-8")).hexdigest()
+
+
+def _weights_path(folder: Path, cfg: dict[str, Any]) -> Path:
+    """The weights file that belongs to ``cfg``: normally ``sae_weights.safetensors``.
+
+    ``write_saelens`` renames ``cfg.json`` into place first and the weights right after;
+    a crash between the two renames leaves the new config beside the old weights, with the
+    new weights complete and synced in their temp file ``.sae_weights.safetensors.*.tmp``.
+    That file is used only when the config's SHA-256 proves it is the one saved with it.
+    """
+    main = folder / WEIGHTS_FILE
+    ours = cfg.get("featcircuits")
+    if not (isinstance(ours, dict) and isinstance(ours.get("sha256"), str)):
+        return main
+    if checksum(main.read_bytes(), cfg) == ours["sha256"]:
+        return main
+    for candidate in sorted(folder.glob(f".{WEIGHTS_FILE}.*.tmp")):
+        if checksum(candidate.read_bytes(), cfg) == ours["sha256"]:
+            return candidate
+    return main
+
+
+# ----------------------------------------------------------------------------- writing
+def write_saelens(state: DictionaryState, folder: Path) -> Path:
+    """Write ``cfg.json`` + ``sae_weights.safetensors`` into ``folder``.
+
+    Both files are written atomically (temp file, then rename), and both temp files are
+    complete and synced before the first rename (``cfg.json``; the weights follow). A crash
+    between the two renames leaves the new config, the old weights and the new weights in
+    their temp file; ``read_saelens`` finds the latter by the config's checksum, so a reader
+    always gets the old or the new dictionary, never a mix.
+    """
+    from safetensors.torch import save_file
+
+    cfg = state.config
+    with atomic_path(folder / WEIGHTS_FILE, sync=False) as weights_tmp:
+        save_file({name: t.detach().cpu().contiguous() for name, t in state.tensors.items()},
+                  str(weights_tmp),
+                  metadata={"format": "featcircuits", "format_version": str(FORMAT_VERSION)})
+        cfg["featcircuits"]["sha256"] = checksum(weights_tmp.read_bytes(), cfg)
+        with atomic_path(folder / CFG_FILE) as cfg_tmp:
+            cfg_tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
+            with open(weights_tmp, "rb") as handle:  # sync now: the renames follow at once
+                os.fsync(handle.fileno())
+    return folder
+
+
+def native_cfg(dictionary: Dictionary, architecture: str, apply_b_dec: bool) -> dict[str, Any]:
+    """The ``cfg.json`` of ``dictionary`` (without the checksum, which ``write_saelens`` adds)."""
+    site = dictionary.site
+    hook_name = None
+    if site is not None:
+        try:
+            hook_name = Site.parse(site).to_hook_name()
+        except SiteError:
+            hook_name = None
+    return {
+        "architecture": architecture,
+        "d_in": dictionary.d_model,
+        "d_sae": dictionary.n_features,
+        "dtype": "float32",
+        "device": "cpu",
+        "hook_name": hook_name,
+        "apply_b_dec_to_input": apply_b_dec,
+        "normalize_activations": "none",
+        "model_name": dictionary.meta.get("model_name"),
+        "featcircuits": {
+            "format_version": FORMAT_VERSION,
+            "kind": dictionary.kind,
+            "site": site,
+            "config": dictionary.config(),
+            "meta": dictionary.meta,
+        },
+    }
+
+
+class SaelensFormat(DictionaryFormat):
+    """Base of the architectures stored in SAELens' folder layout."""
+
+    layout = "saelens"
+
+    @classmethod
+    def write(cls, state: DictionaryState, folder: Path) -> Path:
+        return write_saelens(state, folder)
+
+
+# ------------------------------------------------------------------------------- SAEs
+class SaelensSae(SaelensFormat):
+    """A SAELens SAE; subclasses fix the activation. ``center_input`` in featcircuits'
+    config makes it a ``CenteredSparseAutoencoder``."""
+
+    activation: ClassVar[str]
+
+    @classmethod
+    def k_from(cls, cfg: dict[str, Any]) -> int | None:
+        """TopK's ``k`` from the config (``None`` for other activations)."""
+        return None
+
+    @classmethod
+    def extra_cfg(cls, sae: SparseAutoencoder) -> dict[str, Any]:
+        """Architecture-specific ``cfg.json`` keys."""
+        return {}
+
+    @classmethod
+    def from_state(cls, state: DictionaryState) -> SparseAutoencoder:
+        cfg, tensors, folder = state.config, state.tensors, state.where
+        site, meta, config = native_fields(cfg)
+        normalize = cfg.get("normalize_activations")
+        if normalize not in (None, "none"):
+            raise DictionaryLoadError(
+                f"{str(folder)!r} uses normalize_activations={normalize!r}, which featcircuits "
+                "does not apply", hint="use an SAE trained without activation normalisation")
+        if cls.activation == "jumprelu":
+            require_tensors(tensors, ["threshold"], folder / WEIGHTS_FILE)
+        sae_class = (CenteredSparseAutoencoder if config and config.get("center_input")
+                     else SparseAutoencoder)
+        sae = sae_class(cfg["d_in"], cfg["d_sae"], activation=cls.activation, k=cls.k_from(cfg),
+                        tied=bool(config.get("tied")) if config else False,
+                        pre_encoder_bias=bool(cfg.get("apply_b_dec_to_input", True)),
+                        site=site, meta=meta)
+        fill_sae(sae, tensors["W_enc"], tensors["b_enc"], tensors["W_dec"], tensors["b_dec"],
+                 tensors.get("threshold"))
+        return sae
+
+    @classmethod
+    def to_state(cls, dictionary: Dictionary) -> DictionaryState:
+        cls.check_writes(dictionary, (cls.name,))
+        sae: SparseAutoencoder = dictionary  # type: ignore[assignment]
+        tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
+        if sae.threshold is not None:
+            tensors["threshold"] = sae.threshold
+        cfg = native_cfg(sae, cls.name, sae.pre_encoder_bias)
+        cfg.update(cls.extra_cfg(sae))
+        return DictionaryState(tensors, cfg)
+
+
+class StandardSae(SaelensSae):
+    """ReLU SAE (SAELens ``standard``)."""
+
+    name = "standard"
+    activation = "relu"
+
+
+class TopKSae(SaelensSae):
+    """TopK SAE: ``k`` in ``cfg["k"]`` or ``cfg["activation_fn_kwargs"]["k"]``."""
+
+    name = "topk"
+    activation = "topk"
+
+    @classmethod
+    def k_from(cls, cfg: dict[str, Any]) -> int | None:
+        kwargs = cfg.get("activation_fn_kwargs") or {}
+        return cfg.get("k", kwargs.get("k"))
+
+    @classmethod
+    def extra_cfg(cls, sae: SparseAutoencoder) -> dict[str, Any]:
+        return {"k": sae.k, "activation_fn_kwargs": {"k": sae.k}}
+
+
+class JumpReluSae(SaelensSae):
+    """JumpReLU SAE: ``threshold [d_sae]`` in the weights."""
+
+    name = "jumprelu"
+    activation = "jumprelu"
+
+
+__all__ = [
+    "CFG_FILE",
+    "FORMAT_VERSION",
+    "WEIGHTS_FILE",
+    "JumpReluSae",
+    "SaelensFormat",
+    "SaelensSae",
+    "StandardSae",
+    "TopKSae",
+    "checksum",
+    "native_cfg",
+    "native_fields",
+    "read_saelens",
+    "saelens_architecture",
+    "write_saelens",
+]
