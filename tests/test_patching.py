@@ -99,7 +99,8 @@ def test_patch_matches_manual_torch_hooks(model, positions):
 
 
 def test_two_sites_at_once_match_manual_hooks(model):
-    dictionaries = {"resid_out.0": _sae(32, "resid_out.0", 1), "resid_out.1": _sae(32, "resid_out.1", 2)}
+    dictionaries = {"resid_out.0": _sae(32, "resid_out.0", 1),
+                    "resid_out.1": _sae(32, "resid_out.1", 2)}
     experiment = PatchingExperiment(model, dictionaries, PROMPTS, settings=QUIET)
     feature_set = {"resid_out.0": experiment.active_features
                    and [0, 3, 5, 9, 20], "resid_out.1": [1, 2, 40, 77]}
@@ -180,8 +181,9 @@ def test_neuron_basis_all_features_restores_clean_site(model):
 
 
 def test_batched_equals_separate(model):
+    # 2 sets per forward: several chunks
     experiment = PatchingExperiment(model, _sae(32, "resid_out.1", 3), PROMPTS,
-                                    settings=RunSettings(max_rows=8, progress=False))  # 2 sets per forward: several chunks
+                                    settings=RunSettings(max_rows=8, progress=False))
     generator = torch.Generator().manual_seed(0)
     sets = [torch.randperm(96, generator=generator)[: int(size)].tolist()
             for size in torch.randint(0, 60, (7,), generator=generator)]
