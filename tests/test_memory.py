@@ -111,11 +111,13 @@ def test_split_rows():
     assert split_rows(2, 4, 100) == (2, 4)      # never more sets than there are
 
 
-def test_bad_budget_is_rejected_by_the_experiment(tiny):
+def test_bad_budget_is_rejected_before_the_experiment_runs(tiny):
     sae = load_dictionary(ROOT / "featcircuits/zoo/tiny/dictionaries/sae-sparse/resid_out.2")
     prompts = ioi_prompt_pairs(2, corruptions=("abc",))
     with pytest.raises(ParameterError, match="max_memory"):
         PatchingExperiment(tiny, sae, prompts, settings=RunSettings(max_memory="much"))
+    with pytest.raises(ParameterError, match="settings must be a RunSettings"):
+        PatchingExperiment(tiny, sae, prompts, settings={"max_memory": "1GB"})
 
 
 # ------------------------------------------------------- chunked == unchunked

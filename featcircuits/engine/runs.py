@@ -7,8 +7,8 @@ ablation sources (``zero``, ``mean``, ``resample``, ``corrupt``) computed on dem
 
 ``trace_rows`` runs many edited copies of the data in one forward pass: copy ``k`` of prompt
 ``i`` is batch row ``k * n + i``. At each site, in forward order, a copy may have its
-activation overwritten, features ablated (``patching.patch_site``), its error term replaced
-(``patching.patch_error``), a zero "delta" added for gradients, node values read, and the
+activation overwritten, features ablated (``edits.patch_site``), its error term replaced
+(``edits.patch_error``), a zero "delta" added for gradients, node values read, and the
 site frozen to its clean value (so that later sites only see direct effects).
 
 Node values (what an edge's weight is a change of):
@@ -445,6 +445,7 @@ class CircuitRuns:
         """
         ids = self.ids if ids is None else ids.to(self.device)
         self.rows_run += copies * self.n
+
         def untiled():
             return trace_rows(self.model, self.sites, self.dictionaries, ops,
                               repeat_rows(ids, copies), self.targets, copies, outputs=outputs)
