@@ -36,6 +36,7 @@ def _timed(function, repeats: int) -> float:
 
 def main() -> None:
     import featcircuits as fc
+    from featcircuits.engine.settings import RunSettings
     from featcircuits.experiments.ioi import load_ioi_prompts
     from featcircuits.model.loading import underlying_module
     from featcircuits.model.sites import architecture
@@ -55,7 +56,8 @@ def main() -> None:
     site = f"resid_out.{args.layer}"
     dictionary = fc.load_dictionary(fc.zoo_path(args.model) / "dictionaries" / args.set / site)
     prompts = load_ioi_prompts(None, "abc", args.n_prompts, seed=0)
-    experiment = fc.PatchingExperiment(model, dictionary, prompts, progress=False)
+    experiment = fc.PatchingExperiment(model, dictionary, prompts,
+                                       settings=RunSettings(progress=False))
     active = experiment.active_features()
     feature_set = active[: max(1, len(active) // 2)]
     plain = underlying_module(model)

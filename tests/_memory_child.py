@@ -45,13 +45,14 @@ def wide_pairs(n_prompts: int, width: int, vocab: int) -> PromptPairs:
 
 
 def run_patch(model, pairs, dictionaries, max_memory) -> dict:
-    from featcircuits.engine.patching import PatchingExperiment
+    from featcircuits.engine.settings import RunSettings
+    from featcircuits.patching.experiment import PatchingExperiment
     from featcircuits.patching.search import attribution_curve, attribution_scores, backward_elimination
 
     dictionary = dictionaries[SITE]
     n_features = dictionary.n_features
-    experiment = PatchingExperiment(model, dictionary, pairs, max_memory=max_memory,
-                                    progress=False)
+    experiment = PatchingExperiment(model, dictionary, pairs,
+                                    settings=RunSettings(max_memory=max_memory, progress=False))
     n = n_features
     sizes = sorted({0, 16, 1024, n // 4, n // 2, 3 * n // 4, n})
     curve = attribution_curve(experiment, sizes=sizes)

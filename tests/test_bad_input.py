@@ -37,12 +37,15 @@ from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.graph.ops import threshold
 from featcircuits.graph.io import read_json, write_json
 from featcircuits.model.loading import load_model, underlying_module
-from featcircuits.engine.patching import PatchingExperiment, RunCache
+from featcircuits.engine.cache import RunCache
+from featcircuits.engine.settings import RunSettings
+from featcircuits.patching.experiment import PatchingExperiment
 from featcircuits.tasks.prompts import read_prompts, tokenize_prompts
 from featcircuits.render.examples import example_circuit
 from featcircuits.patching.search import backward_elimination, features_needed
 from featcircuits.model.sites import Site, architecture
 
+QUIET = RunSettings(progress=False)
 PROMPTS = pd.DataFrame({
     "clean": ["w1 w2 w3 w4", "w6 w7 w8 w9"],
     "corrupt": ["w1 w20 w3 w4", "w6 w21 w8 w9"],
@@ -104,7 +107,7 @@ def test_dictionary_width_differs_from_site(model):
     the model the dictionary was trained on."""
     sae = _sae(width=16, meta={"model_name": "EleutherAI/pythia-70m"})
     with pytest.raises(WidthMismatchError) as error:
-        PatchingExperiment(model, sae, PROMPTS, progress=False)
+        PatchingExperiment(model, sae, PROMPTS, settings=QUIET)
     text = _message(error)
     assert "d_in=16" in text and "width 32" in text and "pythia-70m" in text
 
@@ -162,7 +165,7 @@ def test_non_finite_dictionary_weights(tmp_path, model, tensor, bad):
 def test_bad_feature_ids(model, ids, pattern):
     """Feature ids out of range, negative, duplicated or fractional → FeatureIdError naming
     the first bad id and the valid range."""
-    experiment = PatchingExperiment(model, _sae(), PROMPTS, progress=False)
+    experiment = PatchingExperiment(model, _sae(), PROMPTS, settings=QUIET)
     with pytest.raises(FeatureIdError, match=pattern):
         experiment.evaluate([ids])
 
@@ -195,7 +198,7 @@ def test_empty_prompt_lists(tmp_path, model, empty):
             read_prompts(tmp_path / "p.jsonl")
         return
     with pytest.raises(PromptError, match="no prompt pairs"):
-        PatchingExperiment(model, _sae(), prompts, progress=False)
+        PatchingExperiment(model, _sae(), prompts, settings=QUIET)
 
 
 def test_empty_circuit_inputs(model):
@@ -295,7 +298,7 @@ def test_bad_circuit_thresholds(model, method, tau):
 @pytest.mark.parametrize("taus", [[-1e-3], [0.1, math.nan], []])
 def test_bad_search_taus(model, taus):
     """Backward elimination with a negative, NaN or empty tau grid → ParameterError."""
-    experiment = PatchingExperiment(model, _sae(), PROMPTS, progress=False)
+    experiment = PatchingExperiment(model, _sae(), PROMPTS, settings=QUIET)
     with pytest.raises(ParameterError, match="thresholds"):
         backward_elimination(experiment, taus=taus, progress=False)
 

@@ -50,7 +50,7 @@ from featcircuits.graph.io import (
     write_tables,
 )
 from featcircuits.model.loading import underlying_module
-from featcircuits.engine.patching import patch_error, patch_site
+from featcircuits.engine.edits import patch_error, patch_site
 from featcircuits.model.sites import Site
 from featcircuits.circuits.targets import FeatureTarget, LogitTarget
 

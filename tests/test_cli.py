@@ -214,7 +214,8 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
     from featcircuits.engine.runs import CircuitRuns
     from featcircuits.dashboards.dashboard import feature_dashboard_data
     from featcircuits.experiments.circuits import parens_setup
-    from featcircuits.engine.patching import PatchingExperiment
+    from featcircuits.engine.settings import RunSettings
+    from featcircuits.patching.experiment import PatchingExperiment
     from featcircuits.tasks.prompts import read_prompts
     from featcircuits.train.buffer import collect_activations
     from featcircuits.train.evaluate import evaluate_dictionary
@@ -240,7 +241,8 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
         lambda: evaluate_dictionary(model, sae, "resid_out.2", ["a b c"], progress=False),
         lambda: feature_dashboard_data(model, sae, "resid_out.2", 3, texts=["a b c"],
                                        progress=False),
-        lambda: PatchingExperiment(model, sae, prompts, progress=False),
+        lambda: PatchingExperiment(model, sae, prompts,
+                                   settings=RunSettings(progress=False)),
         lambda: CircuitRuns(model, {"resid_out.2": sae}, prompts, targets="logit_diff",
                             progress=False),
         lambda: parens_setup("tiny", model=model, n_texts=1, progress=False),

@@ -19,7 +19,7 @@ from featcircuits import (
     summarize_comparison,
 )
 from featcircuits.experiments.ioi import add_ioi_arguments, run_ioi_example
-from tests.test_patching import PROMPTS, _sae
+from tests.test_patching import PROMPTS, QUIET, _sae
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def model(tiny_models):
 def test_shared_run_cache_gives_identical_results(model):
     sae = _sae(32, "resid_out.1", 4)
     runs = RunCache(model, PROMPTS, ["resid_out.0", "resid_out.1"])
-    shared = PatchingExperiment(model, sae, PROMPTS, runs=runs, progress=False)
-    alone = PatchingExperiment(model, sae, PROMPTS, progress=False)
+    shared = PatchingExperiment(model, sae, PROMPTS, runs=runs, settings=QUIET)
+    alone = PatchingExperiment(model, sae, PROMPTS, settings=QUIET)
     sets = [[1, 2, 3], list(range(40))]
     torch.testing.assert_close(shared.patched_logits(sets)[0], alone.patched_logits(sets)[0],
                                atol=0, rtol=0)
@@ -42,7 +42,7 @@ def test_compare_bases_tidy_rows_and_summary(model):
     bases = {"sae": {site: _sae(32, site, i, 16) for i, site in enumerate(sites)},
              **reference_bases(model, sites)}
     bases["random"] = {"resid_out.1": bases["random"]["resid_out.1"]}
-    results = compare_bases(model, PROMPTS, bases, taus=[1e-2], progress=False)
+    results = compare_bases(model, PROMPTS, bases, taus=[1e-2], settings=QUIET)
     assert set(results["basis"]) == {"sae", "neuron", "random"}
     assert set(results["site"]) == set(sites)
     # per (site, basis): start (all active), 1 tau, end (empty set)
@@ -54,7 +54,7 @@ def test_compare_bases_tidy_rows_and_summary(model):
     assert len(summary) == 5
     assert (summary["features_needed"].dropna() <= 32).all()
     attribution = compare_bases(model, PROMPTS, {"pca": {"resid_out.0": PCABasis.fit(
-        torch.randn(300, 32), site="resid_out.0")}}, method="attribution", progress=False)
+        torch.randn(300, 32), site="resid_out.0")}}, method="attribution", settings=QUIET)
     assert attribution["n_features"].iloc[0] == 0 and attribution["kl"].iloc[-1] < 1e-6
 
 

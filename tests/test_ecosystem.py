@@ -19,10 +19,11 @@ from featcircuits.dictionaries import hub, load_dictionary, save_dictionary
 from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.dictionaries.transcoder import Transcoder, load_transcoder
-from featcircuits.engine.patching import PatchingExperiment
+from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import DictionaryError, DictionaryLoadError, ModelLoadError, SiteError
 from featcircuits.model.loading import underlying_module
 from featcircuits.model.sites import Site
+from featcircuits.patching.experiment import PatchingExperiment
 
 D, N = 16, 40
 
@@ -389,7 +390,8 @@ def test_patching_through_a_transcoder_matches_manual_hooks(tiny):
     layer = 1
     transcoder = _tiny_transcoder(tiny, layer)
     prompts = read_prompts("data/ioi/prompts.jsonl").query("corruption == 'abc'").head(4)
-    experiment = PatchingExperiment(tiny, transcoder, prompts, progress=False)
+    experiment = PatchingExperiment(tiny, transcoder, prompts,
+                                    settings=RunSettings(progress=False))
     active = experiment.active_features()
     assert len(active) > 10
     feature_sets = [[], active[: len(active) // 2], active]
@@ -450,7 +452,8 @@ def test_cli_patches_through_a_cached_transcoder_spec(tiny, tmp_path, monkeypatc
     assert code == 0
     import pandas as pd
 
-    expected = PatchingExperiment(tiny, transcoder, rows, progress=False).evaluate(
+    expected = PatchingExperiment(tiny, transcoder, rows,
+                                  settings=RunSettings(progress=False)).evaluate(
         [list(range(8))])
     assert expected.loc[0, "kl"] > 1e-6  # the features do something
     assert abs(pd.read_csv(out).loc[0, "kl"] - expected.loc[0, "kl"]) < 1e-5

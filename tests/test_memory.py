@@ -20,7 +20,6 @@ import torch
 
 from featcircuits.dictionaries.bases import RandomBasis
 from featcircuits.dictionaries.io import load_dictionary
-from featcircuits.errors import ParameterError
 from featcircuits.engine.memory import (
     DEFAULT_MAX_MEMORY,
     current_rss,
@@ -28,8 +27,10 @@ from featcircuits.engine.memory import (
     parse_memory,
     split_rows,
 )
+from featcircuits.engine.settings import RunSettings
+from featcircuits.errors import ParameterError
 from featcircuits.model.loading import load_model
-from featcircuits.engine.patching import PatchingExperiment
+from featcircuits.patching.experiment import PatchingExperiment
 from featcircuits.patching.search import attribution_curve, attribution_scores, backward_elimination
 from featcircuits.tasks.ioi import ioi_prompt_pairs
 
@@ -110,11 +111,13 @@ def test_split_rows():
     assert split_rows(2, 4, 100) == (2, 4)      # never more sets than there are
 
 
-def test_bad_budget_is_rejected_by_the_experiment(tiny):
+def test_bad_budget_is_rejected_before_the_experiment_runs(tiny):
     sae = load_dictionary(ROOT / "featcircuits/zoo/tiny/dictionaries/sae-sparse/resid_out.2")
     prompts = ioi_prompt_pairs(2, corruptions=("abc",))
     with pytest.raises(ParameterError, match="max_memory"):
-        PatchingExperiment(tiny, sae, prompts, max_memory="much", progress=False)
+        PatchingExperiment(tiny, sae, prompts, settings=RunSettings(max_memory="much"))
+    with pytest.raises(ParameterError, match="settings must be a RunSettings"):
+        PatchingExperiment(tiny, sae, prompts, settings={"max_memory": "1GB"})
 
 
 # ------------------------------------------------------- chunked == unchunked
@@ -138,8 +141,8 @@ def test_chunked_patch_search_equals_unchunked(tiny, one_thread):
     prompts = ioi_prompt_pairs(4, seed=1, corruptions=("abc",), tokenizer=tiny.tokenizer)
     runs = {}
     for budget in ("64GB", "1MB"):
-        experiment = PatchingExperiment(tiny, dictionary, prompts, max_memory=budget,
-                                        progress=False)
+        experiment = PatchingExperiment(tiny, dictionary, prompts,
+                                        settings=RunSettings(max_memory=budget, progress=False))
         forwards = _count_rows_per_forward(experiment)
         scores = attribution_scores(experiment)
         ranked = scores["feature"].tolist()
@@ -208,8 +211,9 @@ def test_1000_ioi_prompts_do_not_grow_memory(tiny, one_thread):
     batch = 50
     alive, rss = [], {}
     for start in range(0, len(prompts), batch):
-        experiment = PatchingExperiment(tiny, sae, prompts.iloc[start:start + batch],
-                                        max_memory="256MB", progress=False)
+        experiment = PatchingExperiment(
+            tiny, sae, prompts.iloc[start:start + batch],
+            settings=RunSettings(max_memory="256MB", progress=False))
         curve = attribution_curve(experiment, sizes=[0, 64])
         assert curve["kl"].iloc[-1] < curve["kl"].iloc[0]
         backward_elimination(experiment, taus=[1e-2], features=curve["features"].iloc[1][:2],

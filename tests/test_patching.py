@@ -13,10 +13,13 @@ from featcircuits import (
     PromptError,
     SparseAutoencoder,
 )
+from featcircuits.engine.edits import patch_site
+from featcircuits.engine.settings import RunSettings
 from featcircuits.model.loading import underlying_module
-from featcircuits.engine.patching import PatchingExperiment, patch_site
 from featcircuits.model.sites import Site
+from featcircuits.patching.experiment import PatchingExperiment
 
+QUIET = RunSettings(progress=False)
 PROMPTS = pd.DataFrame({
     "clean": ["w1 w2 w3 w4 w5", "w6 w7 w8 w9", "w10 w11 w12 w13 w14", "w3 w3 w2 w1"],
     "corrupt": ["w1 w20 w3 w4 w5", "w6 w21 w8 w9", "w10 w11 w22 w13 w14", "w3 w4 w2 w1"],
@@ -43,7 +46,7 @@ def model(tiny_models):
 def _manual_patch_logits(model, dictionaries, prompts, masks, positions="all"):
     """Reference: the patch formula applied with plain torch forward hooks, one set at a time."""
     plain = underlying_module(model)
-    experiment_prompts = PatchingExperiment(model, dictionaries, prompts, progress=False).prompts
+    experiment_prompts = PatchingExperiment(model, dictionaries, prompts, settings=QUIET).prompts
     clean_features = {}
     hooks = []
     captured = {}
@@ -82,7 +85,7 @@ def test_patch_matches_manual_torch_hooks(model, positions):
     sae = _sae(32, "resid_out.0")
     dictionaries = {"resid_out.0": sae}
     experiment = PatchingExperiment(model, dictionaries, PROMPTS, positions=positions,
-                                    progress=False)
+                                    settings=QUIET)
     active = experiment.active_features()
     assert len(active) > 5
     for feature_ids in ([active[0]], active[:7], list(range(sae.n_features))):
@@ -96,8 +99,9 @@ def test_patch_matches_manual_torch_hooks(model, positions):
 
 
 def test_two_sites_at_once_match_manual_hooks(model):
-    dictionaries = {"resid_out.0": _sae(32, "resid_out.0", 1), "resid_out.1": _sae(32, "resid_out.1", 2)}
-    experiment = PatchingExperiment(model, dictionaries, PROMPTS, progress=False)
+    dictionaries = {"resid_out.0": _sae(32, "resid_out.0", 1),
+                    "resid_out.1": _sae(32, "resid_out.1", 2)}
+    experiment = PatchingExperiment(model, dictionaries, PROMPTS, settings=QUIET)
     feature_set = {"resid_out.0": experiment.active_features
                    and [0, 3, 5, 9, 20], "resid_out.1": [1, 2, 40, 77]}
     masks = {site: torch.zeros(96) for site in dictionaries}
@@ -109,7 +113,7 @@ def test_two_sites_at_once_match_manual_hooks(model):
 
 
 def test_empty_set_reproduces_corrupt_run(model):
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.1"), PROMPTS, progress=False)
+    experiment = PatchingExperiment(model, _sae(32, "resid_out.1"), PROMPTS, settings=QUIET)
     logits, norms = experiment.patched_logits([[]])
     assert torch.equal(logits[0], experiment.corrupt_logits)
     assert norms.abs().max() == 0
@@ -121,7 +125,7 @@ def test_empty_set_reproduces_corrupt_run(model):
 def test_patch_site_with_empty_mask_leaves_the_trace_unchanged(model):
     """The primitive itself (not the experiment's no-op shortcut) on an empty feature set."""
     sae = _sae(32, "resid_out.1")
-    experiment = PatchingExperiment(model, sae, PROMPTS, progress=False)
+    experiment = PatchingExperiment(model, sae, PROMPTS, settings=QUIET)
     prompts = experiment.prompts
     final = prompts.final_positions
     with model.trace(prompts.corrupt_ids):
@@ -139,7 +143,7 @@ def test_leave_one_out_sets_share_rows_and_match_manual_hooks(model, monkeypatch
     sae = _sae(32, site, seed=5)
     with torch.no_grad():
         sae.b_enc.fill_(-0.08)  # sparse: each prompt changes only some features
-    experiment = PatchingExperiment(model, sae, PROMPTS, progress=False)
+    experiment = PatchingExperiment(model, sae, PROMPTS, settings=QUIET)
     changes = experiment._changes(site)
     active = experiment.active_features()
     assert 5 < len(active) and bool((~changes[:, active]).any())
@@ -166,7 +170,7 @@ def test_leave_one_out_sets_share_rows_and_match_manual_hooks(model, monkeypatch
 
 def test_neuron_basis_all_features_restores_clean_site(model):
     site = "resid_out.0"
-    experiment = PatchingExperiment(model, NeuronBasis(32, site=site), PROMPTS, progress=False)
+    experiment = PatchingExperiment(model, NeuronBasis(32, site=site), PROMPTS, settings=QUIET)
     logits, _ = experiment.patched_logits([experiment.all_features()])
     # patching the whole (complete) basis at every position turns the corrupted run into the
     # clean one from this site on, so the answer logits equal the clean logits
@@ -177,8 +181,9 @@ def test_neuron_basis_all_features_restores_clean_site(model):
 
 
 def test_batched_equals_separate(model):
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.1", 3), PROMPTS, progress=False,
-                                    max_rows=8)  # 2 sets per forward: several chunks
+    # 2 sets per forward: several chunks
+    experiment = PatchingExperiment(model, _sae(32, "resid_out.1", 3), PROMPTS,
+                                    settings=RunSettings(max_rows=8, progress=False))
     generator = torch.Generator().manual_seed(0)
     sets = [torch.randperm(96, generator=generator)[: int(size)].tolist()
             for size in torch.randint(0, 60, (7,), generator=generator)]
@@ -191,7 +196,7 @@ def test_batched_equals_separate(model):
 
 def test_edit_magnitude_is_norm_of_difference(model):
     experiment = PatchingExperiment(model, NeuronBasis(32, site="resid_out.0"), PROMPTS,
-                                    progress=False)
+                                    settings=QUIET)
     _, norms = experiment.patched_logits([experiment.all_features()])
     clean = experiment.clean_features["resid_out.0"]
     corrupt = experiment.corrupt_features["resid_out.0"]
@@ -202,7 +207,7 @@ def test_edit_magnitude_is_norm_of_difference(model):
 @pytest.mark.parametrize("source", ["zero", "mean", "resample"])
 def test_ablation_sources(model, source):
     pca = PCABasis.fit(torch.randn(200, 32), site="resid_out.0")
-    experiment = PatchingExperiment(model, pca, PROMPTS, source=source, progress=False)
+    experiment = PatchingExperiment(model, pca, PROMPTS, source=source, settings=QUIET)
     clean = experiment.clean_features["resid_out.0"]
     if source == "zero":
         assert experiment.source_features["resid_out.0"].abs().max() == 0
@@ -221,7 +226,7 @@ def test_ablation_sources(model, source):
 
 def test_errors_name_the_bad_value(model):
     sae = _sae(32, "resid_out.0")
-    experiment = PatchingExperiment(model, sae, PROMPTS, progress=False)
+    experiment = PatchingExperiment(model, sae, PROMPTS, settings=QUIET)
     with pytest.raises(FeatureIdError, match="96"):
         experiment.evaluate([[1, 96]])
     with pytest.raises(FeatureIdError, match="more than once"):
@@ -229,13 +234,13 @@ def test_errors_name_the_bad_value(model):
     bad_length = PROMPTS.copy()
     bad_length.loc[2, "corrupt"] = "w10 w11 w22 w13"
     with pytest.raises(PromptError, match=r"row 2.*5 vs 4"):
-        PatchingExperiment(model, sae, bad_length, progress=False)
+        PatchingExperiment(model, sae, bad_length, settings=QUIET)
     bad_answer = PROMPTS.copy()
     bad_answer.loc[1, "answer"] = "w1 w2"
     with pytest.raises(PromptError, match=r"row 1: answer 'w1 w2' is 2 tokens"):
-        PatchingExperiment(model, sae, bad_answer, progress=False)
+        PatchingExperiment(model, sae, bad_answer, settings=QUIET)
     with pytest.raises(PromptError, match="no prompt pairs"):
-        PatchingExperiment(model, sae, PROMPTS.iloc[:0], progress=False)
+        PatchingExperiment(model, sae, PROMPTS.iloc[:0], settings=QUIET)
 
 
 # ------------------------------------------------------------------------------ search
@@ -267,7 +272,7 @@ def _sequential_elimination(experiment, site, taus, seed):
 
 def test_backward_elimination_matches_sequential_and_is_seeded(model):
     experiment = PatchingExperiment(model, _sae(32, "resid_out.0", 5, 20), PROMPTS,
-                                    progress=False)
+                                    settings=QUIET)
     taus = [1e-6, 1e-5, 1e-4]
     frame = backward_elimination(experiment, taus=taus, seed=3, batch_size=8, progress=False)
     reference = _sequential_elimination(experiment, "resid_out.0", taus, 3)
@@ -279,7 +284,7 @@ def test_backward_elimination_matches_sequential_and_is_seeded(model):
 
 def test_backward_elimination_extremes(model):
     experiment = PatchingExperiment(model, _sae(32, "resid_out.0", 6, 20), PROMPTS,
-                                    progress=False)
+                                    settings=QUIET)
     active = experiment.active_features()
     frame = backward_elimination(experiment, taus=[0.0, float("inf")], progress=False)
     kept_at_zero = frame.loc[0, "features"]
@@ -299,7 +304,7 @@ def test_backward_elimination_extremes(model):
 
 
 def test_attribution_scores_match_finite_differences_for_linear_metric(model):
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.1", 7), PROMPTS, progress=False)
+    experiment = PatchingExperiment(model, _sae(32, "resid_out.1", 7), PROMPTS, settings=QUIET)
     scores = attribution_scores(experiment, metric="logit_diff").set_index("feature")
     base = experiment.evaluate([[]]).loc[0, "logit_diff"]
     top = scores.index[:3].tolist()
@@ -319,7 +324,7 @@ def test_attribution_scores_match_finite_differences_for_linear_metric(model):
 
 def test_attribution_curve_reaches_clean_with_complete_basis(model):
     experiment = PatchingExperiment(model, NeuronBasis(32, site="resid_out.0"), PROMPTS,
-                                    progress=False)
+                                    settings=QUIET)
     curve = attribution_curve(experiment)
     assert curve["n_features"].iloc[0] == 0 and curve["n_features"].iloc[-1] == 32
     assert curve["kl"].iloc[-1] < 1e-6
@@ -333,7 +338,7 @@ def test_patch_site_with_empty_mask_leaves_logits_unchanged(model):
     from featcircuits import patch_site
 
     sae = _sae(32, "resid_out.1", 8)
-    experiment = PatchingExperiment(model, sae, PROMPTS, progress=False)
+    experiment = PatchingExperiment(model, sae, PROMPTS, settings=QUIET)
     ids = experiment.prompts.corrupt_ids
     with torch.no_grad():
         reference = underlying_module(model)(ids).logits
@@ -346,13 +351,15 @@ def test_patch_site_with_empty_mask_leaves_logits_unchanged(model):
     assert (logits - reference).abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("site", ["resid_out.0", "resid_out.1"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2"])
-def test_tiled_batches_equal_separate_runs_on_every_architecture(tiny_models, arch):
+def test_tiled_batches_equal_separate_runs_on_every_architecture(tiny_models, arch, site):
     """Sets are tiled at the first patched site (earlier layers run once); where an
-    architecture builds per-batch tensors before block 0 this falls back to full batches.
-    Either way a batch equals one-set runs (which never tile)."""
+    architecture builds per-batch tensors before block 0 (Gemma-2's eager attention masks)
+    full batches run instead (``engine.tiling``). Either way a batch equals one-set runs."""
     model = tiny_models[arch]
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.1", 9), PROMPTS, progress=False)
+    experiment = PatchingExperiment(model, _sae(32, site, 9), PROMPTS, settings=QUIET)
+    assert experiment.tiling.possible == (arch != "gemma2")
     sets = [[1, 5, 9], list(range(30)), [2]]
     batched, _ = experiment.patched_logits(sets)
     for index, feature_set in enumerate(sets):

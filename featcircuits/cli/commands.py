@@ -69,12 +69,13 @@ def _patch_flags(parser: argparse.ArgumentParser) -> None:
 def _run_patch(args: argparse.Namespace) -> int:
     from featcircuits.files import atomic_path
     from featcircuits.dictionaries.io import load_dictionary
-    from featcircuits.engine.memory import parse_memory
-    from featcircuits.engine.patching import PatchingExperiment
+    from featcircuits.engine.settings import RunSettings
+    from featcircuits.patching.experiment import PatchingExperiment
     from featcircuits.tasks.prompts import read_prompts
     from featcircuits.patching.search import attribution_curve, backward_elimination, default_taus
 
-    max_memory = parse_memory(args.max_memory)
+    settings = RunSettings(max_memory=args.max_memory, max_rows=args.batch_size,
+                           seed=args.seed, progress=not args.quiet)  # fail before loading
     dictionary = load_dictionary(args.dictionaries, site=args.site)  # fail fast, before the model
     if args.out:
         from pathlib import Path
@@ -95,8 +96,7 @@ def _run_patch(args: argparse.Namespace) -> int:
     dictionary = dictionary_for_model(dictionary, model, args)
     experiment = PatchingExperiment(model, dictionary, read_prompts(args.prompts),
                                     source=args.source, positions=args.positions,
-                                    max_rows=args.batch_size, seed=args.seed,
-                                    max_memory=max_memory, progress=not args.quiet)
+                                    settings=settings)
     print(experiment.baselines().to_string(index=False, float_format="%.4f"))
     if args.search == "elimination":
         table = backward_elimination(experiment, taus=default_taus(args.n_taus), seed=args.seed,

@@ -283,7 +283,7 @@ def feature_dashboard_data(
     Positions holding a leading BOS token are shown but not counted in the statistics.
     """
     site = Site.parse(site)
-    if getattr(dictionary, "input_site", None) not in (None, str(site)):
+    if dictionary.input_site not in (None, dictionary.site, str(site)):
         raise ParameterError(f"{dictionary!r} reads {dictionary.input_site} and writes {site}; "
                              "dashboards read and ablate one site",
                              hint="dashboards of transcoder features are not supported yet")

@@ -1,1 +1,69 @@
-"""The one intervention engine: cached runs, batched traces over rows, edit primitives."""
+"""The one intervention engine: cached runs, batched traces over rows, edit primitives.
+
+* ``edits``: ``patch_site``, ``patch_error`` (inside a trace), ``input_site_of``,
+  ``check_finite_activations``;
+* ``cache``: ``RunCache`` (clean and corrupted runs of prompt pairs), ``SiteFeatures``;
+* ``runs``: ``CircuitRuns`` (the clean run circuit discovery works on), ``trace_rows``;
+* ``sources``: the one vocabulary of sources and ablations, ``resample_index``,
+  ``position_mask``;
+* ``memory``: budgets and the one per-row estimate ``bytes_per_row``;
+* ``tiling``: whether the layers before a site may run once per prompt (``PrefixTiling``);
+* ``settings``: ``RunSettings`` (memory budget, rows per pass, seed, progress).
+
+``PatchingExperiment`` is a client of the engine: ``featcircuits.patching``.
+"""
+
+from featcircuits.engine.cache import RunCache, SiteFeatures
+from featcircuits.engine.edits import (
+    check_finite_activations,
+    input_site_of,
+    patch_error,
+    patch_site,
+)
+from featcircuits.engine.memory import (
+    bytes_per_row,
+    default_max_memory,
+    parse_memory,
+    rows_per_chunk,
+    split_rows,
+)
+from featcircuits.engine.runs import CircuitRuns, Readout, SiteOps, TraceResult, trace_rows
+from featcircuits.engine.settings import RunSettings
+from featcircuits.engine.sources import (
+    ABLATIONS,
+    PATCHING_SOURCES,
+    SOURCES,
+    check_source,
+    position_mask,
+    resample_index,
+)
+from featcircuits.engine.tiling import PrefixTiling, is_tiling_mismatch, tiling_possible
+
+__all__ = [
+    "ABLATIONS",
+    "PATCHING_SOURCES",
+    "SOURCES",
+    "CircuitRuns",
+    "PrefixTiling",
+    "Readout",
+    "RunCache",
+    "RunSettings",
+    "SiteFeatures",
+    "SiteOps",
+    "TraceResult",
+    "bytes_per_row",
+    "check_finite_activations",
+    "check_source",
+    "default_max_memory",
+    "input_site_of",
+    "is_tiling_mismatch",
+    "parse_memory",
+    "patch_error",
+    "patch_site",
+    "position_mask",
+    "resample_index",
+    "rows_per_chunk",
+    "split_rows",
+    "tiling_possible",
+    "trace_rows",
+]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Iterable
 
 from featcircuits.errors import ParameterError
 
@@ -91,6 +92,33 @@ def parse_memory(value: float | str | None) -> int:
 def rows_per_chunk(budget: int, bytes_per_row: int) -> int:
     """How many rows of ``bytes_per_row`` fit in ``budget`` (at least 1)."""
     return max(1, int(budget) // max(1, int(bytes_per_row)))
+
+
+def bytes_per_row(positions: int, *, vocab: int, features: Iterable[tuple[int, int]],
+                  d_models: Iterable[int]) -> int:
+    """Estimated working memory of one sequence of ``positions`` tokens in a traced pass.
+
+    ``FLOAT_BYTES · T · (vocab + 16 T + Σ columns · tensors + 24 Σ d_model)``: the
+    full-sequence logits ``[T, vocab]``, attention scores and the model's activations (16
+    ``[T, T]`` and 24 ``[T, d_model]`` float32 values per position, a generous allowance), and
+    the feature tensors of the edits.
+
+    Args:
+        positions: tokens per sequence ``T``.
+        vocab: the model's vocabulary size (0 where no logits are kept).
+        features: ``(columns, tensors)`` pairs: ``tensors`` float32 ``[T, columns]`` tensors
+            each (e.g. encoded features, source values, their difference, a mask).
+        d_models: the residual widths counted for activations (one per patched site, or
+            one for the widest).
+
+    Both engines size their chunks with it (``PatchingExperiment.bytes_per_row``,
+    ``CircuitRuns.bytes_per_row``); ``rows_per_chunk(budget, bytes_per_row(...))`` rows then
+    run per forward pass.
+    """
+    values = int(vocab) + 16 * int(positions)
+    values += sum(int(columns) * int(tensors) for columns, tensors in features)
+    values += 24 * sum(int(width) for width in d_models)
+    return FLOAT_BYTES * int(positions) * values
 
 
 def split_rows(n_items: int, rows_per_item: int, max_rows: int) -> tuple[int, int]:

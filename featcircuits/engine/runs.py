@@ -7,8 +7,8 @@ ablation sources (``zero``, ``mean``, ``resample``, ``corrupt``) computed on dem
 
 ``trace_rows`` runs many edited copies of the data in one forward pass: copy ``k`` of prompt
 ``i`` is batch row ``k * n + i``. At each site, in forward order, a copy may have its
-activation overwritten, features ablated (``patching.patch_site``), its error term replaced
-(``patching.patch_error``), a zero "delta" added for gradients, node values read, and the
+activation overwritten, features ablated (``edits.patch_site``), its error term replaced
+(``edits.patch_error``), a zero "delta" added for gradients, node values read, and the
 site frozen to its clean value (so that later sites only see direct effects).
 
 Node values (what an edge's weight is a change of):
@@ -34,19 +34,15 @@ import torch
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.errors import DictionaryError, ParameterError, PromptError
-from featcircuits.engine.memory import FLOAT_BYTES, parse_memory, rows_per_chunk
+from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row, parse_memory, rows_per_chunk
 from featcircuits.model.loading import model_device, model_dtype, trace
-from featcircuits.engine.patching import (
-    _resample_index,
-    check_finite_activations,
-    patch_error,
-    patch_site,
-)
+from featcircuits.engine.edits import check_finite_activations, patch_error, patch_site
+from featcircuits.engine.sources import ABLATIONS, check_source, resample_index
+from featcircuits.engine.tiling import PrefixTiling
 from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
 from featcircuits.model.sites import Site, num_layers
 from featcircuits.circuits.targets import ResolvedTarget, Target, resolve_target
 
-ABLATIONS = ("zero", "mean", "position_mean", "resample", "corrupt")
 ERROR = -1  # feature index of a site's error node
 
 
@@ -264,7 +260,7 @@ class CircuitRuns:
         self.progress = progress
         self.n_layers = num_layers(model)
         self.rows_run = 0
-        self._tile_ok = True
+        self._tiling = PrefixTiling(model)
         self._scales: dict = {}
         self._sources: dict[str, tuple[dict, dict]] = {}
         self._clean_run()
@@ -301,9 +297,9 @@ class CircuitRuns:
         config = getattr(getattr(self.model, "_module", self.model), "config", None)
         vocab = int(getattr(config, "vocab_size", 0) or 0)
         widths = [d.n_features for d in self.dictionaries.values()]
-        features = 4 * sum(widths) if every_site else 3 * max(widths)
+        features = [(width, 4) for width in widths] if every_site else [(max(widths), 3)]
         d_model = max(d.d_model for d in self.dictionaries.values())
-        return FLOAT_BYTES * self.width * (vocab + 16 * self.width + features + 24 * d_model)
+        return bytes_per_row(self.width, vocab=vocab, features=features, d_models=[d_model])
 
     def feature_chunk(self, rows: int, temporaries: int = 4) -> int:
         """How many features of ``[rows, T, ·]`` float tensors (``temporaries`` of them) fit
@@ -347,9 +343,7 @@ class CircuitRuns:
         values of another prompt of the same length; ``corrupt``: the corrupted prompts'
         values (prompt pairs only).
         """
-        if ablation not in ABLATIONS:
-            raise ParameterError(f"unknown ablation {ablation!r}",
-                                 hint=f"use one of {', '.join(ABLATIONS)}")
+        check_source(ablation, ABLATIONS, kind="ablation", where="circuit runs")
         if ablation not in self._sources:
             self._sources[ablation] = self._compute_sources(ablation)
         return self._sources[ablation]
@@ -367,7 +361,7 @@ class CircuitRuns:
             for site in self.sites:
                 check_finite_activations(result.activations[site], site=site, run="corrupt",
                                          token_mask=self.token_mask)
-        index = _resample_index(self.lengths, self.seed) if ablation == "resample" else None
+        index = resample_index(self.lengths, self.seed) if ablation == "resample" else None
         for site in self.sites:
             clean_f, clean_e = self.features[site], self.errors[site]
             if ablation == "zero":  # views: no [n, T, F] of zeros is allocated
@@ -451,14 +445,17 @@ class CircuitRuns:
         """
         ids = self.ids if ids is None else ids.to(self.device)
         self.rows_run += copies * self.n
-        if tile_at is not None and copies > 1 and self._tile_ok:
-            try:
-                return trace_rows(self.model, self.sites, self.dictionaries, ops, ids,
-                                  self.targets, copies, tile_at=tile_at, outputs=outputs)
-            except RuntimeError:
-                self._tile_ok = False
-        return trace_rows(self.model, self.sites, self.dictionaries, ops,
-                          repeat_rows(ids, copies), self.targets, copies, outputs=outputs)
+
+        def untiled():
+            return trace_rows(self.model, self.sites, self.dictionaries, ops,
+                              repeat_rows(ids, copies), self.targets, copies, outputs=outputs)
+
+        if tile_at is None or copies == 1:
+            return untiled()
+        return self._tiling.run(
+            lambda: trace_rows(self.model, self.sites, self.dictionaries, ops, ids,
+                               self.targets, copies, tile_at=tile_at, outputs=outputs),
+            untiled, rows=copies * len(ids), batch=len(ids))
 
 
 def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionary],

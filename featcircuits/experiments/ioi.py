@@ -14,7 +14,7 @@ from featcircuits.cli.flags import add_model_flags, add_run_flags, model_from_ar
 from featcircuits.patching.compare import compare_bases, reference_bases, summarize_comparison
 from featcircuits.dictionaries.io import load_dictionaries
 from featcircuits.errors import DictionaryLoadError, ParameterError
-from featcircuits.engine.memory import parse_memory
+from featcircuits.engine.settings import RunSettings
 from featcircuits.model.loading import resolve_checkpoint, to_model
 from featcircuits.tasks.prompts import read_prompts
 from featcircuits.patching.search import default_taus
@@ -94,8 +94,9 @@ def run_ioi_example(args: argparse.Namespace) -> pd.DataFrame:
     """Run the IOI basis comparison; write results.csv and curves.png under ``args.out``."""
     from featcircuits.render.curves import plot_patching_curves
 
-    progress = not getattr(args, "quiet", False)
-    max_memory = parse_memory(getattr(args, "max_memory", None))  # fail before loading
+    settings = RunSettings(max_memory=getattr(args, "max_memory", None),
+                           max_rows=args.batch_size, seed=args.seed,
+                           progress=not getattr(args, "quiet", False))  # fail before loading
     torch.manual_seed(args.seed)
     ensure_writable_dir(args.out)  # fail before the long work, not after
     model = model_from_args(args)
@@ -120,8 +121,7 @@ def run_ioi_example(args: argparse.Namespace) -> pd.DataFrame:
     positions = args.positions
     results = compare_bases(model, prompts, bases, method=args.method,
                             taus=default_taus(args.n_taus), positions=positions,
-                            seed=args.seed, max_rows=args.batch_size, max_memory=max_memory,
-                            progress=progress)
+                            settings=settings)
     out = Path(args.out)
     csv = results.assign(features=results["features"].map(lambda ids: " ".join(map(str, ids))))
     with atomic_path(out / "results.csv") as tmp:

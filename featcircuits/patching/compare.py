@@ -14,10 +14,12 @@ from tqdm.auto import tqdm
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.bases import NeuronBasis, RandomBasis
+from featcircuits.engine.cache import RunCache
+from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import ParameterError
-from featcircuits.engine.patching import PatchingExperiment, RunCache
-from featcircuits.patching.search import attribution_curve, backward_elimination, features_needed
 from featcircuits.model.sites import Site, d_model
+from featcircuits.patching.experiment import PatchingExperiment
+from featcircuits.patching.search import attribution_curve, backward_elimination, features_needed
 
 METHODS = ("elimination", "attribution")
 
@@ -38,22 +40,24 @@ def reference_bases(model, sites: Sequence[str], *, seed: int = 0
 
 def compare_bases(model, prompts, bases: Mapping[str, Mapping[str, Dictionary]], *,
                   method: str = "elimination", taus: Sequence[float] | None = None,
-                  positions: str | Sequence[int] = "all", seed: int = 0,
-                  max_rows: int = 1024, max_memory: int | str | None = None,
-                  progress: bool = True) -> pd.DataFrame:
+                  positions: str | Sequence[int] = "all",
+                  settings: RunSettings | None = None) -> pd.DataFrame:
     """Patching curves for every (site, basis).
 
     Args:
         bases: ``{basis name: {site: Dictionary}}``; sites missing from a basis are skipped.
         method: ``"elimination"`` (greedy backward elimination over ``taus``) or
             ``"attribution"`` (attribution-ranked top-k).
-        max_memory: working-memory budget of each experiment (see ``PatchingExperiment``).
+        settings: how each experiment runs (``RunSettings``: ``max_rows``, ``max_memory``,
+            see ``PatchingExperiment``); ``seed`` also seeds the elimination order and
+            ``progress`` shows a bar over (site, basis).
 
     Returns:
         tidy rows ``basis, site, layer, method, tau, n_features, kl, logit_diff, answer_prob,
         edit_magnitude, features``; plus, per (site, basis), the unpatched point
         (``n_features = 0``) and the clean/corrupt KL baselines in ``kl_corrupt``.
     """
+    settings = RunSettings() if settings is None else settings
     if method not in METHODS:
         raise ParameterError(f"unknown method {method!r}", hint=f"use one of {', '.join(METHODS)}")
     sites = sorted({site for basis in bases.values() for site in basis},
@@ -63,13 +67,13 @@ def compare_bases(model, prompts, bases: Mapping[str, Mapping[str, Dictionary]],
     runs = RunCache(model, prompts, sites)
     frames = []
     jobs = [(site, name) for site in sites for name in bases if site in bases[name]]
-    for site, name in tqdm(jobs, desc="bases", disable=not progress):
+    for site, name in tqdm(jobs, desc="bases", disable=not settings.progress):
         experiment = PatchingExperiment(model, {site: bases[name][site]}, runs.prompts,
-                                        positions=positions, max_rows=max_rows,
-                                        max_memory=max_memory, seed=seed,
-                                        progress=False, runs=runs)
+                                        positions=positions,
+                                        settings=settings.with_(progress=False), runs=runs)
         if method == "elimination":
-            curve = backward_elimination(experiment, site, taus=taus, seed=seed, progress=False)
+            curve = backward_elimination(experiment, site, taus=taus, seed=settings.seed,
+                                         progress=False)
             start = experiment.evaluate([experiment.active_features(site)]).drop(columns="set")
             start["tau"] = float("nan")
             start["features"] = [experiment.active_features(site)]

@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from featcircuits.errors import ParameterError
 from featcircuits.graph.ops import check_tau
-from featcircuits.model.metrics import kl_divergence, logit_diff
 from featcircuits.model.loading import trace
-from featcircuits.engine.patching import PatchingExperiment
+from featcircuits.model.metrics import kl_divergence, logit_diff
 from featcircuits.model.sites import Site
+from featcircuits.patching.experiment import PatchingExperiment
 
 
 def default_taus(n: int = 50, low: float = 1e-5, high: float = 1.0) -> np.ndarray:

@@ -1,0 +1,138 @@
+"""Trace-level edit primitives: feature patches, error patches, finiteness checks.
+
+On the corrupted run, the activation x̄ at a site is replaced by::
+
+    x′ = x̄ + Σ_{i∈F} (cᵢ − c̄ᵢ) fᵢ
+
+where ``c̄ = encode(x̄)`` is read live from the run being patched, ``c`` comes from a source
+(see ``featcircuits.engine.sources``), and ``fᵢ`` are the dictionary's decoder directions.
+The reconstruction error of x̄ is untouched, so patching the empty set reproduces the
+corrupted run exactly, and with a complete basis (neurons, full PCA) patching every feature
+at every position reproduces the clean activation.
+
+``patch_site`` and ``patch_error`` are called inside your own ``model.trace``; both
+engines (``featcircuits.patching.PatchingExperiment`` and ``CircuitRuns``) build on them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from featcircuits.dictionaries.base import Dictionary
+from featcircuits.errors import NonFiniteError, ParameterError
+from featcircuits.model.sites import Site
+
+__all__ = ["check_finite_activations", "input_site_of", "patch_error", "patch_site"]
+
+
+def patch_site(model, site: Site | str, dictionary: Dictionary, source_features: torch.Tensor,
+               feature_mask: torch.Tensor, position_mask: torch.Tensor | None = None, *,
+               feature_ids: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Inside a trace: patch features at ``site``; returns the edit ``x′ − x̄``.
+
+    Args:
+        source_features: ``[batch, pos, n]`` (or broadcastable) values cᵢ to patch in.
+        feature_mask: ``[batch, n]`` or ``[n]``; 1 for features in F, 0 elsewhere; or
+            ``[batch, pos, n]`` for a different feature set at each position.
+        position_mask: ``[batch, pos]``; 1 at positions to patch (``None``: all).
+        feature_ids: ``[n]`` the dictionary columns that ``source_features`` and
+            ``feature_mask`` refer to (``None``: all ``n_features``). Restricting to the
+            features that are ever patched saves memory and time; the result is the same.
+        rows: ``[batch]`` index into the activation's batch: gather these rows before
+            patching, so one forward of ``n`` prompts evaluates many (prompt, feature set)
+            rows from this site on (the layers before the site run once per prompt; e.g.
+            ``torch.arange(n).repeat(k)`` evaluates ``k`` sets).
+
+    A dictionary whose ``input_site`` differs from ``site`` (a ``Transcoder``) encodes c̄ from
+    the activation at ``input_site`` and adds the edit at ``site``.
+
+    Returns:
+        ``[batch, pos, d_model]`` the edit added to the activation.
+    """
+    site = Site.parse(site)
+    input_site = input_site_of(dictionary, site)
+    if input_site != site:
+        if rows is not None:
+            raise ParameterError("rows cannot gather at a transcoder's output site",
+                                 hint="repeat the input ids instead (rows=None)")
+        current = dictionary.encode_features(input_site.read(model), feature_ids)
+        activation = site.read(model)
+    else:
+        activation = site.read(model)
+        if rows is not None:
+            activation = activation[rows]
+        current = dictionary.encode_features(activation, feature_ids)
+    directions = dictionary.directions
+    if feature_ids is not None:
+        directions = directions[feature_ids]
+    if feature_mask.ndim == 3:
+        weight = (source_features - current) * feature_mask
+    else:
+        mask = feature_mask if feature_mask.ndim == 2 else feature_mask[None, :]
+        weight = (source_features - current) * mask[:, None, :]
+    if position_mask is not None:
+        weight = weight * position_mask[..., None]
+    edit = (weight @ directions.to(weight.dtype)).to(activation.dtype)  # masks may be fp32
+    site.write(model, activation + edit)
+    return edit
+
+
+def input_site_of(dictionary: Dictionary, site: Site | str) -> Site:
+    """Where ``dictionary`` reads its input: ``site``, unless its ``input_site`` differs
+    from its own ``site`` (a transcoder), then that ``input_site``."""
+    input_site = dictionary.input_site
+    if input_site is None or input_site == dictionary.site:
+        return Site.parse(site)
+    return Site.parse(input_site)
+
+
+def patch_error(model, site: Site | str, dictionary: Dictionary, source_error: torch.Tensor,
+                error_mask: torch.Tensor, position_mask: torch.Tensor | None = None, *,
+                prior_edit: torch.Tensor | None = None) -> torch.Tensor:
+    """Inside a trace: replace the dictionary's error term at ``site``; returns the edit.
+
+    With ``ē = x̄ − decode(encode(x̄))`` read live, ``x′ = x̄ + m · (e_source − ē)``: the
+    features are untouched and only the part the dictionary misses is swapped.
+
+    After ``edit = patch_site(...)`` at the same site, pass ``prior_edit=edit``: the error is
+    then taken from the activation before that edit (``x̄ − edit``), so patching features and
+    the error together gives ``decode(c with patched features) + e_source`` — the error of
+    the already-patched activation would differ, since ``encode`` is not linear.
+
+    Args:
+        source_error: ``[batch, pos, d_model]`` (or broadcastable) error to patch in
+            (zeros to ablate, the mean error, another prompt's error, ...).
+        error_mask: ``[batch]``; 1 in rows whose error is patched.
+        position_mask: ``[batch, pos]``; 1 at positions to patch (``None``: all).
+
+    Returns:
+        ``[batch, pos, d_model]`` the edit added to the activation.
+    """
+    site = Site.parse(site)
+    activation = site.read(model)
+    weight = error_mask.to(activation.dtype)[:, None, None]
+    if position_mask is not None:
+        weight = weight * position_mask[..., None]
+    original = activation if prior_edit is None else activation - prior_edit
+    edit = ((source_error - dictionary.error(original)) * weight).to(activation.dtype)
+    site.write(model, activation + edit)
+    return edit
+
+
+def check_finite_activations(activations: torch.Tensor, *, site: str, run: str,
+                             token_mask: torch.Tensor | None = None) -> None:
+    """Raise ``NonFiniteError`` naming the site, run, prompt and position of the first
+    NaN/inf in ``activations [n, pos, d]`` (only real tokens when ``token_mask [n, pos]``)."""
+    bad = ~torch.isfinite(activations).all(dim=-1)
+    if token_mask is not None:
+        bad = bad & token_mask.to(bad.device).bool()
+    if not bool(bad.any()):
+        return
+    row, position = (int(v) for v in torch.nonzero(bad)[0])
+    value = activations[row, position][~torch.isfinite(activations[row, position])][0]
+    raise NonFiniteError(
+        f"the {run} run has {float(value)} at site {site}, prompt {row}, position {position} "
+        f"({int(bad.sum())} token positions affected)",
+        hint="the model itself produced NaN/inf: check its weights, and load it in float32 "
+        "(float16 overflows in large activations)")
