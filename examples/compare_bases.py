@@ -20,8 +20,8 @@ import pandas as pd
 
 def main(argv: list[str] | None = None) -> int:
     import featcircuits as fc
+    from featcircuits.experiments import dictionary_sets
     from featcircuits.patching.compare import basis_statistics, reference_bases
-    from featcircuits.experiments.ioi import dictionary_sets
     from featcircuits.tasks.corpus import corpus_documents
     from featcircuits.train.buffer import bos_token_id, collect_activations, keep_mask, tokenize
     from featcircuits.train.ica import fit_ica

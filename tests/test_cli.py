@@ -20,6 +20,7 @@ import torch
 
 from featcircuits.cli.main import main
 from featcircuits.dictionaries.io import load_dictionary
+from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import ModelLoadError, ParameterError
 from featcircuits.model.loading import load_model, remote_mode, trace
 
@@ -211,10 +212,10 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
     the traces of each toolkit entry point; the spy stops each before any network call."""
     from nnsight import LanguageModel
 
-    from featcircuits.engine.runs import CircuitRuns
     from featcircuits.dashboards.dashboard import feature_dashboard_data
-    from featcircuits.experiments.circuits import parens_setup
     from featcircuits.engine.patching import PatchingExperiment
+    from featcircuits.engine.runs import CircuitRuns
+    from featcircuits.experiments.parens import parens_setup
     from featcircuits.tasks.prompts import read_prompts
     from featcircuits.train.buffer import collect_activations
     from featcircuits.train.evaluate import evaluate_dictionary
@@ -243,7 +244,7 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
         lambda: PatchingExperiment(model, sae, prompts, progress=False),
         lambda: CircuitRuns(model, {"resid_out.2": sae}, prompts, targets="logit_diff",
                             progress=False),
-        lambda: parens_setup("tiny", model=model, n_texts=1, progress=False),
+        lambda: parens_setup(model, n_texts=1, settings=RunSettings(progress=False)),
     ]
     for call in calls:
         with pytest.raises(Stop):
