@@ -178,6 +178,30 @@ def test_deterministic_under_seed():
     assert torch.equal(converted.unmixing, first.unmixing)
 
 
+def test_thread_count_is_an_argument_and_restored(monkeypatch):
+    """fit_ica never changes torch's process-wide thread count unless asked
+    (``small_ops_threads``), and then only around its small blocks, restoring it."""
+    x, _ = _mixture(3_000, MIXED, seed=23)
+    before = torch.get_num_threads()
+    calls: list[int] = []
+    real = torch.set_num_threads
+
+    def spy(n: int) -> None:
+        calls.append(n)
+        real(n)
+
+    monkeypatch.setattr(torch, "set_num_threads", spy)
+    untouched = fit_ica(x, 6, seed=1, device="cpu", progress=False)
+    assert calls == [] and torch.get_num_threads() == before
+    other = 2 if before == 1 else 1
+    asked = fit_ica(x, 6, seed=1, device="cpu", progress=False, small_ops_threads=other)
+    assert other in calls and calls[-1] == before and torch.get_num_threads() == before
+    assert amari_distance(asked.unmixing, untouched.mixing) < 1e-3  # same fixed point
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ParameterError, match="small_ops_threads"):
+            fit_ica(x, 6, device="cpu", progress=False, small_ops_threads=bad)
+
+
 def test_components_ordered_by_kurtosis_and_signed_by_skewness():
     kinds = ["exponential", "uniform", "laplace", "bimodal", "exponential"]
     x, _ = _mixture(20_000, kinds, seed=19)

@@ -230,7 +230,8 @@ def run_fit_ica(args: argparse.Namespace) -> int:
         basis = fit_ica(activations, args.n_components or activations.shape[1],
                         contrast=args.contrast, max_iter=args.max_iter, tol=args.tol,
                         seed=args.seed, device=args.device, checkpoint_path=checkpoint,
-                        site=args.site, progress=not args.quiet)
+                        site=args.site, progress=not args.quiet,
+                        small_ops_threads=1)  # one thread for the small algebra (docs/ica.md)
         extra = {"method": "ica", "contrast": args.contrast,
                  "n_iter": int(basis.meta.get("n_iter", -1)),
                  "converged": bool(basis.meta.get("converged", False))}

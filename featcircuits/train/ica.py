@@ -30,7 +30,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from featcircuits.files import atomic_path
 from featcircuits.dictionaries.bases import ICABasis
 from featcircuits.errors import (
     NonFiniteError,
@@ -38,6 +37,8 @@ from featcircuits.errors import (
     TrainingError,
     WidthMismatchError,
 )
+from featcircuits.files import atomic_path
+from featcircuits.train.threads import check_threads, torch_threads
 
 CONTRASTS = ("logcosh", "exp", "cube")
 ALGORITHMS = ("parallel", "deflation")
@@ -130,35 +131,29 @@ def _sym_decorrelation(w: torch.Tensor) -> torch.Tensor:
     return (eigenvectors * eigenvalues.rsqrt()) @ eigenvectors.T @ w
 
 
-@contextlib.contextmanager
-def _single_thread(active: bool = True) -> Iterator[None]:
-    """Run small tensor ops on one CPU thread (when ``active``).
+class _ThreadPlan:
+    """Where a fit runs small tensor ops with ``small_ops_threads`` CPU threads.
 
     Each multi-threaded BLAS/LAPACK/vector-math call pays a thread-team barrier; on a busy
     machine that costs 10-100 ms per call (measured on 2 loaded cores: ``eigh`` of a
     128 x 128 matrix took 80 ms with 2 threads and 8 ms with 1; a 6 x 2000 ``tanh`` 14 ms),
-    more than the arithmetic itself. torch's thread count is process-wide, so it is
-    restored as soon as the block ends (setting it costs < 1 µs).
+    more than the arithmetic itself. torch's thread count is process-wide, so it is only
+    changed when the caller asks (``fit_ica(small_ops_threads=1)``), only around those
+    blocks, and restored as soon as each ends (``torch_threads``).
     """
-    threads = torch.get_num_threads()
-    if not active or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
+    def __init__(self, small_ops_threads: int | None) -> None:
+        self.threads = small_ops_threads
 
-def _small_ops(size: int) -> contextlib.AbstractContextManager[None]:
-    """One thread for the ``[k, k]`` / ``[k, d]`` float64 algebra when ``k <= 512``."""
-    return _single_thread(size <= _SMALL_OPS_MAX)
+    def small_ops(self, size: int) -> contextlib.AbstractContextManager[None]:
+        """The ``[k, k]`` / ``[k, d]`` float64 algebra when ``k <= 512``."""
+        return torch_threads(self.threads if size <= _SMALL_OPS_MAX else None)
 
-
-def _small_chunk(rows: int, d_model: int, n_components: int) -> bool:
-    """Whether a chunk's products are too small to be worth several threads."""
-    return rows * d_model * n_components < _PARALLEL_WORK
+    def small_chunk(self, rows: int, d_model: int, n_components: int
+                    ) -> contextlib.AbstractContextManager[None]:
+        """A chunk's products when they are too small to be worth several threads."""
+        small = rows * d_model * n_components < _PARALLEL_WORK
+        return torch_threads(self.threads if small else None)
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -333,7 +328,7 @@ def _non_finite(index: int, row: int, rows: int, what: str) -> NonFiniteError:
         hint="drop or clip the NaN/inf activations before fitting ICA")
 
 
-def _moments(stream: _ActivationStream, n_components: int, progress: bool,
+def _moments(stream: _ActivationStream, n_components: int, progress: bool, plan: _ThreadPlan,
              limit: int | None = None) -> tuple[int, torch.Tensor, torch.Tensor]:
     """One pass: ``(n, mean [d] f64, covariance [d, d] f64)`` (population covariance).
 
@@ -362,11 +357,11 @@ def _moments(stream: _ActivationStream, n_components: int, progress: bool,
             assert stream.chunk_size is not None
             buffer = torch.empty(stream.chunk_size * chunk.shape[1], dtype=chunk.dtype,
                                  device=chunk.device)
-        with _single_thread(_small_chunk(*chunk.shape, chunk.shape[1])):
+        with plan.small_chunk(*chunk.shape, chunk.shape[1]):
             centred = chunk.sub_(shift) if owned else torch.sub(
                 chunk, shift, out=buffer[: chunk.numel()].view(chunk.shape))
             chunk_sum, chunk_products = centred.sum(0), centred.T @ centred
-        with _small_ops(centred.shape[1]):
+        with plan.small_ops(centred.shape[1]):
             first_moment += chunk_sum
             second_moment += chunk_products
         n += chunk.shape[0]
@@ -414,14 +409,16 @@ def _whitening(covariance: torch.Tensor, n_components: int
 
 
 def _prefix_whitening(stream: _ActivationStream, whitening: torch.Tensor, n_components: int,
-                      warm_start: int, progress: bool) -> dict[str, torch.Tensor]:
+                      warm_start: int, progress: bool, plan: _ThreadPlan
+                      ) -> dict[str, torch.Tensor]:
     """Moments of the first ``warm_start`` rows (a partial pass): the prefix mean and
     ``R = (K Σ_prefix Kᵀ)^-1/2`` ``[k, k]``, so that ``R K (x - μ_prefix)`` is exactly white
     on the prefix. (With the full-data whitening the prefix is only nearly white and the
     symmetric fixed-point iteration then wanders at the level of the mismatch instead of
     converging.)"""
-    _, prefix_mean, prefix_covariance = _moments(stream, n_components, progress, warm_start)
-    with _small_ops(n_components):
+    _, prefix_mean, prefix_covariance = _moments(stream, n_components, progress, plan,
+                                                 warm_start)
+    with plan.small_ops(n_components):
         covariance = whitening @ prefix_covariance @ whitening.T
         eigenvalues, eigenvectors = torch.linalg.eigh((covariance + covariance.T) / 2)
         eigenvalues = eigenvalues.clamp_min(float(eigenvalues.max()) * _EIGEN_FLOOR)
@@ -485,8 +482,9 @@ class _Fit:
 
     def __init__(self, stream: _ActivationStream, state: dict[str, torch.Tensor],
                  contrast: str, tol: float, max_iter: int, whiten: bool,
-                 checkpoint: Path | None, progress: bool) -> None:
+                 checkpoint: Path | None, progress: bool, plan: _ThreadPlan) -> None:
         self.stream = stream
+        self.plan = plan
         self.state = state
         self.contrast = _CONTRAST_FUNCTIONS[contrast]
         self.tol = tol
@@ -519,12 +517,12 @@ class _Fit:
     def _finish_phase(self, phase: str) -> None:
         self.state[f"{phase}_done"] = torch.tensor(True)
         if phase == "warm":  # the same unmixing W R K in full-data coordinates, W ← W R
-            with _small_ops(self.state["W"].shape[0]):
+            with self.plan.small_ops(self.state["W"].shape[0]):
                 self.state["W"] = _sym_decorrelation(
                     self.state["W"] @ self.state["warm_rotation"])
 
     def _unmixing(self, w: torch.Tensor) -> torch.Tensor:
-        with _small_ops(self.whitening.shape[0]):
+        with self.plan.small_ops(self.whitening.shape[0]):
             return (w @ self.whitening).to(self.stream.device, self.stream.dtype)
 
     def fixed_point_pass(self, w: torch.Tensor, limit: int | None
@@ -539,12 +537,12 @@ class _Fit:
         finite: list[torch.Tensor] = []  # per-chunk flags, read after the pass (no GPU sync)
         spans: list[tuple[int, int, int]] = []
         for index, row, chunk, owned in self.stream.chunks(limit):
-            with _single_thread(_small_chunk(chunk.shape[0], d, k)):
+            with self.plan.small_chunk(chunk.shape[0], d, k):
                 centred = self.workspace.centre(chunk, self.mean, owned)
                 projected = self.workspace.project(centred, unmixing)
                 chunk_g_prime = self.contrast(projected)
                 chunk_g_x = projected @ centred
-            with _small_ops(k):
+            with self.plan.small_ops(k):
                 finite.append(torch.isfinite(chunk_g_x).all())
                 g_x += chunk_g_x
                 g_prime += chunk_g_prime
@@ -560,7 +558,7 @@ class _Fit:
                 f"the data yielded {rows} activations in this pass but {expected} were "
                 f"expected (the first pass saw {self.n})",
                 hint="the data callable must return the same batches every time it is called")
-        with _small_ops(self.whitening.shape[0]):
+        with self.plan.small_ops(self.whitening.shape[0]):
             g_z = (g_x.cpu() / rows) @ self.whitening.T  # E[g(y) (x - μ)ᵀ] Kᵀ = E[g(y) zᵀ]
         return g_z, g_prime.cpu() / rows
 
@@ -570,7 +568,7 @@ class _Fit:
         k = unmixing.shape[0]
         sums = torch.zeros(4, k, dtype=torch.float64, device=self.stream.device)
         for _, _, chunk, owned in self.stream.chunks():
-            with _single_thread(_small_chunk(chunk.shape[0], chunk.shape[1], k)):
+            with self.plan.small_chunk(chunk.shape[0], chunk.shape[1], k):
                 centred = self.workspace.centre(chunk, self.mean, owned)
                 y = self.workspace.project(centred, unmixing)
                 square = y * y
@@ -600,7 +598,7 @@ class _Fit:
         w = state["W"]
         while iteration < self.max_iter:
             g_z, g_prime = self.fixed_point_pass(w, limit)
-            with _small_ops(w.shape[0]):
+            with self.plan.small_ops(w.shape[0]):
                 w_new = _sym_decorrelation(g_z - g_prime[:, None] * w)
                 change = float(((w_new * w).sum(1).abs() - 1).abs().max())
             w, iteration = w_new, iteration + 1
@@ -635,7 +633,7 @@ class _Fit:
             change = float(state["full_change"])
             while iteration < self.max_iter:
                 g_z, g_prime = self.fixed_point_pass(w[None, :], None)
-                with _small_ops(k):
+                with self.plan.small_ops(k):
                     w_new = g_z[0] - g_prime[0] * w
                     w_new = w_new - (w_new @ found.T) @ found
                     w_new = w_new / torch.linalg.vector_norm(w_new)
@@ -725,6 +723,7 @@ def fit_ica(
     checkpoint_path: str | os.PathLike[str] | None = None,
     site: str | None = None,
     progress: bool = True,
+    small_ops_threads: int | None = None,
 ) -> ICABasis:
     """Fit FastICA (scikit-learn semantics) in torch, in memory or streamed.
 
@@ -765,6 +764,11 @@ def fit_ica(
             ``max_iter`` to continue a fit that stopped at ``max_iter``).
         site: recorded on the returned basis.
         progress: show tqdm progress bars.
+        small_ops_threads: CPU threads for the small ``[k, k]`` algebra (k <= 512) and for
+            chunks too small to be worth several threads (e.g. 1 on a busy machine, where
+            every multi-threaded BLAS call pays a 10-100 ms barrier); torch's thread count
+            is set around those blocks only and restored after each. ``None`` (default):
+            torch's thread count is never touched.
 
     Returns:
         ``ICABasis`` with ``unmixing [k, d_model]`` (centred x → unit-variance sources),
@@ -789,6 +793,7 @@ def fit_ica(
     if _integer(seed) is None:
         raise ParameterError(f"seed must be an integer, got {seed!r}", hint="e.g. seed=0")
     seed = operator.index(seed)
+    plan = _ThreadPlan(check_threads(small_ops_threads, "small_ops_threads"))
     resolved = _resolve_device(device)
     stream = _ActivationStream(data, chunk_size, resolved, dtype)
     if stream.tensor is not None:
@@ -807,7 +812,7 @@ def fit_ica(
 
     state = _load_checkpoint(checkpoint)
     if state is None:
-        n, mean, covariance = _moments(stream, n_components, progress)
+        n, mean, covariance = _moments(stream, n_components, progress, plan)
         d_model = mean.shape[0]
         if whiten:
             whitening, eigenvalues, fraction = _whitening(covariance, n_components)
@@ -840,7 +845,7 @@ def fit_ica(
                           f"{phase}_change": torch.tensor(math.inf, dtype=torch.float64)})
         if warm_start is not None:
             state.update(_prefix_whitening(stream, whitening, n_components, warm_start,
-                                           progress))
+                                           progress, plan))
         if algorithm == "deflation":
             state.update({"component": torch.tensor(0),
                           "worst_change": torch.tensor(0.0, dtype=torch.float64),
@@ -857,7 +862,8 @@ def fit_ica(
                 and bool(state["full_done"]) and int(state["full_iteration"]) < max_iter:
             state["full_done"] = torch.tensor(False)  # resume with a larger max_iter
 
-    fit = _Fit(stream, state, contrast, float(tol), max_iter, whiten, checkpoint, progress)
+    fit = _Fit(stream, state, contrast, float(tol), max_iter, whiten, checkpoint, progress,
+               plan)
     if algorithm == "parallel":
         fit.run_parallel("warm", warm_start)
         fit.run_parallel("full", None)
