@@ -199,6 +199,90 @@ def test_unavailable_device_is_a_parameter_error():
         load_model("tiny", device="cuda")
 
 
+# ------------------------------------------------------- no CLI in the library, no state
+def _library_files() -> list[Path]:
+    package = ROOT / "featcircuits"
+    return sorted(path for path in package.rglob("*.py")
+                  if "cli" not in path.relative_to(package).parts[:1]
+                  and path.name != "__main__.py")  # python -m featcircuits: the CLI's entry
+
+
+def test_library_never_imports_the_command_line():
+    import ast
+
+    offenders = []
+    for path in _library_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {name}" for name in names
+                          if name == "featcircuits.cli" or name.startswith("featcircuits.cli.")
+                          or name.startswith("argparse")
+                          and "experiments" in path.relative_to(ROOT).parts]
+    assert not offenders, offenders
+
+
+def test_nothing_writes_os_environ():
+    import ast
+
+    writes = []
+    for path in sorted((ROOT / "featcircuits").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign)
+                       else [])
+            for target in targets:
+                if isinstance(target, ast.Subscript) and ast.unparse(target.value) == "os.environ":
+                    writes.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and ast.unparse(node.func.value) == "os.environ"
+                    and node.func.attr in ("update", "setdefault", "pop", "clear", "popitem")):
+                writes.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not writes, writes
+
+
+def test_quiet_run_leaves_environment_and_library_bars_as_they_were(tmp_path, capsys):
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    environ = dict(os.environ)
+    bars = (transformers_logging.is_progress_bar_enabled(),
+            hub_utils.are_progress_bars_disabled())
+    code = main(["--quiet", "fit-ica", "--method", "pca", "--site", "resid_out.0",
+                 "--n-tokens", "100", "--eval-texts", "0", "--out", str(tmp_path)])
+    assert code == 0 and capsys.readouterr().err.count("%|") == 0  # no progress bar drawn
+    # torch's lazy imports may add TORCHINDUCTOR_* cache settings; nothing else may change
+    assert {k: v for k, v in os.environ.items() if not k.startswith("TORCH")} == {
+        k: v for k, v in environ.items() if not k.startswith("TORCH")}
+    assert (transformers_logging.is_progress_bar_enabled(),
+            hub_utils.are_progress_bars_disabled()) == bars
+
+
+def test_command_table_is_the_parser():
+    from featcircuits.cli.main import COMMANDS, build_parser
+
+    parser = build_parser()
+    subparsers = next(action for action in parser._actions
+                      if action.__class__.__name__ == "_SubParsersAction")
+    assert list(subparsers.choices) == [command.name for command in COMMANDS]
+    for command in COMMANDS:
+        assert callable(command.add_arguments) and callable(command.run) and command.help
+
+
+def test_settings_from_the_shared_flags():
+    from featcircuits.cli.flags import settings_from_args
+    from featcircuits.cli.main import build_parser
+
+    args = build_parser().parse_args(
+        ["patch", "--prompts", "p", "--dictionaries", "d", "--max-memory", "1MB",
+         "--batch-size", "7", "--seed", "5", "--quiet"])
+    assert settings_from_args(args) == RunSettings(max_memory=2**20, max_rows=7, seed=5,
+                                                   progress=False)
+    args.max_memory = "lots"
+    with pytest.raises(ParameterError, match="lots"):
+        settings_from_args(args)
+
+
 # ---------------------------------------------------------------------------- remote
 def test_remote_without_api_key_is_a_model_load_error(monkeypatch):
     monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
