@@ -283,6 +283,25 @@ def test_settings_from_the_shared_flags():
         settings_from_args(args)
 
 
+def test_experiments_are_library_calls_without_side_effects(tmp_path):
+    """Keyword arguments in, a result out; no files without ``out``; the caller's torch
+    random state is untouched (the experiment seeds a forked generator)."""
+    from featcircuits.experiments import CircuitResult, parens_circuit
+
+    state = torch.get_rng_state()
+    result = parens_circuit("tiny", n_texts=1, n_targets=1, method="attribution",
+                            settings=RunSettings(seed=3, progress=False))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert isinstance(result, CircuitResult) and result.paths == {}
+    assert result.graph.number_of_nodes() > 0 and result.features is not None
+    assert "attribution circuit" in result.report()
+    written = parens_circuit("tiny", n_texts=1, n_targets=1, method="attribution",
+                             out=tmp_path, settings=RunSettings(seed=3, progress=False))
+    assert set(written.paths) >= {"json", "png", "features"}
+    assert all(path.exists() for path in written.paths.values())
+    assert written.faithfulness == result.faithfulness  # same seed, same numbers
+
+
 # ---------------------------------------------------------------------------- remote
 def test_remote_without_api_key_is_a_model_load_error(monkeypatch):
     monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)

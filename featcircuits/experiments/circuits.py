@@ -305,50 +305,8 @@ def save_circuit(graph: nx.DiGraph, out: str | os.PathLike[str], name: str = "ci
 
 def draw_circuit(graph: nx.DiGraph, path: str | os.PathLike[str], *, title: str | None = None
                  ) -> Path:
-    """A diagram of the circuit: ``featcircuits.render.render_circuit`` when available, else
-    a plain layered matplotlib drawing."""
-    try:
-        from featcircuits.render import render_circuit
-    except ImportError:
-        render_circuit = None
-    if render_circuit is not None:
-        render_circuit(graph, path=path, title=title)
-        return Path(path)
-    return _plain_diagram(graph, path, title=title)
+    """A diagram of the circuit at ``path`` (``featcircuits.render.render_circuit``)."""
+    from featcircuits.render import render_circuit
 
-
-def _plain_diagram(graph: nx.DiGraph, path, *, title: str | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows: dict[int, list[str]] = {}
-    for node, layer in graph.nodes(data="layer"):
-        rows.setdefault(int(layer), []).append(node)
-    position = {}
-    for layer, nodes in rows.items():
-        for i, node in enumerate(sorted(nodes)):
-            position[node] = (i - (len(nodes) - 1) / 2, layer)
-    width = max(len(nodes) for nodes in rows.values())
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * width), 1.4 * len(rows) + 1))
-    weights = [abs(w) for _, _, w in graph.edges(data="weight")] or [1.0]
-    top = max(weights)
-    for u, v, w in graph.edges(data="weight"):
-        (x0, y0), (x1, y1) = position[u], position[v]
-        ax.plot([x0, x1], [y0, y1], color="tab:blue" if w > 0 else "tab:red",
-                lw=0.5 + 3 * abs(w) / top, alpha=0.7, zorder=1)
-    for node, (x, y) in position.items():
-        ax.scatter([x], [y], s=120, color="white", edgecolor="black", zorder=2)
-        ax.annotate(graph.nodes[node].get("label") or node.split("/")[-1], (x, y),
-                    textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7)
-    ax.set_yticks(sorted(rows))
-    ax.set_title(title or f"Circuit for {graph.graph.get('target', '')}")
-    ax.set_xticks([])
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=130,
-                    bbox_inches="tight")
-    plt.close(fig)
+    render_circuit(graph, path=path, title=title)
     return Path(path)
-
-
