@@ -30,7 +30,11 @@ warnings.filterwarnings("ignore")
 
 
 def main() -> None:
-    from featcircuits.experiments.circuits import candidate_set, compare_methods, parens_setup
+    from _common import compare_methods
+
+    from featcircuits.engine.settings import RunSettings
+    from featcircuits.experiments.circuits import candidate_set
+    from featcircuits.experiments.parens import parens_setup
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny")
@@ -57,7 +61,7 @@ def main() -> None:
 
     start = time.perf_counter()
     runs, _, data = parens_setup(args.model, set_name=args.set, n_texts=args.n_texts,
-                                 n_targets=args.n_targets, progress=False)
+                                 n_targets=args.n_targets, settings=RunSettings(progress=False))
     setup = time.perf_counter() - start
     from featcircuits.circuits.discovery import candidate_nodes, upstream_sites
 

@@ -41,11 +41,11 @@ def part_ica() -> None:
     data, mixing = _sources(200_000, 128, 0)
     times = {}
     for device in ("cuda", "cpu"):
-        fit_ica(data[:20_000], 8, device=device, progress=False)  # warm-up
+        fit_ica(data[:20_000], 8, device=device, progress=False, small_ops_threads=1)  # warm-up
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        basis = fit_ica(data, 128, device=device, progress=False)
+        basis = fit_ica(data, 128, device=device, progress=False, small_ops_threads=1)
         if device == "cuda":
             torch.cuda.synchronize()
         times[device] = time.perf_counter() - start
@@ -56,7 +56,8 @@ def part_ica() -> None:
     big, big_mixing = _sources(1_000_000, 256, 1)
     for device in ("cuda", "cpu"):
         start = time.perf_counter()
-        basis = fit_ica(big, 256, device=device, max_iter=50, progress=False)
+        basis = fit_ica(big, 256, device=device, max_iter=50, progress=False,
+                        small_ops_threads=1)
         if device == "cuda":
             torch.cuda.synchronize()
         times[device] = time.perf_counter() - start
@@ -68,7 +69,8 @@ def part_ica() -> None:
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     basis = fit_ica(lambda: (big[i:i + chunk] for i in range(0, len(big), chunk)), 256,
-                    device="cuda", chunk_size=chunk, max_iter=20, progress=False)
+                    device="cuda", chunk_size=chunk, max_iter=20, progress=False,
+                    small_ops_threads=1)
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
     print(f"ica streamed 1M x 256 in chunks of {chunk:,} on cuda (max_iter 20): {wall:.1f} s, "

@@ -29,6 +29,10 @@ import torch
 
 from featcircuits.train.ica import amari_distance, fit_ica
 
+# the small [k, k] algebra and small chunks on one thread, as when the numbers in docs/ica.md
+# were measured (fit_ica's default leaves torch's thread count alone)
+SMALL_OPS_THREADS = 1
+
 
 def _load() -> str:
     return "load avg {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
@@ -50,8 +54,9 @@ def _sources_(out: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def _warm_up() -> None:
     """Load torch's kernels and thread pools before anything is timed."""
     sources = _sources_(torch.empty(4096, 8), torch.Generator().manual_seed(0))
-    fit_ica(sources, 8, device="cpu", progress=False)
-    fit_ica(lambda: iter([sources]), 8, device="cpu", progress=False)
+    fit_ica(sources, 8, device="cpu", progress=False, small_ops_threads=SMALL_OPS_THREADS)
+    fit_ica(lambda: iter([sources]), 8, device="cpu", progress=False,
+            small_ops_threads=SMALL_OPS_THREADS)
 
 
 def _problem(d_model: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +80,7 @@ def bench_in_memory(n: int, d_model: int, max_iter: int, sklearn: bool) -> None:
     print(f"  featcircuits (float32) ... {_load()}", flush=True)
     start = time.perf_counter()
     ours = fit_ica(data, d_model, contrast="logcosh", tol=1e-4, max_iter=max_iter,
-                   device="cpu", progress=False)
+                   device="cpu", progress=False, small_ops_threads=SMALL_OPS_THREADS)
     ours_time = time.perf_counter() - start
     ours_amari = amari_distance(ours.unmixing, mixing)
     rows.append(("featcircuits fit_ica (float32)", ours_time, ours.meta["n_iter"], ours_amari))
@@ -83,7 +88,8 @@ def bench_in_memory(n: int, d_model: int, max_iter: int, sklearn: bool) -> None:
     print(f"  featcircuits warm_start=n/10 ... {_load()}", flush=True)
     start = time.perf_counter()
     warm = fit_ica(data, d_model, contrast="logcosh", tol=1e-4, max_iter=max_iter,
-                   device="cpu", warm_start=n // 10, progress=False)
+                   device="cpu", warm_start=n // 10, progress=False,
+                   small_ops_threads=SMALL_OPS_THREADS)
     warm_time = time.perf_counter() - start
     label = (f"featcircuits warm_start={n // 10} (+{warm.meta['n_iter_warm_start']} "
              "prefix its)")
@@ -183,7 +189,8 @@ def bench_streaming(n: int, d_model: int, batch_rows: int, chunk_size: int, max_
     print(f"  fit_ica ... {_load()}", flush=True)
     start = time.perf_counter()
     basis = fit_ica(stream, d_model, contrast="logcosh", tol=1e-4, max_iter=max_iter,
-                    device="cpu", chunk_size=chunk_size, warm_start=warm_start, progress=True)
+                    device="cpu", chunk_size=chunk_size, warm_start=warm_start, progress=True,
+                    small_ops_threads=SMALL_OPS_THREADS)
     elapsed = time.perf_counter() - start
     peak_mib = (_memory_kib()["VmHWM"] - baseline) / 1024
     # timed after the fit so that its freed batches cannot inflate the RSS baseline

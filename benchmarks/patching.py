@@ -37,7 +37,7 @@ def _timed(function, repeats: int) -> float:
 def main() -> None:
     import featcircuits as fc
     from featcircuits.engine.settings import RunSettings
-    from featcircuits.experiments.ioi import load_ioi_prompts
+    from featcircuits.experiments.inputs import load_ioi_prompts
     from featcircuits.model.loading import underlying_module
     from featcircuits.model.sites import architecture
 

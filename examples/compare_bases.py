@@ -20,8 +20,8 @@ import pandas as pd
 
 def main(argv: list[str] | None = None) -> int:
     import featcircuits as fc
+    from featcircuits.experiments import dictionary_sets
     from featcircuits.patching.compare import basis_statistics, reference_bases
-    from featcircuits.experiments.ioi import dictionary_sets
     from featcircuits.tasks.corpus import corpus_documents
     from featcircuits.train.buffer import bos_token_id, collect_activations, keep_mask, tokenize
     from featcircuits.train.ica import fit_ica
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         bases = {name: sets[site] for name, sets in shipped.items() if site in sets}
         bases["pca"] = fc.PCABasis.fit(x, site=site)
         bases["ica"] = fit_ica(x, x.shape[1], seed=args.seed, site=site, tol=1e-3, max_iter=400,
-                               progress=False)
+                               progress=False, small_ops_threads=1)
         bases.update({name: sets[site] for name, sets in reference_bases(model, [site]).items()})
         for name in ("pca", "ica"):
             fc.save_dictionary(bases[name], f"{args.out}/{name}/{site}")

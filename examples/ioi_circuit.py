@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from featcircuits.experiments.circuits import add_circuit_arguments, run_ioi_circuit
+from featcircuits.cli.experiments import add_circuit_arguments, run_circuit_task
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-prompts", type=int, default=16, help="prompt pairs (default 16)")
     parser.add_argument("--no-positional", dest="positional", action="store_false",
                         help="one node per feature instead of per (feature, position)")
-    run_ioi_circuit(parser.parse_args(argv))
+    run_circuit_task("ioi", parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from featcircuits.experiments.circuits import add_circuit_arguments, run_parens_circuit
+from featcircuits.cli.experiments import add_circuit_arguments, run_circuit_task
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-texts", type=int, default=8, help="documents (default 8)")
     parser.add_argument("--n-targets", type=int, default=2,
                         help="last-layer ')' features to explain (default 2)")
-    run_parens_circuit(parser.parse_args(argv))
+    run_circuit_task("parens", parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import torch
 
 from featcircuits.cli.main import main
 from featcircuits.dictionaries.io import load_dictionary
+from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import ModelLoadError, ParameterError
 from featcircuits.model.loading import load_model, remote_mode, trace
 
@@ -198,6 +199,109 @@ def test_unavailable_device_is_a_parameter_error():
         load_model("tiny", device="cuda")
 
 
+# ------------------------------------------------------- no CLI in the library, no state
+def _library_files() -> list[Path]:
+    package = ROOT / "featcircuits"
+    return sorted(path for path in package.rglob("*.py")
+                  if "cli" not in path.relative_to(package).parts[:1]
+                  and path.name != "__main__.py")  # python -m featcircuits: the CLI's entry
+
+
+def test_library_never_imports_the_command_line():
+    import ast
+
+    offenders = []
+    for path in _library_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {name}" for name in names
+                          if name == "featcircuits.cli" or name.startswith("featcircuits.cli.")
+                          or name.startswith("argparse")
+                          and "experiments" in path.relative_to(ROOT).parts]
+    assert not offenders, offenders
+
+
+def test_nothing_writes_os_environ():
+    import ast
+
+    writes = []
+    for path in sorted((ROOT / "featcircuits").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign)
+                       else [])
+            for target in targets:
+                if isinstance(target, ast.Subscript) and ast.unparse(target.value) == "os.environ":
+                    writes.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and ast.unparse(node.func.value) == "os.environ"
+                    and node.func.attr in ("update", "setdefault", "pop", "clear", "popitem")):
+                writes.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not writes, writes
+
+
+def test_quiet_run_leaves_environment_and_library_bars_as_they_were(tmp_path, capsys):
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as transformers_logging
+
+    environ = dict(os.environ)
+    bars = (transformers_logging.is_progress_bar_enabled(),
+            hub_utils.are_progress_bars_disabled())
+    code = main(["--quiet", "fit-ica", "--method", "pca", "--site", "resid_out.0",
+                 "--n-tokens", "100", "--eval-texts", "0", "--out", str(tmp_path)])
+    assert code == 0 and capsys.readouterr().err.count("%|") == 0  # no progress bar drawn
+    # torch's lazy imports may add TORCHINDUCTOR_* cache settings; nothing else may change
+    assert {k: v for k, v in os.environ.items() if not k.startswith("TORCH")} == {
+        k: v for k, v in environ.items() if not k.startswith("TORCH")}
+    assert (transformers_logging.is_progress_bar_enabled(),
+            hub_utils.are_progress_bars_disabled()) == bars
+
+
+def test_command_table_is_the_parser():
+    from featcircuits.cli.main import COMMANDS, build_parser
+
+    parser = build_parser()
+    subparsers = next(action for action in parser._actions
+                      if action.__class__.__name__ == "_SubParsersAction")
+    assert list(subparsers.choices) == [command.name for command in COMMANDS]
+    for command in COMMANDS:
+        assert callable(command.add_arguments) and callable(command.run) and command.help
+
+
+def test_settings_from_the_shared_flags():
+    from featcircuits.cli.flags import settings_from_args
+    from featcircuits.cli.main import build_parser
+
+    args = build_parser().parse_args(
+        ["patch", "--prompts", "p", "--dictionaries", "d", "--max-memory", "1MB",
+         "--batch-size", "7", "--seed", "5", "--quiet"])
+    assert settings_from_args(args) == RunSettings(max_memory=2**20, max_rows=7, seed=5,
+                                                   progress=False)
+    args.max_memory = "lots"
+    with pytest.raises(ParameterError, match="lots"):
+        settings_from_args(args)
+
+
+def test_experiments_are_library_calls_without_side_effects(tmp_path):
+    """Keyword arguments in, a result out; no files without ``out``; the caller's torch
+    random state is untouched (the experiment seeds a forked generator)."""
+    from featcircuits.experiments import CircuitResult, parens_circuit
+
+    state = torch.get_rng_state()
+    result = parens_circuit("tiny", n_texts=1, n_targets=1, method="attribution",
+                            settings=RunSettings(seed=3, progress=False))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert isinstance(result, CircuitResult) and result.paths == {}
+    assert result.graph.number_of_nodes() > 0 and result.features is not None
+    assert "attribution circuit" in result.report()
+    written = parens_circuit("tiny", n_texts=1, n_targets=1, method="attribution",
+                             out=tmp_path, settings=RunSettings(seed=3, progress=False))
+    assert set(written.paths) >= {"json", "png", "features"}
+    assert all(path.exists() for path in written.paths.values())
+    assert written.faithfulness == result.faithfulness  # same seed, same numbers
+
+
 # ---------------------------------------------------------------------------- remote
 def test_remote_without_api_key_is_a_model_load_error(monkeypatch):
     monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
@@ -211,10 +315,10 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
     the traces of each toolkit entry point; the spy stops each before any network call."""
     from nnsight import LanguageModel
 
-    from featcircuits.engine.runs import CircuitRuns
     from featcircuits.dashboards.dashboard import feature_dashboard_data
-    from featcircuits.experiments.circuits import parens_setup
+    from featcircuits.engine.runs import CircuitRuns
     from featcircuits.engine.settings import RunSettings
+    from featcircuits.experiments.parens import parens_setup
     from featcircuits.patching.experiment import PatchingExperiment
     from featcircuits.tasks.prompts import read_prompts
     from featcircuits.train.buffer import collect_activations
@@ -245,7 +349,7 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
                                    settings=RunSettings(progress=False)),
         lambda: CircuitRuns(model, {"resid_out.2": sae}, prompts, targets="logit_diff",
                             progress=False),
-        lambda: parens_setup("tiny", model=model, n_texts=1, progress=False),
+        lambda: parens_setup(model, n_texts=1, settings=RunSettings(progress=False)),
     ]
     for call in calls:
         with pytest.raises(Stop):

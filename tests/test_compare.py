@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pandas as pd
 import pytest
 import torch
@@ -18,7 +16,8 @@ from featcircuits import (
     save_dictionary,
     summarize_comparison,
 )
-from featcircuits.experiments.ioi import add_ioi_arguments, run_ioi_example
+from featcircuits.engine.settings import RunSettings
+from featcircuits.experiments.ioi import run_ioi_patching
 from tests.test_patching import PROMPTS, QUIET, _sae
 
 
@@ -66,12 +65,11 @@ def test_ioi_example_end_to_end(tmp_path, checkpoint_dirs):
         save_dictionary(NeuronBasis(32, site=site), sets / "copy-of-neurons" / site)
     prompts = tmp_path / "prompts.csv"
     PROMPTS.to_csv(prompts, index=False)
-    parser = argparse.ArgumentParser()
-    add_ioi_arguments(parser)
-    args = parser.parse_args(["--model", checkpoint_dirs["gpt_neox"], "--dictionaries", str(sets),
-                              "--prompts", str(prompts), "--out", str(tmp_path / "out")])
-    args.quiet = True
-    results = run_ioi_example(args)
+    result = run_ioi_patching(checkpoint_dirs["gpt_neox"], dictionaries=sets, prompts=prompts,
+                              out=tmp_path / "out", settings=RunSettings(progress=False))
+    results = result.results
+    assert result.paths == {"results": tmp_path / "out" / "results.csv",
+                            "curves": tmp_path / "out" / "curves.png"}
     written = pd.read_csv(tmp_path / "out" / "results.csv")
     assert len(written) == len(results)
     assert set(written["basis"]) == {"sae", "copy-of-neurons", "neuron", "random"}

@@ -111,7 +111,7 @@ def test_reconstruction_is_pca_projection_and_exact_at_full_rank():
 
     # rows sorted so the first chunk's mean is far from the global mean: the streamed
     # moments must still give the exact mean and covariance
-    x = x[torch.argsort(x[:, 0])]
+    x = x[torch.argsort(x[:, 0], stable=True)]  # ties keep their order on every machine
     reduced = fit_ica(x, 4, device="cpu", chunk_size=1_000, progress=False)
     assert torch.allclose(reduced.mean.double(), x.double().mean(0), atol=1e-5)
     assert reduced.unmixing.shape == (4, 10) and reduced.mixing.shape == (10, 4)
@@ -176,6 +176,30 @@ def test_deterministic_under_seed():
     converted = fit_ica(x.double().numpy(), np.int64(6), seed=np.int64(4), device="cpu",
                         progress=False)
     assert torch.equal(converted.unmixing, first.unmixing)
+
+
+def test_thread_count_is_an_argument_and_restored(monkeypatch):
+    """fit_ica never changes torch's process-wide thread count unless asked
+    (``small_ops_threads``), and then only around its small blocks, restoring it."""
+    x, _ = _mixture(3_000, MIXED, seed=23)
+    before = torch.get_num_threads()
+    calls: list[int] = []
+    real = torch.set_num_threads
+
+    def spy(n: int) -> None:
+        calls.append(n)
+        real(n)
+
+    monkeypatch.setattr(torch, "set_num_threads", spy)
+    untouched = fit_ica(x, 6, seed=1, device="cpu", progress=False)
+    assert calls == [] and torch.get_num_threads() == before
+    other = 2 if before == 1 else 1
+    asked = fit_ica(x, 6, seed=1, device="cpu", progress=False, small_ops_threads=other)
+    assert other in calls and calls[-1] == before and torch.get_num_threads() == before
+    assert amari_distance(asked.unmixing, untouched.mixing) < 1e-3  # same fixed point
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ParameterError, match="small_ops_threads"):
+            fit_ica(x, 6, device="cpu", progress=False, small_ops_threads=bad)
 
 
 def test_components_ordered_by_kurtosis_and_signed_by_skewness():

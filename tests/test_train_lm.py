@@ -32,6 +32,31 @@ def test_training_is_reproducible_and_seeded(tmp_path):
     assert a["final_loss"] == b["final_loss"] != c["final_loss"]
 
 
+def test_training_uses_its_threads_and_restores_the_callers(tmp_path, monkeypatch):
+    """``config.threads`` applies during training only; the caller's thread count and
+    torch's random state are as before afterwards."""
+    import dataclasses
+
+    from featcircuits.train import lm
+
+    before = torch.get_num_threads()
+    wanted = before + 1
+    seen: list[int] = []
+    real = lm._train
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm, "_train", spy)
+    state = torch.get_rng_state()
+    train_lm(tmp_path / "a", dataclasses.replace(_tiny(0), threads=wanted), evaluate=False,
+             progress=False)
+    assert seen == [wanted]
+    assert torch.get_num_threads() == before
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_cli_writes_hf_layout(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

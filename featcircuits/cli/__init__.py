@@ -1,5 +1,9 @@
-"""The ``featcircuits`` command line (the library never imports this package)."""
+"""The ``featcircuits`` command line (the library never imports this package).
 
-from featcircuits.cli.main import main
+``featcircuits.cli.main.COMMANDS`` is the table of subcommands; each runner converts its
+flags to library keywords (``featcircuits.cli.flags``), calls the library and prints.
+"""
 
-__all__ = ["main"]
+from featcircuits.cli.main import COMMANDS, Command, build_parser, main
+
+__all__ = ["COMMANDS", "Command", "build_parser", "main"]

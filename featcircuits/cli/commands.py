@@ -1,46 +1,27 @@
-"""Subcommands of the ``featcircuits`` CLI beyond ``info`` (registered on import)."""
+"""The ``patch``, ``render`` and ``dashboard`` subcommands: flags and runners.
+
+Each ``add_*_arguments(parser)`` adds a command's flags and each ``run_*(args)`` converts
+them to library keywords, calls the library and prints; heavy imports happen inside the
+runners so ``featcircuits --help`` stays fast. ``featcircuits.cli.main.COMMANDS`` lists them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from featcircuits.cli.main import register_command
 from featcircuits.cli.flags import (
+    add_memory_flag,
     add_model_flags,
     add_run_flags,
     dictionary_for_model,
     model_from_args,
+    settings_from_args,
 )
 
 
-# ----------------------------------------------------------------------------- ioi
-def _ioi_flags(parser: argparse.ArgumentParser) -> None:
-    from featcircuits.experiments.ioi import add_ioi_arguments
-
-    add_ioi_arguments(parser)
-    parser.add_argument("--max-memory", default=None,
-                        help="memory budget for working tensors, e.g. 2GB or 512MB (default 4GB, "
-                        "or 25%% of RAM if less); sets chunk sizes, see docs/memory.md")
-
-
-def _run_ioi(args: argparse.Namespace) -> int:
-    from featcircuits.experiments.ioi import run_ioi_example
-
-    run_ioi_example(args)
-    return 0
-
-
-register_command(
-    "ioi", "IOI feature patching: compare bases by the features needed to restore behaviour",
-    "  featcircuits ioi                                # bundled model, every layer\n"
-    "  featcircuits ioi --layers 1 2 --n-taus 50 --out out/ioi50\n"
-    "  featcircuits ioi --model EleutherAI/pythia-70m-deduped --dictionaries DIR --layers 3",
-    _ioi_flags, _run_ioi)
-
-
 # --------------------------------------------------------------------------- patch
-def _patch_flags(parser: argparse.ArgumentParser) -> None:
+def add_patch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", required=True,
                         help="JSONL/CSV with clean, corrupt, answer, wrong_answer columns, or "
                         "auto-circuit prompt JSON")
@@ -61,21 +42,17 @@ def _patch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--positions", default="all", help="all | final")
     parser.add_argument("--out", default=None, help="write the result table here (CSV)")
     add_run_flags(parser, batch_size=1024)
-    parser.add_argument("--max-memory", default=None,
-                        help="memory budget for working tensors, e.g. 2GB or 512MB (default 4GB, "
-                        "or 25%% of RAM if less); sets chunk sizes, see docs/memory.md")
+    add_memory_flag(parser)
 
 
-def _run_patch(args: argparse.Namespace) -> int:
-    from featcircuits.files import atomic_path
+def run_patch(args: argparse.Namespace) -> int:
     from featcircuits.dictionaries.io import load_dictionary
-    from featcircuits.engine.settings import RunSettings
+    from featcircuits.files import atomic_path
     from featcircuits.patching.experiment import PatchingExperiment
-    from featcircuits.tasks.prompts import read_prompts
     from featcircuits.patching.search import attribution_curve, backward_elimination, default_taus
+    from featcircuits.tasks.prompts import read_prompts
 
-    settings = RunSettings(max_memory=args.max_memory, max_rows=args.batch_size,
-                           seed=args.seed, progress=not args.quiet)  # fail before loading
+    settings = settings_from_args(args)  # a bad --max-memory fails before anything loads
     dictionary = load_dictionary(args.dictionaries, site=args.site)  # fail fast, before the model
     if args.out:
         from pathlib import Path
@@ -99,8 +76,8 @@ def _run_patch(args: argparse.Namespace) -> int:
                                     settings=settings)
     print(experiment.baselines().to_string(index=False, float_format="%.4f"))
     if args.search == "elimination":
-        table = backward_elimination(experiment, taus=default_taus(args.n_taus), seed=args.seed,
-                                     progress=not args.quiet)
+        table = backward_elimination(experiment, taus=default_taus(args.n_taus),
+                                     seed=settings.seed, progress=settings.progress)
     elif args.search == "attribution":
         table = attribution_curve(experiment)
     else:
@@ -117,54 +94,12 @@ def _run_patch(args: argparse.Namespace) -> int:
     return 0
 
 
-register_command(
-    "patch", "patch dictionary features from clean into corrupted prompts and measure",
-    "  featcircuits patch --prompts data/ioi/prompts.jsonl \\\n"
-    "      --dictionaries featcircuits/zoo/tiny/dictionaries/sae-sparse/resid_out.2\n"
-    "  featcircuits patch --prompts my.csv --dictionaries DIR --features 3 17 --source mean\n"
-    "  featcircuits patch --prompts p.jsonl --dictionaries DIR --search elimination --out f.csv",
-    _patch_flags, _run_patch)
-
-
 # -------------------------------------------------------------------------- render
 RENDER_FORMATS = (".png", ".svg", ".pdf", ".dot", ".html")
 
 
-def read_circuit_json(path: str) -> object:
-    """Read a circuit graph written as networkx node-link JSON; ``GraphError`` on bad input."""
-    import json
-    import warnings
 
-    import networkx as nx
-
-    from featcircuits.errors import GraphError
-    from featcircuits.graph.schema import validate_circuit_graph
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except OSError as exc:
-        raise GraphError(f"cannot read circuit file {path!r}: {exc.strerror or exc}",
-                         hint="pass the path of a circuit JSON file") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GraphError(f"circuit file {path!r} is not valid JSON: {exc}",
-                         hint="write circuits with networkx.node_link_data(graph)") from exc
-    if not isinstance(data, dict) or "nodes" not in data:
-        raise GraphError(f"circuit file {path!r} is not node-link JSON (no 'nodes' list)",
-                         hint="write circuits with networkx.node_link_data(graph)")
-    edges_key = "edges" if "edges" in data else "links"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = nx.node_link_graph(data, directed=True, multigraph=False, edges=edges_key)
-    except (KeyError, TypeError, ValueError, nx.NetworkXError) as exc:
-        raise GraphError(f"circuit file {path!r} is malformed node-link JSON: "
-                         f"{type(exc).__name__}: {exc}",
-                         hint="see docs/graph-format.md") from exc
-    return validate_circuit_graph(graph)
-
-
-def _render_flags(parser: argparse.ArgumentParser) -> None:
+def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("graph", help="circuit graph JSON (networkx node-link format)")
     parser.add_argument("-o", "--out", required=True,
                         help="output file; the writer is picked by extension: "
@@ -172,7 +107,7 @@ def _render_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--title", default=None, help="title of the figure / page")
 
 
-def _run_render(args: argparse.Namespace) -> int:
+def run_render(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from featcircuits.errors import OutputError
@@ -201,15 +136,8 @@ def _run_render(args: argparse.Namespace) -> int:
     return 0
 
 
-register_command(
-    "render", "draw a circuit graph JSON as PNG/SVG/PDF, Graphviz DOT or interactive HTML",
-    "  featcircuits render circuit.json -o circuit.png\n"
-    "  featcircuits render circuit.json -o circuit.html --title 'IOI circuit'",
-    _render_flags, _run_render)
-
-
 # ----------------------------------------------------------------------- dashboard
-def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
+def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site of the feature, e.g. resid_out.3")
     parser.add_argument("--feature", type=int, required=True, help="dictionary index")
     parser.add_argument("--dictionaries", default=None,
@@ -241,9 +169,9 @@ def _dashboard_dictionary_folder(args: argparse.Namespace, site: str):
         if not found:
             raise DictionaryLoadError(f"no bundled dictionaries for model {args.model!r}",
                                       hint="pass --dictionaries PATH")
-        from featcircuits.experiments.circuits import _preferred_set
+        from featcircuits.experiments.inputs import preferred_set
 
-        return sets / _preferred_set(found) / site  # the sparse SAE, as in the docs
+        return sets / preferred_set(found) / site  # the sparse SAE, as in the docs
     from featcircuits.dictionaries.hub import is_spec
 
     if is_spec(args.dictionaries):  # saelens:..., dictionary_learning:..., circuit_tracer:...
@@ -255,10 +183,14 @@ def _dashboard_dictionary_folder(args: argparse.Namespace, site: str):
     return folder
 
 
-def _run_dashboard(args: argparse.Namespace) -> int:
+def run_dashboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from featcircuits.dashboards.dashboard import default_texts, feature_dashboard_data, write_dashboard
+    from featcircuits.dashboards.dashboard import (
+        default_texts,
+        feature_dashboard_data,
+        write_dashboard,
+    )
     from featcircuits.dictionaries.io import load_dictionary
     from featcircuits.errors import OutputError, ParameterError
     from featcircuits.model.sites import Site
@@ -268,6 +200,7 @@ def _run_dashboard(args: argparse.Namespace) -> int:
                           hint="use a path ending in .html, .png, .svg or .pdf")
     if args.n_texts < 1:
         raise ParameterError(f"--n-texts must be >= 1, got {args.n_texts}")
+    settings = settings_from_args(args)
     site = str(Site.parse(args.site))
     folder = _dashboard_dictionary_folder(args, site)
     model = model_from_args(args)
@@ -277,10 +210,10 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     if token is not None and token.isdigit():
         token = int(token)
     data = feature_dashboard_data(model, dictionary, site, args.feature,
-                                  texts=default_texts(args.n_texts, seed=args.seed),
+                                  texts=default_texts(args.n_texts, seed=settings.seed),
                                   top_k=args.top_k, logit_token=token,
-                                  batch_size=args.batch_size,
-                                  progress=not getattr(args, "quiet", False))
+                                  batch_size=settings.rows(32),
+                                  progress=settings.progress)
     write_dashboard(data, args.out)
     print(f"feature {data.feature} at {data.site}: fires on {len(data.fire_activations)} of "
           f"{data.n_counted_tokens} tokens; top context max {data.top_contexts[0].max_activation:.4g}"
@@ -288,47 +221,3 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
-
-register_command(
-    "dashboard", "feature dashboard: top contexts, activation histogram, logit and ablation "
-    "effects",
-    "  featcircuits dashboard --site resid_out.3 --feature 117 -o f117.html\n"
-    "  featcircuits dashboard --site resid_out.2 --feature 5 --dictionaries DIR -o f5.png",
-    _dashboard_flags, _run_dashboard)
-
-
-# ------------------------------------------------------------------------- circuit
-def _circuit_flags(parser: argparse.ArgumentParser) -> None:
-    from featcircuits.experiments.circuits import add_circuit_arguments
-
-    parser.add_argument("task", choices=["parens", "ioi"],
-                        help="parens: the closing-parenthesis circuit; ioi: the IOI "
-                        "logit-difference circuit")
-    add_circuit_arguments(parser, out="out/circuit")
-    parser.add_argument("--n-texts", type=int, default=8, help="parens: documents (default 8)")
-    parser.add_argument("--n-targets", type=int, default=2,
-                        help="parens: last-layer ')' features to explain (default 2)")
-    parser.add_argument("--prompts", default=None, help="ioi: prompt pairs .jsonl/.csv")
-    parser.add_argument("--corruption", default="abc", help="ioi: abc | flip | all")
-    parser.add_argument("--template", default="largest", help="ioi: template id, largest or all")
-    parser.add_argument("--n-prompts", type=int, default=16, help="ioi: prompt pairs")
-    parser.add_argument("--no-positional", dest="positional", action="store_false",
-                        help="ioi: one node per feature instead of per (feature, position)")
-    parser.add_argument("--max-memory", default=None,
-                        help="memory budget for working tensors, e.g. 2GB or 512MB (default 4GB, "
-                        "or 25%% of RAM if less); sets chunk sizes, see docs/memory.md")
-
-
-def _run_circuit(args: argparse.Namespace) -> int:
-    from featcircuits.experiments.circuits import run_ioi_circuit, run_parens_circuit
-
-    (run_parens_circuit if args.task == "parens" else run_ioi_circuit)(args)
-    return 0
-
-
-register_command(
-    "circuit", "find a feature circuit (closing parenthesis or IOI) and save JSON + diagram",
-    "  featcircuits circuit parens                       # bundled model, exact ACDC\n"
-    "  featcircuits circuit parens --method hybrid --tau 0.05 --out out/parens_hybrid\n"
-    "  featcircuits circuit ioi --n-prompts 8 --set sae-sparse",
-    _circuit_flags, _run_circuit)

@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-from featcircuits.cli.main import register_command
 from featcircuits.cli.flags import add_model_flags, add_run_flags
 
 EVAL_KEYS = ("l0", "variance_explained", "ce_loss_recovered", "kl_spliced", "dead_fraction")
@@ -129,7 +128,7 @@ def _finish(model, dictionary, args: argparse.Namespace, held_out: list[str],
 
 
 # -------------------------------------------------------------------------- train-sae
-def _train_sae_flags(parser: argparse.ArgumentParser) -> None:
+def add_train_sae_arguments(parser: argparse.ArgumentParser) -> None:
     from featcircuits.train.sae import DEFAULT_L1_COEFFICIENT
 
     _data_flags(parser)
@@ -150,7 +149,7 @@ def _train_sae_flags(parser: argparse.ArgumentParser) -> None:
                         help="steps between checkpoints (default 500)")
 
 
-def _run_train_sae(args: argparse.Namespace) -> int:
+def run_train_sae(args: argparse.Namespace) -> int:
     from featcircuits.errors import ParameterError
     from featcircuits.model.sites import Site, d_model
     from featcircuits.train.buffer import StepBatches
@@ -192,17 +191,8 @@ def _run_train_sae(args: argparse.Namespace) -> int:
     return 0
 
 
-register_command(
-    "train-sae", "train a sparse autoencoder at one site and save it (SAELens layout)",
-    "  featcircuits train-sae --site resid_out.2 --out out/sae2           # bundled model+corpus\n"
-    "  featcircuits train-sae --site resid_out.2 --k 16 --expansion 8 --steps 5000 --out DIR\n"
-    "  featcircuits train-sae --model EleutherAI/pythia-70m-deduped --site resid_out.3 \\\n"
-    "      --texts docs.txt --l1 3 --device cuda --out DIR --resume",
-    _train_sae_flags, _run_train_sae)
-
-
 # ---------------------------------------------------------------------------- fit-ica
-def _fit_ica_flags(parser: argparse.ArgumentParser) -> None:
+def add_fit_ica_arguments(parser: argparse.ArgumentParser) -> None:
     from featcircuits.train.ica import CONTRASTS
 
     _data_flags(parser)
@@ -218,7 +208,7 @@ def _fit_ica_flags(parser: argparse.ArgumentParser) -> None:
     add_run_flags(parser, batch_size=None)
 
 
-def _run_fit_ica(args: argparse.Namespace) -> int:
+def run_fit_ica(args: argparse.Namespace) -> int:
     from featcircuits.cli.flags import model_from_args
     from featcircuits.dictionaries.bases import PCABasis
     from featcircuits.model.sites import Site
@@ -240,7 +230,8 @@ def _run_fit_ica(args: argparse.Namespace) -> int:
         basis = fit_ica(activations, args.n_components or activations.shape[1],
                         contrast=args.contrast, max_iter=args.max_iter, tol=args.tol,
                         seed=args.seed, device=args.device, checkpoint_path=checkpoint,
-                        site=args.site, progress=not args.quiet)
+                        site=args.site, progress=not args.quiet,
+                        small_ops_threads=1)  # one thread for the small algebra (docs/ica.md)
         extra = {"method": "ica", "contrast": args.contrast,
                  "n_iter": int(basis.meta.get("n_iter", -1)),
                  "converged": bool(basis.meta.get("converged", False))}
@@ -248,12 +239,3 @@ def _run_fit_ica(args: argparse.Namespace) -> int:
                   "train_seconds": round(time.perf_counter() - start, 2)})
     _finish(model, basis, args, held_out, extra)
     return 0
-
-
-register_command(
-    "fit-ica", "fit a FastICA (or PCA) basis at one site and save it (SAELens layout)",
-    "  featcircuits fit-ica --site resid_out.2 --out out/ica2              # bundled model+corpus\n"
-    "  featcircuits fit-ica --site resid_out.2 --method pca --out out/pca2\n"
-    "  featcircuits fit-ica --site resid_out.1 --n-components 64 --contrast cube --resume \\\n"
-    "      --texts docs.txt --out DIR",
-    _fit_ica_flags, _run_fit_ica)

@@ -7,7 +7,7 @@ replaced by the top-level help and each subcommand's help (at 80 columns).
 
 from __future__ import annotations
 
-import os
+import argparse
 import sys
 from pathlib import Path
 
@@ -17,24 +17,17 @@ PAGE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
 def help_markdown(columns: int = 80) -> str:
-    """The help text of ``featcircuits`` and of every subcommand as Markdown sections."""
+    """The help text of ``featcircuits`` and of every subcommand as Markdown sections,
+    wrapped as a ``columns``-wide terminal would (argparse keeps two columns free)."""
     from featcircuits.cli.main import build_parser
 
-    previous = os.environ.get("COLUMNS")
-    os.environ["COLUMNS"] = str(columns)
-    try:
-        parser = build_parser()
-        parts = ["```text", parser.format_help().rstrip(), "```"]
-        subparsers = next(action for action in parser._actions
-                          if action.__class__.__name__ == "_SubParsersAction")
-        for name, sub in subparsers.choices.items():
-            parts += ["", f"## `featcircuits {name}`", "", "```text",
-                      sub.format_help().rstrip(), "```"]
-    finally:
-        if previous is None:
-            os.environ.pop("COLUMNS", None)
-        else:
-            os.environ["COLUMNS"] = previous
+    parser = build_parser(width=columns - 2)
+    parts = ["```text", parser.format_help().rstrip(), "```"]
+    subparsers = next(action for action in parser._actions
+                      if isinstance(action, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        parts += ["", f"## `featcircuits {name}`", "", "```text",
+                  sub.format_help().rstrip(), "```"]
     return "\n".join(parts) + "\n"
 
 

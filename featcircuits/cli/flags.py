@@ -1,16 +1,31 @@
-"""Flags shared by the command-line subcommands and the example scripts.
+"""Flags shared by the command-line subcommands, and their conversion to library keywords.
 
 One helper per group of flags, so every subcommand spells them the same way:
-``add_model_flags`` (``--model --device --dtype --remote``) and ``add_run_flags``
-(``--seed --batch-size``). ``model_from_args`` loads the model those flags name and
-``dictionary_for_model`` casts a loaded dictionary to the model's dtype and device.
+``add_model_flags`` (``--model --device --dtype --remote``), ``add_run_flags``
+(``--seed --batch-size``) and ``add_memory_flag`` (``--max-memory``). The conversions:
+``model_keywords`` (the model flags as the experiments' ``model``, ``device``, ``dtype``,
+``remote`` keywords), ``settings_from_args`` (one ``RunSettings`` from ``--max-memory
+--batch-size --seed --quiet``), ``model_from_args`` (``load_model`` with the model flags)
+and ``dictionary_for_model`` (a loaded dictionary cast to the model's dtype and device).
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from featcircuits.model.loading import _DTYPES, REMOTE_MODES
+from featcircuits.engine.settings import RunSettings
+from featcircuits.model.loading import DTYPE_NAMES, REMOTE_MODES
+
+__all__ = [
+    "add_memory_flag",
+    "add_model_flags",
+    "add_run_flags",
+    "dictionary_for_model",
+    "model_from_args",
+    "model_keywords",
+    "settings_from_args",
+]
 
 
 def add_model_flags(parser: argparse.ArgumentParser, *, default_model: str = "tiny") -> None:
@@ -21,7 +36,7 @@ def add_model_flags(parser: argparse.ArgumentParser, *, default_model: str = "ti
     parser.add_argument("--device", default="cpu",
                         help="where the model and dictionaries run: cpu, cuda, cuda:1 "
                         "(default: cpu)")
-    parser.add_argument("--dtype", default=None, choices=sorted(_DTYPES), metavar="DTYPE",
+    parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES, metavar="DTYPE",
                         help="model dtype: float32, bfloat16 (bf16), float16 (fp16) "
                         "(default: the checkpoint's); dictionaries are cast to it")
     parser.add_argument("--remote", nargs="?", const="ndif", default=None,
@@ -39,13 +54,35 @@ def add_run_flags(parser: argparse.ArgumentParser, *, batch_size: int | None = N
                             help=f"{batch_help} (default: {batch_size})")
 
 
+def add_memory_flag(parser: argparse.ArgumentParser) -> None:
+    """Add ``--max-memory`` (``RunSettings.max_memory``) to ``parser``."""
+    parser.add_argument("--max-memory", default=None,
+                        help="memory budget for working tensors, e.g. 2GB or 512MB (default 4GB, "
+                        "or 25%% of RAM if less); sets chunk sizes, see docs/memory.md")
+
+
+def model_keywords(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags of ``add_model_flags`` as ``model``, ``device``, ``dtype``, ``remote``
+    keywords (those of ``load_model`` and of the ready-made experiments)."""
+    return {"model": args.model, "device": getattr(args, "device", "cpu"),
+            "dtype": getattr(args, "dtype", None), "remote": getattr(args, "remote", None) or False}
+
+
+def settings_from_args(args: argparse.Namespace) -> RunSettings:
+    """One ``RunSettings`` from ``--max-memory``, ``--batch-size`` (sequences per forward
+    pass), ``--seed`` and ``--quiet``; ``ParameterError`` for a bad budget or batch size."""
+    return RunSettings(max_memory=getattr(args, "max_memory", None),
+                       max_rows=getattr(args, "batch_size", None),
+                       seed=getattr(args, "seed", 0),
+                       progress=not getattr(args, "quiet", False))
+
+
 def model_from_args(args: argparse.Namespace):
     """``load_model`` with the flags of ``add_model_flags``."""
     from featcircuits.model.loading import load_model
 
-    return load_model(args.model, device=getattr(args, "device", "cpu"),
-                      dtype=getattr(args, "dtype", None),
-                      remote=getattr(args, "remote", None) or False)
+    keywords = model_keywords(args)
+    return load_model(keywords.pop("model"), **keywords)
 
 
 def dictionary_for_model(dictionary, model, args: argparse.Namespace | None = None):

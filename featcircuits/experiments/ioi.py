@@ -1,156 +1,170 @@
-"""Ready-made experiments shared by the examples and the command line."""
+"""The IOI feature-patching experiment: how few features of each basis restore behaviour?
+
+``run_ioi_patching`` compares the bundled (or given) dictionary sets with the neuron and a
+random basis at residual-stream sites, on IOI prompt pairs; it returns an ``IOIResult``
+and, when ``out`` is given, writes ``results.csv`` and ``curves.png`` there. The example
+script and ``featcircuits ioi`` are thin wrappers that print ``IOIResult.report()``.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from featcircuits.files import atomic_path, ensure_writable_dir
-from featcircuits.cli.flags import add_model_flags, add_run_flags, model_from_args
-from featcircuits.patching.compare import compare_bases, reference_bases, summarize_comparison
-from featcircuits.dictionaries.io import load_dictionaries
-from featcircuits.errors import DictionaryLoadError, ParameterError
 from featcircuits.engine.settings import RunSettings
+from featcircuits.errors import DictionaryLoadError
+from featcircuits.experiments.inputs import (
+    ModelSpec,
+    dictionary_sets,
+    load_ioi_prompts,
+    resolve_model,
+    seeded,
+)
+from featcircuits.files import atomic_path, ensure_writable_dir
 from featcircuits.model.loading import resolve_checkpoint, to_model
-from featcircuits.tasks.prompts import read_prompts
-from featcircuits.patching.search import default_taus
 from featcircuits.model.sites import Site, num_layers
+from featcircuits.patching.compare import compare_bases, reference_bases, summarize_comparison
+from featcircuits.patching.search import default_taus
+
+__all__ = ["IOIResult", "run_ioi_patching"]
+
+REFERENCE_BASES = ("neuron", "random")
 
 
-def default_ioi_prompts() -> Path:
-    """The bundled held-out IOI prompt pairs (``data/ioi/prompts.jsonl``)."""
-    from featcircuits.tasks.ioi import default_prompts_path
+@dataclass
+class IOIResult:
+    """What ``run_ioi_patching`` returns.
 
-    return Path(default_prompts_path())
+    Attributes:
+        results: one row per (site, basis, point of the curve), as ``compare_bases``.
+        summary: ``summarize_comparison(results)``: features needed per (site, basis).
+        prompts: the prompt pairs used.
+        model_name: the model's name as given (or ``model_name(model)``).
+        paths: files written (``{"results": .../results.csv, "curves": .../curves.png}``;
+            empty without ``out``).
+    """
 
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    prompts: pd.DataFrame
+    model_name: str
+    paths: dict[str, Path] = field(default_factory=dict)
 
-def dictionary_sets(folder: str | os.PathLike[str], model=None, *,
-                    names: list[str] | None = None) -> dict[str, dict[str, object]]:
-    """Load ``{set name: {site: Dictionary}}`` from a folder of sets (``<folder>/<set>/<site>``)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise DictionaryLoadError(f"dictionary folder {str(folder)!r} does not exist",
-                                  hint="pass a folder of dictionary sets, e.g. "
-                                  "featcircuits/zoo/tiny/dictionaries")
-    available = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if names:
-        unknown = [name for name in names if name not in available]
-        if unknown:
-            raise DictionaryLoadError(f"no dictionary sets {unknown} in {str(root)!r}",
-                                      hint=f"available: {', '.join(available)}")
-    return {name: load_dictionaries(root / name, model=model)
-            for name in (names or available)}
-
-
-def add_ioi_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of the IOI patching experiment (example script and ``featcircuits ioi``)."""
-    add_model_flags(parser)
-    parser.add_argument("--dictionaries", default=None,
-                        help="folder of dictionary sets <set>/<site>/ (default: the bundled "
-                        "model's)")
-    parser.add_argument("--bases", nargs="+", default=None,
-                        help="sets to compare (default: every set found) plus neuron, random")
-    parser.add_argument("--prompts", default=None,
-                        help="prompt pairs .jsonl/.csv (default: data/ioi/prompts.jsonl)")
-    parser.add_argument("--corruption", default="abc",
-                        help="which corruption rows to use when the file has a 'corruption' "
-                        "column (abc | flip | all; default abc)")
-    parser.add_argument("--n-prompts", type=int, default=16, help="prompt pairs (default 16)")
-    parser.add_argument("--layers", type=int, nargs="+", default=None,
-                        help="layers to patch (default: all)")
-    parser.add_argument("--method", choices=["elimination", "attribution"],
-                        default="attribution",
-                        help="attribution: patch the top-k features by attribution for a grid "
-                        "of k (fast, the default); elimination: the paper's greedy backward "
-                        "elimination over a tau grid (minutes)")
-    parser.add_argument("--n-taus", type=int, default=16,
-                        help="points on the 1e-5..1 tau grid (paper: 50; default 16)")
-    parser.add_argument("--positions", default="all", help="all | final (default all)")
-    parser.add_argument("--out", default="out/ioi", help="output folder (default out/ioi)")
-    add_run_flags(parser, batch_size=1024)
+    def report(self) -> str:
+        """The summary as text: baselines, then a site × basis table of the features needed
+        to bring KL under 10% of the unpatched KL (edit magnitude in brackets)."""
+        first = self.results.iloc[0]
+        lines = [(f"{len(self.prompts)} prompt pairs; logit diff clean "
+                 f"{first['logit_diff_clean']:.2f}, corrupt {first['logit_diff_corrupt']:.2f}; "
+                 f"KL(clean ‖ corrupt) {first['kl_corrupt']:.3f}"),
+                 ("features needed to bring KL under 10% of the unpatched KL "
+                 "(edit magnitude at that point):")]
+        summary = self.summary
+        table = summary.pivot(index="site", columns="basis", values="features_needed")
+        edits = summary.pivot(index="site", columns="basis", values="edit_magnitude")
+        order = list(dict.fromkeys(summary["basis"]))
+        sites = sorted(table.index, key=lambda name: Site.parse(name).depth)
+        lines.append(f"{'site':<12}" + "".join(f"{name:>16}" for name in order))
+        for site in sites:
+            cells = []
+            for name in order:
+                needed, edit = table.loc[site, name], edits.loc[site, name]
+                cells.append(f"{'—':>16}" if pd.isna(needed)
+                             else f"{int(needed):>7} ({edit:6.2f})")
+            lines.append(f"{site:<12}" + "".join(cells))
+        return "\n".join(lines)
 
 
-def load_ioi_prompts(path: str | os.PathLike[str] | None, corruption: str, n_prompts: int,
-                     seed: int) -> pd.DataFrame:
-    """Prompt pairs from ``path`` filtered by corruption, ``n_prompts`` of them (seeded)."""
-    frame = read_prompts(path or default_ioi_prompts())
-    if "corruption" in frame.columns and corruption != "all":
-        frame = frame[frame["corruption"] == corruption]
-        if frame.empty:
-            raise ParameterError(f"no prompt pairs with corruption {corruption!r}",
-                                 hint="use --corruption abc, flip or all")
-    if n_prompts < 1:
-        raise ParameterError(f"--n-prompts must be >= 1, got {n_prompts}")
-    if len(frame) > n_prompts:
-        frame = frame.sample(n=n_prompts, random_state=seed)
-    return frame.reset_index(drop=True)
+def run_ioi_patching(
+    model: ModelSpec = "tiny",
+    *,
+    device: str = "cpu",
+    dtype: str | None = None,
+    remote: bool | str = False,
+    dictionaries: str | os.PathLike[str] | None = None,
+    bases: list[str] | None = None,
+    prompts: str | os.PathLike[str] | None = None,
+    corruption: str = "abc",
+    n_prompts: int = 16,
+    layers: list[int] | None = None,
+    method: str = "attribution",
+    n_taus: int = 16,
+    positions: str = "all",
+    out: str | os.PathLike[str] | None = None,
+    settings: RunSettings | None = None,
+) -> IOIResult:
+    """Compare bases by the features needed to restore IOI behaviour at ``resid_out`` sites.
+
+    Args:
+        model: bundled name, checkpoint folder or hub id (loaded with ``device``, ``dtype``,
+            ``remote``), or a loaded model.
+        dictionaries: folder of dictionary sets ``<set>/<site>/`` (default: the
+            checkpoint's ``dictionaries/``).
+        bases: sets to compare, plus ``"neuron"`` and ``"random"`` (default: every set
+            found and both references).
+        prompts: prompt pairs .jsonl/.csv (default: ``data/ioi/prompts.jsonl``).
+        corruption: rows of that ``corruption`` value (``abc``, ``flip`` or ``all``).
+        n_prompts: prompt pairs, drawn with ``settings.seed`` when there are more.
+        layers: layers to patch (default: all).
+        method: ``"attribution"`` (top-k by attribution over a grid of k) or
+            ``"elimination"`` (greedy backward elimination over the tau grid).
+        n_taus: points of the 1e-5..1 tau grid (``default_taus``).
+        positions: ``"all"`` or ``"final"``.
+        out: folder for ``results.csv`` and ``curves.png`` (default: write nothing).
+        settings: memory budget, rows per pass (default 1024), seed, progress bars.
+
+    Returns:
+        ``IOIResult``; its ``report()`` is the text ``featcircuits ioi`` prints.
+
+    Raises:
+        DictionaryLoadError: no dictionaries for the model, or an unknown set in ``bases``.
+        OutputError: ``out`` is not writable (checked before the model loads).
+        ParameterError: bad ``n_prompts``, ``corruption``, ``method`` or ``positions``.
+    """
+    settings = settings or RunSettings()
+    if out is not None:
+        ensure_writable_dir(out)  # fail before the long work, not after
+    with seeded(settings.seed):
+        model, name = resolve_model(model, device=device, dtype=dtype, remote=remote)
+        checkpoint = Path(resolve_checkpoint(name))
+        folder = dictionaries or (checkpoint / "dictionaries" if checkpoint.exists() else None)
+        if folder is None:
+            raise DictionaryLoadError(f"no dictionaries for {name!r}",
+                                      hint="pass dictionaries=FOLDER (--dictionaries) with "
+                                      "<set>/<site>/ inside")
+        named = [b for b in (bases or []) if b not in REFERENCE_BASES]
+        chosen = dictionary_sets(folder, model, names=named or None)
+        layers = layers if layers is not None else list(range(num_layers(model)))
+        sites = [str(Site("resid_out", layer)) for layer in layers]
+        chosen = {set_name: {site: d for site, d in sets.items() if site in sites}
+                  for set_name, sets in chosen.items()}
+        references = reference_bases(model, sites, seed=settings.seed)
+        for reference in REFERENCE_BASES:
+            if bases is None or reference in bases:
+                chosen[reference] = references[reference]
+        chosen = {set_name: {site: to_model(d, model) for site, d in sets.items()}
+                  for set_name, sets in chosen.items()}
+        pairs = load_ioi_prompts(prompts, corruption, n_prompts, settings.seed)
+        results = compare_bases(model, pairs, chosen, method=method, taus=default_taus(n_taus),
+                                positions=positions, settings=settings)
+    result = IOIResult(results, summarize_comparison(results), pairs, name)
+    if out is not None:
+        result.paths = _write(result, Path(out))
+    return result
 
 
-def run_ioi_example(args: argparse.Namespace) -> pd.DataFrame:
-    """Run the IOI basis comparison; write results.csv and curves.png under ``args.out``."""
+def _write(result: IOIResult, out: Path) -> dict[str, Path]:
+    """``results.csv`` (feature ids space-separated) and ``curves.png`` under ``out``."""
     from featcircuits.render.curves import plot_patching_curves
 
-    settings = RunSettings(max_memory=getattr(args, "max_memory", None),
-                           max_rows=args.batch_size, seed=args.seed,
-                           progress=not getattr(args, "quiet", False))  # fail before loading
-    torch.manual_seed(args.seed)
-    ensure_writable_dir(args.out)  # fail before the long work, not after
-    model = model_from_args(args)
-    checkpoint = Path(resolve_checkpoint(args.model))
-    folder = args.dictionaries or (checkpoint / "dictionaries" if checkpoint.exists() else None)
-    if folder is None:
-        raise DictionaryLoadError(f"no dictionaries for {args.model!r}",
-                                  hint="pass --dictionaries FOLDER with <set>/<site>/ inside")
-    named = [b for b in (args.bases or []) if b not in ("neuron", "random")]
-    bases = dictionary_sets(folder, model, names=named or None)
-    layers = args.layers if args.layers is not None else list(range(num_layers(model)))
-    sites = [str(Site("resid_out", layer)) for layer in layers]
-    bases = {name: {site: d for site, d in sets.items() if site in sites}
-             for name, sets in bases.items()}
-    references = reference_bases(model, sites, seed=args.seed)
-    for name in ("neuron", "random"):
-        if args.bases is None or name in args.bases:
-            bases[name] = references[name]
-    bases = {name: {site: to_model(d, model) for site, d in sets.items()}
-             for name, sets in bases.items()}
-    prompts = load_ioi_prompts(args.prompts, args.corruption, args.n_prompts, args.seed)
-    positions = args.positions
-    results = compare_bases(model, prompts, bases, method=args.method,
-                            taus=default_taus(args.n_taus), positions=positions,
-                            settings=settings)
-    out = Path(args.out)
+    results = result.results
     csv = results.assign(features=results["features"].map(lambda ids: " ".join(map(str, ids))))
     with atomic_path(out / "results.csv") as tmp:
         csv.to_csv(tmp, index=False, float_format="%.6g")
     plot_patching_curves(results, panel="site", line="basis", path=out / "curves.png",
-                         title=f"IOI patching on {args.model}: KL(clean ‖ patched) at the answer")
-    summary = summarize_comparison(results)
-    _print_summary(summary, prompts, results)
-    print(f"\nwrote {out / 'results.csv'} and {out / 'curves.png'}")
-    return results
-
-
-def _print_summary(summary: pd.DataFrame, prompts: pd.DataFrame, results: pd.DataFrame) -> None:
-    first = results.iloc[0]
-    print(f"{len(prompts)} prompt pairs; logit diff clean {first['logit_diff_clean']:.2f}, "
-          f"corrupt {first['logit_diff_corrupt']:.2f}; KL(clean ‖ corrupt) "
-          f"{first['kl_corrupt']:.3f}")
-    print("features needed to bring KL under 10% of the unpatched KL "
-          "(edit magnitude at that point):")
-    table = summary.pivot(index="site", columns="basis", values="features_needed")
-    edits = summary.pivot(index="site", columns="basis", values="edit_magnitude")
-    order = list(dict.fromkeys(summary["basis"]))
-    sites = sorted(table.index, key=lambda name: Site.parse(name).depth)
-    header = f"{'site':<12}" + "".join(f"{name:>16}" for name in order)
-    print(header)
-    for site in sites:
-        cells = []
-        for name in order:
-            needed, edit = table.loc[site, name], edits.loc[site, name]
-            cells.append(f"{'—':>16}" if pd.isna(needed) else f"{int(needed):>7} ({edit:6.2f})")
-        print(f"{site:<12}" + "".join(cells))
-
+                         title=f"IOI patching on {result.model_name}: KL(clean ‖ patched) at "
+                         "the answer")
+    return {"results": out / "results.csv", "curves": out / "curves.png"}

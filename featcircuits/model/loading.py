@@ -26,6 +26,7 @@ _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
+DTYPE_NAMES = tuple(sorted(_DTYPES))  # the names resolve_dtype accepts
 
 
 def zoo_names() -> list[str]:

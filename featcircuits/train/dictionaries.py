@@ -18,14 +18,13 @@ import sys
 import warnings
 from pathlib import Path
 
-import torch
-
 from featcircuits.train.shipping import (
     SAESetSpec,
     ShippingConfig,
     random_word_texts,
     ship_dictionaries,
 )
+from featcircuits.train.threads import check_threads, torch_threads
 
 
 def _texts(args, model):
@@ -84,9 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The script's entry point; ``--threads`` applies to this run only (restored after)."""
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with torch_threads(check_threads(args.threads or None, "--threads")):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from featcircuits.model.loading import load_model
 
     model = load_model(args.model)

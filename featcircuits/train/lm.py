@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from featcircuits.files import atomic_write_text
 from featcircuits.errors import OutputError, ParameterError, TrainingError
+from featcircuits.files import atomic_write_text
 from featcircuits.tasks.corpus import CorpusConfig, iter_corpus
+from featcircuits.train.threads import torch_threads
 from featcircuits.train.tokenizer import build_tokenizer
 
 
@@ -104,7 +105,10 @@ def train_lm(
     progress: bool = True,
     command: str | None = None,
 ) -> dict:
-    """Train, save to ``out`` and return the training record written to training.json."""
+    """Train, save to ``out`` and return the training record written to training.json.
+
+    Runs with ``config.threads`` torch CPU threads and restores the previous count after.
+    """
     cfg = config or LMTrainConfig()
     corpus_cfg = corpus or CorpusConfig(max_tokens=cfg.context - 1)
     if corpus_cfg.max_tokens > cfg.context - 1:
@@ -118,9 +122,15 @@ def train_lm(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output folder {str(out)!r}: {exc}") from exc
+    # cfg.threads CPU threads and torch's generator seeded with cfg.seed for this run only:
+    # the caller's thread count and random state are restored afterwards
+    with torch_threads(cfg.threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _train(out, cfg, corpus_cfg, evaluate, progress, command)
 
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+
+def _train(out: Path, cfg: LMTrainConfig, corpus_cfg: CorpusConfig, evaluate: bool,
+           progress: bool, command: str | None) -> dict:
     tokenizer = build_tokenizer(model_max_length=cfg.context)
     model = make_model(cfg, len(tokenizer), tokenizer.bos_token_id)
     model.train()
