@@ -38,6 +38,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from featcircuits.circuits.targets import FeatureTarget, Target
+from featcircuits.dictionaries.base import Dictionary
 from featcircuits.engine.runs import (
     ERROR,
     CircuitRuns,
@@ -46,12 +48,10 @@ from featcircuits.engine.runs import (
     direct_sites,
     repeat_rows,
 )
-from featcircuits.dictionaries.base import Dictionary
 from featcircuits.errors import ParameterError
 from featcircuits.graph.ops import FORMAT_VERSION, check_tau, make_node_id, reaching
 from featcircuits.model.loading import underlying_module
 from featcircuits.model.sites import Site
-from featcircuits.circuits.targets import FeatureTarget, Target
 
 Node = tuple[str, int, "int | None"]  # (site, feature id or ERROR, position or None)
 IG_METHODS = ("attribution", "ig")
@@ -164,12 +164,12 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
 
     live_targets = [i for i, t in enumerate(runs.targets)
                     if (t.is_output or _depth(t.site) > depth)
-                    and reached(float("inf") if t.is_output else _depth(t.site))]
+                    and reached(runs.read_depth(t.site))]
     later = [s for s in runs.sites if _depth(s) > depth and _depth(s) < runs.max_target_depth]
     plans = {}
     columns: list = []
     for j in later:
-        if not reached(_depth(j)):
+        if not reached(runs.read_depth(j)):
             continue
         down = [node for node in downstream.get(j, [])]
         if not down:
@@ -424,7 +424,7 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     """
     n, width = runs.n, runs.width
     tm = runs.token_mask
-    depth = float("inf") if level is None else _depth(level)
+    depth = runs.read_depth(level)
     # sites before the last whole-state site (embed/resid) have no direct edge to the level
     reachable = direct_sites(runs.sites, depth)
     up_sites = [s for s in reachable if upstream.get(s)]
@@ -814,7 +814,7 @@ def _attribution_edges(runs: CircuitRuns, kept: Mapping[str, list[Node]], tau: f
         else:
             downstream = [i for i, t in enumerate(runs.targets) if t.site == level]
             downstream += sorted(in_graph.get(level, set()), key=_node_order)
-        depth = float("inf") if level is None else _depth(level)
+        depth = runs.read_depth(level)
         upstream = {s: nodes for s, nodes in kept.items() if _depth(s) < depth}
         weights = gradient_edges(runs, level, downstream, upstream, ablation=ablation,
                                  positional=positional)
@@ -968,7 +968,7 @@ def all_edge_weights(runs: CircuitRuns, *, ablation: str = "zero", positional: b
         else:
             downstream = [i for i, t in enumerate(runs.targets) if t.site == level]
             downstream += nodes.get(level, [])
-        depth = float("inf") if level is None else _depth(level)
+        depth = runs.read_depth(level)
         upstream = {s: g for s, g in nodes.items() if _depth(s) < depth}
         attribution.update(gradient_edges(runs, level, downstream, upstream, ablation=ablation,
                                           positional=positional))

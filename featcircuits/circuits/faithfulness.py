@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from featcircuits.circuits.discovery import Node, circuit_runs, graph_nodes, node_id
 from featcircuits.engine.runs import (
     ERROR,
     CircuitRuns,
@@ -46,11 +47,10 @@ from featcircuits.engine.runs import (
     direct_sites,
     repeat_rows,
 )
-from featcircuits.circuits.discovery import Node, circuit_runs, graph_nodes, node_id
 from featcircuits.errors import GraphError, ParameterError
 from featcircuits.graph.ops import check_graph, parse_node_id, reaching, target_nodes, top_k_edges
-from featcircuits.patching.search import size_grid
 from featcircuits.model.sites import Site
+from featcircuits.patching.search import size_grid
 
 Masks = dict[str, torch.Tensor]  # {site: [T, F + 1] bool}, last column = error node
 
@@ -153,7 +153,7 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
     target_values = torch.zeros(len(specs), len(runs.targets), device=runs.device)
     for level in tqdm(levels, desc="edge evaluation", leave=False,
                       disable=not runs.progress or len(levels) < 3):
-        depth = float("inf") if level is None else _depth(level)
+        depth = runs.read_depth(level)
         # sites before the last whole-state site cannot reach the level directly: the copies
         # share everything up to it (and run it once, tiled)
         earlier = direct_sites(sites, depth)
@@ -267,7 +267,7 @@ def edge_spec(runs: CircuitRuns, graph: nx.DiGraph, *, complement: bool = False)
         if key is None:
             continue
         level = _level_of(runs, key)
-        depth = float("inf") if level is None else _depth(level)
+        depth = runs.read_depth(level)
         present = [key_of[p] for p in graph.predecessors(ident)]
         present = [u for u in present if u is not None and not isinstance(u, int)]
         if complement:

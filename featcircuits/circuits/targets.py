@@ -28,8 +28,8 @@ import torch
 from featcircuits.errors import ParameterError, PromptError
 from featcircuits.graph.ops import make_node_id
 from featcircuits.model.metrics import answer_prob, logit_diff
-from featcircuits.tasks.prompts import answer_token
 from featcircuits.model.sites import Site
+from featcircuits.tasks.prompts import answer_token
 
 Positions = str | int | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 METRIC_TARGETS = ("logit_diff", "answer_logit", "answer_prob")

@@ -21,6 +21,14 @@ Node values (what an edge's weight is a change of):
   contribution to the targets (an error vector has no scalar activation of its own);
 * a target: its value (see ``featcircuits.circuits.targets``).
 All are averaged over prompts.
+
+Every dictionary is READ (encoded) at its ``input_site`` and WRITTEN (decoded; edits, error
+term, freezing, gradients) at its ``site``. The two differ for a transcoder (e.g.
+``mlp_in.L`` → ``mlp_out.L``): its features are ``c = encode(x_in)`` with ``x_in`` the
+activation at the input site of the same (edited) run, and its error node is
+``e = x − decode(c)`` at the output site — which includes a skip connection's
+``x_in @ W_skip.T`` (the skip is not a node of its own, and ablating every node of the site
+still gives the source activation ``decode(c_source) + e_source``).
 """
 
 from __future__ import annotations
@@ -31,20 +39,21 @@ from dataclasses import dataclass, field
 import einops
 import torch
 
+from featcircuits.circuits.targets import ResolvedTarget, Target, resolve_target
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
-from featcircuits.errors import DictionaryError, ParameterError, PromptError
 from featcircuits.engine.memory import FLOAT_BYTES, parse_memory, rows_per_chunk
-from featcircuits.model.loading import model_device, model_dtype, trace
 from featcircuits.engine.patching import (
     _resample_index,
     check_finite_activations,
+    input_site_of,
     patch_error,
     patch_site,
 )
-from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
+from featcircuits.errors import DictionaryError, ParameterError, PromptError
+from featcircuits.model.loading import model_device, model_dtype, trace
 from featcircuits.model.sites import Site, num_layers
-from featcircuits.circuits.targets import ResolvedTarget, Target, resolve_target
+from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
 
 ABLATIONS = ("zero", "mean", "position_mean", "resample", "corrupt")
 ERROR = -1  # feature index of a site's error node
@@ -92,6 +101,7 @@ class TraceResult:
     full_features: dict[str, torch.Tensor] = field(default_factory=dict)
     full_errors: dict[str, torch.Tensor] = field(default_factory=dict)
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # transcoders' x_in
     targets: torch.Tensor | None = None            # [R, n_targets]
 
 
@@ -213,7 +223,11 @@ class CircuitRuns:
         token_mask: ``[n, T]`` (float), 1 on real tokens.
         pairs: the prompt pairs, or ``None`` for plain texts.
         activations: ``{site: [n, T, d]}`` of the clean run.
-        features: ``{site: [n, T, F]}`` of the clean run.
+        input_sites: ``{site: input site}``: where each dictionary reads (encodes); differs
+            from the site for transcoders.
+        input_activations: ``{site: [n, T, d]}`` of the clean run at each dictionary's
+            input site (the same tensor as ``activations[site]`` when they coincide).
+        features: ``{site: [n, T, F]}`` of the clean run, ``encode(input_activations)``.
         errors: ``{site: [n, T, d]}`` reconstruction errors of the clean run.
         target_values: ``[n, n_targets]``.
         gradients: ``{site: [n, T, d]}`` of the summed targets, per prompt.
@@ -236,6 +250,8 @@ class CircuitRuns:
         self.model = model
         self.dictionaries = {str(Site.parse(site)): d for site, d in dictionaries.items()}
         self.sites = sorted(self.dictionaries, key=lambda name: Site.parse(name).depth)
+        self.input_sites = {site: str(input_site_of(d, site))
+                            for site, d in self.dictionaries.items()}
         for site, dictionary in self.dictionaries.items():
             check_dictionary_placement(dictionary, model, site)
             check_dictionary_fits(dictionary, model, site)
@@ -281,6 +297,13 @@ class CircuitRuns:
     def depth(self, site: str) -> float:
         return Site.parse(site).depth
 
+    def read_depth(self, site: str | None) -> float:
+        """Depth where the dictionary at ``site`` reads its input (its ``input_site``): only
+        sites before it can change its features. ``None`` (the outputs): infinity."""
+        if site is None:
+            return float("inf")
+        return Site.parse(self.input_sites[site]).depth
+
     @property
     def max_target_depth(self) -> float:
         return max(float("inf") if t.is_output else self.depth(t.site) for t in self.targets)
@@ -322,12 +345,18 @@ class CircuitRuns:
                                         allow_unused=True)
         self.target_values = result.targets.detach()
         self.activations = {s: result.activations[s].detach() for s in self.sites}
+        self.input_activations = {s: result.inputs[s].detach() if s in result.inputs
+                                  else self.activations[s] for s in self.sites}
         for site, values in self.activations.items():
             check_finite_activations(values, site=site, run="clean", token_mask=self.token_mask)
+            if self.input_sites[site] != site:
+                check_finite_activations(self.input_activations[site],
+                                         site=self.input_sites[site], run="clean",
+                                         token_mask=self.token_mask)
         self.gradients = {s: (torch.zeros_like(deltas[s]) if g is None else g.detach())
                           for s, g in zip(self.sites, grads)}
         with torch.no_grad():
-            self.features = {s: self.dictionaries[s].encode(self.activations[s])
+            self.features = {s: self.dictionaries[s].encode(self.input_activations[s])
                              for s in self.sites}
             self.errors = {s: self.activations[s] - self.dictionaries[s].decode(self.features[s])
                            for s in self.sites}
@@ -383,7 +412,7 @@ class CircuitRuns:
                 features[site], errors[site] = clean_f[index], clean_e[index]
             else:
                 x = result.activations[site]
-                features[site] = self.dictionaries[site].encode(x)
+                features[site] = self.dictionaries[site].encode(result.inputs.get(site, x))
                 errors[site] = x - self.dictionaries[site].decode(features[site])
         return features, errors
 
@@ -470,6 +499,9 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     At each site (forward order): overwrite → read feature targets → ``patch_site`` →
     ``patch_error`` → add delta (after detaching, if asked) → read node values → freeze. Output
     targets are read from the logits. Returns saved values (see ``TraceResult``).
+    A dictionary whose ``input_site`` differs from its site (a transcoder) encodes the
+    activation read at the input site earlier in the same pass (after any operations there)
+    and writes at its site; ``save_activation`` then also saves that input.
     With ``tile_at``, ``input_ids`` holds the ``n`` prompts once and the activation is
     tiled ``copies`` times at that site (no site before it may have operations).
     With ``outputs=False`` (or no output targets) the run stops after the last site with
@@ -486,41 +518,57 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     feature_targets = {site: [(i, t) for i, t in enumerate(targets) if t.site == site]
                        for site in sites}
     output_targets = [(i, t) for i, t in enumerate(targets) if t.is_output] if outputs else []
+    active = [site for site in sites if site in ops or feature_targets[site]]
+    input_of = {site: str(input_site_of(dictionaries[site], site)) for site in active}
+    # transcoders' input sites, read (in forward order) before the sites they write
+    reads = {input_of[site] for site in active if input_of[site] != site}
+    order = sorted(set(active) | reads,
+                   key=lambda name: (Site.parse(name).depth, name not in active))
     last = None
     if not output_targets:
-        used = [site for site in sites if site in ops or feature_targets[site]]
-        last = used[-1] if used else None
+        last = active[-1] if active else None
     rows = input_ids.shape[0] * (copies if tile_at is not None else 1)
+    inputs: dict[str, torch.Tensor] = {}   # input site → activation read there
     with trace(model, input_ids) as tracer:
-        for site in sites:
-            op = ops.get(site)
-            if op is None and not feature_targets[site]:
+        for site in order:
+            if site not in active:
+                inputs[site] = Site.parse(site).read(model)
                 continue
-            op = op or SiteOps()
+            op = ops.get(site) or SiteOps()
             resolved = Site.parse(site)
             dictionary = dictionaries[site]
             if not tiled and site == tile_at:
                 resolved.write(model, repeat_rows(resolved.read(model), copies))
+                inputs = {name: repeat_rows(value, copies) for name, value in inputs.items()}
                 tiled = True
             if op.overwrite is not None:
                 resolved.write(model, _as_activation(op.overwrite, resolved.read(model)))
+            x_in = inputs[input_of[site]] if input_of[site] != site else None
             if feature_targets[site]:
                 # targets are read before this site's own edits: they are read-outs, not
                 # nodes that an ablation at their own site could change
-                target_features = dictionary.encode(resolved.read(model))
+                target_features = dictionary.encode(
+                    resolved.read(model) if x_in is None else x_in)
                 for index, target in feature_targets[site]:
                     weights = repeat_rows(target.weights, copies)
                     value = (target_features[..., target.feature] * weights).sum(-1)
                     target_values.append((index, value.save()))
             edit = None
             if op.patch is not None:
-                edit = patch_site(model, resolved, dictionary, **op.patch)
+                if x_in is None:
+                    edit = patch_site(model, resolved, dictionary, **op.patch)
+                else:
+                    edit = patch_read_features(model, resolved, dictionary, x_in, **op.patch)
             if op.patch_err is not None:
                 # masks in the activation's dtype, so that a bf16 model gets bf16 back
                 dtype = resolved.read(model).dtype
                 patch_err = {key: value.to(dtype) if value.is_floating_point() else value
                              for key, value in op.patch_err.items()}
-                patch_error(model, resolved, dictionary, **patch_err, prior_edit=edit)
+                if x_in is None:
+                    patch_error(model, resolved, dictionary, **patch_err, prior_edit=edit)
+                else:
+                    patch_read_error(model, resolved, dictionary, x_in, **patch_err,
+                                     prior_edit=edit)
             x = resolved.read(model)
             if op.delta is not None:
                 # the delta is float32 (exact gradients); the model gets its own dtype back
@@ -528,26 +576,76 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                 resolved.write(model, x)
             if op.save_activation:
                 saved.append(("activation", site, x.save()))
+                if x_in is not None:
+                    saved.append(("input", site, x_in.save()))
             if op.readout is not None:
-                features = _readout_features(op.readout, x, dictionary)
+                features = _readout_features(op.readout, x if x_in is None else x_in,
+                                             dictionary)
                 for kind, value in _read_nodes(op.readout, x, features, dictionary):
                     saved.append((kind, site, value.save()))
             if site == last:
                 tracer.stop()  # nothing later is needed: skip the remaining layers
             if op.freeze is not None:
-                resolved.write(model, _as_activation(op.freeze, x))
+                x = _as_activation(op.freeze, x)
+                resolved.write(model, x)
+            if site in reads:  # a transcoder reads this dictionary site: its final value
+                inputs[site] = x
         if output_targets:
             logits = model.output.logits
             for index, target in output_targets:
                 target_values.append((index, target.output_values(logits, copies).save()))
     for kind, site, value in saved:
-        {"activation": result.activations, "features": result.features,
-         "errors": result.errors, "own": result.own, "full_features": result.full_features,
+        {"activation": result.activations, "input": result.inputs,
+         "features": result.features, "errors": result.errors, "own": result.own,
+         "full_features": result.full_features,
          "full_errors": result.full_errors}[kind][site] = value
     result.targets = torch.full((rows, len(targets)), float("nan"), device=model_device(model))
     for index, value in target_values:
         result.targets[:, index] = value
     return result
+
+
+def patch_read_features(model, site: Site, dictionary: Dictionary, x_in: torch.Tensor,
+                        source_features: torch.Tensor, feature_mask: torch.Tensor,
+                        position_mask: torch.Tensor | None = None, *,
+                        feature_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Inside a trace: ``patch_site`` for a dictionary that reads ``x_in [R, T, d]`` (its
+    input site's activation, read earlier in the pass) and writes ``site``: adds
+    ``Σ_i m_i (s_i − encode(x_in)_i) f_i`` at ``site``; returns that edit ``[R, T, d]``.
+    Arguments as for ``patch_site`` (without ``rows``)."""
+    activation = site.read(model)
+    current = dictionary.encode_features(x_in, feature_ids)
+    directions = dictionary.directions
+    if feature_ids is not None:
+        directions = directions[feature_ids]
+    if feature_mask.ndim == 3:
+        weight = (source_features - current) * feature_mask
+    else:
+        mask = feature_mask if feature_mask.ndim == 2 else feature_mask[None, :]
+        weight = (source_features - current) * mask[:, None, :]
+    if position_mask is not None:
+        weight = weight * position_mask[..., None]
+    edit = (weight @ directions.to(weight.dtype)).to(activation.dtype)
+    site.write(model, activation + edit)
+    return edit
+
+
+def patch_read_error(model, site: Site, dictionary: Dictionary, x_in: torch.Tensor,
+                     source_error: torch.Tensor, error_mask: torch.Tensor,
+                     position_mask: torch.Tensor | None = None, *,
+                     prior_edit: torch.Tensor | None = None) -> torch.Tensor:
+    """Inside a trace: ``patch_error`` for a dictionary that reads ``x_in [R, T, d]`` and
+    writes ``site``, whose error is ``x − decode(encode(x_in))`` (``x`` at ``site`` before
+    ``prior_edit``); returns the edit ``[R, T, d]``."""
+    activation = site.read(model)
+    weight = error_mask.to(activation.dtype)[:, None, None]
+    if position_mask is not None:
+        weight = weight * position_mask[..., None]
+    original = activation if prior_edit is None else activation - prior_edit
+    error = original - dictionary.decode(dictionary.encode(x_in))
+    edit = ((source_error - error) * weight).to(activation.dtype)
+    site.write(model, activation + edit)
+    return edit
 
 
 def _as_activation(value: torch.Tensor, activation) -> torch.Tensor:
