@@ -5,7 +5,6 @@ The public API is re-exported here; modules and names starting with ``_`` are pr
 
 from featcircuits.engine.runs import CircuitRuns
 from featcircuits.circuits.discovery import (
-    HybridResult,
     acdc_circuit,
     attribution_circuit,
     circuit_runs,
@@ -123,7 +122,6 @@ __all__ = [  # noqa: PLE0604 -- the error names are strings
     "FeatureTarget",
     "LogitTarget",
     "MetricTarget",
-    "HybridResult",
     "node_attributions",
     "make_node_id",
     "parse_node_id",

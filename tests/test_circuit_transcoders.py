@@ -15,6 +15,7 @@ from featcircuits.circuits.faithfulness import faithfulness
 from featcircuits.circuits.targets import LogitTarget
 from featcircuits.dictionaries.transcoder import Transcoder
 from featcircuits.engine.runs import CircuitRuns
+from featcircuits.engine.settings import RunSettings
 from featcircuits.model.loading import underlying_module
 
 TOKEN = 7
@@ -43,7 +44,7 @@ def setup(tiny_models):
         transcoder.W_skip.normal_(0, 0.05)
     dictionaries = {"resid_out.0": sae, "mlp_out.1": transcoder}
     runs = CircuitRuns(model, dictionaries, _ids(), targets=[LogitTarget(TOKEN, positions="all")],
-                       progress=False)
+                       settings=RunSettings(progress=False))
     return model, sae, transcoder, runs
 
 

@@ -212,6 +212,7 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
     from nnsight import LanguageModel
 
     from featcircuits.engine.runs import CircuitRuns
+    from featcircuits.engine.settings import RunSettings
     from featcircuits.dashboards.dashboard import feature_dashboard_data
     from featcircuits.experiments.circuits import parens_setup
     from featcircuits.engine.patching import PatchingExperiment
@@ -242,7 +243,7 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
                                        progress=False),
         lambda: PatchingExperiment(model, sae, prompts, progress=False),
         lambda: CircuitRuns(model, {"resid_out.2": sae}, prompts, targets="logit_diff",
-                            progress=False),
+                            settings=RunSettings(progress=False)),
         lambda: parens_setup("tiny", model=model, n_texts=1, progress=False),
     ]
     for call in calls:

@@ -234,6 +234,7 @@ def resolve_target(target: Target | str | int, *, tokenizer, lengths: torch.Tens
     weights = position_weights(target.positions, lengths, width, target.reduce)
     return ResolvedTarget(make_node_id(kind="output", name=name), label,
                           f"logit:{target.token}" + ("" if minus is None else f"-{target.minus}"),
-                          weights, token_ids=torch.full((n,), token, dtype=torch.long, device=lengths.device),
+                          weights, token_ids=torch.full((n,), token, dtype=torch.long,
+                                                        device=lengths.device),
                           minus_ids=None if minus is None else torch.full(
                               (n,), minus, dtype=torch.long, device=lengths.device))

@@ -35,14 +35,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import einops
 import torch
 
-from featcircuits.circuits.targets import ResolvedTarget, Target, resolve_target
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
-from featcircuits.engine.memory import FLOAT_BYTES, parse_memory, rows_per_chunk
+from featcircuits.engine.memory import FLOAT_BYTES, rows_per_chunk
 from featcircuits.engine.patching import (
     _resample_index,
     check_finite_activations,
@@ -50,10 +50,14 @@ from featcircuits.engine.patching import (
     patch_error,
     patch_site,
 )
+from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import DictionaryError, ParameterError, PromptError
 from featcircuits.model.loading import model_device, model_dtype, trace
 from featcircuits.model.sites import Site, num_layers
 from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
+
+if TYPE_CHECKING:  # circuits builds on the engine: import its targets only where they are used
+    from featcircuits.circuits.targets import ResolvedTarget, Target
 
 ABLATIONS = ("zero", "mean", "position_mean", "resample", "corrupt")
 ERROR = -1  # feature index of a site's error node
@@ -205,17 +209,15 @@ class CircuitRuns:
         model: nnsight ``LanguageModel``.
         dictionaries: ``{site: Dictionary}`` (sorted by ``Site.depth`` here).
         inputs: prompt pairs, texts, or token ids (see ``read_inputs``).
-        targets: one target or a list (``featcircuits.circuits.targets``); the circuit explains their
-            sum.
+        targets: one target or a list (``featcircuits.circuits.targets``); the circuit
+            explains their sum.
         node_reduce: a (non-positional) node's value is the ``mean`` (default) or ``sum`` of
             its activation over each prompt's real tokens, averaged over prompts.
-        max_rows: most sequences per forward pass.
-        max_memory: budget for the working tensors of one forward pass (bytes or ``"2GB"``;
-            default ``memory.default_max_memory()``): fewer copies of the data run at once
-            when ``[rows, positions, n_features]`` tensors would exceed it (see
-            ``docs/memory.md``). The cached clean run (``features [n, T, F]`` per site) is
-            not counted.
-        seed: for ``resample`` ablation.
+        settings: ``engine.settings.RunSettings``: ``max_rows`` (most sequences per forward
+            pass, default 256), ``max_memory`` (budget for the working tensors of one
+            forward pass: fewer copies of the data run at once when ``[rows, positions,
+            n_features]`` tensors would exceed it, see ``docs/memory.md``; the cached clean
+            run is not counted), ``seed`` (``resample`` ablation) and ``progress``.
 
     Attributes:
         ids: token ids ``[n, T]``.
@@ -236,14 +238,16 @@ class CircuitRuns:
 
     def __init__(self, model, dictionaries: Mapping[str, Dictionary], inputs, *,
                  targets: Target | str | int | Sequence, node_reduce: str = "mean",
-                 max_rows: int = 256, max_memory: int | str | None = None, seed: int = 0,
-                 progress: bool = True) -> None:
+                 settings: RunSettings | None = None) -> None:
         if isinstance(dictionaries, Dictionary):
             dictionaries = {dictionaries.site: dictionaries}
         if not dictionaries:
             raise ParameterError("no dictionaries given", hint="pass {site: dictionary}")
-        if max_rows < 1:
-            raise ParameterError(f"max_rows must be >= 1, got {max_rows}")
+        if settings is None:
+            settings = RunSettings()
+        elif not isinstance(settings, RunSettings):
+            raise ParameterError(f"settings must be a RunSettings, got {type(settings).__name__}",
+                                 hint="e.g. settings=RunSettings(max_memory='2GB')")
         if node_reduce not in ("sum", "mean"):
             raise ParameterError(f"node_reduce must be 'sum' or 'mean', got {node_reduce!r}")
         self.node_reduce = node_reduce
@@ -263,6 +267,8 @@ class CircuitRuns:
         self.n, self.width = self.ids.shape
         positions = torch.arange(self.width, device=self.device)
         self.token_mask = (positions[None, :] < self.lengths[:, None]).float()
+        from featcircuits.circuits.targets import resolve_target
+
         if isinstance(targets, (str, int)) or not isinstance(targets, Sequence):
             targets = [targets]
         if not targets:
@@ -274,10 +280,11 @@ class CircuitRuns:
         names = [t.node_id for t in self.targets]
         if len(set(names)) != len(names):
             raise ParameterError(f"targets {names} name the same node twice")
-        self.max_rows = int(max_rows)
-        self.max_memory = parse_memory(max_memory)
-        self.seed = int(seed)
-        self.progress = progress
+        self.settings = settings
+        self.max_rows = settings.rows(256)
+        self.max_memory = settings.max_memory
+        self.seed = settings.seed
+        self.progress = settings.progress
         self.n_layers = num_layers(model)
         self.rows_run = 0
         self._tile_ok = True
@@ -497,8 +504,8 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     """One forward pass of ``input_ids [R, T]`` with per-site operations ``ops``.
 
     At each site (forward order): overwrite → read feature targets → ``patch_site`` →
-    ``patch_error`` → add delta (after detaching, if asked) → read node values → freeze. Output
-    targets are read from the logits. Returns saved values (see ``TraceResult``).
+    ``patch_error`` → add delta (after detaching, if asked) → read node values → freeze.
+    Output targets are read from the logits. Returns saved values (see ``TraceResult``).
     A dictionary whose ``input_site`` differs from its site (a transcoder) encodes the
     activation read at the input site earlier in the same pass (after any operations there)
     and writes at its site; ``save_activation`` then also saves that input.

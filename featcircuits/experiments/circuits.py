@@ -29,6 +29,7 @@ import torch
 
 from featcircuits.files import atomic_write_text
 from featcircuits.engine.runs import CircuitRuns
+from featcircuits.engine.settings import RunSettings
 from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit, hybrid_circuit
 from featcircuits.cli.flags import model_from_args
 from featcircuits.dictionaries.base import Dictionary
@@ -317,7 +318,7 @@ def build_circuit(runs: CircuitRuns, method: str, *, tau: float, ablation: str,
     if method == "attribution":
         return attribution_circuit(runs, max_nodes=max_nodes, **common)
     if method == "hybrid":
-        return hybrid_circuit(runs, max_nodes=max_nodes, max_verify=max_verify, **common).graph
+        return hybrid_circuit(runs, max_nodes=max_nodes, max_verify=max_verify, **common)
     raise ParameterError(f"unknown method {method!r}", hint=f"use one of {METHODS}")
 
 
@@ -344,8 +345,9 @@ def parens_setup(model_name: str = "tiny", *, set_name: str | None = None,
                   if Site.parse(site).depth <= Site.parse(last).depth})
     targets = [FeatureTarget(last, int(f), positions=data.closing, reduce="mean")
                for f in chosen]
-    runs = CircuitRuns(model, sites, _rows(data), targets=targets, max_rows=max_rows,
-                       max_memory=max_memory, seed=seed, progress=progress)
+    runs = CircuitRuns(model, sites, _rows(data), targets=targets,
+                       settings=RunSettings(max_memory=max_memory, max_rows=max_rows, seed=seed,
+                                            progress=progress))
     return runs, ranking, data
 
 
@@ -395,8 +397,9 @@ def run_ioi_circuit(args: argparse.Namespace) -> CircuitReport:
             raise ParameterError(f"no prompts with template {template!r}")
     prompts = prompts.head(args.n_prompts)
     sites = {"embed": TokenBasis.from_model(model), **dictionaries}
-    runs = CircuitRuns(model, sites, prompts, targets="logit_diff", max_rows=args.batch_size,
-                       max_memory=max_memory, seed=args.seed, progress=progress)
+    runs = CircuitRuns(model, sites, prompts, targets="logit_diff",
+                       settings=RunSettings(max_memory=max_memory, max_rows=args.batch_size,
+                                            seed=args.seed, progress=progress))
     lengths = set(runs.lengths.tolist())
     positional = args.positional and len(lengths) == 1
     print(f"{len(prompts)} prompt pairs; logit diff clean {runs.metric_value:.3f}")
@@ -518,7 +521,7 @@ def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str,
 def candidate_set(runs: CircuitRuns, per_site: int, *, ablation: str = "mean") -> dict:
     """``{site: feature ids}``: at each upstream site the ``per_site`` active features with
     the largest attributed ``|effect|`` (one backward pass; error nodes always included)."""
-    from featcircuits.circuits.discovery import ERROR, node_attributions
+    from featcircuits.circuits import ERROR, node_attributions
 
     effects = node_attributions(runs, ablation=ablation)
     chosen: dict[str, list[int]] = {}
@@ -542,7 +545,7 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
     and over the exact circuit's edges, and the overlap of the hybrid's and the exact
     circuit's top-``top`` edges.
     """
-    from featcircuits.circuits.discovery import all_edge_weights
+    from featcircuits.circuits.compare import all_edge_weights
     from featcircuits.graph.ops import edge_list
 
     rows: dict[str, int] = {}
@@ -576,14 +579,14 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
         else pairs.iloc[:0]
     k = min(top, exact.number_of_edges())
     exact_top = {(u, v) for u, v, _ in edge_list(exact)[:k]}
-    hybrid_top = {(u, v) for u, v, _ in edge_list(hybrid.graph)[:k]}
+    hybrid_top = {(u, v) for u, v, _ in edge_list(hybrid)[:k]}
     return {
         "seconds_exact": t_exact, "seconds_attribution": t_attr, "seconds_hybrid": t_hybrid,
         "rows_exact": rows["exact"], "rows_attribution": rows["attribution"],
         "rows_hybrid": rows["hybrid"],
         "speedup_attribution": t_exact / t_attr, "speedup_hybrid": t_exact / t_hybrid,
         "edges_exact": exact.number_of_edges(), "edges_attribution": attr.number_of_edges(),
-        "edges_hybrid": hybrid.graph.number_of_edges(),
+        "edges_hybrid": hybrid.number_of_edges(),
         "spearman_all_pairs": float(pairs["exact"].corr(pairs["attribution"],
                                                         method="spearman")),
         "n_pairs": len(pairs),
@@ -592,13 +595,14 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
         else float("nan"),
         "top_k": k, "hybrid_top_agreement": len(exact_top & hybrid_top) / k if k else
         float("nan"),
-        "hybrid_verified": hybrid.n_verified, "hybrid_wrong_sign": hybrid.n_wrong_sign,
-        "hybrid_wrong_threshold": hybrid.n_wrong_threshold,
-        "exact_graph": exact, "attribution_graph": attr, "hybrid_graph": hybrid.graph,
+        "hybrid_verified": hybrid.graph["verified_edges"],
+        "hybrid_wrong_sign": hybrid.graph["attribution_wrong_sign"],
+        "hybrid_wrong_threshold": hybrid.graph["attribution_wrong_threshold"],
+        "exact_graph": exact, "attribution_graph": attr, "hybrid_graph": hybrid,
     }
 
 
 def _node_text(node) -> str:
-    from featcircuits.circuits.discovery import node_id
+    from featcircuits.circuits.nodes import node_id
 
     return node if isinstance(node, str) else node_id(node)
