@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from featcircuits.circuits.nodes import Node, node_order, site_depth
-from featcircuits.engine.runs import ERROR, CircuitRuns, Readout, SiteOps, direct_sites, repeat_rows
+from featcircuits.engine.circuit_trace import Readout, SiteOps, repeat_rows
+from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 
 __all__ = ["ablation_effects", "exact_node_effects", "verify_edges"]
 

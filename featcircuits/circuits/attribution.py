@@ -25,7 +25,8 @@ from featcircuits.circuits.nodes import (
     site_depth,
     upstream_sites,
 )
-from featcircuits.engine.runs import ERROR, CircuitRuns, Readout, SiteOps, direct_sites, repeat_rows
+from featcircuits.engine.circuit_trace import Readout, SiteOps, repeat_rows
+from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.errors import ParameterError
 
 IG_METHODS = ("attribution", "ig")

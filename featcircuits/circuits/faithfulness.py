@@ -42,14 +42,8 @@ from tqdm.auto import tqdm
 
 from featcircuits.circuits.discovery import circuit_runs
 from featcircuits.circuits.nodes import Node, graph_nodes, node_id, site_depth
-from featcircuits.engine.runs import (
-    ERROR,
-    CircuitRuns,
-    Readout,
-    SiteOps,
-    direct_sites,
-    repeat_rows,
-)
+from featcircuits.engine.circuit_trace import Readout, SiteOps, repeat_rows
+from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import GraphError, ParameterError
 from featcircuits.graph.ops import check_graph, parse_node_id, reaching, target_nodes, top_k_edges
