@@ -6,6 +6,7 @@ against plain torch forward hooks on the Hugging Face module, and against the wr
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -48,13 +49,13 @@ def setup(tiny_models):
     return model, sae, transcoder, runs
 
 
-def _run(model, layer0=None, mlp=None, grad_at=None):
+def _run(model, layer0=None, mlp=None, grad_at=None, ids=None):
     """Plain torch forward with hooks: ``layer0(out)`` edits block 0's output, ``mlp(x_in,
     out)`` the MLP's output given its input. Returns the MLP's input and output and the
     logits; ``grad_at`` (``"layer0"`` / ``"mlp"``) adds a zero leaf there, returned last."""
     plain = underlying_module(model)
     captured, hooks = {}, []
-    leaf = torch.zeros(4, 6, 32, requires_grad=True) if grad_at else None
+    leaf = torch.zeros(*_ids().shape, 32, requires_grad=True) if grad_at else None
 
     def on_layer0(module, args, out):
         hidden = out[0] if isinstance(out, tuple) else out
@@ -76,7 +77,7 @@ def _run(model, layer0=None, mlp=None, grad_at=None):
     hooks.append(plain.get_submodule(MLP1).register_forward_hook(on_mlp))
     try:
         with torch.set_grad_enabled(grad_at is not None):
-            logits = plain(_ids()).logits
+            logits = plain(_ids() if ids is None else ids).logits
     finally:
         for handle in hooks:
             handle.remove()
@@ -261,3 +262,51 @@ def test_faithfulness_matches_torch_hooks(setup):
     wrong = _node_set_metric(model, sae, transcoder, keep0, keep1, error0, error1,
                              at_output=True)
     assert abs((wrong - empty) / (clean - empty) - scores["faithfulness"]) > 0.05
+
+
+PAIRS = pd.DataFrame({"clean": ["w1 w2 w3 w4", "w6 w7 w8 w9", "w11 w12 w13 w14"],
+                      "corrupt": ["w1 w20 w3 w4", "w6 w21 w8 w9", "w11 w22 w13 w14"],
+                      "answer": ["w30", "w31", "w32"], "wrong_answer": ["w40", "w41", "w42"]})
+
+
+@torch.no_grad()
+def test_corrupt_sources_and_positional_edges_read_the_input_site(setup):
+    """Corrupt-run sources encode the corrupt run's MLP input; a positional edge from a
+    transcoder feature to the logit difference patches the corrupt value in at one
+    position of the MLP's output."""
+    model, sae, transcoder, _ = setup
+    runs = CircuitRuns(model, {"resid_out.0": sae, "mlp_out.1": transcoder}, PAIRS,
+                       targets="logit_diff", settings=RunSettings(progress=False))
+    clean_ids, corrupt_ids = runs.pairs.clean_ids, runs.pairs.corrupt_ids
+    x_corrupt, y_corrupt, _, _ = _run(model, ids=corrupt_ids)
+    features, errors = runs.sources("corrupt")
+    c_corrupt = transcoder.encode(x_corrupt)
+    assert (features["mlp_out.1"] - c_corrupt).abs().max() < TOL
+    assert (errors["mlp_out.1"] - (y_corrupt - transcoder.decode(c_corrupt))).abs().max() < TOL
+    graph = acdc_circuit(runs, tau=0.0, ablation="corrupt", positional=True, errors=False,
+                         node_effects=False)
+
+    def logit_diff(logits):
+        last = logits[:, -1]
+        rows = torch.arange(len(last))
+        return float((last[rows, runs.pairs.answer_ids]
+                      - last[rows, runs.pairs.wrong_ids]).mean())
+
+    clean = logit_diff(_run(model, ids=clean_ids)[2])
+    assert abs(clean - runs.metric_value) < TOL
+    checked = 0
+    for u, v, w in graph.edges(data="weight"):
+        node = graph.nodes[u]
+        if node["site"] != "mlp_out.1" or not v.startswith("output/"):
+            continue
+        d, position = node["feature"], node["position"]
+
+        def patch(x, out, d=d, position=position):
+            change = torch.zeros_like(out)
+            change[:, position] = ((c_corrupt - transcoder.encode(x))[:, position, d:d + 1]
+                                   * transcoder.directions[d])
+            return out + change
+        expected = clean - logit_diff(_run(model, mlp=patch, ids=clean_ids)[2])
+        assert abs(w - expected) < TOL
+        checked += 1
+    assert checked >= 3
