@@ -26,7 +26,7 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
     and over the exact circuit's edges, and the overlap of the hybrid's and the exact
     circuit's top-``top`` edges.
     """
-    from featcircuits.circuits.discovery import all_edge_weights
+    from featcircuits.circuits.compare import all_edge_weights
     from featcircuits.graph.ops import edge_list
 
     rows: dict[str, int] = {}
@@ -60,14 +60,14 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
         else pairs.iloc[:0]
     k = min(top, exact.number_of_edges())
     exact_top = {(u, v) for u, v, _ in edge_list(exact)[:k]}
-    hybrid_top = {(u, v) for u, v, _ in edge_list(hybrid.graph)[:k]}
+    hybrid_top = {(u, v) for u, v, _ in edge_list(hybrid)[:k]}
     return {
         "seconds_exact": t_exact, "seconds_attribution": t_attr, "seconds_hybrid": t_hybrid,
         "rows_exact": rows["exact"], "rows_attribution": rows["attribution"],
         "rows_hybrid": rows["hybrid"],
         "speedup_attribution": t_exact / t_attr, "speedup_hybrid": t_exact / t_hybrid,
         "edges_exact": exact.number_of_edges(), "edges_attribution": attr.number_of_edges(),
-        "edges_hybrid": hybrid.graph.number_of_edges(),
+        "edges_hybrid": hybrid.number_of_edges(),
         "spearman_all_pairs": float(pairs["exact"].corr(pairs["attribution"],
                                                         method="spearman")),
         "n_pairs": len(pairs),
@@ -76,13 +76,14 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
         else float("nan"),
         "top_k": k, "hybrid_top_agreement": len(exact_top & hybrid_top) / k if k else
         float("nan"),
-        "hybrid_verified": hybrid.n_verified, "hybrid_wrong_sign": hybrid.n_wrong_sign,
-        "hybrid_wrong_threshold": hybrid.n_wrong_threshold,
-        "exact_graph": exact, "attribution_graph": attr, "hybrid_graph": hybrid.graph,
+        "hybrid_verified": hybrid.graph["verified_edges"],
+        "hybrid_wrong_sign": hybrid.graph["attribution_wrong_sign"],
+        "hybrid_wrong_threshold": hybrid.graph["attribution_wrong_threshold"],
+        "exact_graph": exact, "attribution_graph": attr, "hybrid_graph": hybrid,
     }
 
 
 def _node_text(node) -> str:
-    from featcircuits.circuits.discovery import node_id
+    from featcircuits.circuits.nodes import node_id
 
     return node if isinstance(node, str) else node_id(node)

@@ -63,7 +63,7 @@ def main() -> None:
     runs, _, data = parens_setup(args.model, set_name=args.set, n_texts=args.n_texts,
                                  n_targets=args.n_targets, settings=RunSettings(progress=False))
     setup = time.perf_counter() - start
-    from featcircuits.circuits.discovery import candidate_nodes, upstream_sites
+    from featcircuits.circuits.nodes import candidate_nodes, upstream_sites
 
     candidates = candidate_set(runs, args.per_site, ablation=args.ablation) \
         if args.per_site > 0 else None

@@ -3,9 +3,7 @@
 The public API is re-exported here; modules and names starting with ``_`` are private.
 """
 
-from featcircuits.engine.runs import CircuitRuns
 from featcircuits.circuits.discovery import (
-    HybridResult,
     acdc_circuit,
     attribution_circuit,
     circuit_runs,
@@ -13,7 +11,8 @@ from featcircuits.circuits.discovery import (
     hybrid_circuit,
     node_attributions,
 )
-from featcircuits.patching.compare import compare_bases, reference_bases, summarize_comparison
+from featcircuits.circuits.faithfulness import faithfulness, faithfulness_curve
+from featcircuits.circuits.targets import FeatureTarget, LogitTarget, MetricTarget
 from featcircuits.dictionaries import (
     Dictionary,
     ICABasis,
@@ -30,10 +29,11 @@ from featcircuits.dictionaries import (
 from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
 from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.dictionaries.transcoder import Transcoder, load_transcoder, save_transcoder
+from featcircuits.engine.cache import RunCache
+from featcircuits.engine.edits import patch_error, patch_site
+from featcircuits.engine.runs import CircuitRuns
 from featcircuits.errors import *
 from featcircuits.errors import __all__ as _error_names
-from featcircuits.circuits.faithfulness import faithfulness, faithfulness_curve
-from featcircuits.graph.ops import make_node_id, parse_node_id, reaching, threshold, top_k_edges
 from featcircuits.graph.io import (
     edges_frame,
     nodes_frame,
@@ -43,10 +43,19 @@ from featcircuits.graph.io import (
     write_json,
     write_tables,
 )
-from featcircuits.model.metrics import answer_prob, kl_divergence, logit_diff
+from featcircuits.graph.ops import make_node_id, parse_node_id, reaching, threshold, top_k_edges
 from featcircuits.model.loading import load_model, zoo_names, zoo_path
-from featcircuits.engine.patching import PatchingExperiment, RunCache, patch_error, patch_site
-from featcircuits.tasks.prompts import PromptPairs, read_prompts, tokenize_prompts
+from featcircuits.model.metrics import answer_prob, kl_divergence, logit_diff
+from featcircuits.model.sites import Site, all_sites, d_model, num_layers
+from featcircuits.patching.compare import compare_bases, reference_bases, summarize_comparison
+from featcircuits.patching.experiment import PatchingExperiment
+from featcircuits.patching.search import (
+    attribution_curve,
+    attribution_scores,
+    backward_elimination,
+    default_taus,
+    features_needed,
+)
 from featcircuits.render import (
     plot_patching_curves,
     render_circuit,
@@ -56,15 +65,7 @@ from featcircuits.render import (
     write_dot,
     write_neuronpedia_json,
 )
-from featcircuits.patching.search import (
-    attribution_curve,
-    attribution_scores,
-    backward_elimination,
-    default_taus,
-    features_needed,
-)
-from featcircuits.model.sites import Site, all_sites, d_model, num_layers
-from featcircuits.circuits.targets import FeatureTarget, LogitTarget, MetricTarget
+from featcircuits.tasks.prompts import PromptPairs, read_prompts, tokenize_prompts
 
 __version__ = "0.1.0"
 
@@ -123,7 +124,6 @@ __all__ = [  # noqa: PLE0604 -- the error names are strings
     "FeatureTarget",
     "LogitTarget",
     "MetricTarget",
-    "HybridResult",
     "node_attributions",
     "make_node_id",
     "parse_node_id",

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from featcircuits.files import atomic_path
 from featcircuits.dictionaries.sae import SparseAutoencoder
+from featcircuits.files import atomic_path
 from featcircuits.graph.io import write_json
 from featcircuits.render.examples import example_circuit
 

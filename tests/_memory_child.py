@@ -47,7 +47,11 @@ def wide_pairs(n_prompts: int, width: int, vocab: int) -> PromptPairs:
 def run_patch(model, pairs, dictionaries, max_memory) -> dict:
     from featcircuits.engine.settings import RunSettings
     from featcircuits.patching.experiment import PatchingExperiment
-    from featcircuits.patching.search import attribution_curve, attribution_scores, backward_elimination
+    from featcircuits.patching.search import (
+        attribution_curve,
+        attribution_scores,
+        backward_elimination,
+    )
 
     dictionary = dictionaries[SITE]
     n_features = dictionary.n_features
@@ -67,10 +71,11 @@ def run_patch(model, pairs, dictionaries, max_memory) -> dict:
 
 def run_circuit(model, pairs, dictionaries, max_memory) -> dict:
     from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit, circuit_runs
+    from featcircuits.engine.settings import RunSettings
 
     n_features = dictionaries[SITE].n_features
-    runs = circuit_runs(model, dictionaries, pairs, targets="logit_diff", progress=False,
-                        max_memory=max_memory)
+    runs = circuit_runs(model, dictionaries, pairs, targets="logit_diff",
+                        settings=RunSettings(max_memory=max_memory, progress=False))
     attribution = attribution_circuit(runs, tau=1e-4, max_nodes=4, ablation="zero")
     candidates = {SITE: list(range(0, n_features, n_features // 8)),
                   LATER: list(range(1, n_features, n_features // 8))}

@@ -29,21 +29,21 @@ from featcircuits import (
     load_dictionary,
     save_dictionary,
 )
-from featcircuits.files import atomic_path, atomic_write_text
-from featcircuits.engine.runs import CircuitRuns
 from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit, hybrid_circuit
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.dictionaries.tokens import TokenBasis
-from featcircuits.graph.ops import threshold
-from featcircuits.graph.io import read_json, write_json
-from featcircuits.model.loading import load_model, underlying_module
 from featcircuits.engine.cache import RunCache
+from featcircuits.engine.runs import CircuitRuns
 from featcircuits.engine.settings import RunSettings
-from featcircuits.patching.experiment import PatchingExperiment
-from featcircuits.tasks.prompts import read_prompts, tokenize_prompts
-from featcircuits.render.examples import example_circuit
-from featcircuits.patching.search import backward_elimination, features_needed
+from featcircuits.files import atomic_path, atomic_write_text
+from featcircuits.graph.io import read_json, write_json
+from featcircuits.graph.ops import threshold
+from featcircuits.model.loading import load_model, underlying_module
 from featcircuits.model.sites import Site, architecture
+from featcircuits.patching.experiment import PatchingExperiment
+from featcircuits.patching.search import backward_elimination, features_needed
+from featcircuits.render.examples import example_circuit
+from featcircuits.tasks.prompts import read_prompts, tokenize_prompts
 
 QUIET = RunSettings(progress=False)
 PROMPTS = pd.DataFrame({
@@ -247,7 +247,7 @@ def test_nan_in_clean_activations(poisoned_model):
         RunCache(poisoned_model, PROMPTS, ["resid_out.0", "resid_out.1"])
     with pytest.raises(NonFiniteError, match=r"clean run.*resid_out\.1"):
         CircuitRuns(poisoned_model, {"resid_out.1": _sae(site="resid_out.1")}, PROMPTS,
-                    targets="logit_diff", progress=False)
+                    targets="logit_diff", settings=RunSettings(progress=False))
 
 
 def test_inf_in_corrupt_activations_only(poisoned_model):
@@ -261,7 +261,8 @@ def test_inf_in_corrupt_activations_only(poisoned_model):
     with pytest.raises(NonFiniteError, match=pattern):
         RunCache(poisoned_model, PROMPTS, ["resid_out.0"])
     runs = CircuitRuns(poisoned_model, {"resid_out.0": _sae()}, PROMPTS,
-                       targets="logit_diff", progress=False)  # the clean run is fine
+                       targets="logit_diff",
+                       settings=RunSettings(progress=False))  # the clean run is fine
     with pytest.raises(NonFiniteError, match=pattern):
         runs.sources("corrupt")
 

@@ -19,8 +19,7 @@ from featcircuits import (
     SparseAutoencoder,
     load_model,
 )
-from featcircuits.engine.runs import ERROR, CircuitRuns
-from featcircuits.circuits.discovery import (
+from featcircuits.circuits import (
     ablation_effects,
     acdc_circuit,
     attribution_circuit,
@@ -29,7 +28,6 @@ from featcircuits.circuits.discovery import (
     hybrid_circuit,
     node_attributions,
 )
-from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.circuits.faithfulness import (
     EdgeSpec,
     circuit_masks,
@@ -39,7 +37,11 @@ from featcircuits.circuits.faithfulness import (
     faithfulness_curve,
     node_masks,
 )
-from featcircuits.graph.ops import make_node_id, parse_node_id, reaching, threshold, top_k_edges
+from featcircuits.circuits.targets import FeatureTarget, LogitTarget
+from featcircuits.dictionaries.tokens import TokenBasis
+from featcircuits.engine.edits import patch_error, patch_site
+from featcircuits.engine.runs import ERROR, CircuitRuns
+from featcircuits.engine.settings import RunSettings
 from featcircuits.graph.io import (
     edges_frame,
     nodes_frame,
@@ -49,13 +51,13 @@ from featcircuits.graph.io import (
     write_json,
     write_tables,
 )
+from featcircuits.graph.ops import make_node_id, parse_node_id, reaching, threshold, top_k_edges
 from featcircuits.model.loading import underlying_module
-from featcircuits.engine.edits import patch_error, patch_site
 from featcircuits.model.sites import Site
-from featcircuits.circuits.targets import FeatureTarget, LogitTarget
 
 A, C, B = 0, 1, 0  # planted: feature A (and C) of resid_out.0, feature B of resid_out.1
 GAIN = 2.0
+QUIET = RunSettings(progress=False)
 
 
 def _ids(n=4, t=6, seed=3):
@@ -93,7 +95,7 @@ def planted(checkpoint_dirs):
 
 def _expected_ab(model, dictionaries, ids):
     runs = CircuitRuns(model, dictionaries, ids, targets=[FeatureTarget("resid_out.1", B)],
-                       progress=False)
+                       settings=QUIET)
     c_a = runs.features["resid_out.0"][..., A]
     assert (runs.features["resid_out.1"][..., B] > 0).all()  # B stays in its linear region
     return float((GAIN * c_a).sum(1).mean()), runs
@@ -111,14 +113,19 @@ def test_planted_circuit_is_found(planted, method):
     elif method in ("attribution", "ig"):
         graph = attribution_circuit(runs, tau=tau, method=method, steps=4)
     elif method == "hybrid":
-        result = hybrid_circuit(runs, tau=tau)
-        graph = result.graph
-        assert result.n_wrong_sign == 0 and result.n_wrong_threshold == 0
-        assert graph.graph["verified_edges"] == result.n_verified >= 1
+        graph = hybrid_circuit(runs, tau=tau)
+        assert graph.graph["attribution_wrong_sign"] == 0
+        assert graph.graph["attribution_wrong_threshold"] == 0
+        comparison = graph.graph["comparison"]
+        assert graph.graph["verified_edges"] == len(comparison) >= 1
+        assert all(row["sign_agrees"] and row["threshold_agrees"] for row in comparison)
+        verified = {(row["source"], row["target"]): row["exact"] for row in comparison}
+        for u, v, w in graph.edges(data="weight"):
+            assert verified[u, v] == w  # every kept edge carries its exact weight
     else:
         graph = feature_graph(model, dictionaries, ids, upstream="resid_out.0",
                               downstream="resid_out.1", downstream_features=[B], tau=tau,
-                              progress=False)
+                              settings=QUIET)
     a, c, b = "resid_out.0/0", "resid_out.0/1", "resid_out.1/0"
     assert graph.has_edge(a, b)
     weight = graph.edges[a, b]["weight"]
@@ -160,6 +167,55 @@ def test_planted_faithfulness_nodes_and_edges(planted):
     cut.add_node("resid_out.0/0")  # still a node of the evaluated set
     assert faithfulness(runs, cut, edges=True)["faithfulness"] == pytest.approx(0.0, abs=1e-4)
     assert faithfulness(runs, cut)["faithfulness"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_faithfulness_defaults_to_the_circuits_ablation(random_setup):
+    """faithfulness / faithfulness_curve evaluate with the ablation the graph was found with
+    (graph.graph["ablation"]) unless told otherwise, and refuse a graph that records none."""
+    model, saes = random_setup
+    runs = CircuitRuns(model, saes, _ids(), targets=[LogitTarget(9, positions="all")],
+                       settings=QUIET)
+    for ablation, other in (("zero", "mean"), ("mean", "zero")):
+        graph = acdc_circuit(runs, tau=5e-3, ablation=ablation, node_effects=False)
+        assert graph.graph["ablation"] == ablation
+        default = faithfulness(runs, graph)
+        own = faithfulness(runs, graph, ablation=ablation)
+        assert default == own
+        assert abs(faithfulness(runs, graph, ablation=other)["faithfulness"]
+                   - default["faithfulness"]) > 1e-3
+        curve = faithfulness_curve(runs, graph, sizes=[1, 4])
+        assert curve.equals(faithfulness_curve(runs, graph, sizes=[1, 4], ablation=ablation))
+    del graph.graph["ablation"]
+    with pytest.raises(GraphError, match="records no ablation"):
+        faithfulness(runs, graph)
+    with pytest.raises(GraphError, match="records no ablation"):
+        faithfulness_curve(runs, graph)
+    assert faithfulness(runs, graph, ablation="mean") == faithfulness(runs, graph,
+                                                                      ablation="mean")
+
+
+def test_every_discovery_method_returns_a_graph_with_its_ablation(random_setup, tmp_path):
+    """acdc, attribution and hybrid share their core arguments and all return a DiGraph;
+    the hybrid's comparison with exact ablation survives graph files."""
+    model, saes = random_setup
+    dictionaries = {"resid_out.0": saes["resid_out.0"], "resid_out.1": saes["resid_out.1"]}
+    core = {"targets": [LogitTarget(5, positions="all")], "tau": 0.02, "ablation": "mean",
+            "relative_tau": True, "settings": QUIET}
+    graphs = [acdc_circuit(model, dictionaries, _ids(), **core),
+              attribution_circuit(model, dictionaries, _ids(), **core),
+              hybrid_circuit(model, dictionaries, _ids(), **core)]
+    for graph, method in zip(graphs, ("acdc", "attribution", "hybrid")):
+        assert isinstance(graph, nx.DiGraph)
+        assert graph.graph["method"] == method
+        assert graph.graph["ablation"] == "mean" and graph.graph["relative_tau"] is True
+    hybrid = graphs[-1]
+    rows = hybrid.graph["comparison"]
+    assert hybrid.graph["verified_edges"] == len(rows) > 0
+    assert hybrid.graph["attribution_wrong_sign"] == sum(not r["sign_agrees"] for r in rows)
+    write_json(hybrid, tmp_path / "hybrid.json")
+    write_graphml(hybrid, tmp_path / "hybrid.graphml")
+    for again in (read_json(tmp_path / "hybrid.json"), read_graphml(tmp_path / "hybrid.graphml")):
+        assert again.graph["comparison"] == rows
 
 
 # ------------------------------------------------------------------ exact vs torch hooks
@@ -213,7 +269,7 @@ def test_acdc_edges_match_manual_torch_hooks(random_setup):
     dictionaries = {"resid_out.0": saes["resid_out.0"], "resid_out.1": saes["resid_out.1"]}
     token = 7
     graph = acdc_circuit(model, dictionaries, ids, targets=[LogitTarget(token, positions="all")],
-                         tau=0.0, ablation="zero", progress=False)
+                         tau=0.0, ablation="zero", settings=QUIET)
     layer0, layer1 = "gpt_neox.layers.0", "gpt_neox.layers.1"
     sae0, sae1 = saes["resid_out.0"], saes["resid_out.1"]
     clean, clean_logits = _hooked(model, {}, [layer0, layer1], ids)
@@ -259,7 +315,7 @@ def test_direct_effects_freeze_intermediate_sites(random_setup):
     dictionaries = {"resid_out.0": saes["resid_out.0"], "mlp_out.1": saes["mlp_out.1"]}
     token = 11
     runs = CircuitRuns(model, dictionaries, ids, targets=[LogitTarget(token, positions="all")],
-                       progress=False)
+                       settings=QUIET)
     sae0 = saes["resid_out.0"]
     u = runs.active_features("resid_out.0", "mean")[0]
     mean_u = runs.sources("mean")[0]["resid_out.0"][0, 0, u]
@@ -287,8 +343,9 @@ def test_batched_ablation_equals_one_at_a_time(random_setup):
     model, saes = random_setup
     dictionaries = {"resid_out.0": saes["resid_out.0"], "resid_out.1": saes["resid_out.1"]}
     target = [LogitTarget(3, positions="all")]
-    big = CircuitRuns(model, dictionaries, _ids(), targets=target, progress=False)
-    small = CircuitRuns(model, dictionaries, _ids(), targets=target, progress=False, max_rows=4)
+    big = CircuitRuns(model, dictionaries, _ids(), targets=target, settings=QUIET)
+    small = CircuitRuns(model, dictionaries, _ids(), targets=target,
+                        settings=RunSettings(progress=False, max_rows=4))
     nodes = [("resid_out.0", f, None) for f in big.active_features("resid_out.0", "zero")[:6]]
     nodes.append(("resid_out.0", ERROR, None))
     down = {"resid_out.1": [("resid_out.1", 0, None), ("resid_out.1", ERROR, None)]}
@@ -313,7 +370,7 @@ def test_attributions_with_error_nodes_sum_to_total_effect_when_linear(planted):
         sae.b_dec.normal_(0, 0.1)
     linear = LinearBasis(torch.randn(4, 32), site="resid_out.1")
     runs = CircuitRuns(model, {"resid_out.0": sae, "resid_out.1": linear}, _ids(),
-                       targets=[FeatureTarget("resid_out.1", 2)], progress=False)
+                       targets=[FeatureTarget("resid_out.1", 2)], settings=QUIET)
     kept_nothing = node_masks(runs, [])
     kept_nothing["resid_out.1"][:] = True
     for ablation in ("zero", "mean"):
@@ -336,7 +393,7 @@ def test_attribution_edges_track_exact_edges(random_setup):
     model, saes = random_setup
     dictionaries = {"resid_out.0": saes["resid_out.0"], "resid_out.1": saes["resid_out.1"]}
     runs = CircuitRuns(model, dictionaries, _ids(), targets=[LogitTarget(5, positions="all")],
-                       progress=False)
+                       settings=QUIET)
     features, errors = runs.sources("mean")
     epsilon = 1e-2
     runs._sources["mean"] = (
@@ -356,7 +413,7 @@ def test_attribution_edges_track_exact_edges(random_setup):
 def test_edge_evaluation_agrees_with_node_evaluation(random_setup):
     model, saes = random_setup
     runs = CircuitRuns(model, saes, _ids(), targets=[LogitTarget(9, positions="all")],
-                       progress=False)
+                       settings=QUIET)
     graph = acdc_circuit(runs, tau=2e-3, ablation="mean")
     assert graph.number_of_edges() > 5
     assert {graph.nodes[n]["site"] for n in graph} >= {"resid_out.0", "mlp_out.1", "resid_out.1"}
@@ -442,7 +499,7 @@ def test_threshold_is_monotone_and_prunes():
 def test_acdc_thresholds_are_monotone(random_setup, relative):
     model, saes = random_setup
     runs = CircuitRuns(model, saes, _ids(), targets=[LogitTarget(9, positions="all")],
-                       progress=False)
+                       settings=QUIET)
     taus = (0.05, 0.2, 0.5) if relative else (0.002, 0.01, 0.04)
     graphs = [acdc_circuit(runs, tau=tau, node_effects=False, relative_tau=relative)
               for tau in taus]
@@ -490,7 +547,7 @@ def test_bad_options_raise(planted):
 def test_json_round_trip_is_lossless(planted, tmp_path):
     model, dictionaries = planted
     graph = acdc_circuit(model, dictionaries, _ids(), targets=["resid_out.1/0"], tau=0.01,
-                         positional=True, progress=False)
+                         positional=True, settings=QUIET)
     graph.graph["note"] = {"nested": [1, 2.5, None]}
     path = write_json(graph, tmp_path / "circuit.json")
     again = read_json(path)
@@ -568,7 +625,7 @@ def test_token_basis_reaches_inputs(tiny_models):
     assert torch.equal(features.argmax(-1), ids)
     assert tokens.error(embedded).abs().max() < 1e-6
     graph = acdc_circuit(model, {"embed": tokens}, ids, targets=[LogitTarget(4, positions="all")],
-                         tau=1e-3, progress=False)
+                         tau=1e-3, settings=QUIET)
     inputs = [n for n, kind in graph.nodes(data="kind") if kind == "input"]
     assert inputs and all(graph.nodes[n]["layer"] == -1 for n in inputs)
     assert all(graph.nodes[n]["label"] == f"w{graph.nodes[n]['feature']}" for n in inputs)

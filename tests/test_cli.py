@@ -348,7 +348,7 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
         lambda: PatchingExperiment(model, sae, prompts,
                                    settings=RunSettings(progress=False)),
         lambda: CircuitRuns(model, {"resid_out.2": sae}, prompts, targets="logit_diff",
-                            progress=False),
+                            settings=RunSettings(progress=False)),
         lambda: parens_setup(model, n_texts=1, settings=RunSettings(progress=False)),
     ]
     for call in calls:

@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from featcircuits import DictionaryError, load_model
-from featcircuits.engine.runs import ERROR, CircuitRuns
 from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit, node_attributions
-from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.circuits.faithfulness import faithfulness
+from featcircuits.circuits.targets import FeatureTarget, LogitTarget
+from featcircuits.dictionaries.tokens import TokenBasis
+from featcircuits.engine.runs import ERROR, CircuitRuns
+from featcircuits.engine.settings import RunSettings
 from featcircuits.model.loading import to_model
 from featcircuits.model.sites import Site
-from featcircuits.circuits.targets import FeatureTarget, LogitTarget
 from tests.test_circuits import random_saes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,8 @@ def both(checkpoint_dirs):
 
 def _runs(model, dictionaries, **kwargs):
     targets = [LogitTarget(9, positions="all"), FeatureTarget("resid_out.1", 3)]
-    return CircuitRuns(model, dictionaries, _ids(), targets=targets, progress=False, **kwargs)
+    return CircuitRuns(model, dictionaries, _ids(), targets=targets,
+                       settings=RunSettings(progress=False), **kwargs)
 
 
 def test_token_basis_takes_the_models_dtype(both):

@@ -178,6 +178,7 @@ def test_chunked_patch_search_equals_unchunked(tiny, one_thread):
 
 def test_chunked_circuits_equal_unchunked(tiny, one_thread):
     from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit, circuit_runs
+    from featcircuits.engine.settings import RunSettings
 
     dictionaries = {"resid_out.1": RandomBasis(128, n_features=4096, seed=1),
                     "resid_out.2": RandomBasis(128, n_features=4096, seed=2)}
@@ -186,7 +187,7 @@ def test_chunked_circuits_equal_unchunked(tiny, one_thread):
     graphs = {}
     for budget in ("64GB", "1MB"):
         runs = circuit_runs(tiny, dictionaries, prompts, targets="logit_diff",
-                            max_memory=budget, progress=False)
+                            settings=RunSettings(max_memory=budget, progress=False))
         graphs[budget] = {
             "copies": runs.chunk_copies(),
             "attribution": attribution_circuit(runs, tau=1e-3, max_nodes=3),

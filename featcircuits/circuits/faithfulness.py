@@ -8,7 +8,9 @@ model with every node (every feature and error term at every dictionary site) ab
     complement(C)   = (m(M∖C) − m(∅)) / (m(M) − m(∅));   completeness = 1 − complement
 
 ``complement`` near 0 (completeness near 1) means ablating the circuit removes the behaviour.
-Nodes outside the evaluated set are ablated (mean ablation by default, after Marks et al.).
+Nodes outside the evaluated set are ablated the way the circuit was found: ``faithfulness``
+and ``faithfulness_curve`` default to the ablation the graph records (``graph.graph
+["ablation"]``); pass ``ablation=`` to evaluate with another one.
 
 **Node sets.** ``m(C)``: one forward pass in which, at every dictionary site, the features
 and error terms not in ``C`` are ablated (``patch_site`` / ``patch_error``, relative to the
@@ -38,25 +40,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from featcircuits.engine.runs import (
-    ERROR,
-    CircuitRuns,
-    Readout,
-    SiteOps,
-    direct_sites,
-    repeat_rows,
-)
-from featcircuits.circuits.discovery import Node, circuit_runs, graph_nodes, node_id
+from featcircuits.circuits.discovery import circuit_runs
+from featcircuits.circuits.nodes import Node, graph_nodes, node_id, site_depth
+from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
+from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
+from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import GraphError, ParameterError
 from featcircuits.graph.ops import check_graph, parse_node_id, reaching, target_nodes, top_k_edges
 from featcircuits.patching.search import size_grid
-from featcircuits.model.sites import Site
 
 Masks = dict[str, torch.Tensor]  # {site: [T, F + 1] bool}, last column = error node
-
-
-def _depth(site: str) -> float:
-    return Site.parse(site).depth
 
 
 def _empty_masks(runs: CircuitRuns, value: bool = False, sites=None, device=None) -> Masks:
@@ -89,7 +82,7 @@ def node_masks(runs: CircuitRuns, nodes: Iterable[Node], *, sparse: bool = False
 
 # --------------------------------------------------------------------------- nodes
 def evaluate_node_sets(runs: CircuitRuns, kept: Sequence[Masks], *,
-                       ablation: str = "mean") -> torch.Tensor:
+                       ablation: str = "zero") -> torch.Tensor:
     """``[len(kept)]`` metric with every node not in each set ablated (one forward pass per
     chunk of sets, sets stacked along the batch)."""
     n = runs.n
@@ -139,13 +132,13 @@ class EdgeSpec:
 
 
 def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
-                        ablation: str = "mean") -> torch.Tensor:
+                        ablation: str = "zero") -> torch.Tensor:
     """``[len(specs)]`` metric of each edge set (see the module docstring)."""
     source_features, source_errors = runs.sources(ablation)
     deepest = runs.max_target_depth
-    sites = [s for s in runs.sites if _depth(s) < deepest]
+    sites = [s for s in runs.sites if site_depth(s) < deepest]
     target_sites = {t.site for t in runs.targets if not t.is_output}
-    levels = sorted(set(sites) | target_sites, key=_depth)
+    levels = sorted(set(sites) | target_sites, key=site_depth)
     if any(t.is_output for t in runs.targets):
         levels.append(None)
     assembled_f = [{} for _ in specs]
@@ -153,7 +146,7 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
     target_values = torch.zeros(len(specs), len(runs.targets), device=runs.device)
     for level in tqdm(levels, desc="edge evaluation", leave=False,
                       disable=not runs.progress or len(levels) < 3):
-        depth = float("inf") if level is None else _depth(level)
+        depth = runs.read_depth(level)
         # sites before the last whole-state site cannot reach the level directly: the copies
         # share everything up to it (and run it once, tiled)
         earlier = direct_sites(sites, depth)
@@ -239,10 +232,10 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
                 written.append(activation)
             ops[site] = SiteOps(overwrite=torch.cat(written))
         if read_site is not None:
-            ops[read_site] = SiteOps(readout=Readout(full=True))
+            ops[read_site] = SiteOps(readout=NodeRead(full=True))
         first = earlier[0] if earlier else None
         early_targets = first is not None and any(
-            not t.is_output and _depth(t.site) < _depth(first) for t in runs.targets)
+            not t.is_output and site_depth(t.site) < site_depth(first) for t in runs.targets)
         with torch.no_grad():
             result = runs.trace(ops, len(chunk), tile_at=None if early_targets else first,
                                 outputs=outputs)
@@ -267,14 +260,14 @@ def edge_spec(runs: CircuitRuns, graph: nx.DiGraph, *, complement: bool = False)
         if key is None:
             continue
         level = _level_of(runs, key)
-        depth = float("inf") if level is None else _depth(level)
+        depth = runs.read_depth(level)
         present = [key_of[p] for p in graph.predecessors(ident)]
         present = [u for u in present if u is not None and not isinstance(u, int)]
         if complement:
             cells = present
         else:
             cells = [u for u in nodes if u not in present]
-        cells = [u for u in cells if _depth(u[0]) < depth]
+        cells = [u for u in cells if site_depth(u[0]) < depth]
         if cells:
             spec.ablated_into[key] = node_masks(runs, cells, sparse=True)
     return spec
@@ -301,33 +294,47 @@ def _check_graph_targets(runs: CircuitRuns, graph: nx.DiGraph) -> None:
                          hint="evaluate with the targets the circuit was built for")
 
 
-def _graph_runs(model, graph: nx.DiGraph, dictionaries, inputs, *, targets, max_rows: int,
-                max_memory, progress: bool):
+def graph_ablation(graph: nx.DiGraph, ablation: str | None = None) -> str:
+    """``ablation``, or (``None``) the ablation ``graph`` was found with
+    (``graph.graph["ablation"]``); a graph that records none needs ``ablation``."""
+    if ablation is not None:
+        return ablation
+    recorded = graph.graph.get("ablation")
+    if not recorded:
+        raise GraphError("the graph records no ablation (graph.graph['ablation'])",
+                         hint="pass ablation='zero' (or mean, resample, ...) to evaluate it")
+    return str(recorded)
+
+
+def _graph_runs(model, graph: nx.DiGraph, dictionaries, inputs, *, targets,
+                settings: RunSettings | None):
     """Cached runs for evaluating ``graph`` (its targets checked against the runs'), the
     full model's metric ``m(M)`` and the all-ablated masks."""
-    runs = circuit_runs(model, dictionaries, inputs, targets=targets, max_rows=max_rows,
-                        max_memory=max_memory, progress=progress)
+    runs = circuit_runs(model, dictionaries, inputs, targets=targets, settings=settings)
     _check_graph_targets(runs, graph)
     return runs, runs.metric_value, _empty_masks(runs)
 
 
 def faithfulness(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *, targets=None,
-                 ablation: str = "mean", edges: bool = False, max_rows: int = 256,
-                 max_memory: int | str | None = None,
-                 progress: bool = True) -> dict[str, float]:
+                 ablation: str | None = None, edges: bool = False,
+                 settings: RunSettings | None = None) -> dict[str, float]:
     """Faithfulness and completeness of ``graph`` (see the module docstring).
 
     Args:
-        model: nnsight model — or a ``CircuitRuns`` (then omit dictionaries, inputs, targets).
+        model: nnsight model — or a ``CircuitRuns`` (then omit dictionaries, inputs,
+            targets and settings).
+        ablation: how nodes outside the evaluated set are ablated; default: the ablation
+            the graph was found with (``graph.graph["ablation"]``).
         edges: evaluate the graph's edge set (path patching) instead of its node set.
+        settings: ``RunSettings`` (memory budget, rows per pass, progress).
 
     Returns:
         ``faithfulness, complement, completeness, m_circuit, m_complement, m_empty, m_full,
         n_nodes, n_edges``.
     """
+    ablation = graph_ablation(graph, ablation)
     runs, m_full, empty = _graph_runs(model, graph, dictionaries, inputs, targets=targets,
-                                      max_rows=max_rows, max_memory=max_memory,
-                                      progress=progress)
+                                      settings=settings)
     nodes = graph_nodes(graph)
     if edges:
         specs = [edge_spec(runs, graph), edge_spec(runs, graph, complement=True),
@@ -352,11 +359,11 @@ def faithfulness(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *, ta
 
 def faithfulness_curve(model, graph: nx.DiGraph, dictionaries=None, inputs=None, *,
                        targets=None, by: str = "nodes", sizes: Sequence[int] | None = None,
-                       ablation: str = "mean", max_rows: int = 256,
-                       max_memory: int | str | None = None,
-                       progress: bool = True) -> pd.DataFrame:
+                       ablation: str | None = None,
+                       settings: RunSettings | None = None) -> pd.DataFrame:
     """Faithfulness of the top-``k`` nodes (by ``|effect|``) or edges (by ``|weight|``) of
     ``graph`` for each ``k`` in ``sizes`` (default: 0 and a log grid up to the graph's size).
+    Arguments as for ``faithfulness`` (``ablation`` defaults to the graph's).
 
     Returns:
         one row per k: ``k, n_nodes, n_edges, m, faithfulness`` (edge sub-graphs keep the
@@ -364,9 +371,9 @@ def faithfulness_curve(model, graph: nx.DiGraph, dictionaries=None, inputs=None,
     """
     if by not in ("nodes", "edges"):
         raise ParameterError(f"by must be 'nodes' or 'edges', got {by!r}")
+    ablation = graph_ablation(graph, ablation)
     runs, m_full, empty = _graph_runs(model, graph, dictionaries, inputs, targets=targets,
-                                      max_rows=max_rows, max_memory=max_memory,
-                                      progress=progress)
+                                      settings=settings)
     m_empty = float(evaluate_node_sets(runs, [empty], ablation=ablation)[0])
     if by == "nodes":
         nodes = graph_nodes(graph)
@@ -411,4 +418,5 @@ def circuit_masks(runs: CircuitRuns, graph: nx.DiGraph) -> Masks:
 
 
 __all__ = ["EdgeSpec", "circuit_masks", "edge_spec", "evaluate_edge_specs",
-           "evaluate_node_sets", "faithfulness", "faithfulness_curve", "node_masks"]
+           "evaluate_node_sets", "faithfulness", "faithfulness_curve", "graph_ablation",
+           "node_masks"]

@@ -28,8 +28,8 @@ import torch
 from featcircuits.errors import GraphError, ParameterError, PromptError
 from featcircuits.graph.schema import make_node_id, parse_node_id
 from featcircuits.model.metrics import answer_prob, logit_diff
-from featcircuits.tasks.prompts import answer_token
 from featcircuits.model.sites import Site
+from featcircuits.tasks.prompts import answer_token
 
 Positions = str | int | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 METRIC_TARGETS = ("logit_diff", "answer_logit", "answer_prob")
@@ -237,6 +237,7 @@ def resolve_target(target: Target | str | int, *, tokenizer, lengths: torch.Tens
     weights = position_weights(target.positions, lengths, width, target.reduce)
     return ResolvedTarget(make_node_id(kind="output", name=name), label,
                           f"logit:{target.token}" + ("" if minus is None else f"-{target.minus}"),
-                          weights, token_ids=torch.full((n,), token, dtype=torch.long, device=lengths.device),
+                          weights, token_ids=torch.full((n,), token, dtype=torch.long,
+                                                        device=lengths.device),
                           minus_ids=None if minus is None else torch.full(
                               (n,), minus, dtype=torch.long, device=lengths.device))

@@ -3,7 +3,8 @@
 * ``edits``: ``patch_site``, ``patch_error`` (inside a trace), ``input_site_of``,
   ``check_finite_activations``;
 * ``cache``: ``RunCache`` (clean and corrupted runs of prompt pairs), ``SiteFeatures``;
-* ``runs``: ``CircuitRuns`` (the clean run circuit discovery works on), ``trace_rows``;
+* ``runs``: ``CircuitRuns`` (the clean run circuit discovery works on);
+* ``circuit_trace``: ``trace_rows`` (many edited copies in one pass), ``SiteOps``, ``NodeRead``;
 * ``sources``: the one vocabulary of sources and ablations, ``resample_index``,
   ``position_mask``;
 * ``memory``: budgets and the one per-row estimate ``bytes_per_row``;
@@ -14,6 +15,7 @@
 """
 
 from featcircuits.engine.cache import RunCache, SiteFeatures
+from featcircuits.engine.circuit_trace import NodeRead, SiteOps, TraceResult, trace_rows
 from featcircuits.engine.edits import (
     check_finite_activations,
     input_site_of,
@@ -27,7 +29,7 @@ from featcircuits.engine.memory import (
     rows_per_chunk,
     split_rows,
 )
-from featcircuits.engine.runs import CircuitRuns, Readout, SiteOps, TraceResult, trace_rows
+from featcircuits.engine.runs import CircuitRuns
 from featcircuits.engine.settings import RunSettings
 from featcircuits.engine.sources import (
     ABLATIONS,
@@ -44,8 +46,8 @@ __all__ = [
     "PATCHING_SOURCES",
     "SOURCES",
     "CircuitRuns",
+    "NodeRead",
     "PrefixTiling",
-    "Readout",
     "RunCache",
     "RunSettings",
     "SiteFeatures",

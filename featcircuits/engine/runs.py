@@ -1,15 +1,12 @@
-"""The cached clean run that circuit discovery works on, and its batched trace engine.
+"""The cached clean run that circuit discovery works on.
 
 ``CircuitRuns`` holds, for one data set (token ids or prompt pairs), the clean activations,
 feature activations and dictionary errors at every dictionary site, the targets' values and
 their gradient with respect to every site (one forward and one backward pass), and the
 ablation sources (``zero``, ``mean``, ``resample``, ``corrupt``) computed on demand.
 
-``trace_rows`` runs many edited copies of the data in one forward pass: copy ``k`` of prompt
-``i`` is batch row ``k * n + i``. At each site, in forward order, a copy may have its
-activation overwritten, features ablated (``edits.patch_site``), its error term replaced
-(``edits.patch_error``), a zero "delta" added for gradients, node values read, and the
-site frozen to its clean value (so that later sites only see direct effects).
+``CircuitRuns.trace`` runs many edited copies of the data in one forward pass
+(``featcircuits.engine.circuit_trace.trace_rows``).
 
 Node values (what an edge's weight is a change of):
 
@@ -21,74 +18,48 @@ Node values (what an edge's weight is a change of):
   contribution to the targets (an error vector has no scalar activation of its own);
 * a target: its value (see ``featcircuits.circuits.targets``).
 All are averaged over prompts.
+
+Every dictionary is READ (encoded) at its ``input_site`` and WRITTEN (decoded; edits, error
+term, freezing, gradients) at its ``site``. The two differ for a transcoder (e.g.
+``mlp_in.L`` → ``mlp_out.L``): its features are ``c = encode(x_in)`` with ``x_in`` the
+activation at the input site of the same (edited) run, and its error node is
+``e = x − decode(c)`` at the output site — which includes a skip connection's
+``x_in @ W_skip.T`` (the skip is not a node of its own, and ablating every node of the site
+still gives the source activation ``decode(c_source) + e_source``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import einops
 import torch
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
-from featcircuits.errors import DictionaryError, ParameterError, PromptError
-from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row, parse_memory, rows_per_chunk
-from featcircuits.model.loading import model_device, model_dtype, trace
-from featcircuits.engine.edits import check_finite_activations, patch_error, patch_site
+from featcircuits.engine.circuit_trace import (
+    SiteOps,
+    TraceResult,
+    repeat_rows,
+    trace_rows,
+)
+from featcircuits.engine.edits import check_finite_activations, input_site_of
+from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row, rows_per_chunk
+from featcircuits.engine.settings import RunSettings
 from featcircuits.engine.sources import ABLATIONS, check_source, resample_index
 from featcircuits.engine.tiling import PrefixTiling
-from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
+from featcircuits.errors import DictionaryError, ParameterError, PromptError
+from featcircuits.model.loading import model_device, model_dtype
 from featcircuits.model.sites import Site, num_layers
-from featcircuits.circuits.targets import ResolvedTarget, Target, resolve_target
+from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
+
+if TYPE_CHECKING:  # circuits builds on the engine: import its targets only where they are used
+    from featcircuits.circuits.targets import ResolvedTarget, Target
+
+__all__ = ["ABLATIONS", "ERROR", "FULL_STATE_KINDS", "CircuitRuns", "check_dictionary_placement",
+           "direct_sites", "read_inputs"]
 
 ERROR = -1  # feature index of a site's error node
-
-
-@dataclass
-class Readout:
-    """Node values to read at one site (rows ``R``, positions ``T``).
-
-    ``feature_ids [k]`` and ``error``: read these features / the error node; ``weights
-    [R, T]`` reduce over positions (``None``: keep positions). ``own_feature [R]`` (``-1`` =
-    error) with ``own_weights [R, T]``: each row reads its own node (gradient copies).
-    ``full``: save all features ``[R, T, F]`` and the error ``[R, T, d]``.
-    ``error_vector [R, T, d]``: the ``g`` of error-node values ``Σ_t w_t (e_t · g_t)``.
-    """
-
-    feature_ids: torch.Tensor | None = None
-    error: bool = False
-    error_vector: torch.Tensor | None = None
-    weights: torch.Tensor | None = None
-    own_feature: torch.Tensor | None = None
-    own_weights: torch.Tensor | None = None
-    full: bool = False
-
-
-@dataclass
-class SiteOps:
-    """What happens at one site in ``trace_rows`` (in this order)."""
-
-    overwrite: torch.Tensor | None = None          # [R, T, d]
-    patch: dict | None = None                      # kwargs of patch_site
-    patch_err: dict | None = None                  # kwargs of patch_error
-    delta: torch.Tensor | None = None              # [R, T, d] leaf requiring grad
-    detach: bool = False                           # cut gradients flowing through the site
-    readout: Readout | None = None
-    freeze: torch.Tensor | None = None             # [R, T, d] written after reading
-    save_activation: bool = False
-
-
-@dataclass
-class TraceResult:
-    features: dict[str, torch.Tensor] = field(default_factory=dict)
-    errors: dict[str, torch.Tensor] = field(default_factory=dict)
-    own: dict[str, torch.Tensor] = field(default_factory=dict)
-    full_features: dict[str, torch.Tensor] = field(default_factory=dict)
-    full_errors: dict[str, torch.Tensor] = field(default_factory=dict)
-    activations: dict[str, torch.Tensor] = field(default_factory=dict)
-    targets: torch.Tensor | None = None            # [R, n_targets]
 
 
 def read_inputs(model, inputs) -> tuple[torch.Tensor, torch.Tensor, PromptPairs | None]:
@@ -179,11 +150,6 @@ def _position_mean(values: torch.Tensor, token_mask: torch.Tensor) -> torch.Tens
     return means.to(dtype).expand_as(values)
 
 
-def repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
-    """``[n, ...]`` → ``[(copies n), ...]`` (copy-major, matching the row layout)."""
-    return einops.repeat(tensor, "n ... -> (k n) ...", k=copies)
-
-
 class CircuitRuns:
     """Clean run, dictionaries, targets and ablation sources of one data set.
 
@@ -191,17 +157,15 @@ class CircuitRuns:
         model: nnsight ``LanguageModel``.
         dictionaries: ``{site: Dictionary}`` (sorted by ``Site.depth`` here).
         inputs: prompt pairs, texts, or token ids (see ``read_inputs``).
-        targets: one target or a list (``featcircuits.circuits.targets``); the circuit explains their
-            sum.
+        targets: one target or a list (``featcircuits.circuits.targets``); the circuit
+            explains their sum.
         node_reduce: a (non-positional) node's value is the ``mean`` (default) or ``sum`` of
             its activation over each prompt's real tokens, averaged over prompts.
-        max_rows: most sequences per forward pass.
-        max_memory: budget for the working tensors of one forward pass (bytes or ``"2GB"``;
-            default ``memory.default_max_memory()``): fewer copies of the data run at once
-            when ``[rows, positions, n_features]`` tensors would exceed it (see
-            ``docs/memory.md``). The cached clean run (``features [n, T, F]`` per site) is
-            not counted.
-        seed: for ``resample`` ablation.
+        settings: ``engine.settings.RunSettings``: ``max_rows`` (most sequences per forward
+            pass, default 256), ``max_memory`` (budget for the working tensors of one
+            forward pass: fewer copies of the data run at once when ``[rows, positions,
+            n_features]`` tensors would exceed it, see ``docs/memory.md``; the cached clean
+            run is not counted), ``seed`` (``resample`` ablation) and ``progress``.
 
     Attributes:
         ids: token ids ``[n, T]``.
@@ -209,7 +173,11 @@ class CircuitRuns:
         token_mask: ``[n, T]`` (float), 1 on real tokens.
         pairs: the prompt pairs, or ``None`` for plain texts.
         activations: ``{site: [n, T, d]}`` of the clean run.
-        features: ``{site: [n, T, F]}`` of the clean run.
+        input_sites: ``{site: input site}``: where each dictionary reads (encodes); differs
+            from the site for transcoders.
+        input_activations: ``{site: [n, T, d]}`` of the clean run at each dictionary's
+            input site (the same tensor as ``activations[site]`` when they coincide).
+        features: ``{site: [n, T, F]}`` of the clean run, ``encode(input_activations)``.
         errors: ``{site: [n, T, d]}`` reconstruction errors of the clean run.
         target_values: ``[n, n_targets]``.
         gradients: ``{site: [n, T, d]}`` of the summed targets, per prompt.
@@ -218,20 +186,24 @@ class CircuitRuns:
 
     def __init__(self, model, dictionaries: Mapping[str, Dictionary], inputs, *,
                  targets: Target | str | int | Sequence, node_reduce: str = "mean",
-                 max_rows: int = 256, max_memory: int | str | None = None, seed: int = 0,
-                 progress: bool = True) -> None:
+                 settings: RunSettings | None = None) -> None:
         if isinstance(dictionaries, Dictionary):
             dictionaries = {dictionaries.site: dictionaries}
         if not dictionaries:
             raise ParameterError("no dictionaries given", hint="pass {site: dictionary}")
-        if max_rows < 1:
-            raise ParameterError(f"max_rows must be >= 1, got {max_rows}")
+        if settings is None:
+            settings = RunSettings()
+        elif not isinstance(settings, RunSettings):
+            raise ParameterError(f"settings must be a RunSettings, got {type(settings).__name__}",
+                                 hint="e.g. settings=RunSettings(max_memory='2GB')")
         if node_reduce not in ("sum", "mean"):
             raise ParameterError(f"node_reduce must be 'sum' or 'mean', got {node_reduce!r}")
         self.node_reduce = node_reduce
         self.model = model
         self.dictionaries = {str(Site.parse(site)): d for site, d in dictionaries.items()}
         self.sites = sorted(self.dictionaries, key=lambda name: Site.parse(name).depth)
+        self.input_sites = {site: str(input_site_of(d, site))
+                            for site, d in self.dictionaries.items()}
         for site, dictionary in self.dictionaries.items():
             check_dictionary_placement(dictionary, model, site)
             check_dictionary_fits(dictionary, model, site)
@@ -243,6 +215,8 @@ class CircuitRuns:
         self.n, self.width = self.ids.shape
         positions = torch.arange(self.width, device=self.device)
         self.token_mask = (positions[None, :] < self.lengths[:, None]).float()
+        from featcircuits.circuits.targets import resolve_target
+
         if isinstance(targets, (str, int)) or not isinstance(targets, Sequence):
             targets = [targets]
         if not targets:
@@ -254,10 +228,11 @@ class CircuitRuns:
         names = [t.node_id for t in self.targets]
         if len(set(names)) != len(names):
             raise ParameterError(f"targets {names} name the same node twice")
-        self.max_rows = int(max_rows)
-        self.max_memory = parse_memory(max_memory)
-        self.seed = int(seed)
-        self.progress = progress
+        self.settings = settings
+        self.max_rows = settings.rows(256)
+        self.max_memory = settings.max_memory
+        self.seed = settings.seed
+        self.progress = settings.progress
         self.n_layers = num_layers(model)
         self.rows_run = 0
         self._tiling = PrefixTiling(model)
@@ -276,6 +251,13 @@ class CircuitRuns:
 
     def depth(self, site: str) -> float:
         return Site.parse(site).depth
+
+    def read_depth(self, site: str | None) -> float:
+        """Depth where the dictionary at ``site`` reads its input (its ``input_site``): only
+        sites before it can change its features. ``None`` (the outputs): infinity."""
+        if site is None:
+            return float("inf")
+        return Site.parse(self.input_sites[site]).depth
 
     @property
     def max_target_depth(self) -> float:
@@ -318,12 +300,18 @@ class CircuitRuns:
                                         allow_unused=True)
         self.target_values = result.targets.detach()
         self.activations = {s: result.activations[s].detach() for s in self.sites}
+        self.input_activations = {s: result.inputs[s].detach() if s in result.inputs
+                                  else self.activations[s] for s in self.sites}
         for site, values in self.activations.items():
             check_finite_activations(values, site=site, run="clean", token_mask=self.token_mask)
+            if self.input_sites[site] != site:
+                check_finite_activations(self.input_activations[site],
+                                         site=self.input_sites[site], run="clean",
+                                         token_mask=self.token_mask)
         self.gradients = {s: (torch.zeros_like(deltas[s]) if g is None else g.detach())
                           for s, g in zip(self.sites, grads)}
         with torch.no_grad():
-            self.features = {s: self.dictionaries[s].encode(self.activations[s])
+            self.features = {s: self.dictionaries[s].encode(self.input_activations[s])
                              for s in self.sites}
             self.errors = {s: self.activations[s] - self.dictionaries[s].decode(self.features[s])
                            for s in self.sites}
@@ -377,7 +365,7 @@ class CircuitRuns:
                 features[site], errors[site] = clean_f[index], clean_e[index]
             else:
                 x = result.activations[site]
-                features[site] = self.dictionaries[site].encode(x)
+                features[site] = self.dictionaries[site].encode(result.inputs.get(site, x))
                 errors[site] = x - self.dictionaries[site].decode(features[site])
         return features, errors
 
@@ -456,142 +444,3 @@ class CircuitRuns:
             lambda: trace_rows(self.model, self.sites, self.dictionaries, ops, ids,
                                self.targets, copies, tile_at=tile_at, outputs=outputs),
             untiled, rows=copies * len(ids), batch=len(ids))
-
-
-def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionary],
-               ops: Mapping[str, SiteOps], input_ids: torch.Tensor,
-               targets: Sequence[ResolvedTarget], copies: int, *,
-               tile_at: str | None = None, outputs: bool = True) -> TraceResult:
-    """One forward pass of ``input_ids [R, T]`` with per-site operations ``ops``.
-
-    At each site (forward order): overwrite → read feature targets → ``patch_site`` →
-    ``patch_error`` → add delta (after detaching, if asked) → read node values → freeze. Output
-    targets are read from the logits. Returns saved values (see ``TraceResult``).
-    With ``tile_at``, ``input_ids`` holds the ``n`` prompts once and the activation is
-    tiled ``copies`` times at that site (no site before it may have operations).
-    With ``outputs=False`` (or no output targets) the run stops after the last site with
-    operations or feature targets; output targets then read NaN.
-    """
-    tiled = tile_at is None
-    if tile_at is not None:
-        early = [site for site in sites if Site.parse(site).depth < Site.parse(tile_at).depth]
-        if any(site in ops for site in early) or any(t.site in early for t in targets):
-            raise ParameterError(f"cannot tile at {tile_at}: an earlier site has operations")
-    result = TraceResult()
-    saved: list[tuple[str, str, torch.Tensor]] = []
-    target_values: list[torch.Tensor] = []
-    feature_targets = {site: [(i, t) for i, t in enumerate(targets) if t.site == site]
-                       for site in sites}
-    output_targets = [(i, t) for i, t in enumerate(targets) if t.is_output] if outputs else []
-    last = None
-    if not output_targets:
-        used = [site for site in sites if site in ops or feature_targets[site]]
-        last = used[-1] if used else None
-    rows = input_ids.shape[0] * (copies if tile_at is not None else 1)
-    with trace(model, input_ids) as tracer:
-        for site in sites:
-            op = ops.get(site)
-            if op is None and not feature_targets[site]:
-                continue
-            op = op or SiteOps()
-            resolved = Site.parse(site)
-            dictionary = dictionaries[site]
-            if not tiled and site == tile_at:
-                resolved.write(model, repeat_rows(resolved.read(model), copies))
-                tiled = True
-            if op.overwrite is not None:
-                resolved.write(model, _as_activation(op.overwrite, resolved.read(model)))
-            if feature_targets[site]:
-                # targets are read before this site's own edits: they are read-outs, not
-                # nodes that an ablation at their own site could change
-                target_features = dictionary.encode(resolved.read(model))
-                for index, target in feature_targets[site]:
-                    weights = repeat_rows(target.weights, copies)
-                    value = (target_features[..., target.feature] * weights).sum(-1)
-                    target_values.append((index, value.save()))
-            edit = None
-            if op.patch is not None:
-                edit = patch_site(model, resolved, dictionary, **op.patch)
-            if op.patch_err is not None:
-                # masks in the activation's dtype, so that a bf16 model gets bf16 back
-                dtype = resolved.read(model).dtype
-                patch_err = {key: value.to(dtype) if value.is_floating_point() else value
-                             for key, value in op.patch_err.items()}
-                patch_error(model, resolved, dictionary, **patch_err, prior_edit=edit)
-            x = resolved.read(model)
-            if op.delta is not None:
-                # the delta is float32 (exact gradients); the model gets its own dtype back
-                x = (x.detach() if op.detach else x) + _as_activation(op.delta, x)
-                resolved.write(model, x)
-            if op.save_activation:
-                saved.append(("activation", site, x.save()))
-            if op.readout is not None:
-                features = _readout_features(op.readout, x, dictionary)
-                for kind, value in _read_nodes(op.readout, x, features, dictionary):
-                    saved.append((kind, site, value.save()))
-            if site == last:
-                tracer.stop()  # nothing later is needed: skip the remaining layers
-            if op.freeze is not None:
-                resolved.write(model, _as_activation(op.freeze, x))
-        if output_targets:
-            logits = model.output.logits
-            for index, target in output_targets:
-                target_values.append((index, target.output_values(logits, copies).save()))
-    for kind, site, value in saved:
-        {"activation": result.activations, "features": result.features,
-         "errors": result.errors, "own": result.own, "full_features": result.full_features,
-         "full_errors": result.full_errors}[kind][site] = value
-    result.targets = torch.full((rows, len(targets)), float("nan"), device=model_device(model))
-    for index, value in target_values:
-        result.targets[:, index] = value
-    return result
-
-
-def _as_activation(value: torch.Tensor, activation) -> torch.Tensor:
-    """``value`` on the device and in the dtype of the model's ``activation`` (a no-op in
-    float32 on one device; differentiable, so gradients still reach a float32 delta)."""
-    return value.to(device=activation.device, dtype=activation.dtype)
-
-
-def _readout_features(readout: Readout, x, dictionary: Dictionary):
-    """Inside a trace: ``encode(x)`` when a readout needs every feature (the error node,
-    ``full``, per-row features), else only ``readout.feature_ids`` (``[R, T, k]``) — which
-    for a separable dictionary never builds the ``[R, T, F]`` tensor."""
-    if readout.error or readout.full or readout.own_feature is not None:
-        return dictionary.encode(x)
-    if readout.feature_ids is not None:
-        return dictionary.encode_features(x, readout.feature_ids)
-    return None
-
-
-def _read_nodes(readout: Readout, x, features, dictionary: Dictionary):
-    """Inside a trace: node values at a site as ``(kind, tensor)`` pairs (``features`` from
-    ``_readout_features``)."""
-    error = None
-    if readout.error or readout.full or readout.own_feature is not None:
-        error = x - dictionary.decode(features)
-    out = []
-    if readout.full:
-        out.append(("full_features", features))
-        out.append(("full_errors", error))
-    if readout.feature_ids is not None:
-        values = features if error is None else features[..., readout.feature_ids]
-        if readout.weights is not None:
-            values = (values * readout.weights[..., None]).sum(1)
-        out.append(("features", values))
-    if readout.own_feature is not None:
-        own = readout.own_feature
-        index = own.clamp(min=0)[:, None, None].expand(-1, features.shape[1], 1)
-        feature_values = torch.gather(features, -1, index).squeeze(-1)          # [R, T]
-        if readout.error_vector is not None:
-            error_values = (error * readout.error_vector).sum(-1)               # [R, T]
-        else:
-            error_values = torch.zeros_like(feature_values)
-        values = torch.where((own >= 0)[:, None], feature_values, error_values)
-        out.append(("own", (values * readout.own_weights).sum(-1)))
-    elif readout.error:
-        values = (error * readout.error_vector).sum(-1)
-        if readout.weights is not None:
-            values = (values * readout.weights).sum(-1)
-        out.append(("errors", values))
-    return out

@@ -53,13 +53,6 @@ __all__ = [
 METHODS = ("acdc", "attribution", "hybrid")
 
 
-def _runs_keywords(settings: RunSettings) -> dict:
-    """``settings`` as the keywords ``CircuitRuns`` takes today (the one place to change
-    when it takes ``settings=``); 256 rows per pass by default."""
-    return {"max_rows": settings.rows(256), "max_memory": settings.max_memory,
-            "seed": settings.seed, "progress": settings.progress}
-
-
 # ------------------------------------------------------------------------- results
 @dataclass
 class CircuitResult:
@@ -130,7 +123,7 @@ def build_circuit(runs: CircuitRuns, method: str, *, tau: float, ablation: str,
     if method == "attribution":
         return attribution_circuit(runs, max_nodes=max_nodes, **common)
     if method == "hybrid":
-        return hybrid_circuit(runs, max_nodes=max_nodes, max_verify=max_verify, **common).graph
+        return hybrid_circuit(runs, max_nodes=max_nodes, max_verify=max_verify, **common)
     raise ParameterError(f"unknown method {method!r}", hint=f"use one of {METHODS}")
 
 
@@ -140,7 +133,7 @@ def candidate_set(runs: CircuitRuns, per_site: int, *, ablation: str = "mean"
     the largest attributed ``|effect|`` (one backward pass; error nodes are always
     candidates, so they are not listed). Pass it as ``candidates=`` to the discovery
     functions to run exact ACDC on a small set."""
-    from featcircuits.circuits.discovery import ERROR, node_attributions
+    from featcircuits.circuits import ERROR, node_attributions
 
     effects = node_attributions(runs, ablation=ablation)
     chosen: dict[str, list[int]] = {}
@@ -260,7 +253,7 @@ def ioi_circuit(
                                      "file's template column")
         pairs = pairs.head(n_prompts)
         sites = {"embed": TokenBasis.from_model(model), **chosen}
-        runs = CircuitRuns(model, sites, pairs, targets="logit_diff", **_runs_keywords(settings))
+        runs = CircuitRuns(model, sites, pairs, targets="logit_diff", settings=settings)
         positional = positional and len(set(runs.lengths.tolist())) == 1
         preamble = f"{len(pairs)} prompt pairs; logit diff clean {runs.metric_value:.3f}"
         ablation = ablation or ("position_mean" if positional else "mean")

@@ -27,7 +27,6 @@ from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import DictionaryLoadError, ParameterError
 from featcircuits.experiments.circuits import (
     CircuitResult,
-    _runs_keywords,
     build_circuit,
     evaluate_circuit,
 )
@@ -184,7 +183,7 @@ def parens_setup(model: ModelSpec = "tiny", *, device: str = "cpu", dtype: str |
                   if Site.parse(site).depth <= Site.parse(last).depth})
     targets = [FeatureTarget(last, int(f), positions=data.closing, reduce="mean")
                for f in top]
-    runs = CircuitRuns(model, sites, _rows(data), targets=targets, **_runs_keywords(settings))
+    runs = CircuitRuns(model, sites, _rows(data), targets=targets, settings=settings)
     return runs, ranking, data
 
 

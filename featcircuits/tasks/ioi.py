@@ -37,8 +37,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from featcircuits.files import atomic_open
 from featcircuits.errors import ParameterError, PromptError
+from featcircuits.files import atomic_open
 from featcircuits.tasks.text import split_words
 
 ORDERS: tuple[str, ...] = ("ABBA", "BABA")

@@ -30,10 +30,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from featcircuits.files import atomic_write_text
 from featcircuits.dictionaries.bases import PCABasis
 from featcircuits.dictionaries.io import save_dictionary
 from featcircuits.errors import ParameterError
+from featcircuits.files import atomic_write_text
 from featcircuits.model.loading import model_name
 from featcircuits.model.sites import Site, all_sites, d_model
 from featcircuits.train.buffer import StepBatches, collect_activations

@@ -1,0 +1,255 @@
+"""Attribution: first-order estimates of node effects and edge weights from gradients.
+
+A node's effect ``m(clean) − m(node ablated)`` is estimated by attribution patching,
+``(c − s) · ∂m/∂c`` at the clean run, or by integrated gradients (``ig``: the gradient
+averaged over points between the clean and the ablated site). An edge ``u → d`` is
+estimated by ``(c_u − s_u) · ∂d/∂c_u`` with every dictionary site in between detached, one
+backward pass per chunk of downstream nodes (copies stacked along the batch). For a
+transcoder, ``c`` is encoded at its input site and ``∂/∂c`` taken along its decoder
+directions at its output site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from featcircuits.circuits.nodes import (
+    Node,
+    candidate_nodes,
+    edge_threshold,
+    keeps_edge,
+    node_order,
+    site_depth,
+    upstream_sites,
+)
+from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
+from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
+from featcircuits.errors import ParameterError
+
+IG_METHODS = ("attribution", "ig")
+
+__all__ = ["IG_METHODS", "attribution_edges", "attribution_gradients", "gradient_edges",
+           "keep_nodes", "node_attributions", "node_limit"]
+
+
+def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method: str,
+                          steps: int) -> torch.Tensor:
+    """``[n, T, d]`` gradient of the summed targets w.r.t. ``site``: at the clean run
+    (``attribution``) or averaged over ``steps`` points between clean and ablated
+    (``ig``, midpoint rule; only ``site`` is interpolated)."""
+    if method == "attribution":
+        return runs.gradients[site]
+    if method != "ig":
+        raise ParameterError(f"unknown attribution method {method!r}",
+                             hint=f"use one of {IG_METHODS}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ParameterError(f"steps must be a positive int, got {steps!r}")
+    clean = runs.activations[site]
+    source = runs.source_activation(site, ablation)
+    alphas = (torch.arange(steps, dtype=torch.float32, device=clean.device) + 0.5) / steps
+    per_chunk = runs.chunk_copies()
+    total = torch.zeros(clean.shape, device=clean.device)  # float32 even for a bf16 model
+    for start in range(0, steps, per_chunk):
+        chunk = alphas[start:start + per_chunk]
+        copies = len(chunk)
+        points = clean[None] - chunk[:, None, None, None] * (clean - source)[None]
+        delta = torch.zeros(copies * runs.n, runs.width, clean.shape[-1], device=clean.device,
+                            requires_grad=True)
+        ops = {site: SiteOps(overwrite=points.reshape(copies * runs.n, runs.width, -1),
+                             delta=delta)}
+        with torch.enable_grad():
+            result = runs.trace(ops, copies)
+            (grad,) = torch.autograd.grad(result.targets.sum(), [delta], allow_unused=True)
+        if grad is not None:
+            total += grad.reshape(copies, runs.n, runs.width, -1).sum(0)
+    return total / steps
+
+def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: Sequence[Node],
+                   *, ablation: str, positional: bool) -> torch.Tensor:
+    """``[copies, len(nodes)]`` estimates ``(c_u − s_u) · (g · f_u)`` for gradients
+    ``[copies, n, T, d]`` (summed over positions unless the node is positional; mean over
+    prompts)."""
+    source_features, source_errors = runs.sources(ablation)
+    tm = runs.token_mask
+    dictionary = runs.dictionaries[site]
+    feature_ids = sorted({f for _, f, _ in nodes if f != ERROR})
+    device = gradient.device
+    out = torch.zeros(gradient.shape[0], len(nodes), device=device)
+    with torch.no_grad():
+        if feature_ids:
+            ids = torch.tensor(feature_ids, dtype=torch.long, device=device)
+            per_position = torch.empty(gradient.shape[0], runs.width, len(feature_ids),
+                                       device=device)
+            step = runs.feature_chunk(gradient.shape[0] * runs.n)
+            for first in range(0, len(feature_ids), step):  # [c, n, T, step] within budget
+                block = ids[first:first + step]
+                diff = (runs.features[site][..., block]
+                        - source_features[site][..., block]) * tm[..., None]
+                directions = dictionary.directions[block].to(gradient.dtype)
+                along = gradient @ directions.T                           # [c, n, T, k]
+                per_position[..., first:first + step] = (along * diff[None]).mean(1)
+            column = {f: k for k, f in enumerate(feature_ids)}
+        error_diff = (runs.errors[site] - source_errors[site]) * tm[..., None]
+        error_per_position = (gradient * error_diff[None]).sum(-1).mean(1)   # [c, T]
+        for i, (_, f, position) in enumerate(nodes):
+            values = error_per_position if f == ERROR else per_position[..., column[f]]
+            out[:, i] = values.sum(-1) if position is None else values[:, position]
+    return out
+
+def node_attributions(runs: CircuitRuns, *, ablation: str = "zero", positional: bool = False,
+                      method: str = "attribution", steps: int = 10,
+                      candidates: Mapping[str, Sequence[int]] | None = None,
+                      errors: bool = True) -> dict[Node, float]:
+    """Estimated ``m(clean) − m(node ablated)`` of every candidate node (all upstream sites).
+
+    ``attribution``: ``(c − s) · ∂m/∂c`` at the clean run (one backward pass, cached);
+    ``ig``: integrated gradients with ``steps`` points per site. Per site, features plus the
+    error node add up to ``(x − x_source) · g``: exactly ``m(clean) − m(site ablated)`` when
+    ``m`` is linear in the site, and up to the Riemann error for ``ig`` in general.
+    """
+    effects: dict[Node, float] = {}
+    for site in upstream_sites(runs):
+        nodes = candidate_nodes(runs, site, ablation=ablation, positional=positional,
+                                candidates=candidates, errors=errors)
+        if not nodes:
+            continue
+        gradient = attribution_gradients(runs, site, ablation=ablation, method=method,
+                                         steps=steps)
+        values = _contributions(runs, site, gradient[None], nodes, ablation=ablation,
+                                positional=positional)[0]
+        effects.update({node: float(v) for node, v in zip(nodes, values)})
+    return effects
+
+def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
+                   upstream: Mapping[str, Sequence[Node]], *, ablation: str, positional: bool
+                   ) -> dict[tuple, float]:
+    """Attribution edge weights into ``downstream`` nodes at one level.
+
+    ``level`` is a site (``downstream``: nodes at it and/or indices of feature targets at
+    it) or ``None`` (``downstream``: indices of output targets). One backward pass per
+    chunk of copies: copy ``k`` backpropagates its own node's value; every dictionary site
+    above the level is detached (so gradients are direct), and the gradient at each upstream
+    site gives ``(c_u − s_u) · ∂d/∂c_u`` for all its nodes at once.
+
+    Returns ``{(upstream node, downstream node or target id): weight}``.
+    """
+    n, width = runs.n, runs.width
+    tm = runs.token_mask
+    depth = runs.read_depth(level)
+    # sites before the last whole-state site (embed/resid) have no direct edge to the level
+    reachable = direct_sites(runs.sites, depth)
+    up_sites = [s for s in reachable if upstream.get(s)]
+    weights: dict[tuple, float] = {}
+    if not up_sites or not downstream:
+        return weights
+    early_targets = any(not t.is_output and site_depth(t.site) < site_depth(reachable[0])
+                        for t in runs.targets)
+    per_chunk = runs.chunk_copies()
+    for start in range(0, len(downstream), per_chunk):
+        chunk = list(downstream[start:start + per_chunk])
+        copies = len(chunk)
+        deltas = {s: torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
+                                 device=runs.device, requires_grad=True)
+                  for s in reachable}
+        ops = {s: SiteOps(delta=delta, detach=True) for s, delta in deltas.items()}
+        if level is not None:
+            own_feature = torch.zeros(copies, dtype=torch.long, device=runs.device)
+            own_weights = torch.zeros(copies, n, width, device=runs.device)
+            for k, item in enumerate(chunk):
+                if isinstance(item, int):          # a feature target at this site
+                    target = runs.targets[item]
+                    own_feature[k] = target.feature
+                    own_weights[k] = target.weights
+                else:
+                    _, f, position = item
+                    own_feature[k] = f
+                    if position is None:
+                        own_weights[k] = runs.node_weights
+                    else:
+                        own_weights[k, :, position] = tm[:, position]
+            ops[level] = SiteOps(readout=NodeRead(
+                own_feature=own_feature.repeat_interleave(n),
+                own_weights=own_weights.reshape(copies * n, width),
+                error_vector=repeat_rows(runs.gradients[level], copies)))
+        with torch.enable_grad():
+            result = runs.trace(ops, copies, tile_at=None if early_targets else reachable[0],
+                                outputs=level is None)
+            if level is None:
+                picks = torch.tensor(chunk, device=result.targets.device).repeat_interleave(n)
+                loss = result.targets.gather(1, picks[:, None]).sum()
+            else:
+                loss = result.own[level].sum()
+            grads = torch.autograd.grad(loss, [deltas[s] for s in up_sites],
+                                        allow_unused=True)
+        for s, grad in zip(up_sites, grads):
+            if grad is None:
+                grad = torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
+                                   device=runs.device)
+            values = _contributions(runs, s, grad.reshape(copies, n, width, -1),
+                                    upstream[s], ablation=ablation, positional=positional)
+            for item, row in zip(chunk, values.tolist()):
+                key = _down_key(runs, item, level)
+                weights.update(((node, key), value) for node, value in zip(upstream[s], row))
+    return weights
+
+def _down_key(runs: CircuitRuns, item, level):
+    """Node of a downstream item: targets become their node id (a str)."""
+    if isinstance(item, int):
+        return runs.targets[item].node_id
+    return item
+
+def node_limit(runs: CircuitRuns, node_tau: float, relative: bool) -> float:
+    """The ``|effect|`` a node needs: ``node_tau``, or ``node_tau`` times the summed targets'
+    typical magnitude when ``relative``."""
+    if not relative:
+        return node_tau
+    return node_tau * sum(runs.node_scale(t.node_id) for t in runs.targets)
+
+def keep_nodes(effects: Mapping[Node, float], node_tau: float, max_nodes: int | None
+                ) -> dict[str, list[Node]]:
+    """Nodes with ``|effect| >= node_tau``, at most ``max_nodes`` per site (largest
+    ``|effect|`` first), grouped by site."""
+    if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int)
+                                  or max_nodes < 1):
+        raise ParameterError(f"max_nodes must be a positive int or None, got {max_nodes!r}")
+    kept: dict[str, list[Node]] = {}
+    for node, value in sorted(effects.items(), key=lambda item: -abs(item[1])):
+        if abs(value) < node_tau:
+            break
+        group = kept.setdefault(node[0], [])
+        if max_nodes is None or len(group) < max_nodes:
+            group.append(node)
+    return kept
+
+def attribution_edges(runs: CircuitRuns, kept: Mapping[str, list[Node]], tau: float, *,
+                       ablation: str, positional: bool, relative_tau: bool = False
+                       ) -> tuple[dict[tuple, float], dict[tuple, float]]:
+    """Edges with ``|weight| >= tau`` among ``kept`` nodes, levels from the top down; also
+    every weight computed."""
+    in_graph: dict[str, set[Node]] = {}
+    edges: dict[tuple, float] = {}
+    computed: dict[tuple, float] = {}
+    levels: list[str | None] = []
+    if any(t.is_output for t in runs.targets):
+        levels.append(None)
+    levels += list(reversed(runs.sites))
+    for level in tqdm(levels, desc="attribution edges", leave=False,
+                      disable=not runs.progress or len(levels) < 3):
+        if level is None:
+            downstream = [i for i, t in enumerate(runs.targets) if t.is_output]
+        else:
+            downstream = [i for i, t in enumerate(runs.targets) if t.site == level]
+            downstream += sorted(in_graph.get(level, set()), key=node_order)
+        depth = runs.read_depth(level)
+        upstream = {s: nodes for s, nodes in kept.items() if site_depth(s) < depth}
+        weights = gradient_edges(runs, level, downstream, upstream, ablation=ablation,
+                                 positional=positional)
+        computed.update(weights)
+        for (u, d), w in weights.items():
+            if keeps_edge(w, edge_threshold(runs, d, tau, relative_tau)):
+                edges[(u, d)] = w
+                in_graph.setdefault(u[0], set()).add(u)
+    return edges, computed

@@ -1,0 +1,295 @@
+"""The batched trace engine of circuit runs: many edited copies of the data in one pass.
+
+``trace_rows`` runs copies of the data in one forward pass: copy ``k`` of prompt ``i`` is
+batch row ``k * n + i``. At each site, in forward order, a copy may have its activation
+overwritten, features ablated (``patch_site``), its error term replaced (``patch_error``),
+a zero "delta" added for gradients, node values read, and the site frozen to a given value
+(so that later sites only see direct effects). What happens at a site is a ``SiteOps``;
+which node values are read there is a ``NodeRead``.
+
+Every dictionary is READ (encoded) at its ``input_site`` and WRITTEN (decoded: edits, error
+term, freezing, deltas) at its ``site``. They differ for a transcoder: its input site is
+read earlier in the same pass (after any operations there) and its features are encoded
+from that activation; ``patch_read_features`` / ``patch_read_error`` are ``patch_site`` /
+``patch_error`` for such a dictionary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import einops
+import torch
+
+from featcircuits.dictionaries.base import Dictionary
+from featcircuits.engine.edits import input_site_of, patch_error, patch_site
+from featcircuits.errors import ParameterError
+from featcircuits.model.loading import model_device, trace
+from featcircuits.model.sites import Site
+
+if TYPE_CHECKING:
+    from featcircuits.circuits.targets import ResolvedTarget
+
+__all__ = ["NodeRead", "SiteOps", "TraceResult", "patch_read_error", "patch_read_features",
+           "repeat_rows", "trace_rows"]
+
+
+@dataclass
+class NodeRead:
+    """Node values to read at one site (rows ``R``, positions ``T``).
+
+    ``feature_ids [k]`` and ``error``: read these features / the error node; ``weights
+    [R, T]`` reduce over positions (``None``: keep positions). ``own_feature [R]`` (``-1`` =
+    error) with ``own_weights [R, T]``: each row reads its own node (gradient copies).
+    ``full``: save all features ``[R, T, F]`` and the error ``[R, T, d]``.
+    ``error_vector [R, T, d]``: the ``g`` of error-node values ``Σ_t w_t (e_t · g_t)``.
+    """
+
+    feature_ids: torch.Tensor | None = None
+    error: bool = False
+    error_vector: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    own_feature: torch.Tensor | None = None
+    own_weights: torch.Tensor | None = None
+    full: bool = False
+
+
+@dataclass
+class SiteOps:
+    """What happens at one site in ``trace_rows`` (in this order)."""
+
+    overwrite: torch.Tensor | None = None          # [R, T, d]
+    patch: dict | None = None                      # kwargs of patch_site
+    patch_err: dict | None = None                  # kwargs of patch_error
+    delta: torch.Tensor | None = None              # [R, T, d] leaf requiring grad
+    detach: bool = False                           # cut gradients flowing through the site
+    readout: NodeRead | None = None
+    freeze: torch.Tensor | None = None             # [R, T, d] written after reading
+    save_activation: bool = False
+
+
+@dataclass
+class TraceResult:
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    errors: dict[str, torch.Tensor] = field(default_factory=dict)
+    own: dict[str, torch.Tensor] = field(default_factory=dict)
+    full_features: dict[str, torch.Tensor] = field(default_factory=dict)
+    full_errors: dict[str, torch.Tensor] = field(default_factory=dict)
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # transcoders' x_in
+    targets: torch.Tensor | None = None            # [R, n_targets]
+
+
+def repeat_rows(tensor: torch.Tensor, copies: int) -> torch.Tensor:
+    """``[n, ...]`` → ``[(copies n), ...]`` (copy-major, matching the row layout)."""
+    return einops.repeat(tensor, "n ... -> (k n) ...", k=copies)
+
+
+def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionary],
+               ops: Mapping[str, SiteOps], input_ids: torch.Tensor,
+               targets: Sequence[ResolvedTarget], copies: int, *,
+               tile_at: str | None = None, outputs: bool = True) -> TraceResult:
+    """One forward pass of ``input_ids [R, T]`` with per-site operations ``ops``.
+
+    At each site (forward order): overwrite → read feature targets → ``patch_site`` →
+    ``patch_error`` → add delta (after detaching, if asked) → read node values → freeze.
+    Output targets are read from the logits. Returns saved values (see ``TraceResult``).
+    A dictionary whose ``input_site`` differs from its site (a transcoder) encodes the
+    activation read at the input site earlier in the same pass (after any operations there)
+    and writes at its site; ``save_activation`` then also saves that input.
+    With ``tile_at``, ``input_ids`` holds the ``n`` prompts once and the activation is
+    tiled ``copies`` times at that site (no site before it may have operations).
+    With ``outputs=False`` (or no output targets) the run stops after the last site with
+    operations or feature targets; output targets then read NaN.
+    """
+    tiled = tile_at is None
+    if tile_at is not None:
+        early = [site for site in sites if Site.parse(site).depth < Site.parse(tile_at).depth]
+        if any(site in ops for site in early) or any(t.site in early for t in targets):
+            raise ParameterError(f"cannot tile at {tile_at}: an earlier site has operations")
+    result = TraceResult()
+    saved: list[tuple[str, str, torch.Tensor]] = []
+    target_values: list[torch.Tensor] = []
+    feature_targets = {site: [(i, t) for i, t in enumerate(targets) if t.site == site]
+                       for site in sites}
+    output_targets = [(i, t) for i, t in enumerate(targets) if t.is_output] if outputs else []
+    active = [site for site in sites if site in ops or feature_targets[site]]
+    input_of = {site: str(input_site_of(dictionaries[site], site)) for site in active}
+    # transcoders' input sites, read (in forward order) before the sites they write
+    reads = {input_of[site] for site in active if input_of[site] != site}
+    order = sorted(set(active) | reads,
+                   key=lambda name: (Site.parse(name).depth, name not in active))
+    last = None
+    if not output_targets:
+        last = active[-1] if active else None
+    rows = input_ids.shape[0] * (copies if tile_at is not None else 1)
+    inputs: dict[str, torch.Tensor] = {}   # input site → activation read there
+    with trace(model, input_ids) as tracer:
+        for site in order:
+            if site not in active:
+                inputs[site] = Site.parse(site).read(model)
+                continue
+            op = ops.get(site) or SiteOps()
+            resolved = Site.parse(site)
+            dictionary = dictionaries[site]
+            if not tiled and site == tile_at:
+                resolved.write(model, repeat_rows(resolved.read(model), copies))
+                inputs = {name: repeat_rows(value, copies) for name, value in inputs.items()}
+                tiled = True
+            if op.overwrite is not None:
+                resolved.write(model, _as_activation(op.overwrite, resolved.read(model)))
+            x_in = inputs[input_of[site]] if input_of[site] != site else None
+            if feature_targets[site]:
+                # targets are read before this site's own edits: they are read-outs, not
+                # nodes that an ablation at their own site could change
+                target_features = dictionary.encode(
+                    resolved.read(model) if x_in is None else x_in)
+                for index, target in feature_targets[site]:
+                    weights = repeat_rows(target.weights, copies)
+                    value = (target_features[..., target.feature] * weights).sum(-1)
+                    target_values.append((index, value.save()))
+            edit = None
+            if op.patch is not None:
+                if x_in is None:
+                    edit = patch_site(model, resolved, dictionary, **op.patch)
+                else:
+                    edit = patch_read_features(model, resolved, dictionary, x_in, **op.patch)
+            if op.patch_err is not None:
+                # masks in the activation's dtype, so that a bf16 model gets bf16 back
+                dtype = resolved.read(model).dtype
+                patch_err = {key: value.to(dtype) if value.is_floating_point() else value
+                             for key, value in op.patch_err.items()}
+                if x_in is None:
+                    patch_error(model, resolved, dictionary, **patch_err, prior_edit=edit)
+                else:
+                    patch_read_error(model, resolved, dictionary, x_in, **patch_err,
+                                     prior_edit=edit)
+            x = resolved.read(model)
+            if op.delta is not None:
+                # the delta is float32 (exact gradients); the model gets its own dtype back
+                x = (x.detach() if op.detach else x) + _as_activation(op.delta, x)
+                resolved.write(model, x)
+            if op.save_activation:
+                saved.append(("activation", site, x.save()))
+                if x_in is not None:
+                    saved.append(("input", site, x_in.save()))
+            if op.readout is not None:
+                features = _readout_features(op.readout, x if x_in is None else x_in,
+                                             dictionary)
+                for kind, value in _read_nodes(op.readout, x, features, dictionary):
+                    saved.append((kind, site, value.save()))
+            if site == last:
+                tracer.stop()  # nothing later is needed: skip the remaining layers
+            if op.freeze is not None:
+                x = _as_activation(op.freeze, x)
+                resolved.write(model, x)
+            if site in reads:  # a transcoder reads this dictionary site: its final value
+                inputs[site] = x
+        if output_targets:
+            logits = model.output.logits
+            for index, target in output_targets:
+                target_values.append((index, target.output_values(logits, copies).save()))
+    for kind, site, value in saved:
+        {"activation": result.activations, "input": result.inputs,
+         "features": result.features, "errors": result.errors, "own": result.own,
+         "full_features": result.full_features,
+         "full_errors": result.full_errors}[kind][site] = value
+    result.targets = torch.full((rows, len(targets)), float("nan"), device=model_device(model))
+    for index, value in target_values:
+        result.targets[:, index] = value
+    return result
+
+
+def patch_read_features(model, site: Site, dictionary: Dictionary, x_in: torch.Tensor,
+                        source_features: torch.Tensor, feature_mask: torch.Tensor,
+                        position_mask: torch.Tensor | None = None, *,
+                        feature_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Inside a trace: ``patch_site`` for a dictionary that reads ``x_in [R, T, d]`` (its
+    input site's activation, read earlier in the pass) and writes ``site``: adds
+    ``Σ_i m_i (s_i − encode(x_in)_i) f_i`` at ``site``; returns that edit ``[R, T, d]``.
+    Arguments as for ``patch_site`` (without ``rows``)."""
+    activation = site.read(model)
+    current = dictionary.encode_features(x_in, feature_ids)
+    directions = dictionary.directions
+    if feature_ids is not None:
+        directions = directions[feature_ids]
+    if feature_mask.ndim == 3:
+        weight = (source_features - current) * feature_mask
+    else:
+        mask = feature_mask if feature_mask.ndim == 2 else feature_mask[None, :]
+        weight = (source_features - current) * mask[:, None, :]
+    if position_mask is not None:
+        weight = weight * position_mask[..., None]
+    edit = (weight @ directions.to(weight.dtype)).to(activation.dtype)
+    site.write(model, activation + edit)
+    return edit
+
+
+def patch_read_error(model, site: Site, dictionary: Dictionary, x_in: torch.Tensor,
+                     source_error: torch.Tensor, error_mask: torch.Tensor,
+                     position_mask: torch.Tensor | None = None, *,
+                     prior_edit: torch.Tensor | None = None) -> torch.Tensor:
+    """Inside a trace: ``patch_error`` for a dictionary that reads ``x_in [R, T, d]`` and
+    writes ``site``, whose error is ``x − decode(encode(x_in))`` (``x`` at ``site`` before
+    ``prior_edit``); returns the edit ``[R, T, d]``."""
+    activation = site.read(model)
+    weight = error_mask.to(activation.dtype)[:, None, None]
+    if position_mask is not None:
+        weight = weight * position_mask[..., None]
+    original = activation if prior_edit is None else activation - prior_edit
+    error = original - dictionary.decode(dictionary.encode(x_in))
+    edit = ((source_error - error) * weight).to(activation.dtype)
+    site.write(model, activation + edit)
+    return edit
+
+
+def _as_activation(value: torch.Tensor, activation) -> torch.Tensor:
+    """``value`` on the device and in the dtype of the model's ``activation`` (a no-op in
+    float32 on one device; differentiable, so gradients still reach a float32 delta)."""
+    return value.to(device=activation.device, dtype=activation.dtype)
+
+
+def _readout_features(readout: NodeRead, x, dictionary: Dictionary):
+    """Inside a trace: ``encode(x)`` when a readout needs every feature (the error node,
+    ``full``, per-row features), else only ``readout.feature_ids`` (``[R, T, k]``) — which
+    for a separable dictionary never builds the ``[R, T, F]`` tensor."""
+    if readout.error or readout.full or readout.own_feature is not None:
+        return dictionary.encode(x)
+    if readout.feature_ids is not None:
+        return dictionary.encode_features(x, readout.feature_ids)
+    return None
+
+
+def _read_nodes(readout: NodeRead, x, features, dictionary: Dictionary):
+    """Inside a trace: node values at a site as ``(kind, tensor)`` pairs (``features`` from
+    ``_readout_features``)."""
+    error = None
+    if readout.error or readout.full or readout.own_feature is not None:
+        error = x - dictionary.decode(features)
+    out = []
+    if readout.full:
+        out.append(("full_features", features))
+        out.append(("full_errors", error))
+    if readout.feature_ids is not None:
+        values = features if error is None else features[..., readout.feature_ids]
+        if readout.weights is not None:
+            values = (values * readout.weights[..., None]).sum(1)
+        out.append(("features", values))
+    if readout.own_feature is not None:
+        own = readout.own_feature
+        index = own.clamp(min=0)[:, None, None].expand(-1, features.shape[1], 1)
+        feature_values = torch.gather(features, -1, index).squeeze(-1)          # [R, T]
+        if readout.error_vector is not None:
+            error_values = (error * readout.error_vector).sum(-1)               # [R, T]
+        else:
+            error_values = torch.zeros_like(feature_values)
+        values = torch.where((own >= 0)[:, None], feature_values, error_values)
+        out.append(("own", (values * readout.own_weights).sum(-1)))
+    elif readout.error:
+        values = (error * readout.error_vector).sum(-1)
+        if readout.weights is not None:
+            values = (values * readout.weights).sum(-1)
+        out.append(("errors", values))
+    return out
