@@ -40,20 +40,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model = fc.load_model(args.model)
-    sites = [str(site) for site in fc.all_sites(model)]
+    sites = [str(site) for site in fc.model.all_sites(model)]
     texts = corpus_documents(args.texts, seed=args.seed + 555)
     activations = collect_activations(model, sites, texts, args.max_tokens, progress=not args.quiet)
     input_ids, attention_mask = tokenize(model, texts, 64)
     keep = keep_mask(input_ids, attention_mask, bos_token_id(model), drop_bos=True)
     token_ids = input_ids[keep][: args.max_tokens]
-    zoo = fc.zoo_path(args.model) / "dictionaries" if args.model in fc.zoo_names() else None
+    zoo = fc.zoo_path(args.model) / "dictionaries" if args.model in fc.model.zoo_names() else None
     shipped = dictionary_sets(zoo, model) if zoo and zoo.is_dir() else {}
     shipped = {name: sets for name, sets in shipped.items() if name not in ("pca", "ica")}
     rows = []
     for site in sites:
         x = activations[site]
         bases = {name: sets[site] for name, sets in shipped.items() if site in sets}
-        bases["pca"] = fc.PCABasis.fit(x, site=site)
+        bases["pca"] = fc.dictionaries.PCABasis.fit(x, site=site)
         bases["ica"] = fit_ica(x, x.shape[1], seed=args.seed, site=site, tol=1e-3, max_iter=400,
                                progress=False, small_ops_threads=1)
         bases.update({name: sets[site] for name, sets in reference_bases(model, [site]).items()})
