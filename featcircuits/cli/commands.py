@@ -186,7 +186,7 @@ def _dashboard_dictionary_folder(args: argparse.Namespace, site: str):
 def run_dashboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from featcircuits.dashboards.dashboard import (
+    from featcircuits.dashboards import (
         default_texts,
         feature_dashboard_data,
         write_dashboard,
