@@ -338,6 +338,12 @@ def test_saelens_oriented_encoder_is_rejected_and_legacy_decoder_transposed(tmp_
     torch.testing.assert_close(loaded.directions, tensors["W_dec"], atol=0, rtol=0)
     with pytest.raises(DictionaryError, match="output_error"):
         loaded.error(torch.randn(2, D))
+    # with both activations: the error node of circuits, x_out − decode(encode(x_in))
+    x_in, x_out = torch.randn(2, D), torch.randn(2, D)
+    torch.testing.assert_close(loaded.error(x_out, x_in),
+                               x_out - loaded.decode(loaded.encode(x_in)), atol=0, rtol=0)
+    same_site = Transcoder(D, N, input_site="mlp_out.1", site="mlp_out.1")
+    torch.testing.assert_close(same_site.error(x_out, x_out), same_site.error(x_out))
 
 
 def test_transcoder_save_load_round_trip(tmp_path):
