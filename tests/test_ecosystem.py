@@ -7,6 +7,7 @@ to fail the way huggingface_hub fails offline.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 
 import huggingface_hub
@@ -209,6 +210,23 @@ def test_dictionary_learning_zip_in_cache_extracts_only_the_requested_member(tmp
     torch.testing.assert_close(again.encode(x), loaded.encode(x), atol=0, rtol=0)
 
 
+def test_dictionary_learning_unzip_progress_switch(tmp_path, no_network, capfd):
+    root = tmp_path / "dictionary_learning" / "saprmarks--pythia-70m-deduped-saes"
+    root.mkdir(parents=True)
+    torch.save(_dictionary_learning_state(_random_sae(seed=5)), tmp_path / "ae.pt")
+    with zipfile.ZipFile(root / "dictionaries_pythia-70m-deduped_10.zip", "w") as archive:
+        for layer in (0, 1):
+            archive.write(tmp_path / "ae.pt",
+                          f"dictionaries/pythia-70m-deduped/resid_out_layer{layer}/10_32768/ae.pt")
+    capfd.readouterr()
+    load_dictionary("dictionary_learning:pythia-70m-deduped/resid_out.0", cache_dir=tmp_path,
+                    progress=False)
+    assert "unzip" not in capfd.readouterr().err  # progress=False: no bar
+    load_dictionary("dictionary_learning:pythia-70m-deduped/resid_out.1", cache_dir=tmp_path)
+    if not os.environ.get("TQDM_DISABLE"):
+        assert "unzip" in capfd.readouterr().err  # the default shows it
+
+
 def test_truncated_zip_says_download_again(tmp_path, no_network):
     root = tmp_path / "dictionary_learning" / "saprmarks--pythia-70m-deduped-saes"
     root.mkdir(parents=True)
@@ -320,6 +338,12 @@ def test_saelens_oriented_encoder_is_rejected_and_legacy_decoder_transposed(tmp_
     torch.testing.assert_close(loaded.directions, tensors["W_dec"], atol=0, rtol=0)
     with pytest.raises(DictionaryError, match="output_error"):
         loaded.error(torch.randn(2, D))
+    # with both activations: the error node of circuits, x_out − decode(encode(x_in))
+    x_in, x_out = torch.randn(2, D), torch.randn(2, D)
+    torch.testing.assert_close(loaded.error(x_out, x_in),
+                               x_out - loaded.decode(loaded.encode(x_in)), atol=0, rtol=0)
+    same_site = Transcoder(D, N, input_site="mlp_out.1", site="mlp_out.1")
+    torch.testing.assert_close(same_site.error(x_out, x_out), same_site.error(x_out))
 
 
 def test_transcoder_save_load_round_trip(tmp_path):

@@ -53,7 +53,8 @@ def run_patch(args: argparse.Namespace) -> int:
     from featcircuits.tasks.prompts import read_prompts
 
     settings = settings_from_args(args)  # a bad --max-memory fails before anything loads
-    dictionary = load_dictionary(args.dictionaries, site=args.site)  # fail fast, before the model
+    dictionary = load_dictionary(args.dictionaries, site=args.site,  # fail fast, before the model
+                                 progress=settings.progress)
     if args.out:
         from pathlib import Path
 
@@ -204,8 +205,8 @@ def run_dashboard(args: argparse.Namespace) -> int:
     site = str(Site.parse(args.site))
     folder = _dashboard_dictionary_folder(args, site)
     model = model_from_args(args)
-    dictionary = dictionary_for_model(load_dictionary(folder, site=site, model=model), model,
-                                      args)
+    dictionary = dictionary_for_model(
+        load_dictionary(folder, site=site, model=model, progress=settings.progress), model, args)
     token = args.logit_token
     if token is not None and token.isdigit():
         token = int(token)

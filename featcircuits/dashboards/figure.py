@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import html
 import os
+from typing import TYPE_CHECKING
 
 from featcircuits.dashboards.data import OTHER, DashboardContext, FeatureDashboard
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # ------------------------------------------------------------------------ matplotlib
 _GROUP_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -31,7 +35,7 @@ def context_window(context: DashboardContext, before: int = 10, after: int = 3) 
 
 
 def render_dashboard(data: FeatureDashboard, path: str | os.PathLike[str] | None = None,
-                     *, n_contexts: int = 6, dpi: float = 150.0):
+                     *, n_contexts: int = 6, dpi: float = 150.0) -> Figure:
     """Draw ``data`` as one matplotlib figure; with ``path`` save it (format by extension).
 
     Panels: activation histogram stacked by firing token, direct logit effect (top 10 up /

@@ -109,8 +109,14 @@ class Fetched:
         return dictionary
 
 
-def fetch(spec: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Fetched:
-    """Resolve ``spec`` to files in the cache, downloading what is missing."""
+def fetch(spec: str, *, cache_dir: str | os.PathLike[str] | None = None,
+          progress: bool = True) -> Fetched:
+    """Resolve ``spec`` to files in the cache, downloading what is missing.
+
+    ``progress=False`` hides featcircuits' own bar (unzipping a dictionary_learning archive);
+    huggingface_hub's download bars follow its own switch
+    (``huggingface_hub.utils.disable_progress_bars``, ``HF_HUB_DISABLE_PROGRESS_BARS``).
+    """
     match = _SPEC.match(spec)
     if match is None or match.group("scheme") not in SCHEMES:
         raise DictionaryLoadError(f"unknown dictionary spec {spec!r}",
@@ -121,7 +127,8 @@ def fetch(spec: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Fetc
     if scheme == "saelens":
         return _fetch_saelens(resolve_saelens(rest), root, spec)
     if scheme == "dictionary_learning":
-        return _fetch_dictionary_learning(resolve_dictionary_learning(rest), root, spec)
+        return _fetch_dictionary_learning(resolve_dictionary_learning(rest), root, spec,
+                                          progress=progress)
     return _fetch_circuit_tracer(resolve_circuit_tracer(rest), root, spec)
 
 
@@ -338,7 +345,8 @@ def _dictionary_learning_site(text: str, n_layers: int) -> tuple[str, str]:
     return dl_site, site_name
 
 
-def _fetch_dictionary_learning(entry: DictionaryLearningEntry, root: Path, spec: str) -> Fetched:
+def _fetch_dictionary_learning(entry: DictionaryLearningEntry, root: Path, spec: str, *,
+                               progress: bool = True) -> Fetched:
     local_dir = root / "dictionary_learning" / _repo_folder(entry.repo_id)
     meta = {"source": "dictionary_learning", "repo_id": entry.repo_id,
             "model_name": f"EleutherAI/{entry.model}", "dict_id": entry.dict_id}
@@ -350,12 +358,14 @@ def _fetch_dictionary_learning(entry: DictionaryLearningEntry, root: Path, spec:
         _ensure_files(entry.repo_id, [entry.archive], local_dir, include=None,
                       note=f"(about 2.4 GB) — or unzip it yourself so that "
                       f"{local_dir / entry.member} exists")
-    return Fetched(_extract_member(archive, entry.member, local_dir), spec, site=entry.site,
-                   meta=meta)
+    return Fetched(_extract_member(archive, entry.member, local_dir, progress=progress), spec,
+                   site=entry.site, meta=meta)
 
 
-def _extract_member(archive: Path, member: str, local_dir: Path) -> Path:
-    """Extract the ``ae.pt`` ending in ``member`` (and its config.json) into ``local_dir``."""
+def _extract_member(archive: Path, member: str, local_dir: Path, *,
+                    progress: bool = True) -> Path:
+    """Extract the ``ae.pt`` ending in ``member`` (and its config.json) into ``local_dir``;
+    ``progress=False`` hides the unzip bar."""
     from tqdm.auto import tqdm
 
     from featcircuits.files import atomic_path
@@ -377,7 +387,8 @@ def _extract_member(archive: Path, member: str, local_dir: Path) -> Path:
                 with handle.open(name) as source, atomic_path(target) as tmp, \
                         open(tmp, "wb") as sink, tqdm(total=info.file_size, unit="B",
                                                       unit_scale=True, desc=f"unzip {name}",
-                                                      leave=False) as bar:
+                                                      leave=False,
+                                                      disable=not progress) as bar:
                     while chunk := source.read(1 << 20):
                         sink.write(chunk)
                         bar.update(len(chunk))

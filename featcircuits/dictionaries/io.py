@@ -67,6 +67,7 @@ def load_dictionary(
     model=None,
     device: str | torch.device = "cpu",
     cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
 ) -> Dictionary:
     """Load a dictionary from a folder, a transcoder file, or a hub spec.
 
@@ -79,6 +80,8 @@ def load_dictionary(
         model: if given, the dictionary's width is checked against ``site``'s width.
         cache_dir: where specs are downloaded to / looked up (default ``$FEATCIRCUITS_CACHE``
             or ``~/.cache/featcircuits``).
+        progress: show featcircuits' progress bar while a spec's files are unpacked
+            (``False`` for quiet runs; huggingface_hub's download bars follow its own switch).
 
     Raises:
         DictionaryLoadError: missing, truncated or unrecognised files; an unknown spec; a
@@ -88,7 +91,7 @@ def load_dictionary(
     from featcircuits.dictionaries import hub
 
     if hub.is_spec(path):
-        fetched = hub.fetch(str(path), cache_dir=cache_dir)
+        fetched = hub.fetch(str(path), cache_dir=cache_dir, progress=progress)
         dictionary = fetched.adapt(load_dictionary(fetched.path))
         return _finish(dictionary, site, model, device)
     folder = Path(path)
@@ -175,17 +178,20 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
 
 def load_dictionaries(folder: str | os.PathLike[str], *, model=None,
                       device: str | torch.device = "cpu",
-                      cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Dictionary]:
+                      cache_dir: str | os.PathLike[str] | None = None,
+                      progress: bool = True) -> dict[str, Dictionary]:
     """Load every dictionary in the sub-folders of ``folder``, keyed by site name.
 
     Sub-folders are named by site (``resid_out.0``, ``resid_out.1``, ...) or hold the site in
     their config. ``folder`` may also be a spec naming a set, e.g.
-    ``"dictionary_learning:pythia-70m-deduped"`` or ``"saelens:gpt2-small-res-jb"``.
+    ``"dictionary_learning:pythia-70m-deduped"`` or ``"saelens:gpt2-small-res-jb"``;
+    ``progress`` as in :func:`load_dictionary`.
     """
     from featcircuits.dictionaries import hub
 
     if hub.is_spec(folder):
-        loaded = [load_dictionary(spec, model=model, device=device, cache_dir=cache_dir)
+        loaded = [load_dictionary(spec, model=model, device=device, cache_dir=cache_dir,
+                                  progress=progress)
                   for spec in hub.expand(str(folder))]
         by_site: dict[str, Dictionary] = {}
         for dictionary in loaded:

@@ -8,6 +8,8 @@ decoded into its output::
 
 Feature patching through a transcoder encodes c (clean) and c̄ (the run being patched) from the
 INPUT site and adds ``Σ_{i∈F}(cᵢ − c̄ᵢ) fᵢ`` at the OUTPUT site (``patching.patch_site``).
+Circuits read a transcoder the same way; its error node is ``x_out − decode(encode(x_in))``
+(:meth:`Transcoder.error` with both activations; the skip connection is part of it).
 
 File format: circuit-tracer's per-layer files (``layer_L.safetensors``, repos such as
 ``mntss/transcoder-Llama-3.2-1B``): ``W_enc [d_transcoder, d_model]`` — transposed with respect
@@ -99,12 +101,28 @@ class Transcoder(SparseAutoencoder):
         """What the transcoder misses: ``y - transcode(x_in)``, ``[..., d_model]``."""
         return y - self.transcode(x_in)
 
-    def error(self, x: torch.Tensor) -> torch.Tensor:
-        raise DictionaryError(
-            f"{self!r} has no single-site error: it reads {self.input_site} and writes "
-            f"{self.site}",
-            hint="use transcoder.output_error(x_in, y); feature patching (patch_site, "
-            "PatchingExperiment) works, error-node circuits do not support transcoders yet")
+    def error(self, x: torch.Tensor, x_in: torch.Tensor | None = None) -> torch.Tensor:
+        """The error node of circuits: ``x − decode(encode(x_in))``, ``[..., d_model]``.
+
+        ``x`` is the activation at ``site`` (the output) and ``x_in`` the one at
+        ``input_site``, as circuit runs read them (``featcircuits.engine.circuit_trace``):
+        the skip connection's contribution belongs to this error, while
+        :meth:`output_error` subtracts it too. ``x_in`` may be left out only when the
+        transcoder reads where it writes (``input_site`` unknown or equal to ``site``).
+
+        Raises:
+            DictionaryError: no ``x_in`` although ``input_site`` differs from ``site``.
+        """
+        if x_in is None:
+            if self.input_site is not None and self.input_site != self.site:
+                raise DictionaryError(
+                    f"{self!r} reads {self.input_site} and writes {self.site}, so its error "
+                    "needs both activations; got only x",
+                    hint=f"pass the {self.input_site} activation too: transcoder.error(x, x_in) "
+                    "(the error node of circuits), or transcoder.output_error(x_in, x), which "
+                    "also subtracts the skip connection")
+            x_in = x
+        return x - self.decode(self.encode(x_in))
 
     def config(self) -> dict[str, Any]:
         return {"activation": self.activation, "k": self.k, "skip": self.W_skip is not None,

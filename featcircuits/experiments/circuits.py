@@ -241,7 +241,8 @@ def ioi_circuit(
     start = time.perf_counter()
     with seeded(settings.seed):
         model, name = resolve_model(model, device=device, dtype=dtype, remote=remote)
-        _, chosen = default_dictionaries(name, model, set_name, dictionaries)
+        _, chosen = default_dictionaries(name, model, set_name, dictionaries,
+                                         progress=settings.progress)
         pairs = load_ioi_prompts(prompts, corruption, 10**9, settings.seed)
         if template != "all" and "template" in pairs.columns:
             if template == "largest":

@@ -96,17 +96,18 @@ def preferred_set(names) -> str:
 
 
 def default_dictionaries(model_name: str, model, set_name: str | None = None,
-                         folder: str | os.PathLike[str] | None = None
-                         ) -> tuple[str, dict[str, Dictionary]]:
+                         folder: str | os.PathLike[str] | None = None, *,
+                         progress: bool = True) -> tuple[str, dict[str, Dictionary]]:
     """``(set name, {site: Dictionary})`` from ``<checkpoint>/dictionaries/<set>/`` (or
     ``folder``, or a hub spec such as ``dictionary_learning:pythia-70m-deduped``), cast to
     ``model``'s dtype and device. Unless ``set_name`` is given: ``preferred_set`` of the
-    sets found (``sae-sparse``, else the first SAE set)."""
+    sets found (``sae-sparse``, else the first SAE set). ``progress=False`` hides the bar
+    shown while a spec's files are unpacked."""
     from featcircuits.dictionaries.hub import is_spec
     from featcircuits.dictionaries.io import load_dictionaries
 
     if is_spec(folder):  # e.g. dictionary_learning:pythia-70m-deduped (docs/real-models.md)
-        return str(folder), load_dictionaries(folder, model=model)
+        return str(folder), load_dictionaries(folder, model=model, progress=progress)
     if folder is None:
         checkpoint = Path(resolve_checkpoint(model_name))
         folder = checkpoint / "dictionaries"

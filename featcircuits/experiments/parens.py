@@ -168,7 +168,8 @@ def parens_setup(model: ModelSpec = "tiny", *, device: str = "cpu", dtype: str |
     positions). Returns ``(runs, ranking, data)``; see ``rank_parens_features``."""
     settings = settings or RunSettings()
     model, name = resolve_model(model, device=device, dtype=dtype, remote=remote)
-    _, chosen = default_dictionaries(name, model, set_name, dictionaries)
+    _, chosen = default_dictionaries(name, model, set_name, dictionaries,
+                                     progress=settings.progress)
     last = f"resid_out.{num_layers(model) - 1}"
     if last not in chosen:
         raise DictionaryLoadError(f"the dictionary set has no {last}",

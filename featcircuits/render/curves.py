@@ -1,14 +1,15 @@
-"""Patching curves: KL vs number of patched features and KL vs edit magnitude."""
+"""Patching curves: KL vs number of patched features and KL vs edit magnitude.
+
+Drawn on a :class:`matplotlib.figure.Figure` with its own Agg canvas, never through
+pyplot: importing or calling this leaves the process's backend and figures alone.
+"""
 
 from __future__ import annotations
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from featcircuits.errors import ParameterError
@@ -41,8 +42,10 @@ def plot_patching_curves(results: pd.DataFrame, *, panel: str = "site", line: st
     # exact zeros (a complete basis fully patched) sit on a floor 4 decades below the top
     floor = float(results[y].max()) * 1e-4 if (results[y] > 0).any() else 1e-8
     lines = list(dict.fromkeys(results[line]))
-    figure, axes = plt.subplots(len(xs), len(panels), figsize=(3.2 * len(panels), 2.8 * len(xs)),
-                                squeeze=False, sharey=True)
+    # a bare Figure with its own Agg canvas: no pyplot, no backend switch, no figure registry
+    figure = Figure(figsize=(3.2 * len(panels), 2.8 * len(xs)))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(xs), len(panels), squeeze=False, sharey=True)
     for column, panel_value in enumerate(panels):
         subset = results[results[panel] == panel_value]
         for row, x in enumerate(xs):

@@ -3,7 +3,9 @@
 The page holds the diagram as inline SVG (the layered layout of
 :mod:`featcircuits.render.layout`, computed in Python), inline CSS and a little inline
 JavaScript; it loads nothing from anywhere (a Content-Security-Policy forbids it), so
-it works offline and can be mailed around as one file.
+it works offline and can be mailed around as one file. The CSS and JavaScript live next
+to this module as package data (``viewer/viewer.css``, ``viewer/viewer.js``) and are
+copied into every page as they are.
 
 - ``<g class="node" data-id=...>`` per node, ``<path class="edge" data-weight=...>`` per edge;
 - hovering a node highlights it, its edges and neighbours, and shows a tooltip;
@@ -17,10 +19,12 @@ trusted HTML and are not.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import os
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 
 import networkx as nx
@@ -72,129 +76,13 @@ _SPEC = LayoutSpec(
 
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; font-src data:"
 
-_CSS = """
-[hidden] { display: none !important; }
-body { font-family: system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 0;
-       color: #111; background: #fff; }
-header { padding: 10px 16px 4px 16px; border-bottom: 1px solid #e5e5e5; }
-h1 { font-size: 18px; margin: 0 0 2px 0; }
-.subtitle { font-size: 13px; color: #444; margin: 0 0 6px 0; }
-.controls { display: flex; flex-wrap: wrap; gap: 18px; align-items: center; font-size: 13px; margin: 4px 0; }
-.controls input[type=range] { width: 220px; vertical-align: middle; }
-.legend { display: flex; flex-wrap: wrap; gap: 14px; align-items: center; font-size: 12px; color: #333; }
-.legend span { display: inline-flex; align-items: center; gap: 4px; }
-.scale { display: inline-block; width: 120px; height: 10px; border: 1px solid #999; }
-main { display: flex; align-items: flex-start; }
-#diagram { flex: 1 1 auto; overflow: auto; padding: 8px; }
-#diagram svg { display: block; }
-#panel { flex: 0 0 380px; max-height: calc(100vh - 120px); overflow: auto; border-left: 1px solid #ddd;
-         padding: 10px 14px; position: sticky; top: 0; background: #fafafa; font-size: 13px; }
-#panel h2 { font-size: 14px; margin: 0 0 8px 0; word-break: break-all; font-family: monospace; }
-#panel-close { float: right; border: 1px solid #bbb; background: #fff; cursor: pointer; }
-#panel table { border-collapse: collapse; width: 100%; margin-bottom: 8px; }
-#panel td, #panel th { border-bottom: 1px solid #e5e5e5; padding: 2px 4px; text-align: left;
-                       vertical-align: top; word-break: break-all; }
-#panel th { font-weight: 600; color: #444; width: 35%; }
-#tooltip { position: fixed; pointer-events: none; background: rgba(255,255,255,0.96); border: 1px solid #888;
-           padding: 4px 6px; font-size: 12px; white-space: pre-line; max-width: 340px; z-index: 10;
-           font-family: monospace; }
-.node { cursor: pointer; }
-.node .label { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 11px; fill: #111;
-               paint-order: stroke; stroke: #fff; stroke-width: 3px; stroke-linejoin: round; }
-.node:focus { outline: none; }
-.node.selected .shape, .node:focus-visible .shape { stroke: #000; stroke-width: 3px; }
-.row-name { font-size: 12px; fill: #333; }
-.token { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 11px; fill: #222; }
-.edge { fill: none; }
-.edge.filtered { display: none; }
-svg.focus .edge:not(.hl) { opacity: 0.06; }
-svg.focus .node:not(.hl) { opacity: 0.3; }
-svg.focus .edge.hl { stroke-opacity: 1; }
-"""
 
-_JS = """
-(function () {
-  "use strict";
-  var svg = document.querySelector("#diagram svg");
-  var nodes = Array.prototype.slice.call(svg.querySelectorAll(".node"));
-  var edges = Array.prototype.slice.call(svg.querySelectorAll(".edge"));
-  var byId = new Map();
-  var incident = new Map();
-  nodes.forEach(function (n) { byId.set(n.dataset.id, n); incident.set(n.dataset.id, []); });
-  edges.forEach(function (e) {
-    incident.get(e.dataset.source).push(e);
-    incident.get(e.dataset.target).push(e);
-  });
-  var tip = document.getElementById("tooltip");
-  var panel = document.getElementById("panel");
-
-  function focus(node) {
-    svg.classList.add("focus");
-    node.classList.add("hl");
-    incident.get(node.dataset.id).forEach(function (e) {
-      if (e.classList.contains("filtered")) { return; }
-      e.classList.add("hl");
-      byId.get(e.dataset.source).classList.add("hl");
-      byId.get(e.dataset.target).classList.add("hl");
-    });
-  }
-  function unfocus() {
-    svg.classList.remove("focus");
-    Array.prototype.forEach.call(svg.querySelectorAll(".hl"), function (x) { x.classList.remove("hl"); });
-  }
-  function moveTip(evt) {
-    tip.style.left = (evt.clientX + 14) + "px";
-    tip.style.top = (evt.clientY + 14) + "px";
-  }
-  function showTip(node, evt) {
-    var d = node.dataset;
-    var lines = [d.id, d.kind + (d.site ? " at " + d.site : ""), "effect: " + d.effect,
-                 "activation: " + d.activation];
-    if (d.label) { lines.push(d.label); }
-    tip.textContent = lines.join("\\n");
-    tip.hidden = false;
-    moveTip(evt);
-  }
-  function select(node) {
-    nodes.forEach(function (m) { m.classList.toggle("selected", m === node); });
-    document.getElementById("panel-title").textContent = node.dataset.id;
-    Array.prototype.forEach.call(panel.querySelectorAll(".dashboard"), function (d) {
-      d.hidden = d.id !== "dash-" + node.dataset.index;
-    });
-    panel.hidden = false;
-  }
-  nodes.forEach(function (n) {
-    n.addEventListener("mouseenter", function (evt) { focus(n); showTip(n, evt); });
-    n.addEventListener("mousemove", moveTip);
-    n.addEventListener("mouseleave", function () { unfocus(); tip.hidden = true; });
-    n.addEventListener("click", function () { select(n); });
-    n.addEventListener("keydown", function (evt) {
-      if (evt.key === "Enter" || evt.key === " ") { select(n); evt.preventDefault(); }
-    });
-  });
-  document.getElementById("panel-close").addEventListener("click", function () {
-    panel.hidden = true;
-    nodes.forEach(function (m) { m.classList.remove("selected"); });
-  });
-
-  var slider = document.getElementById("threshold");
-  var shownOut = document.getElementById("threshold-value");
-  var countOut = document.getElementById("edge-count");
-  function applyThreshold() {
-    var threshold = parseFloat(slider.value);
-    var shown = 0;
-    edges.forEach(function (e) {
-      var hide = Math.abs(parseFloat(e.dataset.weight)) < threshold;
-      e.classList.toggle("filtered", hide);
-      if (!hide) { shown += 1; }
-    });
-    shownOut.textContent = threshold.toPrecision(3);
-    countOut.textContent = shown + " / " + edges.length + " edges shown";
-  }
-  slider.addEventListener("input", applyThreshold);
-  applyThreshold();
-})();
-"""
+@functools.cache
+def _viewer_file(name: str) -> str:
+    """The text of one viewer file (package data under ``featcircuits/render/viewer/``)."""
+    return resources.files("featcircuits.render").joinpath("viewer").joinpath(name).read_text(
+        encoding="utf-8"
+    )
 
 
 def _attr(value: object) -> str:
@@ -543,7 +431,8 @@ def to_html(
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="generator" content="featcircuits">
 <title>{_text(heading)}</title>
-<style>{_CSS}</style>
+<style>
+{_viewer_file("viewer.css")}</style>
 </head>
 <body>
 <header>
@@ -567,7 +456,8 @@ def to_html(
 </aside>
 </main>
 <div id="tooltip" role="tooltip" hidden></div>
-<script>{_JS}</script>
+<script>
+{_viewer_file("viewer.js")}</script>
 </body>
 </html>
 """
