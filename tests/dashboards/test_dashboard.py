@@ -25,7 +25,7 @@ from featcircuits.dictionaries import PCABasis, SparseAutoencoder, save_dictiona
 from featcircuits.errors import FeatureIdError
 from featcircuits.model.loading import load_model, underlying_module
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SITE = "resid_out.2"
 LAYER = 2
 FEATURE = 3

@@ -1,6 +1,6 @@
-"""Writer for tests/test_interrupted_writes.py: rewrites three outputs in a loop, forever.
+"""Writer for tests/reliability/test_interrupted_writes.py: rewrites three outputs in a loop, forever.
 
-``python tests/_kill_writer.py OUT`` writes, for version 0, 1, 2, ...: ``OUT/circuit.json``
+``python tests/support/kill_writer.py OUT`` writes, for version 0, 1, 2, ...: ``OUT/circuit.json``
 (write_json), ``OUT/results.csv`` (atomic_path + DataFrame.to_csv, as the CLI does) and the
 dictionary folder ``OUT/sets/resid_out.1`` (save_dictionary). Each version's content is a
 pure function of its number (``expected_*`` below), so a checker can tell which complete

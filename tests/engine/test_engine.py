@@ -25,7 +25,7 @@ from featcircuits.engine.sources import (
 from featcircuits.engine.tiling import PrefixTiling, is_tiling_mismatch, tiling_possible
 from featcircuits.errors import ParameterError
 from featcircuits.patching.experiment import PatchingExperiment
-from tests.test_patching import PROMPTS, QUIET, _sae
+from tests.patching.test_patching import PROMPTS, QUIET, _sae
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from featcircuits import (
 )
 from featcircuits.engine.settings import RunSettings
 from featcircuits.experiments.ioi import run_ioi_patching
-from tests.test_patching import PROMPTS, QUIET, _sae
+from tests.patching.test_patching import PROMPTS, QUIET, _sae
 
 
 @pytest.fixture(scope="module")

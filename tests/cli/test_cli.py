@@ -24,7 +24,7 @@ from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import ModelLoadError, ParameterError
 from featcircuits.model.loading import load_model, remote_mode, trace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAE = ROOT / "featcircuits/zoo/tiny/dictionaries/sae-sparse/resid_out.2"
 
 

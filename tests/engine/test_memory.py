@@ -34,8 +34,8 @@ from featcircuits.patching.experiment import PatchingExperiment
 from featcircuits.patching.search import attribution_curve, attribution_scores, backward_elimination
 from featcircuits.tasks.ioi import ioi_prompt_pairs
 
-ROOT = Path(__file__).resolve().parents[1]
-CHILD = ROOT / "tests" / "_memory_child.py"
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = ROOT / "tests" / "support" / "memory_child.py"
 MIB = 1024**2
 
 # The wide case: 32,768 features, 128 positions, one prompt pair, budget 128 MiB.
