@@ -21,7 +21,7 @@ from featcircuits.engine.runs import ERROR, CircuitRuns
 from featcircuits.engine.settings import RunSettings
 from featcircuits.model.loading import to_model
 from featcircuits.model.sites import Site
-from tests.circuits.test_circuits import random_saes
+from tests.support.factories import random_saes
 
 ROOT = Path(__file__).resolve().parents[2]
 

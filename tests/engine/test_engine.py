@@ -25,7 +25,7 @@ from featcircuits.engine.sources import (
 from featcircuits.engine.tiling import PrefixTiling, is_tiling_mismatch, tiling_possible
 from featcircuits.errors import ParameterError
 from featcircuits.patching.experiment import PatchingExperiment
-from tests.patching.test_patching import PROMPTS, QUIET, _sae
+from tests.support.factories import PROMPTS, QUIET, random_sae
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_check_source_names_the_bad_value_and_the_choices():
 
 
 def test_both_clients_validate_with_the_shared_check(model):
-    sae = _sae(32, "resid_out.0")
+    sae = random_sae(32, "resid_out.0")
     with pytest.raises(ParameterError, match="unknown source 'avg'") as info:
         PatchingExperiment(model, sae, PROMPTS, source="avg", settings=QUIET)
     assert "or a tensor [n_features]" in info.value.hint
@@ -94,8 +94,8 @@ def test_patching_bytes_per_row_equals_the_formula(model):
 def test_circuit_bytes_per_row_equals_the_formula(model):
     """``FLOAT_BYTES · T · (vocab + 16 T + features + 24 max d_model)`` with three tensors
     of the widest dictionary, or four of every dictionary (``every_site``)."""
-    dictionaries = {"resid_out.0": _sae(32, "resid_out.0", n_features=40),
-                    "resid_out.1": _sae(32, "resid_out.1", n_features=70)}
+    dictionaries = {"resid_out.0": random_sae(32, "resid_out.0", n_features=40),
+                    "resid_out.1": random_sae(32, "resid_out.1", n_features=70)}
     runs = CircuitRuns(model, dictionaries, PROMPTS, targets="logit_diff")
     vocab = model._module.config.vocab_size
     base = vocab + 16 * runs.width + 24 * 32
@@ -156,7 +156,7 @@ def test_eager_attention_is_decided_up_front(tiny_models):
 
 
 def test_patching_out_of_memory_in_the_tiled_pass_propagates(model):
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.0", 2), PROMPTS, settings=QUIET)
+    experiment = PatchingExperiment(model, random_sae(32, "resid_out.0", 2), PROMPTS, settings=QUIET)
     calls = []
 
     def traced(plans, input_ids, final, position_mask, gather):
@@ -172,7 +172,7 @@ def test_patching_out_of_memory_in_the_tiled_pass_propagates(model):
 
 
 def test_circuit_out_of_memory_in_the_tiled_pass_propagates(model, monkeypatch):
-    runs = CircuitRuns(model, {"resid_out.0": _sae(32, "resid_out.0", 2)}, PROMPTS,
+    runs = CircuitRuns(model, {"resid_out.0": random_sae(32, "resid_out.0", 2)}, PROMPTS,
                        targets="logit_diff")
     calls = []
 
@@ -199,7 +199,7 @@ def test_a_real_tiling_mismatch_falls_back_in_both_clients(tiny_models, checkpoi
     model = (tiny_models[arch] if arch == "gemma2"
              else load_model(checkpoint_dirs[arch], attn_implementation="eager"))
     monkeypatch.setattr(tiling_module, "tiling_possible", lambda model: True)
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.0", 9), PROMPTS, settings=QUIET)
+    experiment = PatchingExperiment(model, random_sae(32, "resid_out.0", 9), PROMPTS, settings=QUIET)
     assert experiment.tiling.possible
     sets = [[1, 5, 9], list(range(30)), [2]]
     batched, _ = experiment.patched_logits(sets)
@@ -208,7 +208,7 @@ def test_a_real_tiling_mismatch_falls_back_in_both_clients(tiny_models, checkpoi
         single, _ = experiment.patched_logits([feature_set])
         assert (batched[index] - single[0]).abs().max() < 1e-5
 
-    runs = CircuitRuns(model, {"resid_out.0": _sae(32, "resid_out.0", 9)}, PROMPTS,
+    runs = CircuitRuns(model, {"resid_out.0": random_sae(32, "resid_out.0", 9)}, PROMPTS,
                        targets="logit_diff")
     ops = {"resid_out.0": SiteOps(save_activation=True)}
     result = runs.trace(ops, 3, tile_at="resid_out.0")
