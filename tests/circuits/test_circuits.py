@@ -370,7 +370,7 @@ def test_attributions_with_error_nodes_sum_to_total_effect_when_linear(planted):
             assert exact[node] == pytest.approx(value, abs=1e-4)
 
 
-def test_attribution_edges_track_exact_edges(random_setup):
+def test_attribution_edges_track_exact_edges(random_setup, monkeypatch):
     """First-order edge estimates agree with ablation on small ablations: scale the source
     towards the clean values so the linearisation is accurate."""
     model, saes = random_setup
@@ -379,9 +379,15 @@ def test_attribution_edges_track_exact_edges(random_setup):
                        settings=QUIET)
     features, errors = runs.sources("mean")
     epsilon = 1e-2
-    runs._sources["mean"] = (
+    scaled = (
         {s: runs.features[s] + epsilon * (features[s] - runs.features[s]) for s in features},
         {s: runs.errors[s] + epsilon * (errors[s] - runs.errors[s]) for s in errors})
+
+    def sources(ablation):  # every consumer reads the ablation's values through sources()
+        assert ablation == "mean"
+        return scaled
+
+    monkeypatch.setattr(runs, "sources", sources)
     exact = acdc_circuit(runs, tau=0.0, ablation="mean", node_effects=False)
     approx = attribution_circuit(runs, tau=0.0, node_tau=0.0, ablation="mean")
     weights = [(w, approx.edges[u, v]["weight"]) for u, v, w in exact.edges(data="weight")

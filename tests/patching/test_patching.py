@@ -117,7 +117,7 @@ def test_patch_site_with_empty_mask_leaves_the_trace_unchanged(model):
     assert (logits - experiment.corrupt_logits).abs().max() < 1e-5
 
 
-def test_leave_one_out_sets_share_rows_and_match_manual_hooks(model, monkeypatch):
+def test_leave_one_out_sets_share_rows_and_match_manual_hooks(model):
     """Rows reduced to the features that change on their prompt give the same logits as the
     patch formula with plain hooks, and identical reduced rows run only once."""
     site = "resid_out.0"
@@ -125,23 +125,20 @@ def test_leave_one_out_sets_share_rows_and_match_manual_hooks(model, monkeypatch
     with torch.no_grad():
         sae.b_enc.fill_(-0.08)  # sparse: each prompt changes only some features
     experiment = PatchingExperiment(model, sae, PROMPTS, settings=QUIET)
-    changes = experiment._changes(site)
+    # [n, n_features]: the source (clean) value differs from the corrupted one at some
+    # patched position of the prompt, i.e. patching the feature there is not a no-op
+    difference = (experiment.clean_features[site] - experiment.corrupt_features[site]).abs()
+    changes = (difference * experiment.position_mask[..., None]).amax(dim=1) > 0
     active = experiment.active_features()
+    assert active == torch.nonzero(changes.any(0)).flatten().tolist()
     assert 5 < len(active) and bool((~changes[:, active]).any())
     sets = [[feature for feature in active if feature != left_out] for left_out in active]
-    computed = []
-    original = PatchingExperiment._patched_chunk
-
-    def counting(self, prompt_index, masks, used):
-        computed.append(len(prompt_index))
-        return original(self, prompt_index, masks, used)
-
-    monkeypatch.setattr(PatchingExperiment, "_patched_chunk", counting)
+    assert experiment.rows_run == 0
     logits, _ = experiment.patched_logits(sets)
     n = len(PROMPTS)
     # one row per prompt for "everything that changes" plus one per (prompt, changed feature)
     expected_rows = n + int(changes[:, active].sum())
-    assert sum(computed) == expected_rows < len(sets) * n
+    assert experiment.rows_run == expected_rows < len(sets) * n
     for index in (0, len(sets) // 2, len(sets) - 1):
         mask = torch.zeros(sae.n_features)
         mask[sets[index]] = 1
