@@ -78,4 +78,7 @@ def test_ioi_example_end_to_end(tmp_path, checkpoint_dirs):
     # the saved neuron basis and the built-in one are the same basis: identical curves
     saved = written[written.basis == "copy-of-neurons"].reset_index(drop=True)
     built = written[written.basis == "neuron"].reset_index(drop=True)
-    pd.testing.assert_series_equal(saved["kl"], built["kl"])
+    pd.testing.assert_series_equal(saved["n_features"], built["n_features"])
+    # (each basis is its own computation: equal up to float32 rounding, not bitwise)
+    pd.testing.assert_series_equal(saved["kl"], built["kl"], check_exact=False, rtol=1e-5,
+                                   atol=1e-7)

@@ -96,6 +96,9 @@ def test_two_sites_at_once_match_manual_hooks(model):
 def test_empty_set_reproduces_corrupt_run(model):
     experiment = PatchingExperiment(model, random_sae(32, "resid_out.1"), PROMPTS, settings=QUIET)
     logits, norms = experiment.patched_logits([[]])
+    # bitwise by construction: a row with nothing to patch takes the cached corrupted
+    # logits (the same tensor) and runs no forward
+    assert experiment.forwards_run == 0
     assert torch.equal(logits[0], experiment.corrupt_logits)
     assert norms.abs().max() == 0
     result = experiment.evaluate([[]])
