@@ -285,7 +285,8 @@ def test_backward_elimination_extremes(model):
 
 
 def test_attribution_scores_match_finite_differences_for_linear_metric(model):
-    experiment = PatchingExperiment(model, random_sae(32, "resid_out.1", 7), PROMPTS, settings=QUIET)
+    experiment = PatchingExperiment(model, random_sae(32, "resid_out.1", 7), PROMPTS,
+                                    settings=QUIET)
     scores = attribution_scores(experiment, metric="logit_diff").set_index("feature")
     base = experiment.evaluate([[]]).loc[0, "logit_diff"]
     top = scores.index[:3].tolist()

@@ -1,7 +1,8 @@
 """Nothing lost: outputs written with the toolkit's writers survive SIGKILL at any moment.
 
-A child process (tests/support/kill_writer.py, forked so that it skips the imports) rewrites a circuit JSON, a results CSV and a saved
-dictionary in a loop; it is killed with SIGKILL at seeded random moments. Afterwards every
+A child process (tests/support/kill_writer.py, forked so that it skips the imports)
+rewrites a circuit JSON, a results CSV and a saved dictionary in a loop; it is killed with
+SIGKILL at seeded random moments. Afterwards every
 target file must be one complete version (byte-identical to what that version's writer
 produces), and leftover temporary files must never be read as outputs.
 """
