@@ -182,6 +182,8 @@ class CircuitRuns:
         target_values: ``[n, n_targets]``.
         gradients: ``{site: [n, T, d]}`` of the summed targets, per prompt.
         rows_run: sequences run so far (a cost counter).
+        tiling: the ``engine.tiling.PrefixTiling`` of the traced passes (``tiling.possible``
+            turns ``False`` for good after a tiling mismatch).
     """
 
     def __init__(self, model, dictionaries: Mapping[str, Dictionary], inputs, *,
@@ -235,7 +237,7 @@ class CircuitRuns:
         self.progress = settings.progress
         self.n_layers = num_layers(model)
         self.rows_run = 0
-        self._tiling = PrefixTiling(model)
+        self.tiling = PrefixTiling(model)
         self._scales: dict = {}
         self._sources: dict[str, tuple[dict, dict]] = {}
         self._clean_run()
@@ -440,7 +442,7 @@ class CircuitRuns:
 
         if tile_at is None or copies == 1:
             return untiled()
-        return self._tiling.run(
+        return self.tiling.run(
             lambda: trace_rows(self.model, self.sites, self.dictionaries, ops, ids,
                                self.targets, copies, tile_at=tile_at, outputs=outputs),
             untiled, rows=copies * len(ids), batch=len(ids))

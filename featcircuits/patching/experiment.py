@@ -69,6 +69,12 @@ class PatchingExperiment:
     Only activations ``[n, pos, d_model]`` are cached; feature activations
     (``clean_features``, ``corrupt_features``, ``source_features``) are encoded on demand,
     in blocks that fit the budget.
+
+    Attributes:
+        rows_run: patched sequences run so far (a cost counter; rows that need no forward,
+            and rows shared by identical feature sets, are not counted).
+        forwards_run: patched forward passes run so far (a cost counter; a tiled pass that
+            falls back to full batches counts, and so does its rerun).
     """
 
     def __init__(self, model, dictionaries: Mapping[str, Dictionary] | Dictionary,
@@ -121,6 +127,8 @@ class PatchingExperiment:
         self.tiling = PrefixTiling(model, all(self.input_sites[site] == site
                                               for site in self.sites))
         self._change_cache: dict[str, torch.Tensor] = {}
+        self.rows_run = 0
+        self.forwards_run = 0
 
     def _encoder(self, activations: Mapping[str, torch.Tensor]):
         @torch.no_grad()
@@ -392,6 +400,8 @@ class PatchingExperiment:
             untiled, rows=len(prompt_index), batch=len(prompts))
 
     def _traced_chunk(self, plans, input_ids, final, position_mask, gather):
+        self.forwards_run += 1
+        self.rows_run += len(final)
         squared_norms: list[torch.Tensor] = []
         with trace(self.model, input_ids):
             for index, (site, used, source, mask) in enumerate(plans):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 import torch
 
@@ -11,31 +10,13 @@ from featcircuits import (
     NeuronBasis,
     PCABasis,
     PromptError,
-    SparseAutoencoder,
 )
 from featcircuits.engine.edits import patch_site
 from featcircuits.engine.settings import RunSettings
 from featcircuits.model.loading import underlying_module
 from featcircuits.model.sites import Site
 from featcircuits.patching.experiment import PatchingExperiment
-
-QUIET = RunSettings(progress=False)
-PROMPTS = pd.DataFrame({
-    "clean": ["w1 w2 w3 w4 w5", "w6 w7 w8 w9", "w10 w11 w12 w13 w14", "w3 w3 w2 w1"],
-    "corrupt": ["w1 w20 w3 w4 w5", "w6 w21 w8 w9", "w10 w11 w22 w13 w14", "w3 w4 w2 w1"],
-    "answer": ["w30", "w31", "w32", "w33"],
-    "wrong_answer": ["w40", "w41", "w42", "w43"],
-})
-
-
-def _sae(width: int, site: str, seed: int = 0, n_features: int | None = None
-         ) -> SparseAutoencoder:
-    torch.manual_seed(seed)
-    sae = SparseAutoencoder(width, n_features or 3 * width, site=site)
-    with torch.no_grad():
-        sae.b_enc.uniform_(-0.05, 0.2)
-        sae.b_dec.normal_(0, 0.1)
-    return sae
+from tests.support.factories import PROMPTS, QUIET, random_sae
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +63,7 @@ def _manual_patch_logits(model, dictionaries, prompts, masks, positions="all"):
 
 @pytest.mark.parametrize("positions", ["all", "final"])
 def test_patch_matches_manual_torch_hooks(model, positions):
-    sae = _sae(32, "resid_out.0")
+    sae = random_sae(32, "resid_out.0")
     dictionaries = {"resid_out.0": sae}
     experiment = PatchingExperiment(model, dictionaries, PROMPTS, positions=positions,
                                     settings=QUIET)
@@ -99,8 +80,8 @@ def test_patch_matches_manual_torch_hooks(model, positions):
 
 
 def test_two_sites_at_once_match_manual_hooks(model):
-    dictionaries = {"resid_out.0": _sae(32, "resid_out.0", 1),
-                    "resid_out.1": _sae(32, "resid_out.1", 2)}
+    dictionaries = {"resid_out.0": random_sae(32, "resid_out.0", 1),
+                    "resid_out.1": random_sae(32, "resid_out.1", 2)}
     experiment = PatchingExperiment(model, dictionaries, PROMPTS, settings=QUIET)
     feature_set = {"resid_out.0": experiment.active_features
                    and [0, 3, 5, 9, 20], "resid_out.1": [1, 2, 40, 77]}
@@ -113,8 +94,11 @@ def test_two_sites_at_once_match_manual_hooks(model):
 
 
 def test_empty_set_reproduces_corrupt_run(model):
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.1"), PROMPTS, settings=QUIET)
+    experiment = PatchingExperiment(model, random_sae(32, "resid_out.1"), PROMPTS, settings=QUIET)
     logits, norms = experiment.patched_logits([[]])
+    # bitwise by construction: a row with nothing to patch takes the cached corrupted
+    # logits (the same tensor) and runs no forward
+    assert experiment.forwards_run == 0
     assert torch.equal(logits[0], experiment.corrupt_logits)
     assert norms.abs().max() == 0
     result = experiment.evaluate([[]])
@@ -124,7 +108,7 @@ def test_empty_set_reproduces_corrupt_run(model):
 
 def test_patch_site_with_empty_mask_leaves_the_trace_unchanged(model):
     """The primitive itself (not the experiment's no-op shortcut) on an empty feature set."""
-    sae = _sae(32, "resid_out.1")
+    sae = random_sae(32, "resid_out.1")
     experiment = PatchingExperiment(model, sae, PROMPTS, settings=QUIET)
     prompts = experiment.prompts
     final = prompts.final_positions
@@ -136,31 +120,28 @@ def test_patch_site_with_empty_mask_leaves_the_trace_unchanged(model):
     assert (logits - experiment.corrupt_logits).abs().max() < 1e-5
 
 
-def test_leave_one_out_sets_share_rows_and_match_manual_hooks(model, monkeypatch):
+def test_leave_one_out_sets_share_rows_and_match_manual_hooks(model):
     """Rows reduced to the features that change on their prompt give the same logits as the
     patch formula with plain hooks, and identical reduced rows run only once."""
     site = "resid_out.0"
-    sae = _sae(32, site, seed=5)
+    sae = random_sae(32, site, seed=5)
     with torch.no_grad():
         sae.b_enc.fill_(-0.08)  # sparse: each prompt changes only some features
     experiment = PatchingExperiment(model, sae, PROMPTS, settings=QUIET)
-    changes = experiment._changes(site)
+    # [n, n_features]: the source (clean) value differs from the corrupted one at some
+    # patched position of the prompt, i.e. patching the feature there is not a no-op
+    difference = (experiment.clean_features[site] - experiment.corrupt_features[site]).abs()
+    changes = (difference * experiment.position_mask[..., None]).amax(dim=1) > 0
     active = experiment.active_features()
+    assert active == torch.nonzero(changes.any(0)).flatten().tolist()
     assert 5 < len(active) and bool((~changes[:, active]).any())
     sets = [[feature for feature in active if feature != left_out] for left_out in active]
-    computed = []
-    original = PatchingExperiment._patched_chunk
-
-    def counting(self, prompt_index, masks, used):
-        computed.append(len(prompt_index))
-        return original(self, prompt_index, masks, used)
-
-    monkeypatch.setattr(PatchingExperiment, "_patched_chunk", counting)
+    assert experiment.rows_run == 0
     logits, _ = experiment.patched_logits(sets)
     n = len(PROMPTS)
     # one row per prompt for "everything that changes" plus one per (prompt, changed feature)
     expected_rows = n + int(changes[:, active].sum())
-    assert sum(computed) == expected_rows < len(sets) * n
+    assert experiment.rows_run == expected_rows < len(sets) * n
     for index in (0, len(sets) // 2, len(sets) - 1):
         mask = torch.zeros(sae.n_features)
         mask[sets[index]] = 1
@@ -182,7 +163,7 @@ def test_neuron_basis_all_features_restores_clean_site(model):
 
 def test_batched_equals_separate(model):
     # 2 sets per forward: several chunks
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.1", 3), PROMPTS,
+    experiment = PatchingExperiment(model, random_sae(32, "resid_out.1", 3), PROMPTS,
                                     settings=RunSettings(max_rows=8, progress=False))
     generator = torch.Generator().manual_seed(0)
     sets = [torch.randperm(96, generator=generator)[: int(size)].tolist()
@@ -225,7 +206,7 @@ def test_ablation_sources(model, source):
 
 
 def test_errors_name_the_bad_value(model):
-    sae = _sae(32, "resid_out.0")
+    sae = random_sae(32, "resid_out.0")
     experiment = PatchingExperiment(model, sae, PROMPTS, settings=QUIET)
     with pytest.raises(FeatureIdError, match="96"):
         experiment.evaluate([[1, 96]])
@@ -271,7 +252,7 @@ def _sequential_elimination(experiment, site, taus, seed):
 
 
 def test_backward_elimination_matches_sequential_and_is_seeded(model):
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.0", 5, 20), PROMPTS,
+    experiment = PatchingExperiment(model, random_sae(32, "resid_out.0", 5, 20), PROMPTS,
                                     settings=QUIET)
     taus = [1e-6, 1e-5, 1e-4]
     frame = backward_elimination(experiment, taus=taus, seed=3, batch_size=8, progress=False)
@@ -283,7 +264,7 @@ def test_backward_elimination_matches_sequential_and_is_seeded(model):
 
 
 def test_backward_elimination_extremes(model):
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.0", 6, 20), PROMPTS,
+    experiment = PatchingExperiment(model, random_sae(32, "resid_out.0", 6, 20), PROMPTS,
                                     settings=QUIET)
     active = experiment.active_features()
     frame = backward_elimination(experiment, taus=[0.0, float("inf")], progress=False)
@@ -304,7 +285,8 @@ def test_backward_elimination_extremes(model):
 
 
 def test_attribution_scores_match_finite_differences_for_linear_metric(model):
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.1", 7), PROMPTS, settings=QUIET)
+    experiment = PatchingExperiment(model, random_sae(32, "resid_out.1", 7), PROMPTS,
+                                    settings=QUIET)
     scores = attribution_scores(experiment, metric="logit_diff").set_index("feature")
     base = experiment.evaluate([[]]).loc[0, "logit_diff"]
     top = scores.index[:3].tolist()
@@ -337,7 +319,7 @@ def test_patch_site_with_empty_mask_leaves_logits_unchanged(model):
     """The primitive itself (not the experiment's shortcut for empty sets) is a no-op."""
     from featcircuits import patch_site
 
-    sae = _sae(32, "resid_out.1", 8)
+    sae = random_sae(32, "resid_out.1", 8)
     experiment = PatchingExperiment(model, sae, PROMPTS, settings=QUIET)
     ids = experiment.prompts.corrupt_ids
     with torch.no_grad():
@@ -358,7 +340,7 @@ def test_tiled_batches_equal_separate_runs_on_every_architecture(tiny_models, ar
     architecture builds per-batch tensors before block 0 (Gemma-2's eager attention masks)
     full batches run instead (``engine.tiling``). Either way a batch equals one-set runs."""
     model = tiny_models[arch]
-    experiment = PatchingExperiment(model, _sae(32, site, 9), PROMPTS, settings=QUIET)
+    experiment = PatchingExperiment(model, random_sae(32, site, 9), PROMPTS, settings=QUIET)
     assert experiment.tiling.possible == (arch != "gemma2")
     sets = [[1, 5, 9], list(range(30)), [2]]
     batched, _ = experiment.patched_logits(sets)

@@ -42,13 +42,13 @@ def test_training_uses_its_threads_and_restores_the_callers(tmp_path, monkeypatc
     before = torch.get_num_threads()
     wanted = before + 1
     seen: list[int] = []
-    real = lm._train
+    real = lm.make_model  # called inside the training run
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lm, "_train", spy)
+    monkeypatch.setattr(lm, "make_model", spy)
     state = torch.get_rng_state()
     train_lm(tmp_path / "a", dataclasses.replace(_tiny(0), threads=wanted), evaluate=False,
              progress=False)

@@ -34,8 +34,8 @@ from featcircuits.patching.experiment import PatchingExperiment
 from featcircuits.patching.search import attribution_curve, attribution_scores, backward_elimination
 from featcircuits.tasks.ioi import ioi_prompt_pairs
 
-ROOT = Path(__file__).resolve().parents[1]
-CHILD = ROOT / "tests" / "_memory_child.py"
+ROOT = Path(__file__).resolve().parents[2]
+CHILD = ROOT / "tests" / "support" / "memory_child.py"
 MIB = 1024**2
 
 # The wide case: 32,768 features, 128 positions, one prompt pair, budget 128 MiB.
@@ -121,19 +121,6 @@ def test_bad_budget_is_rejected_before_the_experiment_runs(tiny):
 
 
 # ------------------------------------------------------- chunked == unchunked
-def _count_rows_per_forward(experiment: PatchingExperiment) -> list[int]:
-    """Record the rows (sequences) of every patched forward the experiment runs."""
-    rows: list[int] = []
-    traced = experiment._traced_chunk
-
-    def counting(plans, input_ids, final, *args):
-        rows.append(len(final))
-        return traced(plans, input_ids, final, *args)
-
-    experiment._traced_chunk = counting
-    return rows
-
-
 def test_chunked_patch_search_equals_unchunked(tiny, one_thread):
     """1 MiB forces one sequence per forward, one prompt per block and feature blocks of
     ~4.4k; results equal the unchunked run (KL within 1e-6 nats, float32 rounding)."""
@@ -143,26 +130,31 @@ def test_chunked_patch_search_equals_unchunked(tiny, one_thread):
     for budget in ("64GB", "1MB"):
         experiment = PatchingExperiment(tiny, dictionary, prompts,
                                         settings=RunSettings(max_memory=budget, progress=False))
-        forwards = _count_rows_per_forward(experiment)
         scores = attribution_scores(experiment)
         ranked = scores["feature"].tolist()
         sets = [[], ranked[:10], ranked[:500], list(range(8192))]
         runs[budget] = {
-            "experiment": experiment, "active": experiment.active_features(),
+            "experiment": experiment, "active": experiment.active_features(), "ranked": ranked,
             "scores": scores.set_index("feature")["score"].sort_index(),
             "table": experiment.evaluate(sets),
             "elimination": backward_elimination(experiment, taus=[1e-4], features=ranked[:5],
                                                 batch_size=3, progress=False),
             "blocks": list(experiment.feature_blocks("resid_out.1")),
-            "forwards": forwards,
         }
     big, small = runs["64GB"], runs["1MB"]
     # the budget really changed the chunking
     assert len(big["blocks"]) == 1 and big["blocks"][0][1] is None
     assert all(p.stop - p.start == 1 for p, _ in small["blocks"])
     assert all(ids is not None and len(ids) < 8192 for _, ids in small["blocks"])
-    assert len(small["forwards"]) > len(big["forwards"]) and min(small["forwards"]) == 1
-    assert max(small["forwards"]) < max(big["forwards"])
+    assert small["experiment"].forwards_run > big["experiment"].forwards_run
+    # the whole basis patched once more (the experiments' public cost counters): one
+    # sequence per forward at 1 MiB, every prompt in one forward at 64 GB
+    for run, forwards in ((small, len(prompts)), (big, 1)):
+        experiment = run["experiment"]
+        rows_before, forwards_before = experiment.rows_run, experiment.forwards_run
+        experiment.patched_logits([list(range(8192))])
+        assert experiment.rows_run - rows_before == len(prompts)
+        assert experiment.forwards_run - forwards_before == forwards
     assert big["active"] == small["active"] and len(big["active"]) == 8192
     torch.testing.assert_close(torch.tensor(small["scores"].values),
                                torch.tensor(big["scores"].values), rtol=1e-4, atol=1e-7)
@@ -171,6 +163,11 @@ def test_chunked_patch_search_equals_unchunked(tiny, one_thread):
         torch.testing.assert_close(torch.tensor(small["table"][column].values),
                                    torch.tensor(big["table"][column].values),
                                    rtol=1e-4, atol=atol)
+    # both eliminations start from each run's top 5; the cut is clear of rounding (the
+    # scores agree to rtol 1e-4), so the starting sets, and the kept sets, are the same
+    fifth, sixth = (abs(big["scores"][big["ranked"][i]]) for i in (4, 5))
+    assert fifth - sixth > 1e-3 * fifth
+    assert set(small["ranked"][:5]) == set(big["ranked"][:5])
     assert small["elimination"]["features"].tolist() == big["elimination"]["features"].tolist()
     # patching every feature of a complete basis restores the clean run
     assert big["table"]["kl"].iloc[-1] < 1e-6 < big["table"]["kl"].iloc[0]

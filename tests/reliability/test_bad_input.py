@@ -2,7 +2,7 @@
 offending value (and whose hint says the fix), at the point where the bad value enters.
 
 Each test's docstring is one line "tried → expected"; docs/reliability.md is built from them
-(``python tests/reliability_report.py``).
+(``python tests/support/reliability_report.py``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,9 @@ from featcircuits.cli.main import main
 from featcircuits.dictionaries.io import load_dictionary
 from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import ModelLoadError, ParameterError
-from featcircuits.model.loading import load_model, remote_mode, trace
+from featcircuits.model.loading import load_model, remote_mode, trace, underlying_module
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAE = ROOT / "featcircuits/zoo/tiny/dictionaries/sae-sparse/resid_out.2"
 
 
@@ -258,13 +259,15 @@ def test_quiet_run_leaves_environment_and_library_bars_as_they_were(tmp_path, ca
             hub_utils.are_progress_bars_disabled()) == bars
 
 
-def test_command_table_is_the_parser():
+def test_command_table_is_the_parser(capsys):
     from featcircuits.cli.main import COMMANDS, build_parser
 
-    parser = build_parser()
-    subparsers = next(action for action in parser._actions
-                      if action.__class__.__name__ == "_SubParsersAction")
-    assert list(subparsers.choices) == [command.name for command in COMMANDS]
+    # the parser's own list of commands, as a user sees it on an unknown command
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["no-such-command"])
+    choices = re.search(r"\(choose from (.*)\)", capsys.readouterr().err).group(1)
+    assert [name.strip("'") for name in choices.split(", ")] == [
+        command.name for command in COMMANDS]
     for command in COMMANDS:
         assert callable(command.add_arguments) and callable(command.run) and command.help
 
@@ -327,7 +330,7 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
     monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", "offline-test-key")
     model = load_model("tiny", remote=True)
     assert remote_mode(model) is True
-    assert next(model._module.parameters()).is_meta
+    assert next(underlying_module(model).parameters()).is_meta
     seen: list[dict] = []
 
     class Stop(Exception):

@@ -25,7 +25,7 @@ from featcircuits.model.sites import Site
 from featcircuits.render.examples import example_circuit
 from featcircuits.render.labels import row_key
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SITES = ["resid_out.2", "mlp_in.2", "resid_in.2", "mlp_out.2", "attn_out.2", "resid_mid.2"]
 
 

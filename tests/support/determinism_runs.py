@@ -1,5 +1,5 @@
 """Run the IOI and parenthesis-circuit CLI examples with the smallest settings that still
-exercise them: ``python tests/_determinism_runs.py OUT`` (also imported by the test)."""
+exercise them: ``python tests/support/determinism_runs.py OUT`` (also imported by the test)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Nothing lost: outputs written with the toolkit's writers survive SIGKILL at any moment.
 
-A child process (tests/_kill_writer.py, forked so that it skips the imports) rewrites a circuit JSON, a results CSV and a saved
-dictionary in a loop; it is killed with SIGKILL at seeded random moments. Afterwards every
+A child process (tests/support/kill_writer.py, forked so that it skips the imports)
+rewrites a circuit JSON, a results CSV and a saved dictionary in a loop; it is killed with
+SIGKILL at seeded random moments. Afterwards every
 target file must be one complete version (byte-identical to what that version's writer
 produces), and leftover temporary files must never be read as outputs.
 """
@@ -12,7 +13,6 @@ import json
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -22,9 +22,7 @@ import torch
 
 from featcircuits import DictionaryLoadError, load_dictionaries, load_dictionary
 from featcircuits.graph.io import read_json, write_json
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _kill_writer import (
+from tests.support.kill_writer import (
     expected_dictionary,
     expected_frame,
     expected_graph,
@@ -32,7 +30,7 @@ from _kill_writer import (
     write_version,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KILLS = 12
 
 

@@ -9,10 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _determinism_runs import run_all
+from tests.support.determinism_runs import run_all
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_examples_are_byte_identical_across_runs(tmp_path, capsys):
@@ -20,9 +19,9 @@ def test_examples_are_byte_identical_across_runs(tmp_path, capsys):
     process, PYTHONHASHSEED 1 vs this one's) → every output file byte-identical."""
     env = {**os.environ, "PYTHONHASHSEED": "1", "TQDM_DISABLE": "1",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    other = subprocess.Popen([sys.executable, str(ROOT / "tests" / "_determinism_runs.py"),
-                              str(tmp_path / "a")], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+    script = ROOT / "tests" / "support" / "determinism_runs.py"
+    other = subprocess.Popen([sys.executable, str(script), str(tmp_path / "a")], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         run_all(tmp_path / "b")  # meanwhile, here (both cores busy)
     finally:

@@ -9,6 +9,7 @@ loop walks truncation points and bit flips deterministically.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import random
 import signal
@@ -20,7 +21,6 @@ from hypothesis import strategies as st
 
 from featcircuits import FeatCircuitsError
 from featcircuits.graph.io import (
-    _digest,
     from_json_data,
     read_graphml,
     read_json,
@@ -141,9 +141,13 @@ def test_deterministic_fuzz_loop(tmp_path, written):
 
 
 def _resealed(data: dict) -> dict:
-    """A hostile but self-consistent file: the checksum recomputed after the edit."""
+    """A hostile but self-consistent file: the checksum recomputed after the edit, as a
+    writer outside featcircuits would (SHA-256 of the rest's canonical JSON: sorted keys,
+    no whitespace; docs/graph-format.md)."""
     data = {k: v for k, v in data.items() if k != "sha256"}
-    return {**data, "sha256": _digest(data)}
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, allow_nan=True,
+                      separators=(",", ":"))
+    return {**data, "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 
 WRONG_TYPES = [None, "x", 3.5, -4, True, [], {}, [1, 2], {"a": 1}, 10**30]
@@ -159,6 +163,7 @@ def test_wrong_typed_json_fields(tmp_path, path):
     """Circuit JSON with a field replaced by a wrong-typed value (checksum recomputed, so
     the schema checks themselves are exercised) → a featcircuits error or a valid graph."""
     data = json.loads(write_json(example_circuit(), tmp_path / "c.json").read_text())
+    assert _resealed(data) == data  # the resealing is the writer's: edits reach the schema
     for value in WRONG_TYPES:
         edited = json.loads(json.dumps(data))
         holder = edited

@@ -11,7 +11,7 @@ import pytest
 from featcircuits.tasks import evaluate, ioi
 from featcircuits.tasks.parens import parens_prompt_pairs
 
-ZOO = Path(__file__).resolve().parents[1] / "featcircuits" / "zoo" / "tiny"
+ZOO = Path(__file__).resolve().parents[2] / "featcircuits" / "zoo" / "tiny"
 
 
 @pytest.fixture(scope="module")

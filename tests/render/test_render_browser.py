@@ -19,7 +19,7 @@ from featcircuits.render.style import effect_hex, symmetric_limit
 pytest.importorskip(
     "websocket", reason="websocket-client is not installed (pip install websocket-client)"
 )
-from _cdp import Browser, find_chromium
+from tests.support.cdp import Browser, find_chromium
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(

@@ -21,9 +21,9 @@ from featcircuits.engine.runs import ERROR, CircuitRuns
 from featcircuits.engine.settings import RunSettings
 from featcircuits.model.loading import to_model
 from featcircuits.model.sites import Site
-from tests.test_circuits import random_saes
+from tests.support.factories import random_saes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _ids(n=4, t=6, seed=3):

@@ -1,6 +1,6 @@
-"""Child process of tests/test_memory.py: one wide-dictionary case, its peak RSS as JSON.
+"""Child process of tests/engine/test_memory.py: one wide-dictionary case, its peak RSS as JSON.
 
-Usage: ``python tests/_memory_child.py CASES MAX_MEMORY [N_FEATURES] [WIDTH] [N_PROMPTS]``
+Usage: ``python tests/support/memory_child.py CASES MAX_MEMORY [N_FEATURES] [WIDTH] [N_PROMPTS]``
 with CASES ``patch`` (attribution curve + backward elimination from the top features),
 ``circuit`` (attribution circuit + exact ACDC over a bounded candidate set) or ``all``
 (both). Prints one JSON line: peak RSS (bytes), RSS after loading the model and the

@@ -12,6 +12,7 @@ import torch
 
 import featcircuits.engine.runs as runs_module
 import featcircuits.engine.tiling as tiling_module
+import featcircuits.patching.experiment as experiment_module
 from featcircuits.dictionaries.bases import NeuronBasis
 from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row
 from featcircuits.engine.runs import CircuitRuns, SiteOps
@@ -24,8 +25,9 @@ from featcircuits.engine.sources import (
 )
 from featcircuits.engine.tiling import PrefixTiling, is_tiling_mismatch, tiling_possible
 from featcircuits.errors import ParameterError
+from featcircuits.model.loading import model_config
 from featcircuits.patching.experiment import PatchingExperiment
-from tests.test_patching import PROMPTS, QUIET, _sae
+from tests.support.factories import PROMPTS, QUIET, random_sae
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def test_check_source_names_the_bad_value_and_the_choices():
 
 
 def test_both_clients_validate_with_the_shared_check(model):
-    sae = _sae(32, "resid_out.0")
+    sae = random_sae(32, "resid_out.0")
     with pytest.raises(ParameterError, match="unknown source 'avg'") as info:
         PatchingExperiment(model, sae, PROMPTS, source="avg", settings=QUIET)
     assert "or a tensor [n_features]" in info.value.hint
@@ -94,10 +96,10 @@ def test_patching_bytes_per_row_equals_the_formula(model):
 def test_circuit_bytes_per_row_equals_the_formula(model):
     """``FLOAT_BYTES · T · (vocab + 16 T + features + 24 max d_model)`` with three tensors
     of the widest dictionary, or four of every dictionary (``every_site``)."""
-    dictionaries = {"resid_out.0": _sae(32, "resid_out.0", n_features=40),
-                    "resid_out.1": _sae(32, "resid_out.1", n_features=70)}
+    dictionaries = {"resid_out.0": random_sae(32, "resid_out.0", n_features=40),
+                    "resid_out.1": random_sae(32, "resid_out.1", n_features=70)}
     runs = CircuitRuns(model, dictionaries, PROMPTS, targets="logit_diff")
-    vocab = model._module.config.vocab_size
+    vocab = model_config(model).vocab_size
     base = vocab + 16 * runs.width + 24 * 32
     assert runs.bytes_per_row() == 4 * runs.width * (base + 3 * 70)
     assert runs.bytes_per_row(every_site=True) == 4 * runs.width * (base + 4 * (40 + 70))
@@ -150,29 +152,39 @@ def _raise(error):
 
 def test_eager_attention_is_decided_up_front(tiny_models):
     """Gemma-2 always runs eager attention, which builds a per-batch mask before block 0."""
-    assert tiny_models["gemma2"]._module.config._attn_implementation == "eager"
+    # (transformers has no public getter for the attention implementation)
+    assert model_config(tiny_models["gemma2"])._attn_implementation == "eager"
     assert not tiling_possible(tiny_models["gemma2"])
     assert tiling_possible(tiny_models["gpt2"]) and tiling_possible(tiny_models["llama"])
 
 
-def test_patching_out_of_memory_in_the_tiled_pass_propagates(model):
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.0", 2), PROMPTS, settings=QUIET)
-    calls = []
+def test_patching_out_of_memory_in_the_tiled_pass_propagates(model, monkeypatch):
+    experiment = PatchingExperiment(model, random_sae(32, "resid_out.0", 2), PROMPTS,
+                                    settings=QUIET)
+    tiled, traced = [], []
+    run = experiment.tiling.run
 
-    def traced(plans, input_ids, final, position_mask, gather):
-        calls.append(gather is not None)
-        if gather is not None:
+    def tiling_run(*args, rows, batch):
+        tiled.append((rows, batch))
+        return run(*args, rows=rows, batch=batch)
+
+    def trace(model, input_ids):
+        traced.append(len(input_ids))
+        if len(traced) == 1:
             _oom()
         pytest.fail("the untiled pass ran after an OutOfMemoryError")
 
-    experiment._traced_chunk = traced
+    monkeypatch.setattr(experiment.tiling, "run", tiling_run)
+    monkeypatch.setattr(experiment_module, "trace", trace)
     with pytest.raises(torch.OutOfMemoryError):
         experiment.patched_logits([[1, 2, 3], [4, 5]])
-    assert calls == [True] and experiment.tiling.possible
+    # one forward, the tiled one: its batch is the distinct prompts, fewer than its rows
+    assert len(tiled) == 1 and traced == [tiled[0][1]] and tiled[0][1] < tiled[0][0]
+    assert experiment.forwards_run == 1 and experiment.tiling.possible
 
 
 def test_circuit_out_of_memory_in_the_tiled_pass_propagates(model, monkeypatch):
-    runs = CircuitRuns(model, {"resid_out.0": _sae(32, "resid_out.0", 2)}, PROMPTS,
+    runs = CircuitRuns(model, {"resid_out.0": random_sae(32, "resid_out.0", 2)}, PROMPTS,
                        targets="logit_diff")
     calls = []
 
@@ -185,7 +197,7 @@ def test_circuit_out_of_memory_in_the_tiled_pass_propagates(model, monkeypatch):
     monkeypatch.setattr(runs_module, "trace_rows", trace_rows)
     with pytest.raises(torch.OutOfMemoryError):
         runs.trace({"resid_out.0": SiteOps(save_activation=True)}, 3, tile_at="resid_out.0")
-    assert calls == ["resid_out.0"] and runs._tiling.possible
+    assert calls == ["resid_out.0"] and runs.tiling.possible
 
 
 @pytest.mark.parametrize("arch", ["gemma2", "gpt2"])
@@ -199,7 +211,8 @@ def test_a_real_tiling_mismatch_falls_back_in_both_clients(tiny_models, checkpoi
     model = (tiny_models[arch] if arch == "gemma2"
              else load_model(checkpoint_dirs[arch], attn_implementation="eager"))
     monkeypatch.setattr(tiling_module, "tiling_possible", lambda model: True)
-    experiment = PatchingExperiment(model, _sae(32, "resid_out.0", 9), PROMPTS, settings=QUIET)
+    experiment = PatchingExperiment(model, random_sae(32, "resid_out.0", 9), PROMPTS,
+                                    settings=QUIET)
     assert experiment.tiling.possible
     sets = [[1, 5, 9], list(range(30)), [2]]
     batched, _ = experiment.patched_logits(sets)
@@ -208,11 +221,11 @@ def test_a_real_tiling_mismatch_falls_back_in_both_clients(tiny_models, checkpoi
         single, _ = experiment.patched_logits([feature_set])
         assert (batched[index] - single[0]).abs().max() < 1e-5
 
-    runs = CircuitRuns(model, {"resid_out.0": _sae(32, "resid_out.0", 9)}, PROMPTS,
+    runs = CircuitRuns(model, {"resid_out.0": random_sae(32, "resid_out.0", 9)}, PROMPTS,
                        targets="logit_diff")
     ops = {"resid_out.0": SiteOps(save_activation=True)}
     result = runs.trace(ops, 3, tile_at="resid_out.0")
-    assert not runs._tiling.possible
+    assert not runs.tiling.possible
     expected = runs.activations["resid_out.0"].repeat(3, 1, 1)
     assert (result.activations["resid_out.0"] - expected).abs().max() < 1e-5
     assert (result.targets - runs.target_values.repeat(3, 1)).abs().max() < 1e-4

@@ -54,10 +54,10 @@ from featcircuits.graph.io import (
 from featcircuits.graph.ops import make_node_id, parse_node_id, reaching, threshold, top_k_edges
 from featcircuits.model.loading import underlying_module
 from featcircuits.model.sites import Site
+from tests.support.factories import QUIET, random_saes
 
 A, C, B = 0, 1, 0  # planted: feature A (and C) of resid_out.0, feature B of resid_out.1
 GAIN = 2.0
-QUIET = RunSettings(progress=False)
 
 
 def _ids(n=4, t=6, seed=3):
@@ -219,23 +219,6 @@ def test_every_discovery_method_returns_a_graph_with_its_ablation(random_setup, 
 
 
 # ------------------------------------------------------------------ exact vs torch hooks
-RANDOM_SITES = ("resid_out.0", "mlp_out.1", "resid_out.1")
-
-
-def random_saes(sites=RANDOM_SITES) -> dict:
-    """Seeded random SAEs (32 → 24, biases set so that features fire) at ``sites`` of the
-    2-layer test models; also used by tests/test_devices.py."""
-    saes = {}
-    for seed, site in enumerate(sites):
-        torch.manual_seed(seed)
-        sae = SparseAutoencoder(32, 24, site=site)
-        with torch.no_grad():
-            sae.b_enc.uniform_(-0.05, 0.2)
-            sae.b_dec.normal_(0, 0.1)
-        saes[site] = sae
-    return saes
-
-
 @pytest.fixture(scope="module")
 def random_setup(tiny_models):
     return tiny_models["gpt_neox"], random_saes()
@@ -387,7 +370,7 @@ def test_attributions_with_error_nodes_sum_to_total_effect_when_linear(planted):
             assert exact[node] == pytest.approx(value, abs=1e-4)
 
 
-def test_attribution_edges_track_exact_edges(random_setup):
+def test_attribution_edges_track_exact_edges(random_setup, monkeypatch):
     """First-order edge estimates agree with ablation on small ablations: scale the source
     towards the clean values so the linearisation is accurate."""
     model, saes = random_setup
@@ -396,9 +379,15 @@ def test_attribution_edges_track_exact_edges(random_setup):
                        settings=QUIET)
     features, errors = runs.sources("mean")
     epsilon = 1e-2
-    runs._sources["mean"] = (
+    scaled = (
         {s: runs.features[s] + epsilon * (features[s] - runs.features[s]) for s in features},
         {s: runs.errors[s] + epsilon * (errors[s] - runs.errors[s]) for s in errors})
+
+    def sources(ablation):  # every consumer reads the ablation's values through sources()
+        assert ablation == "mean"
+        return scaled
+
+    monkeypatch.setattr(runs, "sources", sources)
     exact = acdc_circuit(runs, tau=0.0, ablation="mean", node_effects=False)
     approx = attribution_circuit(runs, tau=0.0, node_tau=0.0, ablation="mean")
     weights = [(w, approx.edges[u, v]["weight"]) for u, v, w in exact.edges(data="weight")

@@ -1,11 +1,13 @@
-"""Writer for tests/test_interrupted_writes.py: rewrites three outputs in a loop, forever.
+"""Writer for tests/reliability/test_interrupted_writes.py: rewrites three outputs in a
+loop, forever.
 
-``python tests/_kill_writer.py OUT`` writes, for version 0, 1, 2, ...: ``OUT/circuit.json``
-(write_json), ``OUT/results.csv`` (atomic_path + DataFrame.to_csv, as the CLI does) and the
-dictionary folder ``OUT/sets/resid_out.1`` (save_dictionary). Each version's content is a
-pure function of its number (``expected_*`` below), so a checker can tell which complete
-version a file holds. Prints ``ready`` after the first full version. The test forks it from the pytest process
-(``run_forked``) to skip a fresh interpreter's imports on every kill.
+``python tests/support/kill_writer.py OUT`` writes, for version 0, 1, 2, ...:
+``OUT/circuit.json`` (write_json), ``OUT/results.csv`` (atomic_path + DataFrame.to_csv, as
+the CLI does) and the dictionary folder ``OUT/sets/resid_out.1`` (save_dictionary). Each
+version's content is a pure function of its number (``expected_*`` below), so a checker can
+tell which complete version a file holds. Prints ``ready`` after the first full version.
+The test forks it from the pytest process (``run_forked``) to skip a fresh interpreter's
+imports on every kill.
 """
 
 from __future__ import annotations

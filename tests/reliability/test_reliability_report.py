@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from reliability_report import (
+from tests.support.reliability_report import (
     PAGE,
     REGENERATE,
     reliability_files,

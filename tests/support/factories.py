@@ -1,0 +1,44 @@
+"""Factories shared by several test modules: prompt pairs, quiet run settings, seeded SAEs.
+
+Test modules import from here, never from one another.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from featcircuits import SparseAutoencoder
+from featcircuits.engine.settings import RunSettings
+
+QUIET = RunSettings(progress=False)
+"""Run settings without progress bars."""
+
+PROMPTS = pd.DataFrame({
+    "clean": ["w1 w2 w3 w4 w5", "w6 w7 w8 w9", "w10 w11 w12 w13 w14", "w3 w3 w2 w1"],
+    "corrupt": ["w1 w20 w3 w4 w5", "w6 w21 w8 w9", "w10 w11 w22 w13 w14", "w3 w4 w2 w1"],
+    "answer": ["w30", "w31", "w32", "w33"],
+    "wrong_answer": ["w40", "w41", "w42", "w43"],
+})
+"""Four prompt pairs of the tiny test vocabulary (corrupt differs in one token)."""
+
+RANDOM_SITES = ("resid_out.0", "mlp_out.1", "resid_out.1")
+
+
+def random_sae(width: int, site: str, seed: int = 0, n_features: int | None = None
+               ) -> SparseAutoencoder:
+    """A seeded random SAE (``width`` → ``n_features``, default ``3 * width``) at ``site``,
+    biases set so that features fire."""
+    torch.manual_seed(seed)
+    sae = SparseAutoencoder(width, n_features or 3 * width, site=site)
+    with torch.no_grad():
+        sae.b_enc.uniform_(-0.05, 0.2)
+        sae.b_dec.normal_(0, 0.1)
+    return sae
+
+
+def random_saes(sites=RANDOM_SITES) -> dict[str, SparseAutoencoder]:
+    """Seeded random SAEs (32 → 24, seed = the site's index) at ``sites`` of the 2-layer
+    test models."""
+    return {site: random_sae(32, site, seed=seed, n_features=24)
+            for seed, site in enumerate(sites)}
