@@ -96,7 +96,7 @@ def _progress(args: argparse.Namespace, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _finish(model, dictionary, args: argparse.Namespace, held_out: list[str],
+def finish_training(model, dictionary, args: argparse.Namespace, held_out: list[str],
             extra: dict) -> dict:
     """Evaluate (unless ``--eval-texts 0``), record, save and print the dictionary."""
     from featcircuits.cli.flags import dictionary_for_model
@@ -187,7 +187,7 @@ def run_train_sae(args: argparse.Namespace) -> int:
              "steps": args.steps, "train_tokens": int(activations.shape[0]),
              "train_l0": float(sae.meta.get("train_l0", float("nan"))),
              "train_seconds": round(seconds, 2)}
-    _finish(model, sae, args, held_out, extra)
+    finish_training(model, sae, args, held_out, extra)
     return 0
 
 
@@ -237,5 +237,5 @@ def run_fit_ica(args: argparse.Namespace) -> int:
                  "converged": bool(basis.meta.get("converged", False))}
     extra.update({"train_tokens": int(activations.shape[0]),
                   "train_seconds": round(time.perf_counter() - start, 2)})
-    _finish(model, basis, args, held_out, extra)
+    finish_training(model, basis, args, held_out, extra)
     return 0

@@ -2,7 +2,7 @@
 
 The page keeps its hand-written text; only the part between ``BEGIN`` and ``END`` is
 replaced by the top-level help and each subcommand's help (at 80 columns).
-``tests/test_cli.py`` fails when the page is out of date.
+``tests/cli/test_cli.py`` fails when the page is out of date.
 """
 
 from __future__ import annotations

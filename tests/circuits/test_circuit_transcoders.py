@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from featcircuits import SparseAutoencoder
 from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit
 from featcircuits.circuits.faithfulness import faithfulness
 from featcircuits.circuits.targets import LogitTarget
+from featcircuits.dictionaries import SparseAutoencoder
 from featcircuits.dictionaries.transcoder import Transcoder
 from featcircuits.engine.runs import CircuitRuns
 from featcircuits.engine.settings import RunSettings

@@ -11,14 +11,7 @@ import networkx as nx
 import pytest
 import torch
 
-from featcircuits import (
-    GraphError,
-    LinearBasis,
-    NonFiniteError,
-    ParameterError,
-    SparseAutoencoder,
-    load_model,
-)
+from featcircuits import GraphError, NonFiniteError, ParameterError, load_model
 from featcircuits.circuits import (
     ablation_effects,
     acdc_circuit,
@@ -38,6 +31,7 @@ from featcircuits.circuits.faithfulness import (
     node_masks,
 )
 from featcircuits.circuits.targets import FeatureTarget, LogitTarget
+from featcircuits.dictionaries import LinearBasis, SparseAutoencoder
 from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.engine.edits import patch_error, patch_site
 from featcircuits.engine.runs import ERROR, CircuitRuns

@@ -11,16 +11,18 @@ from safetensors.torch import save_file
 from featcircuits import (
     DictionaryLoadError,
     FeatureIdError,
-    ICABasis,
-    NeuronBasis,
     NonFiniteError,
-    PCABasis,
-    RandomBasis,
-    SparseAutoencoder,
     WidthMismatchError,
     load_dictionaries,
     load_dictionary,
     save_dictionary,
+)
+from featcircuits.dictionaries import (
+    ICABasis,
+    NeuronBasis,
+    PCABasis,
+    RandomBasis,
+    SparseAutoencoder,
 )
 
 D, N = 16, 48

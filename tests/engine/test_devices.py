@@ -147,7 +147,7 @@ def test_new_tensors_name_their_device(name):
 def test_training_saves_float32_weights_after_a_bf16_evaluation(both, tmp_path, capsys):
     import argparse
 
-    from featcircuits.cli.commands_train import _finish
+    from featcircuits.cli.commands_train import finish_training
     from featcircuits.dictionaries import PCABasis, load_dictionary
 
     model, _ = both["bfloat16"]
@@ -157,7 +157,7 @@ def test_training_saves_float32_weights_after_a_bf16_evaluation(both, tmp_path, 
     assert not torch.equal(trained.bfloat16().float(), trained)  # bf16 would round them
     args = argparse.Namespace(site="resid_out.1", n_ctx=8, quiet=True, seed=0, device="cpu",
                               out=str(tmp_path / "pca"))
-    stats = _finish(model, basis, args, ["w1 w2 w3 w4", "w5 w6 w7"], {"method": "pca"})
+    stats = finish_training(model, basis, args, ["w1 w2 w3 w4", "w5 w6 w7"], {"method": "pca"})
     assert stats["variance_explained"] == pytest.approx(1.0, abs=0.05)  # a full basis, bf16
     saved = load_dictionary(tmp_path / "pca")
     assert saved.directions.dtype == torch.float32

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featcircuits import Site, SiteError, all_sites, d_model, load_model, num_layers
+from featcircuits import Site, SiteError, load_model
+from featcircuits.model import all_sites, d_model, num_layers
 from featcircuits.model.loading import underlying_module
 from featcircuits.model.sites import architecture
 

@@ -6,18 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from featcircuits import (
-    NeuronBasis,
-    PatchingExperiment,
-    PCABasis,
-    RunCache,
-    compare_bases,
-    reference_bases,
-    save_dictionary,
-    summarize_comparison,
-)
+from featcircuits import PatchingExperiment, compare_bases, save_dictionary
+from featcircuits.dictionaries import NeuronBasis, PCABasis
+from featcircuits.engine import RunCache
 from featcircuits.engine.settings import RunSettings
 from featcircuits.experiments.ioi import run_ioi_patching
+from featcircuits.patching import reference_bases, summarize_comparison
 from tests.support.factories import PROMPTS, QUIET, random_sae
 
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featcircuits import (
-    FeatureIdError,
-    NeuronBasis,
-    PCABasis,
-    PromptError,
-)
+from featcircuits import FeatureIdError, PromptError
+from featcircuits.dictionaries import NeuronBasis, PCABasis
 from featcircuits.engine.edits import patch_site
 from featcircuits.engine.settings import RunSettings
 from featcircuits.model.loading import underlying_module
@@ -317,7 +313,7 @@ def test_attribution_curve_reaches_clean_with_complete_basis(model):
 
 def test_patch_site_with_empty_mask_leaves_logits_unchanged(model):
     """The primitive itself (not the experiment's shortcut for empty sets) is a no-op."""
-    from featcircuits import patch_site
+    from featcircuits.engine import patch_site
 
     sae = random_sae(32, "resid_out.1", 8)
     experiment = PatchingExperiment(model, sae, PROMPTS, settings=QUIET)

@@ -24,12 +24,12 @@ from featcircuits import (
     ParameterError,
     PromptError,
     SiteError,
-    SparseAutoencoder,
     WidthMismatchError,
     load_dictionary,
     save_dictionary,
 )
 from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit, hybrid_circuit
+from featcircuits.dictionaries import SparseAutoencoder
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.engine.cache import RunCache

@@ -14,14 +14,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featcircuits import (
-    FeatCircuitsError,
-    PCABasis,
-    SparseAutoencoder,
-    load_dictionary,
-    read_prompts,
-    save_dictionary,
-)
+from featcircuits import FeatCircuitsError, load_dictionary, read_prompts, save_dictionary
+from featcircuits.dictionaries import PCABasis, SparseAutoencoder
 
 D, N = 8, 24
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,

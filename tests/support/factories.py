@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from featcircuits import SparseAutoencoder
+from featcircuits.dictionaries import SparseAutoencoder
 from featcircuits.engine.settings import RunSettings
 
 QUIET = RunSettings(progress=False)

@@ -9,16 +9,8 @@ import random
 import pytest
 import torch
 
-from featcircuits import (
-    NeuronBasis,
-    NonFiniteError,
-    PCABasis,
-    SiteError,
-    SparseAutoencoder,
-    TrainingError,
-    load_dictionary,
-    load_model,
-)
+from featcircuits import NonFiniteError, SiteError, TrainingError, load_dictionary, load_model
+from featcircuits.dictionaries import NeuronBasis, PCABasis, SparseAutoencoder
 from featcircuits.model.loading import underlying_module
 from featcircuits.train.buffer import ActivationBuffer, StepBatches, collect_activations
 from featcircuits.train.evaluate import evaluate_dictionary
