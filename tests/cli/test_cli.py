@@ -316,9 +316,9 @@ def test_remote_without_api_key_is_a_model_load_error(monkeypatch):
 def test_remote_model_opens_every_trace_remote(monkeypatch):
     """A remote model (meta weights, from the bundled config folder) gets ``remote=True`` on
     the traces of each toolkit entry point; the spy stops each before any network call."""
-    from featcircuits.dashboards.dashboard import feature_dashboard_data
     from nnsight import LanguageModel
 
+    from featcircuits.dashboards import feature_dashboard_data
     from featcircuits.engine.runs import CircuitRuns
     from featcircuits.engine.settings import RunSettings
     from featcircuits.experiments.parens import parens_setup

@@ -126,10 +126,10 @@ def test_direct_logit_effect_matches_unembedding(data, sae, model):
     direction = sae.directions[FEATURE].detach()
     norm = torch_model.gpt_neox.final_layer_norm
     expected = torch_model.get_output_embeddings().weight @ (
-        (direction - direction.mean()) * norm.weight)
-    top = torch.topk(expected.detach(), 10)
+        (direction - direction.mean()) * norm.weight).detach()
+    top = torch.topk(expected, 10)
     assert [v for _, v in data.logit_up] == pytest.approx(top.values.tolist(), rel=1e-4)
-    bottom = torch.topk(-expected.detach(), 10)
+    bottom = torch.topk(-expected, 10)
     assert [v for _, v in data.logit_down] == pytest.approx((-bottom.values).tolist(), rel=1e-4)
     # the tokens: a valid top/bottom 10 of the reference (near-equal effects in any order)
     by_token = {model.tokenizer.decode([i]): float(v) for i, v in enumerate(expected.tolist())}

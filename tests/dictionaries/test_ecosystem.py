@@ -490,8 +490,7 @@ def test_cli_patches_through_a_cached_transcoder_spec(tiny, tmp_path, monkeypatc
 
 
 def test_dashboard_refuses_a_transcoder(tiny):
-    from featcircuits.dashboards.dashboard import feature_dashboard_data
-
+    from featcircuits.dashboards import feature_dashboard_data
     from featcircuits.errors import ParameterError
 
     with pytest.raises(ParameterError, match="reads resid_mid.1 and writes mlp_out.1"):
