@@ -125,8 +125,9 @@ def test_direct_logit_effect_matches_unembedding(data, sae, model):
     torch_model = underlying_module(model)
     direction = sae.directions[FEATURE].detach()
     norm = torch_model.gpt_neox.final_layer_norm
-    expected = torch_model.get_output_embeddings().weight @ (
-        (direction - direction.mean()) * norm.weight).detach()
+    with torch.no_grad():
+        expected = torch_model.get_output_embeddings().weight @ (
+            (direction - direction.mean()) * norm.weight)
     top = torch.topk(expected, 10)
     assert [v for _, v in data.logit_up] == pytest.approx(top.values.tolist(), rel=1e-4)
     bottom = torch.topk(-expected, 10)
