@@ -18,6 +18,7 @@ draws it (matplotlib, SVG) and ``featcircuits.dashboards.page`` makes HTML and w
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,8 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from featcircuits.dictionaries.base import Dictionary
+from featcircuits.engine.edits import patch_site
 from featcircuits.errors import ParameterError, SiteError
-from featcircuits.model.loading import model_device, trace
+from featcircuits.model.loading import model_device, to_model, trace
 from featcircuits.model.readout import readout
 from featcircuits.model.sites import Site
 
@@ -222,7 +224,10 @@ def _ablation_drops(model, site: Site, dictionary: Dictionary, feature: int, run
                     progress: bool) -> list[torch.Tensor]:
     """Per batch ``[B, T]``: clean minus ablated logit of ``token_id`` (zero where no text of
     the batch fires; callers mask by where the feature fires)."""
-    direction = dictionary.directions[feature].detach()
+    # a copy where the model computes (device, dtype), edited by the engine's primitive;
+    # the caller's dictionary is left as it is
+    on_model = to_model(copy.deepcopy(dictionary), model)
+    device = model_device(model)
     drops = []
     for input_ids, acts in tqdm(list(zip(run.input_ids, feature_acts, strict=True)),
                                 desc=f"dashboard: ablating {site}/{feature}",
@@ -234,14 +239,12 @@ def _ablation_drops(model, site: Site, dictionary: Dictionary, feature: int, run
             n = rows.shape[0]
             # One batch holds the clean copy (first n rows) and the ablated copy (last n).
             doubled = torch.cat([rows, rows])
+            ablate = torch.zeros(2 * n, 1, device=device)  # [2n, 1]: the feature, last n rows
+            ablate[n:] = 1.0
             logits: list[torch.Tensor] = []
-            with trace(model, doubled.to(model_device(model))):
-                x = site.read(model)
-                # The dictionary may hold another dtype (fp32 vs bf16) or sit on another
-                # device than the model: compute where it is, bring the edit back.
-                c = dictionary.encode(x[n:].to(direction))[..., feature]
-                ablated = x[n:] - (c.unsqueeze(-1) * direction).to(x)
-                site.write(model, torch.cat([x[:n], ablated]))
+            with trace(model, doubled.to(device)):
+                patch_site(model, site, on_model, torch.zeros((), device=device), ablate,
+                           feature_ids=torch.tensor([feature], device=device))
                 logits.append(model.output.logits[:, :, token_id].save())
             values = logits[0].detach().float().cpu()
             drop[firing] = values[:n] - values[n:]
