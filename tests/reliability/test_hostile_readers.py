@@ -427,3 +427,18 @@ def test_auto_circuit_answers_list_reads(tmp_path):
     path.write_text(json.dumps([ROW, list(ROW.values())]))
     with pytest.raises(PromptError, match="row 1 is a JSON array"):
         read_prompts(path)
+
+
+def test_graphml_entity_expansion_bomb(tmp_path):
+    """A GraphML 'billion laughs' file (nine levels of XML entities, each ten of the one
+    below: 10**10 bytes when expanded) → GraphError from the parser's amplification limit,
+    in well under a second, without expanding it."""
+    entities = '<!ENTITY a0 "xxxxxxxxxx">' + "".join(
+        f'<!ENTITY a{i} "{f"&a{i - 1};" * 10}">' for i in range(1, 10))
+    (tmp_path / "bomb.graphml").write_text(
+        f'<?xml version="1.0"?><!DOCTYPE graphml [{entities}]>'
+        '<graphml xmlns="http://graphml.graphdrawing.org/xmlns">'
+        '<key id="d0" for="graph" attr.name="x" attr.type="string"/>'
+        '<graph edgedefault="directed"><data key="d0">&a9;</data></graph></graphml>')
+    with _deadline(), pytest.raises(GraphError, match="cannot read GraphML"):
+        read_graph(tmp_path / "bomb.graphml")
