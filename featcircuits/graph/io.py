@@ -21,6 +21,7 @@ instead of loading as a different circuit. All writes are atomic.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -32,14 +33,20 @@ import networkx as nx
 import pandas as pd
 
 from featcircuits.errors import GraphError, NonFiniteError, OutputError
-from featcircuits.files import atomic_path, atomic_write_text
+from featcircuits.files import (
+    GRAPH_FILE_LIMIT,
+    atomic_path,
+    atomic_write_text,
+    parse_json,
+    read_bytes_limited,
+)
 from featcircuits.graph.schema import (
     FLOAT_ATTRIBUTES,
     FORMAT_VERSION,
     INT_ATTRIBUTES,
     NODE_ATTRIBUTES,
     check_format_version,
-    check_graph,
+    validate_circuit_graph,
 )
 
 _INT_ATTRS = INT_ATTRIBUTES
@@ -68,6 +75,23 @@ def _verify(payload: dict, stored: Any, source: str) -> None:
                          f"content {actual[:12]}…)", hint=_DAMAGED)
 
 
+def _file_version(data: dict, graph_attrs: dict, source: str) -> Any:
+    """A file's ``format_version``: the top-level key (where the writers put it) or, for
+    hand-written node-link JSON, the graph attribute; ``None`` when neither is there.
+
+    Both present and different → ``GraphError`` (the file would read as two versions)."""
+    missing = object()
+    top = data.get("format_version", missing)
+    inner = graph_attrs.get("format_version", missing)
+    if top is not missing and inner is not missing and (
+            type(top) is not type(inner) or top != inner):
+        raise GraphError(f"{source} states two format versions: {top!r} at the top level and "
+                         f"{inner!r} in 'graph'",
+                         hint="keep one format_version (the top-level key write_json writes)")
+    version = top if top is not missing else inner
+    return None if version is missing else version
+
+
 # ---------------------------------------------------------------------------- JSON
 def _plain(value: Any, where: str) -> Any:
     """A JSON-safe copy of ``value`` (tuples → lists); NaN/inf raise ``NonFiniteError``."""
@@ -92,7 +116,7 @@ def _plain(value: Any, where: str) -> Any:
 
 def to_json_data(graph: nx.DiGraph) -> dict[str, Any]:
     """The node-link dictionary written by ``write_json``."""
-    check_graph(graph)
+    validate_circuit_graph(graph)
     attrs = {key: _plain(value, f"graph attribute {key!r}")
              for key, value in graph.graph.items() if key != "format_version"}
     data = {
@@ -123,7 +147,7 @@ def from_json_data(data: Any, *, source: str = "circuit JSON",
     if data.get("multigraph"):
         raise GraphError(f"{source} holds a multigraph; circuits are simple directed graphs",
                          hint="merge parallel edges (sum their weights) before saving")
-    check_format_version(data.get("format_version", graph_attrs.get("format_version")), source)
+    check_format_version(_file_version(data, graph_attrs, source), source)
     if require_checksum or "sha256" in data:
         _verify({k: v for k, v in data.items() if k != "sha256"}, data.get("sha256"), source)
     graph = nx.DiGraph()
@@ -145,7 +169,7 @@ def from_json_data(data: Any, *, source: str = "circuit JSON",
             raise GraphError(f"{source}: link {index} lacks a 'source'/'target' naming a node")
         attrs = dict(link)
         graph.add_edge(attrs.pop("source"), attrs.pop("target"), **attrs)
-    return check_graph(graph)
+    return validate_circuit_graph(graph)
 
 
 def write_json(graph: nx.DiGraph, path: str | os.PathLike[str], *, indent: int | None = 1
@@ -155,17 +179,24 @@ def write_json(graph: nx.DiGraph, path: str | os.PathLike[str], *, indent: int |
     return atomic_write_text(path, text + "\n")
 
 
-def read_json(path: str | os.PathLike[str]) -> nx.DiGraph:
-    """Read a graph written by ``write_json`` (its checksum must match)."""
-    file = Path(path)
-    if not file.is_file():
-        raise GraphError(f"circuit file {str(path)!r} does not exist",
-                         hint="pass the path of a .json file written by write_json")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise GraphError(f"{str(path)!r} is not valid JSON: {type(exc).__name__}: {exc}",
-                         hint="the file is truncated or not a circuit; write it again") from exc
+def _read_file(path: str | os.PathLike[str], max_bytes: int, what: str = "circuit file"
+               ) -> bytes:
+    """The bytes of a graph file: regular files of at most ``max_bytes`` only."""
+    return read_bytes_limited(path, max_bytes, what, error=GraphError, keyword="max_bytes")
+
+
+def _read_json_file(path: str | os.PathLike[str], max_bytes: int,
+                    what: str = "circuit file") -> Any:
+    return parse_json(_read_file(path, max_bytes, what), f"{what} {str(path)!r}",
+                      error=GraphError)
+
+
+def read_json(path: str | os.PathLike[str], *, max_bytes: int = GRAPH_FILE_LIMIT
+              ) -> nx.DiGraph:
+    """Read a graph written by ``write_json`` (its checksum must match).
+
+    Only regular files of at most ``max_bytes`` (default 256 MiB) are read."""
+    data = _read_json_file(path, max_bytes)
     return from_json_data(data, source=repr(str(path)), require_checksum=True)
 
 
@@ -186,7 +217,7 @@ def write_graphml(graph: nx.DiGraph, path: str | os.PathLike[str]) -> Path:
     """Write ``graph`` as GraphML (atomically). ``None`` attributes are omitted, lists and
     dicts become JSON strings (their keys are listed in the graph attribute
     ``_json_attributes``)."""
-    check_graph(graph)
+    validate_circuit_graph(graph)
     encoded: set[str] = set()
     out = nx.DiGraph()
     for node, data in graph.nodes(data=True):
@@ -215,18 +246,18 @@ def _canonical(graph: nx.DiGraph) -> dict[str, Any]:
             "edges": sorted([str(u), str(v), data] for u, v, data in graph.edges(data=True))}
 
 
-def read_graphml(path: str | os.PathLike[str], *, verify: bool = True) -> nx.DiGraph:
+def read_graphml(path: str | os.PathLike[str], *, verify: bool = True,
+                 max_bytes: int = GRAPH_FILE_LIMIT) -> nx.DiGraph:
     """Read a graph written by ``write_graphml`` (missing schema attributes become None).
 
     With ``verify`` (default) the ``_sha256`` checksum must match: pass ``verify=False`` to
-    read a file edited in another tool."""
-    file = Path(path)
-    if not file.is_file():
-        raise GraphError(f"GraphML file {str(path)!r} does not exist")
+    read a file edited in another tool. Only regular files of at most ``max_bytes``
+    (default 256 MiB) are read."""
+    content = _read_file(path, max_bytes, "GraphML file")
     try:
         with warnings.catch_warnings():  # damaged key types: the checksum reports them
             warnings.simplefilter("ignore", UserWarning)
-            raw = nx.read_graphml(file)
+            raw = nx.read_graphml(io.BytesIO(content))
     except Exception as exc:  # networkx raises several parser errors
         raise GraphError(f"cannot read GraphML {str(path)!r}: {type(exc).__name__}: {exc}",
                          hint="the file is truncated or not GraphML") from exc
@@ -242,20 +273,19 @@ def read_graphml(path: str | os.PathLike[str], *, verify: bool = True) -> nx.DiG
             raise GraphError(f"GraphML {str(path)!r} has mixed-type data: {exc}",
                              hint=_DAMAGED) from exc
         _verify(payload, stored, f"GraphML {str(path)!r}")
-    try:
-        encoded = set(json.loads(raw.graph.pop(_JSON_MARK, "[]")))
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise GraphError(f"GraphML {str(path)!r}: {_JSON_MARK} is not a JSON list",
-                         hint=_DAMAGED) from exc
+    marks = raw.graph.pop(_JSON_MARK, "[]")
+    encoded = parse_json(marks, f"GraphML {str(path)!r}: {_JSON_MARK}", error=GraphError
+                         ) if isinstance(marks, str) else None
+    if not isinstance(encoded, list) or not all(isinstance(key, str) for key in encoded):
+        raise GraphError(f"GraphML {str(path)!r}: {_JSON_MARK} is not a JSON list of names",
+                         hint=_DAMAGED)
+    encoded = set(encoded)
     graph = nx.DiGraph()
 
     def decode(data: dict) -> dict:
-        try:
-            return {k: json.loads(v) if k in encoded and isinstance(v, str) else v
-                    for k, v in data.items()}
-        except (ValueError, RecursionError) as exc:
-            raise GraphError(f"GraphML {str(path)!r}: a JSON-encoded attribute does not "
-                             f"parse: {exc}", hint=_DAMAGED) from exc
+        return {k: parse_json(v, f"GraphML {str(path)!r}: JSON-encoded attribute {k!r}",
+                              error=GraphError)
+                if k in encoded and isinstance(v, str) else v for k, v in data.items()}
 
     graph.graph.update(decode(raw.graph))
     check_format_version(graph.graph.get("format_version"), repr(str(path)))
@@ -265,7 +295,7 @@ def read_graphml(path: str | os.PathLike[str], *, verify: bool = True) -> nx.DiG
         graph.add_node(node, **attrs)
     for u, v, data in raw.edges(data=True):
         graph.add_edge(u, v, **decode(data))
-    return check_graph(graph)
+    return validate_circuit_graph(graph)
 
 
 # -------------------------------------------------------------------------- tables
@@ -320,7 +350,7 @@ def write_tables(graph: nx.DiGraph, prefix: str | os.PathLike[str], *, format: s
     attributes, the tables' SHA-256). ``prefix`` may be a folder (ending in ``/``).
     Returns the nodes and edges paths."""
     _check_format(format)
-    check_graph(graph)
+    validate_circuit_graph(graph)
     paths = _table_paths(prefix, format)
     digests = {}
     for name, frame in (("nodes", nodes_frame(graph)), ("edges", edges_frame(graph))):
@@ -358,43 +388,46 @@ def _cell(value: str, key: str, where: str) -> Any:
     return value
 
 
-def read_tables(prefix: str | os.PathLike[str], *, format: str = "csv") -> nx.DiGraph:
+def read_tables(prefix: str | os.PathLike[str], *, format: str = "csv",
+                max_bytes: int = GRAPH_FILE_LIMIT) -> nx.DiGraph:
     """Read a graph written by ``write_tables`` (the same ``prefix`` and ``format``).
 
     The manifest's checksums must match the tables. Schema attributes come back typed;
-    extra node/edge attributes come back as strings (use JSON for a lossless copy)."""
+    extra node/edge attributes come back as strings (use JSON for a lossless copy). Only
+    regular files of at most ``max_bytes`` (default 256 MiB) each are read."""
     _check_format(format)
     paths = _table_paths(prefix, format)
     for name, path in paths.items():
-        if not path.is_file():
+        if not path.exists():
             raise GraphError(f"circuit table {str(path)!r} does not exist",
                              hint="pass the prefix given to write_tables")
-    try:
-        manifest = json.loads(paths["graph"].read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise GraphError(f"{str(paths['graph'])!r} is not valid JSON: {exc}",
-                         hint=_DAMAGED) from exc
+    manifest = _read_json_file(paths["graph"], max_bytes, "circuit table manifest")
     where = repr(str(paths["graph"]))
     if not isinstance(manifest, dict):
         raise GraphError(f"{where} is not a circuit table manifest", hint=_DAMAGED)
     _verify({k: v for k, v in manifest.items() if k != "sha256"}, manifest.get("sha256"),
             where)
-    check_format_version(manifest.get("format_version"), where)
+    graph_attrs = manifest.get("graph", {})
+    if not isinstance(graph_attrs, dict):
+        raise GraphError(f"{where}: 'graph' is a {type(graph_attrs).__name__}, not an object",
+                         hint=_DAMAGED)
+    check_format_version(_file_version(manifest, graph_attrs, where), where)
     frames = {}
     for name in ("nodes", "edges"):
-        content = paths[name].read_bytes()
+        content = _read_file(paths[name], max_bytes, "circuit table")
         if hashlib.sha256(content).hexdigest() != manifest.get(f"{name}_sha256"):
             raise GraphError(f"{str(paths[name])!r} does not match the checksum in {where}",
                              hint=_DAMAGED)
         try:
             if format == "csv":
-                frames[name] = pd.read_csv(paths[name], dtype=str, keep_default_na=False)
+                frames[name] = pd.read_csv(io.BytesIO(content), dtype=str,
+                                           keep_default_na=False)
             else:
-                frames[name] = pd.read_parquet(paths[name]).astype(str)
+                frames[name] = pd.read_parquet(io.BytesIO(content)).astype(str)
         except Exception as exc:  # the checksum matched: a file we cannot parse back
             raise GraphError(f"cannot parse {str(paths[name])!r}: {exc}") from exc
     graph = nx.DiGraph()
-    graph.graph.update(manifest.get("graph") or {})
+    graph.graph.update(graph_attrs)
     graph.graph["format_version"] = FORMAT_VERSION
     nodes, edges = frames["nodes"], frames["edges"]
     for column in ("id", *NODE_ATTRIBUTES):
@@ -413,7 +446,7 @@ def read_tables(prefix: str | os.PathLike[str], *, format: str = "csv") -> nx.Di
             raise GraphError(f"edge row {index} ({u!r} -> {v!r}) names an unknown node")
         graph.add_edge(u, v, **{key: _cell(value, key, f"edge row {index}")
                                 for key, value in row.items()})
-    return check_graph(graph)
+    return validate_circuit_graph(graph)
 
 
 # --------------------------------------------------------------------------- any file
@@ -427,7 +460,8 @@ def _table_prefix(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def read_graph(path: str | os.PathLike[str]) -> nx.DiGraph:
+def read_graph(path: str | os.PathLike[str], *, max_bytes: int = GRAPH_FILE_LIMIT
+               ) -> nx.DiGraph:
     """Read a circuit graph from any file the toolkit writes, verifying its checksum.
 
     * ``.graphml``: ``read_graphml``;
@@ -439,7 +473,8 @@ def read_graph(path: str | os.PathLike[str]) -> nx.DiGraph:
       read as written by hand: ``"links"`` or ``"edges"``, a missing ``format_version``
       read as 1.
 
-    ``GraphError`` names the file and what is wrong with it.
+    Only regular files of at most ``max_bytes`` (default 256 MiB) are read; ``GraphError``
+    names the file and what is wrong with it.
     """
     file = Path(path)
     if file.is_dir():
@@ -452,20 +487,16 @@ def read_graph(path: str | os.PathLike[str]) -> nx.DiGraph:
                              hint="pass the manifest file itself, or a folder written by "
                              "write_tables(graph, 'folder/')")
         file = manifests[0]
-    if not file.is_file():
+    if not file.exists():
         raise GraphError(f"circuit file {str(path)!r} does not exist",
                          hint="pass a .json, .graphml or table file written by "
                          "featcircuits.graph.io")
     if file.suffix.lower() == ".graphml":
-        return read_graphml(file)
+        return read_graphml(file, max_bytes=max_bytes)
     tables = _table_prefix(file)
     if tables is not None:
-        return read_tables(tables[0], format=tables[1])
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise GraphError(f"{str(path)!r} is not valid JSON: {type(exc).__name__}: {exc}",
-                         hint="the file is truncated or not a circuit; write it again") from exc
+        return read_tables(tables[0], format=tables[1], max_bytes=max_bytes)
+    data = _read_json_file(file, max_bytes)
     if isinstance(data, dict) and "table_format" in data and "nodes" not in data:
         name = file.name
         prefix = str(file)[: len(str(file)) - len("graph.json")] if name.endswith(
@@ -474,10 +505,10 @@ def read_graph(path: str | os.PathLike[str]) -> nx.DiGraph:
             raise GraphError(f"{str(path)!r} is a table manifest but is not named "
                              "<prefix>graph.json, so its tables cannot be found",
                              hint="keep the names write_tables gave the files")
-        return read_tables(prefix, format=str(data["table_format"]))
+        return read_tables(prefix, format=str(data["table_format"]), max_bytes=max_bytes)
     if isinstance(data, dict) and "sha256" not in data:
-        graph_attrs = data.get("graph")
-        if "format_version" not in data and not (
-                isinstance(graph_attrs, dict) and "format_version" in graph_attrs):
+        graph_attrs = data.get("graph", {})
+        if isinstance(graph_attrs, dict) and _file_version(
+                data, graph_attrs, repr(str(path))) is None:
             data = {**data, "format_version": FORMAT_VERSION}  # docs: missing is read as 1
     return from_json_data(data, source=repr(str(path)))

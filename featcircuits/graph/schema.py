@@ -45,6 +45,9 @@ EDGE_ATTRIBUTES = ("weight", "method")
 #: schema attributes stored as ints / as floats (files restore these types)
 INT_ATTRIBUTES = ("layer", "feature", "position")
 FLOAT_ATTRIBUTES = ("activation", "effect", "weight")
+#: positions must be below this (2**17 = 131 072 tokens, the longest context of the models
+#: featcircuits loads): renderers draw one band per position up to the largest one
+MAX_POSITION = 2**17
 
 _ID_RE = re.compile(
     r"^(?:(?P<output>output/(?P<name>.+))"
@@ -183,12 +186,29 @@ def _check_finite(value: Any, what: str) -> None:
         )
 
 
+def _check_position(node: Any, position: Any) -> None:
+    if position is None:
+        return
+    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+        raise GraphError(
+            f"node {node!r} has position {position!r}; expected a non-negative int or None",
+            hint="positions index the prompt's tokens from 0",
+        )
+    if position >= MAX_POSITION:
+        raise GraphError(
+            f"node {node!r} has position {position}, beyond the limit of {MAX_POSITION - 1}",
+            hint="positions index the prompt's tokens; a position this large is a damaged "
+            "or hand-edited value (store position=None for a node summed over positions)",
+        )
+
+
 def check_graph(graph: Any) -> nx.DiGraph:
     """The checks graph operations and graph files need; returns ``graph`` unchanged.
 
     ``GraphError`` unless ``graph`` is a DiGraph of format version 1 whose nodes carry a
-    ``kind`` of :data:`NODE_KINDS` and whose edges carry a numeric ``weight`` (no
-    self-loops); ``NonFiniteError`` for a NaN/inf weight.
+    ``kind`` of :data:`NODE_KINDS` and a ``position`` that is None or an int in
+    ``[0, MAX_POSITION)``, and whose edges carry a numeric ``weight`` (no self-loops);
+    ``NonFiniteError`` for a NaN/inf weight.
     """
     if not isinstance(graph, nx.DiGraph) or graph.is_multigraph():
         raise GraphError(
@@ -196,12 +216,14 @@ def check_graph(graph: Any) -> nx.DiGraph:
             hint="build circuits with networkx.DiGraph() (see docs/graph-format.md)",
         )
     check_format_version(graph.graph.get("format_version", FORMAT_VERSION))
-    for node, kind in graph.nodes(data="kind"):
-        if kind not in NODE_KINDS:
+    for node, attrs in graph.nodes(data=True):
+        kind = attrs.get("kind")
+        if not isinstance(kind, str) or kind not in NODE_KINDS:
             raise GraphError(
                 f"node {node!r} has kind {kind!r}; expected one of {NODE_KINDS}",
                 hint="set graph.nodes[node]['kind']",
             )
+        _check_position(node, attrs.get("position"))
     for source, target, attrs in graph.edges(data=True):
         if source == target:
             raise GraphError(
@@ -244,14 +266,6 @@ def validate_circuit_graph(graph: Any) -> nx.DiGraph:
                 "output = n_layers)",
                 hint="set graph.nodes[node]['layer']",
             )
-        position = attrs.get("position")
-        if position is not None and (
-            not isinstance(position, int) or isinstance(position, bool) or position < 0
-        ):
-            raise GraphError(
-                f"node {node!r} has position {position!r}; expected a non-negative int or None",
-                hint="positions index the prompt's tokens from 0",
-            )
         feature = attrs.get("feature")
         if feature is not None and (not isinstance(feature, int) or isinstance(feature, bool)):
             raise GraphError(
@@ -285,6 +299,7 @@ __all__ = [
     "FLOAT_ATTRIBUTES",
     "FORMAT_VERSION",
     "INT_ATTRIBUTES",
+    "MAX_POSITION",
     "NODE_ATTRIBUTES",
     "NODE_KINDS",
     "NodeKey",

@@ -9,7 +9,7 @@ right-padded; the answer position is each prompt's last real token.
 
 from __future__ import annotations
 
-import json
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,45 +19,68 @@ import pandas as pd
 import torch
 
 from featcircuits.errors import PromptError
+from featcircuits.files import PROMPT_FILE_LIMIT, parse_json, read_bytes_limited
 
 REQUIRED_COLUMNS = ("clean", "corrupt", "answer", "wrong_answer")
 
 
-def read_prompts(path: str | os.PathLike[str]) -> pd.DataFrame:
+def read_prompts(path: str | os.PathLike[str], *, max_bytes: int = PROMPT_FILE_LIMIT
+                 ) -> pd.DataFrame:
     """Read prompt pairs from JSONL, CSV, or auto-circuit's prompt JSON.
 
     auto-circuit's format is ``{"prompts": [{"clean": str, "corrupt": str, "answers": [str],
-    "wrong_answers": [str]}, ...]}``; its first answer and wrong answer are used.
+    "wrong_answers": [str]}, ...]}``; its first answer and wrong answer are used
+    (``answers`` must be a non-empty list of strings: a bare string is refused, not read
+    letter by letter). Each JSONL line must be one JSON object. Only regular files of at
+    most ``max_bytes`` (default 64 MiB) are read.
     """
     file = Path(path)
-    if not file.is_file():
-        raise PromptError(f"prompt file {str(path)!r} does not exist",
-                          hint="pass a .jsonl, .csv or auto-circuit .json file")
     suffix = file.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".json"):
+        raise PromptError(f"unknown prompt file type {suffix!r} for {str(path)!r}",
+                          hint="use .jsonl, .csv or .json (auto-circuit)")
+    content = read_bytes_limited(path, max_bytes, "prompt file", error=PromptError,
+                                 keyword="max_bytes")
     try:
         if suffix == ".csv":
-            frame = pd.read_csv(file, dtype=str, keep_default_na=False)
+            frame = pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
         elif suffix == ".jsonl":
+            text = content.decode("utf-8")
             rows = []
-            for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise PromptError(f"{str(path)!r} line {number} is not JSON: {exc}") from exc
+            for number, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                row = parse_json(line, f"{str(path)!r} line {number}", error=PromptError)
+                if not isinstance(row, dict):
+                    raise PromptError(
+                        f"{str(path)!r} line {number} is a JSON {_json_kind(row)}, not an "
+                        "object", hint='each line must be {"clean": ..., "corrupt": ..., '
+                        '"answer": ..., "wrong_answer": ...}')
+                rows.append(row)
             frame = pd.DataFrame(rows)
-        elif suffix == ".json":
-            data = json.loads(file.read_text(encoding="utf-8"))
-            frame = _from_auto_circuit(data, path)
         else:
-            raise PromptError(f"unknown prompt file type {suffix!r} for {str(path)!r}",
-                              hint="use .jsonl, .csv or .json (auto-circuit)")
+            frame = _from_auto_circuit(parse_json(content, repr(str(path)), error=PromptError),
+                                       path)
     except PromptError:
         raise
-    except (UnicodeDecodeError, json.JSONDecodeError, pd.errors.ParserError, ValueError) as exc:
+    except (UnicodeDecodeError, pd.errors.ParserError, ValueError) as exc:
         raise PromptError(f"could not parse {str(path)!r}: {exc}",
                           hint="check the file is valid JSONL/CSV/JSON") from exc
     return validate_prompt_frame(frame, source=str(path))
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", dict: "object", str: "string", bool: "boolean",
+            type(None): "null"}.get(type(value), "number")
+
+
+def _first_answer(item: dict, key: str, index: int, path) -> Any:
+    answers = item.get(key)
+    if not isinstance(answers, list) or not answers:
+        raise PromptError(
+            f"{str(path)!r}: prompt {index} has {key}={answers!r}; expected a non-empty list "
+            "of strings", hint=f'write "{key}": ["Mary"] (a list, even for one answer)')
+    return answers[0]
 
 
 def _from_auto_circuit(data: Any, path) -> pd.DataFrame:
@@ -66,15 +89,20 @@ def _from_auto_circuit(data: Any, path) -> pd.DataFrame:
         for index, item in enumerate(data["prompts"]):
             if not isinstance(item, dict):
                 raise PromptError(f"{str(path)!r}: prompt {index} is not an object")
-            answers, wrongs = item.get("answers"), item.get("wrong_answers")
-            if not answers or not wrongs:
-                raise PromptError(f"{str(path)!r}: prompt {index} lacks answers/wrong_answers")
             rows.append({"clean": item.get("clean"), "corrupt": item.get("corrupt"),
-                         "answer": answers[0], "wrong_answer": wrongs[0]})
+                         "answer": _first_answer(item, "answers", index, path),
+                         "wrong_answer": _first_answer(item, "wrong_answers", index, path)})
         return pd.DataFrame(rows)
     if isinstance(data, list):
+        for index, item in enumerate(data):
+            if not isinstance(item, dict):
+                raise PromptError(f"{str(path)!r}: row {index} is a JSON {_json_kind(item)}, "
+                                  "not an object", hint="a list of rows holds one object per "
+                                  "prompt pair")
         return pd.DataFrame(data)
-    raise PromptError(f"{str(path)!r} is neither auto-circuit prompt JSON nor a list of rows")
+    raise PromptError(f"{str(path)!r} is neither auto-circuit prompt JSON nor a list of rows",
+                      hint='use {"prompts": [{"clean": ..., "corrupt": ..., "answers": [...], '
+                      '"wrong_answers": [...]}]} or a list of row objects')
 
 
 def validate_prompt_frame(frame: pd.DataFrame | list[dict], *, source: str = "prompts"
