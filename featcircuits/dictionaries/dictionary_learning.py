@@ -100,6 +100,13 @@ def read_dictionary_learning(folder: Path) -> tuple[str, DictionaryState]:
         architecture = AutoEncoderTopKFormat.name
     else:
         architecture = AutoEncoderFormat.name
+    dict_class = trainer.get("dict_class")
+    if dict_class is not None and dict_class != architecture:
+        raise DictionaryLoadError(
+            f"{str(folder / CONFIG_FILE)!r} says dict_class {dict_class!r} but {AE_FILE}'s "
+            f"tensors are those of {architecture} (has {sorted(state)})",
+            hint="featcircuits reads AutoEncoder, AutoEncoderTopK and JumpReluAutoEncoder; "
+            "other classes encode differently and are not read")
     _check_tensors(state, trainer, architecture, path)
     tensors = {name: v if name == "k" else v.float() for name, v in state.items()}
     config = {"trainer": trainer, "site": site, "meta": meta, "k": k}

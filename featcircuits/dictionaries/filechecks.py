@@ -166,8 +166,8 @@ def read_safetensors_header(path: Path) -> SafetensorsHeader:
         raise DictionaryLoadError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DictionaryLoadError(f"{bad}: header is not JSON ({exc})", hint=fix) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DictionaryLoadError(f"{bad}: header is not JSON ({exc!r:.200})", hint=fix) from exc
     if not isinstance(header, dict):
         raise DictionaryLoadError(f"{bad}: header is not an object", hint=fix)
     metadata = header.pop("__metadata__", None) or {}

@@ -363,3 +363,25 @@ def test_config_yaml_invalid_utf8(tmp_path):
     (path.parent / "config.yaml").write_bytes(b"feature_input_hook: \xff\xfe\n")
     with pytest.raises(DictionaryLoadError, match="config.yaml.*UTF-8"):
         load_dictionary(path)
+
+
+def test_dictionary_learning_other_class_refused(tmp_path):
+    """A dictionary_learning folder whose config.json names another class (BatchTopKSAE, which
+    encodes with a global threshold) but whose tensors look like AutoEncoderTopK's →
+    DictionaryLoadError naming the class."""
+    folder = _dictionary_learning(tmp_path / "dl", k=torch.tensor(4),
+                                  threshold=torch.tensor(0.5))
+    (folder / "config.json").write_text(json.dumps({"trainer": {"dict_class": "BatchTopKSAE",
+                                                                "k": 4}}))
+    with pytest.raises(DictionaryLoadError, match="BatchTopKSAE"):
+        load_dictionary(folder)
+
+
+def test_safetensors_header_nested_too_deep(tmp_path):
+    """A transcoder file whose header is 100 000 nested JSON lists (a RecursionError in the
+    JSON parser) → DictionaryLoadError, not a traceback."""
+    raw = b"[" * 100_000 + b"]" * 100_000
+    path = tmp_path / "layer_0.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    with pytest.raises(DictionaryLoadError, match="header is not JSON"):
+        load_dictionary(path)
