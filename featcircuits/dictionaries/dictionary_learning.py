@@ -280,8 +280,9 @@ class JumpReluAutoEncoderFormat(DictionaryLearningFormat):
         require_tensors(tensors, ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"], where)
         d_in, d_sae = tensors["W_enc"].shape
         sae = SparseAutoencoder(d_in, d_sae, activation="jumprelu",
-                                pre_encoder_bias=json_bool(trainer, "apply_b_dec_to_input",
-                                                           False, where),
+                                pre_encoder_bias=json_bool(
+                                    trainer, "apply_b_dec_to_input", False,
+                                    (where or Path(AE_FILE)).parent / CONFIG_FILE),
                                 site=state.config["site"], meta=state.config["meta"])
         expect_shape("W_dec", tensors["W_dec"], (d_sae, d_in), where)
         fill_sae(sae, tensors["W_enc"], tensors["b_enc"], tensors["W_dec"], tensors["b_dec"],

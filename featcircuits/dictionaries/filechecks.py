@@ -39,11 +39,19 @@ _OTHER_DTYPES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16
 
 def memory_limit() -> int:
     """Bytes a dictionary's float32 tensors may take: this machine's physical memory, or
-    the process's address-space limit (``RLIMIT_AS``) if lower."""
+    the container's memory limit (cgroup v2 ``memory.max``) or the process's address-space
+    limit (``RLIMIT_AS``) if lower."""
     limit = math.inf
     try:
         limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as handle:
+            text = handle.read(64).strip()
+        if text.isdigit():
+            limit = min(limit, int(text))
+    except (OSError, UnicodeDecodeError):
         pass
     try:
         import resource

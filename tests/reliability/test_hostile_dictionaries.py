@@ -385,3 +385,18 @@ def test_safetensors_header_nested_too_deep(tmp_path):
     path.write_bytes(struct.pack("<Q", len(raw)) + raw)
     with pytest.raises(DictionaryLoadError, match="header is not JSON"):
         load_dictionary(path)
+
+
+def test_dictionary_learning_boolean_must_be_json_boolean(tmp_path):
+    """A JumpReluAutoEncoder whose config.json says apply_b_dec_to_input: "false" (read as
+    True) → DictionaryLoadError naming config.json and the key."""
+    folder = tmp_path / "dl"
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    torch.save({"W_enc": torch.randn(D, N, generator=generator), "b_enc": torch.zeros(N),
+                "W_dec": torch.randn(N, D, generator=generator), "b_dec": torch.zeros(D),
+                "threshold": torch.full((N,), 0.1)}, folder / "ae.pt")
+    (folder / "config.json").write_text(json.dumps({"trainer": {
+        "dict_class": "JumpReluAutoEncoder", "apply_b_dec_to_input": "false"}}))
+    with pytest.raises(DictionaryLoadError, match="config.json.*apply_b_dec_to_input"):
+        load_dictionary(folder)
