@@ -14,6 +14,7 @@ tensor or ``trainer.k``: TopK; else ``AutoEncoder``).
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,14 @@ from typing import Any
 import torch
 
 from featcircuits.dictionaries.base import Dictionary
+from featcircuits.dictionaries.filechecks import check_declared, check_torch_archive
 from featcircuits.dictionaries.formats import (
     DictionaryFormat,
     DictionaryState,
     expect_shape,
     fill_sae,
+    json_bool,
+    positive_int,
     read_json,
     require_tensors,
 )
@@ -66,12 +70,21 @@ def _submodule_name(site: str | None) -> str | None:
 
 def read_dictionary_learning(folder: Path) -> tuple[str, DictionaryState]:
     """``ae.pt`` and ``config.json`` of ``folder`` → (class name, state); the state's config
-    is ``trainer`` plus the ``site`` and ``meta`` it implies."""
-    state = torch.load(folder / AE_FILE, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DictionaryLoadError(f"{str(folder / AE_FILE)!r} is not a state dict of tensors")
+    is ``trainer`` plus the ``site``, ``meta`` and (TopK) ``k`` it implies.
+
+    The archive is checked (``filechecks.check_torch_archive``) and memory-mapped, and every
+    tensor's name, dtype and shape is checked against the class and ``config.json`` before
+    any is converted to float: extra tensors (a ``threshold`` beside a ReLU SAE), integer or
+    complex weights and a ``k`` that is not a positive whole number are refused.
+    """
+    path = folder / AE_FILE
+    check_torch_archive(path)
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise DictionaryLoadError(f"{str(path)!r} is not a state dict of tensors")
     trainer: dict[str, Any] = {}
-    if (folder / CONFIG_FILE).is_file():
+    if os.path.lexists(folder / CONFIG_FILE):  # a FIFO or a link to a device is refused
         trainer = read_json(folder / CONFIG_FILE).get("trainer") or {}
         if not isinstance(trainer, dict):
             raise DictionaryLoadError(f"{str(folder / CONFIG_FILE)!r}: 'trainer' is not an object")
@@ -80,15 +93,82 @@ def read_dictionary_learning(folder: Path) -> tuple[str, DictionaryState]:
             or site_from_dictionary_learning(str(folder)))
     meta = {"source": "dictionary_learning", "dict_class": trainer.get("dict_class"),
             "model_name": trainer.get("lm_name")}
-    tensors = {k: v.float() for k, v in state.items()}
-    if "W_enc" in tensors:
+    k = _k(state, trainer, folder)
+    if "W_enc" in state:
         architecture = JumpReluAutoEncoderFormat.name
-    elif "k" in tensors or trainer.get("k") is not None:
+    elif k is not None:
         architecture = AutoEncoderTopKFormat.name
     else:
         architecture = AutoEncoderFormat.name
-    config = {"trainer": trainer, "site": site, "meta": meta}
-    return architecture, DictionaryState(tensors, config, folder / AE_FILE)
+    dict_class = trainer.get("dict_class")
+    if dict_class is not None and dict_class != architecture:
+        raise DictionaryLoadError(
+            f"{str(folder / CONFIG_FILE)!r} says dict_class {dict_class!r} but {AE_FILE}'s "
+            f"tensors are those of {architecture} (has {sorted(state)})",
+            hint="featcircuits reads AutoEncoder, AutoEncoderTopK and JumpReluAutoEncoder; "
+            "other classes encode differently and are not read")
+    _check_tensors(state, trainer, architecture, path)
+    tensors = {name: v if name == "k" else v.float() for name, v in state.items()}
+    config = {"trainer": trainer, "site": site, "meta": meta, "k": k}
+    return architecture, DictionaryState(tensors, config, path)
+
+
+def _k(state: dict[str, torch.Tensor], trainer: dict[str, Any], folder: Path) -> int | None:
+    """TopK's ``k`` from the ``k`` tensor and/or ``trainer.k`` (they must agree)."""
+    values = []
+    if "k" in state:
+        tensor = state["k"]
+        if (tensor.dtype.is_floating_point or tensor.dtype.is_complex
+                or tensor.dtype == torch.bool or tensor.numel() != 1):
+            raise DictionaryLoadError(
+                f"{str(folder / AE_FILE)!r}: tensor 'k' must hold one integer, got "
+                f"{tensor.dtype} of shape {tuple(tensor.shape)}",
+                hint="the file is corrupt or was written by other code")
+        values.append(positive_int(int(tensor.reshape(-1)[0]), "tensor 'k'", folder / AE_FILE))
+    if trainer.get("k") is not None:
+        values.append(positive_int(trainer["k"], "'trainer.k'", folder / CONFIG_FILE))
+    if len(set(values)) > 1:
+        raise DictionaryLoadError(f"{str(folder)!r}: tensor 'k' is {values[0]} but "
+                                  f"config.json's trainer.k is {values[1]}",
+                                  hint="the files come from different dictionaries")
+    return values[0] if values else None
+
+
+def _check_tensors(state: dict[str, torch.Tensor], trainer: dict[str, Any], architecture: str,
+                   path: Path) -> None:
+    """Names, dtypes and shapes of ``state`` against ``architecture`` and ``trainer``'s
+    ``activation_dim`` / ``dict_size``, before any tensor is read."""
+    jumprelu = architecture == JumpReluAutoEncoderFormat.name
+    main = "W_enc" if jumprelu else "encoder.weight"
+    if main not in state or state[main].ndim != 2:
+        shape = tuple(state[main].shape) if main in state else None
+        raise DictionaryLoadError(f"{str(path)!r}: {main!r} must be a matrix, got shape {shape} "
+                                  f"(has {sorted(state)})",
+                                  hint="the file is incomplete or from another library")
+    d_in, d_sae = state[main].shape if jumprelu else reversed(state[main].shape)
+    where = path.parent / CONFIG_FILE
+    if trainer.get("activation_dim") is not None:
+        d_in = positive_int(trainer["activation_dim"], "'trainer.activation_dim'", where)
+    if trainer.get("dict_size") is not None:
+        d_sae = positive_int(trainer["dict_size"], "'trainer.dict_size'", where)
+    if jumprelu:
+        required = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in),
+                    "b_dec": (d_in,), "threshold": (d_sae,)}
+        optional: dict[str, tuple[int, ...]] = {}
+    else:
+        required = {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,),
+                    "decoder.weight": (d_in, d_sae)}
+        bias = "b_dec" if "b_dec" in state and "bias" not in state else "bias"
+        required[bias] = (d_in,)
+        optional = {}
+        if architecture == AutoEncoderTopKFormat.name:
+            # dictionary_learning's AutoEncoderTopK keeps k and an (unused by top-k) scalar
+            # inference threshold as buffers
+            optional = {"k": tuple(state["k"].shape) if "k" in state else (),
+                        "threshold": ()}
+    declared = {name: (str(t.dtype).removeprefix("torch."), tuple(t.shape))
+                for name, t in state.items()}
+    check_declared(path, declared, required=required, optional=optional, integer=("k",))
 
 
 class DictionaryLearningFormat(DictionaryFormat):
@@ -183,9 +263,9 @@ class AutoEncoderTopKFormat(AutoEncoderFormat):
 
     @classmethod
     def k_from(cls, state: DictionaryState) -> int | None:
-        if "k" in state.tensors:
-            return int(state.tensors["k"])
-        return int(state.config["trainer"]["k"])
+        if state.config.get("k") is not None:
+            return state.config["k"]
+        return _k(state.tensors, state.config["trainer"], (state.where or Path(AE_FILE)).parent)
 
 
 class JumpReluAutoEncoderFormat(DictionaryLearningFormat):
@@ -200,7 +280,9 @@ class JumpReluAutoEncoderFormat(DictionaryLearningFormat):
         require_tensors(tensors, ["W_enc", "b_enc", "W_dec", "b_dec", "threshold"], where)
         d_in, d_sae = tensors["W_enc"].shape
         sae = SparseAutoencoder(d_in, d_sae, activation="jumprelu",
-                                pre_encoder_bias=bool(trainer.get("apply_b_dec_to_input", False)),
+                                pre_encoder_bias=json_bool(
+                                    trainer, "apply_b_dec_to_input", False,
+                                    (where or Path(AE_FILE)).parent / CONFIG_FILE),
                                 site=state.config["site"], meta=state.config["meta"])
         expect_shape("W_dec", tensors["W_dec"], (d_sae, d_in), where)
         fill_sae(sae, tensors["W_enc"], tensors["b_enc"], tensors["W_dec"], tensors["b_dec"],

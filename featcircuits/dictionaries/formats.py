@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from featcircuits.dictionaries.base import Dictionary
+from featcircuits.dictionaries.filechecks import read_config_text
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.errors import DictionaryError, DictionaryLoadError
 
@@ -89,19 +90,39 @@ class DictionaryFormat(ABC):
 
 # ------------------------------------------------------------------- shared checks
 def read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; ``DictionaryLoadError`` when missing, invalid or not an
-    object."""
+    """The JSON object in ``path``; ``DictionaryLoadError`` when missing, not a bounded
+    regular file, invalid or not an object."""
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DictionaryLoadError(f"{str(path)!r} is missing",
-                                  hint=f"save the dictionary again; {path.name} holds its config")
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        cfg = json.loads(read_config_text(path))
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise DictionaryLoadError(f"{str(path)!r} is not valid JSON: {exc}",
                                   hint="the file is corrupt; re-download or re-save it") from exc
     if not isinstance(cfg, dict):
         raise DictionaryLoadError(f"{str(path)!r} holds a {type(cfg).__name__}, not an object")
     return cfg
+
+
+def json_bool(config: dict[str, Any], key: str, default: bool, where: Path | None) -> bool:
+    """``config[key]`` as a real JSON boolean (``default`` when absent); a string such as
+    ``"false"``, a number or ``null`` is a ``DictionaryLoadError``, never read as true."""
+    if key not in config:
+        return default
+    value = config[key]
+    if not isinstance(value, bool):
+        raise DictionaryLoadError(
+            f"{str(where)!r}: {key!r} must be true or false (a JSON boolean), got {value!r}",
+            hint=f"write {key}: true or {key}: false without quotes")
+    return value
+
+
+def positive_int(value: Any, name: str, where: Path | None) -> int:
+    """``value`` if it is a positive whole number (not a bool, a string or a float), else a
+    ``DictionaryLoadError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise DictionaryLoadError(
+            f"{str(where)!r}: {name} must be a positive integer, got {value!r}",
+            hint="the config is corrupt or was edited; write it as a plain number such as 8")
+    return value
 
 
 def require_tensors(tensors: dict[str, torch.Tensor], names: list[str], where: Path) -> None:
@@ -150,6 +171,8 @@ __all__ = [
     "DictionaryState",
     "expect_shape",
     "fill_sae",
+    "json_bool",
+    "positive_int",
     "read_json",
     "require_tensors",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -47,6 +48,9 @@ class SparseAutoencoder(Dictionary):
         if activation not in ACTIVATIONS:
             raise ParameterError(f"unknown SAE activation {activation!r}",
                                  hint=f"use one of {', '.join(ACTIVATIONS)}")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, numbers.Integral)):
+            raise ParameterError(f"k must be a whole number, got {k!r} ({type(k).__name__})",
+                                 hint="pass the number of active features as an int")
         if activation == "topk" and (k is None or not 0 < int(k) <= n_features):
             raise ParameterError(f"topk SAE needs 0 < k <= {n_features}, got k={k!r}")
         if d_model <= 0 or n_features <= 0:

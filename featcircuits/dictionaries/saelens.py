@@ -17,16 +17,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
+from featcircuits.dictionaries.filechecks import (
+    SafetensorsHeader,
+    check_declared,
+    read_safetensors_header,
+)
 from featcircuits.dictionaries.formats import (
     DictionaryFormat,
     DictionaryState,
-    expect_shape,
     fill_sae,
+    json_bool,
+    positive_int,
     read_json,
     require_tensors,
 )
@@ -45,42 +52,66 @@ def read_saelens(folder: Path) -> tuple[Any, DictionaryState]:
     """Read and cross-check ``folder``'s config and weights; return its architecture name
     and the state (``config`` is the whole ``cfg.json``).
 
-    Raises ``DictionaryLoadError`` on missing tensors, shapes that contradict ``d_in`` /
-    ``d_sae``, a checksum mismatch or an unknown featcircuits ``format_version``.
+    The weights' safetensors header is checked against the config (tensor names, floating
+    dtypes, shapes), the file's size and the machine's memory before the checksum is computed
+    or any tensor is loaded.
+
+    Raises ``DictionaryLoadError`` on missing, extra or non-float tensors, shapes that
+    contradict ``d_in`` / ``d_sae``, a checksum mismatch or an unknown featcircuits
+    ``format_version``.
     """
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from featcircuits.dictionaries.registry import dictionary_format
+
     cfg = read_json(folder / CFG_FILE)
-    weights_path = _weights_path(folder, cfg)
-    tensors = {k: v.float() for k, v in load_file(str(weights_path)).items()}
-    with safe_open(str(weights_path), framework="pt") as handle:
-        written_by_us = (handle.metadata() or {}).get("format") == "featcircuits"
-    if written_by_us and not isinstance(cfg.get("featcircuits"), dict):
+    d_in, d_sae = _int_field(cfg, "d_in", folder / CFG_FILE), _int_field(cfg, "d_sae",
+                                                                        folder / CFG_FILE)
+    architecture = saelens_architecture(cfg, folder)
+    dictionary_format(architecture, folder)  # an unknown architecture is refused first
+    required = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in),
+                "b_dec": (d_in,)}
+    optional: dict[str, tuple[int, ...]] = {}
+    if architecture == "jumprelu":
+        required["threshold"] = (d_sae,)
+    if architecture == "featcircuits-pca":
+        optional["explained_variance"] = (d_sae,)
+
+    def checked(path: Path) -> SafetensorsHeader:
+        header = read_safetensors_header(path)
+        check_declared(path, {name: (info.dtype, info.shape)
+                              for name, info in header.tensors.items()},
+                       required=required, optional=optional)
+        return header
+
+    if not isinstance(cfg.get("featcircuits"), dict) and _written_by_us(folder / WEIGHTS_FILE):
         raise DictionaryLoadError(
             f"{str(folder)!r}: the weights were saved by featcircuits but {CFG_FILE} has no "
             "'featcircuits' section (corrupted or edited)",
             hint="re-save or re-download the dictionary")
-    require_tensors(tensors, ["W_enc", "b_enc", "W_dec", "b_dec"], folder / WEIGHTS_FILE)
-    d_in, d_sae = _int_field(cfg, "d_in", folder / CFG_FILE), _int_field(cfg, "d_sae",
-                                                                        folder / CFG_FILE)
-    for name, shape in (("W_enc", (d_in, d_sae)), ("b_enc", (d_sae,)), ("W_dec", (d_sae, d_in)),
-                        ("b_dec", (d_in,))):
-        expect_shape(name, tensors[name], shape, folder / WEIGHTS_FILE)
-    ours = cfg.get("featcircuits") if isinstance(cfg.get("featcircuits"), dict) else None
-    if ours is not None and "sha256" in ours \
-            and checksum(weights_path.read_bytes(), cfg) != ours["sha256"]:
+    weights_path, _, verified = _weights(folder, cfg, checked)
+    if verified is False:
         raise DictionaryLoadError(
             f"{str(folder)!r}: checksum mismatch — {WEIGHTS_FILE} or {CFG_FILE} changed "
             "since it was saved (corrupted or edited)",
             hint="re-save or re-download it; if you edited cfg.json on purpose, delete the "
             "'sha256' entry under 'featcircuits'")
+    ours = cfg.get("featcircuits") if isinstance(cfg.get("featcircuits"), dict) else None
     if ours is not None and ours.get("format_version") != FORMAT_VERSION:
         raise DictionaryLoadError(
             f"{str(folder)!r} has featcircuits format_version {ours.get('format_version')!r}; "
             f"this version reads {FORMAT_VERSION}",
             hint="upgrade featcircuits or re-save the dictionary")
-    return saelens_architecture(cfg, folder), DictionaryState(tensors, cfg, folder)
+    tensors = {k: v.float() for k, v in load_file(str(weights_path)).items()}
+    return architecture, DictionaryState(tensors, cfg, folder)
+
+
+def _written_by_us(weights: Path) -> bool:
+    """Whether the header metadata of ``weights`` says featcircuits wrote it."""
+    try:
+        return read_safetensors_header(weights).metadata.get("format") == "featcircuits"
+    except DictionaryLoadError:
+        return False
 
 
 def saelens_architecture(cfg: dict[str, Any], folder: Path) -> Any:
@@ -136,24 +167,50 @@ def checksum(weights: bytes, cfg: dict[str, Any]) -> str:
     return hashlib.sha256(weights + canonical.encode("utf-8")).hexdigest()
 
 
-def _weights_path(folder: Path, cfg: dict[str, Any]) -> Path:
-    """The weights file that belongs to ``cfg``: normally ``sae_weights.safetensors``.
+def checksum_file(path: Path, cfg: dict[str, Any]) -> str:
+    """``checksum(path.read_bytes(), cfg)``, reading the file in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    ours = {key: value for key, value in cfg.get("featcircuits", {}).items() if key != "sha256"}
+    digest.update(json.dumps({**cfg, "featcircuits": ours}, sort_keys=True).encode("utf-8"))
+    return digest.hexdigest()
 
-    ``write_saelens`` renames ``cfg.json`` into place first and the weights right after;
-    a crash between the two renames leaves the new config beside the old weights, with the
-    new weights complete and synced in their temp file ``.sae_weights.safetensors.*.tmp``.
-    That file is used only when the config's SHA-256 proves it is the one saved with it.
+
+def _weights(folder: Path, cfg: dict[str, Any], checked: Callable[[Path], SafetensorsHeader]
+             ) -> tuple[Path, SafetensorsHeader, bool | None]:
+    """The weights file that belongs to ``cfg``, its checked header, and whether the config's
+    checksum matched it (``None``: the config has none).
+
+    Normally that is ``sae_weights.safetensors``. ``write_saelens`` renames ``cfg.json`` into
+    place first and the weights right after; a crash between the two renames leaves the new
+    config beside the old weights, with the new weights complete and synced in their temp
+    file ``.sae_weights.safetensors.*.tmp``. That file is used only when the config's SHA-256
+    proves it is the one saved with it. A file is hashed only after ``checked`` accepted its
+    header (so a huge or padded file is refused before it is read).
     """
     main = folder / WEIGHTS_FILE
     ours = cfg.get("featcircuits")
-    if not (isinstance(ours, dict) and isinstance(ours.get("sha256"), str)):
-        return main
-    if checksum(main.read_bytes(), cfg) == ours["sha256"]:
-        return main
+    if not (isinstance(ours, dict) and "sha256" in ours):
+        return main, checked(main), None
+    expected = ours["sha256"]
+    try:
+        header, error = checked(main), None
+    except DictionaryLoadError as exc:
+        header, error = None, exc
+    if header is not None and checksum_file(main, cfg) == expected:
+        return main, header, True
     for candidate in sorted(folder.glob(f".{WEIGHTS_FILE}.*.tmp")):
-        if checksum(candidate.read_bytes(), cfg) == ours["sha256"]:
-            return candidate
-    return main
+        try:
+            candidate_header = checked(candidate)
+        except DictionaryLoadError:
+            continue
+        if checksum_file(candidate, cfg) == expected:
+            return candidate, candidate_header, True
+    if header is None:
+        raise error  # type: ignore[misc]
+    return main, header, False
 
 
 # ----------------------------------------------------------------------------- writing
@@ -228,7 +285,7 @@ class SaelensSae(SaelensFormat):
     activation: ClassVar[str]
 
     @classmethod
-    def k_from(cls, cfg: dict[str, Any]) -> int | None:
+    def k_from(cls, cfg: dict[str, Any], where: Path | None = None) -> int | None:
         """TopK's ``k`` from the config (``None`` for other activations)."""
         return None
 
@@ -248,11 +305,13 @@ class SaelensSae(SaelensFormat):
                 "does not apply", hint="use an SAE trained without activation normalisation")
         if cls.activation == "jumprelu":
             require_tensors(tensors, ["threshold"], folder / WEIGHTS_FILE)
-        sae_class = (CenteredSparseAutoencoder if config and config.get("center_input")
-                     else SparseAutoencoder)
-        sae = sae_class(cfg["d_in"], cfg["d_sae"], activation=cls.activation, k=cls.k_from(cfg),
-                        tied=bool(config.get("tied")) if config else False,
-                        pre_encoder_bias=bool(cfg.get("apply_b_dec_to_input", True)),
+        cfg_path = folder / CFG_FILE if folder is not None else None
+        centered = json_bool(config or {}, "center_input", False, cfg_path)
+        sae_class = CenteredSparseAutoencoder if centered else SparseAutoencoder
+        sae = sae_class(cfg["d_in"], cfg["d_sae"], activation=cls.activation,
+                        k=cls.k_from(cfg, cfg_path),
+                        tied=json_bool(config or {}, "tied", False, cfg_path),
+                        pre_encoder_bias=json_bool(cfg, "apply_b_dec_to_input", True, cfg_path),
                         site=site, meta=meta)
         fill_sae(sae, tensors["W_enc"], tensors["b_enc"], tensors["W_dec"], tensors["b_dec"],
                  tensors.get("threshold"))
@@ -284,9 +343,22 @@ class TopKSae(SaelensSae):
     activation = "topk"
 
     @classmethod
-    def k_from(cls, cfg: dict[str, Any]) -> int | None:
+    def k_from(cls, cfg: dict[str, Any], where: Path | None = None) -> int | None:
         kwargs = cfg.get("activation_fn_kwargs") or {}
-        return cfg.get("k", kwargs.get("k"))
+        if not isinstance(kwargs, dict):
+            raise DictionaryLoadError(f"{str(where)!r}: 'activation_fn_kwargs' must be an "
+                                      f"object, got {kwargs!r}")
+        values = [positive_int(source[key], f"'{key}'" if source is cfg else
+                               f"'activation_fn_kwargs.{key}'", where)
+                  for source, key in ((cfg, "k"), (kwargs, "k")) if key in source]
+        if not values:
+            raise DictionaryLoadError(f"{str(where)!r}: a topk SAE needs 'k'",
+                                      hint="add \"k\": <active features> to the config")
+        if len(set(values)) > 1:
+            raise DictionaryLoadError(f"{str(where)!r}: 'k' is {values[0]} but "
+                                      f"'activation_fn_kwargs.k' is {values[1]}",
+                                      hint="the config was edited; make them agree")
+        return values[0]
 
     @classmethod
     def extra_cfg(cls, sae: SparseAutoencoder) -> dict[str, Any]:
@@ -310,6 +382,7 @@ __all__ = [
     "StandardSae",
     "TopKSae",
     "checksum",
+    "checksum_file",
     "native_cfg",
     "native_fields",
     "read_saelens",

@@ -33,6 +33,11 @@ import torch
 from torch import nn
 
 from featcircuits.dictionaries.base import Dictionary
+from featcircuits.dictionaries.filechecks import (
+    check_declared,
+    read_safetensors_header,
+    read_yaml,
+)
 from featcircuits.dictionaries.formats import DictionaryFormat, DictionaryState
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.errors import DictionaryError, DictionaryLoadError, FeatCircuitsError, SiteError
@@ -196,9 +201,12 @@ def read_transcoder_file(path: str | os.PathLike[str]) -> DictionaryState:
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise DictionaryLoadError(f"transcoder file {str(path)!r} does not exist",
                                   hint="pass a circuit-tracer layer_L.safetensors file")
+    header = read_safetensors_header(path)
+    declared = {name: (info.dtype, info.shape) for name, info in header.tensors.items()}
+    check_declared(path, declared, **_expected_shapes(declared, path))
     try:
         tensors = {name: t.float() for name, t in load_file(str(path)).items()}
         with safe_open(str(path), framework="pt") as handle:
@@ -208,6 +216,34 @@ def read_transcoder_file(path: str | os.PathLike[str]) -> DictionaryState:
                                   f"{type(exc).__name__}: {exc}",
                                   hint="the file may be truncated; re-download it") from exc
     return DictionaryState(tensors, metadata, path)
+
+
+def _expected_shapes(declared: dict[str, tuple[str, tuple[int, ...]]], path: Path
+                     ) -> dict[str, dict[str, tuple[int, ...]]]:
+    """``required`` / ``optional`` shapes of a transcoder file's tensors, the widths taken
+    from the declared ``b_enc [d_transcoder]`` and ``b_dec [d_model]``."""
+    biases = {name: declared[name][1] for name in ("b_enc", "b_dec") if name in declared}
+    if len(biases) < 2 or any(len(shape) != 1 for shape in biases.values()):
+        raise DictionaryLoadError(
+            f"{str(path)!r}: b_enc and b_dec must be vectors, got {biases} (has "
+            f"{sorted(declared)})", hint="a circuit-tracer transcoder holds W_enc, W_dec, "
+            "b_enc, b_dec (+ W_skip, threshold)")
+    (n_features,), (d_model,) = biases["b_enc"], biases["b_dec"]
+    w_dec = (n_features, d_model)
+    if "W_dec" in declared and tuple(declared["W_dec"][1]) == (d_model, n_features):
+        w_dec = (d_model, n_features)  # older circuit-tracer files, transposed on load
+    for name in ("W_enc", "W_dec"):
+        shape = tuple(declared[name][1]) if name in declared else None
+        if shape is not None and shape not in ((n_features, d_model), w_dec):
+            raise _orientation_error(name, shape, n_features, d_model, path)
+    if "threshold" in declared and "activation_function.threshold" in declared:
+        raise DictionaryLoadError(f"{str(path)!r} holds both 'threshold' and "
+                                  "'activation_function.threshold'", hint="keep one of them")
+    return {"required": {"W_enc": (n_features, d_model), "W_dec": w_dec,
+                         "b_enc": (n_features,), "b_dec": (d_model,)},
+            "optional": {"W_skip": (d_model, d_model), "threshold": (n_features,),
+                         "activation_function.threshold": (n_features,),
+                         "log_thresholds": (n_features,)}}
 
 
 def read_circuit_tracer(path: Path) -> tuple[str, DictionaryState]:
@@ -257,7 +293,13 @@ def transcoder_from_state(state: DictionaryState, *, layer: int | None = None,
     W_dec = _oriented("W_dec", tensors["W_dec"], n_features, d_model, path, legacy_ok=True)
     threshold = tensors.get("threshold", tensors.get("activation_function.threshold"))
     activation = metadata.get("activation") or ("jumprelu" if threshold is not None else "relu")
-    k = int(metadata["k"]) if metadata.get("k") else None
+    k = metadata.get("k")
+    if k is not None:
+        if not (isinstance(k, str) and k.isascii() and k.isdigit() and int(k) > 0):
+            raise DictionaryLoadError(f"{str(path)!r}: metadata 'k' must be a positive "
+                                      f"integer, got {k!r}",
+                                      hint="the file's header was edited; re-save it")
+        k = int(k)
     skip = tensors.get("W_skip")
     if skip is not None and tuple(skip.shape) != (d_model, d_model):
         raise DictionaryLoadError(f"{str(path)!r}: W_skip has shape {tuple(skip.shape)}, "
@@ -294,7 +336,12 @@ def _oriented(name: str, weight: torch.Tensor, n_features: int, d_model: int, pa
         return weight
     if legacy_ok and shape == (d_model, n_features):
         return weight.T
-    raise DictionaryLoadError(
+    raise _orientation_error(name, shape, n_features, d_model, path)
+
+
+def _orientation_error(name: str, shape: tuple[int, ...], n_features: int, d_model: int,
+                       path: Path) -> DictionaryLoadError:
+    return DictionaryLoadError(
         f"tensor {name!r} in {str(path)!r} has shape {shape}, expected "
         f"[d_transcoder, d_model] = {(n_features, d_model)} (from b_enc and b_dec)",
         hint="circuit-tracer stores W_enc as [d_transcoder, d_model], the transpose of "
@@ -333,13 +380,8 @@ def read_circuit_tracer_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     for folder in (path.parent, path.parent.parent):
         candidate = folder / "config.yaml"
-        if candidate.is_file():
-            import yaml
-
-            try:
-                config = yaml.safe_load(candidate.read_text(encoding="utf-8"))
-            except yaml.YAMLError as exc:
-                raise DictionaryLoadError(f"{str(candidate)!r} is not valid YAML: {exc}") from exc
+        if os.path.lexists(candidate):  # a FIFO, a link to a device: refused by read_yaml
+            config = read_yaml(candidate)
             if not isinstance(config, dict):
                 raise DictionaryLoadError(f"{str(candidate)!r} does not hold a mapping")
             return config
