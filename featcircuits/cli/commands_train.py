@@ -323,6 +323,12 @@ def run_fit_ica(args: argparse.Namespace) -> int:
         extra = {"method": "ica", "contrast": args.contrast,
                  "n_iter": int(basis.meta.get("n_iter", -1)),
                  "converged": bool(basis.meta.get("converged", False))}
+        if not extra["converged"]:  # said even where Python's warnings are filtered out
+            print(f"warning: FastICA stopped at --max-iter {args.max_iter} without converging "
+                  f"(last change {basis.meta.get('final_change', float('nan')):.2e} >= --tol "
+                  f"{args.tol:g}); the components are not a fixed point and can change with "
+                  "the thread count. Raise --max-iter (with --resume it continues) or --tol.",
+                  file=sys.stderr)
     extra["train_tokens"] = int(activations.shape[0])
     _progress(args, f"fitted in {time.perf_counter() - start:.1f}s")
     finish_training(model, basis, args, held_out, extra)
