@@ -167,6 +167,12 @@ class SAETrainer:
         if state.get("version") != CHECKPOINT_VERSION:
             raise TrainingError(f"{source} has checkpoint version {state.get('version')!r}; "
                                 f"this featcircuits reads {CHECKPOINT_VERSION}")
+        if self.run_flags and "run_flags" not in state:
+            raise TrainingError(
+                f"cannot resume from {source}: it was written by an older featcircuits that did "
+                f"not record the run's settings ({', '.join(sorted(self.run_flags))}), so a "
+                "resume could silently mix two runs",
+                hint="start over (without resuming, or in another output folder)")
         saved_flags = json.loads(state.get("run_flags") or "{}")
         changed = sorted(key for key in set(saved_flags) | set(self.run_flags)
                          if saved_flags.get(key) != self.run_flags.get(key))
