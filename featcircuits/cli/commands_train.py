@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import itertools
 import math
 import sys
@@ -25,6 +26,39 @@ EVAL_KEYS = ("l0", "variance_explained", "ce_loss_recovered", "kl_spliced", "dea
 
 
 # ----------------------------------------------------------------------- shared parts
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a usage error, exit 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (``nan``, ``inf``, 0 and negatives: exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan``/``inf``: exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
 def _data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="where to train, e.g. resid_out.2")
     parser.add_argument("--out", required=True,
@@ -33,9 +67,9 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--texts", default=None,
                         help="text file, one document per line (default: the bundled corpus "
                         "generator)")
-    parser.add_argument("--n-tokens", type=int, default=20_000,
+    parser.add_argument("--n-tokens", type=positive_int, default=20_000,
                         help="activations to collect (default: 20000)")
-    parser.add_argument("--n-ctx", type=int, default=64, help="tokens per document (default 64)")
+    parser.add_argument("--n-ctx", type=positive_int, default=64, help="tokens per document (default 64)")
     parser.add_argument("--eval-texts", type=int, default=64,
                         help="held-out documents for the evaluation; 0 skips it (default 64)")
     parser.add_argument("--resume", action="store_true",
@@ -71,6 +105,21 @@ def _read_texts(args: argparse.Namespace):
 
     held_out = list(itertools.islice(iter_corpus(seed=args.seed + 1000), args.eval_texts))
     return iter_corpus(seed=args.seed), held_out, "the bundled corpus generator"
+
+
+def _check_n_ctx(model, args: argparse.Namespace) -> None:
+    """``ParameterError`` when ``--n-ctx`` exceeds the model's positions (before collecting)."""
+    from featcircuits.train.buffer import check_n_ctx
+
+    check_n_ctx(model, args.n_ctx, flag="--n-ctx")
+
+
+def _texts_identity(args: argparse.Namespace) -> str:
+    """What ``--texts`` was, for the checkpoint: the file's SHA-256 (its path may move), or
+    the bundled corpus generator."""
+    if not args.texts:
+        return "bundled corpus generator"
+    return "sha256:" + hashlib.sha256(Path(args.texts).read_bytes()).hexdigest()
 
 
 def _prepare_out(args: argparse.Namespace, checkpoint: Path) -> None:
@@ -133,19 +182,19 @@ def add_train_sae_arguments(parser: argparse.ArgumentParser) -> None:
 
     _data_flags(parser)
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--n-features", type=int, default=None, help="dictionary size")
-    size.add_argument("--expansion", type=float, default=4.0,
+    size.add_argument("--n-features", type=positive_int, default=None, help="dictionary size")
+    size.add_argument("--expansion", type=positive_float, default=4.0,
                       help="dictionary size as a multiple of the site's width (default 4)")
     sparsity = parser.add_mutually_exclusive_group()
-    sparsity.add_argument("--l1", type=float, default=None,
+    sparsity.add_argument("--l1", type=finite_float, default=None,
                           help=f"L1 coefficient of a ReLU SAE (default {DEFAULT_L1_COEFFICIENT:g};"
                           " activations are normalised to E||x||^2 = d_model)")
-    sparsity.add_argument("--k", type=int, default=None,
+    sparsity.add_argument("--k", type=positive_int, default=None,
                           help="train a TopK SAE keeping the k largest features instead")
-    parser.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--steps", type=positive_int, default=2000, help="optimizer steps (default 2000)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate")
     add_run_flags(parser, batch_size=512, batch_help="activations per optimizer step")
-    parser.add_argument("--checkpoint-every", type=int, default=500,
+    parser.add_argument("--checkpoint-every", type=positive_int, default=500,
                         help="steps between checkpoints (default 500)")
 
 
@@ -158,16 +207,35 @@ def run_train_sae(args: argparse.Namespace) -> int:
     args.site = str(Site.parse(args.site))
     if args.steps < 1:
         raise ParameterError(f"--steps must be >= 1, got {args.steps}")
+    if args.k is not None and args.k < 1:
+        raise ParameterError(f"--k must be >= 1, got {args.k}",
+                             hint="pass --k N (N >= 1) for a TopK SAE, or leave --k out for a "
+                             "ReLU SAE with an L1 penalty (--l1)")
+    if args.n_features is not None and args.n_features < 1:
+        raise ParameterError(f"--n-features must be >= 1, got {args.n_features}")
+    if args.n_features is None and not (math.isfinite(args.expansion) and args.expansion > 0):
+        raise ParameterError(f"--expansion must be a finite number > 0, got {args.expansion}",
+                             hint="e.g. --expansion 4 (4 x the site's width), or --n-features N")
+    for name in ("l1", "lr"):
+        value = getattr(args, name)
+        if value is not None and not math.isfinite(value):
+            raise ParameterError(f"--{name} must be a finite number, got {value}")
+    if args.checkpoint_every < 1:
+        raise ParameterError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
     train_texts, held_out, source = _read_texts(args)
     from featcircuits.cli.flags import model_from_args
 
     model = model_from_args(args)
     Site.parse(args.site).module(model)  # SiteError before collecting
+    _check_n_ctx(model, args)
     width = d_model(model)
     n_features = args.n_features or round(args.expansion * width)
     if n_features < 1:
         raise ParameterError(f"the dictionary would have {n_features} features",
                              hint="pass --n-features N or a larger --expansion")
+    if args.k is not None and args.k > n_features:
+        raise ParameterError(f"--k {args.k} exceeds the dictionary's {n_features} features",
+                             hint=f"use --k {n_features} or less, or more features")
     _progress(args, f"model {args.model}; texts from {source}")
     activations = _collect(model, args, train_texts)
     checkpoint_dir = Path(args.out) / "checkpoint"
@@ -178,17 +246,28 @@ def run_train_sae(args: argparse.Namespace) -> int:
         l1_coefficient=args.l1, activation="topk" if args.k else "relu", k=args.k,
         lr=args.lr, steps=args.steps, seed=args.seed, site=args.site, device=args.device,
         checkpoint_dir=checkpoint_dir, checkpoint_every=args.checkpoint_every,
-        log_every=max(1, min(100, args.steps)), progress=not args.quiet)
-    seconds = time.perf_counter() - start
+        log_every=max(1, min(100, args.steps)), progress=not args.quiet,
+        run_flags=_train_sae_flags(args, n_features))
+    _progress(args, f"trained in {time.perf_counter() - start:.1f}s")
     log.to_csv(Path(args.out) / "training_log.csv", index=False)
+    # no timings in the saved files: the same flags write the same bytes (docs/training.md)
     extra = {"activation": "topk" if args.k else "relu",
              ("k" if args.k else "l1_coefficient"): args.k or sae.meta.get(
                  "l1_coefficient", args.l1),
              "steps": args.steps, "train_tokens": int(activations.shape[0]),
-             "train_l0": float(sae.meta.get("train_l0", float("nan"))),
-             "train_seconds": round(seconds, 2)}
+             "train_l0": float(sae.meta.get("train_l0", float("nan")))}
     finish_training(model, sae, args, held_out, extra)
     return 0
+
+
+def _train_sae_flags(args: argparse.Namespace, n_features: int) -> dict:
+    """Every flag that determines ``train-sae``'s weights, as recorded in the checkpoint (a
+    resume with any of them changed is refused, naming it)."""
+    return {"--model": args.model, "--dtype": args.dtype, "--site": args.site,
+            "--texts": _texts_identity(args), "--n-tokens": args.n_tokens,
+            "--n-ctx": args.n_ctx, "--batch-size": args.batch_size, "--seed": args.seed,
+            "--n-features/--expansion": n_features, "--l1": args.l1, "--k": args.k,
+            "--steps": args.steps, "--lr": args.lr}
 
 
 # ---------------------------------------------------------------------------- fit-ica
@@ -198,26 +277,35 @@ def add_fit_ica_arguments(parser: argparse.ArgumentParser) -> None:
     _data_flags(parser)
     parser.add_argument("--method", choices=["ica", "pca"], default="ica",
                         help="FastICA (default) or a PCA basis of the same activations")
-    parser.add_argument("--n-components", type=int, default=None,
+    parser.add_argument("--n-components", type=positive_int, default=None,
                         help="components (default: the site's width)")
     parser.add_argument("--contrast", choices=CONTRASTS, default="logcosh",
                         help="ICA contrast function (default logcosh)")
-    parser.add_argument("--max-iter", type=int, default=200,
+    parser.add_argument("--max-iter", type=positive_int, default=200,
                         help="most ICA fixed-point iterations (default 200)")
-    parser.add_argument("--tol", type=float, default=1e-4, help="ICA convergence tolerance")
+    parser.add_argument("--tol", type=positive_float, default=1e-4, help="ICA convergence tolerance")
     add_run_flags(parser, batch_size=None)
 
 
 def run_fit_ica(args: argparse.Namespace) -> int:
     from featcircuits.cli.flags import model_from_args
     from featcircuits.dictionaries.bases import PCABasis
+    from featcircuits.errors import ParameterError
     from featcircuits.model.sites import Site
     from featcircuits.train.ica import fit_ica
 
     args.site = str(Site.parse(args.site))
+    if args.n_components is not None and args.n_components < 1:
+        raise ParameterError(f"--n-components must be >= 1, got {args.n_components}",
+                             hint="leave it out for the site's full width")
+    if args.max_iter < 1:
+        raise ParameterError(f"--max-iter must be >= 1, got {args.max_iter}")
+    if not (math.isfinite(args.tol) and args.tol > 0):
+        raise ParameterError(f"--tol must be a finite number > 0, got {args.tol}")
     train_texts, held_out, source = _read_texts(args)
     model = model_from_args(args)
     Site.parse(args.site).module(model)
+    _check_n_ctx(model, args)
     _progress(args, f"model {args.model}; texts from {source}")
     activations = _collect(model, args, train_texts)
     start = time.perf_counter()
@@ -235,7 +323,13 @@ def run_fit_ica(args: argparse.Namespace) -> int:
         extra = {"method": "ica", "contrast": args.contrast,
                  "n_iter": int(basis.meta.get("n_iter", -1)),
                  "converged": bool(basis.meta.get("converged", False))}
-    extra.update({"train_tokens": int(activations.shape[0]),
-                  "train_seconds": round(time.perf_counter() - start, 2)})
+        if not extra["converged"]:  # said even where Python's warnings are filtered out
+            print(f"warning: FastICA stopped at --max-iter {args.max_iter} without converging "
+                  f"(last change {basis.meta.get('final_change', float('nan')):.2e} >= --tol "
+                  f"{args.tol:g}); the components are not a fixed point and can change with "
+                  "the thread count. Raise --max-iter (with --resume it continues) or --tol.",
+                  file=sys.stderr)
+    extra["train_tokens"] = int(activations.shape[0])
+    _progress(args, f"fitted in {time.perf_counter() - start:.1f}s")
     finish_training(model, basis, args, held_out, extra)
     return 0

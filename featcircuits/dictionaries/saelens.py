@@ -214,6 +214,40 @@ def _weights(folder: Path, cfg: dict[str, Any], checked: Callable[[Path], Safete
 
 
 # ----------------------------------------------------------------------------- writing
+def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str]) -> Path:
+    """``safetensors.torch.save_file``, with a header that is the same bytes every time.
+
+    safetensors keeps the header metadata in a Rust hash map, so its key order (and the
+    file's bytes and checksum) changes from process to process. The header is rewritten
+    in place with the metadata keys sorted (same members, same length, so the tensor data
+    and offsets stay where they are); the tensor order is safetensors' own (by dtype
+    alignment, then name), which is deterministic. Same tensors + metadata → same bytes.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file(tensors, str(path), metadata=dict(metadata))
+    with open(path, "r+b") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        raw = handle.read(length)
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None)
+        ordered: dict[str, Any] = {}
+        if meta is not None:
+            ordered["__metadata__"] = dict(sorted(meta.items()))
+        ordered.update(sorted(header.items(), key=lambda item: (item[1]["data_offsets"][0],
+                                                                item[0])))
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) <= length:  # always, for serde_json's compact output
+            handle.seek(8)
+            handle.write(text.ljust(length, b" "))
+            return path
+        data = handle.read()
+    text = text.ljust(-(-len(text) // 8) * 8, b" ")  # 8-byte aligned, as safetensors pads
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+    return path
+
+
 def write_saelens(state: DictionaryState, folder: Path) -> Path:
     """Write ``cfg.json`` + ``sae_weights.safetensors`` into ``folder``.
 
@@ -223,13 +257,11 @@ def write_saelens(state: DictionaryState, folder: Path) -> Path:
     their temp file; ``read_saelens`` finds the latter by the config's checksum, so a reader
     always gets the old or the new dictionary, never a mix.
     """
-    from safetensors.torch import save_file
-
     cfg = state.config
     with atomic_path(folder / WEIGHTS_FILE, sync=False) as weights_tmp:
-        save_file({name: t.detach().cpu().contiguous() for name, t in state.tensors.items()},
-                  str(weights_tmp),
-                  metadata={"format": "featcircuits", "format_version": str(FORMAT_VERSION)})
+        save_safetensors({name: t.detach().cpu().contiguous()
+                          for name, t in state.tensors.items()}, weights_tmp,
+                         {"format": "featcircuits", "format_version": str(FORMAT_VERSION)})
         cfg["featcircuits"]["sha256"] = checksum(weights_tmp.read_bytes(), cfg)
         with atomic_path(folder / CFG_FILE) as cfg_tmp:
             cfg_tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
@@ -387,5 +419,6 @@ __all__ = [
     "native_fields",
     "read_saelens",
     "saelens_architecture",
+    "save_safetensors",
     "write_saelens",
 ]

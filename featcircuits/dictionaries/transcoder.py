@@ -175,11 +175,11 @@ class TranscoderFormat(DictionaryFormat):
 
 def write_transcoder_file(state: DictionaryState, path: Path) -> Path:
     """Write ``state`` as one safetensors file (atomically), its config as header metadata."""
-    from safetensors.torch import save_file
+    from featcircuits.dictionaries.saelens import save_safetensors
 
     with atomic_path(path) as tmp:
-        save_file({name: t.detach().cpu().float().contiguous()
-                   for name, t in state.tensors.items()}, str(tmp), metadata=state.config)
+        save_safetensors({name: t.detach().cpu().float().contiguous()
+                          for name, t in state.tensors.items()}, tmp, state.config)
     return path
 
 

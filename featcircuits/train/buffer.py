@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from featcircuits.errors import NonFiniteError, ParameterError, TrainingError
+from featcircuits.errors import ModelLoadError, NonFiniteError, ParameterError, TrainingError
 from featcircuits.model.loading import model_config, model_device, trace
 from featcircuits.model.sites import Site, d_model
 
@@ -30,6 +30,36 @@ def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ParameterError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
+
+
+def max_positions(model) -> tuple[int, str] | None:
+    """``(limit, config key)`` of the model's most token positions, or ``None`` if its
+    config names none."""
+    try:
+        config = model_config(model)
+    except ModelLoadError:
+        return None
+    for key in POSITION_LIMIT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, key
+    return None
+
+
+def check_n_ctx(model, n_ctx: int, *, flag: str = "n_ctx") -> int:
+    """``n_ctx`` if it is a positive integer within the model's positions, else
+    ``ParameterError`` naming the limit (a longer text would index past the position
+    embeddings, or run the model outside the lengths it was trained on)."""
+    n_ctx = _positive_int(flag, n_ctx)
+    limit = max_positions(model)
+    if limit is not None and n_ctx > limit[0]:
+        raise ParameterError(
+            f"{flag} {n_ctx} exceeds the model's {limit[0]} positions "
+            f"(config.{limit[1]})", hint=f"use {flag} {limit[0]} or less")
+    return n_ctx
 
 
 def _parse_sites(model, site) -> list[Site]:
@@ -105,6 +135,7 @@ def iter_site_activations(
     Raises ``NonFiniteError`` naming the site and the batch (its index and first text) when an
     activation is NaN/inf.
     """
+    check_n_ctx(model, n_ctx)
     bos_id = bos_token_id(model)
     text_iter = iter(texts)
     for batch_index in itertools.count():

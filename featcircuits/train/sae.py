@@ -75,6 +75,10 @@ class SAETrainer:
         seed: seeds the initial weights and the resampling draws.
         site: recorded on the SAE (``sae.site``).
         device: where the SAE trains.
+        run_flags: what else determines the result and the trainer does not see (how the
+            data was made: texts, token count, batch size, ...), as JSON-able values keyed by
+            the name the user knows them by (``"--batch-size"``). Saved in the checkpoint;
+            a resume with different values is refused, naming each one.
     """
 
     def __init__(
@@ -95,6 +99,7 @@ class SAETrainer:
         seed: int = 0,
         site: str | None = None,
         device: str | torch.device = "cpu",
+        run_flags: dict[str, Any] | None = None,
     ) -> None:
         if l1_coefficient is None:
             l1_coefficient = 0.0 if activation == "topk" else DEFAULT_L1_COEFFICIENT
@@ -105,6 +110,7 @@ class SAETrainer:
             b_dec_init=b_dec_init, normalize_activations=bool(normalize_activations),
             seed=int(seed), site=None if site is None else str(site))
         self.config.validate()
+        self.run_flags = json.loads(json.dumps(dict(run_flags or {}), sort_keys=True))
         self.device = torch.device(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
@@ -137,6 +143,7 @@ class SAETrainer:
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "config": json.dumps(asdict(self.config), sort_keys=True),
+            "run_flags": json.dumps(self.run_flags, sort_keys=True),
             "step": self.step,
             "initialized": self.initialized,
             "sae": {k: v.detach().cpu().clone() for k, v in self.sae.state_dict().items()},
@@ -160,6 +167,23 @@ class SAETrainer:
         if state.get("version") != CHECKPOINT_VERSION:
             raise TrainingError(f"{source} has checkpoint version {state.get('version')!r}; "
                                 f"this featcircuits reads {CHECKPOINT_VERSION}")
+        if self.run_flags and "run_flags" not in state:
+            raise TrainingError(
+                f"cannot resume from {source}: it was written by an older featcircuits that did "
+                f"not record the run's settings ({', '.join(sorted(self.run_flags))}), so a "
+                "resume could silently mix two runs",
+                hint="start over (without resuming, or in another output folder)")
+        saved_flags = json.loads(state.get("run_flags") or "{}")
+        changed = sorted(key for key in set(saved_flags) | set(self.run_flags)
+                         if saved_flags.get(key) != self.run_flags.get(key))
+        if changed:
+            detail = "; ".join(f"{key}: {saved_flags.get(key)!r} then, "
+                               f"{self.run_flags.get(key)!r} now" for key in changed)
+            raise TrainingError(
+                f"cannot resume from {source}: it was written by a run with other settings "
+                f"({detail}); continuing would give a result that matches neither run",
+                hint="resume with the same settings, or start a new run in another output "
+                "folder / checkpoint_dir (or without resuming)")
         saved = json.loads(state["config"])
         ours = asdict(self.config)
         differing = sorted(key for key in set(saved) | set(ours) if saved.get(key) != ours.get(key))
@@ -482,6 +506,7 @@ def train_sae(
     checkpoint_every: int = 500,
     log_every: int = 100,
     progress: bool = True,
+    run_flags: dict[str, Any] | None = None,
 ) -> tuple[SparseAutoencoder, pd.DataFrame]:
     """Train a ``SparseAutoencoder`` on ``data``; see ``SAETrainer`` for the arguments.
 
@@ -493,6 +518,7 @@ def train_sae(
         d_model, n_features, l1_coefficient=l1_coefficient, activation=activation, k=k,
         tied=tied, lr=lr, steps=steps, resample_dead_every=resample_dead_every,
         dead_window=dead_window, b_dec_init=b_dec_init,
-        normalize_activations=normalize_activations, seed=seed, site=site, device=device)
+        normalize_activations=normalize_activations, seed=seed, site=site, device=device,
+        run_flags=run_flags)
     return trainer.fit(data, checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
                        log_every=log_every, progress=progress)

@@ -396,3 +396,39 @@ def test_non_convergence_warns_and_reports_the_change():
                             progress=False)
         assert not basis.meta["converged"] and basis.meta["n_iter"] == 1
         assert basis.meta["final_change"] >= 1e-4
+
+
+def test_hitting_max_iter_warns_and_is_recorded(tmp_path):
+    """A fit stopped at max_iter says so (warning naming max_iter and the last change vs tol)
+    and its saved basis records converged=False; a converging fit records converged=True."""
+    x, _ = _mixture(4_000, MIXED, seed=31)
+    with pytest.warns(RuntimeWarning, match=r"max_iter=2 .*last change .* >= tol=0.0001"):
+        stopped = fit_ica(x, 6, device="cpu", max_iter=2, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning when it converges
+        converged = fit_ica(x, 6, device="cpu", progress=False)
+    for name, basis, expected in (("stopped", stopped, False), ("converged", converged, True)):
+        save_dictionary(basis, tmp_path / name)
+        meta = load_dictionary(tmp_path / name).meta
+        assert meta["converged"] is expected, meta
+        assert meta["n_iter"] == basis.meta["n_iter"] and meta["max_iter"] == basis.meta["max_iter"]
+        assert meta["final_change"] < meta["tol"] if expected else meta["final_change"] >= meta["tol"]
+    assert stopped.meta["n_iter"] == 2 and 2 < converged.meta["n_iter"] <= 200
+
+
+def test_fit_ica_cli_prints_and_saves_non_convergence(tmp_path, capsys):
+    """`featcircuits fit-ica --max-iter 1` prints converged: False and a warning naming
+    --max-iter and --tol, and its cfg.json records converged=false."""
+    from featcircuits.cli.main import main
+
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        code = main(["--quiet", "fit-ica", "--site", "resid_out.1", "--n-tokens", "400",
+                     "--n-components", "8", "--max-iter", "1", "--eval-texts", "0",
+                     "--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "converged: False" in captured.out
+    assert "stopped at --max-iter 1 without converging" in captured.err
+    assert "--tol" in captured.err
+    meta = load_dictionary(tmp_path).meta
+    assert meta["converged"] is False and meta["n_iter"] == 1

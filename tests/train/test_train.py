@@ -333,6 +333,29 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
                   checkpoint_dir=tmp_path, progress=False)
 
 
+def test_checkpoint_from_other_run_flags_is_refused(tmp_path):
+    """run_flags (what the trainer does not see: how the data was made) are saved in the
+    checkpoint; a resume with other values is refused naming each, and a checkpoint that
+    recorded none cannot be resumed by a caller that passes some."""
+    x, _ = _sparse_data(n=2000, d=8, m=16)
+    flags = {"--batch-size": 64, "--texts": "corpus"}
+    settings = {"l1_coefficient": 0.5, "steps": 10, "checkpoint_dir": tmp_path,
+                "progress": False}
+    first, _ = train_sae(StepBatches(x, 64), 8, 32, run_flags=flags, **settings)
+    with pytest.raises(TrainingError, match=r"--batch-size: 64 then, 32 now") as err:
+        train_sae(StepBatches(x, 32), 8, 32, run_flags={**flags, "--batch-size": 32}, **settings)
+    assert "--texts" not in str(err.value) and "hint:" in str(err.value)
+    again, _ = train_sae(StepBatches(x, 64), 8, 32, run_flags=dict(flags), **settings)
+    _assert_same_sae(first, again)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del state["run_flags"]  # as written before run_flags existed
+    torch.save(state, tmp_path / "checkpoint.pt")
+    with pytest.raises(TrainingError, match=r"did not record the run's settings"):
+        train_sae(StepBatches(x, 64), 8, 32, run_flags=flags, **settings)
+    plain, _ = train_sae(StepBatches(x, 64), 8, 32, **settings)  # a library caller without
+    _assert_same_sae(first, plain)                                # flags resumes as before
+
+
 def test_nan_loss_names_step_and_site_and_empty_data_fails():
     x, _ = _sparse_data(n=2000, d=8, m=16)
     data = StepBatches(x, 64)
