@@ -49,6 +49,7 @@ from featcircuits.train.sae_config import (
     DEFAULT_L1_COEFFICIENT,
     LOG_COLUMNS,
     SAETrainingConfig,
+    check_resumable,
     geometric_median,
     make_optimizer,
 )
@@ -161,38 +162,7 @@ class SAETrainer:
 
     def load_state_dict(self, state: dict[str, Any], *, source: str = "checkpoint") -> None:
         """Restore from ``state_dict()``; ``TrainingError`` if it came from another config."""
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise TrainingError(f"{source} is not an SAE trainer checkpoint",
-                                hint="delete it or point checkpoint_dir elsewhere")
-        if state.get("version") != CHECKPOINT_VERSION:
-            raise TrainingError(f"{source} has checkpoint version {state.get('version')!r}; "
-                                f"this featcircuits reads {CHECKPOINT_VERSION}")
-        if self.run_flags and "run_flags" not in state:
-            raise TrainingError(
-                f"cannot resume from {source}: it was written by an older featcircuits that did "
-                f"not record the run's settings ({', '.join(sorted(self.run_flags))}), so a "
-                "resume could silently mix two runs",
-                hint="start over (without resuming, or in another output folder)")
-        saved_flags = json.loads(state.get("run_flags") or "{}")
-        changed = sorted(key for key in set(saved_flags) | set(self.run_flags)
-                         if saved_flags.get(key) != self.run_flags.get(key))
-        if changed:
-            detail = "; ".join(f"{key}: {saved_flags.get(key)!r} then, "
-                               f"{self.run_flags.get(key)!r} now" for key in changed)
-            raise TrainingError(
-                f"cannot resume from {source}: it was written by a run with other settings "
-                f"({detail}); continuing would give a result that matches neither run",
-                hint="resume with the same settings, or start a new run in another output "
-                "folder / checkpoint_dir (or without resuming)")
-        saved = json.loads(state["config"])
-        ours = asdict(self.config)
-        differing = sorted(key for key in set(saved) | set(ours) if saved.get(key) != ours.get(key))
-        if differing:
-            detail = ", ".join(f"{key}: checkpoint {saved.get(key)!r} vs now {ours.get(key)!r}"
-                               for key in differing)
-            raise TrainingError(
-                f"{source} was written by a run with a different config ({detail})",
-                hint="use the same settings to resume, or another checkpoint_dir for a new run")
+        check_resumable(state, self.config, self.run_flags, source)
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])

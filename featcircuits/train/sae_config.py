@@ -1,14 +1,17 @@
-"""The SAE trainer's configuration (compared on resume) and its small numerical parts:
-the geometric-median initialisation of ``b_dec`` and the optimizer."""
+"""The SAE trainer's configuration and the check that a checkpoint was written by the same
+run (``check_resumable``), plus its small numerical parts: the geometric-median
+initialisation of ``b_dec`` and the optimizer."""
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
-from featcircuits.errors import ParameterError
+from featcircuits.errors import ParameterError, TrainingError
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -17,6 +20,7 @@ __all__ = [
     "DEFAULT_L1_COEFFICIENT",
     "LOG_COLUMNS",
     "SAETrainingConfig",
+    "check_resumable",
     "geometric_median",
     "make_optimizer",
 ]
@@ -95,3 +99,41 @@ def make_optimizer(parameters: list[torch.nn.Parameter], lr: float) -> torch.opt
         return torch.optim.Adam(parameters, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(parameters, lr=lr)
+
+
+def check_resumable(state: Any, config: SAETrainingConfig, run_flags: dict[str, Any],
+                    source: str) -> None:
+    """``TrainingError`` unless ``state`` (a trainer checkpoint) was written by a run with the
+    same ``config`` and ``run_flags``: a resume must never mix two runs."""
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{source} is not an SAE trainer checkpoint",
+                            hint="delete it or point checkpoint_dir elsewhere")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise TrainingError(f"{source} has checkpoint version {state.get('version')!r}; "
+                            f"this featcircuits reads {CHECKPOINT_VERSION}")
+    if run_flags and "run_flags" not in state:
+        raise TrainingError(
+            f"cannot resume from {source}: it was written by an older featcircuits that did "
+            f"not record the run's settings ({', '.join(sorted(run_flags))}), so a "
+            "resume could silently mix two runs",
+            hint="start over (without resuming, or in another output folder)")
+    saved_flags = json.loads(state.get("run_flags") or "{}")
+    changed = sorted(key for key in set(saved_flags) | set(run_flags)
+                     if saved_flags.get(key) != run_flags.get(key))
+    if changed:
+        detail = "; ".join(f"{key}: {saved_flags.get(key)!r} then, "
+                           f"{run_flags.get(key)!r} now" for key in changed)
+        raise TrainingError(
+            f"cannot resume from {source}: it was written by a run with other settings "
+            f"({detail}); continuing would give a result that matches neither run",
+            hint="resume with the same settings, or start a new run in another output "
+            "folder / checkpoint_dir (or without resuming)")
+    saved = json.loads(state["config"])
+    ours = asdict(config)
+    differing = sorted(key for key in set(saved) | set(ours) if saved.get(key) != ours.get(key))
+    if differing:
+        detail = ", ".join(f"{key}: checkpoint {saved.get(key)!r} vs now {ours.get(key)!r}"
+                           for key in differing)
+        raise TrainingError(
+            f"{source} was written by a run with a different config ({detail})",
+            hint="use the same settings to resume, or another checkpoint_dir for a new run")
