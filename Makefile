@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench docs clean
+.PHONY: demo test test-slow install lint bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/ioi_patching.py
 
-# two workers (pytest-xdist), one torch thread each: the suite is CPU-bound on 2 cores
+# two workers (pytest-xdist), one torch thread each: the suite is CPU-bound on 2 cores.
+# `make test` leaves out the slow end-to-end subprocess tests; `make test-slow` runs them
+# (CI runs both).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m slow
 
 lint: $(STAMP)
 	$(BIN)/ruff check featcircuits tests examples benchmarks

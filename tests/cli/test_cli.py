@@ -369,6 +369,7 @@ def test_local_model_traces_are_not_remote(monkeypatch):
     assert logits.shape[:2] == (1, 3)
 
 
+@pytest.mark.slow
 def test_remote_round_trip_simulation_matches_local():
     """``remote='local'`` serializes each trace like an NDIF request: the trace bodies of
     the evaluation (read, splice, zero-ablate) give the same numbers as a local run."""

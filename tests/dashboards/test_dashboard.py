@@ -239,6 +239,7 @@ def _cli(*args, cwd):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_dashboard(sae, tmp_path, capsys):
     from featcircuits.cli.main import main
 
@@ -258,6 +259,7 @@ def test_cli_dashboard(sae, tmp_path, capsys):
     assert not (tmp_path / "g.png").exists()
 
 
+@pytest.mark.slow
 def test_cli_render(tmp_path, capsys):
     from featcircuits.cli.main import main
     from featcircuits.render import example_circuit

@@ -200,6 +200,7 @@ def test_chunked_circuits_equal_unchunked(tiny, one_thread):
 
 
 # ---------------------------------------------------------------------- load
+@pytest.mark.slow
 def test_1000_ioi_prompts_do_not_grow_memory(tiny, one_thread):
     """1,000 IOI prompts through the patch search (attribution curve and elimination) in
     batches of 50: RSS after the 1,000th prompt is within 10% of RSS after the 100th, and

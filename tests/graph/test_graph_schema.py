@@ -124,6 +124,7 @@ def test_read_graph_verifies_checksums(tmp_path):
         read_graph(tmp_path / "missing.json")
 
 
+@pytest.mark.slow
 def test_cli_render_reads_what_the_circuit_command_writes(tmp_path):
     """`featcircuits circuit` writes <name>.json, <name>_nodes/_edges.csv and the table
     manifest <name>_graph.json (save_circuit); `featcircuits render` reads each of them."""

@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.determinism_runs import run_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_examples_are_byte_identical_across_runs(tmp_path, capsys):
     """`featcircuits ioi` and `featcircuits circuit parens` twice with seed 3 (another
     process, PYTHONHASHSEED 1 vs this one's) → every output file byte-identical."""

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.determinism_runs import TRAIN_SAE, train, write_dictionaries
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +46,7 @@ def _same_files(a: Path, b: Path, names: list[str]) -> None:
     assert not differ, f"{a} and {b} differ in {differ}"
 
 
+@pytest.mark.slow
 def test_saved_dictionaries_are_byte_identical_across_processes(tmp_path):
     """an SAE (12+ metadata keys), a transcoder (file and folder) and a PCA basis saved in two
     processes (PYTHONHASHSEED 1 vs this one's), safetensors' header metadata kept in a Rust
@@ -63,6 +66,7 @@ def test_saved_dictionaries_are_byte_identical_across_processes(tmp_path):
         _same_files(tmp_path / other, tmp_path / "b", names)
 
 
+@pytest.mark.slow
 def test_train_sae_twice_and_killed_then_resumed_write_identical_files(tmp_path, capsys):
     """`train-sae` (12 steps, checkpoint every 4) in two processes, and once SIGKILLed right
     after its first checkpoint then run again with --resume → identical

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
@@ -53,6 +55,7 @@ print("ok", after)
 """
 
 
+@pytest.mark.slow
 def test_rendering_leaves_backend_and_pyplot_figures_alone(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("MPLBACKEND", None)

@@ -262,6 +262,7 @@ def _assert_same_sae(a: SparseAutoencoder, b: SparseAutoencoder):
         assert torch.equal(ta, tb), name
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_bit_identical(tmp_path):
     x, _ = _sparse_data(n=6000, d=8, m=16, p=0.15)
     data = StepBatches(x, 64, seed=3)
