@@ -10,8 +10,7 @@ which node values are read there is a ``NodeRead``.
 Every dictionary is READ (encoded) at its ``input_site`` and WRITTEN (decoded: edits, error
 term, freezing, deltas) at its ``site``. They differ for a transcoder: its input site is
 read earlier in the same pass (after any operations there) and its features are encoded
-from that activation; ``patch_read_features`` / ``patch_read_error`` are ``patch_site`` /
-``patch_error`` for such a dictionary.
+from that activation, passed to ``patch_site`` / ``patch_error`` as ``x_in``.
 """
 
 from __future__ import annotations
@@ -32,8 +31,7 @@ from featcircuits.model.sites import Site
 if TYPE_CHECKING:
     from featcircuits.circuits.targets import ResolvedTarget
 
-__all__ = ["NodeRead", "SiteOps", "TraceResult", "patch_read_error", "patch_read_features",
-           "repeat_rows", "trace_rows"]
+__all__ = ["NodeRead", "SiteOps", "TraceResult", "repeat_rows", "trace_rows"]
 
 
 @dataclass
@@ -152,20 +150,14 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                     target_values.append((index, value.save()))
             edit = None
             if op.patch is not None:
-                if x_in is None:
-                    edit = patch_site(model, resolved, dictionary, **op.patch)
-                else:
-                    edit = patch_read_features(model, resolved, dictionary, x_in, **op.patch)
+                edit = patch_site(model, resolved, dictionary, **op.patch, x_in=x_in)
             if op.patch_err is not None:
                 # masks in the activation's dtype, so that a bf16 model gets bf16 back
                 dtype = resolved.read(model).dtype
                 patch_err = {key: value.to(dtype) if value.is_floating_point() else value
                              for key, value in op.patch_err.items()}
-                if x_in is None:
-                    patch_error(model, resolved, dictionary, **patch_err, prior_edit=edit)
-                else:
-                    patch_read_error(model, resolved, dictionary, x_in, **patch_err,
-                                     prior_edit=edit)
+                patch_error(model, resolved, dictionary, **patch_err, prior_edit=edit,
+                            x_in=x_in)
             x = resolved.read(model)
             if op.delta is not None:
                 # the delta is float32 (exact gradients); the model gets its own dtype back
@@ -200,49 +192,6 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     for index, value in target_values:
         result.targets[:, index] = value
     return result
-
-
-def patch_read_features(model, site: Site, dictionary: Dictionary, x_in: torch.Tensor,
-                        source_features: torch.Tensor, feature_mask: torch.Tensor,
-                        position_mask: torch.Tensor | None = None, *,
-                        feature_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Inside a trace: ``patch_site`` for a dictionary that reads ``x_in [R, T, d]`` (its
-    input site's activation, read earlier in the pass) and writes ``site``: adds
-    ``Σ_i m_i (s_i − encode(x_in)_i) f_i`` at ``site``; returns that edit ``[R, T, d]``.
-    Arguments as for ``patch_site`` (without ``rows``)."""
-    activation = site.read(model)
-    current = dictionary.encode_features(x_in, feature_ids)
-    directions = dictionary.directions
-    if feature_ids is not None:
-        directions = directions[feature_ids]
-    if feature_mask.ndim == 3:
-        weight = (source_features - current) * feature_mask
-    else:
-        mask = feature_mask if feature_mask.ndim == 2 else feature_mask[None, :]
-        weight = (source_features - current) * mask[:, None, :]
-    if position_mask is not None:
-        weight = weight * position_mask[..., None]
-    edit = (weight @ directions.to(weight.dtype)).to(activation.dtype)
-    site.write(model, activation + edit)
-    return edit
-
-
-def patch_read_error(model, site: Site, dictionary: Dictionary, x_in: torch.Tensor,
-                     source_error: torch.Tensor, error_mask: torch.Tensor,
-                     position_mask: torch.Tensor | None = None, *,
-                     prior_edit: torch.Tensor | None = None) -> torch.Tensor:
-    """Inside a trace: ``patch_error`` for a dictionary that reads ``x_in [R, T, d]`` and
-    writes ``site``, whose error is ``x − decode(encode(x_in))`` (``x`` at ``site`` before
-    ``prior_edit``); returns the edit ``[R, T, d]``."""
-    activation = site.read(model)
-    weight = error_mask.to(activation.dtype)[:, None, None]
-    if position_mask is not None:
-        weight = weight * position_mask[..., None]
-    original = activation if prior_edit is None else activation - prior_edit
-    error = original - dictionary.decode(dictionary.encode(x_in))
-    edit = ((source_error - error) * weight).to(activation.dtype)
-    site.write(model, activation + edit)
-    return edit
 
 
 def _as_activation(value: torch.Tensor, activation) -> torch.Tensor:

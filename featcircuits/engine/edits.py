@@ -28,7 +28,8 @@ __all__ = ["check_finite_activations", "input_site_of", "patch_error", "patch_si
 def patch_site(model, site: Site | str, dictionary: Dictionary, source_features: torch.Tensor,
                feature_mask: torch.Tensor, position_mask: torch.Tensor | None = None, *,
                feature_ids: torch.Tensor | None = None,
-               rows: torch.Tensor | None = None) -> torch.Tensor:
+               rows: torch.Tensor | None = None,
+               x_in: torch.Tensor | None = None) -> torch.Tensor:
     """Inside a trace: patch features at ``site``; returns the edit ``x′ − x̄``.
 
     Args:
@@ -43,6 +44,9 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
             patching, so one forward of ``n`` prompts evaluates many (prompt, feature set)
             rows from this site on (the layers before the site run once per prompt; e.g.
             ``torch.arange(n).repeat(k)`` evaluates ``k`` sets).
+        x_in: ``[batch, pos, d_model]`` the input site's activation, read earlier in the same
+            pass (for a dictionary that reads elsewhere than it writes, when its input site
+            can no longer be read in forward order); c̄ is encoded from it.
 
     A dictionary whose ``input_site`` differs from ``site`` (a ``Transcoder``) encodes c̄ from
     the activation at ``input_site`` and adds the edit at ``site``.
@@ -52,14 +56,15 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
     """
     site = Site.parse(site)
     input_site = input_site_of(dictionary, site)
-    if input_site != site:
-        if rows is not None:
-            raise ParameterError("rows cannot gather at a transcoder's output site",
-                                 hint="repeat the input ids instead (rows=None)")
-        current = dictionary.encode_features(input_site.read(model), feature_ids)
-        activation = site.read(model)
+    if rows is not None and (x_in is not None or input_site != site):
+        raise ParameterError("rows cannot gather at a transcoder's output site",
+                             hint="repeat the input ids instead (rows=None)")
+    if x_in is None and input_site != site:
+        x_in = input_site.read(model)
+    activation = site.read(model)
+    if x_in is not None:
+        current = dictionary.encode_features(x_in, feature_ids)
     else:
-        activation = site.read(model)
         if rows is not None:
             activation = activation[rows]
         current = dictionary.encode_features(activation, feature_ids)
@@ -89,7 +94,8 @@ def input_site_of(dictionary: Dictionary, site: Site | str) -> Site:
 
 def patch_error(model, site: Site | str, dictionary: Dictionary, source_error: torch.Tensor,
                 error_mask: torch.Tensor, position_mask: torch.Tensor | None = None, *,
-                prior_edit: torch.Tensor | None = None) -> torch.Tensor:
+                prior_edit: torch.Tensor | None = None,
+                x_in: torch.Tensor | None = None) -> torch.Tensor:
     """Inside a trace: replace the dictionary's error term at ``site``; returns the edit.
 
     With ``ē = x̄ − decode(encode(x̄))`` read live, ``x′ = x̄ + m · (e_source − ē)``: the
@@ -105,6 +111,9 @@ def patch_error(model, site: Site | str, dictionary: Dictionary, source_error: t
             (zeros to ablate, the mean error, another prompt's error, ...).
         error_mask: ``[batch]``; 1 in rows whose error is patched.
         position_mask: ``[batch, pos]``; 1 at positions to patch (``None``: all).
+        x_in: the input site's activation ``[batch, pos, d_model]`` read earlier in the pass,
+            for a dictionary that reads elsewhere than it writes: the error is then
+            ``x − decode(encode(x_in))``.
 
     Returns:
         ``[batch, pos, d_model]`` the edit added to the activation.
@@ -115,7 +124,9 @@ def patch_error(model, site: Site | str, dictionary: Dictionary, source_error: t
     if position_mask is not None:
         weight = weight * position_mask[..., None]
     original = activation if prior_edit is None else activation - prior_edit
-    edit = ((source_error - dictionary.error(original)) * weight).to(activation.dtype)
+    error = (dictionary.error(original) if x_in is None
+             else original - dictionary.decode(dictionary.encode(x_in)))
+    edit = ((source_error - error) * weight).to(activation.dtype)
     site.write(model, activation + edit)
     return edit
 
