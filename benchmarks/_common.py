@@ -27,7 +27,7 @@ def compare_methods(runs: CircuitRuns, *, tau: float, candidates: dict | None,
     circuit's top-``top`` edges.
     """
     from featcircuits.circuits.compare import all_edge_weights
-    from featcircuits.graph.ops import edge_list
+    from featcircuits.graph import edge_list
 
     rows: dict[str, int] = {}
 

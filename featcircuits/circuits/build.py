@@ -10,7 +10,7 @@ import torch
 from featcircuits.circuits.nodes import Node, node_id
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.engine.runs import ERROR, CircuitRuns
-from featcircuits.graph.ops import FORMAT_VERSION, reaching
+from featcircuits.graph import FORMAT_VERSION, reaching
 from featcircuits.model.loading import underlying_module
 from featcircuits.model.sites import Site
 

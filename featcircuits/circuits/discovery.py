@@ -62,7 +62,7 @@ from featcircuits.dictionaries.base import Dictionary
 from featcircuits.engine.runs import ABLATIONS, CircuitRuns
 from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import ParameterError
-from featcircuits.graph.ops import check_tau
+from featcircuits.graph import check_tau
 from featcircuits.model.sites import Site
 
 __all__ = ["CircuitOptions", "acdc_circuit", "attribution_circuit", "circuit_runs",

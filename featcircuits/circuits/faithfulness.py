@@ -46,7 +46,7 @@ from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import GraphError, ParameterError
-from featcircuits.graph.ops import check_graph, parse_node_id, reaching, target_nodes, top_k_edges
+from featcircuits.graph import check_graph, parse_node_id, reaching, target_nodes, top_k_edges
 from featcircuits.patching.search import size_grid
 
 Masks = dict[str, torch.Tensor]  # {site: [T, F + 1] bool}, last column = error node

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import networkx as nx
 
 from featcircuits.engine.runs import ERROR, CircuitRuns
-from featcircuits.graph.ops import make_node_id, parse_node_id, target_nodes
+from featcircuits.graph import make_node_id, parse_node_id, target_nodes
 from featcircuits.model.sites import Site
 
 Node = tuple[str, int, "int | None"]  # (site, feature id or ERROR, position or None)

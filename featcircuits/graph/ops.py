@@ -18,16 +18,7 @@ from collections.abc import Iterable
 import networkx as nx
 
 from featcircuits.errors import GraphError, ParameterError
-from featcircuits.graph.schema import (
-    FORMAT_VERSION,
-    NODE_ATTRIBUTES,
-    NODE_KINDS,
-    NodeKey,
-    check_graph,
-    make_node_id,
-    parse_node_id,
-    target_nodes,
-)
+from featcircuits.graph.schema import target_nodes
 
 
 # ------------------------------------------------------------------------------ checks
@@ -113,18 +104,4 @@ def edge_list(graph: nx.DiGraph) -> list[tuple[str, str, float]]:
                   key=lambda edge: (-abs(edge[2]), edge[0], edge[1]))
 
 
-__all__ = [
-    "FORMAT_VERSION",
-    "NODE_ATTRIBUTES",
-    "NODE_KINDS",
-    "NodeKey",
-    "check_graph",
-    "check_tau",
-    "edge_list",
-    "make_node_id",
-    "parse_node_id",
-    "reaching",
-    "target_nodes",
-    "threshold",
-    "top_k_edges",
-]
+__all__ = ["check_tau", "edge_list", "reaching", "threshold", "top_k_edges"]

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from featcircuits.errors import ParameterError
-from featcircuits.graph.ops import check_tau
+from featcircuits.graph import check_tau
 from featcircuits.model.loading import trace
 from featcircuits.model.metrics import kl_divergence, logit_diff
 from featcircuits.model.sites import Site

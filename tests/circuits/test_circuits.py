@@ -36,6 +36,7 @@ from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.engine.edits import patch_error, patch_site
 from featcircuits.engine.runs import ERROR, CircuitRuns
 from featcircuits.engine.settings import RunSettings
+from featcircuits.graph import make_node_id, parse_node_id, reaching, threshold, top_k_edges
 from featcircuits.graph.io import (
     edges_frame,
     nodes_frame,
@@ -45,7 +46,6 @@ from featcircuits.graph.io import (
     write_json,
     write_tables,
 )
-from featcircuits.graph.ops import make_node_id, parse_node_id, reaching, threshold, top_k_edges
 from featcircuits.model.loading import underlying_module
 from featcircuits.model.sites import Site
 from tests.support.factories import QUIET, random_saes

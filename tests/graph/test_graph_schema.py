@@ -75,11 +75,12 @@ def test_node_ids_round_trip_and_one_definition():
         assert schema.parse_node_id(ident).id == ident
     with pytest.raises(GraphError, match="cannot parse"):
         schema.parse_node_id("resid_out.3/x")
-    from featcircuits.graph import ops
+    from featcircuits import graph
 
-    # graph.ops re-exports the schema's functions instead of defining its own
-    assert ops.make_node_id is schema.make_node_id and ops.parse_node_id is schema.parse_node_id
-    assert ops.check_graph is schema.check_graph
+    # the package exports the schema's functions; nothing defines its own
+    assert graph.make_node_id is schema.make_node_id
+    assert graph.parse_node_id is schema.parse_node_id
+    assert graph.check_graph is schema.check_graph
     sources = "\n".join(p.read_text() for p in (ROOT / "featcircuits").rglob("*.py")
                         if p.name != "schema.py")
     for definition in ("def make_node_id", "def parse_node_id", "_SITE_ORDER", "_ID_RE"):

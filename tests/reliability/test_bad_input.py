@@ -36,8 +36,8 @@ from featcircuits.engine.cache import RunCache
 from featcircuits.engine.runs import CircuitRuns
 from featcircuits.engine.settings import RunSettings
 from featcircuits.files import atomic_path, atomic_write_text
+from featcircuits.graph import threshold
 from featcircuits.graph.io import read_json, write_json
-from featcircuits.graph.ops import threshold
 from featcircuits.model.loading import load_model, underlying_module
 from featcircuits.model.sites import Site, architecture
 from featcircuits.patching.experiment import PatchingExperiment

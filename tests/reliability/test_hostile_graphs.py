@@ -176,7 +176,7 @@ def test_wrong_typed_json_fields(tmp_path, path):
                 graph = read_json(tmp_path / "e.json")
         except FeatCircuitsError:
             continue
-        from featcircuits.graph.ops import check_graph
+        from featcircuits.graph import check_graph
 
         check_graph(graph)  # whatever loads satisfies the schema
 
