@@ -20,45 +20,18 @@ import sys
 import time
 from pathlib import Path
 
-from featcircuits.cli.flags import add_model_flags, add_run_flags
+from featcircuits.cli.flags import (
+    add_model_flags,
+    add_run_flags,
+    finite_float,
+    positive_float,
+    positive_int,
+)
 
 EVAL_KEYS = ("l0", "variance_explained", "ce_loss_recovered", "kl_spliced", "dead_fraction")
 
 
 # ----------------------------------------------------------------------- shared parts
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a usage error, exit 2, otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (``nan``, ``inf``, 0 and negatives: exit 2)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a finite number (``nan``/``inf``: exit 2)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
 def _data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="where to train, e.g. resid_out.2")
     parser.add_argument("--out", required=True,

@@ -12,6 +12,7 @@ and ``dictionary_for_model`` (a loaded dictionary cast to the model's dtype and 
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from featcircuits.engine.settings import RunSettings
@@ -92,3 +93,38 @@ def dictionary_for_model(dictionary, model, args: argparse.Namespace | None = No
 
     device = getattr(args, "device", None) if remote_mode(model) is True else None
     return to_model(dictionary, model, device=device)
+
+
+# ------------------------------------------------------------------- argparse types
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a usage error, exit 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (``nan``, ``inf``, 0 and negatives: exit 2)."""
+    value = _number(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan``/``inf``: exit 2)."""
+    value = _number(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value

@@ -8,11 +8,9 @@ loop walks truncation points and bit flips deterministically.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import random
-import signal
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,7 @@ from featcircuits.graph.io import (
     write_tables,
 )
 from featcircuits.render.examples import example_circuit
+from tests.support.deadline import deadline
 
 FORMATS = {
     "json": (lambda g, folder: write_json(g, folder / "c.json"),
@@ -47,24 +46,11 @@ def _canonical(graph) -> tuple:
             sorted(graph.edges(data=True), key=str))
 
 
-@contextlib.contextmanager
-def _deadline(seconds: int = 10):
-    """Fail (instead of hanging forever) if the block runs longer than ``seconds``."""
-    def alarm(signum, frame):
-        raise AssertionError(f"a reader ran longer than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _load_or_project_error(read, folder: Path, reference) -> str:
     try:
-        with _deadline():
+        with deadline():
             loaded = read(folder)
     except FeatCircuitsError:
         return "error"
@@ -172,7 +158,7 @@ def test_wrong_typed_json_fields(tmp_path, path):
         holder[path[-1]] = value
         (tmp_path / "e.json").write_text(json.dumps(_resealed(edited)))
         try:
-            with _deadline():
+            with deadline():
                 graph = read_json(tmp_path / "e.json")
         except FeatCircuitsError:
             continue
@@ -197,7 +183,7 @@ def test_unchecked_graphml_damage_never_crashes(tmp_path):
     for _ in range(150):
         (tmp_path / "d.graphml").write_bytes(_damage(clean, "flip", rng))
         try:
-            with _deadline():
+            with deadline():
                 read_graphml(tmp_path / "d.graphml", verify=False)
         except FeatCircuitsError:
             pass

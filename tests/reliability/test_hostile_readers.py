@@ -10,11 +10,9 @@ limit, so a regression fails instead of exhausting the machine.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -36,24 +34,12 @@ from featcircuits.graph.io import (
 from featcircuits.graph.schema import MAX_POSITION
 from featcircuits.render.examples import example_circuit
 from featcircuits.tasks.prompts import read_prompts
+from tests.support.deadline import deadline
 
 ROW = {"clean": "When Mary and John went, John gave it to", "corrupt":
        "When Mary and John went, Mary gave it to", "answer": " Mary", "wrong_answer": " John"}
 
 
-@contextlib.contextmanager
-def _deadline(seconds: int = 10):
-    """Fail (instead of hanging forever) if the block runs longer than ``seconds``."""
-    def alarm(signum, frame):
-        raise AssertionError(f"a reader ran longer than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _resealed(data: dict) -> dict:
@@ -89,7 +75,7 @@ def test_graph_reader_on_a_fifo(tmp_path, reader):
     GraphError 'is a FIFO' at once, never a blocked open."""
     fifo = tmp_path / ("c.graphml" if reader == "read_graphml" else "c.json")
     os.mkfifo(fifo)
-    with _deadline(), pytest.raises(GraphError, match="FIFO"):
+    with deadline(), pytest.raises(GraphError, match="FIFO"):
         GRAPH_READERS[reader](fifo)
 
 
@@ -99,7 +85,7 @@ def test_prompt_reader_on_a_fifo(tmp_path, suffix):
     'is a FIFO' at once, never a blocked open."""
     fifo = tmp_path / f"prompts{suffix}"
     os.mkfifo(fifo)
-    with _deadline(), pytest.raises(PromptError, match="FIFO"):
+    with deadline(), pytest.raises(PromptError, match="FIFO"):
         read_prompts(fifo)
 
 
@@ -111,7 +97,7 @@ def test_readers_on_dev_zero(tmp_path):
     (tmp_path / "nodes.csv").unlink()
     for name in ("c.json", "c.graphml", "nodes.csv", "prompts.jsonl", "prompts.csv"):
         (tmp_path / name).symlink_to("/dev/zero")
-    with _deadline():
+    with deadline():
         for name in ("c.json", "c.graphml", "nodes.csv"):
             with pytest.raises(GraphError, match="device"):
                 read_graph(tmp_path / name)
@@ -440,5 +426,5 @@ def test_graphml_entity_expansion_bomb(tmp_path):
         '<graphml xmlns="http://graphml.graphdrawing.org/xmlns">'
         '<key id="d0" for="graph" attr.name="x" attr.type="string"/>'
         '<graph edgedefault="directed"><data key="d0">&a9;</data></graph></graphml>')
-    with _deadline(), pytest.raises(GraphError, match="cannot read GraphML"):
+    with deadline(), pytest.raises(GraphError, match="cannot read GraphML"):
         read_graph(tmp_path / "bomb.graphml")
