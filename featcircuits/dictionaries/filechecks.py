@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from featcircuits.errors import DictionaryLoadError
+from featcircuits.files import read_bytes_limited
 
 MAX_CONFIG_BYTES = 16 * 2**20
 """Largest config file (``cfg.json``, ``config.json``, ``config.yaml``) read."""
@@ -91,15 +92,10 @@ def regular_file(path: Path, *, limit: int | None = None) -> int:
 
 
 def read_config_text(path: Path) -> str:
-    """The UTF-8 text of config file ``path`` (a bounded regular file)."""
-    regular_file(path, limit=MAX_CONFIG_BYTES)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise DictionaryLoadError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from exc
-    if len(data) > MAX_CONFIG_BYTES:
-        raise DictionaryLoadError(f"{str(path)!r} grew past {MAX_CONFIG_BYTES} bytes while read")
+    """The UTF-8 text of config file ``path`` (a bounded regular file, read with the
+    toolkit's one bounded reader, ``files.read_bytes_limited``)."""
+    data = read_bytes_limited(path, MAX_CONFIG_BYTES, "dictionary config",
+                              error=DictionaryLoadError)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
