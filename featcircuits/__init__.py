@@ -9,8 +9,8 @@ The top level holds the names for the three jobs (about 25, plus the error class
   ``attribution_curve``, ``compare_bases``;
 * discover, evaluate, save and render circuits: ``circuit_runs``, ``acdc_circuit``,
   ``attribution_circuit``, ``hybrid_circuit``, ``faithfulness``, ``faithfulness_curve``,
-  ``read_graph``, ``write_json``, ``threshold``, ``top_k_edges``, ``render_circuit``,
-  ``to_html``.
+  ``read_graph``, ``write_json``, ``threshold``, ``top_k_edges``, ``prune``,
+  ``render_circuit``, ``to_html``.
 
 Everything else lives in its subpackage, each with an ``__all__``: ``featcircuits.model``,
 ``.dictionaries``, ``.tasks``, ``.engine``, ``.patching``, ``.circuits``, ``.graph``,
@@ -46,7 +46,7 @@ from featcircuits.dictionaries import (
 from featcircuits.engine import RunSettings
 from featcircuits.errors import *
 from featcircuits.errors import __all__ as _error_names
-from featcircuits.graph import read_graph, threshold, top_k_edges, write_json
+from featcircuits.graph import prune, read_graph, threshold, top_k_edges, write_json
 from featcircuits.model import Site, load_model, remote_mode, to_model, trace, zoo_path
 from featcircuits.patching import (
     PatchingExperiment,
@@ -90,6 +90,7 @@ __all__ = [  # noqa: PLE0604 -- the error names are strings
     "write_json",
     "threshold",
     "top_k_edges",
+    "prune",
     "render_circuit",
     "to_html",
 ]

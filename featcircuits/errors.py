@@ -66,7 +66,13 @@ class OutputError(FeatCircuitsError, OSError):
     """An output path cannot be written."""
 
 
+class CircuitWarning(UserWarning):
+    """A circuit came out empty or cut off from its target (a threshold too high); the
+    message names the threshold and a value that keeps the target's strongest path."""
+
+
 __all__ = [
+    "CircuitWarning",
     "DictionaryError",
     "DictionaryLoadError",
     "FeatCircuitsError",

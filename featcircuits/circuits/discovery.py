@@ -30,6 +30,7 @@ runs: a ``CircuitRuns``, or model, dictionaries, inputs, targets, ``node_reduce`
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,7 +62,7 @@ from featcircuits.circuits.targets import FeatureTarget, Target
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.engine.runs import ABLATIONS, CircuitRuns
 from featcircuits.engine.settings import RunSettings
-from featcircuits.errors import ParameterError
+from featcircuits.errors import CircuitWarning, ParameterError
 from featcircuits.graph import check_tau
 from featcircuits.model.sites import Site
 
@@ -172,6 +173,7 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
                         settings=settings)
     in_graph: dict[str, list[Node]] = {}
     edges: dict[tuple, float] = {}
+    strongest: dict[str, float] = {}  # target id -> largest |weight| of any edge into it
     sites = upstream_sites(runs)
     for site in tqdm(list(reversed(sites)), desc="acdc", leave=False,
                      disable=not runs.progress or len(sites) < 2):
@@ -188,6 +190,10 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
         limits = torch.tensor([options.edge_limit(runs, column) for column in columns],
                               device=effects.device)
         kept = (effects.abs() >= limits[None, :]) & (effects != 0)
+        for j, column in enumerate(columns):
+            if isinstance(column, str) and len(nodes):
+                strongest[column] = max(strongest.get(column, 0.0),
+                                        float(effects[:, j].abs().max()))
         for i, node in enumerate(nodes):
             hits = torch.nonzero(kept[i]).flatten().tolist()
             if not hits:
@@ -200,6 +206,7 @@ def acdc_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, in
     graph = build_graph(runs, nodes, edges, method="acdc", **options.graph_attrs())
     if node_effects:
         _set_exact_effects(runs, graph, options)
+    warn_if_cut_off(graph, runs, options, strongest)
     return graph
 
 
@@ -228,12 +235,15 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
                         settings=settings)
     effects, kept = _attributed_nodes(runs, options, node_tau=node_tau, max_nodes=max_nodes,
                                       method=method, steps=steps)
-    edges, _ = attribution_edges(runs, kept, options.tau, ablation=ablation,
-                                 positional=positional, relative_tau=relative_tau)
+    edges, computed = attribution_edges(runs, kept, options.tau, ablation=ablation,
+                                        positional=positional, relative_tau=relative_tau)
     nodes = [node for group in kept.values() for node in group]
-    return build_graph(runs, nodes, edges, method="attribution", effects=effects,
-                       node_threshold=node_tau, attribution=method, **options.graph_attrs(),
-                       **({} if max_nodes is None else {"max_nodes": int(max_nodes)}))
+    graph = build_graph(runs, nodes, edges, method="attribution", effects=effects,
+                        node_threshold=node_tau, attribution=method, **options.graph_attrs(),
+                        **({} if max_nodes is None else {"max_nodes": int(max_nodes)}))
+    warn_if_cut_off(graph, runs, options, _into_targets(computed),
+                    node_tau=node_tau, effects=effects)
+    return graph
 
 
 def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, inputs=None, *,
@@ -278,8 +288,9 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
                         settings=settings)
     effects, kept = _attributed_nodes(runs, options, node_tau=node_tau, max_nodes=max_nodes,
                                       method=method, steps=steps)
-    screened, _ = attribution_edges(runs, kept, screen * options.tau, ablation=ablation,
-                                    positional=positional, relative_tau=relative_tau)
+    screened, estimated = attribution_edges(runs, kept, screen * options.tau,
+                                            ablation=ablation, positional=positional,
+                                            relative_tau=relative_tau)
     ranked = sorted(screened.items(), key=lambda item: -abs(item[1]))
     if max_verify is not None:
         ranked = ranked[:max_verify]
@@ -306,6 +317,9 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
                         **options.graph_attrs())
     if exact_node_effects:
         _set_exact_effects(runs, graph, options)
+    # exact weights where verified, else attribution's estimate
+    warn_if_cut_off(graph, runs, options, _into_targets({**estimated, **exact}),
+                    node_tau=node_tau, effects=effects)
     return graph
 
 
@@ -347,6 +361,45 @@ def feature_graph(model, dictionaries: Mapping[str, Dictionary], inputs, *,
 
 
 # -------------------------------------------------------------------------- shared
+def _into_targets(weights: Mapping[tuple, float]) -> dict[str, float]:
+    """Largest ``|weight|`` of the measured edges into each target (targets are str ids)."""
+    out: dict[str, float] = {}
+    for (_, downstream), weight in weights.items():
+        if isinstance(downstream, str):
+            out[downstream] = max(out.get(downstream, 0.0), abs(float(weight)))
+    return out
+
+
+def warn_if_cut_off(graph: nx.DiGraph, runs: CircuitRuns, options: CircuitOptions,
+                    strongest: Mapping[str, float], *, node_tau: float | None = None,
+                    effects: Mapping[Node, float] | None = None) -> None:
+    """``CircuitWarning`` when no target of ``graph`` has an incoming edge (an empty
+    circuit: discovery keeps only nodes with a path to a target), naming the threshold and the largest value that keeps the strongest measured
+    edge into the target (the last link of its strongest path)."""
+    cut = [t.node_id for t in runs.targets if graph.in_degree(t.node_id) == 0]
+    if len(cut) < len(runs.targets):  # some target is explained (feature_graph: many targets)
+        return
+    what = "empty"
+    if node_tau is not None and effects is not None and graph.number_of_nodes() <= len(
+            runs.targets):
+        unit = node_limit(runs, 1.0, options.relative_tau)
+        best = max((abs(v) for v in effects.values()), default=0.0) / (unit or 1.0)
+        if best < node_tau:
+            warnings.warn(f"the circuit is {what}: node_tau={node_tau:g} removed every node "
+                          f"(the strongest has |effect| {best:.4g} in these units); "
+                          f"node_tau <= {best:.4g} keeps it", CircuitWarning, stacklevel=3)
+            return
+    bests = {t: strongest.get(t, 0.0) / (options.edge_limit(runs, t, 1.0) or 1.0) for t in cut}
+    target = max(cut, key=lambda t: (bests[t], t))
+    which = (f"target {target!r}" if len(cut) == 1
+             else f"{len(cut)} of {len(runs.targets)} targets (e.g. {target!r})")
+    hint = (f"tau <= {bests[target]:.4g} keeps the strongest measured edge into "
+            f"{target!r}" if bests[target] > 0 else "no measured edge into it is non-zero")
+    warnings.warn(f"the circuit is {what}: tau={options.tau:g}"
+                  f"{' (relative)' if options.relative_tau else ''} removed every edge into "
+                  f"{which}; {hint}", CircuitWarning, stacklevel=3)
+
+
 def _check_attribution(method: str) -> None:
     if method not in IG_METHODS:
         raise ParameterError(f"unknown attribution method {method!r}",

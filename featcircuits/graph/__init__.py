@@ -1,6 +1,7 @@
 """The circuit-graph schema (``schema``: node ids, attributes, validation, site order,
-format version), graph operations (``ops``) and graph files (``io``)."""
+format version), graph operations (``ops``), influence and pruning (``influence``) and graph files (``io``)."""
 
+from featcircuits.graph.influence import Influence, influence, prune, strongest_path
 from featcircuits.graph.io import (
     edges_frame,
     from_json_data,
@@ -34,6 +35,7 @@ __all__ = [
     "EDGE_ATTRIBUTES",
     "EDGE_METHODS",
     "FORMAT_VERSION",
+    "Influence",
     "NODE_ATTRIBUTES",
     "NODE_KINDS",
     "NodeKey",
@@ -42,15 +44,18 @@ __all__ = [
     "edge_list",
     "edges_frame",
     "from_json_data",
+    "influence",
     "make_node_id",
     "nodes_frame",
     "parse_node_id",
+    "prune",
     "reaching",
     "read_graph",
     "read_graphml",
     "read_json",
     "read_tables",
     "site_depth",
+    "strongest_path",
     "target_nodes",
     "threshold",
     "to_json_data",

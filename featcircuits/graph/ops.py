@@ -2,8 +2,7 @@
 ``featcircuits.graph.schema`` / ``docs/graph-format.md``): thresholds, top-k, reaching.
 
 Node ids, the format version and validation live in :mod:`featcircuits.graph.schema`
-(``make_node_id``, ``parse_node_id``, ``check_graph`` and ``target_nodes`` are re-exported
-here for callers of the old module).
+and influence in :mod:`featcircuits.graph.influence` (``prune``).
 
 Every function here takes a graph and returns a new graph (the input is never modified).
 Which nodes are the circuit's targets is read from the graph attribute ``target_nodes``
@@ -13,11 +12,13 @@ Which nodes are the circuit's targets is read from the graph attribute ``target_
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 
 import networkx as nx
 
-from featcircuits.errors import GraphError, ParameterError
+from featcircuits.errors import CircuitWarning, GraphError, ParameterError
+from featcircuits.graph.influence import grow_top_k, keep_connected, strongest_path
 from featcircuits.graph.schema import target_nodes
 
 
@@ -61,41 +62,62 @@ def threshold(graph: nx.DiGraph, tau: float, *, relative: bool | None = None) ->
 
     With ``relative`` (default: the graph attribute ``relative_tau``) an edge ``u → d``
     needs ``|weight| >= tau × scale(d)``, ``scale`` being the node attribute written by
-    circuit discovery. Monotone: a larger ``tau`` never adds an edge. ``ParameterError``
-    for NaN/negative tau. The result's ``tau`` graph attribute is the larger of the old and
-    the new threshold.
+    circuit discovery. A target is never cut off: when ``tau`` would remove every edge into
+    a target that has some, the target keeps its strongest path (the path from a source
+    whose weakest edge, ``|weight| / scale(d)`` when relative, is largest:
+    ``influence.strongest_path``) and a ``CircuitWarning`` names ``tau`` and the value that
+    keeps that path. Below that value a larger ``tau`` never adds an edge.
+    ``ParameterError`` for NaN/negative tau. The result's ``tau`` graph attribute is the
+    larger of the old and the new threshold.
     """
     tau = check_tau(tau)
     if relative is None:
         relative = bool(graph.graph.get("relative_tau", False))
-    limits = {}
+    scales = {}
     for node in graph.nodes:
         if relative:
             scale = graph.nodes[node].get("scale")
             if scale is None:
                 raise GraphError(f"node {node!r} has no 'scale' for a relative threshold",
                                  hint="pass relative=False, or a graph from circuit discovery")
-            limits[node] = tau * float(scale)
+            scales[node] = float(scale)
         else:
-            limits[node] = tau
+            scales[node] = 1.0
     pruned = graph.copy()
     pruned.remove_edges_from([(u, v) for u, v, w in graph.edges(data="weight")
-                              if not abs(w) >= limits[v]])
-    result = reaching(pruned)
+                              if not abs(w) >= tau * scales[v]])
+
+    def score(u: str, v: str) -> float:
+        weight = abs(graph.edges[u, v]["weight"])
+        return weight / scales[v] if scales[v] > 0 else math.inf
+
+    found = target_nodes(graph)
+    result = keep_connected(graph, pruned, found, score)
+    for node in found:
+        if graph.in_degree(node) and not pruned.in_degree(node):
+            _, width = strongest_path(graph, node, score)
+            warnings.warn(
+                f"threshold tau={tau:g} removes every edge into target {node!r}; kept its "
+                f"strongest path instead (tau <= {width:.4g} keeps that path by the rule)",
+                CircuitWarning, stacklevel=2)
     old = graph.graph.get("tau")
     result.graph["tau"] = tau if old is None else max(float(old), tau)
     return result
 
 
 def top_k_edges(graph: nx.DiGraph, k: int) -> nx.DiGraph:
-    """Keep the ``k`` edges of largest ``|weight|`` (ties broken by edge order) and the
-    nodes that still reach a target."""
+    """The ``k`` most influential edges (``featcircuits.graph.influence``) that stay
+    connected to a target, and their nodes.
+
+    Grown backwards from the targets: starting with the edges into the targets, always the
+    most influential edge into the kept nodes is added next, so every kept edge lies on a
+    path to a target and ``k >= 1`` never cuts a target off. Edge influence is a flow
+    (the influence of a node's incoming edges sums to its own), so this nearly always equals
+    the plain top ``k`` by influence, which is not guaranteed to be connected.
+    """
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ParameterError(f"k must be a non-negative int, got {k!r}")
-    ranked = sorted(graph.edges(data="weight"), key=lambda edge: -abs(edge[2]))
-    pruned = graph.copy()
-    pruned.remove_edges_from([(u, v) for u, v, _ in ranked[k:]])
-    return reaching(pruned)
+    return grow_top_k(graph, k, target_nodes(graph))
 
 
 def edge_list(graph: nx.DiGraph) -> list[tuple[str, str, float]]:

@@ -11,7 +11,7 @@ import networkx as nx
 import pytest
 import torch
 
-from featcircuits import GraphError, NonFiniteError, ParameterError, load_model
+from featcircuits import CircuitWarning, GraphError, NonFiniteError, ParameterError, load_model
 from featcircuits.circuits import (
     ablation_effects,
     acdc_circuit,
@@ -461,7 +461,7 @@ def _toy_graph():
 def test_threshold_is_monotone_and_prunes():
     graph = _toy_graph()
     previous = set(graph.edges)
-    for tau in (0.0, 0.04, 0.1, 0.25, 0.4, 0.6, 2.0):
+    for tau in (0.0, 0.04, 0.1, 0.25, 0.4, 0.6):
         pruned = threshold(graph, tau)
         edges = set(pruned.edges)
         assert edges <= previous
@@ -471,6 +471,9 @@ def test_threshold_is_monotone_and_prunes():
     assert set(threshold(graph, 0.25).nodes) == {"resid_out.0/1", "resid_out.1/3", "output/m",
                                                  "resid_out.1/4"}
     assert set(threshold(graph, 0.6).nodes) == {"resid_out.1/3", "output/m"}
+    with pytest.warns(CircuitWarning, match="tau <= 0.5 keeps"):  # never cut off
+        assert set(threshold(graph, 2.0).edges) == {("resid_out.0/1", "resid_out.1/3"),
+                                                    ("resid_out.1/3", "output/m")}
     assert set(top_k_edges(graph, 2).edges) == {("resid_out.1/3", "output/m"),
                                                 ("resid_out.0/1", "resid_out.1/3")}
     assert set(reaching(graph, "resid_out.1/4").nodes) == {"resid_out.0/2", "resid_out.1/4"}
