@@ -266,6 +266,7 @@ def feature_dashboard_data(
     batch_size: int = 32,
     progress: bool = True,
     site_run: SiteRun | None = None,
+    ablate: bool = True,
 ) -> FeatureDashboard:
     """Measure feature ``feature`` of ``dictionary`` at ``site`` over ``texts``.
 
@@ -282,6 +283,8 @@ def feature_dashboard_data(
         batch_size: texts per forward pass.
         site_run: activations of ``site`` over ``texts`` already read by
             :func:`collect_site` (shared between features of one site).
+        ablate: measure the ablation drops (one more forward pass per batch); without it
+            ``ablation_drops`` is empty and the contexts' drops are ``None``.
 
     Positions holding a leading BOS token are shown but not counted in the statistics.
     """
@@ -328,9 +331,13 @@ def feature_dashboard_data(
         if bos is not None:
             mask[:, 0] &= input_ids[:, 0] != bos
         counted_masks.append(mask)
-    drops = _ablation_drops(model, site, dictionary, feature, run,
-                            [a * m for a, m in zip(feature_acts, counted_masks, strict=True)],
-                            token_id, progress=progress)
+    if ablate:
+        drops = _ablation_drops(model, site, dictionary, feature, run,
+                                [a * m for a, m in zip(feature_acts, counted_masks,
+                                                       strict=True)],
+                                token_id, progress=progress)
+    else:
+        drops = [torch.zeros(a.shape) for a in feature_acts]
 
     tokens, activations, counted, per_text_drops = [], [], [], []
     fire_values, fire_tokens, all_drops = [], [], []
@@ -348,8 +355,9 @@ def feature_dashboard_data(
                 if fires:
                     fire_values.append(row_acts[pos])
                     fire_tokens.append(row_tokens[pos])
-                    all_drops.append(float(drop[row, pos]))
-                row_drops.append(float(drop[row, pos]) if fires else None)
+                    if ablate:
+                        all_drops.append(float(drop[row, pos]))
+                row_drops.append(float(drop[row, pos]) if fires and ablate else None)
             tokens.append(row_tokens)
             activations.append(row_acts)
             counted.append(row_mask)

@@ -11,18 +11,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from featcircuits.dashboards.data import (
-    FeatureDashboard,
-    SiteRun,
-    collect_site,
-    default_texts,
-    feature_dashboard_data,
-)
+from featcircuits.dashboards.data import FeatureDashboard
 from featcircuits.dashboards.figure import render_dashboard, shade, svg_drops, svg_histogram
+from featcircuits.dashboards.labels import graph_dashboard_data
 from featcircuits.dictionaries.base import Dictionary
-from featcircuits.model.sites import Site
 
 
 # ------------------------------------------------------------------------------ HTML
@@ -118,29 +110,11 @@ def dashboards_for_graph(model, dictionaries: Mapping[str, Dictionary], graph, *
     ``dictionaries`` are skipped. Site activations are read once per site. ``kwargs`` go to
     :func:`feature_dashboard_data` (``texts``, ``top_k``, ``n_ctx``, ``batch_size``, ...).
     """
-    from featcircuits.graph.schema import validate_circuit_graph
-
-    validate_circuit_graph(graph)
-    wanted: dict[tuple[str, int], list[str]] = {}
-    for node, attrs in graph.nodes(data=True):
-        if attrs.get("kind") == "feature" and attrs.get("feature") is not None:
-            site = attrs.get("site")
-            if site in dictionaries:
-                wanted.setdefault((site, int(attrs["feature"])), []).append(node)
-    texts = kwargs.pop("texts", None)
-    texts = default_texts() if texts is None else list(texts)
-    n_ctx = kwargs.get("n_ctx", 64)
-    batch_size = kwargs.get("batch_size", 32)
-    runs: dict[str, SiteRun] = {}
     fragments: dict[str, str] = {}
-    for site, feature in tqdm(sorted(wanted), desc="dashboards", disable=not progress):
-        if site not in runs:
-            runs[site] = collect_site(model, Site.parse(site), texts, n_ctx=n_ctx,
-                                  batch_size=batch_size, progress=progress)
-        data = feature_dashboard_data(model, dictionaries[site], site, feature, texts=texts,
-                                      progress=progress, site_run=runs[site], **kwargs)
+    for nodes, data in graph_dashboard_data(model, dictionaries, graph, progress=progress,
+                                            **kwargs):
         fragment = dashboard_html(data)
-        for node in wanted[(site, feature)]:
+        for node in nodes:
             fragments[node] = fragment
     return fragments
 

@@ -24,6 +24,7 @@ edge keeps its strongest path (:func:`strongest_path`).
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -193,7 +194,7 @@ def keep_connected(original: nx.DiGraph, pruned: nx.DiGraph, targets: list[str],
     for node in targets:
         if original.in_degree(node) and not result.in_degree(node):
             path, _ = strongest_path(original, node, score)
-            for u, v in zip(path, path[1:]):
+            for u, v in itertools.pairwise(path):
                 result.add_node(u, **original.nodes[u])
                 result.add_edge(u, v, **original.edges[u, v])
     return result

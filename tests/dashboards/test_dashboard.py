@@ -282,3 +282,69 @@ def test_cli_render(tmp_path, capsys):
     assert main(["render", str(tmp_path / "notjson.json"), "-o", str(tmp_path / "x.dot")]) == 1
     assert "not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "x.dot").exists()
+
+
+def _label_graph():
+    graph = nx.DiGraph(format_version=1, target="t", metric="m")
+    for position in (3, 4):
+        graph.add_node(f"{SITE}/{FEATURE}@{position}", kind="feature", site=SITE, layer=LAYER,
+                       feature=FEATURE, position=position, activation=1.0, effect=0.5,
+                       label="")
+    graph.add_node("resid_out.1/2", kind="feature", site="resid_out.1", layer=1, feature=2,
+                   position=None, activation=1.0, effect=0.1, label="old")
+    graph.add_node("output/m", kind="output", site=None, layer=4, feature=None, position=None,
+                   activation=None, effect=1.0, label="")
+    graph.add_edge(f"{SITE}/{FEATURE}@3", "output/m", weight=0.5)
+    return graph
+
+
+def test_label_features_names_top_tokens_and_promoted_logits(model, sae, texts, hidden, data):
+    from featcircuits.dashboards import label_features
+
+    graph = _label_graph()
+    labelled = label_features(graph, model, {SITE: sae}, texts=texts[:8], progress=False)
+    # plain torch: the token at each text's maximum, texts ordered by that maximum
+    bos = model.tokenizer.bos_token_id
+    maxima = []
+    for index, ((ids, _, _), acts) in enumerate(zip(hidden[:8], _manual_acts(sae, hidden[:8]))):
+        counted = acts.clone()
+        if bos is not None and int(ids[0]) == bos:
+            counted[0] = -1e9
+        position = int(counted.argmax())
+        maxima.append((-float(counted[position]), index,
+                       model.tokenizer.decode([int(ids[position])]).strip()))
+    tokens = []
+    for _, _, token in sorted(maxima):
+        if token not in tokens:
+            tokens.append(token)
+    up, down = data.logit_up[0][0].strip(), data.logit_down[0][0].strip()  # texts-independent
+    expected = f"{tokens[0]}, {tokens[1]} → ↑{up} ↓{down}"
+    for position in (3, 4):
+        attrs = labelled.nodes[f"{SITE}/{FEATURE}@{position}"]
+        assert attrs["label"] == expected
+        assert len(attrs["top_contexts"]) == 3 and "⟦" in attrs["top_contexts"][0]
+        assert attrs["logit_up"][0] == data.logit_up[0][0]
+    assert labelled.nodes["resid_out.1/2"]["label"] == "old"  # no dictionary there
+    assert graph.nodes[f"{SITE}/{FEATURE}@3"]["label"] == ""  # the input is not changed
+
+
+def test_import_labels_from_neuronpedia_explanations(tmp_path):
+    from featcircuits.dashboards import import_labels
+    from featcircuits.errors import GraphError
+    from featcircuits.render import to_neuronpedia_json
+
+    explanations = [
+        {"modelId": "tiny", "layer": "2-res-fc", "index": FEATURE, "description": "names  "},
+        {"modelId": "tiny", "layer": "2-res-fc", "index": 99, "description": "not here"},
+        {"modelId": "tiny", "layer": "resid_out.1", "index": "2", "description": "commas"},
+    ]
+    path = tmp_path / "explanations.json"
+    path.write_text(json.dumps(explanations))
+    labelled = import_labels(_label_graph(), path, layers={"2-res-fc": SITE})
+    assert labelled.nodes[f"{SITE}/{FEATURE}@4"]["label"] == "names"
+    assert labelled.nodes["resid_out.1/2"]["label"] == "commas"
+    assert labelled.graph["imported_labels"] == 3
+    clerps = [n["clerp"] for n in to_neuronpedia_json(labelled, slug="t", scan="tiny")["nodes"]]
+    assert any(c.startswith("names [") for c in clerps)
+    with pytest.raises(GraphError, match="explanation 0"):
+        import_labels(_label_graph(), [{"index": 1, "description": "x"}])

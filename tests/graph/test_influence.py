@@ -46,7 +46,7 @@ def test_influence_matches_hand_computation_and_matrix_inverse():
 
 
 def test_prune_keeps_the_influence_share():
-    graph, (a, b, c, d, t) = _dag()
+    graph, (a, _b, c, d, t) = _dag()
     # node influence: a 5/6, c 2/3, d 1/3, b 1/6 (total 2): half needs a and c
     half = prune(graph, node_share=0.5, edge_share=0.98)
     assert set(half.edges) == {(a, c), (c, t)}
@@ -66,7 +66,7 @@ def test_prune_keeps_the_influence_share():
 
 
 def test_strongest_path_and_cycles():
-    graph, (a, b, c, d, t) = _dag()
+    graph, (a, _b, c, _d, t) = _dag()
     assert strongest_path(graph, t) == ([a, c, t], pytest.approx(2 / 3))
     assert strongest_path(graph, a) == ([a], float("inf"))
     graph.add_edge(t, a, weight=1.0)
@@ -94,7 +94,7 @@ def test_pruned_random_circuits_stay_connected(seed):
 
 
 def test_top_k_edges_ranks_by_influence_not_raw_weight():
-    graph, (a, b, c, d, t) = _dag()
+    graph, (a, b, c, _d, t) = _dag()
     graph.edges[a, c]["weight"] = 300.0  # large in c's units, but c's share is what counts
     graph.edges[b, c]["weight"] = -100.0
     top = top_k_edges(graph, 2)
@@ -103,7 +103,7 @@ def test_top_k_edges_ranks_by_influence_not_raw_weight():
 
 
 def test_threshold_never_cuts_the_target_off():
-    graph, (a, b, c, d, t) = _dag()
+    graph, (a, _b, c, _d, t) = _dag()
     with pytest.warns(CircuitWarning, match=r"tau=5 .*tau <= 2 keeps"):
         cut = threshold(graph, 5.0)
     assert set(cut.edges) == {(a, c), (c, t)}  # the widest path: min(3, 2) = 2
