@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 METHODS = ("acdc", "attribution", "hybrid")
+#: circuits with more nodes are drawn pruned (default shares of ``graph.prune``)
+DRAW_PRUNE_ABOVE = 40
 
 
 # ------------------------------------------------------------------------- results
@@ -299,8 +301,13 @@ def save_circuit(graph: nx.DiGraph, out: str | os.PathLike[str], name: str = "ci
 
 def draw_circuit(graph: nx.DiGraph, path: str | os.PathLike[str], *, title: str | None = None
                  ) -> Path:
-    """A diagram of the circuit at ``path`` (``featcircuits.render.render_circuit``)."""
+    """A diagram of the circuit at ``path`` (``featcircuits.render.render_circuit``), pruned
+    by influence with the default shares (``featcircuits.graph.prune``) when it has more
+    than ``DRAW_PRUNE_ABOVE`` nodes; the diagram says how much was pruned."""
+    from featcircuits.graph import prune
     from featcircuits.render import render_circuit
 
+    if graph.number_of_nodes() > DRAW_PRUNE_ABOVE and graph.number_of_edges():
+        graph = prune(graph)
     render_circuit(graph, path=path, title=title)
     return Path(path)

@@ -28,9 +28,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Circle, FancyArrowPatch, Patch, Rectangle, RegularPolygon
 from matplotlib.text import Text
 
-from featcircuits.errors import OutputError, ParameterError
+from featcircuits.errors import GraphError, OutputError, ParameterError
 from featcircuits.files import atomic_path
-from featcircuits.graph.schema import validate_circuit_graph
+from featcircuits.graph.influence import influence
+from featcircuits.graph.schema import target_nodes, validate_circuit_graph
 from featcircuits.render.labels import (
     annotation,
     describe_thresholds,
@@ -60,6 +61,9 @@ _STABLE_METADATA = {"png": {}, "svg": {"Date": None}, "pdf": {"CreationDate": No
 
 _MEASURE_DPI = 100.0
 _NODE_RADIUS = 0.11  # inches
+#: crowded cells wrap onto extra lines until the node area is at most this wide per unit
+#: of height (the legend and title bring the whole figure to about 2:1)
+_LAYOUT_ASPECT = 1.5
 _LEFT_PAD = 0.2
 _LEGEND_WIDTH = 2.3
 _TITLE_HEIGHT = 0.75
@@ -228,14 +232,26 @@ def _draw_frame(ax, graph: nx.DiGraph, layout: CircuitLayout, font_size: float) 
         )
 
 
+def edge_strengths(graph: nx.DiGraph) -> dict[tuple[str, str], float]:
+    """What edges are drawn by: their influence on the targets
+    (``featcircuits.graph.influence``), or ``|weight|`` for a graph without targets."""
+    try:
+        return dict(influence(graph).edges) if target_nodes(graph) else {}
+    except GraphError:  # a cycle: no influence, fall back to weights
+        return {}
+
+
 def _draw_edges(ax, graph: nx.DiGraph, layout: CircuitLayout, radius_points: float) -> None:
-    limit = symmetric_limit(w for _, _, w in graph.edges(data="weight"))
+    strength = edge_strengths(graph) or {(u, v): abs(w) for u, v, w in
+                                         graph.edges(data="weight")}
+    limit = symmetric_limit(strength.values())
     # weakest first, so strong edges are drawn on top
-    ordered = sorted(graph.edges(data="weight"), key=lambda e: (abs(e[2]), e[0], e[1]))
+    ordered = sorted(graph.edges(data="weight"), key=lambda e: (strength[e[:2]], e[0], e[1]))
     for source, target, weight in ordered:
         start, end = layout.nodes[source], layout.nodes[target]
         adjacent = abs(end.row - start.row) == 1
         rad = 0.0 if adjacent else (0.25 if end.x >= start.x else -0.25)
+        value = strength[(source, target)]
         ax.add_patch(
             FancyArrowPatch(
                 (start.x, start.y),
@@ -246,9 +262,9 @@ def _draw_edges(ax, graph: nx.DiGraph, layout: CircuitLayout, radius_points: flo
                 shrinkB=radius_points + 1.5,
                 connectionstyle=f"arc3,rad={rad}",
                 color=edge_color(weight),
-                alpha=edge_alpha(weight, limit),
-                linewidth=edge_width(weight, limit),
-                zorder=1 + edge_strength(weight, limit),
+                alpha=edge_alpha(value, limit),
+                linewidth=edge_width(value, limit),
+                zorder=1 + edge_strength(value, limit),
                 gid=f"edge:{source}->{target}",
             )
         )
@@ -262,7 +278,7 @@ def render_circuit(
     labels: Mapping[str, str] | None = None,
     top_tokens: Mapping[str, Iterable[str]] | None = None,
     path: str | os.PathLike[str] | None = None,
-    font_size: float = 7.0,
+    font_size: float = 8.0,
     id_style: Literal["short", "full"] = "short",
     max_annotation_chars: int = 22,
     dpi: float = 150.0,
@@ -327,6 +343,7 @@ def render_circuit(
         row_gap=0.32,
         band_pad=0.12,
         token_gap=0.14,
+        max_aspect=_LAYOUT_ASPECT,
     )
     layout = layered_layout(graph, label_sizes, token_sizes, spec)
 
@@ -351,7 +368,8 @@ def render_circuit(
     x_min = -left
     x_max = max(layout.width + _LEGEND_WIDTH, x_min + 0.15 + title_width + 0.25)
     y_min = min(-_BOTTOM_PAD, bar_top - bar_height - 0.2)
-    y_max = layout.height + _TITLE_HEIGHT
+    title_height = _TITLE_HEIGHT + 0.17 * subtitle.count("\n")
+    y_max = layout.height + title_height
     if ax is None:
         fig = Figure(figsize=(x_max - x_min, y_max - y_min), dpi=100)
         FigureCanvasAgg(fig)
@@ -395,7 +413,7 @@ def render_circuit(
 
     ax.text(
         x_min + 0.15,
-        layout.height + _TITLE_HEIGHT - 0.12,
+        layout.height + title_height - 0.12,
         heading,
         ha="left",
         va="top",
@@ -405,7 +423,7 @@ def render_circuit(
     )
     ax.text(
         x_min + 0.15,
-        layout.height + _TITLE_HEIGHT - 0.42,
+        layout.height + title_height - 0.42,
         subtitle,
         ha="left",
         va="top",

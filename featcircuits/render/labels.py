@@ -100,4 +100,18 @@ def describe_thresholds(graph: nx.DiGraph) -> str:
     if meta.get("model"):
         parts.append(f"model: {meta['model']}")
     parts.append(f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges")
-    return " · ".join(parts)
+    pruned = describe_pruning(graph)
+    return " · ".join(parts) + (f"\n{pruned}" if pruned else "")
+
+
+def describe_pruning(graph: nx.DiGraph) -> str:
+    """What ``featcircuits.graph.prune`` removed (graph attribute ``pruned``), or ``''``."""
+    info = graph.graph.get("pruned")
+    if not isinstance(info, dict) or "nodes_before" not in info:
+        return ""
+    nodes, edges = info["nodes_before"], info.get("edges_before", 0)
+    return (f"pruned by influence on the target: kept {graph.number_of_nodes()} of {nodes} "
+            f"nodes ({info.get('node_share', 1):.0%} of node influence) and "
+            f"{graph.number_of_edges()} of {edges} edges ({info.get('edge_share', 1):.0%} of "
+            f"edge influence); {nodes - graph.number_of_nodes()} nodes, "
+            f"{edges - graph.number_of_edges()} edges not drawn")

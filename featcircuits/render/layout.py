@@ -36,6 +36,9 @@ class LayoutSpec:
     row_gap: float  # free vertical space between a row's label block and the row below's nodes
     band_pad: float  # extra width around a token's text in its band
     token_gap: float  # vertical gap between the lowest labels and the token strip
+    #: wrap crowded (row, band) cells onto extra lines so that width / height stays below
+    #: this (estimated before labels are stacked); None: one line per row
+    max_aspect: float | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,44 @@ def _band_of(attrs: dict, positional: bool, last_position: int) -> int | None:
     return position
 
 
+def _wrap_cells(row_keys, cells, n_bands, tokens, token_sizes, label_sizes, spec):
+    """Split rows whose cells hold more than ``wrap`` nodes into lines of at most ``wrap``
+    (the largest ``wrap`` whose estimated width / height is at most ``spec.max_aspect``).
+    Returns the new row keys, row names (continuation lines unnamed) and cells."""
+    n_rows = len(row_keys)
+    sizes = {key: len(nodes) for key, nodes in cells.items()}
+    largest = max(sizes.values(), default=1)
+    label_h = max((h for _, h in label_sizes.values()), default=0.0)
+    row_unit = 2 * spec.node_radius + spec.row_gap + spec.label_gap + 1.5 * label_h
+
+    def floor_width(b: int) -> float:
+        return token_sizes[b][0] + spec.band_pad if b < min(len(tokens), len(token_sizes)) \
+            else 0.6 * spec.slot_width
+
+    def aspect(wrap: int) -> float:
+        width = sum(max(max((min(sizes.get((r, b), 0), wrap) for r in range(n_rows)),
+                            default=0) * spec.slot_width, floor_width(b))
+                    for b in range(n_bands))
+        lines = sum(max(-(-sizes.get((r, b), 0) // wrap) for b in range(n_bands)) or 1
+                    for r in range(n_rows))
+        return width / (lines * row_unit)
+
+    wrap = largest
+    while wrap > 1 and aspect(wrap) > spec.max_aspect:
+        wrap -= 1
+    new_keys, new_names, new_cells = [], [], defaultdict(list)
+    for r, key in enumerate(row_keys):
+        n_lines = max(-(-sizes.get((r, b), 0) // wrap) for b in range(n_bands)) or 1
+        base = len(new_keys)
+        for line in range(n_lines):
+            new_keys.append(key)
+            new_names.append(row_name(key) if line == 0 else "")
+        for b in range(n_bands):
+            for i, node in enumerate(cells.get((r, b), [])):
+                new_cells[(base + i // wrap, b)].append(node)
+    return new_keys, new_names, new_cells
+
+
 def layered_layout(
     graph: nx.DiGraph,
     label_sizes: Mapping[str, tuple[float, float]],
@@ -133,6 +174,10 @@ def layered_layout(
     cells: dict[tuple[int, int], list[str]] = defaultdict(list)
     for node in sorted(attrs_of, key=natural_key):
         cells[(row_index[row_key(attrs_of[node])], band_index[node_band[node]])].append(node)
+    row_names = [row_name(key) for key in row_keys]
+    if spec.max_aspect is not None:
+        row_keys, row_names, cells = _wrap_cells(row_keys, cells, len(band_keys), tokens,
+                                                 token_sizes, label_sizes, spec)
     max_in_band = [
         max((len(cells[(r, b)]) for r in range(len(row_keys))), default=0)
         for b in range(len(band_keys))
@@ -218,7 +263,7 @@ def layered_layout(
     for r, key in enumerate(row_keys):
         depth = row_levels[r] * (row_label_height[r] + spec.label_gap)
         y = y_cursor + depth + spec.node_radius
-        rows.append(Row(key=key, name=row_name(key), y=y))
+        rows.append(Row(key=key, name=row_names[r], y=y))
         row_y.append(y)
         y_cursor = y + spec.node_radius + spec.row_gap
     height = y_cursor - spec.row_gap + spec.node_radius

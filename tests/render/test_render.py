@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
 import matplotlib.colors as mcolors
 import networkx as nx
@@ -191,14 +192,17 @@ def test_one_artist_per_node_and_edge(which, small, big, big_figure):
     assert set(_artists(fig, "label:")) == set(graph.nodes)
 
 
-def test_edge_colour_follows_sign_and_width_follows_magnitude(big, big_figure):
+def test_edge_colour_follows_sign_and_width_follows_influence(big, big_figure):
+    from featcircuits.graph import influence
+
     edges = _artists(big_figure, "edge:")
+    strength = influence(big).edges
     widths = []
     for (source, target), weight in nx.get_edge_attributes(big, "weight").items():
         artist = edges[f"{source}->{target}"]
         expected = POSITIVE_COLOR if weight > 0 else NEGATIVE_COLOR
         assert mcolors.to_hex(artist.get_edgecolor(), keep_alpha=False) == expected
-        widths.append((abs(weight), artist.get_linewidth(), artist.get_alpha()))
+        widths.append((strength[(source, target)], artist.get_linewidth(), artist.get_alpha()))
     widths.sort()
     assert all(a[1] <= b[1] and a[2] <= b[2] for a, b in itertools.pairwise(widths))
     assert widths[-1][1] > 3 * widths[0][1]
@@ -606,3 +610,30 @@ def test_neuronpedia_writer_and_index(small, tmp_path):
     clash.nodes["input@1"]["feature"] = 1
     with pytest.raises(GraphError, match="both map"):
         to_neuronpedia_json(clash, slug="x")
+
+
+# ------------------------------------------------------------- the IOI circuit, readable
+IOI_PRUNED = Path(__file__).resolve().parents[1] / "fixtures" / "ioi_circuit_pruned.json"
+
+
+@pytest.mark.slow  # about 2-5 s: measures 68 labels
+def test_pruned_ioi_circuit_figure_is_at_most_2_to_1_with_legible_labels():
+    """``featcircuits circuit ioi``'s circuit (260 nodes) after ``prune(graph)`` with the
+    default shares, as the command draws it (written by ``write_json`` from that run; 68
+    nodes): the default figure is at most 2:1 and no text is smaller than 8 pt."""
+    from matplotlib.text import Text
+
+    from featcircuits.graph import read_json
+
+    graph = read_json(IOI_PRUNED)
+    assert graph.graph["pruned"]["nodes_before"] == 260
+    fig = render_circuit(graph)
+    width, height = fig.get_size_inches()
+    assert width / height <= 2.0
+    assert height <= 12  # fits a screen at 100 % after scaling the ratio
+    texts = [t for t in fig.findobj(Text) if t.get_text().strip()]
+    labels = [t for t in texts if (t.get_gid() or "").startswith("label:")]
+    assert len(labels) == graph.number_of_nodes()
+    assert min(t.get_fontsize() for t in texts) >= 8.0
+    subtitle = next(t for t in texts if t.get_gid() == "subtitle").get_text()
+    assert "kept 68 of 260 nodes" in subtitle
