@@ -35,7 +35,7 @@ from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.engine.cache import RunCache
 from featcircuits.engine.runs import CircuitRuns
 from featcircuits.engine.settings import RunSettings
-from featcircuits.files import atomic_path, atomic_write_text
+from featcircuits.writes import atomic_path, atomic_write_text
 from featcircuits.graph import threshold
 from featcircuits.graph.io import read_json, write_json
 from featcircuits.model.loading import load_model, underlying_module
