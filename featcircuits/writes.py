@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import shutil
 import socket
 import stat
 import time
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -186,9 +188,10 @@ class FileSet:
     staging folder (the suffix is kept, so writers that pick a format by extension work).
     """
 
-    def __init__(self, folder: Path, staging: Path) -> None:
+    def __init__(self, folder: Path, staging: Path, mode: int) -> None:
         self.folder = folder
         self.staging = staging
+        self.mode = mode
         self.declared: dict[str, int | None] = {}
         self.committed = False
 
@@ -241,17 +244,21 @@ def atomic_files(folder: str | os.PathLike[str], *, sync: bool = True,
         recover_folder(target_folder)
         staging = target_folder / f".fc-{_HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp"
         os.mkdir(staging)
+        mode = _creation_mode(staging)
     except OSError as exc:
         raise _output_error(exc, target_folder, [], None, None) or OutputError(
             f"cannot write {str(describe or target_folder)!r}: {exc.strerror or exc}",
             hint=_OUT_HINT) from exc
-    files = FileSet(target_folder, staging)
+    files = FileSet(target_folder, staging, mode)
     try:
         yield files
         _commit(files, sync)
     except BaseException as exc:
         error = None
-        if isinstance(exc, Exception) and not isinstance(exc, FeatCircuitsError):
+        if isinstance(exc, OutputError) and str(staging) in exc.message:  # an inner set's
+            error = OutputError(exc.message.replace(str(staging), str(target_folder)),
+                                hint=exc.hint)
+        elif isinstance(exc, Exception) and not isinstance(exc, FeatCircuitsError):
             declared = list(files.declared.values())
             need = sum(declared) if declared and None not in declared else None
             error = _output_error(exc, target_folder, sorted(files.declared),
@@ -259,6 +266,9 @@ def atomic_files(folder: str | os.PathLike[str], *, sync: bool = True,
         if not files.committed:  # after the commit, the staged files are the new version
             shutil.rmtree(staging, ignore_errors=True)
         if error is not None:
+            for item in _chain(exc):  # a failed writer's finished frames may hold its
+                traceback.clear_frames(item.__traceback__)  # (deleted) file open (torch's
+            gc.collect()  # writer, in a cycle): free that space now, not at some later gc
             raise error from exc
         raise
 
@@ -267,6 +277,8 @@ def _commit(files: FileSet, sync: bool) -> None:
     members = files.members()
     for name in members:
         check_output_file(files.folder / name)  # again: it may have changed meanwhile
+        if os.stat(files.staging / name).st_mode & 0o7777 != files.mode:
+            os.chmod(files.staging / name, files.mode)  # safetensors creates files 0o600
         if sync:
             _fsync_file(files.staging / name)
     if len(members) > 1:
@@ -285,6 +297,17 @@ def _commit(files: FileSet, sync: bool) -> None:
     if sync:
         _fsync_dir(files.folder)
     shutil.rmtree(files.staging, ignore_errors=True)
+
+
+def _creation_mode(staging: Path) -> int:
+    """The mode a new file gets here (``0o666`` less the umask and any default ACL): a probe
+    file created in ``staging`` by the kernel. Reading the umask with ``os.umask`` would
+    change it for every thread meanwhile."""
+    fd = os.open(staging / ".fc-mode", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    try:
+        return os.fstat(fd).st_mode & 0o7777
+    finally:
+        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
