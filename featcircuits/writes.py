@@ -118,7 +118,7 @@ def recover_folder(folder: str | os.PathLike[str]) -> list[str]:
             continue
         staging = Path(entry.path)
         for name in _journal_names(staging) or []:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone already, or its target is now a folder
                 os.replace(staging / name, Path(folder) / name)
                 restored.append(name)
         shutil.rmtree(staging, ignore_errors=True)

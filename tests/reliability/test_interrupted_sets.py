@@ -81,13 +81,24 @@ def _modes(writer: str, out: Path) -> set[int]:
     return {os.stat(out / sub / name).st_mode & 0o777 for name in names}
 
 
+def _stand_in_plot(results: pd.DataFrame, *, path, **_kwargs) -> None:
+    """A quick stand-in for plot_patching_curves (seconds per PNG): writes bytes that depend
+    on the results through the same atomic_path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(b"\x89PNG stand-in\n" + results.to_csv().encode())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("writer", ["tables", "dictionary", "ioi"])
-def test_sigkill_during_set_writes(tmp_path, writer):
+def test_sigkill_during_set_writes(tmp_path, monkeypatch, writer):
     """SIGKILL of a process rewriting one multi-file set (circuit tables + manifest, a
-    dictionary folder, IOI results.csv + curves.png) in a loop, 24 times per writer at
-    seeded random moments → the toolkit's reader gets one complete version every time (every
-    file byte-identical to that version's), and the next write leaves no staging folder."""
+    dictionary folder, IOI results.csv + curves.png with a quick stand-in for the plot) in a
+    loop, 24 times per writer at seeded random moments → the toolkit's reader gets one
+    complete version every time (every file byte-identical to that version's), every file of
+    the set has one mode, and the next write leaves no staging folder."""
+    from featcircuits.render import curves
+
+    monkeypatch.setattr(curves, "plot_patching_curves", _stand_in_plot)  # 2-5 s per PNG
     rng = random.Random({"tables": 17, "dictionary": 1126, "ioi": 5}[writer])
     out, scratch = tmp_path / "out", tmp_path / "scratch"
     start = time.perf_counter()
@@ -143,13 +154,6 @@ def _stop_at(k: int, writer: str, out: Path, version: int) -> tuple[str, bool]:
     os.waitpid(pid, 0)
     assert message.startswith((b"killed", b"done")), message
     return message[:-1].decode(), message[-1:] == b"1"
-
-
-def _stand_in_plot(results: pd.DataFrame, *, path, **_kwargs) -> None:
-    """A quick stand-in for plot_patching_curves (seconds per PNG): writes bytes that depend
-    on the results through the same atomic_path."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(b"\x89PNG stand-in\n" + results.to_csv().encode())
 
 
 @pytest.mark.parametrize("writer", ["tables", "dictionary", "ioi"])
