@@ -192,9 +192,10 @@ def test_crash_at_every_step_of_a_set_write(tmp_path, monkeypatch, writer):
 
 
 def test_stale_staging_folders_are_removed_but_live_ones_kept(tmp_path):
-    """Staging folders beside a write: a dead writer's (same machine, dead pid) and a
-    foreign one untouched for 2 hours are removed on the next write; a live process's,
-    this process's own and a foreign one touched just now are kept."""
+    """Staging folders beside a write: a dead writer's (this machine, dead pid), a live
+    process's, this process's own, and two of another machine (touched now / 2 hours ago)
+    → the next write removes the dead writer's and the 2-hour-old foreign one and keeps the
+    others; once the live process ends, the write after removes its folder too."""
     from featcircuits.writes import _HOST
 
     sleeper = subprocess.Popen(["sleep", "60"])
