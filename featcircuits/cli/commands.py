@@ -47,10 +47,10 @@ def add_patch_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_patch(args: argparse.Namespace) -> int:
     from featcircuits.dictionaries.io import load_dictionary
-    from featcircuits.files import atomic_path
     from featcircuits.patching.experiment import PatchingExperiment
     from featcircuits.patching.search import attribution_curve, backward_elimination, default_taus
     from featcircuits.tasks.prompts import read_prompts
+    from featcircuits.writes import atomic_path
 
     settings = settings_from_args(args)  # a bad --max-memory fails before anything loads
     dictionary = load_dictionary(args.dictionaries, site=args.site,  # fail fast, before the model
@@ -58,7 +58,7 @@ def run_patch(args: argparse.Namespace) -> int:
     if args.out:
         from pathlib import Path
 
-        from featcircuits.files import ensure_writable_dir
+        from featcircuits.writes import ensure_writable_dir
 
         ensure_writable_dir(Path(args.out).parent)
     model = model_from_args(args)

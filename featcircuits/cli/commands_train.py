@@ -222,7 +222,10 @@ def run_train_sae(args: argparse.Namespace) -> int:
         log_every=max(1, min(100, args.steps)), progress=not args.quiet,
         run_flags=_train_sae_flags(args, n_features))
     _progress(args, f"trained in {time.perf_counter() - start:.1f}s")
-    log.to_csv(Path(args.out) / "training_log.csv", index=False)
+    from featcircuits.writes import atomic_path
+
+    with atomic_path(Path(args.out) / "training_log.csv") as tmp:
+        log.to_csv(tmp, index=False)
     # no timings in the saved files: the same flags write the same bytes (docs/training.md)
     extra = {"activation": "topk" if args.k else "relu",
              ("k" if args.k else "l1_coefficient"): args.k or sae.meta.get(

@@ -44,7 +44,7 @@ def main() -> int:
     text = PAGE.read_text(encoding="utf-8")
     new = updated_page(text)
     if new != text:
-        from featcircuits.files import atomic_write_text
+        from featcircuits.writes import atomic_write_text
 
         atomic_write_text(PAGE, new)
         print(f"updated {PAGE}", file=sys.stderr)

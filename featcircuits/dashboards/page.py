@@ -88,7 +88,7 @@ def dashboard_page(data: FeatureDashboard) -> str:
 def write_dashboard(data: FeatureDashboard, path: str | os.PathLike[str]) -> Path:
     """Write ``data`` to ``path``: ``.html`` a standalone page, ``.png/.svg/.pdf`` a figure."""
     from featcircuits.errors import OutputError
-    from featcircuits.files import atomic_write_text
+    from featcircuits.writes import atomic_write_text
 
     target = Path(path)
     suffix = target.suffix.lower()

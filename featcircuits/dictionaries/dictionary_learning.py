@@ -35,8 +35,8 @@ from featcircuits.dictionaries.formats import (
 )
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.errors import DictionaryError, DictionaryLoadError
-from featcircuits.files import atomic_path
 from featcircuits.model.sites import Site
+from featcircuits.writes import atomic_files, committed_path
 
 AE_FILE = "ae.pt"
 CONFIG_FILE = "config.json"
@@ -77,15 +77,16 @@ def read_dictionary_learning(folder: Path) -> tuple[str, DictionaryState]:
     any is converted to float: extra tensors (a ``threshold`` beside a ReLU SAE), integer or
     complex weights and a ``k`` that is not a positive whole number are refused.
     """
-    path = folder / AE_FILE
+    path = committed_path(folder / AE_FILE)
     check_torch_archive(path)
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise DictionaryLoadError(f"{str(path)!r} is not a state dict of tensors")
     trainer: dict[str, Any] = {}
-    if os.path.lexists(folder / CONFIG_FILE):  # a FIFO or a link to a device is refused
-        trainer = read_json(folder / CONFIG_FILE).get("trainer") or {}
+    config = committed_path(folder / CONFIG_FILE)
+    if os.path.lexists(config):  # a FIFO or a link to a device is refused
+        trainer = read_json(config).get("trainer") or {}
         if not isinstance(trainer, dict):
             raise DictionaryLoadError(f"{str(folder / CONFIG_FILE)!r}: 'trainer' is not an object")
     site = (site_from_dictionary_learning(trainer.get("submodule_name"))
@@ -179,12 +180,13 @@ class DictionaryLearningFormat(DictionaryFormat):
 
     @classmethod
     def write(cls, state: DictionaryState, folder: Path) -> Path:
-        with atomic_path(folder / AE_FILE) as tmp:
-            torch.save({name: t.detach().cpu().contiguous() for name, t in state.tensors.items()},
-                       tmp)
-        with atomic_path(folder / CONFIG_FILE) as tmp:
-            tmp.write_text(json.dumps({"trainer": state.config["trainer"]}, indent=2,
-                                      sort_keys=True), encoding="utf-8")
+        tensors = {name: t.detach().cpu().contiguous() for name, t in state.tensors.items()}
+        with atomic_files(folder) as files:  # one set: the old pair or the new pair
+            torch.save(tensors, files.path(AE_FILE, size=sum(
+                t.numel() * t.element_size() for t in tensors.values())))
+            files.path(CONFIG_FILE).write_text(json.dumps(
+                {"trainer": state.config["trainer"]}, indent=2, sort_keys=True),
+                encoding="utf-8")
         return folder
 
     @classmethod

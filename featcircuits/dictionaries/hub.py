@@ -368,7 +368,7 @@ def _extract_member(archive: Path, member: str, local_dir: Path, *,
     ``progress=False`` hides the unzip bar."""
     from tqdm.auto import tqdm
 
-    from featcircuits.files import atomic_path
+    from featcircuits.writes import atomic_path
 
     try:
         with zipfile.ZipFile(archive) as handle:

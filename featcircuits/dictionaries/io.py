@@ -37,6 +37,7 @@ from featcircuits.errors import (
     WidthMismatchError,
 )
 from featcircuits.model.sites import Site
+from featcircuits.writes import committed_path
 
 Layout = Callable[[Path], tuple[Any, DictionaryState]]
 
@@ -45,16 +46,15 @@ Layout = Callable[[Path], tuple[Any, DictionaryState]]
 def save_dictionary(dictionary: Dictionary, path: str | os.PathLike[str]) -> Path:
     """Write ``dictionary`` to folder ``path`` in the format of its ``architecture``.
 
-    SAEs and linear bases: ``cfg.json`` + ``sae_weights.safetensors``. Both files are written
-    atomically (temp file, then rename), and both temp files are complete and synced before
-    the first rename (``cfg.json``; the weights follow). A crash between the two renames
-    leaves the new config, the old weights and the new weights in their temp file;
-    ``load_dictionary`` finds the latter by the config's checksum, so a reader always gets
-    the old or the new dictionary, never a mix. A ``Transcoder`` is written as
-    ``transcoder.safetensors`` in circuit-tracer's layout instead.
+    SAEs and linear bases: ``cfg.json`` + ``sae_weights.safetensors``, written as one set
+    (``featcircuits.writes.atomic_files``): a kill at any moment leaves the old dictionary
+    or the new one for ``load_dictionary``, never a mix, and both files get the same mode
+    (``0o666 & ~umask``). A ``Transcoder`` is written as ``transcoder.safetensors`` in
+    circuit-tracer's layout instead.
 
     Raises:
         DictionaryLoadError: the dictionary has no registered file format (a ``TokenBasis``).
+        OutputError: the folder cannot be written, or the disk is full (the old files stay).
     """
     return format_of(dictionary).save(dictionary, Path(path))
 
@@ -97,8 +97,8 @@ def load_dictionary(
     folder = Path(path)
     if folder.is_file() and folder.suffix == ".safetensors" and folder.name != WEIGHTS_FILE:
         return _finish(_read(read_circuit_tracer, folder), site, model, device)
-    if folder.is_dir() and not (folder / WEIGHTS_FILE).is_file() and not (
-            folder / AE_FILE).is_file():
+    if folder.is_dir() and not committed_path(folder / WEIGHTS_FILE).is_file() and not \
+            committed_path(folder / AE_FILE).is_file():
         transcoders = [p for p in sorted(folder.glob("*.safetensors"))
                        if p.name == "transcoder.safetensors" or re.match(r"layer_?\d+", p.stem)]
         if len(transcoders) == 1:
@@ -110,9 +110,9 @@ def load_dictionary(
                                   hint="pass a folder holding cfg.json + sae_weights.safetensors"
                                   " (SAELens/native) or ae.pt (dictionary_learning)")
     try:
-        if (folder / WEIGHTS_FILE).is_file():
+        if committed_path(folder / WEIGHTS_FILE).is_file():
             dictionary = _read(read_saelens, folder)
-        elif (folder / AE_FILE).is_file():
+        elif committed_path(folder / AE_FILE).is_file():
             dictionary = _read(read_dictionary_learning, folder)
         else:
             found = sorted(p.name for p in folder.iterdir())[:10]
@@ -206,7 +206,7 @@ def load_dictionaries(folder: str | os.PathLike[str], *, model=None,
     if not root.is_dir():
         raise DictionaryLoadError(f"dictionary folder {str(folder)!r} does not exist")
     dictionaries: dict[str, Dictionary] = {}
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         dictionary = load_dictionary(sub, model=model, device=device)
         site = dictionary.site or sub.name
         dictionary.site = str(Site.parse(site))

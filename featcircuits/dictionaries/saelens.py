@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,8 +38,8 @@ from featcircuits.dictionaries.formats import (
 )
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.errors import DictionaryLoadError, SiteError
-from featcircuits.files import atomic_path
 from featcircuits.model.sites import Site
+from featcircuits.writes import atomic_files, committed_path
 
 FORMAT_VERSION = 1
 CFG_FILE = "cfg.json"
@@ -64,7 +63,7 @@ def read_saelens(folder: Path) -> tuple[Any, DictionaryState]:
 
     from featcircuits.dictionaries.registry import dictionary_format
 
-    cfg = read_json(folder / CFG_FILE)
+    cfg = read_json(committed_path(folder / CFG_FILE))
     d_in, d_sae = _int_field(cfg, "d_in", folder / CFG_FILE), _int_field(cfg, "d_sae",
                                                                         folder / CFG_FILE)
     architecture = saelens_architecture(cfg, folder)
@@ -84,7 +83,8 @@ def read_saelens(folder: Path) -> tuple[Any, DictionaryState]:
                        required=required, optional=optional)
         return header
 
-    if not isinstance(cfg.get("featcircuits"), dict) and _written_by_us(folder / WEIGHTS_FILE):
+    if not isinstance(cfg.get("featcircuits"), dict) and _written_by_us(
+            committed_path(folder / WEIGHTS_FILE)):
         raise DictionaryLoadError(
             f"{str(folder)!r}: the weights were saved by featcircuits but {CFG_FILE} has no "
             "'featcircuits' section (corrupted or edited)",
@@ -181,36 +181,19 @@ def checksum_file(path: Path, cfg: dict[str, Any]) -> str:
 def _weights(folder: Path, cfg: dict[str, Any], checked: Callable[[Path], SafetensorsHeader]
              ) -> tuple[Path, SafetensorsHeader, bool | None]:
     """The weights file that belongs to ``cfg``, its checked header, and whether the config's
-    checksum matched it (``None``: the config has none).
+    checksum matched it (``None``: the config has none). The file is hashed only after
+    ``checked`` accepted its header (so a huge or padded file is refused before it is read).
 
-    Normally that is ``sae_weights.safetensors``. ``write_saelens`` renames ``cfg.json`` into
-    place first and the weights right after; a crash between the two renames leaves the new
-    config beside the old weights, with the new weights complete and synced in their temp
-    file ``.sae_weights.safetensors.*.tmp``. That file is used only when the config's SHA-256
-    proves it is the one saved with it. A file is hashed only after ``checked`` accepted its
-    header (so a huge or padded file is refused before it is read).
+    ``write_saelens`` writes both files as one set (``featcircuits.writes.atomic_files``):
+    ``committed_path`` finds the weights of the set ``cfg.json`` came from, also when the
+    writer was killed between its renames.
     """
-    main = folder / WEIGHTS_FILE
+    main = committed_path(folder / WEIGHTS_FILE)
     ours = cfg.get("featcircuits")
+    header = checked(main)
     if not (isinstance(ours, dict) and "sha256" in ours):
-        return main, checked(main), None
-    expected = ours["sha256"]
-    try:
-        header, error = checked(main), None
-    except DictionaryLoadError as exc:
-        header, error = None, exc
-    if header is not None and checksum_file(main, cfg) == expected:
-        return main, header, True
-    for candidate in sorted(folder.glob(f".{WEIGHTS_FILE}.*.tmp")):
-        try:
-            candidate_header = checked(candidate)
-        except DictionaryLoadError:
-            continue
-        if checksum_file(candidate, cfg) == expected:
-            return candidate, candidate_header, True
-    if header is None:
-        raise error  # type: ignore[misc]
-    return main, header, False
+        return main, header, None
+    return main, header, checksum_file(main, cfg) == ours["sha256"]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -249,24 +232,20 @@ def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, st
 
 
 def write_saelens(state: DictionaryState, folder: Path) -> Path:
-    """Write ``cfg.json`` + ``sae_weights.safetensors`` into ``folder``.
-
-    Both files are written atomically (temp file, then rename), and both temp files are
-    complete and synced before the first rename (``cfg.json``; the weights follow). A crash
-    between the two renames leaves the new config, the old weights and the new weights in
-    their temp file; ``read_saelens`` finds the latter by the config's checksum, so a reader
-    always gets the old or the new dictionary, never a mix.
-    """
+    """Write ``cfg.json`` + ``sae_weights.safetensors`` into ``folder`` as one set
+    (``featcircuits.writes.atomic_files``): a kill at any moment leaves the old dictionary
+    or the new one, both files with the same mode; a full disk leaves the old one and
+    raises ``OutputError`` naming the bytes needed."""
     cfg = state.config
-    with atomic_path(folder / WEIGHTS_FILE, sync=False) as weights_tmp:
-        save_safetensors({name: t.detach().cpu().contiguous()
-                          for name, t in state.tensors.items()}, weights_tmp,
+    tensors = {name: t.detach().cpu().contiguous() for name, t in state.tensors.items()}
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    with atomic_files(folder) as files:
+        weights_tmp = files.path(WEIGHTS_FILE, size=size)
+        save_safetensors(tensors, weights_tmp,
                          {"format": "featcircuits", "format_version": str(FORMAT_VERSION)})
-        cfg["featcircuits"]["sha256"] = checksum(weights_tmp.read_bytes(), cfg)
-        with atomic_path(folder / CFG_FILE) as cfg_tmp:
-            cfg_tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
-            with open(weights_tmp, "rb") as handle:  # sync now: the renames follow at once
-                os.fsync(handle.fileno())
+        cfg["featcircuits"]["sha256"] = checksum_file(weights_tmp, cfg)
+        files.path(CFG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True),
+                                        encoding="utf-8")
     return folder
 
 

@@ -41,8 +41,8 @@ from featcircuits.dictionaries.filechecks import (
 from featcircuits.dictionaries.formats import DictionaryFormat, DictionaryState
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.errors import DictionaryError, DictionaryLoadError, FeatCircuitsError, SiteError
-from featcircuits.files import atomic_path
 from featcircuits.model.sites import Site
+from featcircuits.writes import atomic_path
 
 DEFAULT_INPUT_HOOK = "hook_resid_mid"
 DEFAULT_OUTPUT_HOOK = "hook_mlp_out"

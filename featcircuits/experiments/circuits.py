@@ -34,8 +34,8 @@ from featcircuits.experiments.inputs import (
     resolve_model,
     seeded,
 )
-from featcircuits.files import atomic_path, atomic_write_text, ensure_writable_dir
 from featcircuits.graph.io import edges_frame, write_json, write_tables
+from featcircuits.writes import FileSet, atomic_files, ensure_writable_dir
 
 __all__ = [
     "METHODS",
@@ -173,22 +173,25 @@ def evaluate_circuit(runs: CircuitRuns, graph: nx.DiGraph, *, name: str, title: 
 
 
 def _write_result(result: CircuitResult, out: Path) -> dict[str, Path]:
+    """Every file of the result as one set (``atomic_files``): a kill or a full disk leaves
+    the previous run's files or this run's, never a mix."""
     name, graph, scores = result.name, result.graph, result.faithfulness
-    paths = save_circuit(graph, out, name, curve=result.curve, title=result.title)
-    if result.features is not None:
-        with atomic_path(out / f"{name}_features.csv") as tmp:
-            result.features.to_csv(tmp, index=False, float_format="%.6g")
-        paths["features"] = out / f"{name}_features.csv"
-    summary = "\n".join(f"{key}: {Path(path).name}" for key, path in paths.items())
-    edge_scores = result.edge_faithfulness
-    edge_line = (f"edges: faithfulness {edge_scores['faithfulness']:.6f}, completeness "
-                 f"{edge_scores['completeness']:.6f}\n" if edge_scores else "")
-    atomic_write_text(out / f"{name}_summary.txt",
-                      f"{result.title}\nmethod {result.method}, tau {graph.graph['tau']:.6g}\n"
-                      f"nodes: faithfulness {scores['faithfulness']:.6f}, completeness "
-                      f"{scores['completeness']:.6f}\n{edge_line}"
-                      f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges\n"
-                      f"{summary}\n")  # no timings or absolute paths: same seed, same bytes
+    with atomic_files(out) as files:
+        paths = _circuit_files(files, graph, name, curve=result.curve, title=result.title)
+        if result.features is not None:
+            result.features.to_csv(files.path(f"{name}_features.csv"), index=False,
+                                   float_format="%.6g")
+            paths["features"] = out / f"{name}_features.csv"
+        summary = "\n".join(f"{key}: {Path(path).name}" for key, path in paths.items())
+        edge_scores = result.edge_faithfulness
+        edge_line = (f"edges: faithfulness {edge_scores['faithfulness']:.6f}, completeness "
+                     f"{edge_scores['completeness']:.6f}\n" if edge_scores else "")
+        files.path(f"{name}_summary.txt").write_text(
+            f"{result.title}\nmethod {result.method}, tau {graph.graph['tau']:.6g}\n"
+            f"nodes: faithfulness {scores['faithfulness']:.6f}, completeness "
+            f"{scores['completeness']:.6f}\n{edge_line}"
+            f"{graph.number_of_nodes()} nodes, {graph.number_of_edges()} edges\n"
+            f"{summary}\n", encoding="utf-8")  # no timings or absolute paths: same seed, same bytes
     return paths
 
 
@@ -286,15 +289,26 @@ def circuit_table(graph: nx.DiGraph, max_rows: int | None = 40) -> pd.DataFrame:
 
 def save_circuit(graph: nx.DiGraph, out: str | os.PathLike[str], name: str = "circuit", *,
                  curve: pd.DataFrame | None = None, title: str | None = None) -> dict[str, Path]:
-    """Write ``<name>.json``, ``<name>_nodes.csv``/``_edges.csv``, ``<name>.png`` (diagram)
-    and, if given, the faithfulness curve as CSV, under ``out``."""
-    folder = Path(out)
-    paths = {"json": write_json(graph, folder / f"{name}.json")}
-    paths["nodes"], paths["edges"] = write_tables(graph, folder / f"{name}_")
-    paths["png"] = draw_circuit(graph, folder / f"{name}.png", title=title)
+    """Write ``<name>.json``, ``<name>_nodes.csv``/``_edges.csv``/``_graph.json``,
+    ``<name>.png`` (diagram) and, if given, the faithfulness curve as CSV, under ``out``, as
+    one set (``featcircuits.writes.atomic_files``: the old files or the new, never a mix)."""
+    with atomic_files(out) as files:
+        return _circuit_files(files, graph, name, curve=curve, title=title)
+
+
+def _circuit_files(files: FileSet, graph: nx.DiGraph, name: str, *,
+                   curve: pd.DataFrame | None, title: str | None) -> dict[str, Path]:
+    """``save_circuit``'s files, written into the set ``files``; returns their final paths."""
+    folder = files.folder
+    write_json(graph, files.path(f"{name}.json"))
+    for table in ("nodes.csv", "edges.csv", "graph.json"):
+        files.path(f"{name}_{table}")  # refuses a link/FIFO there before anything is written
+    write_tables(graph, f"{files.staging}{os.sep}{name}_")
+    draw_circuit(graph, files.path(f"{name}.png"), title=title)
+    paths = {"json": folder / f"{name}.json", "nodes": folder / f"{name}_nodes.csv",
+             "edges": folder / f"{name}_edges.csv", "png": folder / f"{name}.png"}
     if curve is not None:
-        with atomic_path(folder / f"{name}_faithfulness.csv") as tmp:
-            curve.to_csv(tmp, index=False, float_format="%.6g")
+        curve.to_csv(files.path(f"{name}_faithfulness.csv"), index=False, float_format="%.6g")
         paths["curve"] = folder / f"{name}_faithfulness.csv"
     return paths
 

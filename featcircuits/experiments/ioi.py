@@ -23,11 +23,11 @@ from featcircuits.experiments.inputs import (
     resolve_model,
     seeded,
 )
-from featcircuits.files import atomic_path, ensure_writable_dir
 from featcircuits.model.loading import resolve_checkpoint, to_model
 from featcircuits.model.sites import Site, num_layers
 from featcircuits.patching.compare import compare_bases, reference_bases, summarize_comparison
 from featcircuits.patching.search import default_taus
+from featcircuits.writes import atomic_files, ensure_writable_dir
 
 __all__ = ["IOIResult", "run_ioi_patching"]
 
@@ -52,6 +52,27 @@ class IOIResult:
     prompts: pd.DataFrame
     model_name: str
     paths: dict[str, Path] = field(default_factory=dict)
+
+    def write(self, out: str | os.PathLike[str]) -> dict[str, Path]:
+        """Write ``results.csv`` (feature ids space-separated) and ``curves.png`` into folder
+        ``out`` as one set (``featcircuits.writes.atomic_files``: a kill or a full disk
+        leaves the previous pair, never a new CSV beside an old plot); sets and returns
+        ``paths``."""
+        from featcircuits.render.curves import plot_patching_curves
+
+        folder = Path(out)
+        results = self.results
+        csv = results.assign(features=results["features"].map(
+            lambda ids: " ".join(map(str, ids))))
+        with atomic_files(folder) as files:
+            csv.to_csv(files.path("results.csv"), index=False, float_format="%.6g")
+            plot_patching_curves(results, panel="site", line="basis",
+                                 path=files.path("curves.png"),
+                                 title=f"IOI patching on {self.model_name}: KL(clean ‖ "
+                                 "patched) at the answer")
+        self.paths = {"results": folder / "results.csv", "curves": folder / "curves.png"}
+        return self.paths
+
 
     def report(self) -> str:
         """The summary as text: baselines, then a site × basis table of the features needed
@@ -152,19 +173,5 @@ def run_ioi_patching(
                                 positions=positions, settings=settings)
     result = IOIResult(results, summarize_comparison(results), pairs, name)
     if out is not None:
-        result.paths = _write(result, Path(out))
+        result.write(out)
     return result
-
-
-def _write(result: IOIResult, out: Path) -> dict[str, Path]:
-    """``results.csv`` (feature ids space-separated) and ``curves.png`` under ``out``."""
-    from featcircuits.render.curves import plot_patching_curves
-
-    results = result.results
-    csv = results.assign(features=results["features"].map(lambda ids: " ".join(map(str, ids))))
-    with atomic_path(out / "results.csv") as tmp:
-        csv.to_csv(tmp, index=False, float_format="%.6g")
-    plot_patching_curves(results, panel="site", line="basis", path=out / "curves.png",
-                         title=f"IOI patching on {result.model_name}: KL(clean ‖ patched) at "
-                         "the answer")
-    return {"results": out / "results.csv", "curves": out / "curves.png"}

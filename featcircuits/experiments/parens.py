@@ -36,10 +36,10 @@ from featcircuits.experiments.inputs import (
     resolve_model,
     seeded,
 )
-from featcircuits.files import ensure_writable_dir
 from featcircuits.model.loading import model_device, trace
 from featcircuits.model.readout import logit_direction, readout
 from featcircuits.model.sites import Site, num_layers
+from featcircuits.writes import ensure_writable_dir
 
 __all__ = [
     "ParensData",

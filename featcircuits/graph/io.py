@@ -33,13 +33,7 @@ import networkx as nx
 import pandas as pd
 
 from featcircuits.errors import GraphError, NonFiniteError, OutputError
-from featcircuits.files import (
-    GRAPH_FILE_LIMIT,
-    atomic_path,
-    atomic_write_text,
-    parse_json,
-    read_bytes_limited,
-)
+from featcircuits.files import GRAPH_FILE_LIMIT, parse_json, read_bytes_limited
 from featcircuits.graph.schema import (
     FLOAT_ATTRIBUTES,
     FORMAT_VERSION,
@@ -48,6 +42,7 @@ from featcircuits.graph.schema import (
     check_format_version,
     validate_circuit_graph,
 )
+from featcircuits.writes import atomic_files, atomic_path, atomic_write_text, committed_path
 
 _INT_ATTRS = INT_ATTRIBUTES
 _FLOAT_ATTRS = FLOAT_ATTRIBUTES
@@ -181,8 +176,11 @@ def write_json(graph: nx.DiGraph, path: str | os.PathLike[str], *, indent: int |
 
 def _read_file(path: str | os.PathLike[str], max_bytes: int, what: str = "circuit file"
                ) -> bytes:
-    """The bytes of a graph file: regular files of at most ``max_bytes`` only."""
-    return read_bytes_limited(path, max_bytes, what, error=GraphError, keyword="max_bytes")
+    """The bytes of a graph file: regular files of at most ``max_bytes`` only. A file of a
+    set whose writer stopped between its commit and its renames is read from the set's
+    staging folder (``committed_path``), so a circuit's files are all of one version."""
+    return read_bytes_limited(committed_path(path), max_bytes, what, error=GraphError,
+                              keyword="max_bytes")
 
 
 def _read_json_file(path: str | os.PathLike[str], max_bytes: int,
@@ -353,20 +351,22 @@ def write_tables(graph: nx.DiGraph, prefix: str | os.PathLike[str], *, format: s
     validate_circuit_graph(graph)
     paths = _table_paths(prefix, format)
     digests = {}
-    for name, frame in (("nodes", nodes_frame(graph)), ("edges", edges_frame(graph))):
-        with atomic_path(paths[name]) as tmp:
+    with atomic_files(paths["graph"].parent) as files:  # the three files are one set
+        for name, frame in (("nodes", nodes_frame(graph)), ("edges", edges_frame(graph))):
+            tmp = files.path(paths[name].name)
             if format == "csv":
                 frame.to_csv(tmp, index=False)
             else:
                 frame.to_parquet(tmp, index=False)
             digests[f"{name}_sha256"] = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    manifest = {"format_version": FORMAT_VERSION, "table_format": format,
-                "graph": {key: _plain(value, f"graph attribute {key!r}")
-                          for key, value in graph.graph.items() if key != "format_version"},
-                **digests}
-    manifest["sha256"] = _digest(manifest)
-    atomic_write_text(paths["graph"], json.dumps(manifest, indent=1, ensure_ascii=False,
-                                                 allow_nan=False) + "\n")
+        manifest = {"format_version": FORMAT_VERSION, "table_format": format,
+                    "graph": {key: _plain(value, f"graph attribute {key!r}")
+                              for key, value in graph.graph.items() if key != "format_version"},
+                    **digests}
+        manifest["sha256"] = _digest(manifest)
+        files.path(paths["graph"].name).write_text(
+            json.dumps(manifest, indent=1, ensure_ascii=False, allow_nan=False) + "\n",
+            encoding="utf-8")
     return paths["nodes"], paths["edges"]
 
 
@@ -398,7 +398,7 @@ def read_tables(prefix: str | os.PathLike[str], *, format: str = "csv",
     _check_format(format)
     paths = _table_paths(prefix, format)
     for name, path in paths.items():
-        if not path.exists():
+        if not committed_path(path).exists():
             raise GraphError(f"circuit table {str(path)!r} does not exist",
                              hint="pass the prefix given to write_tables")
     manifest = _read_json_file(paths["graph"], max_bytes, "circuit table manifest")
@@ -487,7 +487,7 @@ def read_graph(path: str | os.PathLike[str], *, max_bytes: int = GRAPH_FILE_LIMI
                              hint="pass the manifest file itself, or a folder written by "
                              "write_tables(graph, 'folder/')")
         file = manifests[0]
-    if not file.exists():
+    if not committed_path(file).exists():
         raise GraphError(f"circuit file {str(path)!r} does not exist",
                          hint="pass a .json, .graphml or table file written by "
                          "featcircuits.graph.io")

@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from featcircuits.errors import ParameterError
-from featcircuits.files import atomic_path
+from featcircuits.writes import atomic_path
 
 BASIS_STYLES = {
     "sae-sparse": ("#1b7837", "-"),

@@ -29,7 +29,6 @@ from matplotlib.patches import Circle, FancyArrowPatch, Patch, Rectangle, Regula
 from matplotlib.text import Text
 
 from featcircuits.errors import GraphError, OutputError, ParameterError
-from featcircuits.files import atomic_path
 from featcircuits.graph.influence import influence
 from featcircuits.graph.schema import target_nodes, validate_circuit_graph
 from featcircuits.render.labels import (
@@ -54,6 +53,7 @@ from featcircuits.render.style import (
     effect_rgba,
     symmetric_limit,
 )
+from featcircuits.writes import atomic_path
 
 SAVE_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 # Metadata that would otherwise differ between two saves of the same figure.

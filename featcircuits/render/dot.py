@@ -20,7 +20,6 @@ from pathlib import Path
 import networkx as nx
 from matplotlib.colors import to_hex
 
-from featcircuits.files import atomic_write_text
 from featcircuits.graph.schema import validate_circuit_graph
 from featcircuits.render.labels import annotation, describe_thresholds, row_key, truncate
 from featcircuits.render.layout import natural_key
@@ -34,6 +33,7 @@ from featcircuits.render.style import (
     symmetric_limit,
     text_color_on,
 )
+from featcircuits.writes import atomic_write_text
 
 _SHAPES = {"feature": "ellipse", "error": "box", "input": "diamond", "output": "hexagon"}
 

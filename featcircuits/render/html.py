@@ -30,7 +30,6 @@ from pathlib import Path
 import networkx as nx
 
 from featcircuits.errors import ParameterError
-from featcircuits.files import atomic_write_text
 from featcircuits.graph.schema import validate_circuit_graph
 from featcircuits.render.labels import (
     annotation,
@@ -54,6 +53,7 @@ from featcircuits.render.style import (
     effect_hex,
     symmetric_limit,
 )
+from featcircuits.writes import atomic_write_text
 
 _FONT_PX = 11.0
 _CHAR_PX = 6.7  # advance of a monospace glyph at 11 px (DejaVu Sans Mono: 0.602 em), rounded up

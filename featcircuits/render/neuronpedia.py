@@ -41,10 +41,10 @@ from typing import Any
 import networkx as nx
 
 from featcircuits.errors import GraphError, OutputError, ParameterError
-from featcircuits.files import atomic_write_text
 from featcircuits.graph.schema import validate_circuit_graph
 from featcircuits.render.labels import annotation, row_key, short_id
 from featcircuits.render.layout import natural_key
+from featcircuits.writes import atomic_write_text
 
 FEATURE_TYPES = {
     "feature": "cross layer transcoder",

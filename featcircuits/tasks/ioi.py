@@ -38,8 +38,8 @@ from pathlib import Path
 import pandas as pd
 
 from featcircuits.errors import ParameterError, PromptError
-from featcircuits.files import atomic_open
 from featcircuits.tasks.text import split_words
+from featcircuits.writes import atomic_open
 
 ORDERS: tuple[str, ...] = ("ABBA", "BABA")
 CORRUPTIONS: tuple[str, ...] = ("abc", "flip")

@@ -10,7 +10,6 @@ import torch
 from tqdm.auto import tqdm
 
 from featcircuits.errors import TrainingError
-from featcircuits.files import atomic_path
 from featcircuits.train.ica_stream import (
     _ActivationStream,
     _moments,
@@ -19,6 +18,7 @@ from featcircuits.train.ica_stream import (
     _Workspace,
     default_chunk_size,
 )
+from featcircuits.writes import atomic_path
 
 CONTRASTS = ("logcosh", "exp", "cube")
 ALGORITHMS = ("parallel", "deflation")

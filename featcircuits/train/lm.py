@@ -25,10 +25,10 @@ import torch
 from tqdm import tqdm
 
 from featcircuits.errors import OutputError, ParameterError, TrainingError
-from featcircuits.files import atomic_write_text
 from featcircuits.tasks.corpus import CorpusConfig, iter_corpus
 from featcircuits.train.threads import torch_threads
 from featcircuits.train.tokenizer import build_tokenizer
+from featcircuits.writes import atomic_write_text
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.errors import ParameterError, TrainingError
-from featcircuits.files import atomic_path
 from featcircuits.train.sae_config import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
@@ -53,6 +52,7 @@ from featcircuits.train.sae_config import (
     geometric_median,
     make_optimizer,
 )
+from featcircuits.writes import atomic_path
 
 
 class SAETrainer:

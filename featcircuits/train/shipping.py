@@ -33,12 +33,12 @@ import torch
 from featcircuits.dictionaries.bases import PCABasis
 from featcircuits.dictionaries.io import save_dictionary
 from featcircuits.errors import ParameterError
-from featcircuits.files import atomic_write_text
 from featcircuits.model.loading import model_name
 from featcircuits.model.sites import Site, all_sites, d_model
 from featcircuits.train.buffer import StepBatches, collect_activations
 from featcircuits.train.evaluate import evaluate_dictionary
 from featcircuits.train.sae import train_sae
+from featcircuits.writes import atomic_write_text
 
 
 @dataclass(frozen=True)

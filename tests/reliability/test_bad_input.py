@@ -35,7 +35,6 @@ from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.engine.cache import RunCache
 from featcircuits.engine.runs import CircuitRuns
 from featcircuits.engine.settings import RunSettings
-from featcircuits.files import atomic_path, atomic_write_text
 from featcircuits.graph import threshold
 from featcircuits.graph.io import read_json, write_json
 from featcircuits.model.loading import load_model, underlying_module
@@ -44,6 +43,7 @@ from featcircuits.patching.experiment import PatchingExperiment
 from featcircuits.patching.search import backward_elimination, features_needed
 from featcircuits.render.examples import example_circuit
 from featcircuits.tasks.prompts import read_prompts, tokenize_prompts
+from featcircuits.writes import atomic_path, atomic_write_text
 
 QUIET = RunSettings(progress=False)
 PROMPTS = pd.DataFrame({

@@ -99,26 +99,35 @@ def test_sigkill_during_writes_leaves_complete_versions(tmp_path):
 
 
 def test_dictionary_between_its_two_renames(tmp_path):
-    """A save stopped between its renames (new cfg.json, old weights, new weights in their
-    temp file) → loads as the new version; without the temp file, or with a damaged one →
-    DictionaryLoadError 'checksum mismatch', never a mix."""
+    """A save stopped between its renames (new cfg.json in place, old weights in place, the
+    new weights still in the committed staging folder of a dead writer) → loads as the new
+    version; with those staged weights damaged → DictionaryLoadError 'checksum mismatch',
+    never a mix; the next save rolls the staged set forward and removes the folder."""
+    import subprocess
+
     from featcircuits import save_dictionary
+    from featcircuits.writes import _HOST, JOURNAL
 
     old, new = tmp_path / "old", tmp_path / "new"
     save_dictionary(expected_dictionary(1), old)
     save_dictionary(expected_dictionary(2), new)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
     torn = tmp_path / "torn"
-    torn.mkdir()
+    staging = torn / f".fc-{_HOST}-{dead.pid}-k3jx.tmp"
+    staging.mkdir(parents=True)
     (torn / "cfg.json").write_bytes((new / "cfg.json").read_bytes())
     (torn / "sae_weights.safetensors").write_bytes((old / "sae_weights.safetensors").read_bytes())
-    stray = torn / ".sae_weights.safetensors.zz_other.tmp"  # a half-written later save
-    stray.write_bytes((new / "sae_weights.safetensors").read_bytes()[:-100])
-    pending = torn / ".sae_weights.safetensors.k3j_x.tmp"
-    pending.write_bytes((new / "sae_weights.safetensors").read_bytes())
+    weights = (new / "sae_weights.safetensors").read_bytes()
+    (staging / "sae_weights.safetensors").write_bytes(weights)
+    (staging / JOURNAL).write_text(json.dumps({"files": ["cfg.json", "sae_weights.safetensors"]}))
     loaded = load_dictionary(torn)
     assert loaded.meta["version"] == 2
     assert torch.equal(loaded.W_dec, expected_dictionary(2).W_dec)
-    pending.unlink()
+    (staging / "sae_weights.safetensors").write_bytes(weights[:-4] + b"\0\0\0\0")
     with pytest.raises(DictionaryLoadError, match="checksum mismatch"):
         load_dictionary(torn)
-    assert json.loads((torn / "cfg.json").read_text())["featcircuits"]["meta"]["version"] == 2
+    (staging / "sae_weights.safetensors").write_bytes(weights)
+    save_dictionary(expected_dictionary(3), torn)
+    assert sorted(p.name for p in torn.iterdir()) == ["cfg.json", "sae_weights.safetensors"]
+    assert load_dictionary(torn).meta["version"] == 3
