@@ -1,6 +1,6 @@
 """GPU checks and timings, side by side with the CPU in one run (prints numbers; not a test).
 
-    python benchmarks/gpu.py [--part ica train toolkit] [--out DIR]
+    python benchmarks/gpu.py [--part placement ica train toolkit scale] [--out DIR]
 
 ica:     torch FastICA on CUDA vs the same fit on CPU (200k x 128 and 1M x 256, Laplace/uniform
          sources): wall time, Amari distance of each; then a fit streamed in chunks on CUDA.
@@ -8,6 +8,9 @@ train:   SAE trainer steps per second on CUDA vs CPU (d_model 512, 4096 features
 toolkit: the bundled model and dictionaries on CUDA: IOI patching results vs the CPU run
          (max abs difference of every numeric column), the same run twice (determinism),
          bf16, and an attribution circuit on CUDA vs CPU.
+scale:   benchmarks/scale.py (Pythia-70M-shaped model, 18 SAEs of 32,768 features) on CUDA in
+         float32 and bfloat16 and on the CPU, each in its own process; the steps' wall time
+         and peak GPU memory side by side (``--scale-small``: the reduced --small run).
 The machine has to have a CUDA device; nothing here downloads anything.
 """
 
@@ -170,10 +173,43 @@ def part_toolkit(out: str) -> None:
               float(gpu["kl"].max()))
 
 
+def part_scale(small: bool) -> None:
+    """benchmarks/scale.py on CUDA (float32, bfloat16) and on the CPU, side by side."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("scale.py")
+    runs = {"cuda float32": ["--device", "cuda", "--dtype", "float32"],
+            "cuda bfloat16": ["--device", "cuda", "--dtype", "bfloat16"],
+            "cpu float32": ["--device", "cpu", "--dtype", "float32"]}
+    line = re.compile(r"^  (?P<step>.+?)\s+(?P<seconds>[0-9.]+) s  cpu .*?peak RSS\s+"
+                      r"(?P<rss>[0-9.]+) GiB(?:  GPU\s+(?P<gpu>[0-9.]+) GiB)?")
+    steps: dict[str, dict[str, str]] = {}
+    for name, flags in runs.items():
+        command = [sys.executable, str(script), *flags, *(["--small"] if small else [])]
+        process = subprocess.run(command, capture_output=True, text=True, check=False)
+        print(f"== scale {name}: rc {process.returncode}")
+        print(process.stdout[-3000:] if process.returncode == 0 else process.stderr[-2500:])
+        for text in process.stdout.splitlines():
+            match = line.match(text)
+            if match:
+                cell = f"{float(match['seconds']):8.1f} s"
+                if match["gpu"]:
+                    cell += f" {float(match['gpu']):5.2f} GiB"
+                steps.setdefault(match["step"].strip(), {})[name] = cell
+    print(f"{'step':<40}" + "".join(f"{name:>22}" for name in runs))
+    for step, cells in steps.items():
+        print(f"{step:<40}" + "".join(f"{cells.get(name, '-'):>22}" for name in runs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--part", nargs="+", default=["placement", "ica", "train", "toolkit"],
-                        choices=["placement", "ica", "train", "toolkit"])
+                        choices=["placement", "ica", "train", "toolkit", "scale"])
+    parser.add_argument("--scale-small", action="store_true",
+                        help="scale part: the reduced run of benchmarks/scale.py --small")
     parser.add_argument("--out", default="out/gpu")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -183,7 +219,8 @@ def main() -> None:
         start = time.perf_counter()
         try:
             {"placement": part_placement, "ica": part_ica, "train": part_train,
-             "toolkit": lambda: part_toolkit(args.out)}[part]()
+             "toolkit": lambda: part_toolkit(args.out),
+             "scale": lambda: part_scale(args.scale_small)}[part]()
         except Exception:  # noqa: BLE001 -- report and go on to the next part
             traceback.print_exc()
         print(f"[{part} took {time.perf_counter() - start:.1f} s]", flush=True)

@@ -11,6 +11,12 @@ from collections.abc import MutableMapping, Sequence
 import torch
 
 from featcircuits.engine.edits import check_finite_activations
+from featcircuits.engine.memory import (
+    STREAM_SHARE,
+    forward_bytes_per_row,
+    parse_memory,
+    rows_per_chunk,
+)
 from featcircuits.model.loading import model_device, trace
 from featcircuits.model.sites import Site
 from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
@@ -24,35 +30,77 @@ class RunCache:
     Computed once and shared by every experiment on the same prompts (e.g. when comparing
     bases at one site), so the clean and corrupted forwards are never rerun.
 
+    ``max_memory`` (bytes, a size string or ``None`` for the default budget) bounds the
+    forward passes: prompts run in chunks of at most ``rows_per_chunk(max_memory // STREAM_SHARE,
+    forward_bytes_per_row(...))`` sequences, so a forward over thousands of prompts never
+    holds every prompt's intermediate activations at once. Chunks give the same values as
+    one pass (rows of a forward are independent), up to float rounding of differently
+    sized batches. What is kept, ``nbytes``, counts against the budget of the experiments
+    that use the cache (``PatchingExperiment`` sizes its working tensors with
+    ``max_memory − nbytes``).
+
     Attributes:
         clean_logits, corrupt_logits: ``[n, vocab]`` logits at each answer position.
         clean_activations, corrupt_activations: ``{site: [n, pos, d_model]}``.
+        chunk_prompts: prompts per forward pass.
+        chunks_run: forward passes run (both runs together).
+        nbytes: bytes held by the cached tensors.
     """
 
-    def __init__(self, model, prompts, sites: Sequence[str | Site]) -> None:
+    def __init__(self, model, prompts, sites: Sequence[str | Site],
+                 max_memory: int | str | None = None) -> None:
         # prompt tensors live where the model runs, like every tensor computed from them
         self.prompts: PromptPairs = tokenize_prompts(model.tokenizer, prompts).to(
             model_device(model))
         self.sites = sorted({str(Site.parse(site)) for site in sites},
                             key=lambda name: Site.parse(name).depth)
-        self.clean_logits, self.clean_activations = self._run(model, self.prompts.clean_ids)
-        self.corrupt_logits, self.corrupt_activations = self._run(model,
-                                                                  self.prompts.corrupt_ids)
+        budget = parse_memory(max_memory)
+        width = self.prompts.clean_ids.shape[1]
+        self.chunk_prompts = rows_per_chunk(budget // STREAM_SHARE, forward_bytes_per_row(
+            model, width, backward=False))
+        self.chunks_run = 0
+        self.clean_logits, self.clean_activations = self._run(model, self.prompts.clean_ids,
+                                                              "clean")
+        self.corrupt_logits, self.corrupt_activations = self._run(
+            model, self.prompts.corrupt_ids, "corrupt")
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.clean_logits, self.corrupt_logits, *self.clean_activations.values(),
+                   *self.corrupt_activations.values()]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.no_grad()
-    def _run(self, model, input_ids: torch.Tensor
+    def _run(self, model, input_ids: torch.Tensor, run: str
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        final = self.prompts.final_positions
+        n = len(input_ids)
+        logits: torch.Tensor | None = None
+        activations: dict[str, torch.Tensor] = {}
+        for start in range(0, n, self.chunk_prompts):
+            chunk = slice(start, min(n, start + self.chunk_prompts))
+            chunk_logits, chunk_activations = self._run_chunk(model, input_ids[chunk],
+                                                              self.prompts.final_positions[chunk])
+            self.chunks_run += 1
+            if logits is None:  # preallocated once, filled chunk by chunk
+                logits = chunk_logits.new_empty((n, *chunk_logits.shape[1:]))
+                activations = {site: value.new_empty((n, *value.shape[1:]))
+                               for site, value in chunk_activations.items()}
+            logits[chunk] = chunk_logits
+            for site, value in chunk_activations.items():
+                activations[site][chunk] = value
+        for site, values in activations.items():
+            check_finite_activations(values, site=site, run=run,
+                                     token_mask=self.prompts.token_mask)
+        return logits, activations
+
+    def _run_chunk(self, model, input_ids: torch.Tensor, final: torch.Tensor
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         activations: list[torch.Tensor] = []
         with trace(model, input_ids):
             for site in self.sites:
                 activations.append(Site.parse(site).read(model).save())
             rows = torch.arange(len(final), device=final.device)
             logits = model.output.logits[rows, final].float().save()
-        run = "clean" if input_ids is self.prompts.clean_ids else "corrupt"
-        for site, values in zip(self.sites, activations):
-            check_finite_activations(values, site=site, run=run,
-                                     token_mask=self.prompts.token_mask)
         return logits, dict(zip(self.sites, activations))
 
 

@@ -24,6 +24,11 @@ DEFAULT_MAX_MEMORY = 4 * 1024**3
 DEFAULT_RAM_SHARE = 0.25
 #: Bytes of a float32.
 FLOAT_BYTES = 4
+#: Scans over prompts (the run cache's forwards, attribution gradients, encoding blocks,
+#: row deduplication) take at most ``budget // STREAM_SHARE`` each: the tables they fill,
+#: the cache and the allocator's slack are alive beside them, and peak memory then stays
+#: flat as the number of prompts grows (docs/memory.md).
+STREAM_SHARE = 4
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
           "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4,
@@ -119,6 +124,46 @@ def bytes_per_row(positions: int, *, vocab: int, features: Iterable[tuple[int, i
     values += sum(int(columns) * int(tensors) for columns, tensors in features)
     values += 24 * sum(int(width) for width in d_models)
     return FLOAT_BYTES * int(positions) * values
+
+
+def model_shape(model) -> dict[str, int]:
+    """``{layers, d_model, d_mlp, heads, vocab}`` read from a (nnsight-wrapped) transformers
+    model's config, with generous fallbacks where an attribute is missing."""
+    config = getattr(getattr(model, "_module", model), "config", None)
+
+    def read(*names: str, default: int) -> int:
+        for name in names:
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return default
+
+    d_model = read("hidden_size", "n_embd", "d_model", default=1024)
+    return {"layers": read("num_hidden_layers", "n_layer", default=12), "d_model": d_model,
+            "d_mlp": read("intermediate_size", "n_inner", default=4 * d_model),
+            "heads": read("num_attention_heads", "n_head", default=16),
+            "vocab": read("vocab_size", default=0)}
+
+
+def forward_bytes_per_row(model, positions: int, *, backward: bool) -> int:
+    """Estimated memory of one sequence of ``positions`` tokens in a whole-model pass.
+
+    Without ``backward`` (a ``no_grad`` forward) only a few layers' activations are alive
+    at once: ``4 · T · (vocab + 8 d_mlp + 16 d_model + 4 heads · T)`` bytes. With
+    ``backward`` autograd keeps every layer's activations until the backward pass:
+    ``4 · T · (3 vocab + layers · (12 d_model + 4 d_mlp + 4 heads · T))``. Both are
+    deliberately generous (float32 even for half-precision models); the run cache and the
+    attribution gradients of patching size their prompt chunks with them.
+    """
+    shape = model_shape(model)
+    t = int(positions)
+    attention = 4 * shape["heads"] * t
+    if backward:
+        values = 3 * shape["vocab"] + shape["layers"] * (
+            12 * shape["d_model"] + 4 * shape["d_mlp"] + attention)
+    else:
+        values = shape["vocab"] + 8 * shape["d_mlp"] + 16 * shape["d_model"] + attention
+    return FLOAT_BYTES * t * values
 
 
 def split_rows(n_items: int, rows_per_item: int, max_rows: int) -> tuple[int, int]:

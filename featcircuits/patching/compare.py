@@ -64,7 +64,7 @@ def compare_bases(model, prompts, bases: Mapping[str, Mapping[str, Dictionary]],
                    key=lambda name: Site.parse(name).depth)
     if not sites:
         raise ParameterError("no dictionaries to compare", hint="pass {basis: {site: dictionary}}")
-    runs = RunCache(model, prompts, sites)
+    runs = RunCache(model, prompts, sites, max_memory=settings.max_memory)
     frames = []
     jobs = [(site, name) for site in sites for name in bases if site in bases[name]]
     for site, name in tqdm(jobs, desc="bases", disable=not settings.progress):

@@ -26,7 +26,13 @@ from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.engine.cache import RunCache, SiteFeatures
 from featcircuits.engine.edits import input_site_of, patch_site
-from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row, rows_per_chunk, split_rows
+from featcircuits.engine.memory import (
+    FLOAT_BYTES,
+    STREAM_SHARE,
+    bytes_per_row,
+    rows_per_chunk,
+    split_rows,
+)
 from featcircuits.engine.settings import RunSettings
 from featcircuits.engine.sources import (
     PATCHING_SOURCES,
@@ -106,11 +112,13 @@ class PatchingExperiment:
                             for site in self.sites}
         needed = sorted(set(self.sites) | set(self.input_sites.values()))
         if runs is None:
-            runs = RunCache(model, prompts, needed)
+            runs = RunCache(model, prompts, needed, max_memory=settings.max_memory)
         elif not set(needed) <= set(runs.sites):
             raise ParameterError(f"the run cache covers sites {runs.sites}, not {needed}",
                                  hint="build RunCache(model, prompts, sites) with every site")
         self.runs = runs
+        # the cached runs count against the budget; a quarter of it is always left to work in
+        self.max_memory = max(self.max_memory - runs.nbytes, self.max_memory // 4)
         self.prompts: PromptPairs = runs.prompts
         self.device = self.prompts.device
         self.clean_logits, self.corrupt_logits = runs.clean_logits, runs.corrupt_logits
@@ -182,20 +190,23 @@ class PatchingExperiment:
         n, width = self.prompts.clean_ids.shape
         return values.expand(n, width, values.shape[-1])[prompts]
 
-    def feature_blocks(self, site: str, temporaries: int = 4):
+    def feature_blocks(self, site: str, temporaries: int = 4, extra_per_prompt: int = 0):
         """``(prompt slice, feature ids or None)`` blocks that cover ``[n, pos, F]`` at
         ``site`` with ``temporaries`` such tensors within ``max_memory``; features are split
-        only for dictionaries that can encode a subset (``Dictionary.separable``)."""
+        only for dictionaries that can encode a subset (``Dictionary.separable``).
+        ``extra_per_prompt``: bytes each prompt of a block costs besides (e.g. the forward and
+        backward pass of attribution), which also limits the prompts per block."""
         dictionary = self.dictionaries[site]
         n, width = self.prompts.clean_ids.shape
         n_features = dictionary.n_features
         per_prompt = FLOAT_BYTES * temporaries * width * n_features
-        if per_prompt <= self.max_memory or not dictionary.separable:
-            step = min(n, rows_per_chunk(self.max_memory, per_prompt))
+        budget = self.max_memory // STREAM_SHARE  # a scan over prompts (docs/memory.md)
+        if per_prompt <= budget or not dictionary.separable:
+            step = min(n, rows_per_chunk(budget, per_prompt + extra_per_prompt))
             for start in range(0, n, step):
                 yield slice(start, start + step), None
             return
-        features = rows_per_chunk(self.max_memory, FLOAT_BYTES * temporaries * width)
+        features = rows_per_chunk(budget, FLOAT_BYTES * temporaries * width)
         for start in range(n):
             for first in range(0, n_features, features):
                 yield slice(start, start + 1), torch.arange(
@@ -296,11 +307,11 @@ class PatchingExperiment:
 
     def _row_blocks(self, masks: dict[str, torch.Tensor]) -> list[tuple[slice, torch.Tensor]]:
         """``(set slice, prompt ids)`` blocks whose (set, prompt) masks over the used
-        features (bool, then int64 keys for deduplication, ~10 bytes per cell) fit in half
-        of ``max_memory``; rows are deduplicated within a block."""
+        features (bool masks, int64 keys and the sort that deduplicates them, ~32 bytes per
+        cell) fit in ``max_memory // STREAM_SHARE``; rows are deduplicated within a block."""
         k, n = next(iter(masks.values())).shape[0], len(self.prompts)
         used = sum(int(mask.any(0).sum()) for mask in masks.values())
-        rows = rows_per_chunk(self.max_memory // 2, 10 * max(1, used))
+        rows = rows_per_chunk(self.max_memory // STREAM_SHARE, 32 * max(1, used))
         per_sets, per_prompts = split_rows(k, n, rows)
         return [(slice(s, s + per_sets), torch.arange(p, min(p + per_prompts, n), device="cpu"))
                 for p in range(0, n, per_prompts) for s in range(0, k, per_sets)]

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from featcircuits.engine.memory import forward_bytes_per_row
 from featcircuits.errors import ParameterError
 from featcircuits.graph import check_tau
 from featcircuits.model.loading import trace
@@ -109,7 +110,10 @@ def attribution_scores(experiment: PatchingExperiment, site: str | None = None, 
     dictionary = experiment.dictionaries[site]
     score = torch.zeros(dictionary.n_features, dtype=torch.float64, device=experiment.device)
     gradient, gradient_prompts = None, None
-    for prompts, ids in experiment.feature_blocks(site):
+    # the gradient pass keeps every layer's activations of its prompts until the backward
+    backward_bytes = forward_bytes_per_row(experiment.model, experiment.prompts.clean_ids.shape[1],
+                                           backward=True)
+    for prompts, ids in experiment.feature_blocks(site, extra_per_prompt=backward_bytes):
         if gradient is None or prompts != gradient_prompts:
             gradient = _metric_gradient(experiment, site, prompts, metric)
             gradient_prompts = prompts

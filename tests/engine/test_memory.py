@@ -199,6 +199,37 @@ def test_chunked_circuits_equal_unchunked(tiny, one_thread):
             assert small[edge] == pytest.approx(weight, rel=1e-4, abs=1e-6)
 
 
+def test_run_cache_streams_prompts_in_chunks_with_unchunked_results(tiny, one_thread):
+    """A 1 MiB budget runs the cached clean and corrupted forwards in several prompt chunks
+    (counted), with the same activations and logits as one pass (within 1e-6), and the
+    cache's bytes count against the experiment's working budget."""
+    from featcircuits.engine.cache import RunCache
+    from featcircuits.engine.memory import STREAM_SHARE, forward_bytes_per_row
+
+    prompts = ioi_prompt_pairs(12, seed=4, corruptions=("abc",), tokenizer=tiny.tokenizer)
+    whole = RunCache(tiny, prompts, ["resid_out.0", "resid_out.2"], max_memory="64GB")
+    chunked = RunCache(tiny, prompts, ["resid_out.0", "resid_out.2"], max_memory="1MB")
+    width = whole.prompts.clean_ids.shape[1]
+    expected = max(1, (1024**2 // STREAM_SHARE) // forward_bytes_per_row(tiny, width,
+                                                                          backward=False))
+    assert chunked.chunk_prompts == expected < len(prompts)
+    assert whole.chunks_run == 2
+    assert chunked.chunks_run == 2 * -(-len(prompts) // expected) > 2
+    for name in ("clean_logits", "corrupt_logits"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name),
+                                   rtol=0, atol=1e-6)
+    for name in ("clean_activations", "corrupt_activations"):
+        for site, values in getattr(whole, name).items():
+            torch.testing.assert_close(getattr(chunked, name)[site], values, rtol=0, atol=1e-6)
+    expected_bytes = 2 * (12 * 209 + 2 * 12 * width * 128) * 4
+    assert whole.nbytes == expected_bytes
+    sae = RandomBasis(128, n_features=64, seed=1, site="resid_out.2")
+    budget = 64 * MIB
+    experiment = PatchingExperiment(tiny, sae, prompts, runs=whole,
+                                    settings=RunSettings(max_memory=budget, progress=False))
+    assert experiment.max_memory == budget - expected_bytes
+
+
 # ---------------------------------------------------------------------- load
 @pytest.mark.slow
 def test_1000_ioi_prompts_do_not_grow_memory(tiny, one_thread):

@@ -1,0 +1,334 @@
+"""Circuits at Pythia-70M scale: time and peak memory of every step beside the bare-pass floor.
+
+    nice python benchmarks/scale.py [--small] [--dtype float32|bfloat16] [--device cpu|cuda]
+
+A GPT-NeoX shaped like Pythia-70M (d_model 512, 6 layers, 8 heads, d_mlp 2048, vocab 50,304;
+random weights from the config, nothing downloaded) with random 32,768-feature ReLU SAEs at
+``attn_out``, ``mlp_out`` and ``resid_out`` of every layer (18 dictionaries, 2.4 GB in
+float32), 32 prompts x 16 random tokens, target: the logit difference of two tokens at the
+last position. Printed side by side, each with wall time, CPU time, sys time and the peak
+RSS while it ran (sampled every 20 ms; CUDA: peak allocated GPU memory):
+
+* ``circuit_runs`` (clean forward + backward, features, errors);
+* node attributions, ``attribution`` and ``ig`` (``--ig-steps`` points);
+* attribution edges (``attribution_circuit``) with 50 and 200 nodes per site;
+* the hybrid's verification (``hybrid_circuit``, ``--max-verify`` edges verified exactly);
+* node and edge faithfulness of the 50-node circuit;
+* the floor: the bare forward + backward passes the attribution circuit needs (same rows,
+  same layers, plain torch on the transformers modules, the dictionaries' kept directions
+  only);
+* a per-downstream-node loop (one backward per node, as feature-circuits does it) against
+  the batched pass on a subset of one level's nodes: speed-up and max abs difference.
+
+Then each target with its measured ratio. ``--small`` runs a reduced model (2 layers, 4,096
+features, 8 prompts) in about a minute. docs/performance-scale.md has the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import threading
+import time
+from contextlib import contextmanager
+
+import torch
+
+from featcircuits.circuits.attribution import (
+    gradient_edges,
+    keep_nodes,
+    node_attributions,
+)
+from featcircuits.circuits.discovery import attribution_circuit, circuit_runs, hybrid_circuit
+from featcircuits.circuits.faithfulness import faithfulness
+from featcircuits.circuits.targets import LogitTarget
+from featcircuits.dictionaries import SparseAutoencoder
+from featcircuits.engine.memory import current_rss
+from featcircuits.engine.runs import direct_sites
+from featcircuits.engine.settings import RunSettings
+from featcircuits.model.sites import Site
+
+GIB = 1024**3
+KINDS = ("attn_out", "mlp_out", "resid_out")
+
+
+def build_model(layers: int, *, dtype: torch.dtype, device: str, seed: int = 0):
+    """A random Pythia-70M-shaped GPT-NeoX (``layers`` blocks) as an nnsight model, with the
+    bundled model's tokenizer (token ids below 209 are used; the vocabulary is 50,304)."""
+    from nnsight import LanguageModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig
+
+    from featcircuits.model.loading import resolve_checkpoint
+
+    config = GPTNeoXConfig(hidden_size=512, num_hidden_layers=layers, num_attention_heads=8,
+                           intermediate_size=2048, vocab_size=50304,
+                           max_position_embeddings=2048, rotary_pct=0.25,
+                           use_parallel_residual=True, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(config).to(device=device, dtype=dtype).eval()
+    hf.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_checkpoint("tiny"))
+    return LanguageModel(hf, tokenizer=tokenizer)
+
+
+def build_saes(layers: int, n_features: int, *, dtype: torch.dtype, device: str, seed: int = 1
+               ) -> dict[str, SparseAutoencoder]:
+    """Random ReLU SAEs (512 → ``n_features``) at attn_out, mlp_out, resid_out of every layer;
+    encoder biases put about 5 % of features above zero on typical activations."""
+    saes = {}
+    generator = torch.Generator().manual_seed(seed)
+    for layer in range(layers):
+        for kind in KINDS:
+            site = f"{kind}.{layer}"
+            sae = SparseAutoencoder(512, n_features, site=site)
+            with torch.no_grad():
+                directions = torch.randn(n_features, 512, generator=generator)
+                directions /= directions.norm(dim=-1, keepdim=True)
+                sae.W_enc.copy_(directions.T)              # [d_model, n_features]
+                sae.W_dec_untied.copy_(directions)         # [n_features, d_model]
+                sae.b_enc.fill_(-0.05)
+                sae.b_dec.zero_()
+            saes[site] = sae.to(device=device, dtype=dtype)
+    return saes
+
+
+class Meter:
+    """Wall, CPU (user + sys) and sys seconds and the peak RSS (or CUDA memory) of a step."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    @contextmanager
+    def step(self, name: str):
+        peak = [current_rss()]
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.02):
+                peak[0] = max(peak[0], current_rss())
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        start = time.perf_counter()
+        row = {"step": name}
+        try:
+            yield row
+        finally:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            done.set()
+            thread.join()
+            peak[0] = max(peak[0], current_rss())
+            row.update(seconds=wall, cpu=(after.ru_utime - usage.ru_utime)
+                       + (after.ru_stime - usage.ru_stime), sys=after.ru_stime - usage.ru_stime,
+                       peak_rss=peak[0])
+            if torch.cuda.is_available():
+                row["peak_gpu"] = torch.cuda.max_memory_allocated()
+            self.rows.append(row)
+            print(f"  {name:<38} {wall:8.1f} s  cpu {row['cpu']:7.1f} s  sys "
+                  f"{row['sys']:6.1f} s  peak RSS {peak[0] / GIB:5.2f} GiB"
+                  + (f"  GPU {row['peak_gpu'] / GIB:5.2f} GiB" if "peak_gpu" in row else "")
+                  + ("  " + row["note"] if "note" in row else ""), flush=True)
+
+
+# ---------------------------------------------------------------------------- the floor
+def _levels_rows(graph, runs) -> dict:
+    """Downstream nodes per level of an attribution circuit: the targets (output level) and
+    every graph node with an outgoing edge (its in-edges were computed at its level)."""
+    from featcircuits.graph.schema import parse_node_id
+
+    levels: dict = {None: sum(1 for t in runs.targets if t.is_output)}
+    for node in graph.nodes:
+        if graph.out_degree(node) == 0:
+            continue
+        site = parse_node_id(node).site
+        if site is None:
+            continue
+        levels[site] = levels.get(site, 0) + 1
+    return levels
+
+
+def floor_passes(runs, graph, kept: dict, rows_per_pass: int) -> float:
+    """Seconds of the bare forward + backward passes the attribution edges of ``graph``
+    need: per level, (downstream nodes × prompts) rows through the one transformer block
+    between the last residual site and the level (the unembedding for the output level),
+    read along the downstream nodes' encoder rows, backward to the block's input, and
+    projected on the kept upstream directions. Plain torch on the transformers modules."""
+    from transformers.masking_utils import create_causal_mask
+
+    module = runs.model._module
+    neox = module.gpt_neox
+    n = runs.n
+    start = time.perf_counter()
+    for level, count in _levels_rows(graph, runs).items():
+        if count == 0:
+            continue
+        if level is None:
+            block, first = None, runs.activations[runs.sites[-1]]
+        else:
+            layer = Site.parse(level).layer
+            block = neox.layers[layer]
+            first = (runs.activations[f"resid_out.{layer - 1}"] if layer > 0
+                     else neox.embed_in(runs.ids))
+        ups = [s for s in direct_sites(runs.sites, runs.read_depth(level)) if kept.get(s)]
+        directions = {s: runs.dictionaries[s].directions[[f for _, f, _ in kept[s]
+                                                          if f >= 0]] for s in ups}
+        encoder = None
+        if level is not None:
+            ids = [f for _, f, _ in kept.get(level, []) if f >= 0][:max(1, count)]
+            encoder = runs.dictionaries[level].W_enc[:, ids]          # [d_model, kept]
+        copies_per_pass = max(1, rows_per_pass // n)
+        for done in range(0, count, copies_per_pass):
+            copies = min(copies_per_pass, count - done)
+            x = first.detach().repeat(copies, 1, 1).requires_grad_(True)
+            with torch.enable_grad():
+                if block is None:
+                    out = module.get_output_embeddings()(neox.final_layer_norm(x))[:, -1]
+                    value = (out[:, 0] - out[:, 1]).sum()
+                else:
+                    positions = torch.arange(x.shape[1], device=x.device)[None]
+                    mask = create_causal_mask(config=module.config, inputs_embeds=x,
+                                              attention_mask=None, cache=None,
+                                              position_ids=positions)
+                    y = block(x, attention_mask=mask, position_ids=positions,
+                              position_embeddings=neox.rotary_emb(x, positions))
+                    y = y[0] if isinstance(y, tuple) else y
+                    value = torch.relu(y @ encoder.to(y.dtype)).sum()
+                (grad,) = torch.autograd.grad(value, [x])
+            with torch.no_grad():
+                for s in ups:
+                    grad @ directions[s].to(grad.dtype).T
+    return time.perf_counter() - start
+
+
+def clean_floor(runs) -> float:
+    """Seconds of one plain forward + backward of the prompts through the whole model."""
+    module = runs.model._module
+    start = time.perf_counter()
+    with torch.enable_grad():
+        embeds = module.gpt_neox.embed_in(runs.ids).detach().requires_grad_(True)
+        logits = module(inputs_embeds=embeds).logits[:, -1]
+        torch.autograd.grad((logits[:, 0] - logits[:, 1]).sum(), [embeds])
+    return time.perf_counter() - start
+
+
+# ------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="2 layers, 4096 features, 8 "
+                        "prompts: a quick check of the script")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16",
+                                                               "float16"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ig-steps", type=int, default=4)
+    parser.add_argument("--max-verify", type=int, default=50)
+    parser.add_argument("--max-memory", default="1GB")
+    parser.add_argument("--loop-nodes", type=int, default=12)
+    parser.add_argument("--skip", nargs="*", default=[],
+                        help="steps to leave out: ig, edges200, hybrid, faithfulness")
+    args = parser.parse_args()
+    layers, features, prompts, tokens = (2, 4096, 8, 16) if args.small else (6, 32768, 32, 16)
+    dtype = getattr(torch, args.dtype)
+    torch.set_grad_enabled(False)
+    print(f"load: {os.getloadavg()}; torch threads {torch.get_num_threads()}; "
+          f"{layers} layers, {3 * layers} SAEs x {features} features, {prompts} prompts x "
+          f"{tokens} tokens, {args.dtype} on {args.device}")
+    model = build_model(layers, dtype=dtype, device=args.device)
+    saes = build_saes(layers, features, dtype=dtype, device=args.device)
+    weights = sum(t.numel() * t.element_size() for sae in saes.values()
+                  for t in sae.parameters())
+    print(f"dictionary weights {weights / GIB:.2f} GiB; RSS after loading "
+          f"{current_rss() / GIB:.2f} GiB")
+    ids = torch.randint(2, 209, (prompts, tokens), generator=torch.Generator().manual_seed(2))
+    target = LogitTarget(0, minus=1, positions="final")
+    settings = RunSettings(max_memory=args.max_memory, progress=False)
+    meter = Meter()
+    tau = 1e-3
+    with meter.step("circuit_runs"):
+        runs = circuit_runs(model, saes, ids.to(args.device), targets=target,
+                            settings=settings)
+    with meter.step("floor: clean forward+backward"):
+        clean_floor(runs)
+    with meter.step("node attributions (attribution)"):
+        effects = node_attributions(runs, ablation="zero")
+    if "ig" not in args.skip:
+        with meter.step(f"node attributions (ig, {args.ig_steps} steps)"):
+            node_attributions(runs, ablation="zero", method="ig", steps=args.ig_steps)
+    graphs, kept_sets = {}, {}
+    for nodes in (50, 200):
+        if nodes == 200 and "edges200" in args.skip:
+            continue
+        kept_sets[nodes] = keep_nodes(effects, tau, nodes)
+        with meter.step(f"attribution circuit ({nodes} nodes/site)") as row:
+            graphs[nodes] = attribution_circuit(runs, tau=tau, max_nodes=nodes)
+            row["note"] = (f"{graphs[nodes].number_of_nodes()} nodes, "
+                           f"{graphs[nodes].number_of_edges()} edges")
+        with meter.step(f"floor: edge passes ({nodes} nodes/site)"):
+            floor_passes(runs, graphs[nodes], kept_sets[nodes],
+                         runs.chunk_copies() * runs.n)
+    if "hybrid" not in args.skip:
+        with meter.step(f"hybrid (50 nodes/site, verify {args.max_verify})") as row:
+            hybrid = hybrid_circuit(runs, tau=tau, max_nodes=50, max_verify=args.max_verify)
+            row["note"] = f"{hybrid.graph['verified_edges']} edges verified"
+    if "faithfulness" not in args.skip:
+        with meter.step("faithfulness (nodes, 50-node circuit)") as row:
+            row["note"] = f"{faithfulness(runs, graphs[50])['faithfulness']:.3f}"
+        with meter.step("faithfulness (edges, 50-node circuit)") as row:
+            row["note"] = f"{faithfulness(runs, graphs[50], edges=True)['faithfulness']:.3f}"
+    loop = per_node_loop(runs, kept_sets[50], args.loop_nodes, meter)
+    report(meter, weights, loop)
+
+
+def per_node_loop(runs, kept: dict, count: int, meter: Meter) -> dict:
+    """One backward per downstream node (``count`` nodes of the deepest resid_out level)
+    against one batched ``gradient_edges`` over the same nodes."""
+    level = [s for s in runs.sites if s.startswith("resid_out")][-1]
+    nodes = [node for node in kept.get(level, []) if node[1] >= 0][:count]
+    upstream = {s: v for s, v in kept.items()
+                if Site.parse(s).depth < runs.read_depth(level)}
+    common = {"ablation": "zero", "positional": False}
+    with meter.step(f"batched edges into {len(nodes)} nodes of {level}") as row:
+        batched = gradient_edges(runs, level, nodes, upstream, **common)
+    with meter.step(f"per-node loop, {len(nodes)} backwards") as row:
+        looped = {}
+        for node in nodes:
+            looped.update(gradient_edges(runs, level, [node], upstream, **common))
+    error = max(abs(batched[k] - looped[k]) for k in batched) if batched else float("nan")
+    row["note"] = f"max abs difference {error:.2e} over {len(batched)} edges"
+    return {"batched": meter.rows[-2]["seconds"], "loop": meter.rows[-1]["seconds"],
+            "error": error}
+
+
+def report(meter: Meter, weights: int, loop: dict) -> None:
+    rows = {row["step"]: row for row in meter.rows}
+    circuit = rows.get("attribution circuit (50 nodes/site)")
+    floor = rows.get("floor: edge passes (50 nodes/site)")
+    peak = max(row["peak_rss"] for row in meter.rows)
+    cpu = sum(row["cpu"] for row in meter.rows)
+    sys_time = sum(row["sys"] for row in meter.rows)
+    print("\ntargets:")
+    checks = [
+        ("attribution circuit <= 2x the bare-pass floor",
+         circuit["seconds"] / floor["seconds"], "x floor", lambda v: v <= 2),
+        (">= 10x faster than the per-node loop", loop["loop"] / loop["batched"], "x",
+         lambda v: v >= 10),
+        ("batched and per-node edges agree (max abs < 1e-4)", loop["error"], "",
+         lambda v: v < 1e-4),
+        ("peak RSS <= dictionary weights + 1.5 GiB", (peak - weights) / GIB,
+         "GiB over the weights", lambda v: v <= 1.5),
+        ("sys time <= 10 % of CPU time", 100 * sys_time / max(cpu, 1e-9), "%",
+         lambda v: v <= 10),
+    ]
+    for name, value, unit, ok in checks:
+        print(f"  {'met ' if ok(value) else 'MISS'} {name}: {value:.3g} {unit}")
+    print(f"load after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
