@@ -97,7 +97,7 @@ def main() -> None:
           f"{result['hybrid_wrong_sign']} and the wrong side of tau on "
           f"{result['hybrid_wrong_threshold']}")
     if args.json:
-        from featcircuits.files import atomic_write_text
+        from featcircuits.writes import atomic_write_text
 
         numbers = {k: v for k, v in result.items() if not k.endswith("_graph")}
         atomic_write_text(args.json, json.dumps(numbers, indent=1) + "\n")
