@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from featcircuits.files import atomic_path
+from featcircuits.writes import atomic_path
 from featcircuits.render import (
     example_circuit,
     random_layered_circuit,
