@@ -90,7 +90,27 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {str(folder)!r}: the folder is read-only",
                           hint="choose an output path in a folder you can write to (--out)")
+    try:  # os.access says yes to root and on /proc; creating a file is the real test
+        fd, probe = tempfile.mkstemp(prefix=".featcircuits-probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {str(folder)!r}: {exc.strerror or exc}",
+                          hint="choose an output path in a folder you can write to (--out)"
+                          ) from exc
     return folder
+
+
+def check_output_file(path: str | os.PathLike[str]) -> Path:
+    """Check, before any long work, that file ``path`` can be written: its folder exists or
+    can be made and takes new files (``ensure_writable_dir``), and ``path`` is not a folder.
+    Raises ``OutputError`` naming the path."""
+    target = Path(path)
+    if target.is_dir():
+        raise OutputError(f"cannot write {str(target)!r}: it is a folder",
+                          hint="pass a file path (--out FILE)")
+    ensure_writable_dir(target.parent)
+    return target
 
 
 # ------------------------------------------------------------------------ bounded reads

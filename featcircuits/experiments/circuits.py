@@ -35,6 +35,7 @@ from featcircuits.experiments.inputs import (
     seeded,
 )
 from featcircuits.files import atomic_path, atomic_write_text, ensure_writable_dir
+from featcircuits.graph import check_tau
 from featcircuits.graph.io import edges_frame, write_json, write_tables
 
 __all__ = [
@@ -236,6 +237,7 @@ def ioi_circuit(
     settings = settings or RunSettings()
     if n_prompts < 1:
         raise ParameterError(f"n_prompts (--n-prompts) must be >= 1, got {n_prompts}")
+    check_tau(tau)  # before the model loads, not after the runs are cached
     if out is not None:
         ensure_writable_dir(out)
     start = time.perf_counter()

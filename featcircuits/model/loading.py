@@ -168,20 +168,42 @@ def load_model(
 
 
 def check_device(device: str | torch.device) -> torch.device:
-    """``torch.device(device)``; ``ParameterError`` if it is malformed or not available here."""
+    """``torch.device(device)``; ``ParameterError`` if it is malformed or does not exist here.
+
+    Refused: ``meta`` (tensors without data: a model there cannot run), ``cuda`` / ``mps`` /
+    any other accelerator whose backend is not available in this torch build or machine,
+    and a device index beyond the devices present (``cuda:3`` on a one-GPU machine)."""
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ParameterError(f"unknown device {device!r}",
                              hint="use cpu, cuda, cuda:1, mps, ...") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError(f"device {device!r} requested but CUDA is not available here",
-                             hint="use --device cpu (or device='cpu')")
-    if resolved.type == "cuda" and resolved.index is not None and \
-            resolved.index >= torch.cuda.device_count():
-        raise ParameterError(f"device {device!r} does not exist: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s)",
-                             hint="use cuda:0 .. cuda:N-1")
+    fix = "use --device cpu (or device='cpu')"
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "meta":
+        raise ParameterError(f"device {device!r} holds no data: a model there cannot run",
+                             hint=fix)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ParameterError(f"device {device!r} requested but CUDA is not available here",
+                                 hint=fix)
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ParameterError(f"device {device!r} does not exist: this machine has "
+                                 f"{torch.cuda.device_count()} CUDA device(s)",
+                                 hint="use cuda:0 .. cuda:N-1")
+        return resolved
+    if resolved.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise ParameterError(f"device {device!r} requested but MPS (Apple GPU) is not "
+                                 "available here", hint=fix)
+        return resolved
+    module = getattr(torch, resolved.type, None)  # torch.xpu, torch.mtia, ...
+    is_available = getattr(module, "is_available", None)
+    if not callable(is_available) or not is_available():
+        raise ParameterError(f"device {device!r} is not available here (no {resolved.type!r} "
+                             "backend in this torch build or machine)", hint=fix)
     return resolved
 
 
