@@ -11,7 +11,7 @@ from collections.abc import MutableMapping, Sequence
 import torch
 
 from featcircuits.engine.edits import check_finite_activations
-from featcircuits.model.loading import model_device, trace
+from featcircuits.model.loading import check_positions, model_device, trace
 from featcircuits.model.sites import Site
 from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
 
@@ -31,8 +31,10 @@ class RunCache:
 
     def __init__(self, model, prompts, sites: Sequence[str | Site]) -> None:
         # prompt tensors live where the model runs, like every tensor computed from them
-        self.prompts: PromptPairs = tokenize_prompts(model.tokenizer, prompts).to(
-            model_device(model))
+        pairs = tokenize_prompts(model.tokenizer, prompts)
+        check_positions(model, pairs.lengths, what="prompt pair",
+                        texts=pairs.frame["clean"].tolist())
+        self.prompts: PromptPairs = pairs.to(model_device(model))
         self.sites = sorted({str(Site.parse(site)) for site in sites},
                             key=lambda name: Site.parse(name).depth)
         self.clean_logits, self.clean_activations = self._run(model, self.prompts.clean_ids)

@@ -288,6 +288,50 @@ def model_config(model):
     return config
 
 
+POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
+
+
+def max_positions(model) -> tuple[int, str] | None:
+    """``(limit, config key)`` of the model's most token positions, or ``None`` if its
+    config names none."""
+    try:
+        config = model_config(model)
+    except ModelLoadError:
+        return None
+    for key in POSITION_LIMIT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, key
+    return None
+
+
+def check_positions(model, lengths, *, what: str = "prompt", texts=None) -> None:
+    """``PromptError`` when any sequence is longer than ``model``'s positions, before it runs.
+
+    ``lengths`` are token counts (a sequence or a 1-D tensor), one per sequence; the message
+    names the first too-long one (``what`` and its index, its length, the limit and its
+    config key, and the start of ``texts[i]`` when given). Beyond the limit a model with
+    learned positions indexes past its table (an IndexError deep in a forward pass) or runs
+    far outside the lengths it was trained on, with only a transformers warning."""
+    from featcircuits.errors import PromptError
+
+    limit = max_positions(model)
+    if limit is None:
+        return
+    counts = [int(n) for n in (lengths.tolist() if hasattr(lengths, "tolist") else lengths)]
+    for index, count in enumerate(counts):
+        if count > limit[0]:
+            shown = ""
+            if texts is not None:
+                text = str(texts[index])
+                shown = f" ({text[:60]!r}{'...' if len(text) > 60 else ''})"
+            raise PromptError(
+                f"{what} {index}{shown} is {count} tokens, longer than the model's {limit[0]} "
+                f"positions (config.{limit[1]})",
+                hint=f"shorten it to at most {limit[0]} tokens, or use a model with more "
+                "positions")
+
+
 def model_name(model) -> str:
     """A short name for ``model``: its checkpoint path/hub id, or its class name."""
     config = model_config(model)
