@@ -106,6 +106,12 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output file; the writer is picked by extension: "
                         + ", ".join(RENDER_FORMATS))
     parser.add_argument("--title", default=None, help="title of the figure / page")
+    parser.add_argument("--max-nodes", type=positive_int, default=None,
+                        help="refuse graphs with more nodes (default 2000 for PNG/SVG/PDF, "
+                        "20000 for HTML); edges are capped at 20 x this")
+    parser.add_argument("--max-positions", type=positive_int, default=None,
+                        help="refuse graphs spanning more token positions (default 512 for "
+                        "PNG/SVG/PDF, 4096 for HTML)")
 
 
 def run_render(args: argparse.Namespace) -> int:
@@ -122,6 +128,9 @@ def run_render(args: argparse.Namespace) -> int:
 
     check_output_file(args.out)
     graph = read_graph(args.graph)
+    limits = {key: value for key, value in (("max_nodes", args.max_nodes),
+                                            ("max_positions", args.max_positions))
+              if value is not None}
     if suffix == ".dot":
         from featcircuits.render.dot import write_dot
 
@@ -129,12 +138,12 @@ def run_render(args: argparse.Namespace) -> int:
     elif suffix == ".html":
         from featcircuits.render.html import to_html
 
-        to_html(graph, args.out, title=args.title)
+        to_html(graph, args.out, title=args.title, **limits)
     else:
         from featcircuits.render.diagram import render_circuit, save_figure
 
         kwargs = {} if args.title is None else {"title": args.title}
-        save_figure(render_circuit(graph, **kwargs), args.out)
+        save_figure(render_circuit(graph, **kwargs, **limits), args.out)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -8,6 +8,7 @@ back dispatched (real weights, not meta tensors) and in eval mode.
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,13 @@ def load_model(
             if torch_dtype is not None:
                 kwargs["dtype"] = torch_dtype
             hf_model = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
+        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused it
+            raise ModelLoadError(
+                f"the weights of {checkpoint!r} are a pickle holding more than tensors "
+                f"(refused, nothing in it was run): {_unpickler_reason(exc)}",
+                hint="use a checkpoint with model.safetensors; convert an old "
+                "pytorch_model.bin only if you trust its source (in a separate environment)",
+            ) from exc
         except (OSError, ValueError) as exc:
             if is_local:
                 raise ModelLoadError(
@@ -165,6 +173,14 @@ def load_model(
     if mode:
         setattr(model, REMOTE_ATTRIBUTE, mode)
     return model
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The line of torch's weights-only refusal that says what the pickle asked for."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = next((line for line in lines if "Unsupported" in line or "WeightsUnpickler" in line),
+                  lines[0] if lines else type(exc).__name__)
+    return reason[:200]
 
 
 def check_device(device: str | torch.device) -> torch.device:
