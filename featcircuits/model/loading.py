@@ -176,11 +176,12 @@ def load_model(
 
 
 def _unpickler_reason(exc: Exception) -> str:
-    """The line of torch's weights-only refusal that says what the pickle asked for."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reason = next((line for line in lines if "Unsupported" in line or "WeightsUnpickler" in line),
-                  lines[0] if lines else type(exc).__name__)
-    return reason[:200]
+    """The part of torch's weights-only refusal that says what the pickle asked for."""
+    text = " ".join(str(exc).split())
+    for marker in ("unsupported GLOBAL", "Unsupported global", "WeightsUnpickler error"):
+        if marker in text:
+            return text[text.index(marker):].split(". ")[0][:160]
+    return text[:160] or type(exc).__name__
 
 
 def check_device(device: str | torch.device) -> torch.device:
