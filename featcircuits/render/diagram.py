@@ -31,7 +31,6 @@ from matplotlib.text import Text
 from featcircuits.errors import OutputError, ParameterError
 from featcircuits.files import atomic_path
 from featcircuits.graph.schema import validate_circuit_graph
-from featcircuits.render.limits import DIAGRAM_MAX_NODES, DIAGRAM_MAX_POSITIONS, check_render_size
 from featcircuits.render.labels import (
     annotation,
     describe_thresholds,
@@ -40,6 +39,7 @@ from featcircuits.render.labels import (
     truncate,
 )
 from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
+from featcircuits.render.limits import DIAGRAM_MAX_NODES, DIAGRAM_MAX_POSITIONS, check_render_size
 from featcircuits.render.style import (
     ERROR_OUTLINE,
     NEGATIVE_COLOR,

@@ -32,7 +32,6 @@ import networkx as nx
 from featcircuits.errors import ParameterError
 from featcircuits.files import atomic_write_text
 from featcircuits.graph.schema import validate_circuit_graph
-from featcircuits.render.limits import HTML_MAX_NODES, HTML_MAX_POSITIONS, check_render_size
 from featcircuits.render.labels import (
     annotation,
     describe_thresholds,
@@ -42,6 +41,7 @@ from featcircuits.render.labels import (
     truncate,
 )
 from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
+from featcircuits.render.limits import HTML_MAX_NODES, HTML_MAX_POSITIONS, check_render_size
 from featcircuits.render.style import (
     ERROR_OUTLINE,
     NEGATIVE_COLOR,
