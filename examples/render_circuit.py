@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from featcircuits.writes import atomic_path
 from featcircuits.render import (
     example_circuit,
     random_layered_circuit,
@@ -25,6 +24,7 @@ from featcircuits.render import (
     write_dot,
     write_neuronpedia_json,
 )
+from featcircuits.writes import atomic_path
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import secrets
 import shutil
 import socket
 import stat
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -150,13 +151,17 @@ def committed_path(path: str | os.PathLike[str]) -> Path:
     return target if best is None else best[1]
 
 
-def check_output_file(path: str | os.PathLike[str]) -> Path:
+def check_output_file(path: str | os.PathLike[str], *, folder: bool = False) -> Path:
     """Refuse an output path that must not be replaced by a regular file: a symbolic link
     (the link would silently become a file; pass the link's target to write there), a FIFO,
     device or socket (not a file at all), or a folder. A missing path is fine.
+    ``folder=True`` also checks, before any long work, that the path's folder exists or can
+    be made and takes new files (``ensure_writable_dir``).
 
     Raises ``OutputError`` naming the path and what it is."""
     target = Path(path)
+    if folder:
+        ensure_writable_dir(target.parent)
     try:
         info = os.lstat(target)
     except FileNotFoundError:
@@ -438,4 +443,12 @@ def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {str(folder)!r}: the folder is read-only",
                           hint="choose an output path in a folder you can write to (--out)")
+    try:  # os.access says yes to root and on /proc; creating a file is the real test
+        fd, probe = tempfile.mkstemp(prefix=".fc-probe-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {str(folder)!r}: {exc.strerror or exc}",
+                          hint="choose an output path in a folder you can write to (--out)"
+                          ) from exc
     return folder

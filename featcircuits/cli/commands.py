@@ -16,6 +16,8 @@ from featcircuits.cli.flags import (
     add_run_flags,
     dictionary_for_model,
     model_from_args,
+    non_negative_int,
+    positive_int,
     settings_from_args,
 )
 
@@ -32,11 +34,11 @@ def add_patch_arguments(parser: argparse.ArgumentParser) -> None:
                         "saelens:gpt2-small-res-jb/blocks.8.hook_resid_pre (docs/real-models.md)")
     parser.add_argument("--site", default=None,
                         help="site to patch, e.g. resid_out.2 (default: the dictionary's own)")
-    parser.add_argument("--features", type=int, nargs="*", default=None,
+    parser.add_argument("--features", type=non_negative_int, nargs="*", default=None,
                         help="feature ids to patch (default: every active feature)")
     parser.add_argument("--search", choices=["none", "elimination", "attribution"],
                         default="none", help="find a minimal feature set instead")
-    parser.add_argument("--n-taus", type=int, default=16, help="tau grid size for elimination")
+    parser.add_argument("--n-taus", type=positive_int, default=16, help="tau grid size for elimination")
     parser.add_argument("--source", default="clean", choices=["clean", "zero", "mean", "resample"],
                         help="where patched values come from (default clean)")
     parser.add_argument("--positions", default="all", help="all | final")
@@ -56,11 +58,9 @@ def run_patch(args: argparse.Namespace) -> int:
     dictionary = load_dictionary(args.dictionaries, site=args.site,  # fail fast, before the model
                                  progress=settings.progress)
     if args.out:
-        from pathlib import Path
+        from featcircuits.writes import check_output_file
 
-        from featcircuits.writes import ensure_writable_dir
-
-        ensure_writable_dir(Path(args.out).parent)
+        check_output_file(args.out, folder=True)  # before the model loads and the computation runs
     model = model_from_args(args)
     if dictionary.site is not None:
         from featcircuits.dictionaries.io import check_dictionary_fits
@@ -106,6 +106,12 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output file; the writer is picked by extension: "
                         + ", ".join(RENDER_FORMATS))
     parser.add_argument("--title", default=None, help="title of the figure / page")
+    parser.add_argument("--max-nodes", type=positive_int, default=None,
+                        help="refuse graphs with more nodes (default 2000 for PNG/SVG/PDF, "
+                        "20000 for HTML); edges are capped at 20 x this")
+    parser.add_argument("--max-positions", type=positive_int, default=None,
+                        help="refuse graphs spanning more token positions (default 512 for "
+                        "PNG/SVG/PDF, 4096 for HTML)")
 
 
 def run_render(args: argparse.Namespace) -> int:
@@ -118,8 +124,13 @@ def run_render(args: argparse.Namespace) -> int:
         raise OutputError(f"cannot render to {args.out!r}: unknown extension {suffix!r}",
                           hint="use one of " + ", ".join(RENDER_FORMATS))
     from featcircuits.graph.io import read_graph
+    from featcircuits.writes import check_output_file
 
+    check_output_file(args.out, folder=True)
     graph = read_graph(args.graph)
+    limits = {key: value for key, value in (("max_nodes", args.max_nodes),
+                                            ("max_positions", args.max_positions))
+              if value is not None}
     if suffix == ".dot":
         from featcircuits.render.dot import write_dot
 
@@ -127,12 +138,12 @@ def run_render(args: argparse.Namespace) -> int:
     elif suffix == ".html":
         from featcircuits.render.html import to_html
 
-        to_html(graph, args.out, title=args.title)
+        to_html(graph, args.out, title=args.title, **limits)
     else:
         from featcircuits.render.diagram import render_circuit, save_figure
 
         kwargs = {} if args.title is None else {"title": args.title}
-        save_figure(render_circuit(graph, **kwargs), args.out)
+        save_figure(render_circuit(graph, **kwargs, **limits), args.out)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
@@ -140,16 +151,16 @@ def run_render(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------- dashboard
 def add_dashboard_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site of the feature, e.g. resid_out.3")
-    parser.add_argument("--feature", type=int, required=True, help="dictionary index")
+    parser.add_argument("--feature", type=non_negative_int, required=True, help="dictionary index")
     parser.add_argument("--dictionaries", default=None,
                         help="a saved dictionary folder, a folder of per-site folders, or a "
                         "spec such as dictionary_learning:pythia-70m-deduped/resid_out.3 "
                         "(default: the bundled model's sae-sparse set)")
     add_model_flags(parser)
-    parser.add_argument("--n-texts", type=int, default=200,
+    parser.add_argument("--n-texts", type=positive_int, default=200,
                         help="corpus documents to scan (default 200)")
     add_run_flags(parser, batch_size=32)
-    parser.add_argument("--top-k", type=int, default=10, help="top contexts to keep")
+    parser.add_argument("--top-k", type=positive_int, default=10, help="top contexts to keep")
     parser.add_argument("--logit-token", default=None,
                         help="token whose logit drop the ablation measures (default: the one "
                         "the feature pushes up most)")
@@ -202,6 +213,9 @@ def run_dashboard(args: argparse.Namespace) -> int:
     if args.n_texts < 1:
         raise ParameterError(f"--n-texts must be >= 1, got {args.n_texts}")
     settings = settings_from_args(args)
+    from featcircuits.writes import check_output_file
+
+    check_output_file(args.out, folder=True)  # before the model loads and the corpus is scanned
     site = str(Site.parse(args.site))
     folder = _dashboard_dictionary_folder(args, site)
     model = model_from_args(args)

@@ -24,6 +24,7 @@ from featcircuits.cli.flags import (
     add_model_flags,
     add_run_flags,
     finite_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -43,7 +44,7 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-tokens", type=positive_int, default=20_000,
                         help="activations to collect (default: 20000)")
     parser.add_argument("--n-ctx", type=positive_int, default=64, help="tokens per document (default 64)")
-    parser.add_argument("--eval-texts", type=int, default=64,
+    parser.add_argument("--eval-texts", type=non_negative_int, default=64,
                         help="held-out documents for the evaluation; 0 skips it (default 64)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint in --out if there is one "

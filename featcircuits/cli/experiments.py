@@ -15,6 +15,10 @@ from featcircuits.cli.flags import (
     add_model_flags,
     add_run_flags,
     model_keywords,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    seed_int,
     settings_from_args,
 )
 
@@ -44,15 +48,15 @@ def add_ioi_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corruption", default="abc",
                         help="which corruption rows to use when the file has a 'corruption' "
                         "column (abc | flip | all; default abc)")
-    parser.add_argument("--n-prompts", type=int, default=16, help="prompt pairs (default 16)")
-    parser.add_argument("--layers", type=int, nargs="+", default=None,
+    parser.add_argument("--n-prompts", type=positive_int, default=16, help="prompt pairs (default 16)")
+    parser.add_argument("--layers", type=non_negative_int, nargs="+", default=None,
                         help="layers to patch (default: all)")
     parser.add_argument("--method", choices=["elimination", "attribution"],
                         default="attribution",
                         help="attribution: patch the top-k features by attribution for a grid "
                         "of k (fast, the default); elimination: the paper's greedy backward "
                         "elimination over a tau grid (minutes)")
-    parser.add_argument("--n-taus", type=int, default=16,
+    parser.add_argument("--n-taus", type=positive_int, default=16,
                         help="points on the 1e-5..1 tau grid (paper: 50; default 16)")
     parser.add_argument("--positions", default="all", help="all | final (default all)")
     parser.add_argument("--out", default="out/ioi", help="output folder (default out/ioi)")
@@ -89,7 +93,7 @@ def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str,
                         help="circuit discovery method (default: acdc for parens, hybrid for "
                         "ioi)" if method is None else f"circuit discovery method (default "
                         f"{method})")
-    parser.add_argument("--tau", type=float, default=tau,
+    parser.add_argument("--tau", type=non_negative_float, default=tau,
                         help="edge threshold, as a fraction of the downstream node's typical "
                         "magnitude (default: 0.03 for parens, 0.01 for ioi)" if tau is None
                         else f"edge threshold, relative (default {tau})")
@@ -98,11 +102,11 @@ def add_circuit_arguments(parser: argparse.ArgumentParser, *, out: str,
     parser.add_argument("--ablation", choices=["zero", "mean", "position_mean", "resample"],
                         default=None, help="ablation for discovery and faithfulness (default: "
                         "position_mean for positional circuits, else mean)")
-    parser.add_argument("--max-nodes", type=int, default=max_nodes,
+    parser.add_argument("--max-nodes", type=positive_int, default=max_nodes,
                         help="attribution/hybrid: most nodes kept per site (default: no cap)")
     parser.add_argument("--out", default=out, help=f"output folder (default {out})")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=256,
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
+    parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="most sequences per forward pass (default 256)")
     parser.add_argument("--edges", action="store_true",
                         help="also measure the edge set's faithfulness (path patching; slower)")
@@ -116,13 +120,13 @@ def add_circuit_command_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parens: the closing-parenthesis circuit; ioi: the IOI "
                         "logit-difference circuit")
     add_circuit_arguments(parser, out="out/circuit")
-    parser.add_argument("--n-texts", type=int, default=8, help="parens: documents (default 8)")
-    parser.add_argument("--n-targets", type=int, default=2,
+    parser.add_argument("--n-texts", type=positive_int, default=8, help="parens: documents (default 8)")
+    parser.add_argument("--n-targets", type=positive_int, default=2,
                         help="parens: last-layer ')' features to explain (default 2)")
     parser.add_argument("--prompts", default=None, help="ioi: prompt pairs .jsonl/.csv")
     parser.add_argument("--corruption", default="abc", help="ioi: abc | flip | all")
     parser.add_argument("--template", default="largest", help="ioi: template id, largest or all")
-    parser.add_argument("--n-prompts", type=int, default=16, help="ioi: prompt pairs")
+    parser.add_argument("--n-prompts", type=positive_int, default=16, help="ioi: prompt pairs")
     parser.add_argument("--no-positional", dest="positional", action="store_false",
                         help="ioi: one node per feature instead of per (feature, position)")
     add_memory_flag(parser)

@@ -15,17 +15,26 @@ import argparse
 import math
 from typing import Any
 
-from featcircuits.engine.settings import RunSettings
-from featcircuits.model.loading import DTYPE_NAMES, REMOTE_MODES
+from featcircuits.engine.settings import MAX_SEED, RunSettings
+from featcircuits.errors import FeatCircuitsError
+from featcircuits.model.loading import DTYPE_NAMES, REMOTE_MODES, check_device
 
 __all__ = [
     "add_memory_flag",
     "add_model_flags",
     "add_run_flags",
+    "device_name",
     "dictionary_for_model",
+    "finite_float",
     "model_from_args",
     "model_keywords",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "seed_int",
     "settings_from_args",
+    "usage_problem",
 ]
 
 
@@ -34,7 +43,7 @@ def add_model_flags(parser: argparse.ArgumentParser, *, default_model: str = "ti
     parser.add_argument("--model", default=default_model,
                         help=f"bundled name, local checkpoint folder or hub id "
                         f"(default: {default_model})")
-    parser.add_argument("--device", default="cpu",
+    parser.add_argument("--device", type=device_name, default="cpu",
                         help="where the model and dictionaries run: cpu, cuda, cuda:1 "
                         "(default: cpu)")
     parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES, metavar="DTYPE",
@@ -49,9 +58,10 @@ def add_model_flags(parser: argparse.ArgumentParser, *, default_model: str = "ti
 def add_run_flags(parser: argparse.ArgumentParser, *, batch_size: int | None = None,
                   batch_help: str = "most sequences per forward pass") -> None:
     """Add ``--seed`` and (if ``batch_size`` is given) ``--batch-size`` to ``parser``."""
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=seed_int, default=0,
+                        help=f"random seed, 0 to {MAX_SEED} (default: 0)")
     if batch_size is not None:
-        parser.add_argument("--batch-size", type=int, default=batch_size,
+        parser.add_argument("--batch-size", type=positive_int, default=batch_size,
                             help=f"{batch_help} (default: {batch_size})")
 
 
@@ -96,15 +106,60 @@ def dictionary_for_model(dictionary, model, args: argparse.Namespace | None = No
 
 
 # ------------------------------------------------------------------- argparse types
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (a usage error, exit 2, otherwise)."""
+# Each raises argparse.ArgumentTypeError, which argparse turns into a usage error (exit 2)
+# whose message starts "argument --FLAG:", so every bad value names its flag.
+def _integer(text: str, low: int, high: int | None = None) -> int:
+    wanted = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(
+            f"must be >= {low}, got {value}" if high is None else f"must be {wanted}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a usage error, exit 2, otherwise)."""
+    return _integer(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (ids, layers, counts that may be zero)."""
+    return _integer(text, 0)
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed, an integer from 0 to ``MAX_SEED`` (2**32 - 1, numpy's range)."""
+    return _integer(text, 0, MAX_SEED)
+
+
+def device_name(text: str) -> str:
+    """argparse type: a well-formed device name (``cpu``, ``cuda:1``, ...). Whether it exists
+    here is checked after parsing (``usage_problem``): a remote model's ``--device`` names a
+    device on the remote side."""
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, TypeError):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (use cpu, cuda, cuda:1, "
+                                         "...)") from None
+    return text
+
+
+def usage_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with flags that argparse types cannot judge alone, as an argparse error
+    message (``"argument --device: ..."``), or ``None``. The CLI turns it into a usage error
+    (exit 2): a local ``--device`` that does not exist here (``check_device``)."""
+    device = getattr(args, "device", None)
+    if device is not None and not getattr(args, "remote", None):
+        try:
+            check_device(device)
+        except FeatCircuitsError as exc:
+            return f"argument --device: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+    return None
 
 
 def _number(text: str) -> float:
@@ -119,6 +174,14 @@ def positive_float(text: str) -> float:
     value = _number(text)
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (thresholds; ``nan``, ``inf``, negatives: exit 2)."""
+    value = _number(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
 
 

@@ -1,6 +1,9 @@
 """The ``featcircuits`` command line.
 
-Exit codes: 0 success, 1 runtime error (one clear line plus a hint), 2 usage error.
+Exit codes: 0 success, 1 failure (one clear line plus a hint), 2 usage error (a bad flag
+value, named with its flag, before any work), 130 interrupted. No traceback is printed
+unless ``--debug`` is given: an unexpected exception (a bug) prints one line naming it and
+asking for ``--debug``, which re-raises every error with its traceback.
 Progress bars go to stderr; results to stdout or files. ``COMMANDS`` is the one table of
 subcommands (name, help, examples, flag adder, runner); runners import the library lazily,
 so ``featcircuits --help`` stays fast. ``--quiet`` becomes ``progress=False`` in the
@@ -148,6 +151,8 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of any error (for bug reports)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help,
@@ -155,6 +160,8 @@ def build_parser(width: int | None = None) -> argparse.ArgumentParser:
                                     formatter_class=described)
         sub.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
                          help="no progress bars")
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the full traceback of any error")
         command.add_arguments(sub)
     return parser
 
@@ -185,30 +192,47 @@ def _library_progress_bars(enabled: bool) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``featcircuits ARGV``; returns the exit code (``SystemExit(2)`` on usage errors)."""
+    from featcircuits.cli.flags import usage_problem
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    problem = usage_problem(args)
+    if problem is not None:
+        parser.error(f"{args.command}: {problem}")  # exit 2
     command = next(command for command in COMMANDS if command.name == args.command)
+    debug = bool(getattr(args, "debug", False))
     try:
         with _library_progress_bars(not getattr(args, "quiet", False)):
             return int(command.run(args) or 0)
     except FeatCircuitsError as exc:
+        if debug:
+            raise
         print(f"featcircuits {args.command}: error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"  hint: {exc.hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        if debug:
+            raise
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        if type(exc).__name__ != "RemoteError":  # nnsight's NDIF failures; bugs keep tracebacks
+        if debug:
             raise
-        print(f"featcircuits {args.command}: error: remote execution failed: "
-              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        print("  hint: check NDIF_API_KEY, the network and that NDIF serves this model "
-              "(python -c 'import nnsight; print(nnsight.ndif_status())')", file=sys.stderr)
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        if type(exc).__name__ == "RemoteError":  # nnsight's NDIF failures
+            print(f"featcircuits {args.command}: error: remote execution failed: "
+                  f"{first_line or type(exc).__name__}", file=sys.stderr)
+            print("  hint: check NDIF_API_KEY, the network and that NDIF serves this model "
+                  "(python -c 'import nnsight; print(nnsight.ndif_status())')", file=sys.stderr)
+            return 1
+        print(f"featcircuits {args.command}: unexpected error: {type(exc).__name__}: "
+              f"{first_line}", file=sys.stderr)
+        print("  hint: this is a bug or an input featcircuits does not check yet; rerun with "
+              "--debug for the traceback and report it", file=sys.stderr)
         return 1
 
 

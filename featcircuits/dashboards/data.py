@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.engine.edits import patch_site
 from featcircuits.errors import ParameterError, SiteError
-from featcircuits.model.loading import model_device, to_model, trace
+from featcircuits.model.loading import max_positions, model_device, to_model, trace
 from featcircuits.model.readout import readout
 from featcircuits.model.sites import Site
+from featcircuits.tasks.prompts import tokenizer_name, unknown_words
 
 #: number of named token groups in the histogram; the rest is pooled as "other"
 HISTOGRAM_TOKEN_GROUPS = 8
@@ -297,12 +298,18 @@ def feature_dashboard_data(
     if top_k < 1 or n_ctx < 1 or batch_size < 1:
         raise ParameterError(f"top_k, n_ctx and batch_size must be >= 1, got {top_k}, {n_ctx}, "
                              f"{batch_size}")
+    limit = max_positions(model)
+    if limit is not None and n_ctx > limit[0]:
+        raise ParameterError(f"n_ctx {n_ctx} exceeds the model's {limit[0]} positions "
+                             f"(config.{limit[1]})", hint=f"use n_ctx={limit[0]} or less")
     from featcircuits.model.sites import d_model
 
     if dictionary.d_model != d_model(model):
         raise SiteError(f"{dictionary!r} has width {dictionary.d_model} but site {site} has "
                         f"width {d_model(model)}", hint="use the dictionary trained for this site")
     tokenizer = model.tokenizer
+    if logit_token is not None:  # a bad token fails before the corpus is scanned
+        _resolve_token(tokenizer, logit_token, default=0, vocab=None)
     texts = default_texts() if texts is None else list(texts)
     run = site_run or collect_site(model, site, texts, n_ctx=n_ctx, batch_size=batch_size,
                            progress=progress)
@@ -391,7 +398,11 @@ def feature_dashboard_data(
     )
 
 
-def _resolve_token(tokenizer, token: int | str | None, *, default: int, vocab: int) -> int:
+def _resolve_token(tokenizer, token: int | str | None, *, default: int, vocab: int | None
+                   ) -> int:
+    """The token id of ``logit_token`` (``default`` for ``None``); ``ParameterError`` for a
+    string of several tokens or one the vocabulary lacks (read as the unknown token), or an
+    id outside ``0..vocab-1`` (``vocab`` ``None``: not checked yet)."""
     if token is None:
         return default
     if isinstance(token, str):
@@ -399,9 +410,18 @@ def _resolve_token(tokenizer, token: int | str | None, *, default: int, vocab: i
         if len(ids) != 1:
             raise ParameterError(f"logit_token {token!r} is {len(ids)} tokens, not one",
                                  hint="pass a single-token string or a token id")
+        if unknown_words(tokenizer, token, ids):
+            raise ParameterError(
+                f"logit_token {token!r} (--logit-token) is not in the vocabulary of the "
+                f"tokenizer ({tokenizer_name(tokenizer)}): it tokenizes to the unknown token "
+                f"{tokenizer.unk_token!r}",
+                hint="pass a token the model knows (tokenizer.tokenize(word) shows it) or a "
+                "token id")
         return int(ids[0])
-    if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < vocab:
-        raise ParameterError(f"logit_token {token!r} is not a token id in 0..{vocab - 1}")
+    if isinstance(token, bool) or not isinstance(token, int) or token < 0 or (
+            vocab is not None and token >= vocab):
+        raise ParameterError(f"logit_token {token!r} is not a token id in 0.."
+                             f"{'' if vocab is None else vocab - 1}")
     return int(token)
 
 

@@ -9,7 +9,8 @@
   ``position_mask``;
 * ``memory``: budgets and the one per-row estimate ``bytes_per_row``;
 * ``tiling``: whether the layers before a site may run once per prompt (``PrefixTiling``);
-* ``settings``: ``RunSettings`` (memory budget, rows per pass, seed, progress).
+* ``settings``: ``RunSettings`` (memory budget, rows per pass, seed, progress),
+  ``check_seed`` / ``MAX_SEED`` (the one seed range).
 
 ``PatchingExperiment`` is a client of the engine: ``featcircuits.patching``.
 """
@@ -30,7 +31,7 @@ from featcircuits.engine.memory import (
     split_rows,
 )
 from featcircuits.engine.runs import CircuitRuns
-from featcircuits.engine.settings import RunSettings
+from featcircuits.engine.settings import MAX_SEED, RunSettings, check_seed
 from featcircuits.engine.sources import (
     ABLATIONS,
     PATCHING_SOURCES,
@@ -43,6 +44,7 @@ from featcircuits.engine.tiling import PrefixTiling, is_tiling_mismatch, tiling_
 
 __all__ = [
     "ABLATIONS",
+    "MAX_SEED",
     "PATCHING_SOURCES",
     "SOURCES",
     "CircuitRuns",
@@ -55,6 +57,7 @@ __all__ = [
     "TraceResult",
     "bytes_per_row",
     "check_finite_activations",
+    "check_seed",
     "check_source",
     "default_max_memory",
     "input_site_of",

@@ -17,7 +17,7 @@ from featcircuits.engine.memory import (
     parse_memory,
     rows_per_chunk,
 )
-from featcircuits.model.loading import model_device, trace
+from featcircuits.model.loading import check_positions, model_device, trace
 from featcircuits.model.sites import Site
 from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
 
@@ -50,8 +50,10 @@ class RunCache:
     def __init__(self, model, prompts, sites: Sequence[str | Site],
                  max_memory: int | str | None = None) -> None:
         # prompt tensors live where the model runs, like every tensor computed from them
-        self.prompts: PromptPairs = tokenize_prompts(model.tokenizer, prompts).to(
-            model_device(model))
+        pairs = tokenize_prompts(model.tokenizer, prompts)
+        check_positions(model, pairs.lengths, what="prompt pair",
+                        texts=pairs.frame["clean"].tolist())
+        self.prompts: PromptPairs = pairs.to(model_device(model))
         self.sites = sorted({str(Site.parse(site)) for site in sites},
                             key=lambda name: Site.parse(name).depth)
         budget = parse_memory(max_memory)

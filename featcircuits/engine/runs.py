@@ -49,7 +49,7 @@ from featcircuits.engine.settings import RunSettings
 from featcircuits.engine.sources import ABLATIONS, check_source, resample_index
 from featcircuits.engine.tiling import PrefixTiling
 from featcircuits.errors import DictionaryError, ParameterError, PromptError
-from featcircuits.model.loading import model_device, model_dtype
+from featcircuits.model.loading import check_positions, model_device, model_dtype
 from featcircuits.model.sites import Site, num_layers
 from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
 
@@ -65,7 +65,17 @@ ERROR = -1  # feature index of a site's error node
 def read_inputs(model, inputs) -> tuple[torch.Tensor, torch.Tensor, PromptPairs | None]:
     """``(ids [n, T], lengths [n], pairs or None)`` from prompt pairs (DataFrame, rows,
     ``PromptPairs``), a ``[n, T]`` tensor of token ids, a list of strings or of id lists.
-    Lists are right-padded with the tokenizer's pad id."""
+    Lists are right-padded with the tokenizer's pad id. ``PromptError`` for an input longer
+    than the model's positions (``check_positions``), before anything runs."""
+    ids, lengths, pairs = _read_inputs(model, inputs)
+    texts = (pairs.frame["clean"].tolist() if pairs is not None
+             else inputs if isinstance(inputs, (list, tuple)) and all(
+                 isinstance(item, str) for item in inputs) else None)
+    check_positions(model, lengths, what="input", texts=texts)
+    return ids, lengths, pairs
+
+
+def _read_inputs(model, inputs) -> tuple[torch.Tensor, torch.Tensor, PromptPairs | None]:
     import pandas as pd
 
     if isinstance(inputs, PromptPairs):

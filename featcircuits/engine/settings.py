@@ -12,7 +12,21 @@ from dataclasses import dataclass, replace
 from featcircuits.engine.memory import parse_memory
 from featcircuits.errors import ParameterError
 
-__all__ = ["RunSettings"]
+__all__ = ["MAX_SEED", "RunSettings", "check_seed"]
+
+#: largest seed accepted anywhere (numpy's ``default_rng``/``RandomState`` range is 0..2**32-1)
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` if it is an integer from 0 to ``MAX_SEED``, else ``ParameterError``."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ParameterError(f"{name} must be an integer, got {seed!r}",
+                             hint=f"pass an integer from 0 to {MAX_SEED}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ParameterError(f"{name} must be from 0 to {MAX_SEED} (2**32 - 1), got {seed}",
+                             hint=f"pass an integer from 0 to {MAX_SEED}, e.g. {name}=0")
+    return seed
 
 
 @dataclass(frozen=True)
@@ -26,7 +40,7 @@ class RunSettings:
             stored parsed, in bytes.
         max_rows: most sequences per forward pass; ``None`` takes the client's default
             (``PatchingExperiment``: 1024, circuit runs: 256).
-        seed: seeds random choices (``resample`` ablation, random bases).
+        seed: seeds random choices (``resample`` ablation, random bases); 0 to ``MAX_SEED``.
         progress: show tqdm progress bars.
     """
 
@@ -42,8 +56,7 @@ class RunSettings:
                 raise ParameterError(f"max_rows must be an integer, got {self.max_rows!r}")
             if self.max_rows < 1:
                 raise ParameterError(f"max_rows must be >= 1, got {self.max_rows}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ParameterError(f"seed must be an integer, got {self.seed!r}")
+        check_seed(self.seed)
         if not isinstance(self.progress, bool):
             raise ParameterError(f"progress must be True or False, got {self.progress!r}")
 

@@ -34,6 +34,7 @@ from featcircuits.experiments.inputs import (
     resolve_model,
     seeded,
 )
+from featcircuits.graph import check_tau
 from featcircuits.graph.io import edges_frame, write_json, write_tables
 from featcircuits.writes import FileSet, atomic_files, ensure_writable_dir
 
@@ -241,6 +242,7 @@ def ioi_circuit(
     settings = settings or RunSettings()
     if n_prompts < 1:
         raise ParameterError(f"n_prompts (--n-prompts) must be >= 1, got {n_prompts}")
+    check_tau(tau)  # before the model loads, not after the runs are cached
     if out is not None:
         ensure_writable_dir(out)
     start = time.perf_counter()

@@ -146,6 +146,7 @@ def run_ioi_patching(
         ParameterError: bad ``n_prompts``, ``corruption``, ``method`` or ``positions``.
     """
     settings = settings or RunSettings()
+    taus = default_taus(n_taus)  # a bad n_taus fails before the model loads
     if out is not None:
         ensure_writable_dir(out)  # fail before the long work, not after
     with seeded(settings.seed):
@@ -169,7 +170,7 @@ def run_ioi_patching(
         chosen = {set_name: {site: to_model(d, model) for site, d in sets.items()}
                   for set_name, sets in chosen.items()}
         pairs = load_ioi_prompts(prompts, corruption, n_prompts, settings.seed)
-        results = compare_bases(model, pairs, chosen, method=method, taus=default_taus(n_taus),
+        results = compare_bases(model, pairs, chosen, method=method, taus=taus,
                                 positions=positions, settings=settings)
     result = IOIResult(results, summarize_comparison(results), pairs, name)
     if out is not None:

@@ -36,6 +36,7 @@ from featcircuits.experiments.inputs import (
     resolve_model,
     seeded,
 )
+from featcircuits.graph import check_tau
 from featcircuits.model.loading import model_device, trace
 from featcircuits.model.readout import logit_direction, readout
 from featcircuits.model.sites import Site, num_layers
@@ -167,6 +168,9 @@ def parens_setup(model: ModelSpec = "tiny", *, device: str = "cpu", dtype: str |
     and cache the runs with the top ``n_targets`` as targets (mean activation over ")"
     positions). Returns ``(runs, ranking, data)``; see ``rank_parens_features``."""
     settings = settings or RunSettings()
+    if isinstance(n_targets, bool) or not isinstance(n_targets, int) or n_targets < 1:
+        raise ParameterError(f"n_targets must be an integer >= 1, got {n_targets!r}",
+                             hint="the number of last-layer ')' features to explain, e.g. 2")
     model, name = resolve_model(model, device=device, dtype=dtype, remote=remote)
     _, chosen = default_dictionaries(name, model, set_name, dictionaries,
                                      progress=settings.progress)
@@ -230,6 +234,7 @@ def parens_circuit(
         ``CircuitResult`` with the feature ranking in ``features``.
     """
     settings = settings or RunSettings()
+    check_tau(tau)  # before the model loads, not after the runs are cached
     if out is not None:
         ensure_writable_dir(out)
     start = time.perf_counter()

@@ -24,14 +24,16 @@ from featcircuits.graph.schema import target_nodes
 
 # ------------------------------------------------------------------------------ checks
 def check_tau(tau, name: str = "tau") -> float:
-    """A threshold as a float; ``ParameterError`` for NaN, negative or non-numbers."""
+    """A threshold as a float; ``ParameterError`` for NaN, infinite (a threshold nothing can
+    reach is never what was meant: an empty circuit after minutes of work), negative or
+    non-numbers."""
     try:
         value = float(tau)
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"{name} must be a number, got {tau!r}",
                              hint=f"pass e.g. {name}=0.05") from exc
-    if math.isnan(value) or value < 0:
-        raise ParameterError(f"{name} must be >= 0 and not NaN, got {tau!r}",
+    if not math.isfinite(value) or value < 0:
+        raise ParameterError(f"{name} must be a finite number >= 0, got {tau!r}",
                              hint=f"pass a non-negative threshold, e.g. {name}=0.05")
     return value
 

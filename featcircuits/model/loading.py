@@ -8,6 +8,7 @@ back dispatched (real weights, not meta tensors) and in eval mode.
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,13 @@ def load_model(
             if torch_dtype is not None:
                 kwargs["dtype"] = torch_dtype
             hf_model = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs)
+        except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused it
+            raise ModelLoadError(
+                f"the weights of {checkpoint!r} are a pickle holding more than tensors "
+                f"(refused, nothing in it was run): {_unpickler_reason(exc)}",
+                hint="use a checkpoint with model.safetensors; convert an old "
+                "pytorch_model.bin only if you trust its source (in a separate environment)",
+            ) from exc
         except (OSError, ValueError) as exc:
             if is_local:
                 raise ModelLoadError(
@@ -167,21 +175,52 @@ def load_model(
     return model
 
 
+def _unpickler_reason(exc: Exception) -> str:
+    """The part of torch's weights-only refusal that says what the pickle asked for."""
+    text = " ".join(str(exc).split())
+    for marker in ("unsupported GLOBAL", "Unsupported global", "WeightsUnpickler error"):
+        if marker in text:
+            return text[text.index(marker):].split(". ")[0][:160]
+    return text[:160] or type(exc).__name__
+
+
 def check_device(device: str | torch.device) -> torch.device:
-    """``torch.device(device)``; ``ParameterError`` if it is malformed or not available here."""
+    """``torch.device(device)``; ``ParameterError`` if it is malformed or does not exist here.
+
+    Refused: ``meta`` (tensors without data: a model there cannot run), ``cuda`` / ``mps`` /
+    any other accelerator whose backend is not available in this torch build or machine,
+    and a device index beyond the devices present (``cuda:3`` on a one-GPU machine)."""
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ParameterError(f"unknown device {device!r}",
                              hint="use cpu, cuda, cuda:1, mps, ...") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError(f"device {device!r} requested but CUDA is not available here",
-                             hint="use --device cpu (or device='cpu')")
-    if resolved.type == "cuda" and resolved.index is not None and \
-            resolved.index >= torch.cuda.device_count():
-        raise ParameterError(f"device {device!r} does not exist: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s)",
-                             hint="use cuda:0 .. cuda:N-1")
+    fix = "use --device cpu (or device='cpu')"
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "meta":
+        raise ParameterError(f"device {device!r} holds no data: a model there cannot run",
+                             hint=fix)
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ParameterError(f"device {device!r} requested but CUDA is not available here",
+                                 hint=fix)
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ParameterError(f"device {device!r} does not exist: this machine has "
+                                 f"{torch.cuda.device_count()} CUDA device(s)",
+                                 hint="use cuda:0 .. cuda:N-1")
+        return resolved
+    if resolved.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise ParameterError(f"device {device!r} requested but MPS (Apple GPU) is not "
+                                 "available here", hint=fix)
+        return resolved
+    module = getattr(torch, resolved.type, None)  # torch.xpu, torch.mtia, ...
+    is_available = getattr(module, "is_available", None)
+    if not callable(is_available) or not is_available():
+        raise ParameterError(f"device {device!r} is not available here (no {resolved.type!r} "
+                             "backend in this torch build or machine)", hint=fix)
     return resolved
 
 
@@ -264,6 +303,50 @@ def model_config(model):
             hint="load it with featcircuits.load_model(...) or wrap a transformers model",
         )
     return config
+
+
+POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
+
+
+def max_positions(model) -> tuple[int, str] | None:
+    """``(limit, config key)`` of the model's most token positions, or ``None`` if its
+    config names none."""
+    try:
+        config = model_config(model)
+    except ModelLoadError:
+        return None
+    for key in POSITION_LIMIT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, key
+    return None
+
+
+def check_positions(model, lengths, *, what: str = "prompt", texts=None) -> None:
+    """``PromptError`` when any sequence is longer than ``model``'s positions, before it runs.
+
+    ``lengths`` are token counts (a sequence or a 1-D tensor), one per sequence; the message
+    names the first too-long one (``what`` and its index, its length, the limit and its
+    config key, and the start of ``texts[i]`` when given). Beyond the limit a model with
+    learned positions indexes past its table (an IndexError deep in a forward pass) or runs
+    far outside the lengths it was trained on, with only a transformers warning."""
+    from featcircuits.errors import PromptError
+
+    limit = max_positions(model)
+    if limit is None:
+        return
+    counts = [int(n) for n in (lengths.tolist() if hasattr(lengths, "tolist") else lengths)]
+    for index, count in enumerate(counts):
+        if count > limit[0]:
+            shown = ""
+            if texts is not None:
+                text = str(texts[index])
+                shown = f" ({text[:60]!r}{'...' if len(text) > 60 else ''})"
+            raise PromptError(
+                f"{what} {index}{shown} is {count} tokens, longer than the model's {limit[0]} "
+                f"positions (config.{limit[1]})",
+                hint=f"shorten it to at most {limit[0]} tokens, or use a model with more "
+                "positions")
 
 
 def model_name(model) -> str:

@@ -140,8 +140,11 @@ class Site:
     @classmethod
     def from_module_path(cls, path: str) -> Site:
         """A site at any module, e.g. ``"transformer.blocks.3"`` (its output is read)."""
-        if not path or not re.fullmatch(r"[A-Za-z_][\w]*(\.\w+)*", path):
-            raise SiteError(f"invalid module path {path!r}", hint="write e.g. 'model.layers.3'")
+        if not path or not re.fullmatch(r"[A-Za-z_][\w]*(\.\w+)*", path) or any(
+                part.startswith("__") for part in path.split(".")):
+            raise SiteError(f"invalid module path {path!r}",
+                            hint="name a submodule as print(model) shows it, e.g. "
+                            "'model.layers.3'")
         return cls("module", None, path)
 
     @classmethod
@@ -193,7 +196,7 @@ class Site:
     def module(self, model) -> Any:
         """The nnsight envoy (or plain module) that holds this site in ``model``."""
         if self.module_path is not None:
-            return _walk(model, self.module_path)
+            return _walk(model, _named_submodule(model, self.module_path))
         arch = architecture(model)
         if self.kind == "embed":
             return _walk(model, arch.embed)
@@ -278,6 +281,21 @@ def all_sites(model, kinds: tuple[str, ...] = ("resid_out",)) -> list[Site]:
         else:
             sites.extend(Site(kind, layer) for layer in range(num_layers(model)))
     return sorted(sites, key=lambda site: site.depth)
+
+
+def _named_submodule(model, path: str) -> str:
+    """``path`` if it names one of ``model``'s submodules (``named_modules()``), else
+    ``SiteError``: a ``module:`` site never walks arbitrary attributes (``__class__``,
+    ``config``, methods), only the module tree."""
+    names = dict(underlying_module(model).named_modules())
+    if path not in names:
+        close = [name for name in names if name and name.endswith(path.rsplit(".", 1)[-1])]
+        raise SiteError(
+            f"module path {path!r} is not a submodule of "
+            f"{type(underlying_module(model)).__name__}",
+            hint="print(model) or dict(model.named_modules()) lists them"
+            + (f"; similar: {', '.join(close[:3])}" if close else ""))
+    return path
 
 
 def _walk(root, path: str):

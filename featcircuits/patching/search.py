@@ -30,7 +30,10 @@ from featcircuits.patching.experiment import PatchingExperiment
 
 
 def default_taus(n: int = 50, low: float = 1e-5, high: float = 1.0) -> np.ndarray:
-    """``n`` log-spaced thresholds from ``low`` to ``high`` (the paper's grid)."""
+    """``n`` log-spaced thresholds from ``low`` to ``high`` (the paper's grid); ``n`` >= 1."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ParameterError(f"the number of thresholds (n_taus) must be an integer >= 1, "
+                             f"got {n!r}", hint="e.g. n_taus=16 (the paper used 50)")
     return np.logspace(np.log10(low), np.log10(high), n)
 
 

@@ -11,9 +11,11 @@ from featcircuits.render.diagram import render_circuit, save_figure
 from featcircuits.render.dot import to_dot, write_dot
 from featcircuits.render.examples import example_circuit, random_layered_circuit
 from featcircuits.render.html import to_html
+from featcircuits.render.limits import check_render_size
 from featcircuits.render.neuronpedia import to_neuronpedia_json, write_neuronpedia_json
 
 __all__ = [
+    "check_render_size",
     "example_circuit",
     "plot_patching_curves",
     "random_layered_circuit",

@@ -39,6 +39,7 @@ from featcircuits.render.labels import (
     truncate,
 )
 from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
+from featcircuits.render.limits import DIAGRAM_MAX_NODES, DIAGRAM_MAX_POSITIONS, check_render_size
 from featcircuits.render.style import (
     ERROR_OUTLINE,
     NEGATIVE_COLOR,
@@ -282,6 +283,8 @@ def render_circuit(
     id_style: Literal["short", "full"] = "short",
     max_annotation_chars: int = 22,
     dpi: float = 150.0,
+    max_nodes: int = DIAGRAM_MAX_NODES,
+    max_positions: int = DIAGRAM_MAX_POSITIONS,
 ) -> Figure:
     """Draw a circuit graph as a layered diagram and return the matplotlib Figure.
 
@@ -298,8 +301,13 @@ def render_circuit(
             (the column names it); ``"full"`` prints whole node ids.
         max_annotation_chars: annotations are cut to this length.
         dpi: resolution of a saved PNG.
+        max_nodes, max_positions: larger graphs (more nodes, more than 20 edges per allowed
+            node, or more token positions) are refused before drawing
+            (``render.limits.check_render_size``; defaults 2,000 and 512).
     """
     validate_circuit_graph(graph)
+    check_render_size(graph, max_nodes=max_nodes, max_positions=max_positions,
+                      renderer="diagram")
     if id_style not in ("short", "full"):
         raise ParameterError(f"id_style must be 'short' or 'full', got {id_style!r}")
     if not font_size > 0:

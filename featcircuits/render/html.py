@@ -40,6 +40,7 @@ from featcircuits.render.labels import (
     truncate,
 )
 from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
+from featcircuits.render.limits import HTML_MAX_NODES, HTML_MAX_POSITIONS, check_render_size
 from featcircuits.render.style import (
     ERROR_OUTLINE,
     NEGATIVE_COLOR,
@@ -373,6 +374,8 @@ def to_html(
     title: str | None = None,
     labels: Mapping[str, str] | None = None,
     top_tokens: Mapping[str, Iterable[str]] | None = None,
+    max_nodes: int = HTML_MAX_NODES,
+    max_positions: int = HTML_MAX_POSITIONS,
 ) -> str:
     """Return (and, with ``path``, atomically write) one self-contained interactive HTML page.
 
@@ -384,8 +387,12 @@ def to_html(
             ids not in the graph are ignored.
         title: page heading; default ``"Circuit for <target>"``.
         labels, top_tokens: node annotations, as in :func:`render_circuit`.
+        max_nodes, max_positions: larger graphs are refused before the layout
+            (``render.limits.check_render_size``; defaults 20,000 and 4,096).
     """
     validate_circuit_graph(graph)
+    check_render_size(graph, max_nodes=max_nodes, max_positions=max_positions,
+                      renderer="HTML viewer")
     dashboards = dict(dashboards or {})
     for node, fragment in dashboards.items():
         if not isinstance(fragment, str):

@@ -38,6 +38,8 @@ from pathlib import Path
 import pandas as pd
 
 from featcircuits.errors import ParameterError, PromptError
+from featcircuits.files import PROMPT_FILE_LIMIT, parse_json, read_bytes_limited
+from featcircuits.tasks.prompts import read_prompts, tokenize_prompts
 from featcircuits.tasks.text import split_words
 from featcircuits.writes import atomic_open
 
@@ -129,14 +131,23 @@ def pair_split(name_x: str, name_y: str) -> str:
     return "eval" if int.from_bytes(digest[:8], "big") % HELDOUT_MODULUS == 0 else "train"
 
 
-def _read_list(path: Path) -> tuple[str, ...]:
+_DATA_HINT = "pass data_dir= pointing at a folder laid out like data/ioi (see its README)"
+
+
+def _read_text(path: Path, what: str) -> str:
+    """The UTF-8 text of an IOI data file, through the one bounded reader (regular files of
+    at most ``PROMPT_FILE_LIMIT`` bytes: no FIFO hang, no endless /dev/zero)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise PromptError(
-            f"cannot read IOI word list {str(path)!r}: {exc.strerror or exc}",
-            hint="pass data_dir= pointing at a folder laid out like data/ioi (see its README)",
-        ) from exc
+        content = read_bytes_limited(path, PROMPT_FILE_LIMIT, what, error=PromptError)
+        return content.decode("utf-8")
+    except PromptError as exc:
+        raise PromptError(f"cannot read {exc.message}", hint=exc.hint or _DATA_HINT) from exc
+    except UnicodeDecodeError as exc:
+        raise PromptError(f"{what} {str(path)!r} is not UTF-8 text: {exc}") from exc
+
+
+def _read_list(path: Path) -> tuple[str, ...]:
+    lines = _read_text(path, "IOI word list").splitlines()
     items = tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
     if not items:
         raise PromptError(f"IOI word list {str(path)!r} is empty", hint="one entry per line")
@@ -163,15 +174,11 @@ def load_ioi_data(data_dir: str | os.PathLike[str] | None = None) -> IOIData:
 @lru_cache(maxsize=8)
 def _load_cached(folder: Path) -> IOIData:
     templates_path = folder / "templates.json"
-    try:
-        raw = json.loads(templates_path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PromptError(
-            f"cannot read IOI templates {str(templates_path)!r}: {exc.strerror or exc}",
-            hint="pass data_dir= pointing at a folder laid out like data/ioi (see its README)",
-        ) from exc
-    except json.JSONDecodeError as exc:
-        raise PromptError(f"IOI templates {str(templates_path)!r} are not JSON: {exc}") from exc
+    raw = parse_json(_read_text(templates_path, "IOI templates"),
+                     f"IOI templates {str(templates_path)!r}", error=PromptError)
+    if not isinstance(raw, list):
+        raise PromptError(f"IOI templates {str(templates_path)!r} are not a JSON list",
+                          hint='write [{"id": ..., "prompt": ...}, ...]')
     templates = []
     for entry in raw:
         prompt = entry.get("prompt", "") if isinstance(entry, dict) else ""
@@ -344,45 +351,24 @@ def ioi_prompt_pairs(
 
 
 def check_prompt_pairs(prompts: pd.DataFrame, tokenizer) -> None:
-    """Raise ``PromptError`` unless clean/corrupt token counts match and answers are 1 token."""
-    for column in ("clean", "corrupt", "answer", "wrong_answer"):
-        if column not in prompts.columns:
-            raise PromptError(f"prompt table lacks the column {column!r}")
-    for row in prompts.itertuples(index=False):
-        n_clean = len(tokenizer(row.clean)["input_ids"])
-        n_corrupt = len(tokenizer(row.corrupt)["input_ids"])
-        if n_clean != n_corrupt:
-            raise PromptError(
-                f"clean {row.clean!r} has {n_clean} tokens but corrupt {row.corrupt!r} has "
-                f"{n_corrupt}",
-                hint="substitute only single-token names",
-            )
-        for answer in (row.answer, row.wrong_answer):
-            ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-            if len(ids) != 1:
-                raise PromptError(
-                    f"answer {answer!r} is {len(ids)} tokens, not one",
-                    hint="use names that are single tokens of the tokenizer",
-                )
+    """Raise ``PromptError`` unless every pair tokenizes as patching needs: the checks of
+    ``tokenize_prompts`` (equal token counts, different tokens, single known-token answers)."""
+    tokenize_prompts(tokenizer, prompts)
 
 
-def load_prompts(path: str | os.PathLike[str] | None = None) -> pd.DataFrame:
-    """Read a prompt-pair JSONL (default: the bundled ``data/ioi/prompts.jsonl``)."""
+def load_prompts(path: str | os.PathLike[str] | None = None, *,
+                 max_bytes: int = PROMPT_FILE_LIMIT) -> pd.DataFrame:
+    """Read a prompt-pair JSONL (default: the bundled ``data/ioi/prompts.jsonl``) with
+    ``read_prompts`` (the bounded reader: a regular file of at most ``max_bytes``), keeping
+    every column; missing values are ``None``."""
     target = Path(path) if path is not None else default_prompts_path()
     try:
-        frame = pd.read_json(target, lines=True, dtype=False)
-    except (OSError, ValueError) as exc:
-        raise PromptError(
-            f"cannot read prompt pairs {str(target)!r}: {exc}",
-            hint="regenerate with `python -m featcircuits.tasks.ioi --out data/ioi/prompts.jsonl`",
-        ) from exc
-    if frame.empty:
-        raise PromptError(f"prompt file {str(target)!r} has no rows")
-    for column in ("clean", "corrupt", "answer", "wrong_answer"):
-        if column not in frame.columns:
-            raise PromptError(f"prompt file {str(target)!r} lacks the column {column!r}")
-    frame = frame.astype(object).where(frame.notna(), None)
-    return frame
+        frame = read_prompts(target, max_bytes=max_bytes)
+    except PromptError as exc:
+        raise PromptError(f"cannot read prompt pairs: {exc.message}", hint=exc.hint or
+                          "regenerate with `python -m featcircuits.tasks.ioi --out "
+                          "data/ioi/prompts.jsonl`") from exc
+    return frame.astype(object).where(frame.notna(), None)
 
 
 def write_prompts(prompts: pd.DataFrame, path: str | os.PathLike[str]) -> Path:

@@ -179,19 +179,51 @@ class PromptPairs:
                            self.frame.iloc[index.tolist()].reset_index(drop=True), self.pad_id)
 
 
+def tokenizer_name(tokenizer) -> str:
+    """How a message names ``tokenizer``: its checkpoint (``name_or_path``) or its class."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    name = getattr(tokenizer, "name_or_path", None)
+    return f"{type(tokenizer).__name__} of {name!r}" if name else type(tokenizer).__name__
+
+
+def unknown_words(tokenizer, text: str, ids: list[int]) -> bool:
+    """True when ``ids`` (the tokens of ``text``) hold the tokenizer's unknown token although
+    ``text`` does not spell it: a word the vocabulary lacks was replaced by ``[UNK]``."""
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    unk = getattr(tokenizer, "unk_token", None)
+    return unk_id is not None and int(unk_id) in [int(i) for i in ids] and not (
+        unk and str(unk) in text)
+
+
+def check_known_token(tokenizer, text: str, ids: list[int], *, what: str) -> None:
+    """``PromptError`` when ``text`` (tokenized to ``ids``) contains a word the tokenizer
+    does not know: its logit would be the unknown token's, shared by every unknown word,
+    so a metric on it measures nothing (``logit_diff`` 0 when both answers are unknown)."""
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    if unknown_words(tokenizer, text, ids):
+        raise PromptError(
+            f"{what} {text!r} is not in the vocabulary of the tokenizer "
+            f"({tokenizer_name(tokenizer)}): it tokenizes to the unknown token "
+            f"{tokenizer.unk_token!r}",
+            hint="use a word the model knows (check with tokenizer.tokenize(word)), e.g. one "
+            "of the names in its training data")
+
+
 def answer_token(tokenizer, text: str, *, row: Any = "?", column: str = "answer") -> int:
-    """The single token id of ``text``; tries a leading space (BPE convention) if needed."""
+    """The single token id of ``text``; tries a leading space (BPE convention) if needed.
+    ``PromptError`` when it is several tokens or the tokenizer's unknown token."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1 and not text.startswith(" "):
         spaced = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
         if len(spaced) == 1:
-            return int(spaced[0])
+            ids = spaced
     if len(ids) != 1:
         pieces = tokenizer.convert_ids_to_tokens(ids)
         raise PromptError(
             f"row {row}: {column} {text!r} is {len(ids)} tokens {pieces}, not one",
             hint="patching metrics compare single next-token logits; pick single-token answers",
         )
+    check_known_token(tokenizer, text, ids, what=f"row {row}: {column}")
     return int(ids[0])
 
 
@@ -199,7 +231,9 @@ def tokenize_prompts(tokenizer, prompts: pd.DataFrame | list[dict] | PromptPairs
     """Tokenize and validate prompt pairs with ``tokenizer`` (or ``model.tokenizer``).
 
     Raises ``PromptError`` naming the row for: clean/corrupt of different token lengths
-    (showing both tokenizations), answers that are not one token, empty input.
+    (showing both tokenizations), clean/corrupt that tokenize identically (e.g. differing
+    only in words read as the unknown token), answers that are not one token or are the
+    unknown token, empty input.
     """
     if isinstance(prompts, PromptPairs):
         return prompts
@@ -217,6 +251,15 @@ def tokenize_prompts(tokenizer, prompts: pd.DataFrame | list[dict] | PromptPairs
                 f"    corrupt: {tokenizer.convert_ids_to_tokens(corrupt_ids)}",
                 hint="edit the corrupt prompt so positions line up (same number of tokens)",
             )
+        if list(clean_ids) == list(corrupt_ids):
+            unknown = " (their differences are words the tokenizer does not know, read as " \
+                f"{tokenizer.unk_token!r})" if unknown_words(tokenizer, row["clean"], clean_ids) \
+                and row["clean"] != row["corrupt"] else ""
+            raise PromptError(
+                f"row {index}: clean {row['clean']!r} and corrupt {row['corrupt']!r} tokenize "
+                f"identically with {tokenizer_name(tokenizer)}{unknown}; patching one into "
+                "the other changes nothing (KL 0, logit difference 0)",
+                hint="make the corrupt prompt differ in a word the model's vocabulary has")
         clean.append(clean_ids)
         corrupt.append(corrupt_ids)
         answers.append(answer_token(tokenizer, row["answer"], row=index))

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from featcircuits.errors import ModelLoadError, NonFiniteError, ParameterError, TrainingError
-from featcircuits.model.loading import model_config, model_device, trace
+from featcircuits.errors import NonFiniteError, ParameterError, TrainingError
+from featcircuits.model.loading import max_positions, model_config, model_device, trace
 from featcircuits.model.sites import Site, d_model
 
 
@@ -30,23 +30,6 @@ def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ParameterError(f"{name} must be a positive integer, got {value!r}")
     return value
-
-
-POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len")
-
-
-def max_positions(model) -> tuple[int, str] | None:
-    """``(limit, config key)`` of the model's most token positions, or ``None`` if its
-    config names none."""
-    try:
-        config = model_config(model)
-    except ModelLoadError:
-        return None
-    for key in POSITION_LIMIT_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value, key
-    return None
 
 
 def check_n_ctx(model, n_ctx: int, *, flag: str = "n_ctx") -> int:

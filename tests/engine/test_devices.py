@@ -118,7 +118,7 @@ FACTORIES = {"zeros", "ones", "full", "empty", "arange", "tensor", "as_tensor", 
              "randint", "rand", "randn", "linspace", "eye"}
 # functions whose new tensors are CPU bookkeeping by design (moved to the model's device by
 # their callers, or never combined with model tensors)
-CPU_BY_DESIGN = {"read_inputs", "parens_data", "_collect", "collect_site", "_ablation_drops"}
+CPU_BY_DESIGN = {"read_inputs", "_read_inputs", "parens_data", "_collect", "collect_site", "_ablation_drops"}
 CHECKED = sorted(str(path.relative_to(ROOT / "featcircuits"))
                  for folder in ("engine", "circuits", "experiments", "dashboards")
                  for path in (ROOT / "featcircuits" / folder).glob("*.py"))
