@@ -233,8 +233,8 @@ def bench_streaming(n: int, d_model: int, batch_rows: int, chunk_size: int, max_
 
 
 # ------------------------------------------------------------------ (c) source families
-def _family_sources(kind: str, n: int, k: int, generator) -> "numpy.ndarray":  # noqa: F821
-    """``[n, k]`` unit-variance sources of one family (numpy, float64)."""
+def _family_sources(kind: str, n: int, k: int, generator):
+    """``[n, k]`` unit-variance sources of one family (a float64 numpy array)."""
     import numpy as np
 
     if kind == "laplace":

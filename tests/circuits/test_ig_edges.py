@@ -217,7 +217,7 @@ def test_ig_edges_of_a_site_add_up_to_its_ablation_with_later_sites_frozen(tiny_
             lambda module, args, out, value=value: value) for p, value in replace.items()]
         captured = {}
         hooks.append(plain.get_submodule("gpt_neox.layers.1").register_forward_hook(
-            lambda module, args, out: captured.update(out=out)))
+            lambda module, args, out, captured=captured: captured.update(out=out)))
         try:
             with torch.no_grad():
                 plain(_ids())
