@@ -9,8 +9,14 @@
     data never exists), on CPU: wall time, throughput and peak resident memory (VmHWM,
     reset before the fit, as a delta over the resident memory at that point) against the
     size of one streamed batch.
+(c) source families: 24 sources x 100k samples, float64 data, each family (Laplace,
+    uniform, Student-t with 5 degrees of freedom, all three mixed, and the mix under an
+    ill-conditioned mixing of condition number 3e3), featcircuits (its defaults: float32
+    compute) against scikit-learn's FastICA as normally called (float64 input,
+    whiten="unit-variance", logcosh, tol 1e-4): Amari distance to the true mixing side by
+    side, the difference (target <= +0.002) and the speed ratio (target >= 5x).
 
-Usage: python benchmarks/ica.py [--quick] [--part a|b|both] [--no-sklearn] [--threads N]
+Usage: python benchmarks/ica.py [--quick] [--part a|b|c|all] [--no-sklearn] [--threads N]
 Timings are wall-clock on whatever machine runs this; the load average is printed with
 them because other processes change them a lot.
 """
@@ -226,6 +232,72 @@ def bench_streaming(n: int, d_model: int, batch_rows: int, chunk_size: int, max_
           f"{'met' if peak_mib <= 1.5 * batch_mib + state_mib else 'NOT met'}")
 
 
+# ------------------------------------------------------------------ (c) source families
+def _family_sources(kind: str, n: int, k: int, generator):
+    """``[n, k]`` unit-variance sources of one family (a float64 numpy array)."""
+    import numpy as np
+
+    if kind == "laplace":
+        return generator.laplace(size=(n, k)) / math.sqrt(2)
+    if kind == "uniform":
+        return generator.uniform(-math.sqrt(3), math.sqrt(3), size=(n, k))
+    if kind == "student-t5":
+        return generator.standard_t(5, size=(n, k)) / math.sqrt(5 / 3)
+    kinds = ("laplace", "uniform", "student-t5")
+    return np.concatenate([_family_sources(kinds[i % 3], n, 1, generator) for i in range(k)],
+                          axis=1)
+
+
+def bench_families(n: int, k: int, sklearn: bool) -> None:
+    import numpy as np
+
+    print(f"\n(c) source families: {n:,} x {k}, float64 data, logcosh, tol 1e-4; "
+          f"{torch.get_num_threads()} torch threads")
+    _warm_up()
+    cases = [("laplace", None), ("uniform", None), ("student-t5", None), ("mixed", None),
+             ("mixed", 3e3)]
+    # wall time swings with the machine's load; CPU time (time.process_time) far less
+    header = (f"  {'family':<22} {'ours s':>7} {'cpu s':>6} {'it':>3} {'ours Amari':>10} "
+              f"{'sk s':>7} {'cpu s':>6} {'it':>3} {'sk Amari':>9} {'Δ Amari':>8} "
+              f"{'wall x':>6} {'cpu x':>6}")
+    print(header)
+    for seed, (kind, condition) in enumerate(cases):
+        generator = np.random.default_rng(seed)
+        sources = _family_sources(kind, n, k, generator)
+        if condition is None:
+            mixing = generator.standard_normal((k, k))
+        else:
+            left, _ = np.linalg.qr(generator.standard_normal((k, k)))
+            right, _ = np.linalg.qr(generator.standard_normal((k, k)))
+            mixing = left * np.logspace(0, -math.log10(condition), k) @ right
+        data = sources @ mixing.T + 3 * generator.standard_normal(k)
+        truth = torch.from_numpy(mixing)
+        label = kind if condition is None else f"{kind}, condition {condition:g}"
+        start, cpu = time.perf_counter(), time.process_time()
+        ours = fit_ica(torch.from_numpy(data), k, tol=1e-4, max_iter=200, device="cpu",
+                       progress=False, small_ops_threads=SMALL_OPS_THREADS)
+        ours_time, ours_cpu = time.perf_counter() - start, time.process_time() - cpu
+        ours_amari = amari_distance(ours.unmixing, truth)
+        line = (f"  {label:<22} {ours_time:7.2f} {ours_cpu:6.2f} {ours.meta['n_iter']:3d} "
+                f"{ours_amari:10.4f}")
+        if sklearn:
+            from sklearn.decomposition import FastICA
+
+            model = FastICA(k, whiten="unit-variance", tol=1e-4, max_iter=200, random_state=0)
+            start, cpu = time.perf_counter(), time.process_time()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model.fit(data)
+            sk_time, sk_cpu = time.perf_counter() - start, time.process_time() - cpu
+            sk_amari = amari_distance(torch.from_numpy(model.components_), truth)
+            line += (f" {sk_time:7.2f} {sk_cpu:6.2f} {model.n_iter_:3d} {sk_amari:9.4f} "
+                     f"{ours_amari - sk_amari:+8.4f} {sk_time / ours_time:5.1f}x "
+                     f"{sk_cpu / ours_cpu:5.1f}x"
+                     f"  Amari {'met' if ours_amari <= sk_amari + 0.002 else 'NOT met'}, "
+                     f"speed (cpu) {'met' if sk_cpu >= 5 * ours_cpu else 'NOT met'}")
+        print(line + f"   [{_load()}]", flush=True)
+
+
 def _limit_threads(threads: int | None):
     """Set torch's threads and (for scikit-learn) the BLAS/OpenMP pools' to ``threads``."""
     import contextlib
@@ -243,7 +315,8 @@ def _limit_threads(threads: int | None):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (about a minute)")
-    parser.add_argument("--part", choices=("a", "b", "both"), default="both")
+    parser.add_argument("--part", choices=("a", "b", "c", "both", "all"), default="all",
+                        help="both = a and b; all = a, b and c")
     parser.add_argument("--no-sklearn", action="store_true", help="skip scikit-learn in (a)")
     parser.add_argument("--max-iter", type=int, default=200, help="(a) max_iter")
     parser.add_argument("--stream-max-iter", type=int, default=50, help="(b) max_iter")
@@ -256,11 +329,14 @@ def main(argv: list[str] | None = None) -> None:
     if not args.child:
         print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, "
               f"{torch.get_num_threads()} torch threads, python {sys.version.split()[0]}")
-    if args.part in ("a", "both"):
+    if args.part in ("c", "all"):
+        with limits:
+            bench_families(20_000 if args.quick else 100_000, 24, sklearn=not args.no_sklearn)
+    if args.part in ("a", "both", "all"):
         n, d = (50_000, 64) if args.quick else (200_000, 128)
         with limits:
             bench_in_memory(n, d, args.max_iter, sklearn=not args.no_sklearn)
-    if args.part in ("b", "both") and not args.child:
+    if args.part in ("b", "both", "all") and not args.child:
         # a fresh process, so that (a)'s freed memory cannot hide in the RSS baseline
         import subprocess
 

@@ -21,7 +21,7 @@ RSS while it ran (sampled every 20 ms; CUDA: peak allocated GPU memory):
   the batched pass on a subset of one level's nodes: speed-up and max abs difference.
 
 Then each target with its measured ratio. ``--small`` runs a reduced model (2 layers, 4,096
-features, 8 prompts) in about a minute. docs/performance-scale.md has the figures.
+features, 8 prompts) in about a minute. docs/performance.md ("Scale") has the figures.
 """
 
 from __future__ import annotations

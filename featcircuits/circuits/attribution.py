@@ -4,7 +4,9 @@ A node's effect ``m(clean) − m(node ablated)`` is estimated by attribution pat
 ``(c − s) · ∂m/∂c`` at the clean run, or by integrated gradients (``ig``: the gradient
 averaged over points between the clean and the ablated site). An edge ``u → d`` is
 estimated by ``(c_u − s_u) · ∂d/∂c_u`` with every dictionary site in between detached, one
-backward pass per chunk of downstream nodes (copies stacked along the batch). For a
+backward pass per chunk of downstream nodes (copies stacked along the batch); with ``ig``
+the gradient is averaged over points between the upstream site's clean and ablated
+activation (the sites in between held clean). For a
 transcoder, ``c`` is encoded at its input site and ``∂/∂c`` taken along its decoder
 directions at its output site.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import einops
 import torch
 from tqdm.auto import tqdm
 
@@ -40,16 +43,12 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
     """``[n, T, d]`` gradient of the summed targets w.r.t. ``site``: at the clean run
     (``attribution``) or averaged over ``steps`` points between clean and ablated
     (``ig``, midpoint rule; only ``site`` is interpolated)."""
+    _check_method(method)
     if method == "attribution":
         return runs.gradients[site]
-    if method != "ig":
-        raise ParameterError(f"unknown attribution method {method!r}",
-                             hint=f"use one of {IG_METHODS}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ParameterError(f"steps must be a positive int, got {steps!r}")
     clean = runs.activations[site]
     source = runs.source_activation(site, ablation)
-    alphas = (torch.arange(steps, dtype=torch.float32, device=clean.device) + 0.5) / steps
+    alphas = _alphas(steps, clean.device)
     per_chunk = runs.chunk_copies()
     total = torch.zeros(clean.shape, device=clean.device)  # float32 even for a bf16 model
     for start in range(0, steps, per_chunk):
@@ -66,6 +65,18 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
         if grad is not None:
             total += grad.reshape(copies, runs.n, runs.width, -1).sum(0)
     return total / steps
+
+def _check_method(method: str) -> None:
+    if method not in IG_METHODS:
+        raise ParameterError(f"unknown attribution method {method!r}",
+                             hint=f"use one of {IG_METHODS}")
+
+def _alphas(steps: int, device) -> torch.Tensor:
+    """``[steps]`` midpoints ``(k + ½) / steps`` of the path from clean (0) to source (1)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ParameterError(f"steps must be a positive int, got {steps!r}",
+                             hint="integrated gradients need at least one point, e.g. 10")
+    return (torch.arange(steps, dtype=torch.float32, device=device) + 0.5) / steps
 
 def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: Sequence[Node],
                    *, ablation: str, positional: bool) -> torch.Tensor:
@@ -124,20 +135,27 @@ def node_attributions(runs: CircuitRuns, *, ablation: str = "zero", positional: 
     return effects
 
 def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
-                   upstream: Mapping[str, Sequence[Node]], *, ablation: str, positional: bool
-                   ) -> dict[tuple, float]:
+                   upstream: Mapping[str, Sequence[Node]], *, ablation: str, positional: bool,
+                   method: str = "attribution", steps: int = 10) -> dict[tuple, float]:
     """Attribution edge weights into ``downstream`` nodes at one level.
 
     ``level`` is a site (``downstream``: nodes at it and/or indices of feature targets at
-    it) or ``None`` (``downstream``: indices of output targets). One backward pass per
-    chunk of copies: copy ``k`` backpropagates its own node's value; every dictionary site
-    above the level is detached (so gradients are direct), and the gradient at each upstream
-    site gives ``(c_u − s_u) · ∂d/∂c_u`` for all its nodes at once.
+    it) or ``None`` (``downstream``: indices of output targets). Copy ``k`` of the data
+    backpropagates its own downstream node's value; every dictionary site above the level is
+    detached (so gradients are direct), and the gradient at each upstream site gives
+    ``(c_u − s_u) · ∂d/∂c_u`` for all its nodes at once.
+
+    ``attribution``: the gradient at the clean run, one backward pass per chunk of
+    downstream nodes for every upstream site at once. ``ig``: integrated gradients — per
+    upstream site, the site is interpolated between its clean and source (every node
+    ablated) activation at ``steps`` midpoints while every other dictionary site between it
+    and the level is held at its clean value, and ``∂d/∂c_u`` is averaged over the points
+    (one copy per downstream node and point).
 
     Returns ``{(upstream node, downstream node or target id): weight}``.
     """
+    _check_method(method)
     n, width = runs.n, runs.width
-    tm = runs.token_mask
     depth = runs.read_depth(level)
     # sites before the last whole-state site (embed/resid) have no direct edge to the level
     reachable = direct_sites(runs.sites, depth)
@@ -145,8 +163,10 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     weights: dict[tuple, float] = {}
     if not up_sites or not downstream:
         return weights
-    early_targets = any(not t.is_output and site_depth(t.site) < site_depth(reachable[0])
-                        for t in runs.targets)
+    if method == "ig":
+        return _ig_edges(runs, level, downstream, upstream, up_sites, reachable,
+                         ablation=ablation, positional=positional, steps=steps)
+    early_targets = _has_targets_before(runs, reachable[0])
     per_chunk = runs.chunk_copies()
     for start in range(0, len(downstream), per_chunk):
         chunk = list(downstream[start:start + per_chunk])
@@ -156,34 +176,12 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                   for s in reachable}
         ops = {s: SiteOps(delta=delta, detach=True) for s, delta in deltas.items()}
         if level is not None:
-            own_feature = torch.zeros(copies, dtype=torch.long, device=runs.device)
-            own_weights = torch.zeros(copies, n, width, device=runs.device)
-            for k, item in enumerate(chunk):
-                if isinstance(item, int):          # a feature target at this site
-                    target = runs.targets[item]
-                    own_feature[k] = target.feature
-                    own_weights[k] = target.weights
-                else:
-                    _, f, position = item
-                    own_feature[k] = f
-                    if position is None:
-                        own_weights[k] = runs.node_weights
-                    else:
-                        own_weights[k, :, position] = tm[:, position]
-            ops[level] = SiteOps(readout=NodeRead(
-                own_feature=own_feature.repeat_interleave(n),
-                own_weights=own_weights.reshape(copies * n, width),
-                error_vector=repeat_rows(runs.gradients[level], copies)))
+            ops[level] = SiteOps(readout=_own_readout(runs, level, chunk))
         with torch.enable_grad():
             result = runs.trace(ops, copies, tile_at=None if early_targets else reachable[0],
                                 outputs=level is None)
-            if level is None:
-                picks = torch.tensor(chunk, device=result.targets.device).repeat_interleave(n)
-                loss = result.targets.gather(1, picks[:, None]).sum()
-            else:
-                loss = result.own[level].sum()
-            grads = torch.autograd.grad(loss, [deltas[s] for s in up_sites],
-                                        allow_unused=True)
+            grads = torch.autograd.grad(_own_values(runs, result, level, chunk),
+                                        [deltas[s] for s in up_sites], allow_unused=True)
         for s, grad in zip(up_sites, grads):
             if grad is None:
                 grad = torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
@@ -194,6 +192,86 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                 key = _down_key(runs, item, level)
                 weights.update(((node, key), value) for node, value in zip(upstream[s], row))
     return weights
+
+def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
+              upstream: Mapping[str, Sequence[Node]], up_sites: Sequence[str],
+              reachable: Sequence[str], *, ablation: str, positional: bool, steps: int
+              ) -> dict[tuple, float]:
+    """``gradient_edges`` by integrated gradients: copies are (downstream node, point)
+    pairs, one upstream site interpolated at a time."""
+    n, width = runs.n, runs.width
+    alphas = _alphas(steps, runs.device)
+    pairs = [(item, k) for item in downstream for k in range(steps)]
+    per_chunk = runs.chunk_copies()
+    weights = {(node, _down_key(runs, item, level)): 0.0
+               for site in up_sites for item in downstream for node in upstream[site]}
+    for site in up_sites:
+        clean = runs.activations[site].float()
+        diff = clean - runs.source_activation(site, ablation).float()
+        later = [s for s in reachable if site_depth(s) > site_depth(site)]
+        tile = None if _has_targets_before(runs, site) else site
+        for start in range(0, len(pairs), per_chunk):
+            chunk = pairs[start:start + per_chunk]
+            copies = len(chunk)
+            items = [item for item, _ in chunk]
+            points = clean[None] - alphas[[k for _, k in chunk]][:, None, None, None] * diff[None]
+            delta = torch.zeros(copies * n, width, clean.shape[-1], device=runs.device,
+                                requires_grad=True)
+            ops = {site: SiteOps(overwrite=einops.rearrange(points, "k n t d -> (k n) t d"),
+                                 delta=delta, detach=True)}
+            # the other sites between the interpolated one and the level stay clean
+            ops.update({s: SiteOps(overwrite=repeat_rows(runs.activations[s], copies))
+                        for s in later})
+            if level is not None:
+                ops[level] = SiteOps(readout=_own_readout(runs, level, items))
+            with torch.enable_grad():
+                result = runs.trace(ops, copies, tile_at=tile, outputs=level is None)
+                (grad,) = torch.autograd.grad(_own_values(runs, result, level, items), [delta],
+                                              allow_unused=True)
+            if grad is None:
+                continue
+            values = _contributions(runs, site, grad.reshape(copies, n, width, -1),
+                                    upstream[site], ablation=ablation, positional=positional)
+            for item, row in zip(items, values.tolist()):
+                key = _down_key(runs, item, level)
+                for node, value in zip(upstream[site], row):
+                    weights[(node, key)] += value / steps
+    return weights
+
+def _has_targets_before(runs: CircuitRuns, site: str) -> bool:
+    """Whether a feature target is read before ``site`` (then copies cannot be tiled there)."""
+    return any(not t.is_output and site_depth(t.site) < site_depth(site) for t in runs.targets)
+
+def _own_readout(runs: CircuitRuns, level: str, chunk: Sequence) -> NodeRead:
+    """The readout at ``level`` in which copy ``k`` reads ``chunk[k]``'s value (a node at
+    the level or the index of a feature target there)."""
+    n, width, tm = runs.n, runs.width, runs.token_mask
+    copies = len(chunk)
+    own_feature = torch.zeros(copies, dtype=torch.long, device=runs.device)
+    own_weights = torch.zeros(copies, n, width, device=runs.device)
+    for k, item in enumerate(chunk):
+        if isinstance(item, int):          # a feature target at this site
+            target = runs.targets[item]
+            own_feature[k] = target.feature
+            own_weights[k] = target.weights
+        else:
+            _, f, position = item
+            own_feature[k] = f
+            if position is None:
+                own_weights[k] = runs.node_weights
+            else:
+                own_weights[k, :, position] = tm[:, position]
+    return NodeRead(own_feature=own_feature.repeat_interleave(n),
+                    own_weights=own_weights.reshape(copies * n, width),
+                    error_vector=repeat_rows(runs.gradients[level], copies))
+
+def _own_values(runs: CircuitRuns, result, level: str | None, chunk: Sequence) -> torch.Tensor:
+    """The summed values copy ``k`` backpropagates: its node at ``level``, or its output
+    target when ``level`` is ``None``."""
+    if level is None:
+        picks = torch.tensor(chunk, device=result.targets.device).repeat_interleave(runs.n)
+        return result.targets.gather(1, picks[:, None]).sum()
+    return result.own[level].sum()
 
 def _down_key(runs: CircuitRuns, item, level):
     """Node of a downstream item: targets become their node id (a str)."""
@@ -225,10 +303,11 @@ def keep_nodes(effects: Mapping[Node, float], node_tau: float, max_nodes: int | 
     return kept
 
 def attribution_edges(runs: CircuitRuns, kept: Mapping[str, list[Node]], tau: float, *,
-                       ablation: str, positional: bool, relative_tau: bool = False
+                       ablation: str, positional: bool, relative_tau: bool = False,
+                       method: str = "attribution", steps: int = 10
                        ) -> tuple[dict[tuple, float], dict[tuple, float]]:
     """Edges with ``|weight| >= tau`` among ``kept`` nodes, levels from the top down; also
-    every weight computed."""
+    every weight computed. ``method``/``steps``: as in ``gradient_edges``."""
     in_graph: dict[str, set[Node]] = {}
     edges: dict[tuple, float] = {}
     computed: dict[tuple, float] = {}
@@ -246,7 +325,7 @@ def attribution_edges(runs: CircuitRuns, kept: Mapping[str, list[Node]], tau: fl
         depth = runs.read_depth(level)
         upstream = {s: nodes for s, nodes in kept.items() if site_depth(s) < depth}
         weights = gradient_edges(runs, level, downstream, upstream, ablation=ablation,
-                                 positional=positional)
+                                 positional=positional, method=method, steps=steps)
         computed.update(weights)
         for (u, d), w in weights.items():
             if keeps_edge(w, edge_threshold(runs, d, tau, relative_tau)):

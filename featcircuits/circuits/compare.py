@@ -14,10 +14,12 @@ __all__ = ["all_edge_weights"]
 
 def all_edge_weights(runs: CircuitRuns, *, ablation: str = "zero", positional: bool = False,
                      candidates: Mapping[str, Sequence[int]] | None = None,
-                     errors: bool = True) -> dict[str, dict[tuple, float]]:
+                     errors: bool = True, method: str = "attribution", steps: int = 10
+                     ) -> dict[str, dict[tuple, float]]:
     """Exact and attribution weights of every edge between candidate nodes (no pruning):
-    ``{"exact": {...}, "attribution": {...}}``. For comparing the methods; costs one
-    ablation per candidate and one backward per candidate."""
+    ``{"exact": {...}, "attribution": {...}}``, the attribution ones by ``method``
+    (``"attribution"`` or ``"ig"`` with ``steps`` points). For comparing the methods; costs
+    one ablation per candidate and one backward per candidate (``steps`` for ``ig``)."""
     nodes = {site: candidate_nodes(runs, site, ablation=ablation, positional=positional,
                                    candidates=candidates, errors=errors)
              for site in upstream_sites(runs)}
@@ -40,5 +42,5 @@ def all_edge_weights(runs: CircuitRuns, *, ablation: str = "zero", positional: b
         depth = runs.read_depth(level)
         upstream = {s: g for s, g in nodes.items() if site_depth(s) < depth}
         attribution.update(gradient_edges(runs, level, downstream, upstream, ablation=ablation,
-                                          positional=positional))
+                                          positional=positional, method=method, steps=steps))
     return {"exact": exact, "attribution": {k: v for k, v in attribution.items() if k in exact}}

@@ -225,8 +225,11 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
     ``tau``; with ``relative_tau`` a fraction of the targets' magnitude) are kept, at most
     ``max_nodes`` per site (the largest); edges between kept nodes are estimated from
     gradients of each downstream node (one backward pass per chunk of downstream nodes) and
-    kept when ``|weight| >= tau``. Edge weights use the gradient at the clean run in both
-    methods. The other arguments are those of ``acdc_circuit``.
+    kept when ``|weight| >= tau``. Edges use the same method as nodes: the gradient at the
+    clean run (``attribution``), or integrated gradients with each upstream site
+    interpolated between clean and ablated (``ig``: ``steps`` times the cost, but it follows
+    a saturating nonlinearity that the clean gradient misses; docs/circuits.md). The other
+    arguments are those of ``acdc_circuit``.
     """
     options = CircuitOptions(tau, ablation, positional, candidates, errors, relative_tau)
     node_tau = options.tau if node_tau is None else check_tau(node_tau, "node_tau")
@@ -236,7 +239,8 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
     effects, kept = _attributed_nodes(runs, options, node_tau=node_tau, max_nodes=max_nodes,
                                       method=method, steps=steps)
     edges, computed = attribution_edges(runs, kept, options.tau, ablation=ablation,
-                                        positional=positional, relative_tau=relative_tau)
+                                        positional=positional, relative_tau=relative_tau,
+                                        method=method, steps=steps)
     nodes = [node for group in kept.values() for node in group]
     graph = build_graph(runs, nodes, edges, method="attribution", effects=effects,
                         node_threshold=node_tau, attribution=method, **options.graph_attrs(),
@@ -260,7 +264,9 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
     Nodes with attributed ``|effect| >= node_tau`` (default ``tau / 10``: a node missed here
     loses all its edges, so nodes are screened more loosely than edges) are kept (at
     most ``max_nodes`` per site, the largest); edges among them with attributed
-    ``|weight| >= screen * tau`` are candidates; the ``max_verify`` largest (default: all)
+    ``|weight| >= screen * tau`` are candidates (nodes and edges attributed by ``method``:
+    ``"ig"`` screens with integrated gradients, which keeps saturated edges that the clean
+    gradient would throw out); the ``max_verify`` largest (default: all)
     are measured exactly as in ``acdc_circuit`` (ablating each distinct upstream node once,
     batched) and kept when the exact ``|weight| >= tau``. Node ``effect``s are the
     attributed ones unless ``exact_node_effects`` (one more batched ablation pass). The other
@@ -290,7 +296,8 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
                                       method=method, steps=steps)
     screened, estimated = attribution_edges(runs, kept, screen * options.tau,
                                             ablation=ablation, positional=positional,
-                                            relative_tau=relative_tau)
+                                            relative_tau=relative_tau, method=method,
+                                            steps=steps)
     ranked = sorted(screened.items(), key=lambda item: -abs(item[1]))
     if max_verify is not None:
         ranked = ranked[:max_verify]
@@ -311,7 +318,7 @@ def hybrid_circuit(model, dictionaries: Mapping[str, Dictionary] | None = None, 
     nodes = sorted({u for u, _ in edges} | {d for _, d in edges if not isinstance(d, str)},
                    key=node_order)
     graph = build_graph(runs, nodes, edges, method="hybrid", effects=effects,
-                        node_threshold=node_tau, verified_edges=len(rows),
+                        node_threshold=node_tau, attribution=method, verified_edges=len(rows),
                         attribution_wrong_sign=wrong_sign,
                         attribution_wrong_threshold=wrong_threshold, comparison=rows,
                         **options.graph_attrs())

@@ -183,6 +183,7 @@ class _Fit:
         self.whiten = whiten
         self.whitening = state["whitening"]  # K [k, d] float64, CPU
         self.mean: torch.Tensor | None = None
+        self._phase_count = 0  # counts use_phase calls: the key of the centred-data cache
         self.use_phase("full")
         k, d = self.whitening.shape
         if stream.width is None:
@@ -190,10 +191,14 @@ class _Fit:
         if stream.chunk_size is None:  # resumed: the moments pass did not run
             stream.chunk_size = default_chunk_size(d, stream.device)
         self.workspace = _Workspace(stream.chunk_size, d, k, stream.device, stream.dtype)
+        # an in-memory tensor that fits in one chunk is converted and centred once per
+        # phase and reused by every pass (the chunk-sized memory a pass needs anyway)
+        self._centred: tuple[tuple, torch.Tensor] | None = None
 
     def use_phase(self, phase: str) -> None:
         """Select the whitening of the warm start (prefix) or of the full data."""
         device, dtype = self.stream.device, self.stream.dtype
+        self._phase_count += 1
         if phase == "warm":
             # z' = R K (x - μ_prefix) is exactly white on the prefix (R = C_prefix^-1/2)
             self.whitening = self.state["warm_rotation"] @ self.state["whitening"]
@@ -208,6 +213,22 @@ class _Fit:
             with self.plan.small_ops(self.state["W"].shape[0]):
                 self.state["W"] = _sym_decorrelation(
                     self.state["W"] @ self.state["warm_rotation"])
+
+    def _centred_chunks(self, limit: int | None):
+        """Yield ``(index, first_row, centred chunk [m, d])`` for one pass (see
+        ``_ActivationStream.chunks``); cached when the data is one in-memory chunk."""
+        stream = self.stream
+        single = (stream.tensor is not None and stream.chunk_size is not None
+                  and min(self.n, limit or self.n) <= stream.chunk_size)
+        if single and self._centred is not None and self._centred[0] == (limit, self._phase_count):
+            yield 0, 0, self._centred[1]
+            return
+        for index, row, chunk, owned in stream.chunks(limit):
+            centred = self.workspace.centre(chunk, self.mean, owned)
+            if single:
+                self._centred = ((limit, self._phase_count), centred)
+            yield index, row, centred
+            del chunk, centred
 
     def _unmixing(self, w: torch.Tensor) -> torch.Tensor:
         with self.plan.small_ops(self.whitening.shape[0]):
@@ -224,9 +245,8 @@ class _Fit:
         rows = 0
         finite: list[torch.Tensor] = []  # per-chunk flags, read after the pass (no GPU sync)
         spans: list[tuple[int, int, int]] = []
-        for index, row, chunk, owned in self.stream.chunks(limit):
-            with self.plan.small_chunk(chunk.shape[0], d, k):
-                centred = self.workspace.centre(chunk, self.mean, owned)
+        for index, row, centred in self._centred_chunks(limit):
+            with self.plan.small_chunk(centred.shape[0], d, k):
                 projected = self.workspace.project(centred, unmixing)
                 chunk_g_prime = self.contrast(projected)
                 chunk_g_x = projected @ centred
@@ -234,9 +254,9 @@ class _Fit:
                 finite.append(torch.isfinite(chunk_g_x).all())
                 g_x += chunk_g_x
                 g_prime += chunk_g_prime
-            spans.append((index, row, chunk.shape[0]))
-            rows += chunk.shape[0]
-            del chunk, centred, projected, chunk_g_x
+            spans.append((index, row, centred.shape[0]))
+            rows += centred.shape[0]
+            del centred, projected, chunk_g_x
         if finite and not bool(torch.stack(finite).all()):
             bad = int(torch.stack(finite).logical_not().nonzero()[0])
             raise _non_finite(*spans[bad], "produced NaN/inf (the data contains NaN/inf values)")
@@ -255,16 +275,15 @@ class _Fit:
         unmixing = self._unmixing(w)
         k = unmixing.shape[0]
         sums = torch.zeros(4, k, dtype=torch.float64, device=self.stream.device)
-        for _, _, chunk, owned in self.stream.chunks():
-            with self.plan.small_chunk(chunk.shape[0], chunk.shape[1], k):
-                centred = self.workspace.centre(chunk, self.mean, owned)
+        for _, _, centred in self._centred_chunks(None):
+            with self.plan.small_chunk(centred.shape[0], centred.shape[1], k):
                 y = self.workspace.project(centred, unmixing)
                 square = y * y
                 sums[0] += y.sum(1).double()
                 sums[1] += square.sum(1).double()
                 sums[2] += y.mul_(square).sum(1).double()  # y now holds y³
                 sums[3] += square.square_().sum(1).double()
-            del chunk, centred, y, square
+            del centred, y, square
         m1, m2, m3, m4 = (sums.cpu() / self.n).unbind(0)
         variance = (m2 - m1 * m1).clamp_min(torch.finfo(torch.float64).tiny)
         third = m3 - 3 * m1 * m2 + 2 * m1**3

@@ -99,6 +99,16 @@ def test_bfloat16_circuits_follow_float32(both):
                                                           abs=0.05)
     assert scores["bfloat16"]["faithfulness"] == pytest.approx(
         scores["float32"]["faithfulness"], abs=0.1)
+    # integrated-gradient edges interpolate in float32 and write the model's dtype back
+    ig = {d: attribution_circuit(runs[d], tau=0.05, relative_tau=True, ablation="mean",
+                                 method="ig", steps=2, max_nodes=4) for d in runs}
+    weights = {(u, v): w for u, v, w in ig["float32"].edges(data="weight")}
+    assert weights
+    scale = max(abs(w) for w in weights.values())
+    shared = [(u, v, w) for u, v, w in ig["bfloat16"].edges(data="weight") if (u, v) in weights]
+    assert len(shared) >= 0.5 * len(weights)
+    for u, v, w in shared:
+        assert w == pytest.approx(weights[(u, v)], abs=0.25 * scale), (u, v)
 
 
 def test_dictionaries_elsewhere_are_refused(both):
