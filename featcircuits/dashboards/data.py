@@ -344,7 +344,7 @@ def feature_dashboard_data(
                                                        strict=True)],
                                 token_id, progress=progress)
     else:
-        drops = [torch.zeros(a.shape) for a in feature_acts]
+        drops = [torch.zeros_like(a) for a in feature_acts]
 
     tokens, activations, counted, per_text_drops = [], [], [], []
     fire_values, fire_tokens, all_drops = [], [], []
