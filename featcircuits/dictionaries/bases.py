@@ -13,6 +13,7 @@ import torch
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.errors import NonFiniteError, ParameterError, WidthMismatchError
+from featcircuits.seeds import check_seed
 
 
 class LinearBasis(Dictionary):
@@ -120,7 +121,7 @@ class RandomBasis(LinearBasis):
         n_features = d_model if n_features is None else int(n_features)
         if n_features < 1:
             raise ParameterError(f"n_features must be >= 1, got {n_features}")
-        generator = torch.Generator().manual_seed(int(seed))
+        generator = torch.Generator().manual_seed(check_seed(seed))
         if n_features <= d_model:
             gaussian = torch.randn(d_model, d_model, generator=generator, dtype=torch.float64)
             q, r = torch.linalg.qr(gaussian)

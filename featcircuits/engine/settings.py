@@ -11,23 +11,9 @@ from dataclasses import dataclass, replace
 
 from featcircuits.engine.memory import parse_memory
 from featcircuits.errors import ParameterError
+from featcircuits.seeds import MAX_SEED, check_seed
 
 __all__ = ["MAX_SEED", "RunSettings", "check_seed"]
-
-#: largest seed accepted anywhere (numpy's ``default_rng``/``RandomState`` range is 0..2**32-1)
-MAX_SEED = 2**32 - 1
-
-
-def check_seed(seed, name: str = "seed") -> int:
-    """``seed`` if it is an integer from 0 to ``MAX_SEED``, else ``ParameterError``."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ParameterError(f"{name} must be an integer, got {seed!r}",
-                             hint=f"pass an integer from 0 to {MAX_SEED}")
-    if not 0 <= seed <= MAX_SEED:
-        raise ParameterError(f"{name} must be from 0 to {MAX_SEED} (2**32 - 1), got {seed}",
-                             hint=f"pass an integer from 0 to {MAX_SEED}, e.g. {name}=0")
-    return seed
-
 
 @dataclass(frozen=True)
 class RunSettings:

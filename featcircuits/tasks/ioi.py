@@ -39,6 +39,7 @@ import pandas as pd
 
 from featcircuits.errors import ParameterError, PromptError
 from featcircuits.files import PROMPT_FILE_LIMIT, parse_json, read_bytes_limited
+from featcircuits.seeds import check_seed
 from featcircuits.tasks.prompts import read_prompts, tokenize_prompts
 from featcircuits.tasks.text import split_words
 from featcircuits.writes import atomic_open
@@ -297,6 +298,7 @@ def ioi_prompt_pairs(
     """
     if n < 1:
         raise ParameterError(f"n must be >= 1, got {n}", hint="ask for at least one prompt")
+    check_seed(seed)
     corruptions = tuple(corruptions)
     for corruption in corruptions:
         if corruption not in CORRUPTIONS:

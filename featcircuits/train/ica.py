@@ -33,6 +33,7 @@ import torch
 
 from featcircuits.dictionaries.bases import ICABasis
 from featcircuits.errors import NonFiniteError, ParameterError, TrainingError
+from featcircuits.seeds import check_seed
 from featcircuits.train.ica_fit import (
     ALGORITHMS,
     CONTRASTS,
@@ -215,6 +216,7 @@ def fit_ica(
             or mismatching checkpoint.
     """
     _validate(n_components, contrast, algorithm, tol, max_iter, chunk_size, warm_start, dtype)
+    check_seed(seed)
     n_components, max_iter = operator.index(n_components), operator.index(max_iter)
     chunk_size = None if chunk_size is None else operator.index(chunk_size)
     warm_start = None if warm_start is None else operator.index(warm_start)

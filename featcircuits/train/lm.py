@@ -25,10 +25,11 @@ import torch
 from tqdm import tqdm
 
 from featcircuits.errors import OutputError, ParameterError, TrainingError
+from featcircuits.seeds import check_seed
 from featcircuits.tasks.corpus import CorpusConfig, iter_corpus
 from featcircuits.train.threads import torch_threads
 from featcircuits.train.tokenizer import build_tokenizer
-from featcircuits.writes import atomic_write_text
+from featcircuits.writes import atomic_files
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class LMTrainConfig:
     eval_every: int = 250
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         for name in ("steps", "batch_size", "n_layers", "d_model", "n_heads", "d_mlp",
                      "context", "threads"):
             if getattr(self, name) < 1:
@@ -246,15 +248,19 @@ def _quick_eval(model, tokenizer, step: int, losses: list[float]) -> dict:
 
 
 def save_checkpoint(model, tokenizer, out: Path, record: dict) -> None:
-    """Save weights (safetensors), config, tokenizer and training.json into ``out``."""
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    # transformers 5 writes its own backend class name; 4.x only knows PreTrainedTokenizerFast
-    config_path = out / "tokenizer_config.json"
-    tok_config = json.loads(config_path.read_text(encoding="utf-8"))
-    tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    atomic_write_text(config_path, json.dumps(tok_config, indent=2) + "\n")
-    atomic_write_text(out / "training.json", json.dumps(record, indent=2) + "\n")
+    """Save weights (safetensors), config, tokenizer and training.json into ``out``, as one
+    set (``writes.atomic_files``): a kill leaves the old checkpoint or the new one."""
+    with atomic_files(out) as files:
+        model.save_pretrained(files.staging)
+        tokenizer.save_pretrained(files.staging)
+        # transformers 5 writes its own backend class name; 4.x only knows
+        # PreTrainedTokenizerFast
+        config_path = files.path("tokenizer_config.json")
+        tok_config = json.loads(config_path.read_text(encoding="utf-8"))
+        tok_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_path.write_text(json.dumps(tok_config, indent=2) + "\n", encoding="utf-8")
+        files.path("training.json").write_text(json.dumps(record, indent=2) + "\n",
+                                                encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from featcircuits.errors import ParameterError, TrainingError
+from featcircuits.seeds import check_seed
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -53,6 +54,7 @@ class SAETrainingConfig:
     site: str | None = None
 
     def validate(self) -> None:
+        check_seed(self.seed)
         for name in ("d_model", "n_features", "steps", "dead_window"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

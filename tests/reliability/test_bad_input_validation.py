@@ -44,6 +44,31 @@ def test_seed_out_of_range(seed):
     assert RunSettings(seed=MAX_SEED).seed == MAX_SEED == check_seed(2**32 - 1)
 
 
+@pytest.mark.parametrize("call", ["ioi_prompt_pairs", "random_basis", "fit_ica", "train_sae",
+                                  "train_lm"])
+@pytest.mark.parametrize("seed", [-1, 2**40])
+def test_library_seeds_out_of_range(call, seed):
+    """The seeded library functions (IOI prompts, RandomBasis, fit_ica, SAE and LM training
+    configs) refuse seed -1 and 2**40 with the same ParameterError as RunSettings, before
+    any work; seed 0 and 2**32-1 pass the same check."""
+    from featcircuits.dictionaries.bases import RandomBasis
+    from featcircuits.tasks.ioi import ioi_prompt_pairs
+    from featcircuits.train.ica import fit_ica
+    from featcircuits.train.lm import LMTrainConfig
+    from featcircuits.train.sae_config import SAETrainingConfig
+
+    calls = {
+        "ioi_prompt_pairs": lambda s: ioi_prompt_pairs(2, seed=s),
+        "random_basis": lambda s: RandomBasis(8, seed=s),
+        "fit_ica": lambda s: fit_ica(torch.randn(64, 4), 2, seed=s, progress=False),
+        "train_sae": lambda s: SAETrainingConfig(d_model=8, n_features=16, seed=s).validate(),
+        "train_lm": lambda s: LMTrainConfig(seed=s),
+    }
+    with pytest.raises(ParameterError, match="seed must be from 0 to"):
+        calls[call](seed)
+    calls[call](MAX_SEED)
+
+
 @pytest.mark.parametrize("device", [
     "meta",
     pytest.param("mps", marks=pytest.mark.skipif(torch.backends.mps.is_available(),
