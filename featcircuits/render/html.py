@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import html
+import json
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -41,6 +42,7 @@ from featcircuits.render.labels import (
     truncate,
 )
 from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
+from featcircuits.render.shares import SliderKeys, slider_keys
 from featcircuits.render.style import (
     ERROR_OUTLINE,
     NEGATIVE_COLOR,
@@ -72,8 +74,10 @@ _SPEC = LayoutSpec(
     row_gap=34.0,
     band_pad=10.0,
     token_gap=10.0,
+    max_aspect=2.0,
 )
 
+_FULL_BELOW = 200  # graphs up to this many nodes open unpruned; larger ones at share 0.8
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; font-src data:"
 
 
@@ -172,15 +176,34 @@ def _edge_path(x1: float, y1: float, x2: float, y2: float, curved: bool) -> str:
     return f"M{_num(sx)},{_num(sy)} L{_num(ex)},{_num(ey)}"
 
 
-def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]]) -> str:
+def _key(value: float) -> str:
+    return f"{value:.6f}"
+
+
+def _card_data(attrs: dict) -> dict[str, str]:
+    """Hover-card fields set by ``dashboards.label_features`` (JSON lists), when present."""
+    out = {}
+    for key, name in (("top_contexts", "contexts"), ("logit_up", "up"), ("logit_down", "down")):
+        value = attrs.get(key)
+        if isinstance(value, str):
+            value = [value]
+        if value:
+            out[name] = json.dumps([str(v) for v in value], ensure_ascii=False)
+    return out
+
+
+def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]],
+         keys: SliderKeys) -> str:
     row_name_px = max((len(row.name) for row in layout.rows), default=5) * 7.2 + 14
     canvas = _Canvas(layout, left=row_name_px)
     effect_limit = symmetric_limit(a.get("effect") for _, a in graph.nodes(data=True))
     weight_limit = symmetric_limit(w for _, _, w in graph.edges(data="weight"))
+    targets = " ".join(_attr(t) for t in keys.targets)
     out = [
         (
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{_num(canvas.width)}" height="{_num(canvas.height)}" '
-            f'viewBox="0 0 {_num(canvas.width)} {_num(canvas.height)}" role="img" aria-label="circuit diagram">'
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" height="100%" '
+            f'data-width="{_num(canvas.width)}" data-height="{_num(canvas.height)}" '
+            f'role="img" aria-label="circuit diagram">'
         ),
         "<defs>",
         (
@@ -195,7 +218,7 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
             f'<path d="M0,0 L10,5 L0,10 z" fill="{color}"/></marker>'
         )
     out.append("</defs>")
-
+    out.append(f'<g id="viewport" data-targets="{targets}">')
     out.append('<g class="frame">')
     for row in layout.rows:
         y = canvas.y(row.y)
@@ -239,7 +262,8 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
         sign = "pos" if weight >= 0 else "neg"
         out.append(
             f'<path class="edge {sign}" d="{path}" data-source="{_attr(source)}" data-target="{_attr(target)}" '
-            f'data-weight="{_attr(repr(float(weight)))}" stroke="{edge_color(weight)}" '
+            f'data-weight="{_attr(repr(float(weight)))}" data-key="{_key(keys.edges[(source, target)][0])}" '
+            f'data-ekey="{_key(keys.edges[(source, target)][1])}" stroke="{edge_color(weight)}" '
             f'stroke-width="{_num(edge_width(weight, weight_limit) * 1.1)}" '
             f'stroke-opacity="{edge_alpha(weight, weight_limit):.2f}" marker-end="url(#arrow-{sign})" '
             f'data-strength="{edge_strength(weight, weight_limit):.3f}"/>'
@@ -258,6 +282,11 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
             "effect": format_number(attrs.get("effect")),
             "activation": format_number(attrs.get("activation")),
             "label": attrs.get("label") or "",
+            "feature": "" if attrs.get("feature") is None else attrs["feature"],
+            "key": _key(keys.nodes[node]),
+            "x": _num(x),
+            "y": _num(y),
+            **_card_data(attrs),
         }
         data_attrs = " ".join(f'data-{key}="{_attr(value)}"' for key, value in data.items())
         top = canvas.y(place.label_top)
@@ -270,7 +299,7 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
             f'aria-label="{_attr(node)}">{_shape(attrs["kind"], x, y, effect_hex(attrs.get("effect"), effect_limit))}'
             f'<text class="label" y="{_num(top)}" text-anchor="middle">{spans}</text></g>'
         )
-    out.append("</g></svg>")
+    out.append("</g></g></svg>")
     return "\n".join(out)
 
 
@@ -411,10 +440,12 @@ def to_html(
     )
 
     effect_limit = symmetric_limit(a.get("effect") for _, a in graph.nodes(data=True))
-    weights = [abs(w) for _, _, w in graph.edges(data="weight")]
-    max_weight = max(weights, default=0.0)
-    step = max_weight / 200 if max_weight > 0 else 0.01
-    svg = _svg(graph, layout, lines_of) if layout is not None else "<p>(empty circuit)</p>"
+    keys = slider_keys(graph)
+    svg = (_svg(graph, layout, lines_of, keys) if layout is not None
+           else "<p>(empty circuit)</p>")
+    start_share = 1.0 if graph.number_of_nodes() <= _FULL_BELOW else 0.8
+    ranked_by = ("influence on the target" if keys.by_influence
+                 else "|effect| (nodes) and |weight| (edges): the graph has no target")
 
     sections = []
     for index, node in enumerate(layout.nodes if layout is not None else []):
@@ -439,9 +470,12 @@ def to_html(
 <h1>{_text(heading)}</h1>
 <p class="subtitle">{_text(describe_thresholds(graph))}</p>
 <div class="controls">
-<label for="threshold">hide edges with |weight| &lt; <output id="threshold-value">0</output></label>
-<input type="range" id="threshold" min="0" max="{_attr(repr(float(max_weight)))}" step="{_attr(repr(float(step)))}" value="0">
-<span id="edge-count"></span>
+<span class="zoom"><button type="button" id="zoom-out" title="zoom out (-)">−</button><button type="button" id="zoom-in" title="zoom in (+)">+</button><button type="button" id="fit" title="fit to the window (0)">fit</button></span>
+<label>find <input type="search" id="search" placeholder="feature id or label" size="22"></label>
+<span id="search-count"></span>
+<label title="keep the nodes carrying this share of the influence ({_attr(ranked_by)}); every kept node keeps its path to the target">nodes <input type="range" id="node-share" min="0.05" max="1" step="0.01" value="{start_share}"> <output id="node-share-value"></output></label>
+<label title="keep the edges carrying this share of the edge influence among the kept nodes">edges <input type="range" id="edge-share" min="0.5" max="1" step="0.005" value="{1.0 if start_share == 1.0 else 0.98}"> <output id="edge-share-value"></output></label>
+<span id="shown-count"></span>
 </div>
 {_legend(effect_limit, str(graph.graph.get("metric") or "metric"))}
 </header>
