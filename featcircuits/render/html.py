@@ -42,7 +42,7 @@ from featcircuits.render.labels import (
     truncate,
 )
 from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
-from featcircuits.render.shares import SliderKeys, slider_keys
+from featcircuits.render.shares import EDGE_STEPS, NODE_STEPS, SliderKeys, slider_keys, tier
 from featcircuits.render.style import (
     ERROR_OUTLINE,
     NEGATIVE_COLOR,
@@ -188,7 +188,8 @@ def _card_data(attrs: dict) -> dict[str, str]:
         if isinstance(value, str):
             value = [value]
         if value:
-            out[name] = json.dumps([str(v) for v in value], ensure_ascii=False)
+            shown = [str(v) if key == "top_contexts" else display_token(str(v)) for v in value]
+            out[name] = json.dumps(shown, ensure_ascii=False)
     return out
 
 
@@ -248,7 +249,9 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
             )
     out.append("</g>")
 
-    out.append('<g class="edges">')
+    # edges in nested tier groups (node tier, then edge tier; see render/shares.py): the
+    # sliders hide whole groups (visibility inherits, so hidden wins at any level)
+    groups: dict[int, dict[int, list[str]]] = {}
     ordered = sorted(graph.edges(data="weight"), key=lambda e: (abs(e[2]), e[0], e[1]))
     for source, target, weight in ordered:
         start, end = layout.nodes[source], layout.nodes[target]
@@ -260,18 +263,35 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
             curved=abs(end.row - start.row) != 1,
         )
         sign = "pos" if weight >= 0 else "neg"
-        out.append(
+        node_part, edge_part = keys.edges[(source, target)]
+        groups.setdefault(tier(node_part, NODE_STEPS), {}).setdefault(
+            tier(edge_part, EDGE_STEPS), []).append(
             f'<path class="edge {sign}" d="{path}" data-source="{_attr(source)}" data-target="{_attr(target)}" '
-            f'data-weight="{_attr(repr(float(weight)))}" data-key="{_key(keys.edges[(source, target)][0])}" '
-            f'data-ekey="{_key(keys.edges[(source, target)][1])}" stroke="{edge_color(weight)}" '
+            f'data-weight="{_attr(repr(float(weight)))}" data-key="{_key(node_part)}" '
+            f'data-ekey="{_key(edge_part)}" stroke="{edge_color(weight)}" '
             f'stroke-width="{_num(edge_width(weight, weight_limit) * 1.1)}" '
             f'stroke-opacity="{edge_alpha(weight, weight_limit):.2f}" marker-end="url(#arrow-{sign})" '
             f'data-strength="{edge_strength(weight, weight_limit):.3f}"/>'
         )
+    out.append('<g class="edges">')
+    for node_tier in sorted(groups, reverse=True):  # the most influential drawn last, on top
+        out.append(f'<g class="tier" data-tier="{node_tier}">')
+        for edge_tier in sorted(groups[node_tier], reverse=True):
+            out.append(f'<g class="etier" data-etier="{edge_tier}">')
+            out.extend(groups[node_tier][edge_tier])
+            out.append("</g>")
+        out.append("</g>")
     out.append("</g>")
 
     out.append('<g class="nodes">')
-    for index, (node, place) in enumerate(layout.nodes.items()):
+    node_tiers = {node: tier(keys.nodes[node], NODE_STEPS) for node in layout.nodes}
+    open_tier = None
+    for index, (node, place) in sorted(enumerate(layout.nodes.items()),
+                                       key=lambda item: (node_tiers[item[1][0]], item[0])):
+        if node_tiers[node] != open_tier:
+            out.append(("</g>" if open_tier is not None else "")
+                       + f'<g class="tier" data-tier="{node_tiers[node]}">')
+            open_tier = node_tiers[node]
         attrs = graph.nodes[node]
         x, y = canvas.x(place.x), canvas.y(place.y)
         data = {
@@ -299,7 +319,7 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
             f'aria-label="{_attr(node)}">{_shape(attrs["kind"], x, y, effect_hex(attrs.get("effect"), effect_limit))}'
             f'<text class="label" y="{_num(top)}" text-anchor="middle">{spans}</text></g>'
         )
-    out.append("</g></g></svg>")
+    out.append(("</g>" if open_tier is not None else "") + "</g></g></svg>")
     return "\n".join(out)
 
 
@@ -473,8 +493,8 @@ def to_html(
 <span class="zoom"><button type="button" id="zoom-out" title="zoom out (-)">−</button><button type="button" id="zoom-in" title="zoom in (+)">+</button><button type="button" id="fit" title="fit to the window (0)">fit</button></span>
 <label>find <input type="search" id="search" placeholder="feature id or label" size="22"></label>
 <span id="search-count"></span>
-<label title="keep the nodes carrying this share of the influence ({_attr(ranked_by)}); every kept node keeps its path to the target">nodes <input type="range" id="node-share" min="0.05" max="1" step="0.01" value="{start_share}"> <output id="node-share-value"></output></label>
-<label title="keep the edges carrying this share of the edge influence among the kept nodes">edges <input type="range" id="edge-share" min="0.5" max="1" step="0.005" value="{1.0 if start_share == 1.0 else 0.98}"> <output id="edge-share-value"></output></label>
+<label title="keep the nodes carrying this share of the influence ({_attr(ranked_by)}); every kept node keeps its path to the target">nodes <input type="range" id="node-share" min="0.05" max="1" step="{1 / NODE_STEPS}" data-steps="{NODE_STEPS}" value="{start_share}"> <output id="node-share-value"></output></label>
+<label title="keep the edges carrying this share of the edge influence among the kept nodes">edges <input type="range" id="edge-share" min="0.5" max="1" step="{1 / EDGE_STEPS}" data-steps="{EDGE_STEPS}" value="{1.0 if start_share == 1.0 else 0.98}"> <output id="edge-share-value"></output></label>
 <span id="shown-count"></span>
 </div>
 {_legend(effect_limit, str(graph.graph.get("metric") or "metric"))}

@@ -33,7 +33,26 @@ from featcircuits.errors import GraphError
 from featcircuits.graph.influence import influence
 from featcircuits.graph.schema import target_nodes
 
-__all__ = ["SliderKeys", "slider_keys"]
+__all__ = ["EDGE_STEPS", "NODE_STEPS", "SliderKeys", "slider_keys", "tier"]
+
+#: the node slider moves in steps of 1/NODE_STEPS, the edge slider in steps of 1/EDGE_STEPS
+NODE_STEPS = 100
+EDGE_STEPS = 200
+
+
+def tier(key: float, steps: int) -> int:
+    """The smallest ``m`` in ``1..steps`` with ``key < m / steps`` (``steps + 1`` when
+    ``key >= 1``): an element is shown at slider value ``m' / steps`` exactly when
+    ``m <= m'``, so the page hides and shows whole tiers (``m / steps`` is the same double
+    as the slider's value string parsed by the browser)."""
+    low, high = 1, steps + 1
+    while low < high:  # key < m / steps is monotone in m
+        middle = (low + high) // 2
+        if key < middle / steps:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 @dataclass(frozen=True)

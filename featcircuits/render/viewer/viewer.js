@@ -11,13 +11,10 @@
   nodes.forEach(function (n) {
     byId.set(n.dataset.id, n);
     incident.set(n.dataset.id, []);
-    n.key = parseFloat(n.dataset.key);
   });
   edges.forEach(function (e) {
     incident.get(e.dataset.source).push(e);
     incident.get(e.dataset.target).push(e);
-    e.key = parseFloat(e.dataset.key);
-    e.ekey = parseFloat(e.dataset.ekey);
   });
   var targets = (view.dataset.targets || "").split(" ").filter(function (t) { return byId.has(t); });
   var tip = document.getElementById("tooltip");
@@ -56,8 +53,14 @@
     var s = size(), pad = 12;
     var b = { x: 0, y: 0, width: contentW, height: contentH };
     if (shown.nodes < nodes.length) {
-      var r = svg.querySelector(".nodes").getBBox(), m = 16;  // room for the shapes' outlines
-      b = { x: r.x - m, y: r.y - m, width: r.width + 2 * m, height: r.height + 2 * m };
+      var x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity, m = 16;  // + outlines
+      nodes.forEach(function (n) {
+        if (n.tier > shown.s) { return; }
+        var r = n.getBBox();
+        x0 = Math.min(x0, r.x); y0 = Math.min(y0, r.y);
+        x1 = Math.max(x1, r.x + r.width); y1 = Math.max(y1, r.y + r.height);
+      });
+      if (x1 > x0) { b = { x: x0 - m, y: y0 - m, width: x1 - x0 + 2 * m, height: y1 - y0 + 2 * m }; }
     }
     t.k = Math.max(MIN_K, Math.min(MAX_FIT, (s[0] - 2 * pad) / b.width, (s[1] - 2 * pad) / b.height));
     t.x = (s[0] - b.width * t.k) / 2 - b.x * t.k;
@@ -113,7 +116,7 @@
     svg.classList.add("focus");
     node.classList.add("hl");
     incident.get(node.dataset.id).forEach(function (e) {
-      if (e.classList.contains("filtered")) { return; }
+      if (!edgeShown(e)) { return; }
       e.classList.add("hl");
       byId.get(e.dataset.source).classList.add("hl");
       byId.get(e.dataset.target).classList.add("hl");
@@ -193,10 +196,12 @@
   function runSearch() {
     var q = search.value.trim().toLowerCase();
     matches.forEach(function (n) { n.classList.remove("match", "current"); });
-    matches = q ? nodes.filter(function (n) { return matchesQuery(n, q); }) : [];
+    var all = q ? nodes.filter(function (n) { return matchesQuery(n, q); }) : [];
+    matches = all.filter(function (n) { return n.tier <= shown.s; });  // pruned ones are hidden
     matches.forEach(function (n) { n.classList.add("match"); });
     svg.classList.toggle("searching", q.length > 0);
-    searchCount.textContent = q ? matches.length + (matches.length === 1 ? " match" : " matches") : "";
+    searchCount.textContent = !q ? "" : matches.length + (matches.length === 1 ? " match" : " matches")
+      + (all.length > matches.length ? " (" + (all.length - matches.length) + " more pruned away)" : "");
     current = -1;
     if (matches.length) { next(); }
   }
@@ -215,47 +220,50 @@
   });
 
   // ---------------------------------------------------------------- pruning sliders
-  // keys were computed in Python (featcircuits.render.shares): a step only toggles the
-  // elements whose key lies between the old and the new share
+  // Python (featcircuits.render.shares) put every node and edge into tier groups: tier m
+  // is shown at slider value v when m <= v * steps. A step only flips the class of the
+  // groups that change; hiding is by `visibility` (inherited: a hidden group hides all it
+  // holds, and nothing is laid out again)
   var nodeSlider = document.getElementById("node-share");
   var edgeSlider = document.getElementById("edge-share");
-  var sortedNodes = nodes.slice().sort(function (a, b) { return a.key - b.key; });
-  var byNodeKey = edges.slice().sort(function (a, b) { return a.key - b.key; });
-  var byEdgeKey = edges.slice().sort(function (a, b) { return a.ekey - b.ekey; });
+  var tiers = Array.prototype.slice.call(svg.querySelectorAll("g.tier")).map(function (g) {
+    return { g: g, m: parseInt(g.dataset.tier, 10), nodes: g.querySelectorAll(".node").length };
+  });
+  var etiers = Array.prototype.slice.call(svg.querySelectorAll("g.etier")).map(function (g) {
+    return { g: g, m: parseInt(g.dataset.etier, 10), parent: parseInt(g.parentNode.dataset.tier, 10),
+             edges: g.childElementCount };
+  });
+  nodes.forEach(function (n) { n.tier = parseInt(n.parentNode.dataset.tier, 10); });
+  edges.forEach(function (e) {
+    e.etier = parseInt(e.parentNode.dataset.etier, 10);
+    e.tier = parseInt(e.parentNode.parentNode.dataset.tier, 10);
+  });
   var shown = { s: Infinity, e: Infinity, nodes: nodes.length, edges: edges.length };
-  function limit(v) { return v >= 1 ? Infinity : v; }
-  function edgeShown(e, s, es) { return e.key < s && e.ekey < es; }
-  function between(sorted, field, lo, hi, fn) {  // items with lo <= item[field] < hi
-    var a = 0, b = sorted.length;
-    while (a < b) { var m = (a + b) >> 1; if (sorted[m][field] < lo) { a = m + 1; } else { b = m; } }
-    for (var i = a; i < sorted.length && sorted[i][field] < hi; i++) { fn(sorted[i]); }
+  function level(slider) {  // the largest tier shown; everything at the slider's maximum
+    var v = parseFloat(slider.value), steps = parseInt(slider.dataset.steps, 10);
+    return v >= 1 ? Infinity : Math.round(v * steps);
   }
-  function setEdge(e, s, es) {
-    var hide = !edgeShown(e, s, es);
-    if (hide !== e.classList.contains("filtered")) {
-      e.classList.toggle("filtered", hide);
-      shown.edges += hide ? -1 : 1;
-    }
-  }
+  function edgeShown(e) { return e.tier <= shown.s && e.etier <= shown.e; }
   function applyShares() {
-    var s = limit(parseFloat(nodeSlider.value)), es = limit(parseFloat(edgeSlider.value));
+    var s = level(nodeSlider), es = level(edgeSlider);
     if (s !== shown.s) {
-      var lo = Math.min(s, shown.s), hi = Math.max(s, shown.s);
-      between(sortedNodes, "key", lo, hi, function (n) {
-        var hide = !(n.key < s);
-        if (hide !== n.classList.contains("filtered")) {
-          n.classList.toggle("filtered", hide);
-          shown.nodes += hide ? -1 : 1;
-        }
+      tiers.forEach(function (t) {
+        var hide = t.m > s;
+        if (hide !== t.g.classList.contains("cut")) { t.g.classList.toggle("cut", hide); }
       });
-      between(byNodeKey, "key", lo, hi, function (e) { setEdge(e, s, es); });
     }
     if (es !== shown.e) {
-      var elo = Math.min(es, shown.e), ehi = Math.max(es, shown.e);
-      between(byEdgeKey, "ekey", elo, ehi, function (e) { setEdge(e, s, es); });
+      etiers.forEach(function (t) {
+        var hide = t.m > es;
+        if (hide !== t.g.classList.contains("cut")) { t.g.classList.toggle("cut", hide); }
+      });
     }
     shown.s = s;
     shown.e = es;
+    shown.nodes = 0;
+    shown.edges = 0;
+    tiers.forEach(function (t) { if (t.m <= s) { shown.nodes += t.nodes; } });
+    etiers.forEach(function (t) { if (t.m <= es && t.parent <= s) { shown.edges += t.edges; } });
     document.getElementById("node-share-value").textContent = Math.round(parseFloat(nodeSlider.value) * 100) + " %";
     document.getElementById("edge-share-value").textContent = (parseFloat(edgeSlider.value) * 100).toFixed(1) + " %";
     document.getElementById("shown-count").textContent =
@@ -265,4 +273,7 @@
   edgeSlider.addEventListener("input", applyShares);
   applyShares();
   fit();
+  // a link can open the page with a search: page.html#find=<query>
+  var found = /^#find=(.*)$/.exec(window.location.hash);
+  if (found) { search.value = decodeURIComponent(found[1]); runSearch(); }
 })();
