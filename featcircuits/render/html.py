@@ -42,6 +42,7 @@ from featcircuits.render.labels import (
     truncate,
 )
 from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
+from featcircuits.render.panels import attribute_table, legend
 from featcircuits.render.shares import EDGE_STEPS, NODE_STEPS, SliderKeys, slider_keys, tier
 from featcircuits.render.style import (
     ERROR_OUTLINE,
@@ -52,7 +53,6 @@ from featcircuits.render.style import (
     edge_color,
     edge_strength,
     edge_width,
-    effect_cmap,
     effect_hex,
     symmetric_limit,
 )
@@ -323,97 +323,6 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
     return "\n".join(out)
 
 
-def _attribute_table(graph: nx.DiGraph, node: str) -> str:
-    attrs = graph.nodes[node]
-    rows = []
-    for key in ("kind", "site", "layer", "feature", "position", "activation", "effect", "label"):
-        value = attrs.get(key)
-        shown = (
-            format_number(value)
-            if key in ("activation", "effect")
-            else ("–" if value in (None, "") else value)
-        )
-        rows.append(f"<tr><th>{_text(key)}</th><td>{_text(shown)}</td></tr>")
-    extra = sorted(
-        k
-        for k in attrs
-        if k
-        not in {"kind", "site", "layer", "feature", "position", "activation", "effect", "label"}
-    )
-    for key in extra:
-        rows.append(
-            f"<tr><th>{_text(key)}</th><td>{_text(truncate(str(attrs[key]), 200))}</td></tr>"
-        )
-    parts = [f'<table class="attributes">{"".join(rows)}</table>']
-    for title, edges, other in (
-        ("strongest inputs", graph.in_edges(node, data="weight"), 0),
-        ("strongest outputs", graph.out_edges(node, data="weight"), 1),
-    ):
-        edges = sorted(edges, key=lambda e: (-abs(e[2]), e[other]))[:10]
-        if not edges:
-            continue
-        items = "".join(
-            f"<tr><td>{_text(edge[other])}</td><td>{_text(format_number(edge[2]))}</td></tr>"
-            for edge in edges
-        )
-        parts.append(f"<h3>{_text(title)}</h3><table>{items}</table>")
-    return "".join(parts)
-
-
-def _legend(effect_limit: float, metric: str) -> str:
-    cmap = effect_cmap()
-    stops = ", ".join(
-        f"rgb({round(255 * r)},{round(255 * g)},{round(255 * b)}) {round(100 * t)}%"
-        for t in (0, 0.25, 0.5, 0.75, 1.0)
-        for r, g, b, _ in [cmap(t)]
-    )
-    swatch = '<svg class="legend-shape" width="16" height="16" viewBox="0 0 16 16">{}</svg>'
-    items = [
-        (
-            "feature",
-            swatch.format(f'<circle cx="8" cy="8" r="6" fill="#fff" stroke="{NODE_OUTLINE}"/>'),
-        ),
-        (
-            "error (SAE residual)",
-            swatch.format(
-                f'<rect x="2" y="2" width="12" height="12" fill="url(#hatch)" stroke="{ERROR_OUTLINE}" '
-                'stroke-dasharray="3 2"/>'
-            ),
-        ),
-        (
-            "input / embedding",
-            swatch.format(
-                f'<polygon points="8,1 15,8 8,15 1,8" fill="#fff" stroke="{NODE_OUTLINE}"/>'
-            ),
-        ),
-        (
-            "output (metric)",
-            swatch.format(
-                f'<polygon points="8,1 14,4.5 14,11.5 8,15 2,11.5 2,4.5" fill="#fff" stroke="{NODE_OUTLINE}"/>'
-            ),
-        ),
-        (
-            "edge, weight &gt; 0",
-            swatch.format(
-                f'<line x1="1" y1="8" x2="15" y2="8" stroke="{POSITIVE_COLOR}" stroke-width="3"/>'
-            ),
-        ),
-        (
-            "edge, weight &lt; 0",
-            swatch.format(
-                f'<line x1="1" y1="8" x2="15" y2="8" stroke="{NEGATIVE_COLOR}" stroke-width="3"/>'
-            ),
-        ),
-    ]
-    spans = "".join(f"<span>{shape}{label}</span>" for label, shape in items)
-    scale = (
-        f"<span>node effect on {_text(metric)}: {_text(f'{-effect_limit:.3g}')} "
-        f'<i class="scale" style="background: linear-gradient(to right, {stops})"></i> '
-        f"{_text(f'{effect_limit:+.3g}')}</span>"
-    )
-    return f'<div class="legend">{spans}{scale}</div>'
-
-
 def to_html(
     graph: nx.DiGraph,
     path: str | os.PathLike[str] | None = None,
@@ -469,7 +378,7 @@ def to_html(
 
     sections = []
     for index, node in enumerate(layout.nodes if layout is not None else []):
-        body = dashboards[node] if node in dashboards else _attribute_table(graph, node)
+        body = dashboards[node] if node in dashboards else attribute_table(graph, node)
         sections.append(
             f'<section class="dashboard" id="dash-{index}" data-for="{_attr(node)}" hidden>{body}</section>'
         )
@@ -497,7 +406,7 @@ def to_html(
 <label title="keep the edges carrying this share of the edge influence among the kept nodes">edges <input type="range" id="edge-share" min="0.5" max="1" step="{1 / EDGE_STEPS}" data-steps="{EDGE_STEPS}" value="{1.0 if start_share == 1.0 else 0.98}"> <output id="edge-share-value"></output></label>
 <span id="shown-count"></span>
 </div>
-{_legend(effect_limit, str(graph.graph.get("metric") or "metric"))}
+{legend(effect_limit, str(graph.graph.get("metric") or "metric"))}
 </header>
 <main>
 <div id="diagram">

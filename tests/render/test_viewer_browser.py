@@ -129,7 +129,7 @@ _OVERLAPS = """(() => {
 
 
 def test_labels_do_not_overlap(opened):
-    which, graph, browser = opened
+    _, graph, browser = opened
     _set(browser, "node-share", 1)
     _set(browser, "edge-share", 1)
     shown, examples, count = browser.evaluate(_OVERLAPS)
@@ -141,7 +141,7 @@ def test_labels_do_not_overlap(opened):
 
 
 def test_zoom_pan_and_fit(opened):
-    which, graph, browser = opened
+    _, graph, browser = opened
     browser.evaluate("document.getElementById('fit').click()")
     k0, x0, y0 = _transform(browser)
     target = next(n for n, kind in graph.nodes(data="kind") if kind == "output")
@@ -183,11 +183,11 @@ def test_zoom_pan_and_fit(opened):
 
 
 def test_search_by_feature_id_and_label(opened):
-    which, graph, browser = opened
+    _, graph, browser = opened
     _set(browser, "node-share", 1)
     features = sorted((a["feature"], n) for n, a in graph.nodes(data=True)
                       if a["kind"] == "feature" and a.get("feature") is not None)
-    feature, node = features[len(features) // 2]
+    feature, _ = features[len(features) // 2]
     expected = {n for n, a in graph.nodes(data=True) if a.get("feature") == feature}
     label = next(a["label"] for _, a in sorted(graph.nodes(data=True)) if (a.get("label") or "").strip())
     query = label[:5].lower()

@@ -22,10 +22,13 @@
   var contentW = parseFloat(svg.dataset.width), contentH = parseFloat(svg.dataset.height);
 
   // ---------------------------------------------------------------- zoom and pan
-  var MIN_K = 0.01, MAX_K = 8, MAX_FIT = 1.5;
+  var MIN_K = 0.01, MAX_K = 8, MAX_FIT = 1.5, FAR_K = 0.35;
   var t = { k: 1, x: 0, y: 0 };
+  var far = null;
   function apply() {
     view.setAttribute("transform", "translate(" + t.x.toFixed(2) + "," + t.y.toFixed(2) + ") scale(" + t.k.toFixed(5) + ")");
+    // labels smaller than about 4 px cannot be read: not drawing them keeps big graphs fast
+    if ((t.k < FAR_K) !== far) { far = t.k < FAR_K; svg.classList.toggle("far", far); }
   }
   function size() { return [box.clientWidth, box.clientHeight]; }
   function zoomAt(factor, px, py) {
