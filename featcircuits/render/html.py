@@ -1,17 +1,20 @@
-"""One self-contained, interactive HTML page per circuit.
+"""One self-contained, interactive HTML page per circuit (the viewer).
 
 The page holds the diagram as inline SVG (the layered layout of
-:mod:`featcircuits.render.layout`, computed in Python), inline CSS and a little inline
-JavaScript; it loads nothing from anywhere (a Content-Security-Policy forbids it), so
-it works offline and can be mailed around as one file. The CSS and JavaScript live next
-to this module as package data (``viewer/viewer.css``, ``viewer/viewer.js``) and are
-copied into every page as they are.
+:mod:`featcircuits.render.layout`, computed in Python), inline CSS and inline JavaScript;
+it loads nothing from anywhere (a Content-Security-Policy forbids it), so it works offline
+and can be mailed around as one file. The CSS and JavaScript live next to this module as
+package data (``viewer/viewer.css``, ``viewer/viewer.js``) and are copied into every page.
 
-- ``<g class="node" data-id=...>`` per node, ``<path class="edge" data-weight=...>`` per edge;
-- hovering a node highlights it, its edges and neighbours, and shows a tooltip;
+- ``<g class="node" data-id=...>`` per node (hover card data: ``data-label``,
+  ``data-contexts`` / ``data-up`` / ``data-down`` as JSON lists), ``<path class="edge"
+  data-weight=...>`` per edge, both inside ``<g class="tier">`` groups by their slider key
+  (:mod:`featcircuits.render.shares`): the node and edge sliders hide whole groups;
+- the page opens fitted to the window with the targets inside; wheel / buttons zoom, drag
+  pans, ``fit`` resets; the search box finds nodes by feature index, id or label;
+- hovering a node highlights it, its edges and neighbours, and shows its card;
 - clicking a node opens the side panel with its dashboard (``dashboards[node]``, an
-  HTML fragment inserted as is) or, without one, a table of its attributes and edges;
-- a range slider hides edges whose |weight| is below the chosen threshold.
+  HTML fragment inserted as is) or, without one, a table of its attributes and edges.
 
 All graph text (ids, labels, tokens, metadata) is HTML-escaped; dashboard fragments are
 trusted HTML and are not.

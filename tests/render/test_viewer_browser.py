@@ -203,9 +203,18 @@ def test_search_by_feature_id_and_label(opened):
         shown = browser.evaluate("document.getElementById('search-count').textContent")
         assert shown.startswith(f"{len(wanted)} match")
         current = browser.evaluate("document.querySelector('svg .node.current').dataset.id")
-        x, y = _centre(browser, current)  # centred on the first match, at a readable scale
-        assert abs(x - (left + right) / 2) < 2 and abs(y - (top + bottom) / 2) < 2
-        assert _transform(browser)[0] >= 1.0
+        x, y = _centre(browser, current)  # the first match is on screen, readable
+        assert left < x < right and top < y < bottom
+        assert _transform(browser)[0] >= 0.6
+        if len(wanted) > 1:  # Enter centres the next match
+            browser.evaluate("document.getElementById('search').focus()")
+            browser.send("Input.dispatchKeyEvent", {"type": "rawKeyDown", "key": "Enter",
+                         "code": "Enter", "windowsVirtualKeyCode": 13}, session=True)
+            second = browser.evaluate("document.querySelector('svg .node.current').dataset.id")
+            assert second != current and second in wanted
+            x, y = _centre(browser, second)
+            assert abs(x - (left + right) / 2) < 2 and abs(y - (top + bottom) / 2) < 2
+            assert _transform(browser)[0] >= 1.0
     browser.evaluate("(() => { const s = document.getElementById('search'); s.value = '';"
                      " s.dispatchEvent(new Event('input')); })()")
     assert browser.evaluate("document.querySelectorAll('svg .node.match').length") == 0

@@ -22,7 +22,7 @@
   var contentW = parseFloat(svg.dataset.width), contentH = parseFloat(svg.dataset.height);
 
   // ---------------------------------------------------------------- zoom and pan
-  var MIN_K = 0.01, MAX_K = 8, MAX_FIT = 1.5, FAR_K = 0.35;
+  var MIN_K = 0.01, MAX_K = 8, MAX_FIT = 1.5, FAR_K = 0.35, READABLE_K = 0.6;
   var t = { k: 1, x: 0, y: 0 };
   var far = null;
   function apply() {
@@ -206,19 +206,21 @@
     searchCount.textContent = !q ? "" : matches.length + (matches.length === 1 ? " match" : " matches")
       + (all.length > matches.length ? " (" + (all.length - matches.length) + " more pruned away)" : "");
     current = -1;
-    if (matches.length) { next(); }
+    if (matches.length) { next(false); }
   }
-  function next() {  // centre on the next match (Enter), at a readable scale
+  // mark the next match; Enter (always) or a first match off-screen or too small to read
+  // centres it at a readable scale
+  function next(always) {
     if (!matches.length) { return; }
     if (current >= 0) { matches[current].classList.remove("current"); }
     current = (current + 1) % matches.length;
-    var n = matches[current];
+    var n = matches[current], x = parseFloat(n.dataset.x), y = parseFloat(n.dataset.y);
     n.classList.add("current");
-    centreOn(parseFloat(n.dataset.x), parseFloat(n.dataset.y), Math.max(t.k, 1));
+    if (always || t.k < READABLE_K || !visible(x, y, 20)) { centreOn(x, y, Math.max(t.k, 1)); }
   }
   search.addEventListener("input", runSearch);
   search.addEventListener("keydown", function (evt) {
-    if (evt.key === "Enter") { next(); evt.preventDefault(); }
+    if (evt.key === "Enter") { next(true); evt.preventDefault(); }
     else if (evt.key === "Escape") { search.value = ""; runSearch(); }
   });
 
