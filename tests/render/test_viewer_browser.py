@@ -52,9 +52,11 @@ def _graph(which: str) -> nx.DiGraph:
     return random_layered_circuit(2000, 5000, n_positions=10, seed=1)
 
 
+# slow (make test-slow, CI): opening a case takes 2-5 s (the 2,000-node one 15-30 s);
+# tests/render/test_render_browser.py covers the page in the default suite
 CASES = [
-    pytest.param("small", id="small"),
-    pytest.param("ioi", id="ioi", marks=pytest.mark.slow),  # each case opens in 2-5 s
+    pytest.param("small", id="small", marks=pytest.mark.slow),
+    pytest.param("ioi", id="ioi", marks=pytest.mark.slow),
     pytest.param("random2000", id="random2000", marks=pytest.mark.slow),
 ]
 
