@@ -1,17 +1,20 @@
-"""One self-contained, interactive HTML page per circuit.
+"""One self-contained, interactive HTML page per circuit (the viewer).
 
 The page holds the diagram as inline SVG (the layered layout of
-:mod:`featcircuits.render.layout`, computed in Python), inline CSS and a little inline
-JavaScript; it loads nothing from anywhere (a Content-Security-Policy forbids it), so
-it works offline and can be mailed around as one file. The CSS and JavaScript live next
-to this module as package data (``viewer/viewer.css``, ``viewer/viewer.js``) and are
-copied into every page as they are.
+:mod:`featcircuits.render.layout`, computed in Python), inline CSS and inline JavaScript;
+it loads nothing from anywhere (a Content-Security-Policy forbids it), so it works offline
+and can be mailed around as one file. The CSS and JavaScript live next to this module as
+package data (``viewer/viewer.css``, ``viewer/viewer.js``) and are copied into every page.
 
-- ``<g class="node" data-id=...>`` per node, ``<path class="edge" data-weight=...>`` per edge;
-- hovering a node highlights it, its edges and neighbours, and shows a tooltip;
+- ``<g class="node" data-id=...>`` per node (hover card data: ``data-label``,
+  ``data-contexts`` / ``data-up`` / ``data-down`` as JSON lists), ``<path class="edge"
+  data-weight=...>`` per edge, both inside ``<g class="tier">`` groups by their slider key
+  (:mod:`featcircuits.render.shares`): the node and edge sliders hide whole groups;
+- the page opens fitted to the window with the targets inside; wheel / buttons zoom, drag
+  pans, ``fit`` resets; the search box finds nodes by feature index, id or label;
+- hovering a node highlights it, its edges and neighbours, and shows its card;
 - clicking a node opens the side panel with its dashboard (``dashboards[node]``, an
-  HTML fragment inserted as is) or, without one, a table of its attributes and edges;
-- a range slider hides edges whose |weight| is below the chosen threshold.
+  HTML fragment inserted as is) or, without one, a table of its attributes and edges.
 
 All graph text (ids, labels, tokens, metadata) is HTML-escaped; dashboard fragments are
 trusted HTML and are not.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import html
+import json
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -41,6 +45,8 @@ from featcircuits.render.labels import (
 )
 from featcircuits.render.layout import ALL_POSITIONS, CircuitLayout, LayoutSpec, layered_layout
 from featcircuits.render.limits import HTML_MAX_NODES, HTML_MAX_POSITIONS, check_render_size
+from featcircuits.render.panels import attribute_table, legend
+from featcircuits.render.shares import EDGE_STEPS, NODE_STEPS, SliderKeys, slider_keys, tier
 from featcircuits.render.style import (
     ERROR_OUTLINE,
     NEGATIVE_COLOR,
@@ -50,7 +56,6 @@ from featcircuits.render.style import (
     edge_color,
     edge_strength,
     edge_width,
-    effect_cmap,
     effect_hex,
     symmetric_limit,
 )
@@ -73,8 +78,10 @@ _SPEC = LayoutSpec(
     row_gap=34.0,
     band_pad=10.0,
     token_gap=10.0,
+    max_aspect=2.0,
 )
 
+_FULL_BELOW = 200  # graphs up to this many nodes open unpruned; larger ones at share 0.8
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; font-src data:"
 
 
@@ -173,15 +180,35 @@ def _edge_path(x1: float, y1: float, x2: float, y2: float, curved: bool) -> str:
     return f"M{_num(sx)},{_num(sy)} L{_num(ex)},{_num(ey)}"
 
 
-def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]]) -> str:
+def _key(value: float) -> str:
+    return f"{value:.6f}"
+
+
+def _card_data(attrs: dict) -> dict[str, str]:
+    """Hover-card fields set by ``dashboards.label_features`` (JSON lists), when present."""
+    out = {}
+    for key, name in (("top_contexts", "contexts"), ("logit_up", "up"), ("logit_down", "down")):
+        value = attrs.get(key)
+        if isinstance(value, str):
+            value = [value]
+        if value:
+            shown = [str(v) if key == "top_contexts" else display_token(str(v)) for v in value]
+            out[name] = json.dumps(shown, ensure_ascii=False)
+    return out
+
+
+def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]],
+         keys: SliderKeys) -> str:
     row_name_px = max((len(row.name) for row in layout.rows), default=5) * 7.2 + 14
     canvas = _Canvas(layout, left=row_name_px)
     effect_limit = symmetric_limit(a.get("effect") for _, a in graph.nodes(data=True))
     weight_limit = symmetric_limit(w for _, _, w in graph.edges(data="weight"))
+    targets = " ".join(_attr(t) for t in keys.targets)
     out = [
         (
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{_num(canvas.width)}" height="{_num(canvas.height)}" '
-            f'viewBox="0 0 {_num(canvas.width)} {_num(canvas.height)}" role="img" aria-label="circuit diagram">'
+            f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" height="100%" '
+            f'data-width="{_num(canvas.width)}" data-height="{_num(canvas.height)}" '
+            f'role="img" aria-label="circuit diagram">'
         ),
         "<defs>",
         (
@@ -196,7 +223,7 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
             f'<path d="M0,0 L10,5 L0,10 z" fill="{color}"/></marker>'
         )
     out.append("</defs>")
-
+    out.append(f'<g id="viewport" data-targets="{targets}">')
     out.append('<g class="frame">')
     for row in layout.rows:
         y = canvas.y(row.y)
@@ -226,7 +253,9 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
             )
     out.append("</g>")
 
-    out.append('<g class="edges">')
+    # edges in nested tier groups (node tier, then edge tier; see render/shares.py): the
+    # sliders hide whole groups (visibility inherits, so hidden wins at any level)
+    groups: dict[int, dict[int, list[str]]] = {}
     ordered = sorted(graph.edges(data="weight"), key=lambda e: (abs(e[2]), e[0], e[1]))
     for source, target, weight in ordered:
         start, end = layout.nodes[source], layout.nodes[target]
@@ -238,17 +267,35 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
             curved=abs(end.row - start.row) != 1,
         )
         sign = "pos" if weight >= 0 else "neg"
-        out.append(
+        node_part, edge_part = keys.edges[(source, target)]
+        groups.setdefault(tier(node_part, NODE_STEPS), {}).setdefault(
+            tier(edge_part, EDGE_STEPS), []).append(
             f'<path class="edge {sign}" d="{path}" data-source="{_attr(source)}" data-target="{_attr(target)}" '
-            f'data-weight="{_attr(repr(float(weight)))}" stroke="{edge_color(weight)}" '
+            f'data-weight="{_attr(repr(float(weight)))}" data-key="{_key(node_part)}" '
+            f'data-ekey="{_key(edge_part)}" stroke="{edge_color(weight)}" '
             f'stroke-width="{_num(edge_width(weight, weight_limit) * 1.1)}" '
             f'stroke-opacity="{edge_alpha(weight, weight_limit):.2f}" marker-end="url(#arrow-{sign})" '
             f'data-strength="{edge_strength(weight, weight_limit):.3f}"/>'
         )
+    out.append('<g class="edges">')
+    for node_tier in sorted(groups, reverse=True):  # the most influential drawn last, on top
+        out.append(f'<g class="tier" data-tier="{node_tier}">')
+        for edge_tier in sorted(groups[node_tier], reverse=True):
+            out.append(f'<g class="etier" data-etier="{edge_tier}">')
+            out.extend(groups[node_tier][edge_tier])
+            out.append("</g>")
+        out.append("</g>")
     out.append("</g>")
 
     out.append('<g class="nodes">')
-    for index, (node, place) in enumerate(layout.nodes.items()):
+    node_tiers = {node: tier(keys.nodes[node], NODE_STEPS) for node in layout.nodes}
+    open_tier = None
+    for index, (node, place) in sorted(enumerate(layout.nodes.items()),
+                                       key=lambda item: (node_tiers[item[1][0]], item[0])):
+        if node_tiers[node] != open_tier:
+            out.append(("</g>" if open_tier is not None else "")
+                       + f'<g class="tier" data-tier="{node_tiers[node]}">')
+            open_tier = node_tiers[node]
         attrs = graph.nodes[node]
         x, y = canvas.x(place.x), canvas.y(place.y)
         data = {
@@ -259,6 +306,11 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
             "effect": format_number(attrs.get("effect")),
             "activation": format_number(attrs.get("activation")),
             "label": attrs.get("label") or "",
+            "feature": "" if attrs.get("feature") is None else attrs["feature"],
+            "key": _key(keys.nodes[node]),
+            "x": _num(x),
+            "y": _num(y),
+            **_card_data(attrs),
         }
         data_attrs = " ".join(f'data-{key}="{_attr(value)}"' for key, value in data.items())
         top = canvas.y(place.label_top)
@@ -271,99 +323,8 @@ def _svg(graph: nx.DiGraph, layout: CircuitLayout, lines_of: dict[str, list[str]
             f'aria-label="{_attr(node)}">{_shape(attrs["kind"], x, y, effect_hex(attrs.get("effect"), effect_limit))}'
             f'<text class="label" y="{_num(top)}" text-anchor="middle">{spans}</text></g>'
         )
-    out.append("</g></svg>")
+    out.append(("</g>" if open_tier is not None else "") + "</g></g></svg>")
     return "\n".join(out)
-
-
-def _attribute_table(graph: nx.DiGraph, node: str) -> str:
-    attrs = graph.nodes[node]
-    rows = []
-    for key in ("kind", "site", "layer", "feature", "position", "activation", "effect", "label"):
-        value = attrs.get(key)
-        shown = (
-            format_number(value)
-            if key in ("activation", "effect")
-            else ("–" if value in (None, "") else value)
-        )
-        rows.append(f"<tr><th>{_text(key)}</th><td>{_text(shown)}</td></tr>")
-    extra = sorted(
-        k
-        for k in attrs
-        if k
-        not in {"kind", "site", "layer", "feature", "position", "activation", "effect", "label"}
-    )
-    for key in extra:
-        rows.append(
-            f"<tr><th>{_text(key)}</th><td>{_text(truncate(str(attrs[key]), 200))}</td></tr>"
-        )
-    parts = [f'<table class="attributes">{"".join(rows)}</table>']
-    for title, edges, other in (
-        ("strongest inputs", graph.in_edges(node, data="weight"), 0),
-        ("strongest outputs", graph.out_edges(node, data="weight"), 1),
-    ):
-        edges = sorted(edges, key=lambda e: (-abs(e[2]), e[other]))[:10]
-        if not edges:
-            continue
-        items = "".join(
-            f"<tr><td>{_text(edge[other])}</td><td>{_text(format_number(edge[2]))}</td></tr>"
-            for edge in edges
-        )
-        parts.append(f"<h3>{_text(title)}</h3><table>{items}</table>")
-    return "".join(parts)
-
-
-def _legend(effect_limit: float, metric: str) -> str:
-    cmap = effect_cmap()
-    stops = ", ".join(
-        f"rgb({round(255 * r)},{round(255 * g)},{round(255 * b)}) {round(100 * t)}%"
-        for t in (0, 0.25, 0.5, 0.75, 1.0)
-        for r, g, b, _ in [cmap(t)]
-    )
-    swatch = '<svg class="legend-shape" width="16" height="16" viewBox="0 0 16 16">{}</svg>'
-    items = [
-        (
-            "feature",
-            swatch.format(f'<circle cx="8" cy="8" r="6" fill="#fff" stroke="{NODE_OUTLINE}"/>'),
-        ),
-        (
-            "error (SAE residual)",
-            swatch.format(
-                f'<rect x="2" y="2" width="12" height="12" fill="url(#hatch)" stroke="{ERROR_OUTLINE}" '
-                'stroke-dasharray="3 2"/>'
-            ),
-        ),
-        (
-            "input / embedding",
-            swatch.format(
-                f'<polygon points="8,1 15,8 8,15 1,8" fill="#fff" stroke="{NODE_OUTLINE}"/>'
-            ),
-        ),
-        (
-            "output (metric)",
-            swatch.format(
-                f'<polygon points="8,1 14,4.5 14,11.5 8,15 2,11.5 2,4.5" fill="#fff" stroke="{NODE_OUTLINE}"/>'
-            ),
-        ),
-        (
-            "edge, weight &gt; 0",
-            swatch.format(
-                f'<line x1="1" y1="8" x2="15" y2="8" stroke="{POSITIVE_COLOR}" stroke-width="3"/>'
-            ),
-        ),
-        (
-            "edge, weight &lt; 0",
-            swatch.format(
-                f'<line x1="1" y1="8" x2="15" y2="8" stroke="{NEGATIVE_COLOR}" stroke-width="3"/>'
-            ),
-        ),
-    ]
-    spans = "".join(f"<span>{shape}{label}</span>" for label, shape in items)
-    scale = (
-        f"<span>node effect on {_text(metric)}: {_text(f'{-effect_limit:.3g}')} "
-        f'<i class="scale" style="background: linear-gradient(to right, {stops})"></i> '
-        f"{_text(f'{effect_limit:+.3g}')}</span>"
-    )
-    return f'<div class="legend">{spans}{scale}</div>'
 
 
 def to_html(
@@ -418,14 +379,16 @@ def to_html(
     )
 
     effect_limit = symmetric_limit(a.get("effect") for _, a in graph.nodes(data=True))
-    weights = [abs(w) for _, _, w in graph.edges(data="weight")]
-    max_weight = max(weights, default=0.0)
-    step = max_weight / 200 if max_weight > 0 else 0.01
-    svg = _svg(graph, layout, lines_of) if layout is not None else "<p>(empty circuit)</p>"
+    keys = slider_keys(graph)
+    svg = (_svg(graph, layout, lines_of, keys) if layout is not None
+           else "<p>(empty circuit)</p>")
+    start_share = 1.0 if graph.number_of_nodes() <= _FULL_BELOW else 0.8
+    ranked_by = ("influence on the target" if keys.by_influence
+                 else "|effect| (nodes) and |weight| (edges): the graph has no target")
 
     sections = []
     for index, node in enumerate(layout.nodes if layout is not None else []):
-        body = dashboards[node] if node in dashboards else _attribute_table(graph, node)
+        body = dashboards[node] if node in dashboards else attribute_table(graph, node)
         sections.append(
             f'<section class="dashboard" id="dash-{index}" data-for="{_attr(node)}" hidden>{body}</section>'
         )
@@ -446,11 +409,14 @@ def to_html(
 <h1>{_text(heading)}</h1>
 <p class="subtitle">{_text(describe_thresholds(graph))}</p>
 <div class="controls">
-<label for="threshold">hide edges with |weight| &lt; <output id="threshold-value">0</output></label>
-<input type="range" id="threshold" min="0" max="{_attr(repr(float(max_weight)))}" step="{_attr(repr(float(step)))}" value="0">
-<span id="edge-count"></span>
+<span class="zoom"><button type="button" id="zoom-out" title="zoom out (-)">−</button><button type="button" id="zoom-in" title="zoom in (+)">+</button><button type="button" id="fit" title="fit to the window (0)">fit</button></span>
+<label>find <input type="search" id="search" placeholder="feature id or label" size="22"></label>
+<span id="search-count"></span>
+<label title="keep the nodes carrying this share of the influence ({_attr(ranked_by)}); every kept node keeps its path to the target">nodes <input type="range" id="node-share" min="0.05" max="1" step="{1 / NODE_STEPS}" data-steps="{NODE_STEPS}" value="{start_share}"> <output id="node-share-value"></output></label>
+<label title="keep the edges carrying this share of the edge influence among the kept nodes">edges <input type="range" id="edge-share" min="0.5" max="1" step="{1 / EDGE_STEPS}" data-steps="{EDGE_STEPS}" value="{1.0 if start_share == 1.0 else 0.98}"> <output id="edge-share-value"></output></label>
+<span id="shown-count"></span>
 </div>
-{_legend(effect_limit, str(graph.graph.get("metric") or "metric"))}
+{legend(effect_limit, str(graph.graph.get("metric") or "metric"))}
 </header>
 <main>
 <div id="diagram">

@@ -21,6 +21,12 @@ output             ``logit``                   ``{L}_{feature or i}_{ctx}``     
 - logits sit at layer ``L`` = the output node's ``layer`` + 1 (``n_layers + 1``, as in
   circuit-tracer), or the number of rows + 1 when rows are numbered.
 - ``ctx_idx`` is the node's position; position-free nodes sit at the last prompt token.
+  A circuit without any position and without a prompt (or with a one-token prompt) gets
+  ``prompt_tokens = ["[all positions]", "[metric]"]``: its nodes sit at 0, its outputs at 1
+  (circuit-tracer's frontend drops every node of a one-token prompt).
+- output nodes' ``clerp`` is ``Output "<label>" (p=<probability>) [<id>]``, the form
+  circuit-tracer's frontend parses; ``p`` and ``token_prob`` are the node's
+  ``probability`` attribute, 0 without one (featcircuits' targets are usually metrics).
 - ``feature`` of a feature node is the Cantor pairing of (layer, feature index), which
   keeps it unique across layers as circuit-tracer does; the raw index is in ``node_id``.
 - ``influence`` follows circuit-tracer's cumulative convention: nodes sorted by
@@ -53,6 +59,8 @@ FEATURE_TYPES = {
     "output": "logit",
 }
 INDEX_FILENAME = "graph-metadata.json"
+#: ``prompt_tokens`` of a position-free circuit exported without a prompt
+POSITION_FREE_TOKENS = ("[all positions]", "[metric]")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 
 
@@ -129,7 +137,13 @@ def to_neuronpedia_json(
 
     positions = [a["position"] for _, a in graph.nodes(data=True) if a.get("position") is not None]
     tokens = [_process_token(t) for t in graph.graph.get("prompt_tokens") or []]
-    if not tokens:
+    # circuit-tracer's formatData drops every node whose feature occurs at more than 2/3 of
+    # the prompt's tokens, so a one-token prompt loses them all: a position-free circuit
+    # without a prompt gets two placeholder positions (everything at 0, the metric at 1)
+    placeholders = not positions and len(tokens) < 2
+    if placeholders:
+        tokens = list(POSITION_FREE_TOKENS)
+    elif not tokens:
         tokens = [f"[{i}]" for i in range(max(positions, default=0) + 1)]
     elif positions and max(positions) >= len(tokens):
         raise GraphError(
@@ -153,7 +167,10 @@ def to_neuronpedia_json(
     for node in sorted(graph.nodes, key=lambda n: (row_key(graph.nodes[n]), natural_key(n))):
         attrs = graph.nodes[node]
         kind = attrs["kind"]
-        ctx = attrs["position"] if attrs.get("position") is not None else last
+        if placeholders:
+            ctx = last if kind == "output" else 0
+        else:
+            ctx = attrs["position"] if attrs.get("position") is not None else last
         feature = attrs.get("feature")
         if kind == "feature":
             layer = layer_of_row[row_key(attrs)]
@@ -178,7 +195,10 @@ def to_neuronpedia_json(
             )
         elif kind == "input":
             vocab = feature if feature is not None else ctx
-            node_id, js_id, np_feature, np_layer = f"E_{vocab}_{ctx}", f"E_{vocab}-{ctx}", ctx, "E"
+            # circuit-tracer numbers an embedding by its position; position-free inputs share
+            # one, so they are told apart by their vocabulary index
+            np_feature = ctx if attrs.get("position") is not None else vocab
+            node_id, js_id, np_layer = f"E_{vocab}_{ctx}", f"E_{vocab}-{ctx}", "E"
         else:
             index = feature if feature is not None else output_nodes.index(node)
             node_id, js_id, np_feature, np_layer = (
@@ -195,8 +215,13 @@ def to_neuronpedia_json(
             )
         ids[node] = node_id
         note = annotation(node, attrs, labels, None)
+        token_prob = 0.0
         if kind == "output":
-            clerp = f'Output "{note or short_id(node, attrs)}" [{node}]'
+            # circuit-tracer reads the logit's token between the first two '"' and its
+            # probability from '(p=...)' (formatData crashes without it)
+            token_prob = float(attrs.get("probability") or 0.0)
+            shown = (note or short_id(node, attrs)).replace('"', "'").replace("(p=", "(p =")
+            clerp = f'Output "{shown}" (p={token_prob:.3f}) [{node}]'
         elif kind == "error":
             clerp = f"error at {attrs.get('site') or 'unknown site'} [{node}]"
         else:
@@ -208,7 +233,7 @@ def to_neuronpedia_json(
                 "layer": np_layer,
                 "ctx_idx": ctx,
                 "feature_type": FEATURE_TYPES[kind],
-                "token_prob": 0.0,
+                "token_prob": token_prob,
                 "is_target_logit": kind == "output",
                 "run_idx": 0,
                 "reverse_ctx_idx": 0,

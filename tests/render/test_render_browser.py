@@ -6,7 +6,6 @@ Skipped (with the reason) only where no chromium binary or websocket-client is i
 from __future__ import annotations
 
 import io
-import statistics
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from matplotlib import colors as mcolors
 from matplotlib import image as mimage
 
 from featcircuits.render import random_layered_circuit, to_html
+from featcircuits.render.shares import slider_keys
 from featcircuits.render.style import effect_hex, symmetric_limit
 
 pytest.importorskip(
@@ -138,6 +138,7 @@ def test_click_opens_dashboard_panel(page, circuit):
         if n not in dashboards and circuit.nodes[n]["kind"] == "feature"
     )
     for node in (with_dashboard, without):
+        browser.evaluate("document.getElementById('panel-close').click()")  # it narrows the view
         x, y = centres[node]
         hit = browser.evaluate(f"document.elementFromPoint({x}, {y}).closest('.node').dataset.id")
         assert hit == node
@@ -162,49 +163,51 @@ def test_click_opens_dashboard_panel(page, circuit):
     assert browser.evaluate("getComputedStyle(document.getElementById('panel')).display") == "none"
 
 
-def test_slider_hides_weak_edges(page, circuit):
+def test_edge_slider_hides_edges_of_little_influence(page, circuit):
     browser, _ = page
     browser.mouse("mouseMoved", 3, 3)  # no node under the pointer: nothing highlighted or faded
     # screen points at 30..70 % of every edge's length, to compare pixels before and after
     samples = browser.evaluate(
         "Array.from(document.querySelectorAll('svg .edge')).map(e => {"
         " const n = e.getTotalLength(); const m = e.getScreenCTM();"
-        " return [parseFloat(e.dataset.weight), [0.3, 0.4, 0.5, 0.6, 0.7].map(f => {"
+        " return [[e.dataset.source, e.dataset.target], [0.3, 0.4, 0.5, 0.6, 0.7].map(f => {"
         "   const p = e.getPointAtLength(f * n).matrixTransform(m); return [p.x, p.y]; })]; })"
     )
     before = _screenshot(browser)
-    weights = [abs(w) for _, _, w in circuit.edges(data="weight")]
-    threshold = statistics.median(weights)
+    keys = slider_keys(circuit)
+    share = 0.9
     browser.evaluate(
-        f"(() => {{ const s = document.getElementById('threshold'); s.value = '{threshold}';"
+        f"(() => {{ const s = document.getElementById('edge-share'); s.value = '{share}';"
         " s.dispatchEvent(new Event('input')); })()"
     )
-    slider_value = browser.evaluate("parseFloat(document.getElementById('threshold').value)")
-    expected_hidden = sum(w < slider_value for w in weights)
+    weak = {edge for edge, (_, edge_key) in keys.edges.items() if edge_key >= share}
     hidden = browser.evaluate(
-        "Array.from(document.querySelectorAll('svg .edge')).filter(e => getComputedStyle(e).display === 'none').length"
+        "Array.from(document.querySelectorAll('svg .edge'))"
+        ".filter(e => getComputedStyle(e).visibility !== 'visible')"
+        ".map(e => [e.dataset.source, e.dataset.target])"
     )
-    assert hidden == expected_hidden and 40 < hidden < 110
-    assert browser.evaluate("document.getElementById('edge-count').textContent") == (
-        f"{len(weights) - hidden} / {len(weights)} edges shown"
+    assert {tuple(e) for e in hidden} == weak and 20 < len(weak) < 130
+    total = circuit.number_of_edges()
+    assert browser.evaluate("document.getElementById('shown-count').textContent") == (
+        f"{circuit.number_of_nodes()} / {circuit.number_of_nodes()} nodes, "
+        f"{total - len(weak)} / {total} edges shown"
     )
     after = _screenshot(browser)
 
     def differs(x: float, y: float) -> bool:
         return bool(np.abs(before[int(y), int(x)] - after[int(y), int(x)]).max() > 0.02)
 
-    weak = [points for w, points in samples if abs(w) < slider_value]
-    strong = [points for w, points in samples if abs(w) >= slider_value]
-    vanished = sum(any(differs(x, y) for x, y in points) for points in weak) / len(weak)
-    kept_points = [p for points in strong for p in points]
-    strong_changed = sum(differs(x, y) for x, y in kept_points) / len(kept_points)
+    gone = [points for edge, points in samples if tuple(edge) in weak]
+    kept = [p for edge, points in samples if tuple(edge) not in weak for p in points]
+    vanished = sum(any(differs(x, y) for x, y in points) for points in gone) / len(gone)
+    strong_changed = sum(differs(x, y) for x, y in kept) / len(kept)
     print(
         f"hidden edges that vanished: {vanished:.2f}; kept-edge pixels that changed: {strong_changed:.2f}"
     )
     assert vanished > 0.9  # hidden edges left the picture
     assert strong_changed < 0.2  # kept edges are still drawn (a few pixels crossed hidden ones)
     browser.evaluate(
-        "(() => { const s = document.getElementById('threshold'); s.value = '0';"
+        "(() => { const s = document.getElementById('edge-share'); s.value = '1';"
         " s.dispatchEvent(new Event('input')); })()"
     )
-    assert browser.evaluate("document.querySelectorAll('svg .edge.filtered').length") == 0
+    assert browser.evaluate("document.querySelectorAll('svg g.cut').length") == 0
