@@ -47,10 +47,11 @@ from typing import Any
 import networkx as nx
 
 from featcircuits.errors import GraphError, OutputError, ParameterError
+from featcircuits.files import GRAPH_FILE_LIMIT, parse_json, read_bytes_limited
 from featcircuits.graph.schema import validate_circuit_graph
 from featcircuits.render.labels import annotation, row_key, short_id
 from featcircuits.render.layout import natural_key
-from featcircuits.writes import atomic_write_text
+from featcircuits.writes import atomic_files, atomic_write_text, committed_path
 
 FEATURE_TYPES = {
     "feature": "cross layer transcoder",
@@ -296,26 +297,36 @@ def write_neuronpedia_json(
     the same slug), the index circuit-tracer's local server reads."""
     data = to_neuronpedia_json(graph, slug=slug, prompt=prompt, **kwargs)
     target = Path(path)
-    atomic_write_text(
-        target, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    )
-    if update_index:
-        index_path = target.parent / INDEX_FILENAME
-        index: dict[str, Any] = {"graphs": []}
-        if index_path.exists():
-            try:
-                index = json.loads(index_path.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise OutputError(
-                    f"cannot update {str(index_path)!r}: it is not JSON ({exc})",
-                    hint="delete the broken index file or pass update_index=False",
-                ) from exc
-            if not isinstance(index, dict) or not isinstance(index.get("graphs"), list):
-                raise OutputError(
-                    f"cannot update {str(index_path)!r}: it has no 'graphs' list",
-                    hint="delete the broken index file or pass update_index=False",
-                )
-        entry = {k: v for k, v in data["metadata"].items() if k != "featcircuits"}
-        index["graphs"] = [g for g in index["graphs"] if g.get("slug") != slug] + [entry]
-        atomic_write_text(index_path, json.dumps(index, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    if not update_index:
+        atomic_write_text(target, text)
+        return target
+    index_path = target.parent / INDEX_FILENAME
+    index = _read_index(index_path)
+    entry = {k: v for k, v in data["metadata"].items() if k != "featcircuits"}
+    index["graphs"] = [g for g in index["graphs"] if g.get("slug") != slug] + [entry]
+    # the graph and the index naming it are one set: a kill leaves both old or both new
+    with atomic_files(target.parent) as files:
+        files.path(target.name).write_text(text, encoding="utf-8")
+        files.path(INDEX_FILENAME).write_text(
+            json.dumps(index, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return target
+
+
+def _read_index(index_path: Path) -> dict[str, Any]:
+    """The ``graph-metadata.json`` index to update (``{"graphs": []}`` when absent), read
+    with the bounded reader (a FIFO or device in its place is refused, not read)."""
+    path = committed_path(index_path)
+    if not path.exists() and not path.is_symlink():
+        return {"graphs": []}
+    hint = "delete the broken index file or pass update_index=False"
+    try:
+        index = parse_json(read_bytes_limited(path, GRAPH_FILE_LIMIT, "circuit-tracer index",
+                                              error=OutputError),
+                           f"circuit-tracer index {str(index_path)!r}", error=OutputError)
+    except OutputError as exc:
+        raise OutputError(f"cannot update {str(index_path)!r}: {exc.message}", hint=hint) from exc
+    if not isinstance(index, dict) or not isinstance(index.get("graphs"), list):
+        raise OutputError(f"cannot update {str(index_path)!r}: it has no 'graphs' list",
+                          hint=hint)
+    return index

@@ -637,3 +637,31 @@ def test_pruned_ioi_circuit_figure_is_at_most_2_to_1_with_legible_labels():
     assert min(t.get_fontsize() for t in texts) >= 8.0
     subtitle = next(t for t in texts if t.get_gid() == "subtitle").get_text()
     assert "kept 68 of 260 nodes" in subtitle
+
+
+def test_neuronpedia_index_is_written_with_the_graph_and_read_bounded(tmp_path):
+    """write_neuronpedia_json writes the graph JSON and graph-metadata.json as one set (no
+    staging folder left behind; a second slug is appended to the index, the same slug is
+    replaced); an index that is a FIFO is refused with OutputError instead of hanging, and
+    a broken index leaves the old graph file untouched."""
+    import json
+    import os
+
+    from featcircuits.errors import OutputError
+    from featcircuits.render.examples import example_circuit
+    from featcircuits.render.neuronpedia import INDEX_FILENAME, write_neuronpedia_json
+
+    graph = example_circuit()
+    write_neuronpedia_json(graph, tmp_path / "a.json", slug="a")
+    write_neuronpedia_json(graph, tmp_path / "b.json", slug="b")
+    write_neuronpedia_json(graph, tmp_path / "a.json", slug="a")
+    index = json.loads((tmp_path / INDEX_FILENAME).read_text())
+    assert [g["slug"] for g in index["graphs"]] == ["b", "a"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", INDEX_FILENAME]
+
+    fifo_dir = tmp_path / "fifo"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / INDEX_FILENAME)
+    with pytest.raises(OutputError, match="not a regular file|FIFO"):
+        write_neuronpedia_json(graph, fifo_dir / "c.json", slug="c")
+    assert not (fifo_dir / "c.json").exists()
