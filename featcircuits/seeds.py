@@ -8,6 +8,8 @@ non-integer and boolean seeds are refused with ``ParameterError`` naming the arg
 
 from __future__ import annotations
 
+import operator
+
 from featcircuits.errors import ParameterError
 
 __all__ = ["MAX_SEED", "check_seed"]
@@ -18,9 +20,13 @@ MAX_SEED = 2**32 - 1
 
 def check_seed(seed, name: str = "seed") -> int:
     """``seed`` if it is an integer from 0 to ``MAX_SEED``, else ``ParameterError``."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    try:  # Python and numpy integers; not floats, strings or booleans
+        if isinstance(seed, bool) or type(seed).__name__ == "bool_":
+            raise TypeError
+        seed = operator.index(seed)
+    except TypeError:
         raise ParameterError(f"{name} must be an integer, got {seed!r}",
-                             hint=f"pass an integer from 0 to {MAX_SEED}")
+                             hint=f"pass an integer from 0 to {MAX_SEED}") from None
     if not 0 <= seed <= MAX_SEED:
         raise ParameterError(f"{name} must be from 0 to {MAX_SEED} (2**32 - 1), got {seed}",
                              hint=f"pass an integer from 0 to {MAX_SEED}, e.g. {name}=0")
