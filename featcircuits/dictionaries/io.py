@@ -30,7 +30,11 @@ from featcircuits.dictionaries.saelens import (
     WEIGHTS_FILE,
     read_saelens,
 )
-from featcircuits.dictionaries.transcoder import read_circuit_tracer
+from featcircuits.dictionaries.transcoder import (
+    read_circuit_tracer,
+    refuse_cross_layer,
+    transcoder_set_files,
+)
 from featcircuits.errors import (
     DictionaryLoadError,
     FeatCircuitsError,
@@ -99,10 +103,17 @@ def load_dictionary(
         return _finish(_read(read_circuit_tracer, folder), site, model, device)
     if folder.is_dir() and not (folder / WEIGHTS_FILE).is_file() and not (
             folder / AE_FILE).is_file():
+        refuse_cross_layer(folder)
         transcoders = [p for p in sorted(folder.glob("*.safetensors"))
                        if p.name == "transcoder.safetensors" or re.match(r"layer_?\d+", p.stem)]
         if len(transcoders) == 1:
             return _finish(_read(read_circuit_tracer, transcoders[0]), site, model, device)
+        if len(transcoders) > 1:
+            raise DictionaryLoadError(
+                f"{str(folder)!r} holds {len(transcoders)} transcoders (a circuit-tracer "
+                "transcoder set), not one dictionary",
+                hint="load_dictionaries(folder) returns them as {site: transcoder}; or pass "
+                "one layer_L.safetensors file")
     if folder.is_file():
         folder = folder.parent
     if not folder.exists():
@@ -183,7 +194,10 @@ def load_dictionaries(folder: str | os.PathLike[str], *, model=None,
     """Load every dictionary in the sub-folders of ``folder``, keyed by site name.
 
     Sub-folders are named by site (``resid_out.0``, ``resid_out.1``, ...) or hold the site in
-    their config. ``folder`` may also be a spec naming a set, e.g.
+    their config. A circuit-tracer transcoder-set folder (``config.yaml`` + one
+    ``layer_L.safetensors`` per layer) loads as ``{output site: transcoder}``, the sites from
+    ``config.yaml``'s ``feature_input_hook`` / ``feature_output_hook``; a cross-layer
+    transcoder folder is refused (``DictionaryLoadError``). ``folder`` may also be a spec naming a set, e.g.
     ``"dictionary_learning:pythia-70m-deduped"`` or ``"saelens:gpt2-small-res-jb"``;
     ``progress`` as in :func:`load_dictionary`.
     """
@@ -205,7 +219,14 @@ def load_dictionaries(folder: str | os.PathLike[str], *, model=None,
     root = Path(folder)
     if not root.is_dir():
         raise DictionaryLoadError(f"dictionary folder {str(folder)!r} does not exist")
+    refuse_cross_layer(root)
     dictionaries: dict[str, Dictionary] = {}
+    for path in transcoder_set_files(root):  # a circuit-tracer transcoder set (+ config.yaml)
+        transcoder = load_dictionary(path, model=model, device=device)
+        if transcoder.site in dictionaries:
+            raise DictionaryLoadError(f"{str(root)!r}: two transcoders write {transcoder.site}",
+                                      hint="each layer_L.safetensors must write its own site")
+        dictionaries[str(transcoder.site)] = transcoder
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         dictionary = load_dictionary(sub, model=model, device=device)
         site = dictionary.site or sub.name

@@ -309,7 +309,9 @@ def test_circuit_tracer_file_loads_with_right_orientation(tmp_path):
     loaded = load_dictionary(tmp_path / "layer_2.safetensors")
     assert isinstance(loaded, Transcoder)
     assert (loaded.input_site, loaded.site) == ("resid_mid.2", "mlp_out.2")
-    assert loaded.activation == "jumprelu" and (loaded.d_model, loaded.n_features) == (D, N)
+    # circuit-tracer's JumpReLU keeps the sign: pre * (pre > threshold)
+    assert loaded.activation == "jumprelu_signed"
+    assert (loaded.d_model, loaded.n_features) == (D, N)
     assert tuple(loaded.W_enc.shape) == (D, N) and tuple(loaded.directions.shape) == (N, D)
     x = torch.randn(7, D)
     pre = x @ tensors["W_enc"].T + tensors["b_enc"]  # circuit-tracer: F.linear(x, W_enc, b_enc)

@@ -30,7 +30,7 @@ from circuit_tracer.transcoder.single_layer_transcoder import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import inputs, randomize, record, stable_rows  # noqa: E402
+from common import inputs, randomize, record, stable_rows
 
 D_MODEL, D_TC = 32, 64
 META = {"peer": "circuit_tracer", "version": __version__, "hook_name": None,
@@ -60,10 +60,10 @@ def outputs(tc, seed: int) -> dict[str, torch.Tensor]:
 def main(out: Path) -> None:
     cases = [("relu", F.relu, False, "ReLU"),
              ("jumprelu_skip", JumpReLU(torch.zeros(D_TC), 0.1), True,
-              "JumpReLU (x * (x > threshold)), thresholds in [-0.2, 0.5], skip connection"),
+              "JumpReLU (x * (x > threshold)), thresholds in [-1.5, 1.5], skip connection"),
              ("topk", TopK(6), False,
-              "built with TopK(6); to_safetensors stores no k, so circuit-tracer's own loader "
-              "reads the file back as ReLU (recorded: what the loader returns)")]
+              ("built with TopK(6); to_safetensors stores no k, so circuit-tracer's own loader "
+              "reads the file back as ReLU (recorded: what the loader returns)"))]
     for seed, (name, activation, skip, notes) in enumerate(cases, start=200):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)

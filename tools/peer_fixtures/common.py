@@ -24,15 +24,16 @@ ROWS = 8
 def randomize(module: torch.nn.Module, seed: int, *, thresholds_negative: bool = True) -> None:
     """Random, non-trivial values for every floating parameter/buffer of ``module``: weights
     ~N(0, 0.3) with per-row norms spread over 0.4..2.5 (non-unit decoder norms), biases
-    ~U(-0.3, 0.3), thresholds ~U(-0.2, 0.5) (some negative) or U(0.05, 0.5)."""
+    ~U(-0.3, 0.3), thresholds ~U(-1.5, 1.5) (many negative, wide enough that pre-activations
+    fall between a negative threshold and 0) or U(0.05, 0.5)."""
     gen = torch.Generator().manual_seed(seed)
     for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
         if not tensor.is_floating_point():
             continue
         short = name.rsplit(".", 1)[-1]
         if "threshold" in name:
-            low = -0.2 if thresholds_negative else 0.05
-            value = torch.rand(tensor.shape, generator=gen) * (0.5 - low) + low
+            low, high = (-1.5, 1.5) if thresholds_negative else (0.05, 0.5)
+            value = torch.rand(tensor.shape, generator=gen) * (high - low) + low
         elif tensor.ndim >= 2:
             value = torch.randn(tensor.shape, generator=gen) * 0.3
             scale = torch.rand(tensor.shape[:-1], generator=gen) * 2.1 + 0.4

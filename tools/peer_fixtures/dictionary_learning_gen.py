@@ -30,20 +30,20 @@ for _name in ("nnsight", "datasets", "zstandard"):
     _stub.load_dataset = None  # type: ignore[attr-defined]
     sys.modules.setdefault(_name, _stub)
 
-import dictionary_learning  # noqa: E402
-from dictionary_learning.dictionary import (  # noqa: E402
+import dictionary_learning
+from dictionary_learning.dictionary import (
     AutoEncoder,
     AutoEncoderNew,
     GatedAutoEncoder,
     JumpReluAutoEncoder,
 )
-from dictionary_learning.trainers.batch_top_k import BatchTopKSAE  # noqa: E402
-from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE  # noqa: E402
-from dictionary_learning.trainers.top_k import AutoEncoderTopK  # noqa: E402
-from dictionary_learning.utils import load_dictionary  # noqa: E402
+from dictionary_learning.trainers.batch_top_k import BatchTopKSAE
+from dictionary_learning.trainers.matryoshka_batch_top_k import MatryoshkaBatchTopKSAE
+from dictionary_learning.trainers.top_k import AutoEncoderTopK
+from dictionary_learning.utils import load_dictionary
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import inputs, randomize, record, stable_rows  # noqa: E402
+from common import inputs, randomize, record, stable_rows
 
 D_IN, D_SAE = 32, 64
 LAYER = 3
@@ -57,7 +57,7 @@ def variants():
     yield "GatedAutoEncoder", GatedAutoEncoder(D_IN, D_SAE), "GatedSAETrainer", {}, ""
     yield "AutoEncoderNew", AutoEncoderNew(D_IN, D_SAE), "StandardTrainerNew", {}, ""
     yield ("JumpReluAutoEncoder", JumpReluAutoEncoder(D_IN, D_SAE), "JumpReluTrainer", {},
-           "thresholds in [-0.2, 0.5], some negative")
+           "thresholds in [-1.5, 1.5], many negative")
     yield "AutoEncoderTopK", AutoEncoderTopK(D_IN, D_SAE, 6), "TopKTrainer", {"k": 6}, "k=6"
     yield ("BatchTopKSAE", BatchTopKSAE(D_IN, D_SAE, 6), "BatchTopKTrainer", {"k": 6},
            "k=6, learned threshold 0.45 (encode uses it)")

@@ -36,7 +36,7 @@ from sae_lens.saes import (
 from sae_lens.saes.sae import SAEMetadata
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import inputs, randomize, record, stable_rows  # noqa: E402
+from common import inputs, randomize, record, stable_rows
 
 D_IN, D_SAE = 32, 64
 SAE_HOOK, SAE_SITE = "blocks.3.hook_resid_post", "resid_out.3"
@@ -62,7 +62,7 @@ def variants():
            "mlp_out.2", None, "k=6, rescale_acts_by_decoder_norm=True")
     yield ("jumprelu", JumpReLUSAE, JumpReLUSAEConfig(D_IN, D_SAE,
                                                       metadata=meta("blocks.1.hook_attn_out")),
-           "attn_out.1", None, "thresholds in [-0.2, 0.5], some negative")
+           "attn_out.1", None, "thresholds in [-1.5, 1.5], many negative")
     yield ("gated", GatedSAE, GatedSAEConfig(D_IN, D_SAE, metadata=meta(SAE_HOOK)),
            SAE_SITE, None, "")
     for norm in ("expected_average_only_in", "constant_norm_rescale", "layer_norm"):

@@ -1,0 +1,120 @@
+"""Every file SAELens, dictionary_learning and circuit-tracer wrote with their own code
+(tests/fixtures/peers/, rebuilt by ``make fixtures``) loads through featcircuits with the
+peer's features, reconstructions and transcoder outputs, and the site / hook name it was saved
+for; or is refused with an error naming the variant and what is missing. No peer is
+installed at test time: the fixtures hold what the peer computed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("ecosystem_matrix",
+                                               ROOT / "tools" / "ecosystem_matrix.py")
+matrix = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("ecosystem_matrix", matrix)  # dataclasses look their module up
+_spec.loader.exec_module(matrix)
+
+FOLDERS = matrix.fixture_folders()
+TOLERANCE = 1e-5
+
+# variant → words the refusal must contain (the variant's setting and what is missing)
+REFUSED = {
+    "normalize_constant_norm_rescale": ["constant_norm_rescale", "per-input decoder scale"],
+    "normalize_layer_norm": ["layer_norm", "per-input decoder scale"],
+    "cross_layer_transcoder": ["cross-layer transcoder", "several sites"],
+}
+
+
+def _id(folder: Path) -> str:
+    return f"{folder.parent.name}/{folder.name}"
+
+
+def test_fixtures_cover_the_three_peers():
+    peers = {folder.parent.name.rsplit("-", 1)[0] for folder in FOLDERS}
+    assert peers == {"saelens", "dictionary_learning", "circuit_tracer"}
+    assert len(FOLDERS) >= 25
+    size = sum(p.stat().st_size for p in (ROOT / "tests/fixtures/peers").rglob("*") if p.is_file())
+    assert size < 2_000_000
+
+
+@pytest.mark.parametrize("folder", FOLDERS, ids=_id)
+def test_fixture_loads_exactly_or_is_refused(folder):
+    torch.set_num_threads(1)
+    outcome = matrix.check_fixture(folder)
+    if outcome.variant in REFUSED:
+        assert outcome.refused is not None, f"{outcome.variant} loaded but should be refused"
+        for word in REFUSED[outcome.variant]:
+            assert word in outcome.refused
+        return
+    assert outcome.refused is None, outcome.refused
+    assert outcome.features <= TOLERANCE
+    assert outcome.reconstruction <= TOLERANCE
+    assert outcome.output is None or outcome.output <= TOLERANCE
+    assert outcome.sites == outcome.expected_sites
+    meta = json.loads((folder / "expected.json").read_text())
+    if meta["hook_name"] is not None:  # SAELens 6 keeps it under cfg["metadata"]
+        assert outcome.hook_name == meta["hook_name"]
+
+
+@pytest.mark.parametrize("variant,wrong", [
+    # each fixture tells the right computation from the wrong one a reader could make
+    ("saelens-6.54.0/topk_rescale", "ignore rescale_acts_by_decoder_norm"),
+    ("saelens-6.54.0/jumprelu", "pre * mask instead of relu(pre) * mask"),
+    ("circuit_tracer-0.5.0/jumprelu_skip", "relu(pre) * mask instead of pre * mask"),
+    ("dictionary_learning-0.1.0/BatchTopKSAE", "per-row top-k instead of the threshold"),
+    ("dictionary_learning-0.1.0/AutoEncoder_april_update", "no decoder normalisation"),
+])
+def test_fixtures_catch_the_wrong_computation(variant, wrong):
+    """The fixtures are sharp: the computation the issue found wrong misses them by far."""
+    from featcircuits.dictionaries import load_dictionary
+
+    folder = ROOT / "tests/fixtures/peers" / variant
+    expected = load_file(str(folder / "expected.safetensors"))
+    x, features = expected["x"], expected["features"]
+    dictionary = load_dictionary(folder)
+    with torch.no_grad():
+        if "rescale" in wrong or "normalisation" in wrong:
+            # the stored, unfolded weights
+            pre = _unfolded_pre(folder, x)
+            ours = (torch.relu(pre) if "normalisation" in wrong
+                    else _topk(pre, dictionary.k))
+        elif "top-k" in wrong:
+            ours = _topk(dictionary.pre_activations(x), int(expected["features"].ne(0)
+                                                             .sum(-1).float().mean()))
+        else:
+            pre = dictionary.pre_activations(x)
+            mask = pre > dictionary.threshold
+            ours = pre * mask if "pre * mask instead" in wrong else torch.relu(pre) * mask
+    assert float((ours - features).abs().max()) > 0.05
+
+
+def _topk(pre: torch.Tensor, k: int) -> torch.Tensor:
+    top = torch.topk(pre, k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+
+
+def _unfolded_pre(folder: Path, x: torch.Tensor) -> torch.Tensor:
+    if (folder / "sae_weights.safetensors").is_file():
+        t = load_file(str(folder / "sae_weights.safetensors"))
+        return (x - t["b_dec"]) @ t["W_enc"] + t["b_enc"]
+    t = torch.load(folder / "ae.pt", weights_only=True)
+    return (x - t["bias"]) @ t["encoder.weight"].T + t["encoder.bias"]
+
+
+def test_ecosystem_page_is_generated_from_the_fixtures():
+    """docs/ecosystem.md's table is what tools/ecosystem_matrix.py computes now (error values
+    compared by verdict, ≤ 1e-5 or not, so another machine's rounding does not matter)."""
+    torch.set_num_threads(1)
+    table = matrix.render([matrix.check_fixture(folder) for folder in FOLDERS])
+    text = matrix.PAGE.read_text(encoding="utf-8")
+    assert matrix.bucketed(matrix.page_with_table(text, table)) == matrix.bucketed(text), (
+        "docs/ecosystem.md is stale: run python tools/ecosystem_matrix.py")
