@@ -118,3 +118,55 @@ def test_ecosystem_page_is_generated_from_the_fixtures():
     text = matrix.PAGE.read_text(encoding="utf-8")
     assert matrix.bucketed(matrix.page_with_table(text, table)) == matrix.bucketed(text), (
         "docs/ecosystem.md is stale: run python tools/ecosystem_matrix.py")
+
+
+@pytest.mark.slow  # builds and loads a 4-layer GPT-2 (about 10 s on 2 shared cores)
+def test_saelens6_sae_patches_gpt2_without_a_site_argument(checkpoint_dirs, tmp_path):
+    """The SAE SAELens 6 saved at blocks.3.hook_resid_post (hook name only under
+    cfg["metadata"]) patches a GPT-2 model with no site= anywhere; the patched logits equal
+    a plain-torch hook on block 3's output."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
+
+    from featcircuits import load_model
+    from featcircuits.dictionaries import load_dictionary
+    from featcircuits.model.loading import underlying_module
+    from featcircuits.patching.experiment import PatchingExperiment
+    from tests.support.factories import PROMPTS, QUIET
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=32, n_layer=4, n_head=4, n_positions=64, vocab_size=64,
+                        bos_token_id=62, eos_token_id=62)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gpt2")
+    AutoTokenizer.from_pretrained(checkpoint_dirs["gpt2"]).save_pretrained(tmp_path / "gpt2")
+    model = load_model(str(tmp_path / "gpt2"))
+    sae = load_dictionary(ROOT / "tests/fixtures/peers/saelens-6.54.0/standard", model=model)
+    assert sae.site == "resid_out.3" and sae.meta["model_name"] == "gpt2"
+    experiment = PatchingExperiment(model, sae, PROMPTS, settings=QUIET)
+    active = experiment.active_features()
+    logits, _ = experiment.patched_logits([active])
+
+    plain = underlying_module(model)
+    block = plain.transformer.h[3]
+    captured = {}
+    grab = block.register_forward_hook(lambda m, a, out: captured.__setitem__(
+        "clean", out[0] if isinstance(out, tuple) else out))  # tuples on transformers 4
+    with torch.no_grad():
+        plain(experiment.prompts.clean_ids)
+    grab.remove()
+    mask = experiment.prompts.token_mask.float()[..., None]
+    chosen = torch.zeros(sae.n_features)
+    chosen[active] = 1.0
+
+    def patch(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        delta = ((sae.encode(captured["clean"]) - sae.encode(hidden)) * chosen * mask) @ sae.W_dec
+        return (hidden + delta, *output[1:]) if isinstance(output, tuple) else hidden + delta
+
+    hook = block.register_forward_hook(patch)
+    with torch.no_grad():
+        rows = torch.arange(len(PROMPTS))
+        manual = plain(experiment.prompts.corrupt_ids).logits[rows,
+                                                              experiment.prompts.final_positions]
+    hook.remove()
+    assert (logits[0] - manual).abs().max() < 1e-4
+    assert (logits[0] - experiment.corrupt_logits).abs().max() > 1e-3
