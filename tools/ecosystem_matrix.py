@@ -35,6 +35,7 @@ class Outcome:
     variant: str
     peer_class: str
     notes: str
+    direction: str = "peer → featcircuits"
     refused: str | None = None
     features: float | None = None        # max |ours - peer| / max(1, max |peer|), features
     reconstruction: float | None = None  # ... over decode(features)
@@ -72,7 +73,7 @@ def check_fixture(folder: Path) -> Outcome:
     meta = json.loads((folder / "expected.json").read_text())
     expected = load_file(str(folder / "expected.safetensors"))
     outcome = Outcome(meta["peer"], meta["version"], meta["variant"], meta["class"],
-                      meta.get("notes", ""))
+                      meta.get("notes", ""), meta.get("direction", "peer → featcircuits"))
     try:
         if meta.get("kind") == "set":
             loaded = load_dictionaries(folder)
@@ -122,13 +123,13 @@ def render(outcomes: list[Outcome]) -> str:
         peer = f"{o.peer} {o.version}"
         if o.refused is not None:
             reason = o.refused.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {peer} | {name} | peer → featcircuits | — | — | — | "
+            lines.append(f"| {peer} | {name} | {o.direction} | — | — | — | "
                          f"refused: {reason} |")
             continue
         verdict = "exact (≤ 1e-5)" if o.max_error <= 1e-5 else f"ERROR {o.max_error:.2g}"
         if o.sites != o.expected_sites:
             verdict += f"; sites {o.sites} expected {o.expected_sites}"
-        lines.append(f"| {peer} | {name} | peer → featcircuits | {_cell(o.features)} | "
+        lines.append(f"| {peer} | {name} | {o.direction} | {_cell(o.features)} | "
                      f"{_cell(o.reconstruction)} | {_cell(o.output)} | {verdict} |")
     return "\n".join(lines)
 

@@ -9,6 +9,10 @@ For each peer: a virtualenv ``<venvs>/<name>`` (created when missing: ``torch==2
 first, so pip never pulls a CUDA build; then the peer at its pinned version; dictionary-learning
 with ``--no-deps`` because it pins nnsight < 0.4, plus the few packages its modules import),
 then ``tools/peer_fixtures/<peer>_gen.py`` run INSIDE that venv writes one folder per variant.
+First ``tools/peer_fixtures/featcircuits_writes.py`` (this environment, with featcircuits)
+saves featcircuits dictionaries in SAELens' and circuit-tracer's layouts; each generator
+also loads those with the peer's own loader and records what the peer computes
+(``featcircuits_<variant>`` folders: the other direction).
 The result replaces ``tests/fixtures/peers/<peer>-<version>/``. ``make test`` checks every
 fixture without any peer installed (tests/dictionaries/test_peer_fixtures.py).
 """
@@ -27,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "peers"
 TORCH = "torch==2.13.0"
 
-# name: (generator, fixture folder prefix, pip steps after torch)
+# name: (generator, fixture folder prefix, pip steps after torch); the prefix is also the
+# folder featcircuits_writes.py fills for the other direction (none for dictionary_learning)
 PEERS: dict[str, tuple[str, str, list[list[str]]]] = {
     "saelens": ("saelens_gen.py", "saelens", [["sae-lens==6.54.0"]]),
     "dl": ("dictionary_learning_gen.py", "dictionary_learning",
@@ -51,15 +56,16 @@ def ensure_venv(venv: Path, steps: list[list[str]]) -> Path:
     return python
 
 
-def build(name: str, venvs: Path) -> Path:
-    """Generate ``name``'s fixtures; return the folder they now live in."""
+def build(name: str, venvs: Path, written: Path) -> Path:
+    """Generate ``name``'s fixtures (and check ``written``'s featcircuits files in the peer);
+    return the folder they now live in."""
     generator, prefix, steps = PEERS[name]
     python = ensure_venv(venvs / name, steps)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
         subprocess.run([str(python), str(ROOT / "tools" / "peer_fixtures" / generator),
-                        str(out)], check=True, env=env)
+                        str(out), str(written / prefix)], check=True, env=env)
         version = json.loads(next(out.glob("*/expected.json")).read_text())["version"]
         target = FIXTURES / f"{prefix}-{version}"
         for old in FIXTURES.glob(f"{prefix}-*"):
@@ -75,10 +81,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=",".join(PEERS),
                         help=f"comma-separated peers among {', '.join(PEERS)}")
     args = parser.parse_args(argv)
-    for name in args.only.split(","):
-        if name not in PEERS:
-            parser.error(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
-        print(f"{name}: {build(name, args.venvs.resolve()).relative_to(ROOT)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        written = Path(tmp) / "written"  # what featcircuits writes in the peers' layouts
+        subprocess.run([sys.executable, str(ROOT / "tools" / "peer_fixtures" /
+                                            "featcircuits_writes.py"), str(written)],
+                       check=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                                        "PYTHONPATH": str(ROOT)})
+        for name in args.only.split(","):
+            if name not in PEERS:
+                parser.error(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
+            print(f"{name}: {build(name, args.venvs.resolve(), written).relative_to(ROOT)}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from featcircuits.dictionaries.base import Dictionary
-from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
+from featcircuits.dictionaries.centered import CenteredSparseAutoencoder, fold_centring
 from featcircuits.dictionaries.filechecks import (
     SafetensorsHeader,
     check_declared,
@@ -317,6 +317,8 @@ def native_cfg(dictionary: Dictionary, architecture: str, apply_b_dec: bool) -> 
         "apply_b_dec_to_input": apply_b_dec,
         "normalize_activations": "none",
         "model_name": dictionary.meta.get("model_name"),
+        # SAELens 6 reads these under "metadata" (earlier versions at the top level)
+        "metadata": {"hook_name": hook_name, "model_name": dictionary.meta.get("model_name")},
         "featcircuits": {
             "format_version": FORMAT_VERSION,
             "kind": dictionary.kind,
@@ -421,6 +423,9 @@ class SaelensSae(SaelensFormat):
         if sae.threshold is not None:
             tensors["threshold"] = sae.threshold
         cfg = native_cfg(sae, cls.name, sae.pre_encoder_bias)
+        if isinstance(sae, CenteredSparseAutoencoder):
+            tensors.update(fold_centring(sae))
+            cfg["featcircuits"]["config"]["tied"] = False  # the folded encoder is not W_dec.T
         cfg.update(cls.extra_cfg(sae))
         return DictionaryState(tensors, cfg)
 

@@ -155,6 +155,12 @@ class TranscoderFormat(DictionaryFormat):
     def to_state(cls, dictionary: Dictionary) -> DictionaryState:
         cls.check_writes(dictionary, (cls.name,))
         transcoder: Transcoder = dictionary  # type: ignore[assignment]
+        if transcoder.activation == "topk":
+            raise DictionaryError(
+                f"cannot write {transcoder!r} (TopK, k={transcoder.k}) as a circuit-tracer "
+                "transcoder file: those files store no k, and circuit-tracer's loader reads "
+                "them as ReLU, so it would compute other features",
+                hint="save its tensors yourself, or use a ReLU / JumpReLU transcoder")
         tensors = {"W_enc": transcoder.W_enc.T, "W_dec": transcoder.W_dec,
                    "b_enc": transcoder.b_enc, "b_dec": transcoder.b_dec}
         if transcoder.threshold is not None:

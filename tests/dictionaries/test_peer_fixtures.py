@@ -170,3 +170,16 @@ def test_saelens6_sae_patches_gpt2_without_a_site_argument(checkpoint_dirs, tmp_
     hook.remove()
     assert (logits[0] - manual).abs().max() < 1e-4
     assert (logits[0] - experiment.corrupt_logits).abs().max() > 1e-3
+
+
+def test_topk_transcoder_is_refused_at_save_time(tmp_path):
+    """circuit-tracer's transcoder files store no k and its loader reads them as ReLU, so a
+    TopK transcoder is refused before anything is written."""
+    from featcircuits.dictionaries import Transcoder, save_dictionary
+    from featcircuits.errors import DictionaryError
+
+    transcoder = Transcoder(8, 16, activation="topk", k=3, input_site="resid_mid.0",
+                            site="mlp_out.0")
+    with pytest.raises(DictionaryError, match="store no k"):
+        save_dictionary(transcoder, tmp_path / "t")
+    assert not (tmp_path / "t" / "transcoder.safetensors").exists()

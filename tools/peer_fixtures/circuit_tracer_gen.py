@@ -1,6 +1,6 @@
 """circuit-tracer fixtures: run inside the circuit-tracer virtualenv.
 
-    python tools/peer_fixtures/circuit_tracer_gen.py <out folder>
+    python tools/peer_fixtures/circuit_tracer_gen.py <out folder> [<featcircuits-written folder>]
 
 Single-layer transcoders are saved with ``SingleLayerTranscoder.to_safetensors`` and reloaded
 with ``load_relu_transcoder`` (circuit-tracer's loader for such files: ReLU, or JumpReLU when
@@ -13,6 +13,7 @@ reloaded with ``load_transcoder_set``; a cross-layer transcoder with
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from circuit_tracer.transcoder.single_layer_transcoder import (
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import inputs, randomize, record, stable_rows
+from common import inputs, randomize, record, record_reverse, stable_rows, written_by_featcircuits
 
 D_MODEL, D_TC = 32, 64
 META = {"peer": "circuit_tracer", "version": __version__, "hook_name": None,
@@ -57,7 +58,16 @@ def outputs(tc, seed: int) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def main(out: Path) -> None:
+def main(out: Path, written: Path | None = None) -> None:
+    for folder, info, x in written_by_featcircuits(written):
+        target = out / folder.name
+        shutil.copytree(folder, target)
+        loaded = reload(target / "transcoder.safetensors", 1)
+        features = loaded.encode(x)
+        record_reverse(target, info, "circuit_tracer", __version__, "load_relu_transcoder",
+                       x=x, features=features,
+                       reconstruction=features @ loaded.W_dec + loaded.b_dec, x_out=loaded(x))
+        print(folder.name)
     cases = [("relu", F.relu, False, "ReLU"),
              ("jumprelu_skip", JumpReLU(torch.zeros(D_TC), 0.1), True,
               "JumpReLU (x * (x > threshold)), thresholds in [-1.5, 1.5], skip connection"),
@@ -120,4 +130,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -76,3 +76,31 @@ def record(folder: Path, meta: dict, **tensors: torch.Tensor) -> None:
     save_file({k: v.detach().float().contiguous() for k, v in tensors.items()},
               str(folder / "expected.safetensors"))
     (folder / "expected.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def written_by_featcircuits(root: Path | None) -> list[tuple[Path, dict, torch.Tensor]]:
+    """``(folder, written.json, x)`` for each dictionary featcircuits wrote under ``root``
+    (``featcircuits_writes.py``); ``[]`` when ``root`` is ``None``."""
+    from safetensors.torch import load_file
+
+    if root is None or not root.is_dir():
+        return []
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        written = json.loads((folder / "written.json").read_text())
+        found.append((folder, written, load_file(str(folder / "inputs.safetensors"))["x"]))
+    return found
+
+
+def record_reverse(folder: Path, written: dict, peer: str, version: str, loaded_by: str,
+                   **tensors: torch.Tensor) -> None:
+    """Record what the peer computed on a featcircuits-written dictionary, beside its files
+    (``inputs.safetensors`` and ``written.json`` are folded into ``expected.*``)."""
+    (folder / "inputs.safetensors").unlink()
+    (folder / "written.json").unlink()
+    record(folder, {"peer": peer, "version": version, "variant": written["variant"],
+                    "class": written["class"], "direction": "featcircuits → peer",
+                    "hook_name": None, "hook_name_out": None, "site": written["site"],
+                    "input_site": written["input_site"], "notes": written["notes"],
+                    "saved_by": f"featcircuits ({written['format']})", "loaded_by": loaded_by},
+           **tensors)

@@ -1,6 +1,6 @@
 """SAELens fixtures: run inside the sae-lens virtualenv (``tools/peer_fixtures.py`` does).
 
-    python tools/peer_fixtures/saelens_gen.py <out folder>
+    python tools/peer_fixtures/saelens_gen.py <out folder> [<featcircuits-written folder>]
 
 Every variant is an inference SAE class of sae-lens, saved with ``save_model`` and reloaded
 with ``SAE.load_from_disk``; the reloaded object's ``encode`` / ``decode`` (transcoders:
@@ -9,6 +9,7 @@ with ``SAE.load_from_disk``; the reloaded object's ``encode`` / ``decode`` (tran
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from sae_lens.saes import (
 from sae_lens.saes.sae import SAEMetadata
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import inputs, randomize, record, stable_rows
+from common import inputs, randomize, record, record_reverse, stable_rows, written_by_featcircuits
 
 D_IN, D_SAE = 32, 64
 SAE_HOOK, SAE_SITE = "blocks.3.hook_resid_post", "resid_out.3"
@@ -82,8 +83,18 @@ def variants():
 
 
 @torch.no_grad()
-def main(out: Path) -> None:
+def main(out: Path, written: Path | None = None) -> None:
     version = sae_lens.__version__
+    for folder, info, x in written_by_featcircuits(written):
+        target = out / folder.name
+        shutil.copytree(folder, target)
+        loaded = SAE.load_from_disk(target)
+        loaded.eval()
+        features = loaded.encode(x)
+        extra = {"x_out": loaded(x)} if info["input_site"] is not None else {}
+        record_reverse(target, info, "saelens", version, "SAE.load_from_disk", x=x,
+                       features=features, reconstruction=loaded.decode(features), **extra)
+        print(folder.name, type(loaded).__name__)
     for seed, (name, cls, cfg, site, input_site, notes) in enumerate(variants()):
         folder = out / name
         sae = cls(cfg)
@@ -107,4 +118,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)
