@@ -79,6 +79,13 @@ class SaelensTranscoder(SaelensFormat):
             input_site = config.get("input_site")
         else:
             input_site, site = site, _site(saelens_field(cfg, "hook_name_out"))
+            hook_in = saelens_field(cfg, "hook_name", "hook_point")
+            if hook_in is not None and input_site is None:  # never read the output instead
+                raise DictionaryLoadError(
+                    f"{str(folder)!r}: SAELens {cls.saelens_name} reads {hook_in!r}, which no "
+                    "featcircuits site holds", hint="see Site.from_hook_name for the hooks "
+                    "featcircuits maps; load the weights yourself into a Transcoder with "
+                    "input_site= to choose one")
         transcoder = Transcoder(cfg["d_in"], cfg["d_sae"], activation=cls.activation,
                                 skip=cls.skip, input_site=input_site, site=site, meta=meta)
         names = ["W_enc", "b_enc", "b_dec"] + (["W_skip"] if cls.skip else []) + (

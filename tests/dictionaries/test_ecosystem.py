@@ -324,7 +324,8 @@ def test_circuit_tracer_file_loads_with_right_orientation(tmp_path):
     # the other hooks of circuit-tracer configs map to our sites
     (tmp_path / "config.yaml").write_text(
         "feature_input_hook: ln2.hook_normalized\nfeature_output_hook: mlp.hook_out\n")
-    assert load_transcoder(tmp_path / "layer_2.safetensors").input_site == "mlp_in.2"
+    # ln2.hook_normalized is before the norm's weight and bias: mlp_normed, not mlp_in
+    assert load_transcoder(tmp_path / "layer_2.safetensors").input_site == "mlp_normed.2"
 
 
 def test_saelens_oriented_encoder_is_rejected_and_legacy_decoder_transposed(tmp_path):

@@ -183,3 +183,20 @@ def test_topk_transcoder_is_refused_at_save_time(tmp_path):
     with pytest.raises(DictionaryError, match="store no k"):
         save_dictionary(transcoder, tmp_path / "t")
     assert not (tmp_path / "t" / "transcoder.safetensors").exists()
+
+
+def test_saelens_transcoder_with_an_unmapped_input_hook_is_refused(tmp_path):
+    """A SAELens transcoder whose input hook has no featcircuits site is refused rather than
+    loaded as reading its output site."""
+    import shutil
+
+    from featcircuits.dictionaries import load_dictionary
+    from featcircuits.errors import DictionaryLoadError
+
+    folder = tmp_path / "t"
+    shutil.copytree(ROOT / "tests/fixtures/peers/saelens-6.54.0/transcoder", folder)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["metadata"]["hook_name"] = "blocks.1.attn.hook_z"
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(DictionaryLoadError, match="hook_z.*no featcircuits site"):
+        load_dictionary(folder)
