@@ -344,6 +344,18 @@ class AutoEncoderTopKFormat(AutoEncoderFormat):
         return "topk"
 
     @classmethod
+    def to_state(cls, dictionary: Dictionary) -> DictionaryState:
+        """As dictionary_learning's ``AutoEncoderTopK`` state dict: ``b_dec``, ``k`` (int32)
+        and its inference ``threshold`` buffer at the class's initial -1 (unused by
+        ``encode``'s default per-row top-k), so ``load_state_dict`` finds every key."""
+        cls.check_sae(dictionary, pre_encoder_bias=True)
+        sae: SparseAutoencoder = dictionary  # type: ignore[assignment]
+        tensors = {"encoder.weight": sae.W_enc.T, "encoder.bias": sae.b_enc,
+                   "decoder.weight": sae.W_dec.T, "b_dec": sae.b_dec,
+                   "k": torch.tensor(sae.k, dtype=torch.int32), "threshold": torch.tensor(-1.0)}
+        return DictionaryState(tensors, {"trainer": cls.trainer(sae, k=sae.k)})
+
+    @classmethod
     def k_from(cls, state: DictionaryState) -> int | None:
         if state.config.get("k") is not None:
             return state.config["k"]
@@ -382,9 +394,14 @@ class JumpReluAutoEncoderFormat(DictionaryLearningFormat):
     def to_state(cls, dictionary: Dictionary) -> DictionaryState:
         cls.check_sae(dictionary, pre_encoder_bias=None)
         sae: SparseAutoencoder = dictionary  # type: ignore[assignment]
-        tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec,
+        b_enc = sae.b_enc.detach()
+        if sae.pre_encoder_bias:
+            # dictionary_learning's loader always sets apply_b_dec_to_input=False; folding
+            # b_dec into b_enc gives the same pre-activations without it
+            b_enc = b_enc - sae.b_dec.detach() @ sae.W_enc.detach()
+        tensors = {"W_enc": sae.W_enc, "b_enc": b_enc, "W_dec": sae.W_dec,
                    "b_dec": sae.b_dec, "threshold": sae.threshold}
-        trainer = cls.trainer(sae, apply_b_dec_to_input=sae.pre_encoder_bias)
+        trainer = cls.trainer(sae, apply_b_dec_to_input=False)
         return DictionaryState(tensors, {"trainer": trainer})
 
 

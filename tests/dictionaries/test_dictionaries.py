@@ -329,8 +329,8 @@ def _randomized(dictionary):
 def _one_per_architecture() -> dict:
     from featcircuits.dictionaries import LinearBasis, Transcoder
 
-    def jumprelu():
-        sae = _sae(activation="jumprelu")
+    def jumprelu(**kwargs):
+        sae = _sae(activation="jumprelu", **kwargs)
         with torch.no_grad():
             sae.threshold.uniform_(0.0, 0.3)
         return sae
@@ -365,7 +365,9 @@ def _one_per_architecture() -> dict:
         "featcircuits-ica": ICABasis(torch.randn(D, D), torch.randn(D), torch.randn(D, D)),
         "AutoEncoder": unit_decoder(),
         "AutoEncoderTopK": _sae(activation="topk", k=5),
-        "JumpReluAutoEncoder": jumprelu(),
+        # (with the pre-encoder bias the writer folds b_dec into b_enc, as dictionary_learning
+        # never subtracts it: the same function up to rounding, tested in test_peer_fixtures)
+        "JumpReluAutoEncoder": jumprelu(pre_encoder_bias=False),
         "transcoder": _randomized(Transcoder(D, N, activation="jumprelu", skip=True,
                                              input_site="resid_mid.1", site="mlp_out.1")),
         "gated": gated(),

@@ -1,6 +1,6 @@
 """dictionary_learning fixtures: run inside the dictionary-learning virtualenv.
 
-    python tools/peer_fixtures/dictionary_learning_gen.py <out folder>
+    python tools/peer_fixtures/dictionary_learning_gen.py <out folder> [<featcircuits-written folder>]
 
 Each variant is one of dictionary_learning's classes with random weights, saved as its
 training loop saves it (``torch.save(ae.state_dict(), "ae.pt")`` and ``config.json`` holding
@@ -18,6 +18,7 @@ are registered for those three names before the import, so nothing else is insta
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -43,7 +44,7 @@ from dictionary_learning.trainers.top_k import AutoEncoderTopK
 from dictionary_learning.utils import load_dictionary
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import inputs, randomize, record, stable_rows
+from common import inputs, randomize, record, record_reverse, stable_rows, written_by_featcircuits
 
 D_IN, D_SAE = 32, 64
 LAYER = 3
@@ -67,7 +68,17 @@ def variants():
 
 
 @torch.no_grad()
-def main(out: Path) -> None:
+def main(out: Path, written: Path | None = None) -> None:
+    for folder, info, x in written_by_featcircuits(written):
+        target = out / folder.name
+        shutil.copytree(folder, target)
+        loaded, _ = load_dictionary(str(target), device="cpu")
+        loaded.eval()
+        features = loaded.encode(x)
+        record_reverse(target, info, "dictionary_learning", dictionary_learning.__version__,
+                       "dictionary_learning.utils.load_dictionary", x=x, features=features,
+                       reconstruction=loaded.decode(features))
+        print(folder.name)
     for seed, (name, ae, trainer_class, extra, notes) in enumerate(variants(), start=100):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -98,4 +109,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None)

@@ -66,6 +66,32 @@ def variants():
         yield ("saelens", fmt.removeprefix("saelens_"),
                _random(Transcoder(D, N, activation=activation, skip=skip,
                                   input_site="resid_mid.1", site="mlp_out.1"), seed), fmt, "")
+    def dl_sae(seed: int, **kwargs):
+        sae = _random(SparseAutoencoder(D, N, site="resid_out.3", **kwargs), seed)
+        if kwargs.get("activation") == "jumprelu" and "pre_encoder_bias" not in kwargs:
+            with torch.no_grad():  # one shared threshold (BatchTopK, Matryoshka)
+                sae.threshold.fill_(0.45)
+            sae.meta.update(k=6)
+        return sae
+
+    unit = dl_sae(530)
+    unit.normalize_decoder()
+    yield "dictionary_learning", "AutoEncoder", unit, "AutoEncoder", "unit-norm decoder rows"
+    yield ("dictionary_learning", "AutoEncoderTopK", dl_sae(531, activation="topk", k=6),
+           "AutoEncoderTopK", "k=6")
+    yield ("dictionary_learning", "AutoEncoderNew", dl_sae(532, pre_encoder_bias=False),
+           "AutoEncoderNew", "")
+    yield ("dictionary_learning", "JumpReluAutoEncoder",
+           dl_sae(533, activation="jumprelu", pre_encoder_bias=True), "JumpReluAutoEncoder",
+           "pre_encoder_bias=True, thresholds in [-1.5, 1.5]")
+    yield ("dictionary_learning", "GatedAutoEncoder",
+           _random(GatedSparseAutoencoder(D, N, site="resid_out.3"), 534), "GatedAutoEncoder", "")
+    yield ("dictionary_learning", "BatchTopKSAE", dl_sae(535, activation="jumprelu"),
+           "BatchTopKSAE", "shared threshold 0.45")
+    matryoshka = dl_sae(536, activation="jumprelu")
+    matryoshka.meta["group_sizes"] = [16, 48]
+    yield ("dictionary_learning", "MatryoshkaBatchTopKSAE", matryoshka, "MatryoshkaBatchTopKSAE",
+           "shared threshold 0.45, group_sizes [16, 48]")
     for seed, (name, activation, skip) in enumerate(
             [("relu", "relu", False), ("jumprelu_skip", "jumprelu", True),
              ("jumprelu_signed", "jumprelu_signed", False)], start=520):
