@@ -67,3 +67,17 @@ def test_mlp_normed_is_read_only_and_ordered(tiny_models):
     assert site.to_hook_name() == "blocks.0.ln2.hook_normalized"
     with pytest.raises(SiteError, match="read but not written"):
         site.write(tiny_models["gpt2"], None)
+
+
+def test_gpt2_hook_embed_dictionary_is_refused_at_embed(tiny_models):
+    """TransformerLens' GPT-2 hook_embed is the token embedding without positions; featcircuits'
+    embed site there holds token + position embeddings, so such a dictionary is refused on
+    GPT-2 (and accepted where embed is the token embedding alone, e.g. Llama)."""
+    from featcircuits.dictionaries import SparseAutoencoder, check_dictionary_fits
+
+    sae = SparseAutoencoder(32, 16, site="embed", meta={"hook_name": "hook_embed"})
+    with pytest.raises(SiteError, match="token-embedding-only site"):
+        check_dictionary_fits(sae, tiny_models["gpt2"], "embed")
+    check_dictionary_fits(sae, tiny_models["llama"], "embed")
+    sae.meta["hook_name"] = "blocks.0.hook_resid_pre"
+    check_dictionary_fits(sae, tiny_models["gpt2"], "embed")
