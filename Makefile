@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow install lint bench docs clean
+.PHONY: demo test test-slow install lint bench docs clean fixtures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ $(DOCS_STAMP): $(STAMP)
 docs: $(DOCS_STAMP)
 	$(BIN)/python examples/viewer_screenshots.py --out docs/img
 	$(BIN)/mkdocs build --strict
+
+# Rebuild tests/fixtures/peers/ from the peers' own code (one venv per peer under $(PEERS),
+# created when missing: torch==2.13.0 first; dictionary-learning with --no-deps).
+PEERS ?= .peers
+fixtures: $(STAMP)
+	$(BIN)/python tools/peer_fixtures.py --venvs $(PEERS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/patching.py

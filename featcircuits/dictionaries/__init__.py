@@ -12,6 +12,7 @@ from featcircuits.dictionaries.bases import (
 )
 from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
 from featcircuits.dictionaries.formats import DictionaryFormat, DictionaryState
+from featcircuits.dictionaries.gated import GatedSparseAutoencoder
 from featcircuits.dictionaries.io import (
     check_dictionary_fits,
     load_dictionaries,
@@ -29,6 +30,7 @@ __all__ = [
     "Dictionary",
     "DictionaryFormat",
     "DictionaryState",
+    "GatedSparseAutoencoder",
     "ICABasis",
     "LinearBasis",
     "NeuronBasis",

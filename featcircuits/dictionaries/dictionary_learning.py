@@ -70,13 +70,17 @@ def _submodule_name(site: str | None) -> str | None:
 
 def read_dictionary_learning(folder: Path) -> tuple[str, DictionaryState]:
     """``ae.pt`` and ``config.json`` of ``folder`` → (class name, state); the state's config
-    is ``trainer`` plus the ``site``, ``meta`` and (TopK) ``k`` it implies.
+    is ``trainer`` plus the ``site``, ``meta`` and (TopK family) ``k`` it implies.
 
-    The archive is checked (``filechecks.check_torch_archive``) and memory-mapped, and every
-    tensor's name, dtype and shape is checked against the class and ``config.json`` before
-    any is converted to float: extra tensors (a ``threshold`` beside a ReLU SAE), integer or
-    complex weights and a ``k`` that is not a positive whole number are refused.
+    The class is ``trainer.dict_class`` when ``config.json`` names it, else it is told apart
+    by the tensors (``infer_class``). The archive is checked (``filechecks.check_torch_archive``)
+    and memory-mapped, and every tensor's name, dtype and shape is checked against the class
+    (its format's ``tensor_shapes``) and ``config.json`` before any is converted to float:
+    extra tensors (a ``threshold`` beside a ReLU SAE), integer or complex weights and a ``k``
+    that is not a positive whole number are refused, with the class named.
     """
+    from featcircuits.dictionaries.registry import FORMATS
+
     path = committed_path(folder / AE_FILE)
     check_torch_archive(path)
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -93,25 +97,46 @@ def read_dictionary_learning(folder: Path) -> tuple[str, DictionaryState]:
             or (f"resid_out.{trainer['layer']}" if isinstance(trainer.get("layer"), int) else None)
             or site_from_dictionary_learning(str(folder)))
     meta = {"source": "dictionary_learning", "dict_class": trainer.get("dict_class"),
-            "model_name": trainer.get("lm_name")}
+            "trainer_class": trainer.get("trainer_class"), "model_name": trainer.get("lm_name")}
     k = _k(state, trainer, folder)
-    if "W_enc" in state:
-        architecture = JumpReluAutoEncoderFormat.name
-    elif k is not None:
-        architecture = AutoEncoderTopKFormat.name
-    else:
-        architecture = AutoEncoderFormat.name
-    dict_class = trainer.get("dict_class")
-    if dict_class is not None and dict_class != architecture:
+    architecture = trainer.get("dict_class") or infer_class(state, k, folder)
+    fmt = FORMATS.get(architecture) if isinstance(architecture, str) else None
+    if fmt is None or fmt.layout != "dictionary_learning":
+        known = [name for name, f in FORMATS.items() if f.layout == "dictionary_learning"]
         raise DictionaryLoadError(
-            f"{str(folder / CONFIG_FILE)!r} says dict_class {dict_class!r} but {AE_FILE}'s "
-            f"tensors are those of {architecture} (has {sorted(state)})",
-            hint="featcircuits reads AutoEncoder, AutoEncoderTopK and JumpReluAutoEncoder; "
-            "other classes encode differently and are not read")
-    _check_tensors(state, trainer, architecture, path)
-    tensors = {name: v if name == "k" else v.float() for name, v in state.items()}
+            f"{str(folder / CONFIG_FILE)!r}: dictionary_learning class {architecture!r} is not "
+            "read by featcircuits", hint=f"it reads {', '.join(known)}")
+    if k is not None:
+        meta["k"] = k
+    try:
+        _check_tensors(state, trainer, fmt, path)
+    except DictionaryLoadError as exc:
+        raise DictionaryLoadError(f"dictionary_learning {architecture}: {exc.message}",
+                                  hint=exc.hint) from exc
+    tensors = {name: v if fmt.integer_tensor(name) else v.float()  # type: ignore[attr-defined]
+               for name, v in state.items()}
     config = {"trainer": trainer, "site": site, "meta": meta, "k": k}
     return architecture, DictionaryState(tensors, config, path)
+
+
+def infer_class(state: dict[str, torch.Tensor], k: int | None, folder: Path) -> str:
+    """The class of an ``ae.pt`` without ``config.json``'s ``dict_class``, from its tensors."""
+    if "W_enc" in state:
+        return "MatryoshkaBatchTopKSAE" if "group_sizes" in state else "JumpReluAutoEncoder"
+    if "gate_bias" in state:
+        return "GatedAutoEncoder"
+    if "decoder.bias" in state:
+        return "AutoEncoderNew"
+    if k is None:
+        return "AutoEncoder"
+    if "threshold" in state:
+        raise DictionaryLoadError(
+            f"{str(folder)!r}: ae.pt holds 'k' and 'threshold', the tensors of both "
+            "AutoEncoderTopK (per-row top-k) and BatchTopKSAE (encodes with the threshold); "
+            "they compute different features and there is no config.json naming the class",
+            hint='add config.json with {"trainer": {"dict_class": "BatchTopKSAE"}} (or '
+            '"AutoEncoderTopK")')
+    return "AutoEncoderTopK"
 
 
 def _k(state: dict[str, torch.Tensor], trainer: dict[str, Any], folder: Path) -> int | None:
@@ -135,48 +160,51 @@ def _k(state: dict[str, torch.Tensor], trainer: dict[str, Any], folder: Path) ->
     return values[0] if values else None
 
 
-def _check_tensors(state: dict[str, torch.Tensor], trainer: dict[str, Any], architecture: str,
-                   path: Path) -> None:
-    """Names, dtypes and shapes of ``state`` against ``architecture`` and ``trainer``'s
+def _check_tensors(state: dict[str, torch.Tensor], trainer: dict[str, Any],
+                   fmt: Any, path: Path) -> None:
+    """Names, dtypes and shapes of ``state`` against the class and ``trainer``'s
     ``activation_dim`` / ``dict_size``, before any tensor is read."""
-    jumprelu = architecture == JumpReluAutoEncoderFormat.name
-    main = "W_enc" if jumprelu else "encoder.weight"
+    main, transposed = fmt.main_tensor
     if main not in state or state[main].ndim != 2:
         shape = tuple(state[main].shape) if main in state else None
         raise DictionaryLoadError(f"{str(path)!r}: {main!r} must be a matrix, got shape {shape} "
                                   f"(has {sorted(state)})",
                                   hint="the file is incomplete or from another library")
-    d_in, d_sae = state[main].shape if jumprelu else reversed(state[main].shape)
+    d_in, d_sae = reversed(state[main].shape) if transposed else state[main].shape
     where = path.parent / CONFIG_FILE
     if trainer.get("activation_dim") is not None:
         d_in = positive_int(trainer["activation_dim"], "'trainer.activation_dim'", where)
     if trainer.get("dict_size") is not None:
         d_sae = positive_int(trainer["dict_size"], "'trainer.dict_size'", where)
-    if jumprelu:
-        required = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in),
-                    "b_dec": (d_in,), "threshold": (d_sae,)}
-        optional: dict[str, tuple[int, ...]] = {}
-    else:
-        required = {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,),
-                    "decoder.weight": (d_in, d_sae)}
-        bias = "b_dec" if "b_dec" in state and "bias" not in state else "bias"
-        required[bias] = (d_in,)
-        optional = {}
-        if architecture == AutoEncoderTopKFormat.name:
-            # dictionary_learning's AutoEncoderTopK keeps k and an (unused by top-k) scalar
-            # inference threshold as buffers
-            optional = {"k": tuple(state["k"].shape) if "k" in state else (),
-                        "threshold": ()}
+    required, optional = fmt.tensor_shapes(state, int(d_in), int(d_sae))
     declared = {name: (str(t.dtype).removeprefix("torch."), tuple(t.shape))
                 for name, t in state.items()}
-    check_declared(path, declared, required=required, optional=optional, integer=("k",))
+    check_declared(path, declared, required=required, optional=optional,
+                   integer=[name for name in declared if fmt.integer_tensor(name)])
 
 
 class DictionaryLearningFormat(DictionaryFormat):
-    """Base of dictionary_learning's classes: ``write`` stores ``ae.pt`` + ``config.json``."""
+    """Base of dictionary_learning's classes: ``write`` stores ``ae.pt`` + ``config.json``.
+
+    Subclasses say which tensor fixes the widths (``main_tensor``: name, and whether it is
+    ``[d_sae, d_in]``), which tensors the class stores (``tensor_shapes``) and which are
+    integers (``integer_tensor``).
+    """
 
     layout = "dictionary_learning"
     stores: tuple[str, ...] = ()  # the featcircuits architectures it stores without loss
+    main_tensor: tuple[str, bool] = ("encoder.weight", True)
+
+    @classmethod
+    def tensor_shapes(cls, state: dict[str, torch.Tensor], d_in: int, d_sae: int
+                      ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+        """``(required, optional)`` shapes of ``ae.pt``'s tensors."""
+        raise NotImplementedError
+
+    @classmethod
+    def integer_tensor(cls, name: str) -> bool:
+        """Whether tensor ``name`` holds integers (``k``, ``group_sizes``)."""
+        return name in ("k", "group_sizes")
 
     @classmethod
     def write(cls, state: DictionaryState, folder: Path) -> Path:
@@ -190,7 +218,7 @@ class DictionaryLearningFormat(DictionaryFormat):
         return folder
 
     @classmethod
-    def trainer(cls, sae: SparseAutoencoder, **extra: Any) -> dict[str, Any]:
+    def trainer(cls, sae: Dictionary, **extra: Any) -> dict[str, Any]:
         """``config.json``'s ``trainer`` for ``sae``."""
         trainer = {"dict_class": cls.name, "activation_dim": sae.d_model,
                    "dict_size": sae.n_features, "lm_name": sae.meta.get("model_name"),
@@ -211,11 +239,39 @@ class DictionaryLearningFormat(DictionaryFormat):
                 "and no input centring; save it with save_dictionary instead")
 
 
+def linear_shapes(state: dict[str, torch.Tensor], d_in: int, d_sae: int, *, bias: str | None
+                  ) -> dict[str, tuple[int, ...]]:
+    """``encoder.weight``, ``encoder.bias``, ``decoder.weight`` and the decoder bias
+    ``bias`` (``None``: ``bias`` or ``b_dec``, whichever the state has)."""
+    if bias is None:
+        bias = "b_dec" if "b_dec" in state and "bias" not in state else "bias"
+    return {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,),
+            "decoder.weight": (d_in, d_sae), bias: (d_in,)}
+
+
+def unit_decoder(decoder_weight: torch.Tensor) -> bool:
+    """Whether ``decoder.weight [d_in, d_sae]``'s columns have unit norm, by the test
+    ``AutoEncoder.normalize_decoder`` uses (``torch.allclose`` with default tolerances)."""
+    norms = decoder_weight.norm(dim=0)
+    return bool(torch.allclose(norms, torch.ones_like(norms)))
+
+
 class AutoEncoderFormat(DictionaryLearningFormat):
-    """``AutoEncoder``: a ReLU SAE in ``torch.nn.Linear`` orientation."""
+    """``AutoEncoder``: a ReLU SAE in ``torch.nn.Linear`` orientation.
+
+    dictionary_learning's loader (``AutoEncoder.from_pretrained``, default
+    ``normalize_decoder=True``) rescales decoder columns to unit norm and the encoder to
+    match, unless they already are; features then come out in those units (reconstructions
+    are unchanged). Reading does the same, so features equal the peer's. An SAE whose
+    decoder rows are not unit norm is refused at save time, since the peer would rescale it.
+    """
 
     name = "AutoEncoder"
     stores = ("standard",)
+
+    @classmethod
+    def tensor_shapes(cls, state, d_in, d_sae):
+        return linear_shapes(state, d_in, d_sae, bias=None), {}
 
     @classmethod
     def from_state(cls, state: DictionaryState) -> SparseAutoencoder:
@@ -232,7 +288,15 @@ class AutoEncoderFormat(DictionaryLearningFormat):
                                 site=state.config["site"], meta=state.config["meta"])
         fill_sae(sae, tensors["encoder.weight"].T, tensors["encoder.bias"],
                  tensors["decoder.weight"].T, bias)
+        if cls.normalizes_on_load() and not unit_decoder(tensors["decoder.weight"]):
+            sae.normalize_decoder()
+            sae.meta["decoder_normalized_on_load"] = True
         return sae
+
+    @classmethod
+    def normalizes_on_load(cls) -> bool:
+        """Whether the peer's loader rescales decoder columns to unit norm."""
+        return True
 
     @classmethod
     def activation(cls) -> str:
@@ -246,6 +310,13 @@ class AutoEncoderFormat(DictionaryLearningFormat):
     def to_state(cls, dictionary: Dictionary) -> DictionaryState:
         cls.check_sae(dictionary, pre_encoder_bias=True)
         sae: SparseAutoencoder = dictionary  # type: ignore[assignment]
+        if cls.normalizes_on_load() and not unit_decoder(sae.W_dec.detach().T):
+            raise DictionaryError(
+                f"dictionary_learning's AutoEncoder cannot store {sae!r}: its decoder rows are "
+                "not unit norm, and dictionary_learning's loader rescales them (features would "
+                "come back in other units)",
+                hint="call sae.normalize_decoder() first (same reconstructions), or save it "
+                "with save_dictionary")
         tensors = {"encoder.weight": sae.W_enc.T, "encoder.bias": sae.b_enc,
                    "decoder.weight": sae.W_dec.T, "bias": sae.b_dec}
         if sae.k is not None:
@@ -254,14 +325,37 @@ class AutoEncoderFormat(DictionaryLearningFormat):
 
 
 class AutoEncoderTopKFormat(AutoEncoderFormat):
-    """``AutoEncoderTopK``: ``AutoEncoder`` plus ``k`` (a tensor, or ``trainer.k``)."""
+    """``AutoEncoderTopK``: ``AutoEncoder`` plus ``k`` (a tensor, or ``trainer.k``) and an
+    inference ``threshold`` its ``encode`` does not use by default (per-row top-k of the
+    ReLU'd pre-activations; ``from_pretrained`` does not rescale the decoder)."""
 
     name = "AutoEncoderTopK"
     stores = ("topk",)
 
     @classmethod
+    def tensor_shapes(cls, state, d_in, d_sae):
+        return (linear_shapes(state, d_in, d_sae, bias=None),
+                {"k": tuple(state["k"].shape) if "k" in state else (), "threshold": ()})
+
+    @classmethod
+    def normalizes_on_load(cls) -> bool:
+        return False
+
+    @classmethod
     def activation(cls) -> str:
         return "topk"
+
+    @classmethod
+    def to_state(cls, dictionary: Dictionary) -> DictionaryState:
+        """As dictionary_learning's ``AutoEncoderTopK`` state dict: ``b_dec``, ``k`` (int32)
+        and its inference ``threshold`` buffer at the class's initial -1 (unused by
+        ``encode``'s default per-row top-k), so ``load_state_dict`` finds every key."""
+        cls.check_sae(dictionary, pre_encoder_bias=True)
+        sae: SparseAutoencoder = dictionary  # type: ignore[assignment]
+        tensors = {"encoder.weight": sae.W_enc.T, "encoder.bias": sae.b_enc,
+                   "decoder.weight": sae.W_dec.T, "b_dec": sae.b_dec,
+                   "k": torch.tensor(sae.k, dtype=torch.int32), "threshold": torch.tensor(-1.0)}
+        return DictionaryState(tensors, {"trainer": cls.trainer(sae, k=sae.k)})
 
     @classmethod
     def k_from(cls, state: DictionaryState) -> int | None:
@@ -271,10 +365,17 @@ class AutoEncoderTopKFormat(AutoEncoderFormat):
 
 
 class JumpReluAutoEncoderFormat(DictionaryLearningFormat):
-    """``JumpReluAutoEncoder``: SAELens orientation plus ``threshold``."""
+    """``JumpReluAutoEncoder``: SAELens orientation plus ``threshold``; encodes
+    ``relu(pre * (pre > threshold))`` (= featcircuits' ``jumprelu``)."""
 
     name = "JumpReluAutoEncoder"
     stores = ("jumprelu",)
+    main_tensor = ("W_enc", False)
+
+    @classmethod
+    def tensor_shapes(cls, state, d_in, d_sae):
+        return ({"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in),
+                 "b_dec": (d_in,), "threshold": (d_sae,)}, {})
 
     @classmethod
     def from_state(cls, state: DictionaryState) -> SparseAutoencoder:
@@ -295,9 +396,14 @@ class JumpReluAutoEncoderFormat(DictionaryLearningFormat):
     def to_state(cls, dictionary: Dictionary) -> DictionaryState:
         cls.check_sae(dictionary, pre_encoder_bias=None)
         sae: SparseAutoencoder = dictionary  # type: ignore[assignment]
-        tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec,
+        b_enc = sae.b_enc.detach()
+        if sae.pre_encoder_bias:
+            # dictionary_learning's loader always sets apply_b_dec_to_input=False; folding
+            # b_dec into b_enc gives the same pre-activations without it
+            b_enc = b_enc - sae.b_dec.detach() @ sae.W_enc.detach()
+        tensors = {"W_enc": sae.W_enc, "b_enc": b_enc, "W_dec": sae.W_dec,
                    "b_dec": sae.b_dec, "threshold": sae.threshold}
-        trainer = cls.trainer(sae, apply_b_dec_to_input=sae.pre_encoder_bias)
+        trainer = cls.trainer(sae, apply_b_dec_to_input=False)
         return DictionaryState(tensors, {"trainer": trainer})
 
 
@@ -308,6 +414,9 @@ __all__ = [
     "AutoEncoderTopKFormat",
     "DictionaryLearningFormat",
     "JumpReluAutoEncoderFormat",
+    "infer_class",
+    "linear_shapes",
     "read_dictionary_learning",
     "site_from_dictionary_learning",
+    "unit_decoder",
 ]

@@ -166,10 +166,20 @@ def fill_sae(sae: SparseAutoencoder, W_enc: torch.Tensor, b_enc: torch.Tensor,
         sae.threshold.copy_(threshold)
 
 
+@torch.no_grad()
+def fill_parameters(module: torch.nn.Module, tensors: dict[str, torch.Tensor],
+                    names: tuple[str, ...]) -> None:
+    """Copy ``tensors[name]`` into ``module.<name>`` for each of ``names`` (shapes checked by
+    the layout reader)."""
+    for name in names:
+        getattr(module, name).copy_(tensors[name])
+
+
 __all__ = [
     "DictionaryFormat",
     "DictionaryState",
     "expect_shape",
+    "fill_parameters",
     "fill_sae",
     "json_bool",
     "positive_int",

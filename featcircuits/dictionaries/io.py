@@ -30,10 +30,15 @@ from featcircuits.dictionaries.saelens import (
     WEIGHTS_FILE,
     read_saelens,
 )
-from featcircuits.dictionaries.transcoder import read_circuit_tracer
+from featcircuits.dictionaries.transcoder import (
+    read_circuit_tracer,
+    refuse_cross_layer,
+    transcoder_set_files,
+)
 from featcircuits.errors import (
     DictionaryLoadError,
     FeatCircuitsError,
+    SiteError,
     WidthMismatchError,
 )
 from featcircuits.model.sites import Site
@@ -99,10 +104,17 @@ def load_dictionary(
         return _finish(_read(read_circuit_tracer, folder), site, model, device)
     if folder.is_dir() and not committed_path(folder / WEIGHTS_FILE).is_file() and not \
             committed_path(folder / AE_FILE).is_file():
+        refuse_cross_layer(folder)
         transcoders = [p for p in sorted(folder.glob("*.safetensors"))
                        if p.name == "transcoder.safetensors" or re.match(r"layer_?\d+", p.stem)]
         if len(transcoders) == 1:
             return _finish(_read(read_circuit_tracer, transcoders[0]), site, model, device)
+        if len(transcoders) > 1:
+            raise DictionaryLoadError(
+                f"{str(folder)!r} holds {len(transcoders)} transcoders (a circuit-tracer "
+                "transcoder set), not one dictionary",
+                hint="load_dictionaries(folder) returns them as {site: transcoder}; or pass "
+                "one layer_L.safetensors file")
     if folder.is_file():
         folder = folder.parent
     if not folder.exists():
@@ -163,6 +175,7 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
             hint="load the dictionary trained for this model and site",
         )
     dictionary.check_finite()
+    _check_hook_embed(dictionary, model, site)
     if dictionary.kind != "tokens":
         return
     embeddings = getattr(underlying_module(model), "get_input_embeddings", lambda: None)()
@@ -176,6 +189,23 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
         )
 
 
+def _check_hook_embed(dictionary: Dictionary, model, site: str | Site) -> None:
+    """``SiteError`` for a dictionary trained at TransformerLens' ``hook_embed`` (the token
+    embedding only) used at ``embed`` of a GPT-2 model, where that site holds token plus
+    position embeddings: it would read another tensor than it was trained on."""
+    from featcircuits.model.loading import model_config
+
+    hook = dictionary.meta.get("hook_name")
+    if hook not in ("hook_embed", "embed.hook_embed") or Site.parse(site).kind != "embed":
+        return
+    if getattr(model_config(model), "model_type", None) == "gpt2":
+        raise SiteError(
+            f"dictionary {dictionary!r} was trained at TransformerLens' {hook} (GPT-2's token "
+            "embedding without positions), but featcircuits' 'embed' site on GPT-2 holds token "
+            "+ position embeddings; what is missing is a token-embedding-only site",
+            hint="use a dictionary trained at blocks.0.hook_resid_pre (site resid_in.0)")
+
+
 def load_dictionaries(folder: str | os.PathLike[str], *, model=None,
                       device: str | torch.device = "cpu",
                       cache_dir: str | os.PathLike[str] | None = None,
@@ -183,7 +213,10 @@ def load_dictionaries(folder: str | os.PathLike[str], *, model=None,
     """Load every dictionary in the sub-folders of ``folder``, keyed by site name.
 
     Sub-folders are named by site (``resid_out.0``, ``resid_out.1``, ...) or hold the site in
-    their config. ``folder`` may also be a spec naming a set, e.g.
+    their config. A circuit-tracer transcoder-set folder (``config.yaml`` + one
+    ``layer_L.safetensors`` per layer) loads as ``{output site: transcoder}``, the sites from
+    ``config.yaml``'s ``feature_input_hook`` / ``feature_output_hook``; a cross-layer
+    transcoder folder is refused (``DictionaryLoadError``). ``folder`` may also be a spec naming a set, e.g.
     ``"dictionary_learning:pythia-70m-deduped"`` or ``"saelens:gpt2-small-res-jb"``;
     ``progress`` as in :func:`load_dictionary`.
     """
@@ -205,7 +238,14 @@ def load_dictionaries(folder: str | os.PathLike[str], *, model=None,
     root = Path(folder)
     if not root.is_dir():
         raise DictionaryLoadError(f"dictionary folder {str(folder)!r} does not exist")
+    refuse_cross_layer(root)
     dictionaries: dict[str, Dictionary] = {}
+    for path in transcoder_set_files(root):  # a circuit-tracer transcoder set (+ config.yaml)
+        transcoder = load_dictionary(path, model=model, device=device)
+        if transcoder.site in dictionaries:
+            raise DictionaryLoadError(f"{str(root)!r}: two transcoders write {transcoder.site}",
+                                      hint="each layer_L.safetensors must write its own site")
+        dictionaries[str(transcoder.site)] = transcoder
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         dictionary = load_dictionary(sub, model=model, device=device)
         site = dictionary.site or sub.name

@@ -9,6 +9,7 @@ config and must agree with the stored tensors.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,6 +98,12 @@ class PCAFormat(LinearFormat):
     """``featcircuits-pca``: components plus ``explained_variance``."""
 
     name = "featcircuits-pca"
+
+    @classmethod
+    def tensor_shapes(cls, cfg: dict[str, Any], d_in: int, d_sae: int, where: Path
+                      ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+        required, _ = super().tensor_shapes(cfg, d_in, d_sae, where)
+        return required, {"explained_variance": (d_sae,)}
 
     @classmethod
     def build(cls, encoder: torch.Tensor, directions: torch.Tensor, mean: torch.Tensor,

@@ -24,6 +24,12 @@ from featcircuits.dictionaries.dictionary_learning import (
     AutoEncoderTopKFormat,
     JumpReluAutoEncoderFormat,
 )
+from featcircuits.dictionaries.dictionary_learning_classes import (
+    AutoEncoderNewFormat,
+    BatchTopKSAEFormat,
+    GatedAutoEncoderFormat,
+    MatryoshkaBatchTopKSAEFormat,
+)
 from featcircuits.dictionaries.formats import DictionaryFormat
 from featcircuits.dictionaries.linear_formats import (
     ICAFormat,
@@ -33,6 +39,13 @@ from featcircuits.dictionaries.linear_formats import (
     RandomFormat,
 )
 from featcircuits.dictionaries.saelens import JumpReluSae, StandardSae, TopKSae
+from featcircuits.dictionaries.saelens_gated import GatedSae
+from featcircuits.dictionaries.saelens_transcoders import (
+    SaelensJumpReluSkipTranscoder,
+    SaelensJumpReluTranscoder,
+    SaelensPlainTranscoder,
+    SaelensSkipTranscoder,
+)
 from featcircuits.dictionaries.transcoder import TranscoderFormat
 from featcircuits.errors import DictionaryLoadError
 
@@ -40,6 +53,11 @@ _CLASSES: tuple[type[DictionaryFormat], ...] = (
     StandardSae,
     TopKSae,
     JumpReluSae,
+    GatedSae,
+    SaelensPlainTranscoder,
+    SaelensSkipTranscoder,
+    SaelensJumpReluTranscoder,
+    SaelensJumpReluSkipTranscoder,
     LinearFormat,
     NeuronFormat,
     RandomFormat,
@@ -48,6 +66,10 @@ _CLASSES: tuple[type[DictionaryFormat], ...] = (
     AutoEncoderFormat,
     AutoEncoderTopKFormat,
     JumpReluAutoEncoderFormat,
+    GatedAutoEncoderFormat,
+    AutoEncoderNewFormat,
+    BatchTopKSAEFormat,
+    MatryoshkaBatchTopKSAEFormat,
     TranscoderFormat,
 )
 

@@ -1,4 +1,12 @@
-"""Sparse autoencoders: tied or untied decoder; ReLU, TopK or JumpReLU activations."""
+"""Sparse autoencoders: tied or untied decoder; ReLU, TopK or JumpReLU activations.
+
+JumpReLU is computed as SAELens, dictionary_learning and Gemma Scope compute it:
+``relu(pre) * (pre > threshold)``, so a negative threshold acts like 0. circuit-tracer's
+JumpReLU keeps the sign, ``pre * (pre > threshold)`` (a pre-activation between a negative
+threshold and 0 passes through negative); that is the activation ``"jumprelu_signed"``.
+For thresholds >= 0 the two agree, and ``jumprelu`` with threshold t equals
+``jumprelu_signed`` with threshold ``max(t, 0)`` (what the circuit-tracer writer stores).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +19,9 @@ from torch import nn
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.errors import ParameterError
 
-ACTIVATIONS = ("relu", "topk", "jumprelu")
+ACTIVATIONS = ("relu", "topk", "jumprelu", "jumprelu_signed")
 SAELENS_ARCHITECTURES = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu"}
+THRESHOLDED = ("jumprelu", "jumprelu_signed")
 
 
 class SparseAutoencoder(Dictionary):
@@ -24,7 +33,8 @@ class SparseAutoencoder(Dictionary):
         d_model: input width.
         n_features: dictionary size.
         activation: ``"relu"``, ``"topk"`` (keep the ``k`` largest pre-activations, then
-            ReLU) or ``"jumprelu"`` (``pre * (pre > threshold)``).
+            ReLU), ``"jumprelu"`` (``relu(pre) * (pre > threshold)``, SAELens) or
+            ``"jumprelu_signed"`` (``pre * (pre > threshold)``, circuit-tracer).
         k: number of active features for ``"topk"``.
         tied: decoder is the encoder's transpose (one shared weight).
         pre_encoder_bias: subtract ``b_dec`` before encoding (SAELens' apply_b_dec_to_input).
@@ -67,7 +77,7 @@ class SparseAutoencoder(Dictionary):
         self.W_dec_untied = None if tied else nn.Parameter(weight.T.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(n_features))
         self.b_dec = nn.Parameter(torch.zeros(d_model))
-        if activation == "jumprelu":
+        if activation in THRESHOLDED:
             self.threshold = nn.Parameter(torch.zeros(n_features))
         else:
             self.threshold = None
@@ -86,9 +96,10 @@ class SparseAutoencoder(Dictionary):
         return self.b_dec
 
     @property
-    def architecture(self) -> str:
-        """SAELens' name of its activation: ``standard`` (ReLU), ``topk`` or ``jumprelu``."""
-        return SAELENS_ARCHITECTURES[self.activation]
+    def architecture(self) -> str | None:
+        """SAELens' name of its activation: ``standard`` (ReLU), ``topk`` or ``jumprelu``
+        (``None`` for ``jumprelu_signed``, which only transcoders use)."""
+        return SAELENS_ARCHITECTURES.get(self.activation)
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """``(x - b_dec) @ W_enc + b_enc``, ``[..., n_features]``."""
@@ -101,13 +112,15 @@ class SparseAutoencoder(Dictionary):
         if self.activation == "relu":
             return torch.relu(pre)
         if self.activation == "jumprelu":
+            return torch.relu(pre) * (pre > self.threshold)
+        if self.activation == "jumprelu_signed":
             return pre * (pre > self.threshold)
         top = torch.topk(pre, self.k, dim=-1)
         return torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
 
     @property
     def separable(self) -> bool:
-        return self.activation in ("relu", "jumprelu") and (
+        return self.activation in ("relu", *THRESHOLDED) and (
             type(self).encode is SparseAutoencoder.encode
             and type(self).pre_activations is SparseAutoencoder.pre_activations)
 
@@ -120,6 +133,8 @@ class SparseAutoencoder(Dictionary):
         pre = x @ self.W_enc[:, feature_ids] + self.b_enc[feature_ids]
         if self.activation == "relu":
             return torch.relu(pre)
+        if self.activation == "jumprelu":
+            return torch.relu(pre) * (pre > self.threshold[feature_ids])
         return pre * (pre > self.threshold[feature_ids])
 
     def config(self) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from featcircuits.dictionaries.base import Dictionary
-from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
+from featcircuits.dictionaries.centered import CenteredSparseAutoencoder, fold_centring
 from featcircuits.dictionaries.filechecks import (
     SafetensorsHeader,
     check_declared,
@@ -37,12 +37,20 @@ from featcircuits.dictionaries.formats import (
     require_tensors,
 )
 from featcircuits.dictionaries.sae import SparseAutoencoder
-from featcircuits.errors import DictionaryLoadError, SiteError
+from featcircuits.dictionaries.transcoder import Transcoder
+from featcircuits.errors import DictionaryError, DictionaryLoadError, SiteError
 from featcircuits.model.sites import Site
 from featcircuits.writes import atomic_files, committed_path
 
 FORMAT_VERSION = 1
 CFG_FILE = "cfg.json"
+TRANSCODER_ARCHITECTURES = ("transcoder", "skip_transcoder", "jumprelu_transcoder",
+                            "jumprelu_skip_transcoder")
+# SAELens' inference SAEs (SAE.load_from_disk) apply these normalisations to nothing: the
+# factor or whitening is folded into the weights by from_pretrained / at the end of training
+IDENTITY_NORMALIZATIONS = (None, "none", "expected_average_only_in", "covariance_whitening")
+# ... and these per input, in encode, undone in decode (the decoder is then no longer affine)
+PER_INPUT_NORMALIZATIONS = ("constant_norm_rescale", "layer_norm")
 WEIGHTS_FILE = "sae_weights.safetensors"
 
 
@@ -67,14 +75,8 @@ def read_saelens(folder: Path) -> tuple[Any, DictionaryState]:
     d_in, d_sae = _int_field(cfg, "d_in", folder / CFG_FILE), _int_field(cfg, "d_sae",
                                                                         folder / CFG_FILE)
     architecture = saelens_architecture(cfg, folder)
-    dictionary_format(architecture, folder)  # an unknown architecture is refused first
-    required = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in),
-                "b_dec": (d_in,)}
-    optional: dict[str, tuple[int, ...]] = {}
-    if architecture == "jumprelu":
-        required["threshold"] = (d_sae,)
-    if architecture == "featcircuits-pca":
-        optional["explained_variance"] = (d_sae,)
+    fmt = dictionary_format(architecture, folder)  # an unknown architecture is refused first
+    required, optional = fmt.tensor_shapes(cfg, d_in, d_sae, folder)  # type: ignore[attr-defined]
 
     def checked(path: Path) -> SafetensorsHeader:
         header = read_safetensors_header(path)
@@ -117,9 +119,11 @@ def _written_by_us(weights: Path) -> bool:
 def saelens_architecture(cfg: dict[str, Any], folder: Path) -> Any:
     """The registry key of a SAELens-layout config (see the module docstring)."""
     ours = cfg.get("featcircuits")
+    architecture = cfg.get("architecture", "standard")
+    if architecture in TRANSCODER_ARCHITECTURES:  # "transcoder" is circuit-tracer's file
+        return f"saelens_{architecture}"
     if isinstance(ours, dict) and ours.get("kind") != "sae":
         return f"featcircuits-{ours.get('kind')}"
-    architecture = cfg.get("architecture", "standard")
     activation_fn = cfg.get("activation_fn_str") or cfg.get("activation_fn") or "relu"
     if activation_fn == "topk":  # pre-6.0 SAELens: a standard SAE with a TopK activation
         return "topk"
@@ -138,9 +142,33 @@ def native_fields(cfg: dict[str, Any]) -> tuple[str | None, dict[str, Any], dict
         meta = ours.get("meta") if isinstance(ours.get("meta"), dict) else {}
         config = ours.get("config") if isinstance(ours.get("config"), dict) else {}
         return ours.get("site"), meta, config
-    hook_name = cfg.get("hook_name") or cfg.get("hook_point")
-    meta = {"source": "saelens", "hook_name": hook_name, "model_name": cfg.get("model_name")}
-    return _site_from_hook(hook_name), meta, None
+    return _site_from_hook(saelens_field(cfg, "hook_name", "hook_point")), saelens_meta(cfg), None
+
+
+def saelens_field(cfg: dict[str, Any], *keys: str) -> Any:
+    """The first of ``keys`` set in ``cfg`` or (SAELens 6) ``cfg["metadata"]`` / ``cfg["meta"]``."""
+    sections = [cfg] + [cfg[name] for name in ("metadata", "meta")
+                        if isinstance(cfg.get(name), dict)]
+    for section in sections:
+        for key in keys:
+            if section.get(key) is not None:
+                return section[key]
+    return None
+
+
+def saelens_meta(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` of a foreign SAELens config: source, hook names, model name (v6 keeps them
+    under ``metadata``; earlier versions at the top level) and the activation normalisation."""
+    meta = {"source": "saelens",
+            "hook_name": saelens_field(cfg, "hook_name", "hook_point"),
+            "model_name": saelens_field(cfg, "model_name")}
+    hook_out = saelens_field(cfg, "hook_name_out")
+    if hook_out is not None:
+        meta["hook_name_out"] = hook_out
+    normalize = cfg.get("normalize_activations")
+    if normalize not in (None, "none"):
+        meta["normalize_activations"] = normalize
+    return meta
 
 
 def _site_from_hook(hook_name: str | None) -> str | None:
@@ -268,6 +296,8 @@ def native_cfg(dictionary: Dictionary, architecture: str, apply_b_dec: bool) -> 
         "apply_b_dec_to_input": apply_b_dec,
         "normalize_activations": "none",
         "model_name": dictionary.meta.get("model_name"),
+        # SAELens 6 reads these under "metadata" (earlier versions at the top level)
+        "metadata": {"hook_name": hook_name, "model_name": dictionary.meta.get("model_name")},
         "featcircuits": {
             "format_version": FORMAT_VERSION,
             "kind": dictionary.kind,
@@ -284,8 +314,40 @@ class SaelensFormat(DictionaryFormat):
     layout = "saelens"
 
     @classmethod
+    def tensor_shapes(cls, cfg: dict[str, Any], d_in: int, d_sae: int, where: Path
+                      ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+        """``(required, optional)`` tensor shapes of ``sae_weights.safetensors``."""
+        return ({"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in),
+                 "b_dec": (d_in,)}, {})
+
+    @classmethod
     def write(cls, state: DictionaryState, folder: Path) -> Path:
         return write_saelens(state, folder)
+
+
+def check_inference_config(cfg: dict[str, Any], folder: Path | None) -> None:
+    """Refuse what featcircuits cannot compute exactly: per-input activation normalisation
+    (``constant_norm_rescale``, ``layer_norm``), ``hook_z`` reshaping, unknown settings."""
+    normalize = cfg.get("normalize_activations")
+    if normalize in PER_INPUT_NORMALIZATIONS:
+        raise DictionaryLoadError(
+            f"{str(folder)!r} (architecture {cfg.get('architecture', 'standard')!r}) uses "
+            f"normalize_activations={normalize!r}: SAELens rescales each input in encode and "
+            "undoes it in decode, so the reconstruction is not an affine function of the "
+            "features, and featcircuits' dictionaries decode affinely (patching adds "
+            "feature directions); what is missing is a per-input decoder scale",
+            hint="use an SAE trained with normalize_activations none or "
+            "expected_average_only_in, or fold the normalisation into the weights")
+    if normalize not in IDENTITY_NORMALIZATIONS:
+        raise DictionaryLoadError(f"{str(folder)!r}: unknown normalize_activations "
+                                  f"{normalize!r}", hint="the config is corrupt or newer")
+    reshape = cfg.get("reshape_activations")
+    if reshape not in (None, "none"):
+        raise DictionaryLoadError(
+            f"{str(folder)!r} uses reshape_activations={reshape!r} (an attention SAE on "
+            "hook_z, the per-head outputs before the output projection); featcircuits has no "
+            "site for hook_z yet", hint="use an SAE trained on hook_attn_out or the residual "
+            "stream")
 
 
 # ------------------------------------------------------------------------------- SAEs
@@ -309,11 +371,7 @@ class SaelensSae(SaelensFormat):
     def from_state(cls, state: DictionaryState) -> SparseAutoencoder:
         cfg, tensors, folder = state.config, state.tensors, state.where
         site, meta, config = native_fields(cfg)
-        normalize = cfg.get("normalize_activations")
-        if normalize not in (None, "none"):
-            raise DictionaryLoadError(
-                f"{str(folder)!r} uses normalize_activations={normalize!r}, which featcircuits "
-                "does not apply", hint="use an SAE trained without activation normalisation")
+        check_inference_config(cfg, folder)
         if cls.activation == "jumprelu":
             require_tensors(tensors, ["threshold"], folder / WEIGHTS_FILE)
         cfg_path = folder / CFG_FILE if folder is not None else None
@@ -326,16 +384,27 @@ class SaelensSae(SaelensFormat):
                         site=site, meta=meta)
         fill_sae(sae, tensors["W_enc"], tensors["b_enc"], tensors["W_dec"], tensors["b_dec"],
                  tensors.get("threshold"))
+        if json_bool(cfg, "rescale_acts_by_decoder_norm", False, cfg_path):
+            # SAELens' TopK: encode scales pre-activations by the decoder row norms and
+            # decode divides by them; folding the norms is the same function, exactly
+            sae.normalize_decoder()
         return sae
 
     @classmethod
     def to_state(cls, dictionary: Dictionary) -> DictionaryState:
         cls.check_writes(dictionary, (cls.name,))
+        if not isinstance(dictionary, SparseAutoencoder) or isinstance(dictionary, Transcoder):
+            raise DictionaryError(f"format {cls.name!r} stores SparseAutoencoders, not "
+                                  f"{type(dictionary).__name__}",
+                                  hint="save it with save_dictionary")
         sae: SparseAutoencoder = dictionary  # type: ignore[assignment]
         tensors = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
         if sae.threshold is not None:
             tensors["threshold"] = sae.threshold
         cfg = native_cfg(sae, cls.name, sae.pre_encoder_bias)
+        if isinstance(sae, CenteredSparseAutoencoder):
+            tensors.update(fold_centring(sae))
+            cfg["featcircuits"]["config"]["tied"] = False  # the folded encoder is not W_dec.T
         cfg.update(cls.extra_cfg(sae))
         return DictionaryState(tensors, cfg)
 
@@ -373,7 +442,8 @@ class TopKSae(SaelensSae):
 
     @classmethod
     def extra_cfg(cls, sae: SparseAutoencoder) -> dict[str, Any]:
-        return {"k": sae.k, "activation_fn_kwargs": {"k": sae.k}}
+        return {"k": sae.k, "activation_fn_kwargs": {"k": sae.k},
+                "rescale_acts_by_decoder_norm": False}
 
 
 class JumpReluSae(SaelensSae):
@@ -382,22 +452,34 @@ class JumpReluSae(SaelensSae):
     name = "jumprelu"
     activation = "jumprelu"
 
+    @classmethod
+    def tensor_shapes(cls, cfg: dict[str, Any], d_in: int, d_sae: int, where: Path
+                      ) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+        required, optional = super().tensor_shapes(cfg, d_in, d_sae, where)
+        return {**required, "threshold": (d_sae,)}, optional
+
 
 __all__ = [
     "CFG_FILE",
     "FORMAT_VERSION",
+    "IDENTITY_NORMALIZATIONS",
+    "PER_INPUT_NORMALIZATIONS",
+    "TRANSCODER_ARCHITECTURES",
     "WEIGHTS_FILE",
     "JumpReluSae",
     "SaelensFormat",
     "SaelensSae",
     "StandardSae",
     "TopKSae",
+    "check_inference_config",
     "checksum",
     "checksum_file",
     "native_cfg",
     "native_fields",
     "read_saelens",
     "saelens_architecture",
+    "saelens_field",
+    "saelens_meta",
     "save_safetensors",
     "write_saelens",
 ]

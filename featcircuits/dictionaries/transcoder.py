@@ -15,8 +15,9 @@ File format: circuit-tracer's per-layer files (``layer_L.safetensors``, repos su
 ``mntss/transcoder-Llama-3.2-1B``): ``W_enc [d_transcoder, d_model]`` — transposed with respect
 to SAELens' ``W_enc [d_in, d_sae]`` — ``W_dec [d_transcoder, d_model]``, ``b_enc
 [d_transcoder]``, ``b_dec [d_model]``, optional ``W_skip [d_model, d_model]`` and optional
-``threshold`` / ``activation_function.threshold [d_transcoder]`` (JumpReLU; ReLU without
-it). Older circuit-tracer files store ``W_dec`` as ``[d_model, d_transcoder]``; those are
+``threshold`` / ``activation_function.threshold [d_transcoder]`` (JumpReLU as circuit-tracer
+computes it, ``pre * (pre > threshold)``: activation ``jumprelu_signed``; ReLU without it).
+A file featcircuits wrote names its activation in the header metadata. Older circuit-tracer files store ``W_dec`` as ``[d_model, d_transcoder]``; those are
 transposed on load when the shape says so unambiguously. The sites come from the file's
 ``featcircuits`` metadata, else from a ``config.yaml`` beside it (circuit-tracer's
 ``feature_input_hook`` / ``feature_output_hook``), else ``hook_resid_mid`` → ``hook_mlp_out``.
@@ -154,10 +155,21 @@ class TranscoderFormat(DictionaryFormat):
     def to_state(cls, dictionary: Dictionary) -> DictionaryState:
         cls.check_writes(dictionary, (cls.name,))
         transcoder: Transcoder = dictionary  # type: ignore[assignment]
+        if transcoder.activation == "topk":
+            raise DictionaryError(
+                f"cannot write {transcoder!r} (TopK, k={transcoder.k}) as a circuit-tracer "
+                "transcoder file: those files store no k, and circuit-tracer's loader reads "
+                "them as ReLU, so it would compute other features",
+                hint="save its tensors yourself, or use a ReLU / JumpReLU transcoder")
         tensors = {"W_enc": transcoder.W_enc.T, "W_dec": transcoder.W_dec,
                    "b_enc": transcoder.b_enc, "b_dec": transcoder.b_dec}
         if transcoder.threshold is not None:
-            tensors["threshold"] = transcoder.threshold
+            # circuit-tracer's JumpReLU keeps the sign (``pre * (pre > t)``); featcircuits'
+            # ``jumprelu`` is ``relu(pre) * (pre > t)``, the same function as the signed one
+            # with ``max(t, 0)``: stored so, circuit-tracer computes exactly these features
+            threshold = transcoder.threshold
+            tensors["activation_function.threshold"] = (
+                threshold.clamp_min(0) if transcoder.activation == "jumprelu" else threshold)
         if transcoder.W_skip is not None:
             tensors["W_skip"] = transcoder.W_skip
         metadata = {"format": "featcircuits-transcoder", "activation": transcoder.activation}
@@ -292,7 +304,9 @@ def transcoder_from_state(state: DictionaryState, *, layer: int | None = None,
     W_enc = _oriented("W_enc", tensors["W_enc"], n_features, d_model, path, legacy_ok=False)
     W_dec = _oriented("W_dec", tensors["W_dec"], n_features, d_model, path, legacy_ok=True)
     threshold = tensors.get("threshold", tensors.get("activation_function.threshold"))
-    activation = metadata.get("activation") or ("jumprelu" if threshold is not None else "relu")
+    # without featcircuits' metadata a threshold means circuit-tracer's signed JumpReLU
+    activation = metadata.get("activation") or (
+        "jumprelu_signed" if threshold is not None else "relu")
     k = metadata.get("k")
     if k is not None:
         if not (isinstance(k, str) and k.isascii() and k.isdigit() and int(k) > 0):
@@ -317,7 +331,7 @@ def transcoder_from_state(state: DictionaryState, *, layer: int | None = None,
         transcoder.W_dec_untied.copy_(W_dec)
         transcoder.b_enc.copy_(b_enc)
         transcoder.b_dec.copy_(b_dec)
-        if activation == "jumprelu":
+        if activation in ("jumprelu", "jumprelu_signed"):
             if threshold is None or tuple(threshold.shape) != (n_features,):
                 raise DictionaryLoadError(f"{str(path)!r}: a JumpReLU transcoder needs a "
                                           f"threshold of shape {(n_features,)}")
@@ -386,3 +400,25 @@ def read_circuit_tracer_config(path: str | os.PathLike[str]) -> dict[str, Any]:
                 raise DictionaryLoadError(f"{str(candidate)!r} does not hold a mapping")
             return config
     return {}
+
+
+def transcoder_set_files(folder: Path) -> list[Path]:
+    """The per-layer files of a circuit-tracer transcoder set in ``folder``
+    (``layer_<L>.safetensors``, sorted by layer); ``[]`` when there are none."""
+    files = [p for p in Path(folder).glob("layer_*.safetensors")
+             if re.fullmatch(r"layer_\d+", p.stem)]
+    return sorted(files, key=lambda p: int(p.stem.split("_")[1]))
+
+
+def refuse_cross_layer(folder: Path) -> None:
+    """``DictionaryLoadError`` if ``folder`` holds a circuit-tracer cross-layer transcoder
+    (``W_enc_0.safetensors``, ``W_dec_0.safetensors``, ...)."""
+    if (Path(folder) / "W_enc_0.safetensors").is_file():
+        raise DictionaryLoadError(
+            f"{str(folder)!r} holds a circuit-tracer cross-layer transcoder (W_enc_L / W_dec_L "
+            "files): each feature reads one layer and writes to that layer and every later one; "
+            "featcircuits' dictionaries write one site, so what is missing is a feature "
+            "decoder over several sites (patching, ablation and circuit nodes assume one)",
+            hint="use per-layer transcoders (a circuit-tracer transcoder_set folder loads with "
+            "load_dictionaries)")
+

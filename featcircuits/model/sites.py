@@ -13,11 +13,15 @@ kind           what it holds (``[batch, pos, d_model]``)
 ``attn_out``   output of block L's attention (first element of its tuple)
 ``resid_mid``  residual stream entering block L's MLP (the input of its pre-MLP norm;
                equals ``resid_in`` in parallel-attention blocks such as Pythia's); read-only
-``mlp_in``     input of block L's MLP module (after the pre-MLP norm)
+``mlp_in``     input of block L's MLP module (after the pre-MLP norm, its weight and bias)
+``mlp_normed`` ``resid_mid`` normalised by the pre-MLP norm *before* its weight and bias:
+               ``(x − mean) / sqrt(var + eps)`` (LayerNorm) or ``x / sqrt(mean(x²) + eps)``
+               (RMSNorm); TransformerLens' ``ln2.hook_normalized``; read-only
 =============  ===========================================================
 
-``resid_mid`` and ``mlp_in`` are where transcoders read (circuit-tracer's
-``hook_resid_mid`` and ``ln2.hook_normalized``).
+``resid_mid``, ``mlp_normed`` and ``mlp_in`` are where transcoders read (TransformerLens'
+``hook_resid_mid`` = ``hook_mlp_in``, ``ln2.hook_normalized``, and circuit-tracer's
+``mlp.hook_in``).
 
 ``Site.from_module_path("transformer.blocks.3")`` names any module directly, for
 architectures featcircuits does not know.
@@ -29,11 +33,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from torch.nn import LayerNorm
+
 from featcircuits.errors import SiteError
 from featcircuits.model.loading import model_config, underlying_module
 
-SITE_KINDS = ("embed", "resid_in", "resid_out", "mlp_out", "attn_out", "resid_mid", "mlp_in")
-_LAYER_KINDS = ("resid_in", "resid_out", "mlp_out", "attn_out", "resid_mid", "mlp_in")
+SITE_KINDS = ("embed", "resid_in", "resid_out", "mlp_out", "attn_out", "resid_mid", "mlp_in",
+              "mlp_normed")
+_LAYER_KINDS = ("resid_in", "resid_out", "mlp_out", "attn_out", "resid_mid", "mlp_in",
+                "mlp_normed")
+_READ_ONLY = ("resid_mid", "mlp_normed")
 
 
 @dataclass(frozen=True)
@@ -74,8 +83,8 @@ _TL_HOOKS = {
     "hook_mlp_out": "mlp_out",
     "hook_attn_out": "attn_out",
     "hook_resid_mid": "resid_mid",
-    "ln2.hook_normalized": "mlp_in",
-    "hook_mlp_in": "mlp_in",
+    "ln2.hook_normalized": "mlp_normed",  # before ln2's weight and bias
+    "hook_mlp_in": "resid_mid",  # TransformerLens: the residual stream entering the MLP block
     "mlp.hook_in": "mlp_in",
     "mlp.hook_out": "mlp_out",
 }
@@ -188,8 +197,8 @@ class Site:
             return -1.0
         if self.module_path is not None:
             return float("inf")
-        offset = {"resid_in": 0.0, "attn_out": 0.25, "resid_mid": 0.35, "mlp_in": 0.4,
-                  "mlp_out": 0.5, "resid_out": 0.75}[self.kind]
+        offset = {"resid_in": 0.0, "attn_out": 0.25, "resid_mid": 0.35, "mlp_normed": 0.375,
+                  "mlp_in": 0.4, "mlp_out": 0.5, "resid_out": 0.75}[self.kind]
         return self.layer + offset
 
     # ------------------------------------------------------------- resolution
@@ -209,7 +218,7 @@ class Site:
         block = _walk(model, f"{arch.layers}.{self.layer}")
         if self.kind in ("resid_in", "resid_out"):
             return block
-        if self.kind == "resid_mid":
+        if self.kind in _READ_ONLY:
             if arch.mlp_norm is None:
                 raise SiteError(
                     f"site {self}: {model_config(model).model_type!r} blocks have no pre-MLP "
@@ -221,6 +230,8 @@ class Site:
     def read(self, model):
         """Inside a trace: the activation at this site, ``[batch, pos, d_model]``."""
         module = self.module(model)
+        if self.kind == "mlp_normed":
+            return normalized(module.input, underlying_module(module))
         if self.kind in ("resid_in", "resid_mid", "mlp_in"):
             return module.input
         value = module.output
@@ -230,10 +241,11 @@ class Site:
 
     def write(self, model, value) -> None:
         """Inside a trace: replace the activation at this site with ``value``."""
-        if self.kind == "resid_mid":
+        if self.kind in _READ_ONLY:
             raise SiteError(
                 f"site {self} can be read but not written: the block keeps its own copy of the "
-                "residual, so writing the norm's input would change only the MLP's input",
+                "residual, so writing the norm's input (or its normalised form) would change "
+                "only the MLP's input",
                 hint=f"write 'mlp_in.{self.layer}' (the MLP's input) or 'resid_out.{self.layer}'")
         module = self.module(model)
         if self.kind in ("resid_in", "mlp_in"):
@@ -244,6 +256,25 @@ class Site:
             module.output = (value, *old[1:])
             return
         module.output = value
+
+
+def normalized(x, norm) -> Any:
+    """``x`` normalised as ``norm`` normalises it, before its weight and bias:
+    ``(x − mean) / sqrt(var + eps)`` for LayerNorm, ``x / sqrt(mean(x²) + eps)`` for RMSNorm
+    (TransformerLens' ``hook_normalized``), ``[..., d_model]``."""
+    eps = getattr(norm, "eps", None)
+    if eps is None:
+        eps = getattr(norm, "variance_epsilon", None)
+    if eps is None or not isinstance(eps, float | int):
+        raise SiteError(f"cannot tell the epsilon of norm {type(norm).__name__}",
+                        hint="read 'resid_mid' or 'mlp_in' instead")
+    if isinstance(norm, LayerNorm):
+        centred = x - x.mean(dim=-1, keepdim=True)
+        return centred / (centred.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
+    if "RMSNorm" in type(norm).__name__:
+        return x / (x.pow(2).mean(dim=-1, keepdim=True) + eps).sqrt()
+    raise SiteError(f"norm {type(norm).__name__} is neither LayerNorm nor RMSNorm",
+                    hint="read 'resid_mid' or 'mlp_in' instead")
 
 
 def architecture(model) -> Architecture:
