@@ -85,12 +85,14 @@ def _ok(results: dict, name: str) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow  # one subprocess per command (~70 s on 2 cores): make test-slow, CI
 def test_info(runs):
     info = json.loads(_ok(runs[1], "info").stdout)
     assert "tiny" in info["zoo"]
     assert {"sae-sparse", "sae-dense", "pca", "ica"} <= set(info["zoo"]["tiny"]["dictionaries"])
 
 
+@pytest.mark.slow  # one subprocess per command (~70 s on 2 cores): make test-slow, CI
 def test_ioi(runs):
     out, results = runs
     assert "features needed" in _ok(results, "ioi").stdout
@@ -99,6 +101,7 @@ def test_ioi(runs):
     assert (out / "ioi" / "curves.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # one subprocess per command (~70 s on 2 cores): make test-slow, CI
 def test_patch_in_bfloat16(runs):
     out, results = runs
     assert "logit_diff" in _ok(results, "patch").stdout
@@ -107,6 +110,7 @@ def test_patch_in_bfloat16(runs):
     assert all(pd.notna(table.loc[0, ["kl", "logit_diff", "answer_prob"]]))
 
 
+@pytest.mark.slow  # one subprocess per command (~70 s on 2 cores): make test-slow, CI
 def test_circuit_and_render(runs):
     out, results = runs
     _ok(results, "circuit")
@@ -117,12 +121,14 @@ def test_circuit_and_render(runs):
     assert html.lstrip().lower().startswith("<!doctype html") and len(html) > 1000
 
 
+@pytest.mark.slow  # one subprocess per command (~70 s on 2 cores): make test-slow, CI
 def test_dashboard_through_the_remote_round_trip(runs):
     out, results = runs
     assert "feature 3 at resid_out.2" in _ok(results, "dashboard").stdout
     assert "resid_out.2" in (out / "dash.html").read_text()
 
 
+@pytest.mark.slow  # one subprocess per command (~70 s on 2 cores): make test-slow, CI
 def test_train_sae_topk_in_bfloat16(runs):
     out, results = runs
     stdout = _ok(results, "train-sae").stdout
@@ -141,6 +147,7 @@ def test_train_sae_topk_in_bfloat16(runs):
     assert (out / "sae" / "checkpoint" / "checkpoint.pt").exists()
 
 
+@pytest.mark.slow  # one subprocess per command (~70 s on 2 cores): make test-slow, CI
 def test_fit_ica_from_a_text_file(runs):
     out, results = runs
     stdout = _ok(results, "fit-ica").stdout

@@ -262,6 +262,7 @@ def test_1000_ioi_prompts_do_not_grow_memory(tiny, one_thread):
 
 
 # -------------------------------------------------------------- wide dictionary
+@pytest.mark.slow  # a 32,768-feature child process (~20 s): make test-slow, CI
 def test_wide_dictionary_peak_rss_stays_under_bound(wide_child):
     """32,768 features × 128 positions: patch search (attribution curve, elimination) and
     circuit discovery (attribution, exact ACDC over a bounded candidate set) with a 128 MiB
