@@ -82,4 +82,5 @@ def test_the_wheel_holds_every_data_file_and_runs_from_another_folder(tmp_path):
     lines = result.stdout.splitlines()
     for line in lines[:3]:
         assert line.startswith(str(site)), (line, str(site))
-    assert int(lines[3]) == 250 and int(lines[4]) > 0 and int(lines[5]) > 1000
+    rows = (PACKAGE / "data" / "ioi" / "prompts.jsonl").read_text(encoding="utf-8").splitlines()
+    assert int(lines[3]) == len(rows) and int(lines[4]) > 0 and int(lines[5]) > 1000
