@@ -38,7 +38,7 @@ $(LOWEST_STAMP): pyproject.toml tools/lowest_pins.py
 	$(PYTHON) -m venv $(LOWEST)
 	$(LOWEST)/bin/python -m pip install -q --upgrade pip
 	$(LOWEST)/bin/python -m pip install -q torch==2.13.0
-	$(PYTHON) tools/lowest_pins.py > $(LOWEST)/constraints.txt
+	$(LOWEST)/bin/python tools/lowest_pins.py > $(LOWEST)/constraints.txt
 	$(LOWEST)/bin/python -m pip install -q -c $(LOWEST)/constraints.txt -e '.[dev]'
 	touch $(LOWEST_STAMP)
 
