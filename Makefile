@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow install lint bench docs clean fixtures
+.PHONY: demo test test-slow test-lowest install lint bench docs clean fixtures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,24 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m slow
+
+# The fast core of the suite at the lowest versions pyproject.toml declares (transformers,
+# nnsight, tokenizers; torch==2.13.0 first), in its own venv: tools/lowest_pins.py reads the
+# floors and pip installs under those pins as constraints, so nothing floats up (CI runs it).
+LOWEST := .venv-lowest
+LOWEST_STAMP := $(LOWEST)/.installed
+LOWEST_TESTS := tests/model tests/engine tests/patching tests/circuits tests/tasks
+$(LOWEST_STAMP): pyproject.toml tools/lowest_pins.py
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install -q --upgrade pip
+	$(LOWEST)/bin/python -m pip install -q torch==2.13.0
+	$(LOWEST)/bin/python tools/lowest_pins.py > $(LOWEST)/constraints.txt
+	$(LOWEST)/bin/python -m pip install -q -c $(LOWEST)/constraints.txt -e '.[dev]'
+	touch $(LOWEST_STAMP)
+
+test-lowest: $(LOWEST_STAMP)
+	$(LOWEST)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|nnsight|tokenizers) '
+	$(LOWEST)/bin/python -m pytest -q -n 2 -m "not slow" $(LOWEST_TESTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check featcircuits tests examples benchmarks
@@ -52,4 +70,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/patching.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(LOWEST) out .pytest_cache

@@ -1,8 +1,8 @@
 """The IOI logit-difference circuit of the bundled model.
 
-Prompt pairs from data/ioi/prompts.jsonl (by default the template with the most pairs, so
-token positions line up and nodes can be position-specific); the target is the logit
-difference IO − S at the final position. Prints the circuit as a table with its
+Prompt pairs from the bundled featcircuits/data/ioi/prompts.jsonl (by default the template
+with the most pairs, so token positions line up and nodes can be position-specific); the
+target is the logit difference IO − S at the final position. Prints the circuit as a table with its
 faithfulness and writes it (JSON, CSV tables, diagram) under out/ioi_circuit/.
 
     python examples/ioi_circuit.py [--method hybrid|acdc|attribution] [--n-prompts 16]
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_circuit_arguments(parser, out="out/ioi_circuit")
     parser.add_argument("--prompts", default=None,
-                        help="prompt pairs .jsonl/.csv (default data/ioi/prompts.jsonl)")
+                        help="prompt pairs .jsonl/.csv (default: the bundled IOI pairs)")
     parser.add_argument("--corruption", default="abc", help="abc | flip | all (default abc)")
     parser.add_argument("--template", default="largest",
                         help="template id, 'largest' (default) or 'all'")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from featcircuits.errors import FeatCircuitsError, ParameterError
@@ -116,3 +118,21 @@ def parse_json(text: str | bytes, what: str = "JSON", *,
             stack.extend((item, depth + 1) for item in items
                          if isinstance(item, (list, dict)))
     return data
+
+
+# ----------------------------------------------------------------------- package data
+def package_path(*parts: str) -> Path:
+    """A file or folder shipped inside the installed ``featcircuits`` package
+    (``importlib.resources``), e.g. ``package_path("data", "ioi")`` or ``package_path("zoo")``.
+
+    Every bundled file (IOI data, the model zoo, the pretrained-SAE table, the viewer) is
+    found this way, never relative to a checkout, so ``pip install .`` works from any folder
+    (``tests/docs/test_packaging.py`` checks the wheel holds each one). A package imported
+    from a zip archive has no folder to hand to Hugging Face loaders and is refused."""
+    target = resources.files("featcircuits").joinpath(*parts)
+    if not isinstance(target, Path):
+        raise ParameterError(
+            f"featcircuits is imported from {target!s}, not a folder on disk, so the bundled "
+            f"{'/'.join(parts)} cannot be opened as a path",
+            hint="install featcircuits as a regular (unzipped) package: pip install featcircuits")
+    return target

@@ -44,7 +44,7 @@ def add_ioi_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bases", nargs="+", default=None,
                         help="sets to compare (default: every set found) plus neuron, random")
     parser.add_argument("--prompts", default=None,
-                        help="prompt pairs .jsonl/.csv (default: data/ioi/prompts.jsonl)")
+                        help="prompt pairs .jsonl/.csv (default: featcircuits/data/ioi/prompts.jsonl)")
     parser.add_argument("--corruption", default="abc",
                         help="which corruption rows to use when the file has a 'corruption' "
                         "column (abc | flip | all; default abc)")

@@ -91,7 +91,7 @@ COMMANDS: tuple[Command, ...] = (
             "--layers 3",
             experiments.add_ioi_arguments, experiments.run_ioi),
     Command("patch", "patch dictionary features from clean into corrupted prompts and measure",
-            "  featcircuits patch --prompts data/ioi/prompts.jsonl \\\n"
+            "  featcircuits patch --prompts featcircuits/data/ioi/prompts.jsonl \\\n"
             "      --dictionaries featcircuits/zoo/tiny/dictionaries/sae-sparse/resid_out.2\n"
             "  featcircuits patch --prompts my.csv --dictionaries DIR --features 3 17 --source "
             "mean\n"

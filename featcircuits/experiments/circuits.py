@@ -2,7 +2,7 @@
 closing-parenthesis circuit (``featcircuits.experiments.parens``), plus what both share:
 building a circuit by method name, scoring it, and writing it.
 
-IOI. Prompt pairs from ``data/ioi/prompts.jsonl`` (one template, so positions line up); the
+IOI. Prompt pairs from ``featcircuits/data/ioi/prompts.jsonl`` (one template, so positions line up); the
 target is the logit difference IO − S at the final position.
 
 Both experiments take keyword arguments and return a ``CircuitResult``; with ``out`` they
@@ -227,7 +227,7 @@ def ioi_circuit(
             ``remote``), or a loaded model.
         dictionaries, set_name: folder of sets ``<set>/<site>/`` (default: the
             checkpoint's) and the set to use (default: ``preferred_set``).
-        prompts, corruption: prompt pairs (default ``data/ioi/prompts.jsonl``) and which
+        prompts, corruption: prompt pairs (default ``featcircuits/data/ioi/prompts.jsonl``) and which
             corruption rows (``abc``, ``flip``, ``all``).
         template: template id, ``"largest"`` (the one with most pairs) or ``"all"``.
         n_prompts: the first ``n_prompts`` pairs of that template.

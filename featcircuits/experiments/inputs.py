@@ -49,7 +49,7 @@ def resolve_model(model: ModelSpec, *, device: str = "cpu", dtype: str | None = 
 
 
 def default_ioi_prompts() -> Path:
-    """The bundled held-out IOI prompt pairs (``data/ioi/prompts.jsonl``)."""
+    """The bundled held-out IOI prompt pairs (``featcircuits/data/ioi/prompts.jsonl``)."""
     from featcircuits.tasks.ioi import default_prompts_path
 
     return Path(default_prompts_path())

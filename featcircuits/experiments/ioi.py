@@ -126,7 +126,7 @@ def run_ioi_patching(
             checkpoint's ``dictionaries/``).
         bases: sets to compare, plus ``"neuron"`` and ``"random"`` (default: every set
             found and both references).
-        prompts: prompt pairs .jsonl/.csv (default: ``data/ioi/prompts.jsonl``).
+        prompts: prompt pairs .jsonl/.csv (default: ``featcircuits/data/ioi/prompts.jsonl``).
         corruption: rows of that ``corruption`` value (``abc``, ``flip`` or ``all``).
         n_prompts: prompt pairs, drawn with ``settings.seed`` when there are more.
         layers: layers to patch (default: all).

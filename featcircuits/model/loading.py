@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from featcircuits.errors import ModelLoadError, ParameterError
+from featcircuits.files import package_path
 
-ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
+ZOO_DIR = package_path("zoo")  # the bundled models, from the installed package
 
 _DTYPES = {
     "float32": torch.float32,

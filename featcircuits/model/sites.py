@@ -19,6 +19,10 @@ kind           what it holds (``[batch, pos, d_model]``)
                (RMSNorm); TransformerLens' ``ln2.hook_normalized``; read-only
 =============  ===========================================================
 
+A module that returns a tuple (attention; decoder layers in transformers 4.x) is read and
+written through its first element (``hidden_of``, ``with_hidden``), so transformers 4.57 and
+5.x give the same sites.
+
 ``resid_mid``, ``mlp_normed`` and ``mlp_in`` are where transcoders read (TransformerLens'
 ``hook_resid_mid`` = ``hook_mlp_in``, ``ln2.hook_normalized``, and circuit-tracer's
 ``mlp.hook_in``).
@@ -234,10 +238,7 @@ class Site:
             return normalized(module.input, underlying_module(module))
         if self.kind in ("resid_in", "resid_mid", "mlp_in"):
             return module.input
-        value = module.output
-        if self.kind == "attn_out" or (self.module_path is not None and isinstance(value, tuple)):
-            return value[0]
-        return value
+        return hidden_of(module.output)
 
     def write(self, model, value) -> None:
         """Inside a trace: replace the activation at this site with ``value``."""
@@ -251,11 +252,21 @@ class Site:
         if self.kind in ("resid_in", "mlp_in"):
             module.input = value
             return
-        if self.kind == "attn_out":
-            old = module.output
-            module.output = (value, *old[1:])
-            return
-        module.output = value
+        module.output = with_hidden(module.output, value)
+
+
+def hidden_of(output: Any) -> Any:
+    """The hidden state ``[batch, pos, d_model]`` in a module's output: the output itself, or
+    the first element where the module returns a tuple (attention modules; decoder layers in
+    transformers 4.x, which return ``(hidden, ...)`` where 5.x returns the tensor). Every read
+    of a module's output in featcircuits goes through here."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+def with_hidden(output: Any, value: Any) -> Any:
+    """``output`` with its hidden state replaced by ``value``, keeping its structure: a tuple
+    stays a tuple with the other elements untouched (see ``hidden_of``)."""
+    return (value, *output[1:]) if isinstance(output, tuple) else value
 
 
 def normalized(x, norm) -> Any:

@@ -38,7 +38,7 @@ from pathlib import Path
 import pandas as pd
 
 from featcircuits.errors import ParameterError, PromptError
-from featcircuits.files import PROMPT_FILE_LIMIT, parse_json, read_bytes_limited
+from featcircuits.files import PROMPT_FILE_LIMIT, package_path, parse_json, read_bytes_limited
 from featcircuits.seeds import check_seed
 from featcircuits.tasks.prompts import read_prompts, tokenize_prompts
 from featcircuits.tasks.text import split_words
@@ -54,12 +54,12 @@ _SLOTS = ("{A}", "{B}", "{S}", "{PLACE}", "{OBJECT}")
 
 
 def default_data_dir() -> Path:
-    """The bundled ``data/ioi`` folder of this repository."""
-    return Path(__file__).resolve().parents[2] / "data" / "ioi"
+    """The bundled IOI data folder, ``featcircuits/data/ioi`` in the installed package."""
+    return package_path("data", "ioi")
 
 
 def default_prompts_path() -> Path:
-    """The bundled held-out prompt pairs, ``data/ioi/prompts.jsonl``."""
+    """The bundled held-out prompt pairs, ``featcircuits/data/ioi/prompts.jsonl``."""
     return default_data_dir() / "prompts.jsonl"
 
 
@@ -132,7 +132,8 @@ def pair_split(name_x: str, name_y: str) -> str:
     return "eval" if int.from_bytes(digest[:8], "big") % HELDOUT_MODULUS == 0 else "train"
 
 
-_DATA_HINT = "pass data_dir= pointing at a folder laid out like data/ioi (see its README)"
+_DATA_HINT = ("pass data_dir= pointing at a folder laid out like featcircuits/data/ioi "
+              "(see its README)")
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -166,7 +167,7 @@ def _read_list(path: Path) -> tuple[str, ...]:
 def load_ioi_data(data_dir: str | os.PathLike[str] | None = None) -> IOIData:
     """Read templates.json, names.txt, places.txt and objects.txt from ``data_dir``.
 
-    ``data_dir`` defaults to the bundled ``data/ioi`` folder.
+    ``data_dir`` defaults to the bundled ``featcircuits/data/ioi`` folder.
     """
     folder = Path(data_dir) if data_dir is not None else default_data_dir()
     return _load_cached(folder.resolve())
@@ -360,7 +361,7 @@ def check_prompt_pairs(prompts: pd.DataFrame, tokenizer) -> None:
 
 def load_prompts(path: str | os.PathLike[str] | None = None, *,
                  max_bytes: int = PROMPT_FILE_LIMIT) -> pd.DataFrame:
-    """Read a prompt-pair JSONL (default: the bundled ``data/ioi/prompts.jsonl``) with
+    """Read a prompt-pair JSONL (default: the bundled ``featcircuits/data/ioi/prompts.jsonl``) with
     ``read_prompts`` (the bounded reader: a regular file of at most ``max_bytes``), keeping
     every column; missing values are ``None``."""
     target = Path(path) if path is not None else default_prompts_path()
@@ -369,7 +370,7 @@ def load_prompts(path: str | os.PathLike[str] | None = None, *,
     except PromptError as exc:
         raise PromptError(f"cannot read prompt pairs: {exc.message}", hint=exc.hint or
                           "regenerate with `python -m featcircuits.tasks.ioi --out "
-                          "data/ioi/prompts.jsonl`") from exc
+                          "featcircuits/data/ioi/prompts.jsonl`") from exc
     return frame.astype(object).where(frame.notna(), None)
 
 

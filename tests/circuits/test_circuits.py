@@ -49,6 +49,7 @@ from featcircuits.graph.io import (
 from featcircuits.model.loading import underlying_module
 from featcircuits.model.sites import Site
 from tests.support.factories import QUIET, random_saes
+from tests.support.hooks import on_hidden
 
 A, C, B = 0, 1, 0  # planted: feature A (and C) of resid_out.0, feature B of resid_out.1
 GAIN = 2.0
@@ -229,7 +230,7 @@ def _hooked(model, edits, reads, ids):
                 out = edits[path](out)
             captured[path] = out
             return out
-        hooks.append(plain.get_submodule(path).register_forward_hook(hook))
+        hooks.append(plain.get_submodule(path).register_forward_hook(on_hidden(hook)))
     try:
         with torch.no_grad():
             logits = plain(ids).logits

@@ -24,6 +24,7 @@ from featcircuits.engine.runs import ERROR, CircuitRuns
 from featcircuits.errors import CircuitWarning
 from featcircuits.model.loading import underlying_module
 from tests.support.factories import QUIET, random_saes
+from tests.support.hooks import on_hidden
 
 A, C, BIG, OUT = 1, 2, 3, 4     # basis directions at resid_out.0 (0 is the all-ones one)
 B = 0                           # feature of the SAE at resid_out.1
@@ -98,7 +99,7 @@ def _hooked_b(model, dictionaries, edit0=None, mlp1=None) -> tuple[float, dict]:
 
     for path, hook in (("gpt_neox.layers.0", layer0), ("gpt_neox.layers.1.mlp", mlp),
                        ("gpt_neox.layers.1", layer1)):
-        hooks.append(plain.get_submodule(path).register_forward_hook(hook))
+        hooks.append(plain.get_submodule(path).register_forward_hook(on_hidden(hook)))
     try:
         with torch.no_grad():
             plain(_ids())
@@ -220,11 +221,11 @@ def test_ig_edges_of_a_site_add_up_to_its_ablation_with_later_sites_frozen(tiny_
         replace = {path: source}
         if site == "resid_out.0":
             replace["gpt_neox.layers.1.mlp"] = runs.activations["mlp_out.1"]
-        hooks = [plain.get_submodule(p).register_forward_hook(
-            lambda module, args, out, value=value: value) for p, value in replace.items()]
+        hooks = [plain.get_submodule(p).register_forward_hook(on_hidden(
+            lambda module, args, out, value=value: value)) for p, value in replace.items()]
         captured = {}
-        hooks.append(plain.get_submodule("gpt_neox.layers.1").register_forward_hook(
-            lambda module, args, out, captured=captured: captured.update(out=out)))
+        hooks.append(plain.get_submodule("gpt_neox.layers.1").register_forward_hook(on_hidden(
+            lambda module, args, out, captured=captured: captured.update(out=out))))
         try:
             with torch.no_grad():
                 plain(_ids())

@@ -50,7 +50,7 @@ def runs(tmp_path_factory):
     from featcircuits.tasks.corpus import corpus_documents
 
     out = tmp_path_factory.mktemp("cli")
-    rows = pd.read_json(ROOT / "data/ioi/prompts.jsonl", lines=True)
+    rows = pd.read_json(ROOT / "featcircuits/data/ioi/prompts.jsonl", lines=True)
     rows = rows[rows["corruption"] == "abc"].head(4)
     rows[["clean", "corrupt", "answer", "wrong_answer"]].to_csv(out / "p.csv", index=False)
     (out / "texts.txt").write_text("\n".join(corpus_documents(40, seed=3)) + "\n")
@@ -349,7 +349,7 @@ def test_remote_model_opens_every_trace_remote(monkeypatch):
 
     monkeypatch.setattr(LanguageModel, "trace", spy)
     sae = load_dictionary(SAE)
-    prompts = read_prompts(ROOT / "data/ioi/prompts.jsonl").head(2)
+    prompts = read_prompts(ROOT / "featcircuits/data/ioi/prompts.jsonl").head(2)
     calls = [
         lambda: collect_activations(model, "resid_out.1", ["a b c"], 4, progress=False),
         lambda: evaluate_dictionary(model, sae, "resid_out.2", ["a b c"], progress=False),

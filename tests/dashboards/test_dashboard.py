@@ -24,6 +24,7 @@ from featcircuits.dashboards import (
 from featcircuits.dictionaries import PCABasis, SparseAutoencoder, save_dictionary
 from featcircuits.errors import FeatureIdError
 from featcircuits.model.loading import load_model, underlying_module
+from tests.support.hooks import on_hidden
 from tests.support.ranking import assert_top_k
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +154,7 @@ def test_ablation_drop_matches_a_torch_hook(data, sae, model, hidden):
         c = sae.encode(output)[..., FEATURE]
         return output - c[..., None] * direction
 
-    handle = torch_model.gpt_neox.layers[LAYER].register_forward_hook(hook)
+    handle = torch_model.gpt_neox.layers[LAYER].register_forward_hook(on_hidden(hook))
     try:
         with torch.no_grad():
             ablated = torch_model(ids[None]).logits[0]

@@ -417,7 +417,7 @@ def _tiny_transcoder(model, layer: int) -> Transcoder:
 def test_patching_through_a_transcoder_matches_manual_hooks(tiny):
     layer = 1
     transcoder = _tiny_transcoder(tiny, layer)
-    prompts = read_prompts("data/ioi/prompts.jsonl").query("corruption == 'abc'").head(4)
+    prompts = read_prompts("featcircuits/data/ioi/prompts.jsonl").query("corruption == 'abc'").head(4)
     experiment = PatchingExperiment(tiny, transcoder, prompts,
                                     settings=RunSettings(progress=False))
     active = experiment.active_features()
@@ -470,7 +470,7 @@ def test_cli_patches_through_a_cached_transcoder_spec(tiny, tmp_path, monkeypatc
     (local / "config.yaml").write_text("feature_input_hook: hook_resid_mid\n"
                                        "feature_output_hook: hook_mlp_out\n")
     monkeypatch.setenv("FEATCIRCUITS_CACHE", str(tmp_path / "cache"))
-    rows = read_prompts("data/ioi/prompts.jsonl").query("corruption == 'abc'").head(4)
+    rows = read_prompts("featcircuits/data/ioi/prompts.jsonl").query("corruption == 'abc'").head(4)
     prompts = tmp_path / "p.csv"
     rows[["clean", "corrupt", "answer", "wrong_answer"]].to_csv(prompts, index=False)
     out = tmp_path / "patch.csv"

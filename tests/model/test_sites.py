@@ -8,7 +8,7 @@ import torch
 from featcircuits import Site, SiteError, load_model
 from featcircuits.model import all_sites, d_model, num_layers
 from featcircuits.model.loading import underlying_module
-from featcircuits.model.sites import architecture
+from featcircuits.model.sites import architecture, hidden_of, with_hidden
 
 ARCHS = ["gpt_neox", "gpt2", "llama", "qwen2", "gemma2"]
 
@@ -95,6 +95,34 @@ def test_module_path_site_reads_any_module(tiny_models, input_ids):
         direct = site.read(model).save()
         named = Site.parse("resid_out.0").read(model).save()
     torch.testing.assert_close(direct, named)
+
+
+def test_hidden_of_and_with_hidden_keep_the_output_structure():
+    """Decoder layers return tuples on transformers 4.x and tensors on 5.x; both shapes of
+    output are read and written through the same two helpers."""
+    hidden, cache, weights = torch.randn(2, 3, 4), object(), torch.randn(2, 1, 3, 3)
+    new = torch.randn(2, 3, 4)
+    assert hidden_of((hidden, cache, weights)) is hidden and hidden_of(hidden) is hidden
+    replaced = with_hidden((hidden, cache, weights), new)
+    assert isinstance(replaced, tuple) and len(replaced) == 3
+    assert replaced[0] is new and replaced[1] is cache and replaced[2] is weights
+    assert with_hidden(hidden, new) is new
+
+
+def test_module_path_site_writes_a_tuple_output_like_attn_out(tiny_models, input_ids):
+    """An attention module returns a tuple on every transformers version: a module-path site
+    on it writes the first element and keeps the rest, as ``attn_out`` does."""
+    model = tiny_models["gpt2"]
+    named, direct = Site.parse("attn_out.0"), Site.parse("module:transformer.h.0.attn")
+    results = []
+    for site in (named, direct):
+        with model.trace(input_ids):
+            site.write(model, 2.0 * site.read(model))
+            results.append(model.output.logits.save())
+    with torch.no_grad():
+        reference = underlying_module(model)(input_ids).logits
+    torch.testing.assert_close(results[0], results[1])
+    assert (results[0] - reference).abs().max() > 1e-3
 
 
 def test_layer_out_of_range(tiny_models):

@@ -13,6 +13,7 @@ from featcircuits.model.loading import underlying_module
 from featcircuits.model.sites import Site
 from featcircuits.patching.experiment import PatchingExperiment
 from tests.support.factories import PROMPTS, QUIET, random_sae
+from tests.support.hooks import on_hidden
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,8 @@ def _manual_patch_logits(model, dictionaries, prompts, masks, positions="all"):
     captured = {}
     for site in dictionaries:
         module = plain.get_submodule(f"gpt_neox.layers.{Site.parse(site).layer}")
-        hooks.append(module.register_forward_hook(
-            lambda mod, args, out, site=site: captured.__setitem__(site, out.detach())))
+        hooks.append(module.register_forward_hook(on_hidden(
+            lambda mod, args, out, site=site: captured.__setitem__(site, out.detach()))))
     with torch.no_grad():
         plain(experiment_prompts.clean_ids)
     for hook in hooks:
@@ -48,7 +49,7 @@ def _manual_patch_logits(model, dictionaries, prompts, masks, positions="all"):
             weight = (clean_features[site] - corrupt_features) * masks[site] * token_mask[..., None]
             return out + weight @ dictionary.directions
         module = plain.get_submodule(f"gpt_neox.layers.{Site.parse(site).layer}")
-        hooks.append(module.register_forward_hook(hook))
+        hooks.append(module.register_forward_hook(on_hidden(hook)))
     with torch.no_grad():
         logits = plain(experiment_prompts.corrupt_ids).logits
     for hook in hooks:

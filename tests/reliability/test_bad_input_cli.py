@@ -20,7 +20,7 @@ from featcircuits.cli.main import main
 from featcircuits.model.loading import ZOO_DIR
 
 SAE = str(ZOO_DIR / "tiny" / "dictionaries" / "sae-sparse" / "resid_out.2")
-PROMPTS = str(Path(__file__).resolve().parents[2] / "data" / "ioi" / "prompts.jsonl")
+PROMPTS = str(Path(__file__).resolve().parents[2] / "featcircuits" / "data" / "ioi" / "prompts.jsonl")
 PATCH = ["--quiet", "patch", "--prompts", PROMPTS, "--dictionaries", SAE]
 TRAIN = ["--quiet", "train-sae", "--site", "resid_out.1", "--steps", "2", "--out", "unused"]
 ICA = ["--quiet", "fit-ica", "--site", "resid_out.1", "--out", "unused"]

@@ -19,7 +19,7 @@ def tokenizer():
 
 
 def test_default_data_dir_is_repo_data_ioi():
-    assert ioi.default_data_dir() == Path(__file__).resolve().parents[2] / "data" / "ioi"
+    assert ioi.default_data_dir() == Path(__file__).resolve().parents[2] / "featcircuits" / "data" / "ioi"
     data = ioi.load_ioi_data()
     assert len(data.names) == 40 and len(data.templates) == 10
 
