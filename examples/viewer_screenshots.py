@@ -29,9 +29,9 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from featcircuits.writes import atomic_path
 from featcircuits.graph import read_json
 from featcircuits.render import example_circuit, random_layered_circuit, to_html
+from featcircuits.writes import atomic_path
 
 
 def _example():
