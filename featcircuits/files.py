@@ -68,14 +68,22 @@ def read_bytes_limited(path: str | os.PathLike[str], limit: int, what: str = "fi
     return data
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages: ``"a FIFO (named pipe)"``, ``"a device"``,
+    ``"a socket"`` or ``"not a regular file"`` (``mode`` from ``os.stat``)."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+
+
 def _check_regular(info: os.stat_result, name: str, what: str,
                    error: type[FeatCircuitsError]) -> None:
     if stat.S_ISDIR(info.st_mode):
         raise error(f"{what} {name!r} is a folder, not a file", hint="pass the file's path")
     if not stat.S_ISREG(info.st_mode):
-        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode)
-                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
-                else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file")
+        kind = file_kind(info.st_mode)
         raise error(f"{what} {name!r} is {kind}, not a regular file",
                     hint="copy the data into a regular file and pass that")
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from featcircuits.errors import FeatCircuitsError, OutputError
+from featcircuits.files import file_kind
 
 #: how a set's staging folder is named: ``.fc-<host>-<pid>-<token>.tmp`` (host: a tag of
 #: this machine and boot, pid: the writing process; see docs/reliability.md "Writes")
@@ -178,10 +179,8 @@ def check_output_file(path: str | os.PathLike[str], *, folder: bool = False) -> 
         raise OutputError(f"cannot write {str(target)!r}: it is a folder",
                           hint="pass a file path (inside the folder) as the output")
     if not stat.S_ISREG(info.st_mode):
-        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode)
-                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
-                else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file")
-        raise OutputError(f"cannot write {str(target)!r}: it is {kind}, not a regular file",
+        raise OutputError(f"cannot write {str(target)!r}: it is "
+                          f"{file_kind(info.st_mode)}, not a regular file",
                           hint="choose an output path that is a regular file (or new)")
     return target
 

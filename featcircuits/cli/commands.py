@@ -106,12 +106,16 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output file; the writer is picked by extension: "
                         + ", ".join(RENDER_FORMATS))
     parser.add_argument("--title", default=None, help="title of the figure / page")
+    from featcircuits.render import limits
+
     parser.add_argument("--max-nodes", type=positive_int, default=None,
-                        help="refuse graphs with more nodes (default 2000 for PNG/SVG/PDF, "
-                        "20000 for HTML); edges are capped at 20 x this")
+                        help="refuse graphs with more nodes (default "
+                        f"{limits.DIAGRAM_MAX_NODES} for PNG/SVG/PDF, {limits.HTML_MAX_NODES} "
+                        f"for HTML); edges are capped at {limits.EDGES_PER_NODE} x this")
     parser.add_argument("--max-positions", type=positive_int, default=None,
-                        help="refuse graphs spanning more token positions (default 512 for "
-                        "PNG/SVG/PDF, 4096 for HTML)")
+                        help="refuse graphs spanning more token positions (default "
+                        f"{limits.DIAGRAM_MAX_POSITIONS} for PNG/SVG/PDF, "
+                        f"{limits.HTML_MAX_POSITIONS} for HTML)")
 
 
 def run_render(args: argparse.Namespace) -> int:
