@@ -201,19 +201,20 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     pairs, one upstream site interpolated at a time."""
     n, width = runs.n, runs.width
     alphas = _alphas(steps, runs.device)
-    pairs = [(item, k) for item in downstream for k in range(steps)]
+    pairs = [(index, k) for index in range(len(downstream)) for k in range(steps)]
     per_chunk = runs.chunk_copies()
-    weights = {(node, _down_key(runs, item, level)): 0.0
-               for site in up_sites for item in downstream for node in upstream[site]}
+    weights: dict[tuple, float] = {}
     for site in up_sites:
         clean = runs.activations[site].float()
         diff = clean - runs.source_activation(site, ablation).float()
         later = [s for s in reachable if site_depth(s) > site_depth(site)]
         tile = None if _has_targets_before(runs, site) else site
+        # [len(downstream), len(upstream nodes)]: contributions summed over the points
+        total = torch.zeros(len(downstream), len(upstream[site]), dtype=torch.float64)
         for start in range(0, len(pairs), per_chunk):
             chunk = pairs[start:start + per_chunk]
             copies = len(chunk)
-            items = [item for item, _ in chunk]
+            items = [downstream[index] for index, _ in chunk]
             points = clean[None] - alphas[[k for _, k in chunk]][:, None, None, None] * diff[None]
             delta = torch.zeros(copies * n, width, clean.shape[-1], device=runs.device,
                                 requires_grad=True)
@@ -232,10 +233,11 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                 continue
             values = _contributions(runs, site, grad.reshape(copies, n, width, -1),
                                     upstream[site], ablation=ablation, positional=positional)
-            for item, row in zip(items, values.tolist()):
-                key = _down_key(runs, item, level)
-                for node, value in zip(upstream[site], row):
-                    weights[(node, key)] += value / steps
+            total.index_add_(0, torch.tensor([index for index, _ in chunk]),
+                             values.detach().cpu().double())
+        for item, row in zip(downstream, (total / steps).tolist()):
+            key = _down_key(runs, item, level)
+            weights.update(((node, key), value) for node, value in zip(upstream[site], row))
     return weights
 
 def _has_targets_before(runs: CircuitRuns, site: str) -> bool:
