@@ -210,7 +210,8 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
         later = [s for s in reachable if site_depth(s) > site_depth(site)]
         tile = None if _has_targets_before(runs, site) else site
         # [len(downstream), len(upstream nodes)]: contributions summed over the points
-        total = torch.zeros(len(downstream), len(upstream[site]), dtype=torch.float64)
+        total = torch.zeros(len(downstream), len(upstream[site]), dtype=torch.float64,
+                            device="cpu")  # host-side sums, read once per site
         for start in range(0, len(pairs), per_chunk):
             chunk = pairs[start:start + per_chunk]
             copies = len(chunk)
@@ -233,7 +234,7 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                 continue
             values = _contributions(runs, site, grad.reshape(copies, n, width, -1),
                                     upstream[site], ablation=ablation, positional=positional)
-            total.index_add_(0, torch.tensor([index for index, _ in chunk]),
+            total.index_add_(0, torch.tensor([index for index, _ in chunk], device="cpu"),
                              values.detach().cpu().double())
         for item, row in zip(downstream, (total / steps).tolist()):
             key = _down_key(runs, item, level)
