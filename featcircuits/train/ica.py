@@ -56,6 +56,9 @@ from featcircuits.train.ica_stream import (
 )
 from featcircuits.train.threads import check_threads
 
+# warm_start="auto" never iterates on fewer rows than this (smaller data: no warm start)
+AUTO_WARM_START_MIN_PREFIX = 10_000
+
 
 # ------------------------------------------------------------------------------- helpers
 def amari_distance(unmixing: torch.Tensor, mixing: torch.Tensor) -> float:
@@ -122,16 +125,28 @@ def _validate(n_components: Any, contrast: str, algorithm: str, tol: float, max_
     if chunk_size is not None and (_integer(chunk_size) is None or _integer(chunk_size) < 1):
         raise ParameterError(f"chunk_size must be None or a positive integer, got "
                              f"{chunk_size!r}", hint="e.g. 32768 (rows)")
-    if warm_start is not None:
+    if warm_start is not None and not (isinstance(warm_start, str) and warm_start == "auto"):
         if _integer(warm_start) is None or _integer(warm_start) < 2:
-            raise ParameterError(f"warm_start must be None or an integer >= 2 (rows), got "
-                                 f"{warm_start!r}", hint="e.g. warm_start=100_000")
+            raise ParameterError(f"warm_start must be 'auto', None or an integer >= 2 (rows), "
+                                 f"got {warm_start!r}", hint="e.g. warm_start=100_000")
         if algorithm != "parallel":
             raise ParameterError("warm_start needs algorithm='parallel'",
                                  hint="drop warm_start for deflation")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ParameterError(f"dtype must be a floating torch dtype, got {dtype!r}",
                              hint="use torch.float32 (or torch.float64)")
+
+
+def auto_warm_start(n_samples: int, n_components: int, algorithm: str = "parallel"
+                    ) -> int | None:
+    """The prefix ``warm_start="auto"`` iterates on first: ``max(n / 10, 64 k, 10,000)``
+    rows when that is at most half the data and the algorithm is parallel, else ``None``
+    (the whole data from the start). The prefix only chooses the starting point of the
+    full-data iterations, which run to the same ``tol`` either way."""
+    if algorithm != "parallel":
+        return None
+    prefix = max(n_samples // 10, 64 * n_components, AUTO_WARM_START_MIN_PREFIX)
+    return prefix if 2 * prefix <= n_samples else None
 
 
 # ------------------------------------------------------------------------------ public
@@ -148,7 +163,7 @@ def fit_ica(
     device: str | torch.device | None = None,
     dtype: torch.dtype = torch.float32,
     chunk_size: int | None = None,
-    warm_start: int | None = None,
+    warm_start: int | str | None = "auto",
     checkpoint_path: str | os.PathLike[str] | None = None,
     site: str | None = None,
     progress: bool = True,
@@ -186,7 +201,12 @@ def fit_ica(
             are bit-reproducible for the same chunk size; another chunk size changes the
             float32 rounding and can change the iteration path (not the fixed point).
         warm_start: if set, first iterate to convergence on the first ``warm_start`` rows
-            only (cheap partial passes), then continue on all the data (parallel only).
+            only (cheap partial passes), then continue on all the data (parallel only);
+            the full-data iterations still run to ``tol``. ``"auto"`` (default): a prefix of
+            ``auto_warm_start(n, k)`` rows (a tenth of the data, at least 10,000 and 64 per
+            component) when the data has at least twice that many rows and the algorithm
+            is parallel, else none. ``None``: iterate on all the data from the start (what
+            scikit-learn does).
         checkpoint_path: file holding the fit's state (moments, W, iteration counters),
             written atomically after the moments pass and every iteration. If it exists
             when the fit starts, the fit resumes from it (same settings required; raise
@@ -219,7 +239,8 @@ def fit_ica(
     check_seed(seed)
     n_components, max_iter = operator.index(n_components), operator.index(max_iter)
     chunk_size = None if chunk_size is None else operator.index(chunk_size)
-    warm_start = None if warm_start is None else operator.index(warm_start)
+    auto = isinstance(warm_start, str)
+    warm_start = None if warm_start is None or auto else operator.index(warm_start)
     if _integer(seed) is None:
         raise ParameterError(f"seed must be an integer, got {seed!r}", hint="e.g. seed=0")
     seed = operator.index(seed)
@@ -243,6 +264,8 @@ def fit_ica(
     state = _load_checkpoint(checkpoint)
     if state is None:
         n, mean, covariance = _moments(stream, n_components, progress, plan)
+        if auto:
+            warm_start = auto_warm_start(n, n_components, algorithm)
         d_model = mean.shape[0]
         if whiten:
             whitening, eigenvalues, fraction = _whitening(covariance, n_components)
@@ -285,6 +308,8 @@ def fit_ica(
         _save_checkpoint(checkpoint, state)
     else:
         d_model = int(state["config"][1])
+        if auto:
+            warm_start = auto_warm_start(int(state["n_samples"]), n_components, algorithm)
         config = _config_tensor(d_model, n_components, contrast, algorithm, whiten, seed,
                                 warm_start)
         _check_resumable(state, config, checkpoint)  # type: ignore[arg-type]
@@ -351,4 +376,5 @@ def _to_basis(fit: _Fit, state: dict[str, torch.Tensor], contrast: str, algorith
     mean = state["mean"]
     return ICABasis(unmixing.float(), mean.float(), mixing.float(), site=site, meta=meta)
 
-__all__ = ["ALGORITHMS", "CONTRASTS", "amari_distance", "default_chunk_size", "fit_ica"]
+__all__ = ["ALGORITHMS", "AUTO_WARM_START_MIN_PREFIX", "CONTRASTS", "amari_distance",
+           "auto_warm_start", "default_chunk_size", "fit_ica"]

@@ -3,6 +3,7 @@ the fixed-point iterations (parallel and deflation) and their checkpoint."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,10 @@ CHECKPOINT_VERSION = 1
 # would divide by ~0); below _NEAR_DEGENERATE a warning says the component is mostly noise.
 _EIGEN_FLOOR = 1e-12
 _NEAR_DEGENERATE = 1e-8
+# The warm start only picks where the full-data iterations begin: it stops at ``tol`` or
+# once its partial passes add up to this many full passes (at least 5 iterations), so a
+# prefix too small to converge quickly (many sources, few rows) cannot cost more than it saves.
+WARM_PASSES = 3
 
 
 # ------------------------------------------------------------------------------ contrasts
@@ -303,7 +308,10 @@ class _Fit:
         self.use_phase(phase)
         bar = self._iteration_bar("ICA warm start" if phase == "warm" else "ICA", iteration)
         w = state["W"]
-        while iteration < self.max_iter:
+        max_iter = self.max_iter
+        if phase == "warm" and limit is not None:
+            max_iter = min(max_iter, max(5, math.ceil(WARM_PASSES * self.n / limit)))
+        while iteration < max_iter:
             g_z, g_prime = self.fixed_point_pass(w, limit)
             with self.plan.small_ops(w.shape[0]):
                 w_new = _sym_decorrelation(g_z - g_prime[:, None] * w)
@@ -313,7 +321,7 @@ class _Fit:
             state.update({"W": w, f"{phase}_iteration": torch.tensor(iteration),
                           f"{phase}_change": torch.tensor(change, dtype=torch.float64),
                           f"{phase}_converged": torch.tensor(converged)})
-            if converged or iteration >= self.max_iter:
+            if converged or iteration >= max_iter:
                 self._finish_phase(phase)
             _save_checkpoint(self.checkpoint, state)
             bar.update(1)

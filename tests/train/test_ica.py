@@ -15,7 +15,7 @@ from featcircuits.errors import (
     TrainingError,
     WidthMismatchError,
 )
-from featcircuits.train.ica import amari_distance, fit_ica
+from featcircuits.train.ica import amari_distance, auto_warm_start, fit_ica
 
 sklearn_decomposition = pytest.importorskip("sklearn.decomposition")
 
@@ -189,13 +189,33 @@ def test_streaming_matches_in_memory():
 
 def test_warm_start_reaches_the_same_fixed_point():
     x, mixing = _mixture(20_000, MIXED, seed=13)
-    plain = fit_ica(x, 6, device="cpu", progress=False)
+    plain = fit_ica(x, 6, device="cpu", warm_start=None, progress=False)
     warm = fit_ica(x, 6, device="cpu", warm_start=4_000, progress=False)
+    assert plain.meta["n_iter_warm_start"] == 0
     assert warm.meta["n_iter_warm_start"] >= 1
     assert warm.meta["converged"]
     assert warm.meta["n_iter"] <= plain.meta["n_iter"]
     assert amari_distance(warm.unmixing, plain.mixing) < 0.02
     assert amari_distance(warm.unmixing, mixing) < 0.05
+
+
+def test_auto_warm_start_is_a_tenth_of_large_data_and_none_for_small():
+    """The default ``warm_start="auto"``: 20,000 rows get a 10,000-row prefix (the floor),
+    19,999 rows and deflation none; the full-data iterations still converge to ``tol``
+    and reach the plain fit's fixed point."""
+    assert auto_warm_start(1_000_000, 24) == 100_000
+    assert auto_warm_start(200_000, 512) == 64 * 512
+    assert auto_warm_start(20_000, 6) == 10_000
+    assert auto_warm_start(19_999, 6) is None
+    assert auto_warm_start(1_000_000, 24, "deflation") is None
+    x, mixing = _mixture(20_000, MIXED, seed=13)
+    auto = fit_ica(x, 6, device="cpu", progress=False)
+    plain = fit_ica(x, 6, device="cpu", warm_start=None, progress=False)
+    assert auto.meta["warm_start"] == 10_000 and auto.meta["n_iter_warm_start"] >= 1
+    assert auto.meta["converged"]
+    assert amari_distance(auto.unmixing, plain.mixing) < 0.02
+    small = fit_ica(x[:19_999], 6, device="cpu", progress=False)
+    assert small.meta["warm_start"] is None and small.meta["n_iter_warm_start"] == 0
 
 
 def test_deterministic_under_seed():
