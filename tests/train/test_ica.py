@@ -214,6 +214,7 @@ def test_auto_warm_start_is_a_tenth_of_large_data_and_none_for_small():
     assert auto.meta["warm_start"] == 10_000 and auto.meta["n_iter_warm_start"] >= 1
     assert auto.meta["converged"]
     assert amari_distance(auto.unmixing, plain.mixing) < 0.02
+    assert amari_distance(auto.unmixing, mixing) < 0.05
     small = fit_ica(x[:19_999], 6, device="cpu", progress=False)
     assert small.meta["warm_start"] is None and small.meta["n_iter_warm_start"] == 0
 
