@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from featcircuits.engine.edits import refuse_several_sites
 from featcircuits.engine.memory import forward_bytes_per_row
 from featcircuits.errors import ParameterError
 from featcircuits.graph import check_tau
@@ -111,6 +112,8 @@ def attribution_scores(experiment: PatchingExperiment, site: str | None = None, 
     if metric not in ("kl", "logit_diff"):
         raise ParameterError(f"unknown metric {metric!r}", hint="use 'kl' or 'logit_diff'")
     dictionary = experiment.dictionaries[site]
+    refuse_several_sites(dictionary, site, what="attribution_scores", missing=(
+        "the metric's gradient at every later site its features write"))
     score = torch.zeros(dictionary.n_features, dtype=torch.float64, device=experiment.device)
     gradient, gradient_prompts = None, None
     # the gradient pass keeps every layer's activations of its prompts until the backward
