@@ -262,13 +262,15 @@ class PatchingExperiment:
         """Estimated working memory of one patched sequence, ``used[site]`` features patched
         at each site: the full-sequence logits, the model's activations, and at each site the
         encoded features (all of them unless the dictionary is ``separable``), the source
-        values, their difference and its mask (float32)."""
+        values, their difference and its mask (float32); a cross-layer transcoder's edit
+        carried to each later site it writes counts as one more ``[T, d_model]``."""
         features, d_models = [], []
         for site, count in used.items():
             dictionary = self.dictionaries[site]
             encoded = count if dictionary.separable else dictionary.n_features
             features += [(encoded, 1), (count, 3)]
             d_models.append(dictionary.d_model)
+            features += [(dictionary.d_model, 1) for _ in dictionary.later_writes]
         return bytes_per_row(self.prompts.clean_ids.shape[1], vocab=self.clean_logits.shape[-1],
                              features=features, d_models=d_models)
 
