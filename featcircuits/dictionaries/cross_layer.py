@@ -300,15 +300,16 @@ def load_cross_layer_transcoder(folder: str | os.PathLike[str], *,
                                   hint="fix feature_input_hook / feature_output_hook in "
                                   "config.yaml, or pass config=") from exc
     layers = []
-    meta = {"source": "circuit_tracer", "folder": folder.name, "hook_name": hooks[0],
-            "hook_name_out": hooks[1]}
     for layer in range(n_layers):
+        meta = {"source": "circuit_tracer", "folder": folder.name,
+                "hook_name": f"blocks.{layer}.{hooks[0]}",
+                "hook_name_out": f"blocks.{layer}.{hooks[1]}"}
         enc = _tensors(folder / f"W_enc_{layer}.safetensors")
         dec = _tensors(folder / f"W_dec_{layer}.safetensors")
         features = CrossLayerFeatures(d_model, n_features, n_layers - layer, layer=layer,
                                       activation="jumprelu_signed" if jump else "relu",
                                       input_site=inputs[layer], output_sites=outputs[layer:],
-                                      meta=dict(meta))
+                                      meta=meta)
         with torch.no_grad():
             features.W_enc.copy_(enc[f"W_enc_{layer}"])
             features.b_enc.copy_(enc[f"b_enc_{layer}"])

@@ -103,6 +103,9 @@ def load_dictionary(
         dictionary = fetched.adapt(load_dictionary(fetched.path))
         return _finish(dictionary, site, model, device)
     folder = Path(path)
+    if folder.is_file() and re.fullmatch(r"W_(enc|dec)_\d+", folder.stem) and \
+            is_cross_layer_folder(folder.parent):
+        folder = folder.parent  # one layer's file of a cross-layer transcoder: refused below
     if folder.is_file() and folder.suffix == ".safetensors" and folder.name != WEIGHTS_FILE:
         return _finish(_read(read_circuit_tracer, folder), site, model, device)
     if folder.is_dir() and not committed_path(folder / WEIGHTS_FILE).is_file() and not \

@@ -74,6 +74,7 @@ def test_fixture_loads_one_dictionary_per_read_layer():
     assert loaded["mlp_out.0"].output_sites == ["mlp_out.0", "mlp_out.1"]
     assert list(loaded["mlp_out.0"].later_writes) == ["mlp_out.1"]
     assert loaded["mlp_out.1"].later_writes == {}
+    assert loaded["mlp_out.1"].meta["hook_name"] == "blocks.1.hook_resid_mid"
     clt = CrossLayerTranscoder(list(loaded.values()))
     with torch.no_grad():
         features = clt.encode(expected["x"])
@@ -120,9 +121,10 @@ def test_default_hooks_without_config(tmp_path):
     assert loaded["mlp_out.0"].threshold is None
 
 
-def test_load_dictionary_refuses_a_cross_layer_folder():
+@pytest.mark.parametrize("name", ["", "W_enc_1.safetensors", "W_dec_0.safetensors"])
+def test_load_dictionary_refuses_a_cross_layer_folder(name):
     with pytest.raises(DictionaryLoadError, match="(?s)cross-layer transcoder.*load_dictionaries"):
-        load_dictionary(FIXTURE)
+        load_dictionary(FIXTURE / name if name else FIXTURE)
 
 
 def test_one_layers_error_is_refused():
