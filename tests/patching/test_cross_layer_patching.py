@@ -135,11 +135,47 @@ def test_patch_site_refuses_a_cross_layer_layer_without_carry(setup):
                    torch.ones(20))
 
 
-def test_attribution_scores_refuse_a_cross_layer_layer(setup):
-    """A gradient at one site would miss the later sites its features write."""
-    from featcircuits.errors import DictionaryError
+def test_attribution_scores_sum_over_every_written_site(setup):
+    """score_i = Σ (c_i − c̄_i) Σ_S ∂m/∂x_S · f_i^S, the gradients from plain torch autograd on
+    the corrupted run (leaves added at both MLP outputs)."""
     from featcircuits.patching.search import attribution_scores
 
-    experiment = setup[3]
-    with pytest.raises(DictionaryError, match="(?s)also writes.*gradient at every later site"):
-        attribution_scores(experiment, "mlp_out.0")
+    model, clt, _, experiment = setup
+    scores = attribution_scores(experiment, "mlp_out.0", metric="logit_diff")
+    scores = torch.tensor(scores.sort_values("feature")["score"].to_numpy())
+    prompts = experiment.prompts
+    plain = underlying_module(model)
+    clean = {}
+    grab = plain.transformer.h[0].mlp.register_forward_hook(
+        lambda module, args, out: clean.__setitem__("x_in", args[0].detach()))
+    with torch.no_grad():
+        plain(prompts.clean_ids)
+    grab.remove()
+    leaves = [torch.zeros(*prompts.corrupt_ids.shape, 32, requires_grad=True) for _ in range(2)]
+    corrupt = {}
+
+    def add_leaf(layer):
+        def hook(module, args, out):
+            if layer == 0:
+                corrupt["x_in"] = args[0].detach()
+            return out + leaves[layer]
+        return hook
+
+    hooks = [plain.transformer.h[layer].mlp.register_forward_hook(add_leaf(layer))
+             for layer in range(2)]
+    logits = plain(prompts.corrupt_ids).logits
+    for hook in hooks:
+        hook.remove()
+    rows = torch.arange(len(prompts.final_positions))
+    final = logits[rows, prompts.final_positions]
+    metric = (final[rows, prompts.answer_ids] - final[rows, prompts.wrong_ids]).sum()
+    gradients = torch.autograd.grad(metric, leaves)
+    view = clt.layers[0]
+    with torch.no_grad():
+        difference = ((view.encode(clean["x_in"]) - view.encode(corrupt["x_in"]))
+                      * prompts.token_mask.float()[..., None])
+        along = [gradients[out] @ view.W_dec[:, out].T for out in range(2)]
+        expected = (difference * (along[0] + along[1])).sum(dim=(0, 1)) / len(rows)
+        first_only = (difference * along[0]).sum(dim=(0, 1)) / len(rows)
+    assert (scores - expected).abs().max() < 1e-4 * max(1.0, float(expected.abs().max()))
+    assert (first_only - expected).abs().max() > 1e-2  # sharp: the later site matters
