@@ -74,6 +74,8 @@ def check_fixture(folder: Path) -> Outcome:
     expected = load_file(str(folder / "expected.safetensors"))
     outcome = Outcome(meta["peer"], meta["version"], meta["variant"], meta["class"],
                       meta.get("notes", ""), meta.get("direction", "peer → featcircuits"))
+    if meta.get("kind") == "clt":
+        return _check_cross_layer(folder, meta, expected, outcome)
     try:
         if meta.get("kind") == "set":
             loaded = load_dictionaries(folder)
@@ -106,6 +108,29 @@ def check_fixture(folder: Path) -> Outcome:
     outcome.features = errors["features"]
     outcome.reconstruction = errors["reconstruction"]
     outcome.output = errors.get("x_out")
+    return outcome
+
+
+def _check_cross_layer(folder: Path, meta: dict, expected: dict[str, torch.Tensor],
+                       outcome: Outcome) -> Outcome:
+    """A cross-layer transcoder: ``load_dictionaries`` gives one dictionary per read layer;
+    features per layer, and the reconstruction at every output site (circuit-tracer's
+    ``forward``, ``x_out [layer, row, d]``: no skip in its files) summed over the layers."""
+    from featcircuits.dictionaries import CrossLayerTranscoder, load_dictionaries
+    from featcircuits.errors import DictionaryLoadError
+
+    try:
+        loaded = load_dictionaries(folder)
+    except DictionaryLoadError as exc:
+        outcome.refused = exc.message.replace(str(folder), str(folder.relative_to(ROOT)))
+        return outcome
+    outcome.expected_sites = dict(meta["sites"])
+    outcome.sites = {site: d.input_site for site, d in loaded.items()}
+    clt = CrossLayerTranscoder(list(loaded.values()))
+    features = clt.encode(expected["x"])
+    outcome.features = _max_abs(torch.stack(features), expected["features"])
+    outcome.reconstruction = _max_abs(torch.stack(clt.reconstruct(features)),
+                                      expected["x_out"])
     return outcome
 
 

@@ -1,5 +1,5 @@
 """Dictionaries: every basis (SAE, PCA, ICA, neurons, random, tokens, transcoders) behind one
-interface (``Dictionary``), and the files they are read from and written to: one
+interface (``Dictionary``; a cross-layer transcoder is one per read layer), and the files they are read from and written to: one
 ``DictionaryFormat`` class per architecture, in the constant table ``FORMATS``."""
 
 from featcircuits.dictionaries.base import Dictionary
@@ -11,6 +11,11 @@ from featcircuits.dictionaries.bases import (
     RandomBasis,
 )
 from featcircuits.dictionaries.centered import CenteredSparseAutoencoder
+from featcircuits.dictionaries.cross_layer import (
+    CrossLayerFeatures,
+    CrossLayerTranscoder,
+    load_cross_layer_transcoder,
+)
 from featcircuits.dictionaries.formats import DictionaryFormat, DictionaryState
 from featcircuits.dictionaries.gated import GatedSparseAutoencoder
 from featcircuits.dictionaries.io import (
@@ -27,6 +32,8 @@ from featcircuits.dictionaries.transcoder import Transcoder, load_transcoder, sa
 __all__ = [
     "FORMATS",
     "CenteredSparseAutoencoder",
+    "CrossLayerFeatures",
+    "CrossLayerTranscoder",
     "Dictionary",
     "DictionaryFormat",
     "DictionaryState",
@@ -42,6 +49,7 @@ __all__ = [
     "check_dictionary_fits",
     "dictionary_format",
     "format_of",
+    "load_cross_layer_transcoder",
     "load_dictionaries",
     "load_dictionary",
     "load_transcoder",

@@ -108,6 +108,16 @@ class Dictionary(nn.Module, ABC):
         """
         return self.site
 
+    @property
+    def later_writes(self) -> dict[str, torch.Tensor]:
+        """``{site: directions [n_features, d_model]}`` of the sites after ``site`` that its
+        features also write (a cross-layer transcoder's later layers); ``{}`` by default.
+
+        Patching a feature edits ``site`` and each of these (``engine.edits.patch_site``'s
+        ``carry``).
+        """
+        return {}
+
     def feature_label(self, feature: int) -> str:
         """Human label of ``feature`` shown beside its node in circuit graphs.
 

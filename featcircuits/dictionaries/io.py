@@ -21,6 +21,10 @@ from typing import Any
 import torch
 
 from featcircuits.dictionaries.base import Dictionary
+from featcircuits.dictionaries.cross_layer import (
+    is_cross_layer_folder,
+    load_cross_layer_transcoder,
+)
 from featcircuits.dictionaries.dictionary_learning import AE_FILE, read_dictionary_learning
 from featcircuits.dictionaries.formats import DictionaryState
 from featcircuits.dictionaries.registry import dictionary_format, format_of
@@ -32,7 +36,6 @@ from featcircuits.dictionaries.saelens import (
 )
 from featcircuits.dictionaries.transcoder import (
     read_circuit_tracer,
-    refuse_cross_layer,
     transcoder_set_files,
 )
 from featcircuits.errors import (
@@ -100,11 +103,20 @@ def load_dictionary(
         dictionary = fetched.adapt(load_dictionary(fetched.path))
         return _finish(dictionary, site, model, device)
     folder = Path(path)
+    if folder.is_file() and re.fullmatch(r"W_(enc|dec)_\d+", folder.stem) and \
+            is_cross_layer_folder(folder.parent):
+        folder = folder.parent  # one layer's file of a cross-layer transcoder: refused below
     if folder.is_file() and folder.suffix == ".safetensors" and folder.name != WEIGHTS_FILE:
         return _finish(_read(read_circuit_tracer, folder), site, model, device)
     if folder.is_dir() and not committed_path(folder / WEIGHTS_FILE).is_file() and not \
             committed_path(folder / AE_FILE).is_file():
-        refuse_cross_layer(folder)
+        if is_cross_layer_folder(folder):
+            raise DictionaryLoadError(
+                f"{str(folder)!r} holds a circuit-tracer cross-layer transcoder: one "
+                "dictionary per read layer, whose features write several sites, not one "
+                "dictionary",
+                hint="load_dictionaries(folder) returns {mlp_out.L: CrossLayerFeatures}; "
+                "featcircuits.dictionaries.load_cross_layer_transcoder(folder) the whole")
         transcoders = [p for p in sorted(folder.glob("*.safetensors"))
                        if p.name == "transcoder.safetensors" or re.match(r"layer_?\d+", p.stem)]
         if len(transcoders) == 1:
@@ -216,7 +228,9 @@ def load_dictionaries(folder: str | os.PathLike[str], *, model=None,
     their config. A circuit-tracer transcoder-set folder (``config.yaml`` + one
     ``layer_L.safetensors`` per layer) loads as ``{output site: transcoder}``, the sites from
     ``config.yaml``'s ``feature_input_hook`` / ``feature_output_hook``; a cross-layer
-    transcoder folder is refused (``DictionaryLoadError``). ``folder`` may also be a spec naming a set, e.g.
+    transcoder folder (``W_enc_L`` / ``W_dec_L`` files) loads as ``{mlp_out.L:
+    CrossLayerFeatures}``, one per read layer (``featcircuits.dictionaries.cross_layer``).
+    ``folder`` may also be a spec naming a set, e.g.
     ``"dictionary_learning:pythia-70m-deduped"`` or ``"saelens:gpt2-small-res-jb"``;
     ``progress`` as in :func:`load_dictionary`.
     """
@@ -238,7 +252,9 @@ def load_dictionaries(folder: str | os.PathLike[str], *, model=None,
     root = Path(folder)
     if not root.is_dir():
         raise DictionaryLoadError(f"dictionary folder {str(folder)!r} does not exist")
-    refuse_cross_layer(root)
+    if is_cross_layer_folder(root):
+        layers = load_cross_layer_transcoder(root).dictionaries()
+        return {site: _finish(layer, None, model, device) for site, layer in layers.items()}
     dictionaries: dict[str, Dictionary] = {}
     for path in transcoder_set_files(root):  # a circuit-tracer transcoder set (+ config.yaml)
         transcoder = load_dictionary(path, model=model, device=device)

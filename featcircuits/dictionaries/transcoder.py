@@ -408,17 +408,3 @@ def transcoder_set_files(folder: Path) -> list[Path]:
     files = [p for p in Path(folder).glob("layer_*.safetensors")
              if re.fullmatch(r"layer_\d+", p.stem)]
     return sorted(files, key=lambda p: int(p.stem.split("_")[1]))
-
-
-def refuse_cross_layer(folder: Path) -> None:
-    """``DictionaryLoadError`` if ``folder`` holds a circuit-tracer cross-layer transcoder
-    (``W_enc_0.safetensors``, ``W_dec_0.safetensors``, ...)."""
-    if (Path(folder) / "W_enc_0.safetensors").is_file():
-        raise DictionaryLoadError(
-            f"{str(folder)!r} holds a circuit-tracer cross-layer transcoder (W_enc_L / W_dec_L "
-            "files): each feature reads one layer and writes to that layer and every later one; "
-            "featcircuits' dictionaries write one site, so what is missing is a feature "
-            "decoder over several sites (patching, ablation and circuit nodes assume one)",
-            hint="use per-layer transcoders (a circuit-tracer transcoder_set folder loads with "
-            "load_dictionaries)")
-

@@ -1,6 +1,6 @@
 """The one intervention engine: cached runs, batched traces over rows, edit primitives.
 
-* ``edits``: ``patch_site``, ``patch_error`` (inside a trace), ``input_site_of``,
+* ``edits``: ``patch_site``, ``patch_error``, ``add_carried`` (inside a trace), ``input_site_of``,
   ``check_finite_activations``;
 * ``cache``: ``RunCache`` (clean and corrupted runs of prompt pairs), ``SiteFeatures``;
 * ``runs``: ``CircuitRuns`` (the clean run circuit discovery works on);
@@ -18,10 +18,12 @@
 from featcircuits.engine.cache import RunCache, SiteFeatures
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, TraceResult, trace_rows
 from featcircuits.engine.edits import (
+    add_carried,
     check_finite_activations,
     input_site_of,
     patch_error,
     patch_site,
+    refuse_several_sites,
 )
 from featcircuits.engine.memory import (
     bytes_per_row,
@@ -55,6 +57,7 @@ __all__ = [
     "SiteFeatures",
     "SiteOps",
     "TraceResult",
+    "add_carried",
     "bytes_per_row",
     "check_finite_activations",
     "check_seed",
@@ -66,6 +69,7 @@ __all__ = [
     "patch_error",
     "patch_site",
     "position_mask",
+    "refuse_several_sites",
     "resample_index",
     "rows_per_chunk",
     "split_rows",

@@ -19,17 +19,19 @@ from __future__ import annotations
 import torch
 
 from featcircuits.dictionaries.base import Dictionary
-from featcircuits.errors import NonFiniteError, ParameterError
+from featcircuits.errors import DictionaryError, NonFiniteError, ParameterError
 from featcircuits.model.sites import Site
 
-__all__ = ["check_finite_activations", "input_site_of", "patch_error", "patch_site"]
+__all__ = ["add_carried", "check_finite_activations", "input_site_of", "patch_error",
+           "patch_site", "refuse_several_sites"]
 
 
 def patch_site(model, site: Site | str, dictionary: Dictionary, source_features: torch.Tensor,
                feature_mask: torch.Tensor, position_mask: torch.Tensor | None = None, *,
                feature_ids: torch.Tensor | None = None,
                rows: torch.Tensor | None = None,
-               x_in: torch.Tensor | None = None) -> torch.Tensor:
+               x_in: torch.Tensor | None = None,
+               carry: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Inside a trace: patch features at ``site``; returns the edit ``x′ − x̄``.
 
     Args:
@@ -47,6 +49,12 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
         x_in: ``[batch, pos, d_model]`` the input site's activation, read earlier in the same
             pass (for a dictionary that reads elsewhere than it writes, when its input site
             can no longer be read in forward order); c̄ is encoded from it.
+        carry: required for a dictionary whose features also write later sites (a
+            cross-layer transcoder layer, ``dictionary.later_writes``): the edit
+            ``Σ_{i∈F}(cᵢ − c̄ᵢ) fᵢ^{(S)}`` of each later site ``S`` is added to
+            ``carry[S]``; the caller adds it there with :func:`add_carried` when the trace
+            reaches ``S`` (forward order). Without it such a dictionary is refused, since
+            editing only ``site`` would be a wrong answer.
 
     A dictionary whose ``input_site`` differs from ``site`` (a ``Transcoder``) encodes c̄ from
     the activation at ``input_site`` and adds the edit at ``site``.
@@ -56,6 +64,12 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
     """
     site = Site.parse(site)
     input_site = input_site_of(dictionary, site)
+    later = dictionary.later_writes
+    if later and carry is None:
+        raise ParameterError(
+            f"{dictionary!r} also writes {sorted(later)}: patching only {site} would leave "
+            "those edits out", hint="pass carry={} and call add_carried(model, S, carry) at "
+            "each later site S (PatchingExperiment does)")
     if rows is not None and (x_in is not None or input_site != site):
         raise ParameterError("rows cannot gather at a transcoder's output site",
                              hint="repeat the input ids instead (rows=None)")
@@ -80,7 +94,39 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
         weight = weight * position_mask[..., None]
     edit = (weight @ directions.to(weight.dtype)).to(activation.dtype)  # masks may be fp32
     site.write(model, activation + edit)
+    for later_site, later_directions in later.items():
+        if feature_ids is not None:
+            later_directions = later_directions[feature_ids]
+        later_edit = (weight @ later_directions.to(weight.dtype)).to(activation.dtype)
+        carry[later_site] = carry[later_site] + later_edit if later_site in carry else later_edit
     return edit
+
+
+def add_carried(model, site: Site | str, carry: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """Inside a trace: add (and remove from ``carry``) the edit earlier sites' patches left
+    for ``site`` (``patch_site(..., carry=carry)``); returns it, ``None`` if there is none.
+    ``[batch, pos, d_model]``."""
+    name = str(Site.parse(site))
+    if name not in carry:
+        return None
+    edit = carry.pop(name)
+    resolved = Site.parse(name)
+    resolved.write(model, resolved.read(model) + edit)
+    return edit
+
+
+def refuse_several_sites(dictionary: Dictionary, site: Site | str, *, what: str,
+                         missing: str) -> None:
+    """``DictionaryError`` if ``dictionary``'s features also write sites after ``site`` (a
+    cross-layer transcoder layer) and ``what`` handles one written site only: ``missing``
+    says what it would need; a silent one-site answer would be wrong."""
+    later = sorted(dictionary.later_writes)
+    if later:
+        raise DictionaryError(
+            f"{what} does not support cross-layer transcoders yet: {dictionary!r} at {site} "
+            f"also writes {later}; what is missing is {missing}",
+            hint="PatchingExperiment patches and ablates them (every written site is edited); "
+            "for this, use per-layer transcoders")
 
 
 def input_site_of(dictionary: Dictionary, site: Site | str) -> Site:

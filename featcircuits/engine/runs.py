@@ -43,7 +43,11 @@ from featcircuits.engine.circuit_trace import (
     repeat_rows,
     trace_rows,
 )
-from featcircuits.engine.edits import check_finite_activations, input_site_of
+from featcircuits.engine.edits import (
+    check_finite_activations,
+    input_site_of,
+    refuse_several_sites,
+)
 from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row, rows_per_chunk
 from featcircuits.engine.settings import RunSettings
 from featcircuits.engine.sources import ABLATIONS, check_source, resample_index
@@ -217,6 +221,9 @@ class CircuitRuns:
         self.input_sites = {site: str(input_site_of(d, site))
                             for site, d in self.dictionaries.items()}
         for site, dictionary in self.dictionaries.items():
+            refuse_several_sites(dictionary, site, what="circuit discovery", missing=(
+                "a node whose ablation, gradient and freezing span all its output sites, "
+                "and an error node per output site that subtracts every layer's features"))
             check_dictionary_placement(dictionary, model, site)
             check_dictionary_fits(dictionary, model, site)
         ids, lengths, pairs = read_inputs(model, inputs)

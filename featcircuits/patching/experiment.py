@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.engine.cache import RunCache, SiteFeatures
-from featcircuits.engine.edits import input_site_of, patch_site
+from featcircuits.engine.edits import add_carried, input_site_of, patch_site
 from featcircuits.engine.memory import (
     FLOAT_BYTES,
     STREAM_SHARE,
@@ -262,13 +262,15 @@ class PatchingExperiment:
         """Estimated working memory of one patched sequence, ``used[site]`` features patched
         at each site: the full-sequence logits, the model's activations, and at each site the
         encoded features (all of them unless the dictionary is ``separable``), the source
-        values, their difference and its mask (float32)."""
+        values, their difference and its mask (float32); a cross-layer transcoder's edit
+        carried to each later site it writes counts as one more ``[T, d_model]``."""
         features, d_models = [], []
         for site, count in used.items():
             dictionary = self.dictionaries[site]
             encoded = count if dictionary.separable else dictionary.n_features
             features += [(encoded, 1), (count, 3)]
             d_models.append(dictionary.d_model)
+            features += [(dictionary.d_model, 1) for _ in dictionary.later_writes]
         return bytes_per_row(self.prompts.clean_ids.shape[1], vocab=self.clean_logits.shape[-1],
                              features=features, d_models=d_models)
 
@@ -414,11 +416,22 @@ class PatchingExperiment:
         self.forwards_run += 1
         self.rows_run += len(final)
         squared_norms: list[torch.Tensor] = []
+        # a cross-layer transcoder's features also write later sites: their edits are
+        # carried there and added when the trace reaches them, in forward order
+        by_site = {plan[0]: (index, plan) for index, plan in enumerate(plans)}
+        later = {name for plan in plans for name in self.dictionaries[plan[0]].later_writes}
+        carry: dict[str, torch.Tensor] = {}
         with trace(self.model, input_ids):
-            for index, (site, used, source, mask) in enumerate(plans):
-                edit = patch_site(self.model, site, self.dictionaries[site], source, mask,
-                                  position_mask, feature_ids=used,
-                                  rows=gather if index == 0 else None)
+            for site in sorted(set(by_site) | later, key=lambda name: Site.parse(name).depth):
+                edit = None
+                if site in by_site:
+                    index, (_, used, source, mask) = by_site[site]
+                    edit = patch_site(self.model, site, self.dictionaries[site], source, mask,
+                                      position_mask, feature_ids=used,
+                                      rows=gather if index == 0 else None, carry=carry)
+                carried = add_carried(self.model, site, carry)
+                if carried is not None:
+                    edit = carried if edit is None else edit + carried
                 squared_norms.append(edit.float().pow(2).sum(dim=(-1, -2)).save())
             rows = torch.arange(len(final), device=final.device)
             logits = self.model.output.logits[rows, final].float().save()

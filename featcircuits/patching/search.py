@@ -100,7 +100,9 @@ def attribution_scores(experiment: PatchingExperiment, site: str | None = None, 
     """First-order estimate of each feature's effect when patched alone.
 
     ``score_i = Σ_{prompts, positions} (sourceᵢ − c̄ᵢ) · (∂m/∂x̄ · fᵢ)`` with the gradient taken
-    on the corrupted run, one backward pass. ``metric`` is ``"kl"`` (KL(clean ‖ run); lower is
+    on the corrupted run, one backward pass. For a cross-layer transcoder's layer, whose
+    features write several sites, ``∂m/∂x̄ · fᵢ`` is summed over those sites (a backward pass
+    each). ``metric`` is ``"kl"`` (KL(clean ‖ run); lower is
     better) or ``"logit_diff"`` (higher is better). ``predicted_gain`` is the score signed so
     that larger means closer to clean behaviour.
 
@@ -111,6 +113,9 @@ def attribution_scores(experiment: PatchingExperiment, site: str | None = None, 
     if metric not in ("kl", "logit_diff"):
         raise ParameterError(f"unknown metric {metric!r}", hint="use 'kl' or 'logit_diff'")
     dictionary = experiment.dictionaries[site]
+    # a cross-layer transcoder's features also write later sites: fᵢ there too, the
+    # gradient taken at each (one backward pass per written site)
+    written = {site: dictionary.directions, **dictionary.later_writes}
     score = torch.zeros(dictionary.n_features, dtype=torch.float64, device=experiment.device)
     gradient, gradient_prompts = None, None
     # the gradient pass keeps every layer's activations of its prompts until the backward
@@ -118,14 +123,15 @@ def attribution_scores(experiment: PatchingExperiment, site: str | None = None, 
                                            backward=True)
     for prompts, ids in experiment.feature_blocks(site, extra_per_prompt=backward_bytes):
         if gradient is None or prompts != gradient_prompts:
-            gradient = _metric_gradient(experiment, site, prompts, metric)
+            gradient = {name: _metric_gradient(experiment, name, prompts, metric)
+                        for name in written}
             gradient_prompts = prompts
         with torch.no_grad():
-            directions = dictionary.directions if ids is None else dictionary.directions[ids]
             difference = (experiment.source_features.select(site, prompts, ids)
                           - experiment.corrupt_features.select(site, prompts, ids))
             difference = difference * experiment.position_mask[prompts][..., None]
-            along = gradient @ directions.T  # [p, pos, features]
+            along = sum(gradient[name] @ (directions if ids is None else directions[ids]).T
+                        for name, directions in written.items())  # [p, pos, features]
             block = (difference * along).sum(dim=(0, 1)).double()
         score[slice(None) if ids is None else ids] += block
     score = (score / len(experiment.prompts)).float().cpu()

@@ -30,7 +30,6 @@ TOLERANCE = 1e-5
 REFUSED = {
     "normalize_constant_norm_rescale": ["constant_norm_rescale", "per-input decoder scale"],
     "normalize_layer_norm": ["layer_norm", "per-input decoder scale"],
-    "cross_layer_transcoder": ["cross-layer transcoder", "several sites"],
 }
 
 

@@ -42,3 +42,27 @@ def random_saes(sites=RANDOM_SITES) -> dict[str, SparseAutoencoder]:
     test models."""
     return {site: random_sae(32, site, seed=seed, n_features=24)
             for seed, site in enumerate(sites)}
+
+
+def random_cross_layer_transcoder(width: int = 32, n_features: int = 20, n_layers: int = 2, *,
+                                  input_kind: str = "mlp_in", seed: int = 0):
+    """A seeded random ReLU cross-layer transcoder of ``n_layers`` layers: layer ``L`` reads
+    ``{input_kind}.L`` and writes ``mlp_out.L`` .. ``mlp_out.{n_layers - 1}``; biases set so
+    that features fire."""
+    from featcircuits.dictionaries import CrossLayerFeatures, CrossLayerTranscoder
+
+    generator = torch.Generator().manual_seed(seed)
+    outputs = [f"mlp_out.{layer}" for layer in range(n_layers)]
+    layers = []
+    for layer in range(n_layers):
+        features = CrossLayerFeatures(width, n_features, n_layers - layer, layer=layer,
+                                      input_site=f"{input_kind}.{layer}",
+                                      output_sites=outputs[layer:])
+        with torch.no_grad():
+            features.W_enc.copy_(torch.randn(n_features, width, generator=generator)
+                                 / width ** 0.5)
+            features.b_enc.copy_(torch.rand(n_features, generator=generator) * 0.25 - 0.05)
+            features.W_dec.copy_(torch.randn(features.W_dec.shape, generator=generator) * 0.3)
+            features.b_dec.copy_(torch.randn(width, generator=generator) * 0.1)
+        layers.append(features)
+    return CrossLayerTranscoder(layers)

@@ -123,6 +123,7 @@ def main(out: Path, written: Path | None = None) -> None:
     x = inputs(D_MODEL, 400, rows=16).reshape(2, 8, D_MODEL)
     record(folder, {**META, "variant": "cross_layer_transcoder", "class": "CrossLayerTranscoder",
                     "kind": "clt", "site": None, "input_site": None,
+                    "sites": {"mlp_out.0": "resid_mid.0", "mlp_out.1": "resid_mid.1"},
                     "notes": "2 layers; x [layer, row, d_model]",
                     "saved_by": "CrossLayerTranscoder.to_safetensors", "loaded_by": "load_clt"},
            x=x, features=loaded.encode(x), x_out=loaded(x))
