@@ -43,6 +43,8 @@ class Outcome:
     sites: dict[str, str | None] | None = None  # site (and input site) read by featcircuits
     expected_sites: dict[str, str | None] | None = None
     hook_name: str | None = None         # meta["hook_name"] read by featcircuits
+    downloads: list[list[str]] | None = None  # [repo, file] a spec fixture's load asked for
+    spec: str | None = None              # the spec a hub fixture is loaded by
 
     @property
     def max_error(self) -> float:
@@ -77,6 +79,9 @@ def check_fixture(folder: Path) -> Outcome:
     try:
         if meta.get("kind") == "set":
             loaded = load_dictionaries(folder)
+        elif meta.get("spec"):
+            outcome.downloads, outcome.spec = [], meta["spec"]
+            loaded = {None: _load_spec(folder, meta["spec"], outcome.downloads)}
         else:
             loaded = {None: load_dictionary(folder)}
     except DictionaryLoadError as exc:  # the message without this checkout's path
@@ -109,6 +114,35 @@ def check_fixture(folder: Path) -> Outcome:
     return outcome
 
 
+def _load_spec(folder: Path, spec: str, asked: list[list[str]]):
+    """``load_dictionary(spec)`` with the hub's download function serving the files from
+    ``folder`` (stored there at their paths inside the repo); ``asked`` collects the
+    ``[repo, file]`` pairs requested, to compare with what the peer's loader asked for."""
+    import shutil
+    import tempfile
+    from unittest import mock
+
+    from featcircuits.dictionaries import hub, load_dictionary
+
+    def download(repo_id: str, filename: str, local_dir: str, **_) -> str:
+        asked.append([repo_id, filename])
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / filename, target)
+        return str(target)
+
+    from featcircuits.errors import DictionaryLoadError
+
+    with tempfile.TemporaryDirectory() as cache, \
+            mock.patch.object(hub, "_hf_hub_download", download):
+        try:
+            return load_dictionary(spec, cache_dir=cache, progress=False)
+        except DictionaryLoadError as exc:  # the message without the temporary folder
+            exc.message = exc.message.replace(str(Path(cache).resolve()), "<cache>").replace(
+                cache, "<cache>")
+            raise
+
+
 def _cell(value: float | None) -> str:
     return "—" if value is None else f"{value:.1e}"
 
@@ -129,6 +163,8 @@ def render(outcomes: list[Outcome]) -> str:
         verdict = "exact (≤ 1e-5)" if o.max_error <= 1e-5 else f"ERROR {o.max_error:.2g}"
         if o.sites != o.expected_sites:
             verdict += f"; sites {o.sites} expected {o.expected_sites}"
+        if o.downloads is not None:
+            verdict += f" (via `{o.spec}`, the peer's files)"
         lines.append(f"| {peer} | {name} | {o.direction} | {_cell(o.features)} | "
                      f"{_cell(o.reconstruction)} | {_cell(o.output)} | {verdict} |")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from featcircuits.dictionaries.saelens import (
     WEIGHTS_FILE,
     read_saelens,
 )
+from featcircuits.dictionaries.scope import is_gemma_scope, is_llama_scope, read_scope
 from featcircuits.dictionaries.transcoder import (
     read_circuit_tracer,
     refuse_cross_layer,
@@ -78,7 +79,8 @@ def load_dictionary(
 
     Args:
         path: a native/SAELens folder, a dictionary_learning folder (or its ``ae.pt`` /
-            ``cfg.json`` file), a circuit-tracer ``layer_L.safetensors`` transcoder, or a spec:
+            ``cfg.json`` file), a circuit-tracer ``layer_L.safetensors`` transcoder, a Gemma
+            Scope or Llama Scope SAE folder (``featcircuits.dictionaries.scope``), or a spec:
             ``"saelens:<release>/<sae_id>"``, ``"dictionary_learning:<model>/<site>"``,
             ``"circuit_tracer:<repo_id>/layer_L"`` (see ``featcircuits.dictionaries.hub``).
         site: the site it will be used at; overrides the site stored in the file.
@@ -126,12 +128,15 @@ def load_dictionary(
             dictionary = _read(read_saelens, folder)
         elif committed_path(folder / AE_FILE).is_file():
             dictionary = _read(read_dictionary_learning, folder)
+        elif is_gemma_scope(folder) or is_llama_scope(folder):
+            dictionary = read_scope(folder)
         else:
             found = sorted(p.name for p in folder.iterdir())[:10]
             raise DictionaryLoadError(
                 f"no dictionary files in {str(folder)!r} (found: {found or 'nothing'})",
-                hint=f"expected {CFG_FILE} + {WEIGHTS_FILE} (SAELens/native) or ae.pt "
-                "(dictionary_learning)",
+                hint=f"expected {CFG_FILE} + {WEIGHTS_FILE} (SAELens/native), ae.pt "
+                "(dictionary_learning), params.npz (Gemma Scope) or hyperparams.json + "
+                "checkpoints/final.safetensors (Llama Scope)",
             )
     except FeatCircuitsError:
         raise

@@ -31,6 +31,7 @@ REFUSED = {
     "normalize_constant_norm_rescale": ["constant_norm_rescale", "per-input decoder scale"],
     "normalize_layer_norm": ["layer_norm", "per-input decoder scale"],
     "cross_layer_transcoder": ["cross-layer transcoder", "several sites"],
+    "gemma_scope_att": ["blocks.1.attn.hook_z", "no featcircuits site"],
 }
 
 
@@ -50,6 +51,9 @@ def test_fixtures_cover_the_three_peers():
 def test_fixture_loads_exactly_or_is_refused(folder):
     torch.set_num_threads(1)
     outcome = matrix.check_fixture(folder)
+    meta = json.loads((folder / "expected.json").read_text())
+    if "spec" in meta:  # loaded by spec: the hub asked for exactly the files SAELens did
+        assert outcome.downloads == meta["downloads"]
     if outcome.variant in REFUSED:
         assert outcome.refused is not None, f"{outcome.variant} loaded but should be refused"
         for word in REFUSED[outcome.variant]:
@@ -60,7 +64,6 @@ def test_fixture_loads_exactly_or_is_refused(folder):
     assert outcome.reconstruction <= TOLERANCE
     assert outcome.output is None or outcome.output <= TOLERANCE
     assert outcome.sites == outcome.expected_sites
-    meta = json.loads((folder / "expected.json").read_text())
     if meta["hook_name"] is not None:  # SAELens 6 keeps it under cfg["metadata"]
         assert outcome.hook_name == meta["hook_name"]
 
