@@ -28,7 +28,8 @@ Where the files are published (checked against the projects' sources):
   ``path``, a folder with ``cfg.json`` and ``sae_weights.safetensors``). A curated subset for
   GPT-2 small and Pythia-70M-deduped ships as ``pretrained_saes.json``; with ``sae_lens``
   installed its full table is read too. Gemma Scope / Llama Scope releases (``params.npz``;
-  ``hyperparams.json`` + checkpoint) are read as SAELens converts them (``scope`` module).
+  ``hyperparams.json`` + checkpoint; R1-Distill ``config.json`` + weights) are read as SAELens
+  converts them (``scope`` module).
 * dictionary_learning: ``saprmarks/pythia-70m-deduped-saes`` holds one zip,
   ``dictionaries_pythia-70m-deduped_10.zip`` (about 2.4 GB, linked from the
   dictionary_learning and feature-circuits READMEs), which unpacks to
@@ -64,6 +65,7 @@ _SPEC = re.compile(r"^(?P<scheme>[a-z_]+):(?P<rest>.*)$")
 SCOPE_FILES: dict[str, tuple[str, ...]] = {
     "gemma_2": ("params.npz",),
     "llama_scope": ("hyperparams.json", "checkpoints/final.safetensors"),
+    "llama_scope_r1_distill": ("config.json", "sae_weights.safetensors"),
 }
 
 DICTIONARY_LEARNING_RELEASES: dict[str, dict[str, Any]] = {
@@ -252,7 +254,7 @@ def _fetch_saelens(entry: SaeLensEntry, root: Path, spec: str) -> Fetched:
             f"SAELens release {entry.release!r} is stored in another format (SAELens converts "
             f"it with {entry.conversion_func!r}), which featcircuits does not read",
             hint="featcircuits reads releases in SAELens' own folder layout and those SAELens "
-            f"converts with {' or '.join(SCOPE_FILES)} (Gemma Scope, Llama Scope); convert it "
+            f"converts with {', '.join(SCOPE_FILES)} (Gemma Scope, Llama Scope); convert it "
             "with sae_lens and save_dictionary, or pick another release")
     overrides = entry.config_overrides or {}
     normalize = overrides.get("normalize_activations")
@@ -284,8 +286,8 @@ def _fetch_scope(entry: SaeLensEntry, root: Path, spec: str) -> Fetched:
 
         meta["hook_name"], meta["model_name"] = gemma_scope_hook(entry.repo_id, entry.path)
     return Fetched(local_dir / entry.path, spec, meta=meta,
-                   norm_scaling_factor=entry.norm_scaling_factor
-                   if entry.conversion_func == "llama_scope" else None)
+                   norm_scaling_factor=None if entry.conversion_func == "gemma_2"
+                   else entry.norm_scaling_factor)
 
 
 def _centered(dictionary: Dictionary, spec: str) -> Dictionary:

@@ -30,7 +30,12 @@ from featcircuits.dictionaries.saelens import (
     WEIGHTS_FILE,
     read_saelens,
 )
-from featcircuits.dictionaries.scope import is_gemma_scope, is_llama_scope, read_scope
+from featcircuits.dictionaries.scope import (
+    is_gemma_scope,
+    is_llama_scope,
+    is_llama_scope_r1,
+    read_scope,
+)
 from featcircuits.dictionaries.transcoder import (
     read_circuit_tracer,
     refuse_cross_layer,
@@ -124,7 +129,9 @@ def load_dictionary(
                                   hint="pass a folder holding cfg.json + sae_weights.safetensors"
                                   " (SAELens/native) or ae.pt (dictionary_learning)")
     try:
-        if committed_path(folder / WEIGHTS_FILE).is_file():
+        if is_llama_scope_r1(folder):  # config.json + sae_weights.safetensors, no cfg.json
+            dictionary = read_scope(folder)
+        elif committed_path(folder / WEIGHTS_FILE).is_file():
             dictionary = _read(read_saelens, folder)
         elif committed_path(folder / AE_FILE).is_file():
             dictionary = _read(read_dictionary_learning, folder)

@@ -26,6 +26,15 @@ sets every feature's threshold to ``jump_relu_threshold * f`` and folds the rele
 ``norm_scaling_factor`` ``F`` into the weights (``W_enc * F``, ``W_dec / F``, ``b_dec / F``),
 so the SAE reads and writes raw activations. A local folder is folded with ``F = f`` (the
 table's value where it is known: the hub passes it, see :func:`refold`).
+
+**Llama Scope R1-Distill** (``fnlp/Llama-Scope-R1-Distill``, folders such as
+``800M-Slimpajama-0-OpenR1-Math-220k/L3R``) holds ``config.json`` (``d_model``,
+``expansion_factor``, ``hook_point_in``) and ``sae_weights.safetensors`` with the tensors above
+plus ``log_jumprelu_threshold``: threshold ``exp(log_jumprelu_threshold)``, weights folded
+with the table's ``norm_scaling_factor`` only. A local folder knows no factor and loads
+unfolded (``F = 1``, what SAELens computes when its table has none), with
+``meta["normalize_activations"] = "expected_average_only_in"`` saying the inputs it expects
+are scaled; the spec folds the table's factor.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from featcircuits.writes import committed_path
 GEMMA_SCOPE_FILE = "params.npz"
 LLAMA_SCOPE_CONFIG = "hyperparams.json"
 LLAMA_SCOPE_WEIGHTS = "checkpoints/final.safetensors"
+R1_CONFIG, R1_WEIGHTS = "config.json", "sae_weights.safetensors"
 
 _GEMMA_REPO = re.compile(r"gemma-scope-(?P<size>\d+b)-(?P<tune>pt|it)-(?P<kind>res|mlp|att)"
                          r"(?![a-z0-9])")
@@ -183,8 +193,6 @@ def read_llama_scope(folder: Path) -> tuple[str, DictionaryState]:
     hyperparameters' own norm factor (``meta["norm_scaling_factor"]``; :func:`refold`
     changes it). Raises ``DictionaryLoadError`` on a missing or malformed hyperparameter, or
     missing / mis-shaped tensors."""
-    from safetensors import safe_open
-
     hyper_path = committed_path(folder / LLAMA_SCOPE_CONFIG)
     hyper = read_json(hyper_path)
     d_in = _whole(hyper, "d_model", hyper_path)
@@ -204,23 +212,66 @@ def read_llama_scope(folder: Path) -> tuple[str, DictionaryState]:
     if not isinstance(hook_name, str):
         raise DictionaryLoadError(f"{str(hyper_path)!r}: hook_point_in must be a hook name, "
                                   f"got {hook_name!r}", hint="the hyperparams.json was edited")
-    weights = committed_path(folder / LLAMA_SCOPE_WEIGHTS)
+    factor = math.sqrt(d_in) / average
+    tensors = _lm_saes_tensors(committed_path(folder / LLAMA_SCOPE_WEIGHTS), d_in, d_sae)
+    tensors["threshold"] = torch.full((d_sae,), float(theta * factor))
+    _fold(tensors, factor)
+    config = _converted_cfg(d_in, d_sae, hook_name, "meta-llama/Llama-3.1-8B", folder)
+    config["scope"] = {"layout": "llama_scope", "norm_scaling_factor": factor}
+    return "jumprelu", DictionaryState(tensors, config, folder)
+
+
+def is_llama_scope_r1(folder: Path) -> bool:
+    """Whether ``folder`` holds a Llama Scope R1-Distill ``config.json`` + weights (and no
+    SAELens ``cfg.json``)."""
+    return (committed_path(folder / R1_CONFIG).is_file()
+            and committed_path(folder / R1_WEIGHTS).is_file()
+            and not committed_path(folder / "cfg.json").exists())
+
+
+def read_llama_scope_r1(folder: Path) -> tuple[str, DictionaryState]:
+    """Read a Llama Scope R1-Distill folder into SAELens' converted ``jumprelu`` state,
+    unfolded (``meta["norm_scaling_factor"] = 1.0``; the hub refolds with the table's)."""
+    config_path = committed_path(folder / R1_CONFIG)
+    raw = read_json(config_path)
+    d_in = _whole(raw, "d_model", config_path)
+    d_sae = d_in * _whole(raw, "expansion_factor", config_path)
+    hook_name = raw.get("hook_point_in")
+    if not isinstance(hook_name, str):
+        raise DictionaryLoadError(f"{str(config_path)!r}: hook_point_in must be a hook name, "
+                                  f"got {hook_name!r}", hint="the config.json was edited")
+    tensors = _lm_saes_tensors(committed_path(folder / R1_WEIGHTS), d_in, d_sae,
+                               threshold="log_jumprelu_threshold")
+    tensors["threshold"] = tensors.pop("log_jumprelu_threshold").exp()
+    config = _converted_cfg(d_in, d_sae, hook_name,
+                            "deepseek-ai/DeepSeek-R1-Distill-Llama-8B", folder)
+    config["scope"] = {"layout": "llama_scope_r1_distill", "norm_scaling_factor": 1.0,
+                       "normalize_activations": "expected_average_only_in"}
+    return "jumprelu", DictionaryState(tensors, config, folder)
+
+
+def _lm_saes_tensors(weights: Path, d_in: int, d_sae: int, threshold: str | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """``W_enc``, ``b_enc``, ``W_dec``, ``b_dec`` (and ``threshold``'s tensor ``[d_sae]``)
+    of an lm_saes checkpoint, as float32, shapes checked before loading; other tensors are
+    not read (SAELens ignores them)."""
+    from safetensors import safe_open
+
     header = read_safetensors_header(weights)
     shapes = {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,),
               "decoder.weight": (d_in, d_sae), "decoder.bias": (d_in,)}
+    if threshold is not None:
+        shapes[threshold] = (d_sae,)
     check_declared(weights, {name: (info.dtype, info.shape)
                              for name, info in header.tensors.items() if name in shapes},
                    required=shapes)
     with safe_open(str(weights), framework="pt") as handle:
         raw = {name: handle.get_tensor(name).float() for name in shapes}
-    factor = math.sqrt(d_in) / average
-    tensors = {"W_enc": raw["encoder.weight"].T.contiguous(), "b_enc": raw["encoder.bias"],
-               "W_dec": raw["decoder.weight"].T.contiguous(), "b_dec": raw["decoder.bias"],
-               "threshold": torch.full((d_sae,), float(theta * factor))}
-    _fold(tensors, factor)
-    config = _converted_cfg(d_in, d_sae, hook_name, "meta-llama/Llama-3.1-8B", folder)
-    config["scope"] = {"layout": "llama_scope", "norm_scaling_factor": factor}
-    return "jumprelu", DictionaryState(tensors, config, folder)
+    tensors = {"W_enc": raw.pop("encoder.weight").T.contiguous(),
+               "b_enc": raw.pop("encoder.bias"),
+               "W_dec": raw.pop("decoder.weight").T.contiguous(),
+               "b_dec": raw.pop("decoder.bias")}
+    return {**tensors, **raw}
 
 
 def _fold(tensors: dict[str, torch.Tensor], factor: float) -> None:
@@ -243,17 +294,20 @@ def refold(sae: SparseAutoencoder, factor: float) -> SparseAutoencoder:
     sae.W_dec_untied.div_(ratio)
     sae.b_dec.div_(ratio)
     sae.meta["norm_scaling_factor"] = float(factor)
+    sae.meta.pop("normalize_activations", None)  # folded: it reads raw activations now
     return sae
 
 
 # ----------------------------------------------------------------------------- shared
 def read_scope(folder: Path) -> SparseAutoencoder:
-    """A Gemma Scope or Llama Scope folder as the JumpReLU SAE SAELens converts it to (built
+    """A Gemma Scope, Llama Scope or Llama Scope R1-Distill folder as the JumpReLU SAE SAELens converts it to (built
     by the registry's ``jumprelu`` format); ``meta`` records the layout (and Llama Scope's
-    folded ``norm_scaling_factor``)."""
+    folded ``norm_scaling_factor``). Raises ``DictionaryLoadError`` for a folder in none of
+    the three layouts."""
     from featcircuits.dictionaries.registry import dictionary_format
 
-    reader = read_gemma_scope if is_gemma_scope(folder) else read_llama_scope
+    reader = (read_gemma_scope if is_gemma_scope(folder) else
+              read_llama_scope if is_llama_scope(folder) else read_llama_scope_r1)
     architecture, state = reader(folder)
     sae = dictionary_format(architecture, folder).from_state(state)
     sae.meta.update(state.config.pop("scope"))
@@ -295,8 +349,10 @@ __all__ = [
     "gemma_scope_hook",
     "is_gemma_scope",
     "is_llama_scope",
+    "is_llama_scope_r1",
     "read_gemma_scope",
     "read_llama_scope",
+    "read_llama_scope_r1",
     "read_scope",
     "refold",
 ]

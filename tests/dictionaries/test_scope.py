@@ -181,9 +181,29 @@ def test_scope_specs_resolve_and_name_the_download(tmp_path, monkeypatch):
 
 
 def test_other_conversions_stay_refused_naming_what_is_read(monkeypatch, tmp_path):
-    table = {"r1": {"repo_id": "fnlp/Llama-Scope-R1-Distill", "conversion_func":
-                    "llama_scope_r1_distill", "saes": [{"id": "a", "path": "a"}]}}
+    table = {"g3": {"repo_id": "google/gemma-scope-2-1b-pt", "conversion_func": "gemma_3",
+                    "saes": [{"id": "a", "path": "a"}]}}
     monkeypatch.setattr(hub, "saelens_releases", lambda: table)
-    with pytest.raises(DictionaryLoadError, match="llama_scope_r1_distill") as info:
-        load_dictionary("saelens:r1/a", cache_dir=tmp_path)
-    assert "gemma_2 or llama_scope" in info.value.hint
+    with pytest.raises(DictionaryLoadError, match="'gemma_3'") as info:
+        load_dictionary("saelens:g3/a", cache_dir=tmp_path)
+    assert "gemma_2, llama_scope, llama_scope_r1_distill" in info.value.hint
+
+
+def test_local_r1_distill_folder_loads_unfolded_and_says_so():
+    """A Llama Scope R1-Distill folder has no norm factor in its files: loaded alone it is
+    SAELens' SAE without the table's folding (inputs expected scaled, meta says so); folded
+    with the table's factor (what the spec does) it equals SAELens' from_pretrained."""
+    folder = PEERS / "llama_scope_r1_distill"
+    expected = _expected(folder)
+    sae = load_dictionary(folder / "800M-Slimpajama-0-OpenR1-Math-220k" / "L3R")
+    assert sae.meta["normalize_activations"] == "expected_average_only_in"
+    assert sae.site == "resid_out.3"
+    factor = hub.resolve_saelens("llama_scope_r1_distill/l3r_800m_slimpajama"
+                                 ).norm_scaling_factor
+    with torch.no_grad():
+        assert torch.allclose(sae.encode(expected["x"] * factor), expected["features"],
+                              atol=1e-5)
+        assert (sae.encode(expected["x"]) - expected["features"]).abs().max() > 0.05
+        refold(sae, factor)
+        assert torch.allclose(sae.encode(expected["x"]), expected["features"], atol=1e-5)
+    assert "normalize_activations" not in sae.meta

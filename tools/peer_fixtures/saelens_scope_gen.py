@@ -1,10 +1,12 @@
-"""Gemma Scope and Llama Scope fixtures (run by ``saelens_gen.py`` inside the sae-lens venv).
+"""Gemma Scope and Llama Scope (also R1-Distill) fixtures (run by ``saelens_gen.py`` inside the sae-lens venv).
 
 Each variant writes small random weights in the release's own file layout (Gemma Scope
-``params.npz``; Llama Scope ``hyperparams.json`` + ``checkpoints/final.safetensors``) under
+``params.npz``; Llama Scope ``hyperparams.json`` + ``checkpoints/final.safetensors``; R1-Distill
+``config.json`` + ``sae_weights.safetensors``) under
 ``<out>/<variant>/<path inside the repo>``, then loads them with SAELens' own
 ``SAE.from_pretrained_with_cfg_and_sparsity(release, sae_id)`` for a real release and SAE id
-of its ``pretrained_saes.yaml``: SAELens' own converter (``gemma_2`` / ``llama_scope``) and its
+of its ``pretrained_saes.yaml``: SAELens' own converter (``gemma_2``, ``llama_scope``,
+``llama_scope_r1_distill``) and its
 folding of the table's ``norm_scaling_factor`` run unchanged; only ``hf_hub_download`` is
 replaced by a lookup in the variant's folder (recorded: ``expected.json`` ``downloads`` lists
 the repo and files SAELens asked for) and the Gemma widths, which SAELens takes from the repo
@@ -59,6 +61,8 @@ def variants():
            "hyperparams.json + bf16 checkpoint; table factor ≠ hyperparams factor")
     yield ("llama_scope_lxa", "llama", "llama_scope_lxa_32x", "l1a_32x", "attn_out.1",
            "hyperparams.json + bf16 checkpoint; table factor ≠ hyperparams factor")
+    yield ("llama_scope_r1_distill", "r1", "llama_scope_r1_distill", "l3r_800m_slimpajama",
+           "resid_out.3", "config.json + sae_weights.safetensors, log_jumprelu_threshold")
 
 
 def _write_gemma(root: Path, path: str, seed: int) -> None:
@@ -93,6 +97,25 @@ def _write_llama(root: Path, path: str, seed: int, factor: float) -> float:
     return 1.0 / factor
 
 
+def _write_r1(root: Path, path: str, seed: int, factor: float) -> float:
+    """Write a Llama Scope R1-Distill folder; return the raw-activation scale 1/F."""
+    folder = root / path
+    folder.mkdir(parents=True)
+    weights = _weights(seed, D_IN, D_SAE)
+    layer = path.rsplit("/L", 1)[1].rstrip("R")
+    config = {"d_model": D_IN, "expansion_factor": D_SAE // D_IN, "act_fn": "jumprelu",
+              "hook_point_in": f"blocks.{layer}.hook_resid_post",
+              "hook_point_out": f"blocks.{layer}.hook_resid_post"}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({"encoder.weight": weights["W_enc"].T.contiguous(),
+               "encoder.bias": weights["b_enc"],
+               "decoder.weight": weights["W_dec"].T.contiguous(),
+               "decoder.bias": weights["b_dec"],
+               "log_jumprelu_threshold": weights["threshold"].log()},
+              str(folder / "sae_weights.safetensors"))
+    return 1.0 / factor
+
+
 @torch.no_grad()
 def build(out: Path, first_seed: int, inputs, stable_rows, record, version: str) -> None:
     """Write every variant into ``out`` (seeds from ``first_seed``)."""
@@ -115,9 +138,13 @@ def build(out: Path, first_seed: int, inputs, stable_rows, record, version: str)
             scale = 1.0
             real = loaders.gemma_2_sae_huggingface_loader
             sizes = {"d_in": D_IN, "d_sae": D_SAE}
-        else:
+        elif kind == "llama":
             scale = _write_llama(root, path, seed, info.norm_scaling_factor[sae_id])
             real = loaders.llama_scope_sae_huggingface_loader
+            sizes = {}
+        else:
+            scale = _write_r1(root, path, seed, info.norm_scaling_factor[sae_id])
+            real = loaders.llama_scope_r1_distill_sae_huggingface_loader
             sizes = {}
 
         def converter(repo_id, folder_name, device="cpu", force_download=False,
