@@ -6,6 +6,10 @@ computed, written as the table in docs/ecosystem.md.
 
 ``check_fixture`` is also what tests/dictionaries/test_peer_fixtures.py runs, so the page and
 the tests share one computation. No peer is needed: the fixtures hold the peers' outputs.
+A fixture whose ``expected.json`` names a ``spec`` (Gemma Scope, Llama Scope) holds the
+files at their paths inside the hub repo and is loaded by that spec, with the hub's download
+function serving them from the fixture folder; the files asked for are recorded
+(``Outcome.downloads``) for the test to compare with the ``downloads`` the peer asked for.
 """
 
 from __future__ import annotations
