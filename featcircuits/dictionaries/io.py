@@ -204,13 +204,25 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
 def _check_hook_embed(dictionary: Dictionary, model, site: str | Site) -> None:
     """``SiteError`` for a dictionary trained at TransformerLens' ``hook_embed`` (the token
     embedding only) used at ``embed`` of a GPT-2 model, where that site holds token plus
-    position embeddings: it would read another tensor than it was trained on."""
-    from featcircuits.model.loading import model_config
+    position embeddings, or of a Gemma model whose embedding module does not scale by
+    ``sqrt(d_model)`` (transformers 4; TransformerLens' Gemma ``hook_embed`` is scaled): it
+    would read another tensor than it was trained on."""
+    from featcircuits.model.loading import model_config, underlying_module
 
     hook = dictionary.meta.get("hook_name")
     if hook not in ("hook_embed", "embed.hook_embed") or Site.parse(site).kind != "embed":
         return
-    if getattr(model_config(model), "model_type", None) == "gpt2":
+    model_type = str(getattr(model_config(model), "model_type", None))
+    embeddings = getattr(underlying_module(model), "get_input_embeddings", lambda: None)()
+    if model_type.startswith("gemma") and getattr(embeddings, "embed_scale", None) is None:
+        raise SiteError(
+            f"dictionary {dictionary!r} was trained at TransformerLens' {hook} (Gemma's token "
+            "embedding times sqrt(d_model)), but this model's embedding module returns the "
+            "embedding before Gemma scales it (transformers 4 scales after the module), so "
+            "featcircuits' 'embed' site holds a tensor sqrt(d_model) times smaller",
+            hint="use transformers >= 5, whose Gemma embedding module scales, or a dictionary "
+            "trained at blocks.0.hook_resid_pre (site resid_in.0)")
+    if model_type == "gpt2":
         raise SiteError(
             f"dictionary {dictionary!r} was trained at TransformerLens' {hook} (GPT-2's token "
             "embedding without positions), but featcircuits' 'embed' site on GPT-2 holds token "
