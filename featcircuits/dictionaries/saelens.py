@@ -51,6 +51,10 @@ TRANSCODER_ARCHITECTURES = ("transcoder", "skip_transcoder", "jumprelu_transcode
 IDENTITY_NORMALIZATIONS = (None, "none", "expected_average_only_in", "covariance_whitening")
 # ... and these per input, in encode, undone in decode (the decoder is then no longer affine)
 PER_INPUT_NORMALIZATIONS = ("constant_norm_rescale", "layer_norm")
+# SAELens 6's run-time normalisations: (the scale s(x) decode multiplies by, what it adds)
+_PER_INPUT = {"constant_norm_rescale": ("‖x‖ / sqrt(d_in)", ""),
+              "layer_norm": ("std(x) (unbiased; encode divides by std(x) + 1e-5)",
+                             " + mean(x)")}
 WEIGHTS_FILE = "sae_weights.safetensors"
 
 
@@ -330,14 +334,17 @@ def check_inference_config(cfg: dict[str, Any], folder: Path | None) -> None:
     (``constant_norm_rescale``, ``layer_norm``), ``hook_z`` reshaping, unknown settings."""
     normalize = cfg.get("normalize_activations")
     if normalize in PER_INPUT_NORMALIZATIONS:
+        scale, shift = _PER_INPUT[normalize]
         raise DictionaryLoadError(
             f"{str(folder)!r} (architecture {cfg.get('architecture', 'standard')!r}) uses "
-            f"normalize_activations={normalize!r}: SAELens rescales each input in encode and "
-            "undoes it in decode, so the reconstruction is not an affine function of the "
-            "features, and featcircuits' dictionaries decode affinely (patching adds "
-            "feature directions); what is missing is a per-input decoder scale",
+            f"normalize_activations={normalize!r}: SAELens decodes x̂ = s(x)·(c @ W_dec + "
+            f"b_dec){shift} with s(x) = {scale} of each input, so feature i writes "
+            "s(x)·W_dec[i], a direction scaled per prompt and position; featcircuits' "
+            "patching, ablation and circuit attribution add one fixed direction per feature "
+            "(Dictionary.directions), so what is missing is a per-input decoder scale in the "
+            "engine; loading it with fixed directions would patch every position off by s(x)",
             hint="use an SAE trained with normalize_activations none or "
-            "expected_average_only_in, or fold the normalisation into the weights")
+            "expected_average_only_in (no exact conversion exists: s depends on the input)")
     if normalize not in IDENTITY_NORMALIZATIONS:
         raise DictionaryLoadError(f"{str(folder)!r}: unknown normalize_activations "
                                   f"{normalize!r}", hint="the config is corrupt or newer")

@@ -81,3 +81,30 @@ def test_gpt2_hook_embed_dictionary_is_refused_at_embed(tiny_models):
     check_dictionary_fits(sae, tiny_models["llama"], "embed")
     sae.meta["hook_name"] = "blocks.0.hook_resid_pre"
     check_dictionary_fits(sae, tiny_models["gpt2"], "embed")
+
+
+def test_gemma_hook_embed_dictionary_needs_the_scaled_embedding(tiny_models, monkeypatch):
+    """TransformerLens' Gemma hook_embed is embed_tokens' weight times sqrt(d_model) (its W_E
+    is scaled). On transformers 5 Gemma-2's embedding module scales, so featcircuits' embed
+    site holds that tensor and a hook_embed dictionary (a Gemma Scope embedding SAE) fits;
+    an unscaled embedding module (transformers 4) is refused."""
+    from featcircuits import trace
+    from featcircuits.dictionaries import SparseAutoencoder, check_dictionary_fits
+    from featcircuits.model.loading import underlying_module
+
+    model = tiny_models["gemma2"]
+    plain = underlying_module(model)
+    ids = torch.tensor([[3, 9, 4, 17]])
+    with trace(model, ids):
+        embed = Site.parse("embed").read(model).save()
+    weight = plain.get_input_embeddings().weight
+    sae = SparseAutoencoder(weight.shape[1], 16, site="embed", meta={"hook_name": "hook_embed"})
+    if getattr(plain.get_input_embeddings(), "embed_scale", None) is not None:  # transformers 5
+        assert torch.allclose(embed, weight[ids] * weight.shape[1] ** 0.5, atol=1e-5)
+        check_dictionary_fits(sae, model, "embed")
+    else:  # transformers 4: the module returns the unscaled embedding
+        assert torch.allclose(embed, weight[ids], atol=1e-6)
+    unscaled = torch.nn.Embedding.from_pretrained(weight.detach())
+    monkeypatch.setattr(plain, "get_input_embeddings", lambda: unscaled)
+    with pytest.raises(SiteError, match="sqrt\\(d_model\\) times smaller"):
+        check_dictionary_fits(sae, model, "embed")

@@ -4,7 +4,8 @@
 
 Every variant is an inference SAE class of sae-lens, saved with ``save_model`` and reloaded
 with ``SAE.load_from_disk``; the reloaded object's ``encode`` / ``decode`` (transcoders:
-``forward``, which adds the skip connection) are recorded.
+``forward``, which adds the skip connection) are recorded. The Gemma Scope and Llama Scope
+variants come from ``saelens_scope_gen.py`` (SAELens' converters, ``from_pretrained``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from sae_lens.saes.sae import SAEMetadata
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import inputs, randomize, record, record_reverse, stable_rows, written_by_featcircuits
+from saelens_scope_gen import build as build_scope_variants
 
 D_IN, D_SAE = 32, 64
 SAE_HOOK, SAE_SITE = "blocks.3.hook_resid_post", "resid_out.3"
@@ -115,6 +117,8 @@ def main(out: Path, written: Path | None = None) -> None:
                         "saved_by": "SAE.save_model", "loaded_by": "SAE.load_from_disk"},
                x=x, features=features, reconstruction=reconstruction, **extra)
         print(name, type(loaded).__name__, "L0", float((features != 0).float().sum(-1).mean()))
+    # Gemma Scope / Llama Scope: SAELens' own converters on files in the releases' layouts
+    build_scope_variants(out, 100, inputs, stable_rows, record, version)
 
 
 if __name__ == "__main__":
