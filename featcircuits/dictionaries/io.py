@@ -38,7 +38,6 @@ from featcircuits.dictionaries.transcoder import (
 from featcircuits.errors import (
     DictionaryLoadError,
     FeatCircuitsError,
-    SiteError,
     WidthMismatchError,
 )
 from featcircuits.model.sites import Site
@@ -163,9 +162,8 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
     (for a token basis) its vocabulary size from the model's; ``NonFiniteError`` if its
     weights hold NaN/inf."""
     from featcircuits.model.loading import model_config, underlying_module
-    from featcircuits.model.sites import d_model
 
-    width = d_model(model)
+    width = Site.parse(site).width(model)
     trained_on = dictionary.meta.get("model_name")
     origin = f" (it was trained on {trained_on!r})" if trained_on else ""
     if dictionary.d_model != width:
@@ -175,7 +173,6 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
             hint="load the dictionary trained for this model and site",
         )
     dictionary.check_finite()
-    _check_hook_embed(dictionary, model, site)
     if dictionary.kind != "tokens":
         return
     embeddings = getattr(underlying_module(model), "get_input_embeddings", lambda: None)()
@@ -187,23 +184,6 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
             f"vocabulary has {vocab}{origin}",
             hint="build it from this model: TokenBasis.from_model(model)",
         )
-
-
-def _check_hook_embed(dictionary: Dictionary, model, site: str | Site) -> None:
-    """``SiteError`` for a dictionary trained at TransformerLens' ``hook_embed`` (the token
-    embedding only) used at ``embed`` of a GPT-2 model, where that site holds token plus
-    position embeddings: it would read another tensor than it was trained on."""
-    from featcircuits.model.loading import model_config
-
-    hook = dictionary.meta.get("hook_name")
-    if hook not in ("hook_embed", "embed.hook_embed") or Site.parse(site).kind != "embed":
-        return
-    if getattr(model_config(model), "model_type", None) == "gpt2":
-        raise SiteError(
-            f"dictionary {dictionary!r} was trained at TransformerLens' {hook} (GPT-2's token "
-            "embedding without positions), but featcircuits' 'embed' site on GPT-2 holds token "
-            "+ position embeddings; what is missing is a token-embedding-only site",
-            hint="use a dictionary trained at blocks.0.hook_resid_pre (site resid_in.0)")
 
 
 def load_dictionaries(folder: str | os.PathLike[str], *, model=None,

@@ -196,7 +196,7 @@ def test_saelens_transcoder_with_an_unmapped_input_hook_is_refused(tmp_path):
     folder = tmp_path / "t"
     shutil.copytree(ROOT / "tests/fixtures/peers/saelens-6.54.0/transcoder", folder)
     cfg = json.loads((folder / "cfg.json").read_text())
-    cfg["metadata"]["hook_name"] = "blocks.1.attn.hook_z"
+    cfg["metadata"]["hook_name"] = "blocks.1.attn.hook_q"
     (folder / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(DictionaryLoadError, match="hook_z.*no featcircuits site"):
+    with pytest.raises(DictionaryLoadError, match="hook_q.*no featcircuits site"):
         load_dictionary(folder)
