@@ -106,10 +106,12 @@ def main(out: Path, written: Path | None = None) -> None:
         shutil.copytree(folder, target)
         loaded = SAE.load_from_disk(target)
         loaded.eval()
-        features = loaded.encode(x)
+        name = "hook_z" if str(info["site"]).startswith("attn_z.") else folder.name
+        features = loaded.encode(heads_in(name, x))
         extra = {"x_out": loaded(x)} if info["input_site"] is not None else {}
         record_reverse(target, info, "saelens", version, "SAE.load_from_disk", x=x,
-                       features=features, reconstruction=loaded.decode(features), **extra)
+                       features=features, reconstruction=flat(loaded.decode(features)),
+                       **extra)
         print(folder.name, type(loaded).__name__)
     for seed, (name, cls, cfg, site, input_site, notes) in enumerate(variants()):
         folder = out / name
