@@ -84,8 +84,8 @@ def variants():
     yield ("hook_z", StandardSAE,
            StandardSAEConfig(D_IN, D_SAE, reshape_activations="hook_z",
                              metadata=meta("blocks.1.attn.hook_z")),
-           "attn_z.1", None, "reshape_activations=hook_z: encode(z [.., 4 heads, 8]) recorded "
-           "with z flattened head-major")
+           "attn_z.1", None,
+           "reshape_activations=hook_z: encode(z [.., 4 heads, 8]), z recorded flattened")
 
 
 def heads_in(name: str, x: torch.Tensor) -> torch.Tensor:
@@ -120,7 +120,8 @@ def main(out: Path, written: Path | None = None) -> None:
         sae.save_model(folder)
         loaded = SAE.load_from_disk(folder)
         loaded.eval()
-        x = stable_rows(inputs(D_IN, seed), lambda x: loaded.encode(heads_in(name, x)))
+        x = stable_rows(inputs(D_IN, seed),
+                        lambda x, loaded=loaded, name=name: loaded.encode(heads_in(name, x)))
         features = loaded.encode(heads_in(name, x))
         reconstruction = flat(loaded.decode(features))
         extra = {}
