@@ -179,7 +179,7 @@ def test_circuits_at_attn_z_match_torch_pre_hooks(tiny_models):
     z, _, clean_logits = _run(model, ids, grad_of=True)
     clean_logits[..., TOKEN].sum().backward()
     gradient, z, clean_logits = z.grad.detach(), z.detach(), clean_logits.detach()
-    features = sae.encode(z)
+    features = sae.encode(z).detach()
     active = torch.nonzero(features.amax((0, 1)) > 0).flatten().tolist()
     checked = 0
     for u in active[:4]:
@@ -187,7 +187,7 @@ def test_circuits_at_attn_z_match_torch_pre_hooks(tiny_models):
             _, _, logits = _run(
                 model, ids, pre=lambda x, u=u: x - sae.encode(x)[..., u:u + 1] * sae.directions[u])
         exact = float((clean_logits[..., TOKEN] - logits[..., TOKEN]).sum(1).mean())
-        first_order = float(((features[..., u:u + 1] * sae.directions[u]) * gradient)
+        first_order = float(((features[..., u:u + 1] * sae.directions[u].detach()) * gradient)
                             .sum((1, 2)).mean())
         edge = (f"{site}/{u}", f"output/logit_{TOKEN}")
         if abs(exact) > 1e-4:
