@@ -47,7 +47,6 @@ from featcircuits.dictionaries.transcoder import (
 from featcircuits.errors import (
     DictionaryLoadError,
     FeatCircuitsError,
-    SiteError,
     WidthMismatchError,
 )
 from featcircuits.model.sites import Site
@@ -187,9 +186,8 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
     (for a token basis) its vocabulary size from the model's; ``NonFiniteError`` if its
     weights hold NaN/inf."""
     from featcircuits.model.loading import model_config, underlying_module
-    from featcircuits.model.sites import d_model
 
-    width = d_model(model)
+    width = Site.parse(site).width(model)
     trained_on = dictionary.meta.get("model_name")
     origin = f" (it was trained on {trained_on!r})" if trained_on else ""
     if dictionary.d_model != width:
@@ -214,11 +212,11 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
 
 
 def _check_hook_embed(dictionary: Dictionary, model, site: str | Site) -> None:
-    """``SiteError`` for a dictionary trained at TransformerLens' ``hook_embed`` (the token
-    embedding only) used at ``embed`` of a GPT-2 model, where that site holds token plus
-    position embeddings, or of a Gemma model whose embedding module does not scale by
-    ``sqrt(d_model)`` (transformers 4; TransformerLens' Gemma ``hook_embed`` is scaled): it
-    would read another tensor than it was trained on."""
+    """``SiteError`` for a dictionary trained at TransformerLens' ``hook_embed`` used at
+    ``embed`` of a Gemma model whose embedding module does not scale by ``sqrt(d_model)``
+    (transformers 4; TransformerLens' Gemma ``hook_embed`` is scaled): it would read another
+    tensor than it was trained on. (GPT-2's ``embed`` is the token embedding alone, as
+    ``hook_embed``.)"""
     from featcircuits.model.loading import model_config, underlying_module
 
     hook = dictionary.meta.get("hook_name")
@@ -234,12 +232,6 @@ def _check_hook_embed(dictionary: Dictionary, model, site: str | Site) -> None:
             "featcircuits' 'embed' site holds a tensor sqrt(d_model) times smaller",
             hint="use transformers >= 5, whose Gemma embedding module scales, or a dictionary "
             "trained at blocks.0.hook_resid_pre (site resid_in.0)")
-    if model_type == "gpt2":
-        raise SiteError(
-            f"dictionary {dictionary!r} was trained at TransformerLens' {hook} (GPT-2's token "
-            "embedding without positions), but featcircuits' 'embed' site on GPT-2 holds token "
-            "+ position embeddings; what is missing is a token-embedding-only site",
-            hint="use a dictionary trained at blocks.0.hook_resid_pre (site resid_in.0)")
 
 
 def load_dictionaries(folder: str | os.PathLike[str], *, model=None,

@@ -30,7 +30,6 @@ TOLERANCE = 1e-5
 REFUSED = {
     "normalize_constant_norm_rescale": ["constant_norm_rescale", "per-input decoder scale"],
     "normalize_layer_norm": ["layer_norm", "per-input decoder scale"],
-    "gemma_scope_att": ["blocks.1.attn.hook_z", "no featcircuits site"],
 }
 
 
@@ -198,9 +197,9 @@ def test_saelens_transcoder_with_an_unmapped_input_hook_is_refused(tmp_path):
     folder = tmp_path / "t"
     shutil.copytree(ROOT / "tests/fixtures/peers/saelens-6.54.0/transcoder", folder)
     cfg = json.loads((folder / "cfg.json").read_text())
-    cfg["metadata"]["hook_name"] = "blocks.1.attn.hook_z"
+    cfg["metadata"]["hook_name"] = "blocks.1.attn.hook_q"
     (folder / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(DictionaryLoadError, match="hook_z.*no featcircuits site"):
+    with pytest.raises(DictionaryLoadError, match="hook_q.*no featcircuits site"):
         load_dictionary(folder)
 
 

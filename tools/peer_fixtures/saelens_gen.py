@@ -44,6 +44,7 @@ from saelens_scope_gen import build as build_scope_variants
 D_IN, D_SAE = 32, 64
 SAE_HOOK, SAE_SITE = "blocks.3.hook_resid_post", "resid_out.3"
 TC_IN, TC_OUT = "blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out"
+HEADS = 4  # hook_z: x is [rows, HEADS, D_IN // HEADS] in the peer, flattened in the record
 
 
 def meta(hook: str, **extra) -> SAEMetadata:
@@ -82,6 +83,21 @@ def variants():
         cfg = cfg_cls(D_IN, D_SAE, d_out=D_IN, apply_b_dec_to_input=False,
                       metadata=meta(TC_IN, hook_name_out=TC_OUT))
         yield name, cls, cfg, "mlp_out.1", "resid_mid.1", "d_out = d_in"
+    yield ("hook_z", StandardSAE,
+           StandardSAEConfig(D_IN, D_SAE, reshape_activations="hook_z",
+                             metadata=meta("blocks.1.attn.hook_z")),
+           "attn_z.1", None,
+           "reshape_activations=hook_z: encode(z [.., 4 heads, 8]), z recorded flattened")
+
+
+def heads_in(name: str, x: torch.Tensor) -> torch.Tensor:
+    """What the peer is fed: ``x`` itself, or for ``hook_z`` ``[rows, heads, d_head]``."""
+    return x.unflatten(-1, (HEADS, -1)) if name == "hook_z" else x
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    """A hook_z SAE decodes to ``[rows, heads, d_head]``: recorded as ``[rows, d_in]``."""
+    return x.flatten(-2) if x.ndim == 3 else x
 
 
 @torch.no_grad()
@@ -92,10 +108,12 @@ def main(out: Path, written: Path | None = None) -> None:
         shutil.copytree(folder, target)
         loaded = SAE.load_from_disk(target)
         loaded.eval()
-        features = loaded.encode(x)
+        name = "hook_z" if str(info["site"]).startswith("attn_z.") else folder.name
+        features = loaded.encode(heads_in(name, x))
         extra = {"x_out": loaded(x)} if info["input_site"] is not None else {}
         record_reverse(target, info, "saelens", version, "SAE.load_from_disk", x=x,
-                       features=features, reconstruction=loaded.decode(features), **extra)
+                       features=features, reconstruction=flat(loaded.decode(features)),
+                       **extra)
         print(folder.name, type(loaded).__name__)
     for seed, (name, cls, cfg, site, input_site, notes) in enumerate(variants()):
         folder = out / name
@@ -104,9 +122,10 @@ def main(out: Path, written: Path | None = None) -> None:
         sae.save_model(folder)
         loaded = SAE.load_from_disk(folder)
         loaded.eval()
-        x = stable_rows(inputs(D_IN, seed), loaded.encode)
-        features = loaded.encode(x)
-        reconstruction = loaded.decode(features)
+        x = stable_rows(inputs(D_IN, seed),
+                        lambda x, loaded=loaded, name=name: loaded.encode(heads_in(name, x)))
+        features = loaded.encode(heads_in(name, x))
+        reconstruction = flat(loaded.decode(features))
         extra = {}
         if input_site is not None:
             extra["x_out"] = loaded(x)

@@ -55,7 +55,7 @@ def variants():
     yield ("gemma_scope_mlp_canonical", "gemma", "gemma-scope-2b-pt-mlp-canonical",
            "layer_1/width_16k/canonical", "mlp_out.1", "canonical id → average_l0 folder")
     yield ("gemma_scope_att", "gemma", "gemma-scope-2b-pt-att-canonical",
-           "layer_1/width_16k/canonical", None,
+           "layer_1/width_16k/canonical", "attn_z.1",
            "attn.hook_z; x = the heads' outputs concatenated (SAELens' hook_z reshape off)")
     yield ("llama_scope_lxr", "llama", "llama_scope_lxr_8x", "l3r_8x", "resid_out.3",
            "hyperparams.json + bf16 checkpoint; table factor ≠ hyperparams factor")
