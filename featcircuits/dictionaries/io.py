@@ -47,6 +47,7 @@ from featcircuits.dictionaries.transcoder import (
 from featcircuits.errors import (
     DictionaryLoadError,
     FeatCircuitsError,
+    SiteError,
     WidthMismatchError,
 )
 from featcircuits.model.sites import Site
