@@ -53,8 +53,7 @@ from featcircuits.tasks.prompts import PromptPairs
 __all__ = ["FeatureSet", "PatchingExperiment"]
 
 FeatureSet = Sequence[int] | Mapping[str, Sequence[int]]
-#: What ``evaluate`` reports per (set, prompt), besides the edit magnitude.
-METRICS = ("kl", "logit_diff", "answer_prob")
+METRICS = ("kl", "logit_diff", "answer_prob")  # evaluate's, besides the edit magnitude
 
 
 class PatchingExperiment:
@@ -197,12 +196,10 @@ class PatchingExperiment:
 
     def feature_blocks(self, site: str, temporaries: int = 4, extra_per_prompt: int = 0):
         """``(prompt slice, feature ids or None)`` blocks that cover ``[n, pos, F]`` at
-        ``site`` with ``temporaries`` such tensors within a quarter of ``max_memory`` and at
-        most ``SCAN_ROWS`` prompts (``scan_rows``: the blocks do not grow with the number of
-        prompts); features are split only for dictionaries that can encode a subset
-        (``Dictionary.separable``). ``extra_per_prompt``: bytes each prompt of a block costs
-        besides (e.g. the forward and backward pass of attribution), which also limits the
-        prompts per block."""
+        ``site`` with ``temporaries`` such tensors within ``scan_rows(max_memory, ...)`` (at
+        most ``SCAN_ROWS`` prompts); features are split only for dictionaries that can encode
+        a subset (``Dictionary.separable``). ``extra_per_prompt``: bytes each prompt of a block
+        costs besides (e.g. attribution's forward and backward pass)."""
         dictionary = self.dictionaries[site]
         n, width = self.prompts.clean_ids.shape
         n_features = dictionary.n_features
@@ -353,16 +350,22 @@ class PatchingExperiment:
         k = next(iter(masks.values())).shape[0]
         n = len(prompts)
         used = {site: torch.nonzero(mask.any(0)).flatten() for site, mask in masks.items()}
-        used = {site: ids for site, ids in used.items() if ids.numel() > 0}
-        if not used:
-            return None
         first = self.sites[0]
-        parts = []
+        parts, kept = [], {}
         for site, ids in used.items():
             part = einops.repeat(masks[site][:, ids].bool(), "k f -> k n f", n=n)
             if site == first:  # upstream of everything: live activations are the corrupted ones
                 part = part & self._changes(site)[prompts][:, ids][None]
-            parts.append(part)
+                # features no-op on every prompt of the block leave the forward's columns,
+                # so its width follows the block's prompts, not every prompt's (docs/memory.md)
+                live = part.any(dim=(0, 1))
+                ids, part = ids[live], part[..., live]
+            if ids.numel() > 0:
+                parts.append(part)
+                kept[site] = ids
+        used = kept
+        if not used:
+            return None
         effective = einops.rearrange(torch.cat(parts, dim=-1), "k n f -> (k n) f")
         prompt_of_row = einops.repeat(prompts, "n -> (k n)", k=k)
         nonempty = effective.any(-1)
@@ -478,8 +481,7 @@ class PatchingExperiment:
                  names: Sequence[str] = METRICS) -> dict[str, torch.Tensor]:
         """``{name: [..., n]}`` metrics of logits ``[..., n, vocab]`` (every prompt) or,
         with ``prompts [r]`` (ids), ``{name: [r]}`` of rows ``[r, vocab]`` of those prompts."""
-        pairs = self.prompts
-        clean, answer, wrong = self.clean_logits, pairs.answer_ids, pairs.wrong_ids
+        clean, answer, wrong = self.clean_logits, self.prompts.answer_ids, self.prompts.wrong_ids
         if prompts is not None:
             prompts = prompts.to(logits.device)
             clean, answer, wrong = clean[prompts], answer[prompts], wrong[prompts]
