@@ -1,11 +1,14 @@
 """Peak RSS of the IOI patching experiment as the number of prompt pairs grows.
 
     nice python benchmarks/memory.py [--prompts 100 1000 2000] [--max-memory 512MB]
+                                     [--mmap-threshold BYTES]
 
 Each size runs ``featcircuits ioi --method attribution --layers 2 --bases sae-sparse``'s
 library call (``run_ioi_patching``) on ``ioi_prompt_pairs(n, corruptions=("abc",))`` in a
 fresh child process and reads the child's own peak RSS (``getrusage``). Target: the peak at
 the largest size within 10 % of the peak at the smallest, under the budget given.
+``--mmap-threshold`` runs the children with glibc's ``MALLOC_MMAP_THRESHOLD_`` fixed at that
+many bytes (default: glibc's dynamic threshold; docs/memory.md says why it matters).
 """
 
 from __future__ import annotations
@@ -39,11 +42,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", nargs="+", type=int, default=[100, 1000, 2000])
     parser.add_argument("--max-memory", default="512MB")
+    parser.add_argument("--mmap-threshold", type=int, default=None,
+                        help="glibc MALLOC_MMAP_THRESHOLD_ for the children (bytes)")
     args = parser.parse_args()
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    print(f"load {os.getloadavg()}; budget {args.max_memory}")
+    if args.mmap_threshold is not None:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    allocator = ("glibc's dynamic mmap threshold" if args.mmap_threshold is None
+                 else f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}")
+    print(f"load {os.getloadavg()}; budget {args.max_memory}; {allocator}")
     peaks = {}
     with tempfile.TemporaryDirectory() as folder:
         for n in args.prompts:

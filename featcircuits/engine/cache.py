@@ -12,10 +12,10 @@ import torch
 
 from featcircuits.engine.edits import check_finite_activations
 from featcircuits.engine.memory import (
-    STREAM_SHARE,
     forward_bytes_per_row,
     parse_memory,
-    rows_per_chunk,
+    release_freed_memory,
+    scan_rows,
 )
 from featcircuits.model.loading import check_positions, model_device, trace
 from featcircuits.model.sites import Site
@@ -31,9 +31,10 @@ class RunCache:
     bases at one site), so the clean and corrupted forwards are never rerun.
 
     ``max_memory`` (bytes, a size string or ``None`` for the default budget) bounds the
-    forward passes: prompts run in chunks of at most ``rows_per_chunk(max_memory // STREAM_SHARE,
-    forward_bytes_per_row(...))`` sequences, so a forward over thousands of prompts never
-    holds every prompt's intermediate activations at once. Chunks give the same values as
+    forward passes: prompts run in chunks of ``scan_rows(max_memory, forward_bytes_per_row(...))``
+    sequences (a quarter of the budget, at most ``SCAN_ROWS``), so a forward over thousands
+    of prompts never holds every prompt's intermediate activations at once, and 2,000
+    prompts run the same chunks as 100. Chunks give the same values as
     one pass (rows of a forward are independent), up to float rounding of differently
     sized batches. What is kept, ``nbytes``, counts against the budget of the experiments
     that use the cache (``PatchingExperiment`` sizes its working tensors with
@@ -58,8 +59,8 @@ class RunCache:
                             key=lambda name: Site.parse(name).depth)
         budget = parse_memory(max_memory)
         width = self.prompts.clean_ids.shape[1]
-        self.chunk_prompts = rows_per_chunk(budget // STREAM_SHARE, forward_bytes_per_row(
-            model, width, backward=False))
+        self.chunk_prompts = scan_rows(budget, forward_bytes_per_row(model, width,
+                                                                     backward=False))
         self.chunks_run = 0
         self.clean_logits, self.clean_activations = self._run(model, self.prompts.clean_ids,
                                                               "clean")
@@ -90,6 +91,8 @@ class RunCache:
             logits[chunk] = chunk_logits
             for site, value in chunk_activations.items():
                 activations[site][chunk] = value
+            del chunk_logits, chunk_activations
+            release_freed_memory()  # the chunk's intermediates (docs/memory.md)
         for site, values in activations.items():
             check_finite_activations(values, site=site, run=run,
                                      token_mask=self.prompts.token_mask)

@@ -28,9 +28,12 @@ from featcircuits.engine.cache import RunCache, SiteFeatures
 from featcircuits.engine.edits import add_carried, input_site_of, patch_site
 from featcircuits.engine.memory import (
     FLOAT_BYTES,
+    SCAN_ROWS,
     STREAM_SHARE,
     bytes_per_row,
+    release_freed_memory,
     rows_per_chunk,
+    scan_rows,
     split_rows,
 )
 from featcircuits.engine.settings import RunSettings
@@ -50,6 +53,7 @@ from featcircuits.tasks.prompts import PromptPairs
 __all__ = ["FeatureSet", "PatchingExperiment"]
 
 FeatureSet = Sequence[int] | Mapping[str, Sequence[int]]
+METRICS = ("kl", "logit_diff", "answer_prob")  # evaluate's, besides the edit magnitude
 
 
 class PatchingExperiment:
@@ -192,25 +196,27 @@ class PatchingExperiment:
 
     def feature_blocks(self, site: str, temporaries: int = 4, extra_per_prompt: int = 0):
         """``(prompt slice, feature ids or None)`` blocks that cover ``[n, pos, F]`` at
-        ``site`` with ``temporaries`` such tensors within ``max_memory``; features are split
-        only for dictionaries that can encode a subset (``Dictionary.separable``).
-        ``extra_per_prompt``: bytes each prompt of a block costs besides (e.g. the forward and
-        backward pass of attribution), which also limits the prompts per block."""
+        ``site`` with ``temporaries`` such tensors within ``scan_rows(max_memory, ...)`` (at
+        most ``SCAN_ROWS`` prompts); features are split only for dictionaries that can encode
+        a subset (``Dictionary.separable``). ``extra_per_prompt``: bytes each prompt of a block
+        costs besides (e.g. attribution's forward and backward pass)."""
         dictionary = self.dictionaries[site]
         n, width = self.prompts.clean_ids.shape
         n_features = dictionary.n_features
         per_prompt = FLOAT_BYTES * temporaries * width * n_features
         budget = self.max_memory // STREAM_SHARE  # a scan over prompts (docs/memory.md)
         if per_prompt <= budget or not dictionary.separable:
-            step = min(n, rows_per_chunk(budget, per_prompt + extra_per_prompt))
+            step = min(n, scan_rows(self.max_memory, per_prompt + extra_per_prompt))
             for start in range(0, n, step):
-                yield slice(start, start + step), None
+                yield slice(start, min(start + step, n)), None
+                release_freed_memory()  # what the caller's block freed (docs/memory.md)
             return
         features = rows_per_chunk(budget, FLOAT_BYTES * temporaries * width)
         for start in range(n):
             for first in range(0, n_features, features):
                 yield slice(start, start + 1), torch.arange(
                     first, min(first + features, n_features), device=self.device)
+            release_freed_memory()
 
     # --------------------------------------------------------------- feature sets
     def feature_masks(self, feature_sets: Sequence[FeatureSet]) -> dict[str, torch.Tensor]:
@@ -287,11 +293,24 @@ class PatchingExperiment:
           with nothing to patch take the cached corrupted logits without any forward;
         - the layers before the first patched site run once per prompt, and the activation
           is gathered into rows at the site.
+
+        The result is ``[k, n, vocab]``; ``evaluate`` and ``mean_kl`` reduce each block of
+        rows to its metrics instead, so they hold nothing of that size.
         """
         masks = self.feature_masks(feature_sets)
         k = len(feature_sets)
         logits = einops.repeat(self.corrupt_logits, "n v -> k n v", k=k).clone()
         norms = torch.zeros(k, len(self.prompts), device=logits.device)
+        for set_of_row, prompt_of_row, row_logits, row_norms in self._patched_cells(masks):
+            logits[set_of_row, prompt_of_row] = row_logits
+            norms[set_of_row, prompt_of_row] = row_norms
+        return logits, norms
+
+    def _patched_cells(self, masks: dict[str, torch.Tensor]):
+        """Per deduplication block: set ids ``[r]``, prompt ids ``[r]`` (CPU), answer-position
+        logits ``[r, vocab]`` and edit norms ``[r]`` of its patched (set, prompt) cells
+        (cells with nothing to patch are left out: they keep the corrupted run)."""
+        k = next(iter(masks.values())).shape[0]
         for sets, prompts in self._row_blocks(masks):
             rows = self._unique_rows({site: mask[sets] for site, mask in masks.items()},
                                      prompts)
@@ -303,18 +322,22 @@ class PatchingExperiment:
             set_ids = torch.arange(sets.start, min(sets.stop, k), device="cpu")
             set_of_row = set_ids.repeat_interleave(len(prompts))[patched]
             prompt_of_row = prompts.repeat(len(inverse) // len(prompts))[patched]
-            logits[set_of_row, prompt_of_row] = row_logits[inverse[patched]]
-            norms[set_of_row, prompt_of_row] = row_norms[inverse[patched]]
-        return logits, norms
+            yield (set_of_row, prompt_of_row, row_logits[inverse[patched]],
+                   row_norms[inverse[patched]])
+            del rows, row_masks, row_logits, row_norms
+            release_freed_memory()  # the block's forwards (docs/memory.md)
 
     def _row_blocks(self, masks: dict[str, torch.Tensor]) -> list[tuple[slice, torch.Tensor]]:
-        """``(set slice, prompt ids)`` blocks whose (set, prompt) masks over the used
-        features (bool masks, int64 keys and the sort that deduplicates them, ~32 bytes per
-        cell) fit in ``max_memory // STREAM_SHARE``; rows are deduplicated within a block."""
+        """``(set slice, prompt ids)`` blocks of every set on at most ``SCAN_ROWS`` prompts
+        whose (set, prompt) masks over the used features (bool masks, int64 keys and the sort
+        that deduplicates them, ~32 bytes per cell) fit in ``max_memory // STREAM_SHARE``
+        (sets are split only when one prompt's do not fit). Rows are deduplicated within a
+        block; identical rows share their prompt, so blocks of whole prompts lose none."""
         k, n = next(iter(masks.values())).shape[0], len(self.prompts)
         used = sum(int(mask.any(0).sum()) for mask in masks.values())
         rows = rows_per_chunk(self.max_memory // STREAM_SHARE, 32 * max(1, used))
-        per_sets, per_prompts = split_rows(k, n, rows)
+        per_prompts, per_sets = split_rows(n, k, rows)
+        per_prompts = min(per_prompts, SCAN_ROWS)
         return [(slice(s, s + per_sets), torch.arange(p, min(p + per_prompts, n), device="cpu"))
                 for p in range(0, n, per_prompts) for s in range(0, k, per_sets)]
 
@@ -329,16 +352,22 @@ class PatchingExperiment:
         k = next(iter(masks.values())).shape[0]
         n = len(prompts)
         used = {site: torch.nonzero(mask.any(0)).flatten() for site, mask in masks.items()}
-        used = {site: ids for site, ids in used.items() if ids.numel() > 0}
-        if not used:
-            return None
         first = self.sites[0]
-        parts = []
+        parts, kept = [], {}
         for site, ids in used.items():
             part = einops.repeat(masks[site][:, ids].bool(), "k f -> k n f", n=n)
             if site == first:  # upstream of everything: live activations are the corrupted ones
                 part = part & self._changes(site)[prompts][:, ids][None]
-            parts.append(part)
+                # features no-op on every prompt of the block leave the forward's columns,
+                # so its width follows the block's prompts, not every prompt's (docs/memory.md)
+                live = part.any(dim=(0, 1))
+                ids, part = ids[live], part[..., live]
+            if ids.numel() > 0:
+                parts.append(part)
+                kept[site] = ids
+        used = kept
+        if not used:
+            return None
         effective = einops.rearrange(torch.cat(parts, dim=-1), "k n f -> (k n) f")
         prompt_of_row = einops.repeat(prompts, "n -> (k n)", k=k)
         nonempty = effective.any(-1)
@@ -364,9 +393,9 @@ class PatchingExperiment:
                                   dtype=torch.bool, device="cpu")
             with torch.no_grad():
                 for prompts, ids in self.feature_blocks(site):  # [p, pos, f] within budget
-                    difference = (self.source_features.select(site, prompts, ids)
-                                  - self.corrupt_features.select(site, prompts, ids)).abs()
-                    difference = difference * self.position_mask[prompts][..., None]
+                    difference = torch.sub(self.source_features.select(site, prompts, ids),
+                                           self.corrupt_features.select(site, prompts, ids))
+                    difference.abs_().mul_(self.position_mask[prompts][..., None])
                     columns = slice(None) if ids is None else slice(int(ids[0]),
                                                                      int(ids[-1]) + 1)
                     changes[prompts, columns] = (difference.amax(dim=1) > 0).cpu()
@@ -389,6 +418,7 @@ class PatchingExperiment:
                 used)
             logits.append(chunk_logits)
             norms.append(chunk_norms)
+            release_freed_memory()  # the forward's activations (docs/memory.md)
         return torch.cat(logits), torch.cat(norms)
 
     @torch.no_grad()
@@ -446,10 +476,9 @@ class PatchingExperiment:
         ``edit_magnitude`` (‖x′ − x̄‖ over patched positions and sites).
         """
         feature_sets = list(feature_sets)
-        logits, norms = self.patched_logits(feature_sets)
-        metrics = self._metrics(logits)
-        sizes = self.feature_masks(feature_sets)
-        n_features = sum(mask.sum(1) for mask in sizes.values()).long()
+        masks = self.feature_masks(feature_sets)
+        metrics, norms = self._patched_metrics(masks)
+        n_features = sum(mask.sum(1) for mask in masks.values()).long()
         frame = pd.DataFrame({
             "set": np.repeat(np.arange(len(feature_sets)), len(self.prompts)),
             "prompt": np.tile(np.arange(len(self.prompts)), len(feature_sets)),
@@ -461,13 +490,33 @@ class PatchingExperiment:
             return frame
         return frame.drop(columns="prompt").groupby("set", as_index=False).mean()
 
-    def _metrics(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        prompts = self.prompts
-        return {
-            "kl": kl_divergence(self.clean_logits, logits),
-            "logit_diff": logit_diff(logits, prompts.answer_ids, prompts.wrong_ids),
-            "answer_prob": answer_prob(logits, prompts.answer_ids),
-        }
+    def _metrics(self, logits: torch.Tensor, prompts: torch.Tensor | None = None,
+                 names: Sequence[str] = METRICS) -> dict[str, torch.Tensor]:
+        """``{name: [..., n]}`` metrics of logits ``[..., n, vocab]`` (every prompt) or,
+        with ``prompts [r]`` (ids), ``{name: [r]}`` of rows ``[r, vocab]`` of those prompts."""
+        clean, answer, wrong = self.clean_logits, self.prompts.answer_ids, self.prompts.wrong_ids
+        if prompts is not None:
+            prompts = prompts.to(logits.device)
+            clean, answer, wrong = clean[prompts], answer[prompts], wrong[prompts]
+        compute = {"kl": lambda: kl_divergence(clean, logits),
+                   "logit_diff": lambda: logit_diff(logits, answer, wrong),
+                   "answer_prob": lambda: answer_prob(logits, answer)}
+        return {name: compute[name]() for name in names}
+
+    def _patched_metrics(self, masks: dict[str, torch.Tensor], names: Sequence[str] = METRICS
+                         ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``({name: [k, n]}, norms [k, n])`` for the sets of ``masks``: the metrics of each
+        block of patched rows are computed as it comes (``_patched_cells``), so nothing
+        ``[k, n, vocab]`` is held; unpatched cells take the corrupted run's metrics."""
+        k = next(iter(masks.values())).shape[0]
+        metrics = {name: einops.repeat(values, "n -> k n", k=k).clone()
+                   for name, values in self._metrics(self.corrupt_logits, names=names).items()}
+        norms = torch.zeros(k, len(self.prompts), device=self.corrupt_logits.device)
+        for set_of_row, prompt_of_row, row_logits, row_norms in self._patched_cells(masks):
+            for name, values in self._metrics(row_logits, prompt_of_row, names).items():
+                metrics[name][set_of_row, prompt_of_row] = values
+            norms[set_of_row, prompt_of_row] = row_norms
+        return metrics, norms
 
     def baselines(self) -> pd.DataFrame:
         """Metrics of the clean and the corrupted run (means over prompts)."""
@@ -479,5 +528,5 @@ class PatchingExperiment:
 
     def mean_kl(self, feature_sets: Sequence[FeatureSet]) -> torch.Tensor:
         """``[k]`` KL(clean ‖ patched) averaged over prompts, for ``k`` feature sets."""
-        logits, _ = self.patched_logits(feature_sets)
-        return kl_divergence(self.clean_logits, logits).mean(-1)
+        metrics, _ = self._patched_metrics(self.feature_masks(list(feature_sets)), ("kl",))
+        return metrics["kl"].mean(-1)

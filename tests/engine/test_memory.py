@@ -230,6 +230,50 @@ def test_run_cache_streams_prompts_in_chunks_with_unchunked_results(tiny, one_th
     assert experiment.max_memory == budget - expected_bytes
 
 
+def test_scans_over_many_prompts_keep_fixed_blocks_and_stream_metrics(tiny, one_thread):
+    """More prompts than ``SCAN_ROWS``: even with a huge budget the run cache, the encoding
+    blocks and the patched forwards' deduplication blocks hold at most ``SCAN_ROWS``
+    prompts (counted), so a scan over 2,000 prompts runs the blocks one over 100 does; and
+    ``evaluate`` / ``mean_kl``, which reduce each block to its metrics, equal the metrics of
+    the full ``[sets, prompts, vocab]`` logits of ``patched_logits``."""
+    from featcircuits.engine.cache import RunCache
+    from featcircuits.engine.memory import SCAN_ROWS
+    from featcircuits.model.metrics import answer_prob, kl_divergence, logit_diff
+
+    prompts = ioi_prompt_pairs(SCAN_ROWS + 6, seed=5, corruptions=("abc",),
+                               tokenizer=tiny.tokenizer)
+    n = len(prompts)
+    dictionary = RandomBasis(128, n_features=128, seed=4, site="resid_out.1")
+    runs = RunCache(tiny, prompts, ["resid_out.1"], max_memory="64GB")
+    assert runs.chunk_prompts == SCAN_ROWS and runs.chunks_run == 2 * 2
+    experiment = PatchingExperiment(tiny, dictionary, prompts, runs=runs,
+                                    settings=RunSettings(max_memory="64GB", progress=False))
+    blocks = list(experiment.feature_blocks("resid_out.1"))
+    assert [(p.start, p.stop, ids) for p, ids in blocks] == [(0, SCAN_ROWS, None),
+                                                              (SCAN_ROWS, n, None)]
+    sets = [[], [3], list(range(0, 128, 2)), list(range(128))]
+    before = experiment.forwards_run
+    table = experiment.evaluate(sets, per_prompt=True)
+    # every set of a block of prompts runs together: two blocks, one forward each
+    assert experiment.forwards_run - before == 2
+    kl = experiment.mean_kl(sets)
+    logits, norms = experiment.patched_logits(sets)
+    pairs = experiment.prompts
+    expected = {"kl": kl_divergence(experiment.clean_logits, logits),
+                "logit_diff": logit_diff(logits, pairs.answer_ids, pairs.wrong_ids),
+                "answer_prob": answer_prob(logits, pairs.answer_ids),
+                "edit_magnitude": norms}
+    for column, values in expected.items():
+        torch.testing.assert_close(torch.tensor(table[column].values, dtype=torch.float32),
+                                   values.flatten().float(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(kl, expected["kl"].mean(-1), rtol=1e-5, atol=1e-7)
+    # the sets really patch: nothing patched keeps the corrupted run, the complete basis
+    # restores the clean one on every prompt, one feature moves the logits
+    torch.testing.assert_close(logits[0], experiment.corrupt_logits)
+    assert float(expected["kl"][3].max()) < 1e-6 < float(expected["kl"][0].min())
+    assert float((logits[1] - experiment.corrupt_logits).abs().max()) > 1e-4
+
+
 # ---------------------------------------------------------------------- load
 @pytest.mark.slow
 def test_1000_ioi_prompts_do_not_grow_memory(tiny, one_thread):
