@@ -236,3 +236,22 @@ def test_per_input_normalisation_is_saelens_formula_and_needs_the_scale(norm):
         assert torch.allclose(sae.error(x), x - expected["reconstruction"], atol=1e-5)
     with pytest.raises(DictionaryError, match="needs the input"):
         sae.decode(features)
+
+
+@pytest.mark.parametrize("variant", ["gated", "transcoder"])
+def test_per_input_normalisation_stays_refused_beyond_plain_saes(tmp_path, variant):
+    """Gated SAEs and transcoders have no normalised class: such a file is refused, naming
+    the setting and what is missing, never loaded without its scale."""
+    import shutil
+
+    from featcircuits.dictionaries import load_dictionary
+    from featcircuits.errors import DictionaryLoadError
+
+    folder = tmp_path / variant
+    shutil.copytree(ROOT / "tests/fixtures/peers/saelens-6.54.0" / variant, folder)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["normalize_activations"] = "layer_norm"
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(DictionaryLoadError, match="layer_norm.*per-input decoder scale.*"
+                       "missing is a normalised variant"):
+        load_dictionary(folder)
