@@ -159,3 +159,20 @@ def test_decode_refuses_no_input_and_error_is_exact():
         assert torch.allclose(sae.encode_features(x, ids), c[..., ids], atol=1e-6)
     with pytest.raises(DictionaryError, match="needs the input"):
         sae.decode(c)
+
+
+def test_basis_statistics_decode_with_the_input_scale():
+    """With every feature kept, x̂ₖ is SAELens' full reconstruction (fixed directions would
+    explain far less)."""
+    from featcircuits.patching.compare import basis_statistics
+
+    sae = _sae("constant_norm_rescale")
+    x = torch.randn(200, 32) * (torch.rand(200, 1) * 4 + 1)
+    stats = basis_statistics(sae, x, k=N)
+    with torch.no_grad():
+        c = sae.encode(x)
+        total = (x - x.mean(0)).pow(2).sum()
+        expected = 1 - (x - _saelens_decode(sae, c, x)).pow(2).sum() / total
+        fixed = 1 - (x - _saelens_decode(sae, c, x, scaled=False)).pow(2).sum() / total
+    assert abs(stats["variance_explained_at_k"] - float(expected)) < 1e-4
+    assert abs(float(fixed) - float(expected)) > 1e-2
