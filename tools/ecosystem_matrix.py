@@ -109,7 +109,8 @@ def check_fixture(folder: Path) -> Outcome:
     for suffix, dictionary in members:
         x = expected["x" + suffix]
         features = dictionary.encode(x)
-        pairs = [("features", features), ("reconstruction", dictionary.decode(features))]
+        # x: the input whose per-input normalisation decode undoes (ignored by affine ones)
+        pairs = [("features", features), ("reconstruction", dictionary.decode(features, x))]
         if "x_out" + suffix in expected:
             pairs.append(("x_out", dictionary.transcode(x)))
         for key, ours in pairs:

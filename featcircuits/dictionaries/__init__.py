@@ -24,6 +24,7 @@ from featcircuits.dictionaries.io import (
     load_dictionary,
     save_dictionary,
 )
+from featcircuits.dictionaries.normalized import NormalizedSparseAutoencoder
 from featcircuits.dictionaries.registry import FORMATS, dictionary_format, format_of
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.dictionaries.tokens import TokenBasis
@@ -41,6 +42,7 @@ __all__ = [
     "ICABasis",
     "LinearBasis",
     "NeuronBasis",
+    "NormalizedSparseAutoencoder",
     "PCABasis",
     "RandomBasis",
     "SparseAutoencoder",

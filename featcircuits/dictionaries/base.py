@@ -6,7 +6,9 @@ A dictionary maps an activation ``x [..., d_model]`` to feature activations
     decode(c) = c @ directions + decoder_bias      # directions: [n_features, d_model]
 
 so a feature's contribution to the reconstruction is ``c_i * directions[i]``, which is what
-feature patching edits. ``error(x) = x - decode(encode(x))`` is what the dictionary misses.
+feature patching edits. The one exception is an SAE that normalises each input
+(``NormalizedSparseAutoencoder``): ``decode(c, x) = s(x)·(c @ directions + decoder_bias)
+(+ shift)``, with ``decoder_scale(x)`` giving ``s(x)`` (``None`` for everything else). ``error(x) = x - decode(encode(x))`` is what the dictionary misses.
 
 ``Dictionary`` is an abstract base class: a subclass must implement ``encode``,
 ``directions`` and ``decoder_bias``; ``Dictionary()`` itself raises ``TypeError``. Everything
@@ -73,18 +75,28 @@ class Dictionary(nn.Module, ABC):
     def decoder_bias(self) -> torch.Tensor:
         """Decoder bias ``[d_model]``."""
 
-    def decode(self, features: torch.Tensor) -> torch.Tensor:
-        """Feature activations ``[..., n_features]`` → reconstruction ``[..., d_model]``."""
+    def decode(self, features: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Feature activations ``[..., n_features]`` → reconstruction ``[..., d_model]``.
+
+        ``x [..., d_model]``, the input the features were encoded from, is needed only by a
+        dictionary with a ``decoder_scale`` (which refuses ``x=None``); others ignore it.
+        """
         return features @ self.directions + self.decoder_bias
 
+    def decoder_scale(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``s(x) [..., 1]`` when feature i writes ``s(x)·directions[i]`` at input
+        ``x [..., d_model]`` (an SAE that normalises each input,
+        ``NormalizedSparseAutoencoder``); ``None`` (a scale of 1) for an affine decoder."""
+        return None
+
     def error(self, x: torch.Tensor) -> torch.Tensor:
-        """What the dictionary misses: ``x - decode(encode(x))``, ``[..., d_model]``."""
-        return x - self.decode(self.encode(x))
+        """What the dictionary misses: ``x - decode(encode(x), x)``, ``[..., d_model]``."""
+        return x - self.decode(self.encode(x), x)
 
     def forward(self, x: torch.Tensor, output_features: bool = False):
         """Reconstruct ``x``; with ``output_features=True`` return ``(x_hat, features)``."""
         features = self.encode(x)
-        reconstruction = self.decode(features)
+        reconstruction = self.decode(features, x)
         return (reconstruction, features) if output_features else reconstruction
 
     # ------------------------------------------------------------------ shape

@@ -36,6 +36,7 @@ from featcircuits.dictionaries.formats import (
     read_json,
     require_tensors,
 )
+from featcircuits.dictionaries.normalized import NORMALIZATIONS, NormalizedSparseAutoencoder
 from featcircuits.dictionaries.sae import SparseAutoencoder
 from featcircuits.dictionaries.transcoder import Transcoder
 from featcircuits.errors import DictionaryError, DictionaryLoadError, SiteError
@@ -49,12 +50,9 @@ TRANSCODER_ARCHITECTURES = ("transcoder", "skip_transcoder", "jumprelu_transcode
 # SAELens' inference SAEs (SAE.load_from_disk) apply these normalisations to nothing: the
 # factor or whitening is folded into the weights by from_pretrained / at the end of training
 IDENTITY_NORMALIZATIONS = (None, "none", "expected_average_only_in", "covariance_whitening")
-# ... and these per input, in encode, undone in decode (the decoder is then no longer affine)
-PER_INPUT_NORMALIZATIONS = ("constant_norm_rescale", "layer_norm")
-# SAELens 6's run-time normalisations: (the scale s(x) decode multiplies by, what it adds)
-_PER_INPUT = {"constant_norm_rescale": ("‖x‖ / sqrt(d_in)", ""),
-              "layer_norm": ("std(x) (unbiased; encode divides by std(x) + 1e-5)",
-                             " + mean(x)")}
+# ... and these per input, in encode, undone in decode (the decoder is then no longer
+# affine): the SAE formats read them as NormalizedSparseAutoencoder
+PER_INPUT_NORMALIZATIONS = NORMALIZATIONS
 WEIGHTS_FILE = "sae_weights.safetensors"
 
 
@@ -331,24 +329,22 @@ class SaelensFormat(DictionaryFormat):
         return write_saelens(state, folder)
 
 
-def check_inference_config(cfg: dict[str, Any], folder: Path | None) -> None:
+def check_inference_config(cfg: dict[str, Any], folder: Path | None, *,
+                           per_input: bool = False) -> None:
     """Refuse what featcircuits cannot compute exactly: per-input activation normalisation
-    (``constant_norm_rescale``, ``layer_norm``), reshaping other than ``hook_z`` at an
-    attention ``hook_z`` hook, unknown settings."""
+    (``constant_norm_rescale``, ``layer_norm``) unless ``per_input`` (the SAE formats read it
+    as ``NormalizedSparseAutoencoder``), reshaping other than ``hook_z`` at an attention
+    ``hook_z`` hook, unknown settings."""
     normalize = cfg.get("normalize_activations")
-    if normalize in PER_INPUT_NORMALIZATIONS:
-        scale, shift = _PER_INPUT[normalize]
+    if normalize in PER_INPUT_NORMALIZATIONS and not per_input:
         raise DictionaryLoadError(
             f"{str(folder)!r} (architecture {cfg.get('architecture', 'standard')!r}) uses "
             f"normalize_activations={normalize!r}: SAELens decodes x̂ = s(x)·(c @ W_dec + "
-            f"b_dec){shift} with s(x) = {scale} of each input, so feature i writes "
-            "s(x)·W_dec[i], a direction scaled per prompt and position; featcircuits' "
-            "patching, ablation and circuit attribution add one fixed direction per feature "
-            "(Dictionary.directions), so what is missing is a per-input decoder scale in the "
-            "engine; loading it with fixed directions would patch every position off by s(x)",
-            hint="use an SAE trained with normalize_activations none or "
-            "expected_average_only_in (no exact conversion exists: s depends on the input)")
-    if normalize not in IDENTITY_NORMALIZATIONS:
+            "b_dec) with a scale s(x) of each input; featcircuits reads that per-input decoder "
+            "scale for SAELens SAEs (standard, topk, jumprelu) only; for this architecture "
+            "what is missing is a normalised variant of its class",
+            hint="use one trained with normalize_activations none or expected_average_only_in")
+    if normalize not in (*IDENTITY_NORMALIZATIONS, *PER_INPUT_NORMALIZATIONS):
         raise DictionaryLoadError(f"{str(folder)!r}: unknown normalize_activations "
                                   f"{normalize!r}", hint="the config is corrupt or newer")
     reshape = cfg.get("reshape_activations")
@@ -387,13 +383,20 @@ class SaelensSae(SaelensFormat):
     def from_state(cls, state: DictionaryState) -> SparseAutoencoder:
         cfg, tensors, folder = state.config, state.tensors, state.where
         site, meta, config = native_fields(cfg)
-        check_inference_config(cfg, folder)
+        check_inference_config(cfg, folder, per_input=True)
         if cls.activation == "jumprelu":
             require_tensors(tensors, ["threshold"], folder / WEIGHTS_FILE)
         cfg_path = folder / CFG_FILE if folder is not None else None
         centered = json_bool(config or {}, "center_input", False, cfg_path)
-        sae_class = CenteredSparseAutoencoder if centered else SparseAutoencoder
-        sae = sae_class(cfg["d_in"], cfg["d_sae"], activation=cls.activation,
+        sae_class, extra = CenteredSparseAutoencoder if centered else SparseAutoencoder, {}
+        normalize = cfg.get("normalize_activations")
+        if normalize in NORMALIZATIONS:
+            if centered:
+                raise DictionaryLoadError(f"{str(cfg_path)!r}: center_input and "
+                                          f"normalize_activations={normalize!r} together",
+                                          hint="the config was edited; keep one")
+            sae_class, extra = NormalizedSparseAutoencoder, {"normalization": normalize}
+        sae = sae_class(cfg["d_in"], cfg["d_sae"], activation=cls.activation, **extra,
                         k=cls.k_from(cfg, cfg_path),
                         tied=json_bool(config or {}, "tied", False, cfg_path),
                         pre_encoder_bias=json_bool(cfg, "apply_b_dec_to_input", True, cfg_path),

@@ -2,10 +2,13 @@
 
 On the corrupted run, the activation x̄ at a site is replaced by::
 
-    x′ = x̄ + Σ_{i∈F} (cᵢ − c̄ᵢ) fᵢ
+    x′ = x̄ + s(x̄) · Σ_{i∈F} (cᵢ − c̄ᵢ) fᵢ
 
 where ``c̄ = encode(x̄)`` is read live from the run being patched, ``c`` comes from a source
-(see ``featcircuits.engine.sources``), and ``fᵢ`` are the dictionary's decoder directions.
+(see ``featcircuits.engine.sources``), ``fᵢ`` are the dictionary's decoder directions and
+``s(x̄) = dictionary.decoder_scale(x̄)`` is 1 except for an SAE that normalises each input
+(``NormalizedSparseAutoencoder``: the scale its decoder undoes, per prompt and position, of
+the activation being patched, so the edit is its ``decode(c, x̄) − decode(c̄, x̄)``).
 The reconstruction error of x̄ is untouched, so patching the empty set reproduces the
 corrupted run exactly, and with a complete basis (neurons, full PCA) patching every feature
 at every position reproduces the clean activation.
@@ -23,7 +26,7 @@ from featcircuits.errors import DictionaryError, NonFiniteError, ParameterError
 from featcircuits.model.sites import Site
 
 __all__ = ["add_carried", "check_finite_activations", "input_site_of", "patch_error",
-           "patch_site", "refuse_several_sites"]
+           "patch_site", "refuse_decoder_scale", "refuse_several_sites"]
 
 
 def patch_site(model, site: Site | str, dictionary: Dictionary, source_features: torch.Tensor,
@@ -76,12 +79,10 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
     if x_in is None and input_site != site:
         x_in = input_site.read(model)
     activation = site.read(model)
-    if x_in is not None:
-        current = dictionary.encode_features(x_in, feature_ids)
-    else:
-        if rows is not None:
-            activation = activation[rows]
-        current = dictionary.encode_features(activation, feature_ids)
+    if rows is not None and x_in is None:
+        activation = activation[rows]
+    encoded = activation if x_in is None else x_in
+    current = dictionary.encode_features(encoded, feature_ids)
     directions = dictionary.directions
     if feature_ids is not None:
         directions = directions[feature_ids]
@@ -92,6 +93,9 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
         weight = (source_features - current) * mask[:, None, :]
     if position_mask is not None:
         weight = weight * position_mask[..., None]
+    scale = dictionary.decoder_scale(encoded)  # [batch, pos, 1], None: 1
+    if scale is not None:
+        weight = weight * scale.to(weight.dtype)
     edit = (weight @ directions.to(weight.dtype)).to(activation.dtype)  # masks may be fp32
     site.write(model, activation + edit)
     for later_site, later_directions in later.items():
@@ -127,6 +131,26 @@ def refuse_several_sites(dictionary: Dictionary, site: Site | str, *, what: str,
             f"also writes {later}; what is missing is {missing}",
             hint="PatchingExperiment patches and ablates them (every written site is edited); "
             "for this, use per-layer transcoders")
+
+
+def refuse_decoder_scale(dictionary: Dictionary, site: Site | str, *, what: str,
+                         missing: str = "s(x) in its nodes' contributions (gradient · "
+                         "s(x)·fᵢ), error terms (x − decode(c, x)) and frozen features"
+                         ) -> None:
+    """``DictionaryError`` if ``dictionary`` scales its decoder per input (``decoder_scale``
+    is not ``None``: an SAE that normalises each input) and ``what`` adds fixed directions:
+    ``missing`` says what it would need; a silent fixed-direction answer would be off by
+    ``s(x)`` at every position."""
+    probe = torch.ones(1, dictionary.d_model, dtype=dictionary.directions.dtype,
+                       device=dictionary.directions.device)
+    if dictionary.decoder_scale(probe) is not None:
+        raise DictionaryError(
+            f"{what} does not support dictionaries with a per-input decoder scale yet: "
+            f"{dictionary!r} at {site} writes s(x)·directions[i] (s(x) varies per prompt "
+            f"and position); what is missing is {missing}",
+            hint="PatchingExperiment patches, ablates and ranks its features exactly; for "
+            "this, use an SAE trained with normalize_activations none or "
+            "expected_average_only_in")
 
 
 def input_site_of(dictionary: Dictionary, site: Site | str) -> Site:
@@ -171,7 +195,7 @@ def patch_error(model, site: Site | str, dictionary: Dictionary, source_error: t
         weight = weight * position_mask[..., None]
     original = activation if prior_edit is None else activation - prior_edit
     error = (dictionary.error(original) if x_in is None
-             else original - dictionary.decode(dictionary.encode(x_in)))
+             else original - dictionary.decode(dictionary.encode(x_in), x_in))
     edit = ((source_error - error) * weight).to(activation.dtype)
     site.write(model, activation + edit)
     return edit

@@ -46,6 +46,7 @@ from featcircuits.engine.circuit_trace import (
 from featcircuits.engine.edits import (
     check_finite_activations,
     input_site_of,
+    refuse_decoder_scale,
     refuse_several_sites,
 )
 from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row, rows_per_chunk
@@ -224,6 +225,7 @@ class CircuitRuns:
             refuse_several_sites(dictionary, site, what="circuit discovery", missing=(
                 "a node whose ablation, gradient and freezing span all its output sites, "
                 "and an error node per output site that subtracts every layer's features"))
+            refuse_decoder_scale(dictionary, site, what="circuit discovery")
             check_dictionary_placement(dictionary, model, site)
             check_dictionary_fits(dictionary, model, site)
         ids, lengths, pairs = read_inputs(model, inputs)

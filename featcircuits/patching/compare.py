@@ -118,8 +118,9 @@ def basis_statistics(dictionary: Dictionary, activations, token_ids=None, *, k: 
     """Describe how a basis carves up activations ``[n, d_model]``.
 
     Returns:
-        ``variance_explained_at_k``: 1 − ‖x − x̂ₖ‖² / ‖x − x̄‖² where x̂ₖ keeps the ``k``
-        features with the largest energy E[cᵢ²]·‖fᵢ‖² (plus the decoder bias);
+        ``variance_explained_at_k``: 1 − ‖x − x̂ₖ‖² / ‖x − x̄‖² where x̂ₖ = ``decode`` of the
+        ``k`` features with the largest energy E[cᵢ²]·‖fᵢ‖² (plus the decoder bias; an SAE
+        that normalises each input decodes with its ``s(x)``, energy uses unit scale);
         ``mean_kurtosis``: mean excess kurtosis of the features' activations;
         ``token_purity``: for each feature, the share of its ``top`` highest activations that
         fall on its most common token, averaged over features (needs ``token_ids [n]``);
@@ -135,7 +136,9 @@ def basis_statistics(dictionary: Dictionary, activations, token_ids=None, *, k: 
         codes = dictionary.encode(x)
         energy = codes.pow(2).mean(0) * dictionary.directions.pow(2).sum(1)
         keep = torch.topk(energy, min(k, dictionary.n_features)).indices
-        reconstruction = codes[:, keep] @ dictionary.directions[keep] + dictionary.decoder_bias
+        kept = torch.zeros_like(codes)
+        kept[:, keep] = codes[:, keep]
+        reconstruction = dictionary.decode(kept, x)  # x: an input-normalising SAE's s(x)
         total = (x - x.mean(0)).pow(2).sum()
         explained = 1 - (x - reconstruction).pow(2).sum() / total
         centred = codes - codes.mean(0)

@@ -99,8 +99,10 @@ def attribution_scores(experiment: PatchingExperiment, site: str | None = None, 
                        metric: str = "kl") -> pd.DataFrame:
     """First-order estimate of each feature's effect when patched alone.
 
-    ``score_i = Σ_{prompts, positions} (sourceᵢ − c̄ᵢ) · (∂m/∂x̄ · fᵢ)`` with the gradient taken
-    on the corrupted run, one backward pass. For a cross-layer transcoder's layer, whose
+    ``score_i = Σ_{prompts, positions} (sourceᵢ − c̄ᵢ) · s(x̄) · (∂m/∂x̄ · fᵢ)`` with the
+    gradient taken on the corrupted run, one backward pass; ``s(x̄)`` is the dictionary's
+    ``decoder_scale`` of the corrupted activation (1 for all but an SAE that normalises each
+    input), as in the patch itself. For a cross-layer transcoder's layer, whose
     features write several sites, ``∂m/∂x̄ · fᵢ`` is summed over those sites (a backward pass
     each). ``metric`` is ``"kl"`` (KL(clean ‖ run); lower is
     better) or ``"logit_diff"`` (higher is better). ``predicted_gain`` is the score signed so
@@ -132,6 +134,10 @@ def attribution_scores(experiment: PatchingExperiment, site: str | None = None, 
             difference = difference * experiment.position_mask[prompts][..., None]
             along = sum(gradient[name] @ (directions if ids is None else directions[ids]).T
                         for name, directions in written.items())  # [p, pos, features]
+            scale = dictionary.decoder_scale(  # [p, pos, 1]: the patch's s(x̄), or None
+                experiment.runs.corrupt_activations[experiment.input_sites[site]][prompts])
+            if scale is not None:
+                along = along * scale.to(along.dtype)
             block = (difference * along).sum(dim=(0, 1)).double()
         score[slice(None) if ids is None else ids] += block
     score = (score / len(experiment.prompts)).float().cpu()

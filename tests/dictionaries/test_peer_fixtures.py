@@ -26,11 +26,9 @@ _spec.loader.exec_module(matrix)
 FOLDERS = matrix.fixture_folders()
 TOLERANCE = 1e-5
 
-# variant → words the refusal must contain (the variant's setting and what is missing)
-REFUSED = {
-    "normalize_constant_norm_rescale": ["constant_norm_rescale", "per-input decoder scale"],
-    "normalize_layer_norm": ["layer_norm", "per-input decoder scale"],
-}
+# variant → words the refusal must contain (the variant's setting and what is missing);
+# none today: the per-input normalisations load as NormalizedSparseAutoencoder
+REFUSED: dict[str, list[str]] = {}
 
 
 def _id(folder: Path) -> str:
@@ -204,11 +202,12 @@ def test_saelens_transcoder_with_an_unmapped_input_hook_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("norm", ["constant_norm_rescale", "layer_norm"])
-def test_per_input_normalisation_refusal_states_saelens_formula(norm):
-    """The refusal's formula is what SAELens computed on its own fixture (plain torch), and
-    the scale s(x) differs between inputs by far: no fixed directions reproduce decode."""
-    from featcircuits.dictionaries import load_dictionary
-    from featcircuits.errors import DictionaryLoadError
+def test_per_input_normalisation_is_saelens_formula_and_needs_the_scale(norm):
+    """SAELens' formula in plain torch reproduces its own fixture; featcircuits' loaded SAE
+    computes it; and decoding without the per-input scale s(x) (fixed directions) misses the
+    reconstruction by far, so a reader ignoring s(x) fails the fixture test."""
+    from featcircuits.dictionaries import NormalizedSparseAutoencoder, load_dictionary
+    from featcircuits.errors import DictionaryError
 
     folder = ROOT / "tests/fixtures/peers/saelens-6.54.0" / f"normalize_{norm}"
     expected = load_file(str(folder / "expected.safetensors"))
@@ -226,6 +225,33 @@ def test_per_input_normalisation_refusal_states_saelens_formula(norm):
     reconstruction = scale * (features @ t["W_dec"] + t["b_dec"]) + shift
     assert torch.allclose(reconstruction, expected["reconstruction"], atol=1e-5)
     assert float(scale.max() / scale.min()) > 1.4  # 1.48 and 1.53 on these fixtures
-    with pytest.raises(DictionaryLoadError, match="per-input decoder scale") as info:
+    sae = load_dictionary(folder)
+    assert isinstance(sae, NormalizedSparseAutoencoder) and sae.normalization == norm
+    with torch.no_grad():
+        assert torch.allclose(sae.decoder_scale(x), scale, atol=1e-6)
+        assert torch.allclose(sae.encode_features(x, torch.tensor([3, 7])),
+                              expected["features"][:, [3, 7]], atol=1e-5)
+        fixed = features @ t["W_dec"] + t["b_dec"]  # fixed directions: what was refused
+        assert float((fixed - expected["reconstruction"]).abs().max()) > 0.5
+        assert torch.allclose(sae.error(x), x - expected["reconstruction"], atol=1e-5)
+    with pytest.raises(DictionaryError, match="needs the input"):
+        sae.decode(features)
+
+
+@pytest.mark.parametrize("variant", ["gated", "transcoder"])
+def test_per_input_normalisation_stays_refused_beyond_plain_saes(tmp_path, variant):
+    """Gated SAEs and transcoders have no normalised class: such a file is refused, naming
+    the setting and what is missing, never loaded without its scale."""
+    import shutil
+
+    from featcircuits.dictionaries import load_dictionary
+    from featcircuits.errors import DictionaryLoadError
+
+    folder = tmp_path / variant
+    shutil.copytree(ROOT / "tests/fixtures/peers/saelens-6.54.0" / variant, folder)
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg["normalize_activations"] = "layer_norm"
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(DictionaryLoadError, match="layer_norm.*per-input decoder scale.*"
+                       "missing is a normalised variant"):
         load_dictionary(folder)
-    assert "s(x)·(c @ W_dec + b_dec)" in str(info.value)

@@ -22,6 +22,7 @@ from featcircuits.dictionaries import (
     FORMATS,
     CenteredSparseAutoencoder,
     GatedSparseAutoencoder,
+    NormalizedSparseAutoencoder,
     SparseAutoencoder,
     Transcoder,
     save_dictionary,
@@ -62,6 +63,12 @@ def variants():
            "input centring folded into W_enc / b_enc at save time")
     yield ("saelens", "hook_z", _random(SparseAutoencoder(D, N, site="attn_z.1"), 505), None,
            "written with reshape_activations=hook_z; the peer is fed z as [rows, 4 heads, 8]")
+    for seed, (norm, activation) in enumerate([("layer_norm", "relu"),
+                                               ("constant_norm_rescale", "jumprelu")], start=506):
+        yield ("saelens", f"normalize_{norm}",
+               _random(NormalizedSparseAutoencoder(D, N, normalization=norm,
+                                                   activation=activation, site="resid_out.3"),
+                       seed), None, f"normalize_activations={norm}, {activation}")
     for seed, (fmt, activation, skip) in enumerate(
             [("saelens_transcoder", "relu", False), ("saelens_skip_transcoder", "relu", True),
              ("saelens_jumprelu_skip_transcoder", "jumprelu", True)], start=510):
