@@ -28,13 +28,11 @@ from featcircuits.engine.cache import RunCache, SiteFeatures
 from featcircuits.engine.edits import add_carried, input_site_of, patch_site
 from featcircuits.engine.memory import (
     FLOAT_BYTES,
-    SCAN_ROWS,
     STREAM_SHARE,
     bytes_per_row,
     release_freed_memory,
     rows_per_chunk,
     scan_rows,
-    split_rows,
 )
 from featcircuits.engine.settings import RunSettings
 from featcircuits.engine.sources import (
@@ -48,6 +46,7 @@ from featcircuits.errors import FeatureIdError, ParameterError
 from featcircuits.model.loading import trace
 from featcircuits.model.metrics import answer_prob, kl_divergence, logit_diff
 from featcircuits.model.sites import Site
+from featcircuits.patching.rows import row_blocks, unique_rows
 from featcircuits.tasks.prompts import PromptPairs
 
 __all__ = ["FeatureSet", "PatchingExperiment"]
@@ -311,9 +310,9 @@ class PatchingExperiment:
         logits ``[r, vocab]`` and edit norms ``[r]`` of its patched (set, prompt) cells
         (cells with nothing to patch are left out: they keep the corrupted run)."""
         k = next(iter(masks.values())).shape[0]
-        for sets, prompts in self._row_blocks(masks):
-            rows = self._unique_rows({site: mask[sets] for site, mask in masks.items()},
-                                     prompts)
+        for sets, prompts in row_blocks(masks, len(self.prompts), self.max_memory):
+            rows = unique_rows({site: mask[sets] for site, mask in masks.items()}, prompts,
+                               self.sites[0], self._changes)
             if rows is None:
                 continue
             prompt_index, row_masks, used, inverse = rows
@@ -326,63 +325,6 @@ class PatchingExperiment:
                    row_norms[inverse[patched]])
             del rows, row_masks, row_logits, row_norms
             release_freed_memory()  # the block's forwards (docs/memory.md)
-
-    def _row_blocks(self, masks: dict[str, torch.Tensor]) -> list[tuple[slice, torch.Tensor]]:
-        """``(set slice, prompt ids)`` blocks of every set on at most ``SCAN_ROWS`` prompts
-        whose (set, prompt) masks over the used features (bool masks, int64 keys and the sort
-        that deduplicates them, ~32 bytes per cell) fit in ``max_memory // STREAM_SHARE``
-        (sets are split only when one prompt's do not fit). Rows are deduplicated within a
-        block; identical rows share their prompt, so blocks of whole prompts lose none."""
-        k, n = next(iter(masks.values())).shape[0], len(self.prompts)
-        used = sum(int(mask.any(0).sum()) for mask in masks.values())
-        rows = rows_per_chunk(self.max_memory // STREAM_SHARE, 32 * max(1, used))
-        per_prompts, per_sets = split_rows(n, k, rows)
-        per_prompts = min(per_prompts, SCAN_ROWS)
-        return [(slice(s, s + per_sets), torch.arange(p, min(p + per_prompts, n), device="cpu"))
-                for p in range(0, n, per_prompts) for s in range(0, k, per_sets)]
-
-    def _unique_rows(self, masks: dict[str, torch.Tensor], prompts: torch.Tensor):
-        """Distinct (prompt, effective feature mask) rows of ``k`` sets × ``n`` prompts.
-
-        Only the prompts ``prompts [n]`` (ids) are considered. Returns ``None`` when nothing
-        is patched, else ``prompt_index [R]``, ``{site: [R, u_site]}`` masks over the
-        ``used`` feature ids ``{site: [u_site]}``, and ``inverse [k * n]`` mapping each (set,
-        prompt) row to its unique row (``-1``: no-op).
-        """
-        k = next(iter(masks.values())).shape[0]
-        n = len(prompts)
-        used = {site: torch.nonzero(mask.any(0)).flatten() for site, mask in masks.items()}
-        first = self.sites[0]
-        parts, kept = [], {}
-        for site, ids in used.items():
-            part = einops.repeat(masks[site][:, ids].bool(), "k f -> k n f", n=n)
-            if site == first:  # upstream of everything: live activations are the corrupted ones
-                part = part & self._changes(site)[prompts][:, ids][None]
-                # features no-op on every prompt of the block leave the forward's columns,
-                # so its width follows the block's prompts, not every prompt's (docs/memory.md)
-                live = part.any(dim=(0, 1))
-                ids, part = ids[live], part[..., live]
-            if ids.numel() > 0:
-                parts.append(part)
-                kept[site] = ids
-        used = kept
-        if not used:
-            return None
-        effective = einops.rearrange(torch.cat(parts, dim=-1), "k n f -> (k n) f")
-        prompt_of_row = einops.repeat(prompts, "n -> (k n)", k=k)
-        nonempty = effective.any(-1)
-        inverse = torch.full((k * n,), -1, dtype=torch.long, device="cpu")
-        if not bool(nonempty.any()):
-            return None
-        keys = torch.cat([prompt_of_row[nonempty, None], effective[nonempty].long()], dim=-1)
-        unique, unique_inverse = torch.unique(keys, dim=0, return_inverse=True)
-        inverse[nonempty] = unique_inverse
-        prompt_index = unique[:, 0]
-        row_masks, offset = {}, 1
-        for site, ids in used.items():
-            row_masks[site] = unique[:, offset:offset + len(ids)].float()
-            offset += len(ids)
-        return prompt_index, row_masks, used, inverse
 
     def _changes(self, site: str) -> torch.Tensor:
         """``[n, n_features]`` True where a feature's source differs from its corrupted value
