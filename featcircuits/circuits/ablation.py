@@ -138,7 +138,8 @@ def _baseline(runs: CircuitRuns, plans, live_targets, positional) -> torch.Tenso
     columns = []
     for j, (down, ids, _) in plans.items():
         index = {int(f): k for k, f in enumerate(ids.tolist())}
-        features = runs.features.select(j, feature_ids=ids) if len(ids) else None  # [n, T, k]
+        features = (select_features(runs.features, j, feature_ids=ids)     # [n, T, k]
+                    if len(ids) else None)
         error = (runs.errors[j] * runs.gradients[j]).sum(-1)               # [n, T]
         for _, f, position in down:
             value = error if f == ERROR else features[..., index[f]]

@@ -44,7 +44,7 @@ def _feature_activations(runs: CircuitRuns, nodes: Sequence[Node]) -> dict[Node,
         step = runs.feature_chunk(runs.n, temporaries=2)
         for first in range(0, len(ids), step):
             block = torch.tensor(ids[first:first + step], device=runs.device)
-            values = runs.features.select(site, feature_ids=block).float()   # [n, T, k]
+            values = select_features(runs.features, site, feature_ids=block).float()  # [n, T, k]
             sums[:, first:first + step] = (values * tm[..., None]).sum(0)
         column = {f: k for k, f in enumerate(ids)}
         for node in nodes:
@@ -84,7 +84,7 @@ def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, 
                            label=target.label, scale=runs.node_scale(target.node_id))
         else:
             ids = torch.tensor([target.feature], device=runs.device)
-            own = ((runs.features.select(target.site, feature_ids=ids)[..., 0]
+            own = ((select_features(runs.features, target.site, feature_ids=ids)[..., 0]
                     - select_features(source_features, target.site, feature_ids=ids)[..., 0])
                    * target.weights).sum(1).mean()
             graph.add_node(target.node_id, kind="feature", site=target.site,

@@ -172,8 +172,8 @@ def active_cells(runs: CircuitRuns, site: str, source: Mapping[str, torch.Tensor
     active = torch.zeros(runs.width, runs.dictionaries[site].n_features, dtype=torch.bool,
                          device=runs.device)
     for prompts, ids in runs.feature_blocks(site, temporaries=5):
-        diff = (select_features(source, site, prompts, ids)
-                - runs.features.select(site, prompts, ids)).abs() * tm[prompts, :, None]
+        clean = select_features(runs.features, site, prompts, ids)
+        diff = (select_features(source, site, prompts, ids) - clean).abs() * tm[prompts, :, None]
         columns = slice(None) if ids is None else ids
         active[:, columns] |= diff.amax(0) > 0
     return active
@@ -188,8 +188,8 @@ def feature_scales(runs: CircuitRuns, site: str, positional: bool) -> torch.Tens
     F = runs.dictionaries[site].n_features
     total = torch.zeros((runs.width, F) if positional else (F,), device=runs.device)
     for prompts, ids in runs.feature_blocks(site):
-        values = runs.features.select(site, prompts, ids).float().abs() \
-            * weights[prompts, :, None]
+        values = select_features(runs.features, site, prompts, ids).float().abs()
+        values = values * weights[prompts, :, None]
         summed = values.sum(0) if positional else values.sum((0, 1))
         total[..., slice(None) if ids is None else ids] += summed
     return total / runs.n
