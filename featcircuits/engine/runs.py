@@ -409,10 +409,8 @@ class CircuitRuns:
         does nothing. Encoded block by block (nothing ``[n, T, F]`` is kept)."""
         features, _ = self.sources(ablation)
         active = active_cells(self, site, features)                       # [T, F]
-        if positional:
-            cells = torch.nonzero(active)  # [*, 2] (position, feature)
-            return [(int(f), int(p)) for p, f in sorted(cells.tolist(), key=lambda x: (x[1],
-                                                                                       x[0]))]
+        if positional:  # (feature, position) pairs, by feature then position
+            return [(f, p) for f, p in torch.nonzero(active.T).tolist()]
         return torch.nonzero(active.any(0)).flatten().tolist()
 
     def error_positions(self) -> list[int]:
