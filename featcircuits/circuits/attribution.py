@@ -28,7 +28,9 @@ from featcircuits.circuits.nodes import (
     site_depth,
     upstream_sites,
 )
+from featcircuits.engine.cache import select_features
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
+from featcircuits.engine.memory import FLOAT_BYTES
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.errors import ParameterError
 
@@ -78,15 +80,42 @@ def _alphas(steps: int, device) -> torch.Tensor:
                              hint="integrated gradients need at least one point, e.g. 10")
     return (torch.arange(steps, dtype=torch.float32, device=device) + 0.5) / steps
 
+def _feature_ids(nodes: Sequence[Node]) -> list[int]:
+    return sorted({f for _, f, _ in nodes if f != ERROR})
+
+def _differences(runs: CircuitRuns, site: str, ids: torch.Tensor, ablation: str
+                 ) -> torch.Tensor:
+    """``[n, T, k]`` ``c − s`` of features ``ids [k]`` at real tokens (only they are
+    encoded)."""
+    source_features, _ = runs.sources(ablation)
+    with torch.no_grad():
+        return ((select_features(runs.features, site, feature_ids=ids)
+                 - select_features(source_features, site, feature_ids=ids))
+                * runs.token_mask[..., None])
+
+def _node_differences(runs: CircuitRuns, site: str, nodes: Sequence[Node], *, ablation: str
+                      ) -> torch.Tensor | None:
+    """``_differences`` of every feature node (sorted ids) for ``_contributions`` to reuse
+    across chunks, or ``None`` where ``[n, T, k]`` would not fit a scan block (then each
+    call encodes its blocks)."""
+    feature_ids = _feature_ids(nodes)
+    if not feature_ids or (FLOAT_BYTES * runs.n * runs.width * len(feature_ids)
+                           > runs.scan_budget):
+        return None
+    ids = torch.tensor(feature_ids, dtype=torch.long, device=runs.device)
+    return _differences(runs, site, ids, ablation)
+
 def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: Sequence[Node],
-                   *, ablation: str, positional: bool) -> torch.Tensor:
+                   *, ablation: str, positional: bool,
+                   differences: torch.Tensor | None = None) -> torch.Tensor:
     """``[copies, len(nodes)]`` estimates ``(c_u − s_u) · (g · f_u)`` for gradients
     ``[copies, n, T, d]`` (summed over positions unless the node is positional; mean over
-    prompts)."""
-    source_features, source_errors = runs.sources(ablation)
+    prompts). ``differences``: ``_node_differences`` of ``nodes``, computed once by a caller
+    that calls this per chunk; else the features are encoded here, block by block."""
+    _, source_errors = runs.sources(ablation)
     tm = runs.token_mask
     dictionary = runs.dictionaries[site]
-    feature_ids = sorted({f for _, f, _ in nodes if f != ERROR})
+    feature_ids = _feature_ids(nodes)
     device = gradient.device
     out = torch.zeros(gradient.shape[0], len(nodes), device=device)
     with torch.no_grad():
@@ -97,8 +126,8 @@ def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: 
             step = runs.feature_chunk(gradient.shape[0] * runs.n)
             for first in range(0, len(feature_ids), step):  # [c, n, T, step] within budget
                 block = ids[first:first + step]
-                diff = (runs.features[site][..., block]
-                        - source_features[site][..., block]) * tm[..., None]
+                diff = (_differences(runs, site, block, ablation) if differences is None
+                        else differences[..., first:first + step])
                 directions = dictionary.directions[block].to(gradient.dtype)
                 along = gradient @ directions.T                           # [c, n, T, k]
                 per_position[..., first:first + step] = (along * diff[None]).mean(1)
@@ -168,6 +197,7 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                          ablation=ablation, positional=positional, steps=steps)
     early_targets = _has_targets_before(runs, reachable[0])
     per_chunk = runs.chunk_copies()
+    differences: dict[str, torch.Tensor | None] = {}  # per upstream site, once
     for start in range(0, len(downstream), per_chunk):
         chunk = list(downstream[start:start + per_chunk])
         copies = len(chunk)
@@ -186,8 +216,11 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
             if grad is None:
                 grad = torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
                                    device=runs.device)
+            if s not in differences:
+                differences[s] = _node_differences(runs, s, upstream[s], ablation=ablation)
             values = _contributions(runs, s, grad.reshape(copies, n, width, -1),
-                                    upstream[s], ablation=ablation, positional=positional)
+                                    upstream[s], ablation=ablation, positional=positional,
+                                    differences=differences[s])
             for item, row in zip(chunk, values.tolist()):
                 key = _down_key(runs, item, level)
                 weights.update(((node, key), value) for node, value in zip(upstream[s], row))
@@ -212,6 +245,7 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
         # [len(downstream), len(upstream nodes)]: contributions summed over the points
         total = torch.zeros(len(downstream), len(upstream[site]), dtype=torch.float64,
                             device="cpu")  # host-side sums, read once per site
+        differences = _node_differences(runs, site, upstream[site], ablation=ablation)
         for start in range(0, len(pairs), per_chunk):
             chunk = pairs[start:start + per_chunk]
             copies = len(chunk)
@@ -233,7 +267,8 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
             if grad is None:
                 continue
             values = _contributions(runs, site, grad.reshape(copies, n, width, -1),
-                                    upstream[site], ablation=ablation, positional=positional)
+                                    upstream[site], ablation=ablation, positional=positional,
+                                    differences=differences)
             total.index_add_(0, torch.tensor([index for index, _ in chunk], device="cpu"),
                              values.detach().cpu().double())
         for item, row in zip(downstream, (total / steps).tolist()):
