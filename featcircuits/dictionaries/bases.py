@@ -75,6 +75,14 @@ class LinearBasis(Dictionary):
             return super().encode_features(x, feature_ids)
         return (x - self.mean) @ self.encoder[feature_ids].T
 
+    def encode_rows(self, x: torch.Tensor, feature_ids: torch.Tensor) -> torch.Tensor:
+        """Row ``r``'s coefficient of feature ``feature_ids[r]``, ``[R, ...]`` (see
+        ``Dictionary.encode_rows``): one encoder row per row."""
+        if not self.separable:
+            return super().encode_rows(x, feature_ids)
+        ids = feature_ids.to(self.encoder.device).long()
+        return torch.einsum("r...d,rd->r...", x - self.mean, self.encoder[ids])
+
     @property
     def directions(self) -> torch.Tensor:
         return self._directions
