@@ -31,7 +31,7 @@ from featcircuits.model.sites import Site
 if TYPE_CHECKING:
     from featcircuits.circuits.targets import ResolvedTarget
 
-__all__ = ["NodeRead", "SiteOps", "TraceResult", "repeat_rows", "trace_rows"]
+__all__ = ["NodeRead", "SiteOps", "TraceResult", "repeat_rows", "tile_site", "trace_rows"]
 
 
 @dataclass
@@ -98,7 +98,10 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     activation read at the input site earlier in the same pass (after any operations there)
     and writes at its site; ``save_activation`` then also saves that input.
     With ``tile_at``, ``input_ids`` holds the ``n`` prompts once and the activation is
-    tiled ``copies`` times at that site (no site before it may have operations).
+    tiled ``copies`` times at that site (no site before it may have operations; it need
+    not have any itself). It must hold the model's whole state there (``embed``,
+    ``resid_in``, ``resid_out``: see ``tile_site``): tiling only an attention or MLP output
+    leaves the rest of the batch at ``n`` rows.
     With ``outputs=False`` (or no output targets) the run stops after the last site with
     operations or feature targets; output targets then read NaN.
     """
@@ -120,7 +123,8 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     input_of = {site: str(input_site_of(dictionaries[site], site)) for site in active}
     # transcoders' input sites, read (in forward order) before the sites they write
     reads = {input_of[site] for site in active if input_of[site] != site}
-    order = sorted(set(active) | reads,
+    # the tile site need not have operations (it then only repeats rows there)
+    order = sorted(set(active) | reads | ({tile_at} if tile_at is not None else set()),
                    key=lambda name: (Site.parse(name).depth, name not in active))
     last = None
     if not output_targets:
@@ -129,16 +133,17 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     inputs: dict[str, torch.Tensor] = {}   # input site → activation read there
     with trace(model, input_ids) as tracer:
         for site in order:
-            if site not in active:
-                inputs[site] = Site.parse(site).read(model)
-                continue
-            op = ops.get(site) or SiteOps()
             resolved = Site.parse(site)
-            dictionary = dictionaries[site]
             if not tiled and site == tile_at:
                 resolved.write(model, repeat_rows(resolved.read(model), copies))
                 inputs = {name: repeat_rows(value, copies) for name, value in inputs.items()}
                 tiled = True
+            if site not in active:
+                if site in reads:
+                    inputs[site] = resolved.read(model)
+                continue
+            op = ops.get(site) or SiteOps()
+            dictionary = dictionaries[site]
             if op.overwrite is not None:
                 resolved.write(model, _as_activation(op.overwrite, resolved.read(model)))
             x_in = inputs[input_of[site]] if input_of[site] != site else None
@@ -164,9 +169,11 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                 patch_error(model, resolved, dictionary, **patch_err, prior_edit=edit,
                             x_in=x_in)
             x = resolved.read(model)
-            if op.delta is not None:
-                # the delta is float32 (exact gradients); the model gets its own dtype back
-                x = (x.detach() if op.detach else x) + _as_activation(op.delta, x)
+            if op.delta is not None or op.detach:
+                x = x.detach() if op.detach else x
+                if op.delta is not None:
+                    # the delta is float32 (exact gradients); the model gets its dtype back
+                    x = x + _as_activation(op.delta, x)
                 resolved.write(model, x)
             if op.save_activation:
                 saved.append(("activation", site, x.save()))
@@ -196,6 +203,21 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     for index, value in target_values:
         result.targets[:, index] = value
     return result
+
+
+def tile_site(site: str | None) -> str | None:
+    """Where copies that differ only from ``site`` on can be tiled (``tile_at``): ``site``
+    itself when it holds the model's whole state (``embed``, ``resid_in.L``,
+    ``resid_out.L``), else the input of its block, ``resid_in.L``; ``None`` (no tiling) for
+    ``None`` and for a site named by its module path."""
+    if site is None:
+        return None
+    parsed = Site.parse(site)
+    if parsed.module_path is not None:
+        return None
+    if parsed.kind in ("embed", "resid_in", "resid_out"):
+        return site
+    return f"resid_in.{parsed.layer}"
 
 
 def _as_activation(value: torch.Tensor, activation) -> torch.Tensor:
