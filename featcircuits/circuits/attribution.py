@@ -195,9 +195,11 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                 weights.update(((node, key), value) for node, value in zip(upstream[s], row))
     return weights
 
-def _edge_chunks(runs: CircuitRuns, level: str | None, downstream: Sequence) -> list[list]:
-    """``downstream`` split into the passes of ``gradient_edges`` (one copy of the data per
-    item), as many copies per pass as ``max_rows`` and ``max_memory`` allow.
+def _edge_chunks(runs: CircuitRuns, level: str | None, items: Sequence,
+                 reads_error=None) -> list[list]:
+    """``items`` split into the passes of ``gradient_edges`` (one copy of the data per
+    item: a downstream item, or what ``reads_error(item)`` tells reads the error node), as
+    many copies per pass as ``max_rows`` and ``max_memory`` allow.
 
     A copy costs the model's activations (and the full-sequence logits at the output
     level); it never builds ``[T, n_features]`` tensors except when it reads the level's
@@ -214,8 +216,8 @@ def _edge_chunks(runs: CircuitRuns, level: str | None, downstream: Sequence) -> 
     chunks: list[list] = []
     chunk: list = []
     used = 0
-    for item in downstream:
-        cost = per_copy + (dense if _reads_error(item) else 0)
+    for item in items:
+        cost = per_copy + (dense if (reads_error or _reads_error)(item) else 0)
         if chunk and (len(chunk) >= max_copies or used + cost > runs.max_memory):
             chunks.append(chunk)
             chunk, used = [], 0
@@ -236,7 +238,7 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     n, width = runs.n, runs.width
     alphas = _alphas(steps, runs.device)
     pairs = [(index, k) for index in range(len(downstream)) for k in range(steps)]
-    per_chunk = runs.chunk_copies()
+    chunks = _edge_chunks(runs, level, pairs, lambda pair: _reads_error(downstream[pair[0]]))
     weights: dict[tuple, float] = {}
     for site in up_sites:
         clean = runs.activations[site].float()
@@ -246,8 +248,7 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
         # [len(downstream), len(upstream nodes)]: contributions summed over the points
         total = torch.zeros(len(downstream), len(upstream[site]), dtype=torch.float64,
                             device="cpu")  # host-side sums, read once per site
-        for start in range(0, len(pairs), per_chunk):
-            chunk = pairs[start:start + per_chunk]
+        for chunk in chunks:
             copies = len(chunk)
             items = [downstream[index] for index, _ in chunk]
             points = clean[None] - alphas[[k for _, k in chunk]][:, None, None, None] * diff[None]
