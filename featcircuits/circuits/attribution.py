@@ -186,7 +186,7 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                                         [deltas[s] for s in up_sites], allow_unused=True)
         for s, grad in zip(up_sites, grads):
             if grad is None:   # no path from the site to the level
-                values = torch.zeros(copies, len(upstream[s]))
+                values = torch.zeros(copies, len(upstream[s]), device=runs.device)
             else:
                 values = _contributions(runs, s, grad.reshape(copies, n, width, -1),
                                         upstream[s], ablation=ablation, positional=positional)

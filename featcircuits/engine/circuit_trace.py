@@ -119,6 +119,8 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     # the features each site's feature targets read (only those columns are encoded)
     target_ids = {site: sorted({t.feature for _, t in pairs})
                   for site, pairs in feature_targets.items()}
+    target_columns = {site: torch.tensor(ids, dtype=torch.long, device=model_device(model))
+                      for site, ids in target_ids.items() if ids}
     active = [site for site in sites if site in ops or feature_targets[site]]
     input_of = {site: str(input_site_of(dictionaries[site], site)) for site in active}
     # transcoders' input sites, read (in forward order) before the sites they write
@@ -152,7 +154,7 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                 # nodes that an ablation at their own site could change
                 wanted = target_ids[site]
                 target_features = dictionary.encode_features(
-                    resolved.read(model) if x_in is None else x_in, torch.tensor(wanted))
+                    resolved.read(model) if x_in is None else x_in, target_columns[site])
                 for index, target in feature_targets[site]:
                     weights = repeat_rows(target.weights, copies)
                     column = wanted.index(target.feature)
