@@ -51,6 +51,8 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
     source = runs.source_activation(site, ablation)
     alphas = _alphas(steps, clean.device)
     per_chunk = runs.chunk_copies()
+    # copies differ from the site on: the layers before it run once per prompt
+    tile = None if _has_targets_before(runs, site) else tile_site(site)
     total = torch.zeros(clean.shape, device=clean.device)  # float32 even for a bf16 model
     for start in range(0, steps, per_chunk):
         chunk = alphas[start:start + per_chunk]
@@ -61,7 +63,7 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
         ops = {site: SiteOps(overwrite=points.reshape(copies * runs.n, runs.width, -1),
                              delta=delta)}
         with torch.enable_grad():
-            result = runs.trace(ops, copies)
+            result = runs.trace(ops, copies, tile_at=tile)
             (grad,) = torch.autograd.grad(result.targets.sum(), [delta], allow_unused=True)
         if grad is not None:
             total += grad.reshape(copies, runs.n, runs.width, -1).sum(0)

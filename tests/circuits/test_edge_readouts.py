@@ -118,7 +118,8 @@ def test_gradient_edges_match_a_per_node_loop(neox, level):
                 if runs.depth(s) < depth}
     batched = gradient_edges(runs, level, downstream, upstream, ablation="zero",
                              positional=False)
-    looped = per_node_edges(runs, level, downstream, upstream)
+    with torch.no_grad():   # as benchmarks/scale.py calls it: the loop enables gradients
+        looped = per_node_edges(runs, level, downstream, upstream)
     assert batched.keys() == looped.keys()
     scale = max(abs(v) for v in looped.values())
     assert scale > 1e-3

@@ -88,8 +88,8 @@ def per_node_edges(runs, level: str, downstream: Sequence[tuple],
     mask = runs.token_mask[..., None]                                            # [n, T, 1]
     weights: dict[tuple, float] = {}
     for node in downstream:
-        value = (features[..., node[1]] * runs.node_weights).sum()
         with torch.enable_grad():
+            value = (features[..., node[1]] * runs.node_weights).sum()
             grads = torch.autograd.grad(value, inputs, retain_graph=True, allow_unused=True)
         for k, site in enumerate(sites):
             (c, e), (grad_c, grad_e) = leaves[site], grads[2 * k:2 * k + 2]
