@@ -205,9 +205,10 @@ def _edge_chunks(runs: CircuitRuns, level: str | None, items: Sequence,
 
     A copy costs the model's activations (and the full-sequence logits at the output
     level); it never builds ``[T, n_features]`` tensors except when it reads the level's
-    error node (three of the level dictionary's width: features, reconstruction, a
-    temporary), so the copies reading features run many more per pass than
-    ``CircuitRuns.chunk_copies`` (which assumes every copy does)."""
+    error node or the level's dictionary encodes every feature to read one
+    (``separable_rows`` false: TopK) — three of the level dictionary's width: features,
+    reconstruction, a temporary —, so the copies reading features run many more per pass
+    than ``CircuitRuns.chunk_copies`` (which assumes every copy does)."""
     n, width = runs.n, runs.width
     vocab = model_shape(runs.model)["vocab"] if level is None else 0
     d_model = max(d.d_model for d in runs.dictionaries.values())
@@ -218,8 +219,9 @@ def _edge_chunks(runs: CircuitRuns, level: str | None, items: Sequence,
     chunks: list[list] = []
     chunk: list = []
     used = 0
+    every = level is not None and not runs.dictionaries[level].separable_rows
     for item in items:
-        cost = per_copy + (dense if (reads_error or _reads_error)(item) else 0)
+        cost = per_copy + (dense if every or (reads_error or _reads_error)(item) else 0)
         if chunk and (len(chunk) >= max_copies or used + cost > runs.max_memory):
             chunks.append(chunk)
             chunk, used = [], 0

@@ -63,6 +63,12 @@ class Dictionary(nn.Module, ABC):
         """Whether ``encode_features`` computes only the requested features."""
         return False
 
+    @property
+    def separable_rows(self) -> bool:
+        """Whether ``encode_rows`` computes one feature per row (never ``[R, ...,
+        n_features]``)."""
+        return False
+
     def encode_rows(self, x: torch.Tensor, feature_ids: torch.Tensor) -> torch.Tensor:
         """Each row's own feature: ``x [R, ..., d_model]``, ``feature_ids [R]`` → ``[R, ...]``
         with row ``r`` holding ``encode(x[r])[..., feature_ids[r]]``.

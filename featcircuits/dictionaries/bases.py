@@ -75,6 +75,11 @@ class LinearBasis(Dictionary):
             return super().encode_features(x, feature_ids)
         return (x - self.mean) @ self.encoder[feature_ids].T
 
+    @property
+    def separable_rows(self) -> bool:
+        """Whether ``encode_rows`` computes single features (as ``separable``)."""
+        return self.separable
+
     def encode_rows(self, x: torch.Tensor, feature_ids: torch.Tensor) -> torch.Tensor:
         """Row ``r``'s coefficient of feature ``feature_ids[r]``, ``[R, ...]`` (see
         ``Dictionary.encode_rows``): one encoder row per row."""

@@ -69,10 +69,15 @@ class GatedSparseAutoencoder(Dictionary):
         magnitude = torch.relu(x @ (self.W_enc * self.r_mag.exp()) + self.b_mag)
         return magnitude * gate
 
+    @property
+    def separable_rows(self) -> bool:
+        """Whether ``encode_rows`` computes single features (the base ``encode``)."""
+        return type(self).encode is GatedSparseAutoencoder.encode
+
     def encode_rows(self, x: torch.Tensor, feature_ids: torch.Tensor) -> torch.Tensor:
         """Row ``r``'s activation of feature ``feature_ids[r]``, ``[R, ...]`` (see
         ``Dictionary.encode_rows``): one encoder column per row."""
-        if type(self).encode is not GatedSparseAutoencoder.encode:
+        if not self.separable_rows:
             return super().encode_rows(x, feature_ids)
         ids = feature_ids.to(self.W_enc.device).long()
         if self.pre_encoder_bias:

@@ -138,7 +138,7 @@ class SparseAutoencoder(Dictionary):
         """Row ``r``'s activation of feature ``feature_ids[r]``, ``[R, ...]`` (see
         ``Dictionary.encode_rows``): one encoder column per row for ReLU and JumpReLU
         (also centred SAEs and transcoders), every feature for TopK."""
-        if not self._rows_separable:
+        if not self.separable_rows:
             return super().encode_rows(x, feature_ids)
         ids = feature_ids.to(self.W_enc.device).long()
         pre = self._row_pre_activations(x, ids)
@@ -153,10 +153,11 @@ class SparseAutoencoder(Dictionary):
         return pre + _per_row(self.b_enc[ids], pre)
 
     @property
-    def _rows_separable(self) -> bool:
-        """Whether ``encode_rows`` may compute single features: a separable activation, the
-        base ``encode``, and the ``pre_activations`` that ``_row_pre_activations`` mirrors
-        (a subclass overriding one must override the other)."""
+    def separable_rows(self) -> bool:
+        """Whether ``encode_rows`` computes single features: a separable activation (not
+        TopK), the base ``encode``, and the ``pre_activations`` that
+        ``_row_pre_activations`` mirrors (a subclass overriding one must override the
+        other)."""
         cls = type(self)
         owner = next(k for k in cls.__mro__ if "_row_pre_activations" in vars(k))
         return (self.activation in ("relu", *THRESHOLDED)

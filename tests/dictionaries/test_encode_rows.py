@@ -46,6 +46,7 @@ def test_encode_rows_picks_each_rows_feature(name):
     full = dictionary.encode(x)
     expected = torch.stack([full[r, :, f] for r, f in enumerate(ids.tolist())])
     assert rows.shape == (7, 5)
+    assert dictionary.separable_rows == (name not in ("topk", "tokens"))
     assert torch.allclose(rows, expected, atol=1e-5)
     assert name == "tokens" or bool((expected != 0).any())
     if name == "tokens":   # piecewise constant: no gradient
