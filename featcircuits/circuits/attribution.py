@@ -29,8 +29,8 @@ from featcircuits.circuits.nodes import (
     upstream_sites,
 )
 from featcircuits.engine.cache import select_features
-from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
-from featcircuits.engine.memory import FLOAT_BYTES
+from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows, tile_site
+from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row, model_shape
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.errors import ParameterError
 
@@ -52,6 +52,8 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
     source = runs.source_activation(site, ablation)
     alphas = _alphas(steps, clean.device)
     per_chunk = runs.chunk_copies()
+    # copies differ from the site on: the layers before it run once per prompt
+    tile = None if _has_targets_before(runs, site) else tile_site(site)
     total = torch.zeros(clean.shape, device=clean.device)  # float32 even for a bf16 model
     for start in range(0, steps, per_chunk):
         chunk = alphas[start:start + per_chunk]
@@ -62,7 +64,7 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
         ops = {site: SiteOps(overwrite=points.reshape(copies * runs.n, runs.width, -1),
                              delta=delta)}
         with torch.enable_grad():
-            result = runs.trace(ops, copies)
+            result = runs.trace(ops, copies, tile_at=tile)
             (grad,) = torch.autograd.grad(result.targets.sum(), [delta], allow_unused=True)
         if grad is not None:
             total += grad.reshape(copies, runs.n, runs.width, -1).sum(0)
@@ -195,36 +197,74 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     if method == "ig":
         return _ig_edges(runs, level, downstream, upstream, up_sites, reachable,
                          ablation=ablation, positional=positional, steps=steps)
-    early_targets = _has_targets_before(runs, reachable[0])
-    per_chunk = runs.chunk_copies()
+    tile = None if _has_targets_before(runs, reachable[0]) else tile_site(reachable[0])
+    chunks = _edge_chunks(runs, level, downstream)
+    rows = max(len(chunk) for chunk in chunks) * n
+    # one zero delta per upstream site, sliced for every pass (the other reachable sites
+    # are only detached): gradients w.r.t. the slices
+    buffers = {s: torch.zeros(rows, width, runs.dictionaries[s].d_model, device=runs.device,
+                              requires_grad=True) for s in up_sites}
     differences: dict[str, torch.Tensor | None] = {}  # per upstream site, once
-    for start in range(0, len(downstream), per_chunk):
-        chunk = list(downstream[start:start + per_chunk])
+    for chunk in chunks:
         copies = len(chunk)
-        deltas = {s: torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
-                                 device=runs.device, requires_grad=True)
-                  for s in reachable}
-        ops = {s: SiteOps(delta=delta, detach=True) for s, delta in deltas.items()}
-        if level is not None:
-            ops[level] = SiteOps(readout=_own_readout(runs, level, chunk))
         with torch.enable_grad():
-            result = runs.trace(ops, copies, tile_at=None if early_targets else reachable[0],
-                                outputs=level is None)
+            deltas = {s: buffer[:copies * n] for s, buffer in buffers.items()}
+            ops = {s: SiteOps(delta=deltas.get(s), detach=True) for s in reachable}
+            if level is not None:
+                ops[level] = SiteOps(readout=_own_readout(runs, level, chunk))
+            result = runs.trace(ops, copies, tile_at=tile, outputs=level is None)
             grads = torch.autograd.grad(_own_values(runs, result, level, chunk),
                                         [deltas[s] for s in up_sites], allow_unused=True)
         for s, grad in zip(up_sites, grads):
-            if grad is None:
-                grad = torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
-                                   device=runs.device)
-            if s not in differences:
-                differences[s] = _node_differences(runs, s, upstream[s], ablation=ablation)
-            values = _contributions(runs, s, grad.reshape(copies, n, width, -1),
-                                    upstream[s], ablation=ablation, positional=positional,
-                                    differences=differences[s])
+            if grad is None:   # no path from the site to the level
+                values = torch.zeros(copies, len(upstream[s]), device=runs.device)
+            else:
+                if s not in differences:
+                    differences[s] = _node_differences(runs, s, upstream[s],
+                                                       ablation=ablation)
+                values = _contributions(runs, s, grad.reshape(copies, n, width, -1),
+                                        upstream[s], ablation=ablation, positional=positional,
+                                        differences=differences[s])
             for item, row in zip(chunk, values.tolist()):
                 key = _down_key(runs, item, level)
                 weights.update(((node, key), value) for node, value in zip(upstream[s], row))
     return weights
+
+def _edge_chunks(runs: CircuitRuns, level: str | None, items: Sequence,
+                 reads_error=None) -> list[list]:
+    """``items`` split into the passes of ``gradient_edges`` (one copy of the data per
+    item: a downstream item, or what ``reads_error(item)`` tells reads the error node), as
+    many copies per pass as ``max_rows`` and ``max_memory`` allow.
+
+    A copy costs the model's activations (and the full-sequence logits at the output
+    level); it never builds ``[T, n_features]`` tensors except when it reads the level's
+    error node or the level's dictionary encodes every feature to read one
+    (``separable_rows`` false: TopK) — three of the level dictionary's width: features,
+    reconstruction, a temporary —, so the copies reading features run many more per pass
+    than ``CircuitRuns.chunk_copies`` (which assumes every copy does)."""
+    n, width = runs.n, runs.width
+    vocab = model_shape(runs.model)["vocab"] if level is None else 0
+    d_model = max(d.d_model for d in runs.dictionaries.values())
+    per_copy = n * bytes_per_row(width, vocab=vocab, features=(), d_models=[d_model])
+    dense = 0 if level is None else n * FLOAT_BYTES * width * 3 * runs.dictionaries[
+        level].n_features
+    max_copies = max(1, runs.max_rows // n)
+    chunks: list[list] = []
+    chunk: list = []
+    used = 0
+    every = level is not None and not runs.dictionaries[level].separable_rows
+    for item in items:
+        cost = per_copy + (dense if every or (reads_error or _reads_error)(item) else 0)
+        if chunk and (len(chunk) >= max_copies or used + cost > runs.max_memory):
+            chunks.append(chunk)
+            chunk, used = [], 0
+        chunk.append(item)
+        used += cost
+    return [*chunks, chunk] if chunk else chunks
+
+def _reads_error(item) -> bool:
+    """Whether a downstream item is an error node (a feature target is an ``int``)."""
+    return not isinstance(item, int) and item[1] == ERROR
 
 def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
               upstream: Mapping[str, Sequence[Node]], up_sites: Sequence[str],
@@ -235,19 +275,18 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     n, width = runs.n, runs.width
     alphas = _alphas(steps, runs.device)
     pairs = [(index, k) for index in range(len(downstream)) for k in range(steps)]
-    per_chunk = runs.chunk_copies()
+    chunks = _edge_chunks(runs, level, pairs, lambda pair: _reads_error(downstream[pair[0]]))
     weights: dict[tuple, float] = {}
     for site in up_sites:
         clean = runs.activations[site].float()
         diff = clean - runs.source_activation(site, ablation).float()
         later = [s for s in reachable if site_depth(s) > site_depth(site)]
-        tile = None if _has_targets_before(runs, site) else site
+        tile = None if _has_targets_before(runs, site) else tile_site(site)
         # [len(downstream), len(upstream nodes)]: contributions summed over the points
         total = torch.zeros(len(downstream), len(upstream[site]), dtype=torch.float64,
                             device="cpu")  # host-side sums, read once per site
         differences = _node_differences(runs, site, upstream[site], ablation=ablation)
-        for start in range(0, len(pairs), per_chunk):
-            chunk = pairs[start:start + per_chunk]
+        for chunk in chunks:
             copies = len(chunk)
             items = [downstream[index] for index, _ in chunk]
             points = clean[None] - alphas[[k for _, k in chunk]][:, None, None, None] * diff[None]

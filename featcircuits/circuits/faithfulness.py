@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from featcircuits.circuits.discovery import circuit_runs
 from featcircuits.circuits.nodes import Node, graph_nodes, node_id, site_depth
 from featcircuits.engine.cache import select_features
-from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
+from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows, tile_site
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import GraphError, ParameterError
@@ -241,7 +241,8 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
         early_targets = first is not None and any(
             not t.is_output and site_depth(t.site) < site_depth(first) for t in runs.targets)
         with torch.no_grad():
-            result = runs.trace(ops, len(chunk), tile_at=None if early_targets else first,
+            result = runs.trace(ops, len(chunk),
+                                tile_at=None if early_targets else tile_site(first),
                                 outputs=outputs)
         for k in range(len(chunk)):
             rows = slice(k * n, (k + 1) * n)
