@@ -17,8 +17,10 @@ RSS while it ran (sampled every 20 ms; CUDA: peak allocated GPU memory):
 * the floor: the bare forward + backward passes the attribution circuit needs (same rows,
   same layers, plain torch on the transformers modules, the dictionaries' kept directions
   only);
-* a per-downstream-node loop (one backward per node, as feature-circuits does it) against
-  the batched pass on a subset of one level's nodes: speed-up and max abs difference.
+* a per-downstream-node loop in plain torch, as feature-circuits computes edges (one
+  forward with the dictionaries' features as leaves, one ``torch.autograd.grad`` per
+  downstream node; ``tests/support/edge_loop.py``) against the batched ``gradient_edges``
+  on a subset of one level's nodes: speed-up and max abs difference.
 
 Then each target with its measured ratio. ``--small`` runs a reduced model (2 layers, 4,096
 features, 8 prompts) in about a minute. docs/performance.md ("Scale") has the figures.
@@ -29,9 +31,11 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import sys
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -48,6 +52,10 @@ from featcircuits.engine.memory import current_rss
 from featcircuits.engine.runs import direct_sites
 from featcircuits.engine.settings import RunSettings
 from featcircuits.model.sites import Site
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.edge_loop import per_node_edges
 
 GIB = 1024**3
 KINDS = ("attn_out", "mlp_out", "resid_out")
@@ -286,22 +294,24 @@ def main() -> None:
 
 
 def per_node_loop(runs, kept: dict, count: int, meter: Meter) -> dict:
-    """One backward per downstream node (``count`` nodes of the deepest resid_out level)
-    against one batched ``gradient_edges`` over the same nodes."""
+    """The edges into ``count`` feature nodes of the deepest resid_out level (from every
+    kept upstream node), batched (``gradient_edges``, one copy of the data per node) and
+    by a plain-torch loop as feature-circuits computes them (one forward with the
+    dictionaries' features as leaves, then one ``torch.autograd.grad`` per node,
+    ``tests/support/edge_loop.py``)."""
     level = [s for s in runs.sites if s.startswith("resid_out")][-1]
     nodes = [node for node in kept.get(level, []) if node[1] >= 0][:count]
     upstream = {s: v for s, v in kept.items()
                 if Site.parse(s).depth < runs.read_depth(level)}
-    common = {"ablation": "zero", "positional": False}
     with meter.step(f"batched edges into {len(nodes)} nodes of {level}") as row:
-        batched = gradient_edges(runs, level, nodes, upstream, **common)
+        batched = gradient_edges(runs, level, nodes, upstream, ablation="zero",
+                                 positional=False)
     with meter.step(f"per-node loop, {len(nodes)} backwards") as row:
-        looped = {}
-        for node in nodes:
-            looped.update(gradient_edges(runs, level, [node], upstream, **common))
+        looped = per_node_edges(runs, level, nodes, upstream)
     error = max(abs(batched[k] - looped[k]) for k in batched) if batched else float("nan")
     row["note"] = f"max abs difference {error:.2e} over {len(batched)} edges"
     return {"batched": meter.rows[-2]["seconds"], "loop": meter.rows[-1]["seconds"],
+            "batched_cpu": meter.rows[-2]["cpu"], "loop_cpu": meter.rows[-1]["cpu"],
             "error": error}
 
 
@@ -316,7 +326,8 @@ def report(meter: Meter, weights: int, loop: dict) -> None:
     checks = [
         ("attribution circuit <= 2x the bare-pass floor",
          circuit["seconds"] / floor["seconds"], "x floor", lambda v: v <= 2),
-        (">= 10x faster than the per-node loop", loop["loop"] / loop["batched"], "x",
+        (">= 10x faster than the per-node loop", loop["loop"] / loop["batched"],
+         f"x (CPU time {loop['loop_cpu'] / max(loop['batched_cpu'], 1e-9):.3g}x)",
          lambda v: v >= 10),
         ("batched and per-node edges agree (max abs < 1e-4)", loop["error"], "",
          lambda v: v < 1e-4),

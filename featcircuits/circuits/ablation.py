@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from featcircuits.circuits.nodes import Node, node_order, site_depth
-from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
+from featcircuits.engine.cache import select_features
+from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows, tile_site
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 
 __all__ = ["ablation_effects", "exact_node_effects", "verify_edges"]
@@ -64,7 +65,8 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
     columns.extend(runs.targets[i].node_id for i in live_targets)
     baseline = _baseline(runs, plans, live_targets, positional)
     # copies only differ from ``site`` on: run the layers before it once and tile there
-    tile = site if all(t.is_output or site_depth(t.site) >= depth for t in runs.targets) else None
+    tile = (tile_site(site) if all(t.is_output or site_depth(t.site) >= depth
+                                   for t in runs.targets) else None)
     need_outputs = any(runs.targets[i].is_output for i in live_targets)
     per_chunk = runs.chunk_copies()
     chunks = range(0, len(nodes), per_chunk)
@@ -74,8 +76,7 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
                       disable=not show or len(chunks) < 3):
         chunk = nodes[start:start + per_chunk]
         copies = len(chunk)
-        ops = {site: _ablation_ops(runs, site, chunk, source_features[site],
-                                   source_errors[site])}
+        ops = {site: _ablation_ops(runs, site, chunk, source_features, source_errors[site])}
         for j in later:
             op = SiteOps()
             if j in plans:
@@ -97,7 +98,10 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
     return baseline[None, :] - ablated, columns
 
 def _ablation_ops(runs: CircuitRuns, site: str, chunk: Sequence[Node],
-                  source_features: torch.Tensor, source_errors: torch.Tensor) -> SiteOps:
+                  source_features: Mapping[str, torch.Tensor], source_errors: torch.Tensor
+                  ) -> SiteOps:
+    """The ``SiteOps`` ablating each node of ``chunk`` in its own copy; only the chunk's
+    features are read from ``source_features`` (``{site: [n, T, F]}``, encoded when read)."""
     n, width = runs.n, runs.width
     copies = len(chunk)
     tm = runs.token_mask
@@ -117,7 +121,8 @@ def _ablation_ops(runs: CircuitRuns, site: str, chunk: Sequence[Node],
         for i, (_, f, _) in enumerate(chunk):
             if f != ERROR:
                 feature_mask[i, column[f]] = 1.0
-        op.patch = {"source_features": repeat_rows(source_features[..., used_ids], copies),
+        sources = select_features(source_features, site, feature_ids=used_ids)   # [n, T, k]
+        op.patch = {"source_features": repeat_rows(sources, copies),
                     "feature_mask": feature_mask.repeat_interleave(n, 0),
                     "position_mask": position_mask, "feature_ids": used_ids}
     error_rows = torch.tensor([1.0 if f == ERROR else 0.0 for _, f, _ in chunk], device=tm.device)
@@ -134,7 +139,8 @@ def _baseline(runs: CircuitRuns, plans, live_targets, positional) -> torch.Tenso
     columns = []
     for j, (down, ids, _) in plans.items():
         index = {int(f): k for k, f in enumerate(ids.tolist())}
-        features = runs.features[j][..., ids]                              # [n, T, k]
+        features = (select_features(runs.features, j, feature_ids=ids)     # [n, T, k]
+                    if len(ids) else None)
         error = (runs.errors[j] * runs.gradients[j]).sum(-1)               # [n, T]
         for _, f, position in down:
             value = error if f == ERROR else features[..., index[f]]

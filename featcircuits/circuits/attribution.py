@@ -28,7 +28,9 @@ from featcircuits.circuits.nodes import (
     site_depth,
     upstream_sites,
 )
-from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
+from featcircuits.engine.cache import select_features
+from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows, tile_site
+from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row, model_shape
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.errors import ParameterError
 
@@ -50,6 +52,8 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
     source = runs.source_activation(site, ablation)
     alphas = _alphas(steps, clean.device)
     per_chunk = runs.chunk_copies()
+    # copies differ from the site on: the layers before it run once per prompt
+    tile = None if _has_targets_before(runs, site) else tile_site(site)
     total = torch.zeros(clean.shape, device=clean.device)  # float32 even for a bf16 model
     for start in range(0, steps, per_chunk):
         chunk = alphas[start:start + per_chunk]
@@ -60,7 +64,7 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
         ops = {site: SiteOps(overwrite=points.reshape(copies * runs.n, runs.width, -1),
                              delta=delta)}
         with torch.enable_grad():
-            result = runs.trace(ops, copies)
+            result = runs.trace(ops, copies, tile_at=tile)
             (grad,) = torch.autograd.grad(result.targets.sum(), [delta], allow_unused=True)
         if grad is not None:
             total += grad.reshape(copies, runs.n, runs.width, -1).sum(0)
@@ -78,15 +82,42 @@ def _alphas(steps: int, device) -> torch.Tensor:
                              hint="integrated gradients need at least one point, e.g. 10")
     return (torch.arange(steps, dtype=torch.float32, device=device) + 0.5) / steps
 
+def _feature_ids(nodes: Sequence[Node]) -> list[int]:
+    return sorted({f for _, f, _ in nodes if f != ERROR})
+
+def _differences(runs: CircuitRuns, site: str, ids: torch.Tensor, ablation: str
+                 ) -> torch.Tensor:
+    """``[n, T, k]`` ``c − s`` of features ``ids [k]`` at real tokens (only they are
+    encoded)."""
+    source_features, _ = runs.sources(ablation)
+    with torch.no_grad():
+        return ((select_features(runs.features, site, feature_ids=ids)
+                 - select_features(source_features, site, feature_ids=ids))
+                * runs.token_mask[..., None])
+
+def _node_differences(runs: CircuitRuns, site: str, nodes: Sequence[Node], *, ablation: str
+                      ) -> torch.Tensor | None:
+    """``_differences`` of every feature node (sorted ids) for ``_contributions`` to reuse
+    across chunks, or ``None`` where ``[n, T, k]`` would not fit a scan block (then each
+    call encodes its blocks)."""
+    feature_ids = _feature_ids(nodes)
+    if not feature_ids or (FLOAT_BYTES * runs.n * runs.width * len(feature_ids)
+                           > runs.scan_budget):
+        return None
+    ids = torch.tensor(feature_ids, dtype=torch.long, device=runs.device)
+    return _differences(runs, site, ids, ablation)
+
 def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: Sequence[Node],
-                   *, ablation: str, positional: bool) -> torch.Tensor:
+                   *, ablation: str, positional: bool,
+                   differences: torch.Tensor | None = None) -> torch.Tensor:
     """``[copies, len(nodes)]`` estimates ``(c_u − s_u) · (g · f_u)`` for gradients
     ``[copies, n, T, d]`` (summed over positions unless the node is positional; mean over
-    prompts)."""
-    source_features, source_errors = runs.sources(ablation)
+    prompts). ``differences``: ``_node_differences`` of ``nodes``, computed once by a caller
+    that calls this per chunk; else the features are encoded here, block by block."""
+    _, source_errors = runs.sources(ablation)
     tm = runs.token_mask
     dictionary = runs.dictionaries[site]
-    feature_ids = sorted({f for _, f, _ in nodes if f != ERROR})
+    feature_ids = _feature_ids(nodes)
     device = gradient.device
     out = torch.zeros(gradient.shape[0], len(nodes), device=device)
     with torch.no_grad():
@@ -97,8 +128,8 @@ def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: 
             step = runs.feature_chunk(gradient.shape[0] * runs.n)
             for first in range(0, len(feature_ids), step):  # [c, n, T, step] within budget
                 block = ids[first:first + step]
-                diff = (runs.features[site][..., block]
-                        - source_features[site][..., block]) * tm[..., None]
+                diff = (_differences(runs, site, block, ablation) if differences is None
+                        else differences[..., first:first + step])
                 directions = dictionary.directions[block].to(gradient.dtype)
                 along = gradient @ directions.T                           # [c, n, T, k]
                 per_position[..., first:first + step] = (along * diff[None]).mean(1)
@@ -166,32 +197,74 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     if method == "ig":
         return _ig_edges(runs, level, downstream, upstream, up_sites, reachable,
                          ablation=ablation, positional=positional, steps=steps)
-    early_targets = _has_targets_before(runs, reachable[0])
-    per_chunk = runs.chunk_copies()
-    for start in range(0, len(downstream), per_chunk):
-        chunk = list(downstream[start:start + per_chunk])
+    tile = None if _has_targets_before(runs, reachable[0]) else tile_site(reachable[0])
+    chunks = _edge_chunks(runs, level, downstream)
+    rows = max(len(chunk) for chunk in chunks) * n
+    # one zero delta per upstream site, sliced for every pass (the other reachable sites
+    # are only detached): gradients w.r.t. the slices
+    buffers = {s: torch.zeros(rows, width, runs.dictionaries[s].d_model, device=runs.device,
+                              requires_grad=True) for s in up_sites}
+    differences: dict[str, torch.Tensor | None] = {}  # per upstream site, once
+    for chunk in chunks:
         copies = len(chunk)
-        deltas = {s: torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
-                                 device=runs.device, requires_grad=True)
-                  for s in reachable}
-        ops = {s: SiteOps(delta=delta, detach=True) for s, delta in deltas.items()}
-        if level is not None:
-            ops[level] = SiteOps(readout=_own_readout(runs, level, chunk))
         with torch.enable_grad():
-            result = runs.trace(ops, copies, tile_at=None if early_targets else reachable[0],
-                                outputs=level is None)
+            deltas = {s: buffer[:copies * n] for s, buffer in buffers.items()}
+            ops = {s: SiteOps(delta=deltas.get(s), detach=True) for s in reachable}
+            if level is not None:
+                ops[level] = SiteOps(readout=_own_readout(runs, level, chunk))
+            result = runs.trace(ops, copies, tile_at=tile, outputs=level is None)
             grads = torch.autograd.grad(_own_values(runs, result, level, chunk),
                                         [deltas[s] for s in up_sites], allow_unused=True)
         for s, grad in zip(up_sites, grads):
-            if grad is None:
-                grad = torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
-                                   device=runs.device)
-            values = _contributions(runs, s, grad.reshape(copies, n, width, -1),
-                                    upstream[s], ablation=ablation, positional=positional)
+            if grad is None:   # no path from the site to the level
+                values = torch.zeros(copies, len(upstream[s]), device=runs.device)
+            else:
+                if s not in differences:
+                    differences[s] = _node_differences(runs, s, upstream[s],
+                                                       ablation=ablation)
+                values = _contributions(runs, s, grad.reshape(copies, n, width, -1),
+                                        upstream[s], ablation=ablation, positional=positional,
+                                        differences=differences[s])
             for item, row in zip(chunk, values.tolist()):
                 key = _down_key(runs, item, level)
                 weights.update(((node, key), value) for node, value in zip(upstream[s], row))
     return weights
+
+def _edge_chunks(runs: CircuitRuns, level: str | None, items: Sequence,
+                 reads_error=None) -> list[list]:
+    """``items`` split into the passes of ``gradient_edges`` (one copy of the data per
+    item: a downstream item, or what ``reads_error(item)`` tells reads the error node), as
+    many copies per pass as ``max_rows`` and ``max_memory`` allow.
+
+    A copy costs the model's activations (and the full-sequence logits at the output
+    level); it never builds ``[T, n_features]`` tensors except when it reads the level's
+    error node or the level's dictionary encodes every feature to read one
+    (``separable_rows`` false: TopK) — three of the level dictionary's width: features,
+    reconstruction, a temporary —, so the copies reading features run many more per pass
+    than ``CircuitRuns.chunk_copies`` (which assumes every copy does)."""
+    n, width = runs.n, runs.width
+    vocab = model_shape(runs.model)["vocab"] if level is None else 0
+    d_model = max(d.d_model for d in runs.dictionaries.values())
+    per_copy = n * bytes_per_row(width, vocab=vocab, features=(), d_models=[d_model])
+    dense = 0 if level is None else n * FLOAT_BYTES * width * 3 * runs.dictionaries[
+        level].n_features
+    max_copies = max(1, runs.max_rows // n)
+    chunks: list[list] = []
+    chunk: list = []
+    used = 0
+    every = level is not None and not runs.dictionaries[level].separable_rows
+    for item in items:
+        cost = per_copy + (dense if every or (reads_error or _reads_error)(item) else 0)
+        if chunk and (len(chunk) >= max_copies or used + cost > runs.max_memory):
+            chunks.append(chunk)
+            chunk, used = [], 0
+        chunk.append(item)
+        used += cost
+    return [*chunks, chunk] if chunk else chunks
+
+def _reads_error(item) -> bool:
+    """Whether a downstream item is an error node (a feature target is an ``int``)."""
+    return not isinstance(item, int) and item[1] == ERROR
 
 def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
               upstream: Mapping[str, Sequence[Node]], up_sites: Sequence[str],
@@ -202,18 +275,18 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     n, width = runs.n, runs.width
     alphas = _alphas(steps, runs.device)
     pairs = [(index, k) for index in range(len(downstream)) for k in range(steps)]
-    per_chunk = runs.chunk_copies()
+    chunks = _edge_chunks(runs, level, pairs, lambda pair: _reads_error(downstream[pair[0]]))
     weights: dict[tuple, float] = {}
     for site in up_sites:
         clean = runs.activations[site].float()
         diff = clean - runs.source_activation(site, ablation).float()
         later = [s for s in reachable if site_depth(s) > site_depth(site)]
-        tile = None if _has_targets_before(runs, site) else site
+        tile = None if _has_targets_before(runs, site) else tile_site(site)
         # [len(downstream), len(upstream nodes)]: contributions summed over the points
         total = torch.zeros(len(downstream), len(upstream[site]), dtype=torch.float64,
                             device="cpu")  # host-side sums, read once per site
-        for start in range(0, len(pairs), per_chunk):
-            chunk = pairs[start:start + per_chunk]
+        differences = _node_differences(runs, site, upstream[site], ablation=ablation)
+        for chunk in chunks:
             copies = len(chunk)
             items = [downstream[index] for index, _ in chunk]
             points = clean[None] - alphas[[k for _, k in chunk]][:, None, None, None] * diff[None]
@@ -233,7 +306,8 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
             if grad is None:
                 continue
             values = _contributions(runs, site, grad.reshape(copies, n, width, -1),
-                                    upstream[site], ablation=ablation, positional=positional)
+                                    upstream[site], ablation=ablation, positional=positional,
+                                    differences=differences)
             total.index_add_(0, torch.tensor([index for index, _ in chunk], device="cpu"),
                              values.detach().cpu().double())
         for item, row in zip(downstream, (total / steps).tolist()):

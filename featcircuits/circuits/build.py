@@ -9,6 +9,7 @@ import torch
 
 from featcircuits.circuits.nodes import Node, node_id
 from featcircuits.dictionaries.base import Dictionary
+from featcircuits.engine.cache import select_features
 from featcircuits.engine.runs import ERROR, CircuitRuns
 from featcircuits.graph import FORMAT_VERSION, reaching
 from featcircuits.model.loading import underlying_module
@@ -26,6 +27,33 @@ def _model_name(runs: CircuitRuns) -> str:
 
 def _feature_label(dictionary: Dictionary, site: str, feature: int) -> str:
     return str(dictionary.feature_label(feature))
+
+def _feature_activations(runs: CircuitRuns, nodes: Sequence[Node]) -> dict[Node, float]:
+    """Each feature node's mean clean activation over the real tokens (at its position
+    when positional): one read per site of the nodes' features, in blocks of
+    ``feature_chunk`` features."""
+    tm = runs.token_mask
+    counts = tm.sum(0)                                                       # [T]
+    by_site: dict[str, list[int]] = {}
+    for site, f, _ in nodes:
+        if f != ERROR and f not in by_site.setdefault(site, []):
+            by_site[site].append(f)
+    out: dict[Node, float] = {}
+    for site, ids in by_site.items():
+        sums = torch.zeros(runs.width, len(ids), device=runs.device)          # [T, k]
+        step = runs.feature_chunk(runs.n, temporaries=2)
+        for first in range(0, len(ids), step):
+            block = torch.tensor(ids[first:first + step], device=runs.device)
+            values = select_features(runs.features, site, feature_ids=block).float()  # [n, T, k]
+            sums[:, first:first + step] = (values * tm[..., None]).sum(0)
+        column = {f: k for k, f in enumerate(ids)}
+        for node in nodes:
+            if node[0] == site and node[1] != ERROR:
+                k, position = column[node[1]], node[2]
+                out[node] = (float(sums[:, k].sum() / (float(counts.sum()) or 1.0))
+                             if position is None
+                             else float(sums[position, k] / (float(counts[position]) or 1.0)))
+    return out
 
 def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, float], *,
                 method: str, tau: float, ablation: str, positional: bool,
@@ -55,28 +83,30 @@ def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, 
                            feature=None, position=None, activation=value, effect=None,
                            label=target.label, scale=runs.node_scale(target.node_id))
         else:
-            own = ((runs.features[target.site][..., target.feature]
-                    - source_features[target.site][..., target.feature])
+            ids = torch.tensor([target.feature], device=runs.device)
+            own = ((select_features(runs.features, target.site, feature_ids=ids)[..., 0]
+                    - select_features(source_features, target.site, feature_ids=ids)[..., 0])
                    * target.weights).sum(1).mean()
             graph.add_node(target.node_id, kind="feature", site=target.site,
                            layer=runs.site_layer(target.site), feature=int(target.feature),
                            position=None, activation=value, effect=float(own),
                            label=f"target {target.label}",
                            scale=runs.node_scale(target.node_id))
+    nodes = [node for node in nodes if node_id(node) not in graph]
+    activations = _feature_activations(runs, nodes)
     for node in nodes:
         site, f, position = node
         ident = node_id(node)
         if ident in graph:
             continue
-        weights = tm if position is None else torch.zeros_like(tm).index_fill_(1, torch.tensor(
-            [position], device=tm.device), 1.0) * tm
-        denominator = float(weights.sum()) or 1.0
         if f == ERROR:
+            weights = tm if position is None else torch.zeros_like(tm).index_fill_(
+                1, torch.tensor([position], device=tm.device), 1.0) * tm
             activation = float((runs.errors[site].float().norm(dim=-1) * weights).sum()
-                               / denominator)
+                               / (float(weights.sum()) or 1.0))
             kind, feature, label = "error", None, ""
         else:
-            activation = float((runs.features[site][..., f] * weights).sum() / denominator)
+            activation = activations[node]
             kind = "input" if Site.parse(site).kind == "embed" else "feature"
             feature = int(f)
             label = _feature_label(runs.dictionaries[site], site, int(f))

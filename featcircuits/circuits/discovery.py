@@ -358,8 +358,8 @@ def feature_graph(model, dictionaries: Mapping[str, Dictionary], inputs, *,
     if downstream_features is None:
         probe = CircuitRuns(model, pair, inputs, targets=[FeatureTarget(down, 0)],
                             settings=settings)
-        active = (probe.features[down].abs() * probe.token_mask[..., None]).amax((0, 1)) > 0
-        downstream_features = torch.nonzero(active).flatten().tolist()
+        # nonzero at a real token: what zero ablation changes (encoded block by block)
+        downstream_features = probe.active_features(down, "zero")
     if not downstream_features:
         raise ParameterError(f"no feature of the dictionary at {down} is active on the data")
     targets = [FeatureTarget(down, int(f)) for f in downstream_features]

@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 
 from featcircuits.circuits.discovery import circuit_runs
 from featcircuits.circuits.nodes import Node, graph_nodes, node_id, site_depth
-from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
+from featcircuits.engine.cache import select_features
+from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows, tile_site
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import GraphError, ParameterError
@@ -162,12 +163,14 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
                                assembled_f, assembled_e, source_features, source_errors,
                                outputs=level is None)
         own = {(index, key): reading for (index, key), reading in zip(copies, readings)}
+        # the level's source features, encoded once per level (not per spec)
+        level_source = (source_features[level] if level is not None and level in sites
+                        else None)
         for index, spec in enumerate(specs):
             base = own[(index, None)]
             if level is not None and level in sites:
                 kept = spec.kept[level].to(runs.device)
-                features = torch.where(kept[None, :, :-1], base["features"],
-                                       source_features[level])
+                features = torch.where(kept[None, :, :-1], base["features"], level_source)
                 errors = torch.where(kept[None, :, -1:], base["errors"], source_errors[level])
                 for key, reading in own.items():
                     if key[0] != index or key[1] is None or isinstance(key[1], int):
@@ -223,7 +226,8 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
                     # only the ablated cells change: add (source − assembled) along them
                     columns = torch.nonzero(ablate[:, :-1].any(0)).flatten()
                     if len(columns):
-                        change = (source_features[site][..., columns] - features[..., columns])
+                        change = (select_features(source_features, site, feature_ids=columns)
+                                  - features[..., columns])
                         change = change * ablate[None, :, columns]
                         activation = activation + change @ dictionary.directions[columns]
                     if ablate[:, -1].any():
@@ -237,7 +241,8 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
         early_targets = first is not None and any(
             not t.is_output and site_depth(t.site) < site_depth(first) for t in runs.targets)
         with torch.no_grad():
-            result = runs.trace(ops, len(chunk), tile_at=None if early_targets else first,
+            result = runs.trace(ops, len(chunk),
+                                tile_at=None if early_targets else tile_site(first),
                                 outputs=outputs)
         for k in range(len(chunk)):
             rows = slice(k * n, (k + 1) * n)

@@ -66,6 +66,26 @@ class Dictionary(nn.Module, ABC):
         return False
 
     @property
+    def separable_rows(self) -> bool:
+        """Whether ``encode_rows`` computes one feature per row (never ``[R, ...,
+        n_features]``)."""
+        return False
+
+    def encode_rows(self, x: torch.Tensor, feature_ids: torch.Tensor) -> torch.Tensor:
+        """Each row's own feature: ``x [R, ..., d_model]``, ``feature_ids [R]`` → ``[R, ...]``
+        with row ``r`` holding ``encode(x[r])[..., feature_ids[r]]``.
+
+        Dictionaries whose features are computed independently of each other (ReLU,
+        JumpReLU, centred and gated SAEs, transcoders, linear bases) compute one encoder
+        row per row of ``x``; others (TopK, tokens) encode every feature (``[R, ...,
+        n_features]``) and pick. Differentiable in ``x`` either way.
+        """
+        features = self.encode(x)
+        index = feature_ids.to(features.device).long().reshape(
+            -1, *([1] * (features.ndim - 1))).expand(*features.shape[:-1], 1)
+        return torch.gather(features, -1, index).squeeze(-1)
+
+    @property
     @abstractmethod
     def directions(self) -> torch.Tensor:
         """Decoder directions ``[n_features, d_model]`` (row i is feature i's f_i)."""

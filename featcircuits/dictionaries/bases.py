@@ -76,6 +76,19 @@ class LinearBasis(Dictionary):
         return (x - self.mean) @ self.encoder[feature_ids].T
 
     @property
+    def separable_rows(self) -> bool:
+        """Whether ``encode_rows`` computes single features (as ``separable``)."""
+        return self.separable
+
+    def encode_rows(self, x: torch.Tensor, feature_ids: torch.Tensor) -> torch.Tensor:
+        """Row ``r``'s coefficient of feature ``feature_ids[r]``, ``[R, ...]`` (see
+        ``Dictionary.encode_rows``): one encoder row per row."""
+        if not self.separable:
+            return super().encode_rows(x, feature_ids)
+        ids = feature_ids.to(self.encoder.device).long()
+        return torch.einsum("r...d,rd->r...", x - self.mean, self.encoder[ids])
+
+    @property
     def directions(self) -> torch.Tensor:
         return self._directions
 

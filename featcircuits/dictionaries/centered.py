@@ -28,6 +28,10 @@ class CenteredSparseAutoencoder(SparseAutoencoder):
         """``(x - mean_d(x) - b_dec) @ W_enc + b_enc``, ``[..., n_features]``."""
         return super().pre_activations(x - x.mean(dim=-1, keepdim=True))
 
+    def _row_pre_activations(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``pre_activations(x[r])[..., ids[r]]`` per row, ``[R, ...]``."""
+        return super()._row_pre_activations(x - x.mean(dim=-1, keepdim=True), ids)
+
     def config(self) -> dict[str, Any]:
         return {**super().config(), "center_input": True}
 

@@ -69,6 +69,27 @@ class GatedSparseAutoencoder(Dictionary):
         magnitude = torch.relu(x @ (self.W_enc * self.r_mag.exp()) + self.b_mag)
         return magnitude * gate
 
+    @property
+    def separable_rows(self) -> bool:
+        """Whether ``encode_rows`` computes single features (the base ``encode``)."""
+        return type(self).encode is GatedSparseAutoencoder.encode
+
+    def encode_rows(self, x: torch.Tensor, feature_ids: torch.Tensor) -> torch.Tensor:
+        """Row ``r``'s activation of feature ``feature_ids[r]``, ``[R, ...]`` (see
+        ``Dictionary.encode_rows``): one encoder column per row."""
+        if not self.separable_rows:
+            return super().encode_rows(x, feature_ids)
+        ids = feature_ids.to(self.W_enc.device).long()
+        if self.pre_encoder_bias:
+            x = x - self.b_dec
+        h = torch.einsum("r...d,rd->r...", x, self.W_enc.T[ids])
+
+        def per_row(values):
+            return values[ids].reshape(-1, *([1] * (h.ndim - 1)))
+
+        gate = (h + per_row(self.b_gate)) > 0
+        return torch.relu(h * per_row(self.r_mag).exp() + per_row(self.b_mag)) * gate
+
     def config(self) -> dict[str, Any]:
         return {"pre_encoder_bias": self.pre_encoder_bias}
 

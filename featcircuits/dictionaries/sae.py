@@ -131,11 +131,47 @@ class SparseAutoencoder(Dictionary):
         if self.pre_encoder_bias:
             x = x - self.b_dec
         pre = x @ self.W_enc[:, feature_ids] + self.b_enc[feature_ids]
+        return self._activate(pre, None if self.threshold is None
+                              else self.threshold[feature_ids])
+
+    def encode_rows(self, x: torch.Tensor, feature_ids: torch.Tensor) -> torch.Tensor:
+        """Row ``r``'s activation of feature ``feature_ids[r]``, ``[R, ...]`` (see
+        ``Dictionary.encode_rows``): one encoder column per row for ReLU and JumpReLU
+        (also centred SAEs and transcoders), every feature for TopK."""
+        if not self.separable_rows:
+            return super().encode_rows(x, feature_ids)
+        ids = feature_ids.to(self.W_enc.device).long()
+        pre = self._row_pre_activations(x, ids)
+        threshold = None if self.threshold is None else _per_row(self.threshold[ids], pre)
+        return self._activate(pre, threshold)
+
+    def _row_pre_activations(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """``pre_activations(x[r])[..., ids[r]]`` per row, ``[R, ...]``."""
+        if self.pre_encoder_bias:
+            x = x - self.b_dec
+        pre = torch.einsum("r...d,rd->r...", x, self.W_enc.T[ids])
+        return pre + _per_row(self.b_enc[ids], pre)
+
+    @property
+    def separable_rows(self) -> bool:
+        """Whether ``encode_rows`` computes single features: a separable activation (not
+        TopK), the base ``encode``, and the ``pre_activations`` that
+        ``_row_pre_activations`` mirrors (a subclass overriding one must override the
+        other)."""
+        cls = type(self)
+        owner = next(k for k in cls.__mro__ if "_row_pre_activations" in vars(k))
+        return (self.activation in ("relu", *THRESHOLDED)
+                and cls.encode is SparseAutoencoder.encode
+                and cls.pre_activations is owner.pre_activations)
+
+    def _activate(self, pre: torch.Tensor, threshold: torch.Tensor | None) -> torch.Tensor:
+        """The (separable) activation of pre-activations ``pre`` with ``threshold`` (its
+        features' thresholds, broadcastable to ``pre``)."""
         if self.activation == "relu":
             return torch.relu(pre)
         if self.activation == "jumprelu":
-            return torch.relu(pre) * (pre > self.threshold[feature_ids])
-        return pre * (pre > self.threshold[feature_ids])
+            return torch.relu(pre) * (pre > threshold)
+        return pre * (pre > threshold)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -157,3 +193,8 @@ class SparseAutoencoder(Dictionary):
         self.b_enc.mul_(norms.squeeze(1))
         if self.threshold is not None:
             self.threshold.mul_(norms.squeeze(1))
+
+
+def _per_row(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``values [R]`` shaped ``[R, 1, ...]`` to broadcast over ``like [R, ...]``."""
+    return values.reshape(-1, *([1] * (like.ndim - 1)))

@@ -2,8 +2,11 @@
 
 * ``edits``: ``patch_site``, ``patch_error``, ``add_carried`` (inside a trace), ``input_site_of``,
   ``check_finite_activations``;
-* ``cache``: ``RunCache`` (clean and corrupted runs of prompt pairs), ``SiteFeatures``;
-* ``runs``: ``CircuitRuns`` (the clean run circuit discovery works on);
+* ``cache``: ``RunCache`` (clean and corrupted runs of prompt pairs), ``SiteFeatures``
+  (features encoded when read), ``select_features`` (one block of them) and
+  ``feature_blocks`` (blocks of a site's features within a budget);
+* ``runs``: ``CircuitRuns`` (the clean run circuit discovery works on); ``run_features``
+  its features and ablation sources, encoded on demand, and the scans over them;
 * ``circuit_trace``: ``trace_rows`` (many edited copies in one pass), ``SiteOps``, ``NodeRead``;
 * ``sources``: the one vocabulary of sources and ablations, ``resample_index``,
   ``position_mask``;
@@ -15,7 +18,7 @@
 ``PatchingExperiment`` is a client of the engine: ``featcircuits.patching``.
 """
 
-from featcircuits.engine.cache import RunCache, SiteFeatures
+from featcircuits.engine.cache import RunCache, SiteFeatures, feature_blocks, select_features
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, TraceResult, trace_rows
 from featcircuits.engine.edits import (
     add_carried,
@@ -63,6 +66,7 @@ __all__ = [
     "check_seed",
     "check_source",
     "default_max_memory",
+    "feature_blocks",
     "input_site_of",
     "is_tiling_mismatch",
     "parse_memory",
@@ -72,6 +76,7 @@ __all__ = [
     "refuse_several_sites",
     "resample_index",
     "rows_per_chunk",
+    "select_features",
     "split_rows",
     "tiling_possible",
     "trace_rows",

@@ -1,27 +1,33 @@
 """``RunCache``: the clean and corrupted runs of prompt pairs, computed once and shared.
 
 ``SiteFeatures`` is the mapping through which clients read feature activations of a cached
-run: encoded on demand, in blocks, so nothing ``[n, pos, n_features]``-sized is kept.
+run (``PatchingExperiment``, ``CircuitRuns``): encoded on demand, in blocks, so nothing
+``[n, pos, n_features]``-sized is kept. ``feature_blocks`` says how to cover one site's
+``[n, pos, n_features]`` in blocks within a budget, ``select_features`` reads one block of
+either a ``SiteFeatures`` or a plain ``{site: tensor}`` mapping.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 
 import torch
 
 from featcircuits.engine.edits import check_finite_activations
 from featcircuits.engine.memory import (
+    FLOAT_BYTES,
+    SCAN_ROWS,
     forward_bytes_per_row,
     parse_memory,
     release_freed_memory,
+    rows_per_chunk,
     scan_rows,
 )
 from featcircuits.model.loading import check_positions, model_device, trace
 from featcircuits.model.sites import Site
 from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
 
-__all__ = ["RunCache", "SiteFeatures"]
+__all__ = ["RunCache", "SiteFeatures", "feature_blocks", "select_features"]
 
 
 class RunCache:
@@ -149,3 +155,43 @@ class SiteFeatures(MutableMapping):
 
     def __len__(self) -> int:
         return len(self._sites)
+
+
+def select_features(features: Mapping[str, torch.Tensor], site: str,
+                    prompts: slice = slice(None),
+                    feature_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """``[p, pos, k]``: prompts ``prompts`` and features ``feature_ids`` (all: ``None``) of
+    ``features[site]``, encoding only that block for a ``SiteFeatures`` (a plain
+    ``{site: [n, pos, F]}`` mapping is indexed)."""
+    if isinstance(features, SiteFeatures):
+        return features.select(site, prompts, feature_ids)
+    values = features[site][prompts]
+    return values if feature_ids is None else values[..., feature_ids]
+
+
+def feature_blocks(n: int, width: int, n_features: int, *, separable: bool, budget: int,
+                   device, temporaries: int = 4, extra_per_prompt: int = 0
+                   ) -> Iterator[tuple[slice, torch.Tensor | None]]:
+    """``(prompt slice, feature ids [k] or None)`` blocks covering ``[n, width, n_features]``
+    with ``temporaries`` float32 tensors of a block's shape within ``budget`` bytes.
+
+    Blocks of whole prompts (every feature, ``None``) while one prompt fits, or always for
+    a dictionary that cannot encode a subset (``separable`` false); else one prompt at a
+    time in blocks of features. ``extra_per_prompt``: bytes each prompt of a block costs
+    besides (e.g. a forward and backward pass), which also limits the prompts per block.
+    """
+    per_prompt = FLOAT_BYTES * temporaries * width * n_features
+    if per_prompt <= budget or not separable:
+        # at most SCAN_ROWS prompts whatever the budget, so a scan over 2,000 prompts uses
+        # the blocks one over 100 does (docs/memory.md)
+        step = min(n, SCAN_ROWS, rows_per_chunk(budget, per_prompt + extra_per_prompt))
+        for start in range(0, n, step):
+            yield slice(start, start + step), None
+            release_freed_memory()  # what the caller's block freed (docs/memory.md)
+        return
+    features = rows_per_chunk(budget, FLOAT_BYTES * temporaries * width)
+    for start in range(n):
+        for first in range(0, n_features, features):
+            yield slice(start, start + 1), torch.arange(
+                first, min(first + features, n_features), device=device)
+        release_freed_memory()

@@ -31,7 +31,7 @@ from featcircuits.model.sites import Site
 if TYPE_CHECKING:
     from featcircuits.circuits.targets import ResolvedTarget
 
-__all__ = ["NodeRead", "SiteOps", "TraceResult", "repeat_rows", "trace_rows"]
+__all__ = ["NodeRead", "SiteOps", "TraceResult", "repeat_rows", "tile_site", "trace_rows"]
 
 
 @dataclass
@@ -98,7 +98,10 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     activation read at the input site earlier in the same pass (after any operations there)
     and writes at its site; ``save_activation`` then also saves that input.
     With ``tile_at``, ``input_ids`` holds the ``n`` prompts once and the activation is
-    tiled ``copies`` times at that site (no site before it may have operations).
+    tiled ``copies`` times at that site (no site before it may have operations; it need
+    not have any itself). It must hold the model's whole state there (``embed``,
+    ``resid_in``, ``resid_out``: see ``tile_site``): tiling only an attention or MLP output
+    leaves the rest of the batch at ``n`` rows.
     With ``outputs=False`` (or no output targets) the run stops after the last site with
     operations or feature targets; output targets then read NaN.
     """
@@ -113,11 +116,17 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     feature_targets = {site: [(i, t) for i, t in enumerate(targets) if t.site == site]
                        for site in sites}
     output_targets = [(i, t) for i, t in enumerate(targets) if t.is_output] if outputs else []
+    # the features each site's feature targets read (only those columns are encoded)
+    target_ids = {site: sorted({t.feature for _, t in pairs})
+                  for site, pairs in feature_targets.items()}
+    target_columns = {site: torch.tensor(ids, dtype=torch.long, device=model_device(model))
+                      for site, ids in target_ids.items() if ids}
     active = [site for site in sites if site in ops or feature_targets[site]]
     input_of = {site: str(input_site_of(dictionaries[site], site)) for site in active}
     # transcoders' input sites, read (in forward order) before the sites they write
     reads = {input_of[site] for site in active if input_of[site] != site}
-    order = sorted(set(active) | reads,
+    # the tile site need not have operations (it then only repeats rows there)
+    order = sorted(set(active) | reads | ({tile_at} if tile_at is not None else set()),
                    key=lambda name: (Site.parse(name).depth, name not in active))
     last = None
     if not output_targets:
@@ -126,27 +135,30 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     inputs: dict[str, torch.Tensor] = {}   # input site → activation read there
     with trace(model, input_ids) as tracer:
         for site in order:
-            if site not in active:
-                inputs[site] = Site.parse(site).read(model)
-                continue
-            op = ops.get(site) or SiteOps()
             resolved = Site.parse(site)
-            dictionary = dictionaries[site]
             if not tiled and site == tile_at:
                 resolved.write(model, repeat_rows(resolved.read(model), copies))
                 inputs = {name: repeat_rows(value, copies) for name, value in inputs.items()}
                 tiled = True
+            if site not in active:
+                if site in reads:
+                    inputs[site] = resolved.read(model)
+                continue
+            op = ops.get(site) or SiteOps()
+            dictionary = dictionaries[site]
             if op.overwrite is not None:
                 resolved.write(model, _as_activation(op.overwrite, resolved.read(model)))
             x_in = inputs[input_of[site]] if input_of[site] != site else None
             if feature_targets[site]:
                 # targets are read before this site's own edits: they are read-outs, not
                 # nodes that an ablation at their own site could change
-                target_features = dictionary.encode(
-                    resolved.read(model) if x_in is None else x_in)
+                wanted = target_ids[site]
+                target_features = dictionary.encode_features(
+                    resolved.read(model) if x_in is None else x_in, target_columns[site])
                 for index, target in feature_targets[site]:
                     weights = repeat_rows(target.weights, copies)
-                    value = (target_features[..., target.feature] * weights).sum(-1)
+                    column = wanted.index(target.feature)
+                    value = (target_features[..., column] * weights).sum(-1)
                     target_values.append((index, value.save()))
             edit = None
             if op.patch is not None:
@@ -159,18 +171,19 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                 patch_error(model, resolved, dictionary, **patch_err, prior_edit=edit,
                             x_in=x_in)
             x = resolved.read(model)
-            if op.delta is not None:
-                # the delta is float32 (exact gradients); the model gets its own dtype back
-                x = (x.detach() if op.detach else x) + _as_activation(op.delta, x)
+            if op.delta is not None or op.detach:
+                x = x.detach() if op.detach else x
+                if op.delta is not None:
+                    # the delta is float32 (exact gradients); the model gets its dtype back
+                    x = x + _as_activation(op.delta, x)
                 resolved.write(model, x)
             if op.save_activation:
                 saved.append(("activation", site, x.save()))
                 if x_in is not None:
                     saved.append(("input", site, x_in.save()))
             if op.readout is not None:
-                features = _readout_features(op.readout, x if x_in is None else x_in,
-                                             dictionary)
-                for kind, value in _read_nodes(op.readout, x, features, dictionary):
+                for kind, value in _read_nodes(op.readout, x, x if x_in is None else x_in,
+                                               dictionary):
                     saved.append((kind, site, value.save()))
             if site == last:
                 tracer.stop()  # nothing later is needed: skip the remaining layers
@@ -194,51 +207,79 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     return result
 
 
+def tile_site(site: str | None) -> str | None:
+    """Where copies that differ only from ``site`` on can be tiled (``tile_at``): ``site``
+    itself when it holds the model's whole state (``embed``, ``resid_in.L``,
+    ``resid_out.L``), else the input of its block, ``resid_in.L``; ``None`` (no tiling) for
+    ``None`` and for a site named by its module path."""
+    if site is None:
+        return None
+    parsed = Site.parse(site)
+    if parsed.module_path is not None:
+        return None
+    if parsed.kind in ("embed", "resid_in", "resid_out"):
+        return site
+    return f"resid_in.{parsed.layer}"
+
+
 def _as_activation(value: torch.Tensor, activation) -> torch.Tensor:
     """``value`` on the device and in the dtype of the model's ``activation`` (a no-op in
     float32 on one device; differentiable, so gradients still reach a float32 delta)."""
     return value.to(device=activation.device, dtype=activation.dtype)
 
 
-def _readout_features(readout: NodeRead, x, dictionary: Dictionary):
-    """Inside a trace: ``encode(x)`` when a readout needs every feature (the error node,
-    ``full``, per-row features), else only ``readout.feature_ids`` (``[R, T, k]``) — which
-    for a separable dictionary never builds the ``[R, T, F]`` tensor."""
-    if readout.error or readout.full or readout.own_feature is not None:
-        return dictionary.encode(x)
-    if readout.feature_ids is not None:
-        return dictionary.encode_features(x, readout.feature_ids)
-    return None
+def _read_nodes(readout: NodeRead, x, x_in, dictionary: Dictionary):
+    """Inside a trace: node values at a site as ``(kind, tensor)`` pairs; ``x`` is the
+    site's activation and ``x_in`` the one features are encoded from (``x`` but for a
+    transcoder).
 
-
-def _read_nodes(readout: NodeRead, x, features, dictionary: Dictionary):
-    """Inside a trace: node values at a site as ``(kind, tensor)`` pairs (``features`` from
-    ``_readout_features``)."""
-    error = None
-    if readout.error or readout.full or readout.own_feature is not None:
+    Every feature ``[R, T, F]`` and the error are computed only for the error node and
+    ``full``; feature ids read just their columns (which for a separable dictionary never
+    builds the ``[R, T, F]`` tensor), and per-row readouts (``own_feature``) encode each
+    row's own feature, with encode/decode only for the rows that read the error node."""
+    features = error = None
+    if readout.error or readout.full:
+        features = dictionary.encode(x_in)
         error = x - dictionary.decode(features)
     out = []
     if readout.full:
         out.append(("full_features", features))
         out.append(("full_errors", error))
     if readout.feature_ids is not None:
-        values = features if error is None else features[..., readout.feature_ids]
+        values = (dictionary.encode_features(x_in, readout.feature_ids) if features is None
+                  else features[..., readout.feature_ids])
         if readout.weights is not None:
             values = (values * readout.weights[..., None]).sum(1)
         out.append(("features", values))
     if readout.own_feature is not None:
-        own = readout.own_feature
-        index = own.clamp(min=0)[:, None, None].expand(-1, features.shape[1], 1)
-        feature_values = torch.gather(features, -1, index).squeeze(-1)          # [R, T]
-        if readout.error_vector is not None:
-            error_values = (error * readout.error_vector).sum(-1)               # [R, T]
-        else:
-            error_values = torch.zeros_like(feature_values)
-        values = torch.where((own >= 0)[:, None], feature_values, error_values)
-        out.append(("own", (values * readout.own_weights).sum(-1)))
+        out.append(("own", _own_values(readout, x, x_in, dictionary, features, error)))
     elif readout.error:
         values = (error * readout.error_vector).sum(-1)
         if readout.weights is not None:
             values = (values * readout.weights).sum(-1)
         out.append(("errors", values))
     return out
+
+
+def _own_values(readout: NodeRead, x, x_in, dictionary: Dictionary, features, error):
+    """Inside a trace: ``[R]`` each row's own node value, ``Σ_t w_t v_t`` with ``v`` its
+    feature's activation or its error-node value ``e · g`` (``features`` / ``error``: the
+    dense ones when already computed, else ``None``)."""
+    own = readout.own_feature
+    is_feature = (own >= 0)[:, None]
+    if features is not None:
+        index = own.clamp(min=0)[:, None, None].expand(-1, features.shape[1], 1)
+        feature_values = torch.gather(features, -1, index).squeeze(-1)          # [R, T]
+        error_values = (torch.zeros_like(feature_values) if readout.error_vector is None
+                        else (error * readout.error_vector).sum(-1))
+    else:
+        feature_values = dictionary.encode_rows(x_in, own.clamp(min=0))           # [R, T]
+        error_values = torch.zeros_like(feature_values)
+        rows = torch.nonzero(own < 0).squeeze(-1)
+        if readout.error_vector is not None and rows.numel():
+            # only the rows whose own node is the error node encode and decode everything
+            row_error = x[rows] - dictionary.decode(dictionary.encode(x_in[rows]))
+            row_values = (row_error * readout.error_vector[rows]).sum(-1)
+            error_values = error_values.to(row_values.dtype).index_copy(0, rows, row_values)
+    values = torch.where(is_feature, feature_values, error_values)
+    return (values * readout.own_weights).sum(-1)

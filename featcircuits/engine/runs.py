@@ -1,9 +1,11 @@
 """The cached clean run that circuit discovery works on.
 
-``CircuitRuns`` holds, for one data set (token ids or prompt pairs), the clean activations,
-feature activations and dictionary errors at every dictionary site, the targets' values and
-their gradient with respect to every site (one forward and one backward pass), and the
-ablation sources (``zero``, ``mean``, ``resample``, ``corrupt``) computed on demand.
+``CircuitRuns`` holds, for one data set (token ids or prompt pairs), the clean activations
+and dictionary errors at every dictionary site, the targets' values and their gradient with
+respect to every site (one forward and one backward pass), and the ablation sources
+(``zero``, ``mean``, ``position_mean``, ``resample``, ``corrupt``) computed on demand.
+Feature activations ``[n, T, n_features]`` are never kept: they are encoded when read, in
+blocks (``engine.run_features``, ``docs/memory.md``).
 
 ``CircuitRuns.trace`` runs many edited copies of the data in one forward pass
 (``featcircuits.engine.circuit_trace.trace_rows``).
@@ -37,6 +39,7 @@ import torch
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
+from featcircuits.engine.cache import SiteFeatures, feature_blocks
 from featcircuits.engine.circuit_trace import (
     SiteOps,
     TraceResult,
@@ -49,9 +52,16 @@ from featcircuits.engine.edits import (
     refuse_decoder_scale,
     refuse_several_sites,
 )
-from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row, rows_per_chunk
+from featcircuits.engine.memory import FLOAT_BYTES, STREAM_SHARE, bytes_per_row, rows_per_chunk
+from featcircuits.engine.run_features import (
+    active_cells,
+    compute_sources,
+    decoded,
+    encoder,
+    feature_scales,
+)
 from featcircuits.engine.settings import RunSettings
-from featcircuits.engine.sources import ABLATIONS, check_source, resample_index
+from featcircuits.engine.sources import ABLATIONS, check_source
 from featcircuits.engine.tiling import PrefixTiling
 from featcircuits.errors import DictionaryError, ParameterError, PromptError
 from featcircuits.model.loading import check_positions, model_device, model_dtype
@@ -152,19 +162,6 @@ def direct_sites(sites: Sequence[str], depth: float) -> list[str]:
     return before[start:]
 
 
-def _position_mean(values: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-    """``[n, T, k]`` → the mean over prompts at each position (real tokens only), broadcast
-    over prompts; positions no prompt reaches get the overall mean. Summed in float32,
-    returned in ``values``' dtype."""
-    dtype, values = values.dtype, values.float()
-    weights = token_mask[..., None].float()
-    counts = weights.sum(0)                                           # [T, 1]
-    overall = (values * weights).sum((0, 1)) / weights.sum().clamp(min=1)
-    means = (values * weights).sum(0) / counts.clamp(min=1)
-    means = torch.where(counts > 0, means, overall)
-    return means.to(dtype).expand_as(values)
-
-
 class CircuitRuns:
     """Clean run, dictionaries, targets and ablation sources of one data set.
 
@@ -180,7 +177,9 @@ class CircuitRuns:
             pass, default 256), ``max_memory`` (budget for the working tensors of one
             forward pass: fewer copies of the data run at once when ``[rows, positions,
             n_features]`` tensors would exceed it, see ``docs/memory.md``; the cached clean
-            run is not counted), ``seed`` (``resample`` ablation) and ``progress``.
+            run is not counted; scans that encode a whole site's features take blocks of
+            ``max_memory // STREAM_SHARE``), ``seed`` (``resample`` ablation) and
+            ``progress``.
 
     Attributes:
         ids: token ids ``[n, T]``.
@@ -192,7 +191,9 @@ class CircuitRuns:
             from the site for transcoders.
         input_activations: ``{site: [n, T, d]}`` of the clean run at each dictionary's
             input site (the same tensor as ``activations[site]`` when they coincide).
-        features: ``{site: [n, T, F]}`` of the clean run, ``encode(input_activations)``.
+        features: ``{site: [n, T, F]}`` of the clean run, ``encode(input_activations)``:
+            an ``engine.cache.SiteFeatures`` that encodes when read (``features[site]``
+            encodes the whole site, ``features.select(site, prompts, feature_ids)`` a block).
         errors: ``{site: [n, T, d]}`` reconstruction errors of the clean run.
         target_values: ``[n, n_targets]``.
         gradients: ``{site: [n, T, d]}`` of the summed targets, per prompt.
@@ -258,7 +259,9 @@ class CircuitRuns:
         self.rows_run = 0
         self.tiling = PrefixTiling(model)
         self._scales: dict = {}
-        self._sources: dict[str, tuple[dict, dict]] = {}
+        self._feature_scales: dict[tuple[str, bool], torch.Tensor] = {}
+        self._sources: dict[str, tuple[SiteFeatures, dict]] = {}
+        self._kept: dict[str, list[torch.Tensor]] = {}
         self._clean_run()
 
     # ------------------------------------------------------------------ basics
@@ -311,6 +314,35 @@ class CircuitRuns:
         in ``max_memory`` (at least one)."""
         return rows_per_chunk(self.max_memory, FLOAT_BYTES * temporaries * rows * self.width)
 
+    @property
+    def scan_budget(self) -> int:
+        """Bytes a scan over a whole site's features may take per block
+        (``max_memory // STREAM_SHARE``, ``docs/memory.md``)."""
+        return self.max_memory // STREAM_SHARE
+
+    def feature_blocks(self, site: str, temporaries: int = 4):
+        """``(prompt slice, feature ids or None)`` blocks covering ``[n, T, F]`` at ``site``
+        with ``temporaries`` float32 tensors of a block within ``scan_budget``
+        (``engine.cache.feature_blocks``)."""
+        dictionary = self.dictionaries[site]
+        return feature_blocks(self.n, self.width, dictionary.n_features,
+                              separable=dictionary.separable, budget=self.scan_budget,
+                              device=self.device, temporaries=temporaries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors the runs keep: activations, input activations, errors,
+        gradients, target values, feature scales and the sources computed so far (each
+        storage once). Independent of ``n_features`` but for ``[T, F]`` per site (the
+        ``position_mean`` source, positional node scales)."""
+        tensors = [*self.activations.values(), *self.input_activations.values(),
+                   *self.errors.values(), *self.gradients.values(), self.target_values,
+                   *self._feature_scales.values(),
+                   *(t for kept in self._kept.values() for t in kept)]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in tensors}
+        return sum(storages.values())
+
     def _clean_run(self) -> None:
         deltas = {site: torch.zeros(self.n, self.width, self.dictionaries[site].d_model,
                                     device=self.device, requires_grad=True)
@@ -333,11 +365,11 @@ class CircuitRuns:
                                          token_mask=self.token_mask)
         self.gradients = {s: (torch.zeros_like(deltas[s]) if g is None else g.detach())
                           for s, g in zip(self.sites, grads)}
-        with torch.no_grad():
-            self.features = {s: self.dictionaries[s].encode(self.input_activations[s])
-                             for s in self.sites}
-            self.errors = {s: self.activations[s] - self.dictionaries[s].decode(self.features[s])
-                           for s in self.sites}
+        self.features = SiteFeatures(self.sites, encoder(self.dictionaries,
+                                                         self.input_activations,
+                                                         self.scan_budget))
+        self.errors = {s: self.activations[s] - decoded(self, s, self.features)
+                       for s in self.sites}
 
     @property
     def metric_value(self) -> float:
@@ -345,70 +377,52 @@ class CircuitRuns:
         return float(self.target_values.sum(-1).mean())
 
     # ----------------------------------------------------------------- sources
-    def sources(self, ablation: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def sources(self, ablation: str) -> tuple[SiteFeatures, dict[str, torch.Tensor]]:
         """``({site: features [n, T, F]}, {site: errors [n, T, d]})`` an ablation puts in.
 
         ``zero``: zeros; ``mean``: the mean over the data's real tokens; ``position_mean``:
         the mean over the prompts at each position (for templated prompts whose positions
         line up; the overall mean where no prompt is that long); ``resample``: the clean
         values of another prompt of the same length; ``corrupt``: the corrupted prompts'
-        values (prompt pairs only).
+        values (prompt pairs only). The features are a ``SiteFeatures`` (encoded when read;
+        ``engine.cache.select_features`` reads a block); what each ablation keeps is listed
+        in ``engine.run_features``.
         """
         check_source(ablation, ABLATIONS, kind="ablation", where="circuit runs")
         if ablation not in self._sources:
-            self._sources[ablation] = self._compute_sources(ablation)
+            features, errors, kept = compute_sources(self, ablation)
+            self._sources[ablation] = features, errors
+            self._kept[ablation] = kept
         return self._sources[ablation]
 
     @torch.no_grad()
-    def _compute_sources(self, ablation: str):
-        features, errors = {}, {}
-        real = self.token_mask.bool()
-        if ablation == "corrupt":
-            if self.pairs is None:
-                raise ParameterError("ablation 'corrupt' needs prompt pairs",
-                                     hint="pass prompt pairs, or use zero/mean/resample")
-            ops = {site: SiteOps(save_activation=True) for site in self.sites}
-            result = self.trace(ops, copies=1, ids=self.pairs.corrupt_ids)
-            for site in self.sites:
-                check_finite_activations(result.activations[site], site=site, run="corrupt",
-                                         token_mask=self.token_mask)
-        index = resample_index(self.lengths, self.seed) if ablation == "resample" else None
-        for site in self.sites:
-            clean_f, clean_e = self.features[site], self.errors[site]
-            if ablation == "zero":  # views: no [n, T, F] of zeros is allocated
-                features[site] = clean_f.new_zeros(()).expand_as(clean_f)
-                errors[site] = clean_e.new_zeros(()).expand_as(clean_e)
-            elif ablation == "mean":
-                features[site] = clean_f[real].mean(0).expand_as(clean_f)
-                errors[site] = clean_e[real].mean(0).expand_as(clean_e)
-            elif ablation == "position_mean":
-                features[site] = _position_mean(clean_f, self.token_mask)
-                errors[site] = _position_mean(clean_e, self.token_mask)
-            elif ablation == "resample":
-                features[site], errors[site] = clean_f[index], clean_e[index]
-            else:
-                x = result.activations[site]
-                features[site] = self.dictionaries[site].encode(result.inputs.get(site, x))
-                errors[site] = x - self.dictionaries[site].decode(features[site])
-        return features, errors
+    def run_corrupt(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``({site: [n, T, d]} activations, {site: [n, T, d]} input activations)`` of the
+        corrupted prompts (one forward pass; ``NonFiniteError`` on NaN/inf)."""
+        ops = {site: SiteOps(save_activation=True) for site in self.sites}
+        result = self.trace(ops, copies=1, ids=self.pairs.corrupt_ids)
+        activations = {site: result.activations[site].detach() for site in self.sites}
+        for site, values in activations.items():
+            check_finite_activations(values, site=site, run="corrupt", token_mask=self.token_mask)
+        inputs = {site: result.inputs[site].detach() if site in result.inputs
+                  else activations[site] for site in self.sites}
+        return activations, inputs
 
     def source_activation(self, site: str, ablation: str) -> torch.Tensor:
         """``[n, T, d]`` the activation with every feature and the error ablated."""
         features, errors = self.sources(ablation)
-        return self.dictionaries[site].decode(features[site]) + errors[site]
+        return decoded(self, site, features) + errors[site]
 
     def active_features(self, site: str, ablation: str, positional: bool = False
                         ) -> list[int] | list[tuple[int, int]]:
         """Features whose source differs from their clean value at some real token:
         ids, or ``(feature, position)`` pairs when ``positional``. Ablating any other feature
-        does nothing."""
+        does nothing. Encoded block by block (nothing ``[n, T, F]`` is kept)."""
         features, _ = self.sources(ablation)
-        diff = (features[site] - self.features[site]).abs() * self.token_mask[..., None]
-        if positional:
-            active = torch.nonzero(diff.amax(0) > 0)  # [*, 2] (position, feature)
-            return [(int(f), int(p)) for p, f in sorted(active.tolist(), key=lambda x: (x[1],
-                                                                                        x[0]))]
-        return torch.nonzero(diff.amax(dim=(0, 1)) > 0).flatten().tolist()
+        active = active_cells(self, site, features)                       # [T, F]
+        if positional:  # (feature, position) pairs, by feature then position
+            return [(f, p) for f, p in torch.nonzero(active.T).tolist()]
+        return torch.nonzero(active.any(0)).flatten().tolist()
 
     def error_positions(self) -> list[int]:
         """Positions that are real in at least one prompt."""
@@ -420,21 +434,24 @@ class CircuitRuns:
         ``Σ_t w_t |value_t|`` (per position when positional); for a target (its node id),
         the prompt mean of ``|target|``. The unit of relative thresholds."""
         if key not in self._scales:
-            if isinstance(key, str):
-                index = [t.node_id for t in self.targets].index(key)
-                value = float(self.target_values[:, index].abs().mean())
-            else:
-                site, f, position = key
-                if f == ERROR:
-                    values = (self.errors[site] * self.gradients[site]).sum(-1)
-                else:
-                    values = self.features[site][..., f]
-                if position is None:
-                    value = float((values.abs() * self.node_weights).sum(1).mean())
-                else:
-                    value = float((values.abs() * self.token_mask)[:, position].mean())
-            self._scales[key] = value
+            self._scales[key] = self._node_scale(key)
         return self._scales[key]
+
+    def _node_scale(self, key) -> float:
+        if isinstance(key, str):
+            index = [t.node_id for t in self.targets].index(key)
+            return float(self.target_values[:, index].abs().mean())
+        site, f, position = key
+        if f != ERROR:  # every feature of the site at once ([F] or [T, F]), in blocks
+            cached = (site, position is not None)
+            if cached not in self._feature_scales:
+                self._feature_scales[cached] = feature_scales(self, site, cached[1])
+            scales = self._feature_scales[cached]
+            return float(scales[f] if position is None else scales[position, f])
+        values = (self.errors[site] * self.gradients[site]).sum(-1)
+        if position is None:
+            return float((values.abs() * self.node_weights).sum(1).mean())
+        return float((values.abs() * self.token_mask)[:, position].mean())
 
     @property
     def node_weights(self) -> torch.Tensor:

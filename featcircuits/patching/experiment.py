@@ -24,15 +24,13 @@ from tqdm.auto import tqdm
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
-from featcircuits.engine.cache import RunCache, SiteFeatures
+from featcircuits.engine.cache import RunCache, SiteFeatures, feature_blocks
 from featcircuits.engine.edits import add_carried, input_site_of, patch_site
 from featcircuits.engine.memory import (
-    FLOAT_BYTES,
     STREAM_SHARE,
     bytes_per_row,
     release_freed_memory,
     rows_per_chunk,
-    scan_rows,
 )
 from featcircuits.engine.settings import RunSettings
 from featcircuits.engine.sources import (
@@ -195,27 +193,17 @@ class PatchingExperiment:
 
     def feature_blocks(self, site: str, temporaries: int = 4, extra_per_prompt: int = 0):
         """``(prompt slice, feature ids or None)`` blocks that cover ``[n, pos, F]`` at
-        ``site`` with ``temporaries`` such tensors within ``scan_rows(max_memory, ...)`` (at
-        most ``SCAN_ROWS`` prompts); features are split only for dictionaries that can encode
-        a subset (``Dictionary.separable``). ``extra_per_prompt``: bytes each prompt of a block
-        costs besides (e.g. attribution's forward and backward pass)."""
+        ``site`` with ``temporaries`` such tensors within ``max_memory // STREAM_SHARE`` (at most ``SCAN_ROWS`` prompts)
+        (``engine.cache.feature_blocks``; features are split only for dictionaries that can
+        encode a subset, ``Dictionary.separable``). ``extra_per_prompt``: bytes each prompt
+        of a block costs besides (e.g. the forward and backward pass of attribution), which
+        also limits the prompts per block."""
         dictionary = self.dictionaries[site]
         n, width = self.prompts.clean_ids.shape
-        n_features = dictionary.n_features
-        per_prompt = FLOAT_BYTES * temporaries * width * n_features
-        budget = self.max_memory // STREAM_SHARE  # a scan over prompts (docs/memory.md)
-        if per_prompt <= budget or not dictionary.separable:
-            step = min(n, scan_rows(self.max_memory, per_prompt + extra_per_prompt))
-            for start in range(0, n, step):
-                yield slice(start, min(start + step, n)), None
-                release_freed_memory()  # what the caller's block freed (docs/memory.md)
-            return
-        features = rows_per_chunk(budget, FLOAT_BYTES * temporaries * width)
-        for start in range(n):
-            for first in range(0, n_features, features):
-                yield slice(start, start + 1), torch.arange(
-                    first, min(first + features, n_features), device=self.device)
-            release_freed_memory()
+        # a scan over prompts takes a share of the budget (docs/memory.md)
+        return feature_blocks(n, width, dictionary.n_features, separable=dictionary.separable,
+                              budget=self.max_memory // STREAM_SHARE, device=self.device,
+                              temporaries=temporaries, extra_per_prompt=extra_per_prompt)
 
     # --------------------------------------------------------------- feature sets
     def feature_masks(self, feature_sets: Sequence[FeatureSet]) -> dict[str, torch.Tensor]:
