@@ -186,7 +186,7 @@ def feature_blocks(n: int, width: int, n_features: int, *, separable: bool, budg
         # the blocks one over 100 does (docs/memory.md)
         step = min(n, SCAN_ROWS, rows_per_chunk(budget, per_prompt + extra_per_prompt))
         for start in range(0, n, step):
-            yield slice(start, start + step), None
+            yield slice(start, min(start + step, n)), None
             release_freed_memory()  # what the caller's block freed (docs/memory.md)
         return
     features = rows_per_chunk(budget, FLOAT_BYTES * temporaries * width)
