@@ -8,7 +8,10 @@ backward pass per chunk of downstream nodes (copies stacked along the batch); wi
 the gradient is averaged over points between the upstream site's clean and ablated
 activation (the sites in between held clean). For a
 transcoder, ``c`` is encoded at its input site and ``∂/∂c`` taken along its decoder
-directions at its output site.
+directions at its output site. A cross-layer transcoder node (``engine.carried``) sums
+its decoder rows against the gradient at every site it writes (``carried``): ``(c_u − s_u)
+· Σ_{L'} g_L' · W_dec[L → L']``, for edges over the written sites before the downstream
+node's read site; integrated gradients refuse them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from featcircuits.circuits.nodes import (
     site_depth,
     upstream_sites,
 )
+from featcircuits.engine.carried import refuse_cross_layer
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.errors import ParameterError
@@ -79,10 +83,13 @@ def _alphas(steps: int, device) -> torch.Tensor:
     return (torch.arange(steps, dtype=torch.float32, device=device) + 0.5) / steps
 
 def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: Sequence[Node],
-                   *, ablation: str, positional: bool) -> torch.Tensor:
+                   *, ablation: str, positional: bool,
+                   carried: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``[copies, len(nodes)]`` estimates ``(c_u − s_u) · (g · f_u)`` for gradients
     ``[copies, n, T, d]`` (summed over positions unless the node is positional; mean over
-    prompts)."""
+    prompts). ``carried``: ``{later site: gradient [copies, n, T, d]}`` there, for a
+    cross-layer transcoder layer: its features' terms ``g_L' · W_dec[L → L']`` are added
+    (the error node lives at ``site`` alone)."""
     source_features, source_errors = runs.sources(ablation)
     tm = runs.token_mask
     dictionary = runs.dictionaries[site]
@@ -101,6 +108,9 @@ def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: 
                         - source_features[site][..., block]) * tm[..., None]
                 directions = dictionary.directions[block].to(gradient.dtype)
                 along = gradient @ directions.T                           # [c, n, T, k]
+                for later, later_gradient in (carried or {}).items():  # CLT: every site
+                    written = dictionary.later_writes[later][block].to(gradient.dtype)
+                    along = along + later_gradient @ written.T
                 per_position[..., first:first + step] = (along * diff[None]).mean(1)
             column = {f: k for k, f in enumerate(feature_ids)}
         error_diff = (runs.errors[site] - source_errors[site]) * tm[..., None]
@@ -127,10 +137,14 @@ def node_attributions(runs: CircuitRuns, *, ablation: str = "zero", positional: 
                                 candidates=candidates, errors=errors)
         if not nodes:
             continue
+        if method == "ig":
+            _refuse_cross_layer_ig(runs)
         gradient = attribution_gradients(runs, site, ablation=ablation, method=method,
                                          steps=steps)
+        carried = {later: runs.gradients[later][None]
+                   for later in runs.dictionaries[site].later_writes}
         values = _contributions(runs, site, gradient[None], nodes, ablation=ablation,
-                                positional=positional)[0]
+                                positional=positional, carried=carried)[0]
         effects.update({node: float(v) for node, v in zip(nodes, values)})
     return effects
 
@@ -164,9 +178,15 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     if not up_sites or not downstream:
         return weights
     if method == "ig":
+        _refuse_cross_layer_ig(runs)
         return _ig_edges(runs, level, downstream, upstream, up_sites, reachable,
                          ablation=ablation, positional=positional, steps=steps)
     early_targets = _has_targets_before(runs, reachable[0])
+    # CLT sites' later written sites before the level: their gradients count too
+    grad_sites = up_sites + sorted({later for s in up_sites
+                                    for later in runs.dictionaries[s].later_writes
+                                    if later in reachable and later not in up_sites},
+                                   key=site_depth)
     per_chunk = runs.chunk_copies()
     for start in range(0, len(downstream), per_chunk):
         chunk = list(downstream[start:start + per_chunk])
@@ -181,13 +201,15 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
             result = runs.trace(ops, copies, tile_at=None if early_targets else reachable[0],
                                 outputs=level is None)
             grads = torch.autograd.grad(_own_values(runs, result, level, chunk),
-                                        [deltas[s] for s in up_sites], allow_unused=True)
-        for s, grad in zip(up_sites, grads):
-            if grad is None:
-                grad = torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
-                                   device=runs.device)
-            values = _contributions(runs, s, grad.reshape(copies, n, width, -1),
-                                    upstream[s], ablation=ablation, positional=positional)
+                                        [deltas[s] for s in grad_sites], allow_unused=True)
+        site_grads = {s: (torch.zeros(copies * n, width, runs.dictionaries[s].d_model,
+                                      device=runs.device) if grad is None else grad
+                          ).reshape(copies, n, width, -1) for s, grad in zip(grad_sites, grads)}
+        for s in up_sites:
+            carried = {later: site_grads[later] for later in runs.dictionaries[s].later_writes
+                       if later in site_grads}
+            values = _contributions(runs, s, site_grads[s], upstream[s], ablation=ablation,
+                                    positional=positional, carried=carried)
             for item, row in zip(chunk, values.tolist()):
                 key = _down_key(runs, item, level)
                 weights.update(((node, key), value) for node, value in zip(upstream[s], row))
@@ -240,6 +262,10 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
             key = _down_key(runs, item, level)
             weights.update(((node, key), value) for node, value in zip(upstream[site], row))
     return weights
+
+def _refuse_cross_layer_ig(runs: CircuitRuns) -> None:
+    refuse_cross_layer(runs.dictionaries, what="integrated gradients (method='ig')", missing=(
+        "a path that interpolates every site a feature writes at once"))
 
 def _has_targets_before(runs: CircuitRuns, site: str) -> bool:
     """Whether a feature target is read before ``site`` (then copies cannot be tiled there)."""

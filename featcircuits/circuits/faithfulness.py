@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from featcircuits.circuits.discovery import circuit_runs
 from featcircuits.circuits.nodes import Node, graph_nodes, node_id, site_depth
+from featcircuits.engine.carried import refuse_cross_layer
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.engine.settings import RunSettings
@@ -85,6 +86,7 @@ def evaluate_node_sets(runs: CircuitRuns, kept: Sequence[Masks], *,
                        ablation: str = "zero") -> torch.Tensor:
     """``[len(kept)]`` metric with every node not in each set ablated (one forward pass per
     chunk of sets, sets stacked along the batch)."""
+    _refuse_cross_layer(runs)
     n = runs.n
     source_features, source_errors = runs.sources(ablation)
     tm = runs.token_mask
@@ -134,6 +136,7 @@ class EdgeSpec:
 def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
                         ablation: str = "zero") -> torch.Tensor:
     """``[len(specs)]`` metric of each edge set (see the module docstring)."""
+    _refuse_cross_layer(runs)
     source_features, source_errors = runs.sources(ablation)
     deepest = runs.max_target_depth
     sites = [s for s in runs.sites if site_depth(s) < deepest]
@@ -188,6 +191,12 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
                 reading = own.get((index, t), base)
                 target_values[index, t] = reading["targets"][:, t].mean()
     return target_values.sum(-1)
+
+
+def _refuse_cross_layer(runs: CircuitRuns) -> None:
+    refuse_cross_layer(runs.dictionaries, what="faithfulness", missing=(
+        "error nodes that subtract the live (ablated) features of earlier layers when many "
+        "sites are ablated at once"))
 
 
 def _level_of(runs: CircuitRuns, key) -> str | None:

@@ -11,6 +11,11 @@ Every dictionary is READ (encoded) at its ``input_site`` and WRITTEN (decoded: e
 term, freezing, deltas) at its ``site``. They differ for a transcoder: its input site is
 read earlier in the same pass (after any operations there) and its features are encoded
 from that activation, passed to ``patch_site`` / ``patch_error`` as ``x_in``.
+
+A cross-layer transcoder layer also writes later sites: its patches carry edits there,
+added when the trace reaches them (before that site's own operations, and on top of a
+freeze), and its error node subtracts the earlier layers' writes (``SiteOps.earlier``);
+see ``featcircuits.engine.carried``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import einops
 import torch
 
 from featcircuits.dictionaries.base import Dictionary
-from featcircuits.engine.edits import input_site_of, patch_error, patch_site
+from featcircuits.engine.carried import carried_sites
+from featcircuits.engine.edits import add_carried, input_site_of, patch_error, patch_site
 from featcircuits.errors import ParameterError
 from featcircuits.model.loading import model_device, trace
 from featcircuits.model.sites import Site
@@ -66,6 +72,9 @@ class SiteOps:
     readout: NodeRead | None = None
     freeze: torch.Tensor | None = None             # [R, T, d] written after reading
     save_activation: bool = False
+    # [R, T, d] what earlier cross-layer transcoder layers write here, held at these values:
+    # subtracted (with edits carried here) when this site's error is read or patched
+    earlier: torch.Tensor | None = None
 
 
 @dataclass
@@ -113,7 +122,10 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     feature_targets = {site: [(i, t) for i, t in enumerate(targets) if t.site == site]
                        for site in sites}
     output_targets = [(i, t) for i, t in enumerate(targets) if t.is_output] if outputs else []
-    active = [site for site in sites if site in ops or feature_targets[site]]
+    # sites that patches of cross-layer transcoder layers carry edits to are visited too
+    carried_to = carried_sites(dictionaries, [s for s in sites if s in ops and ops[s].patch])
+    active = [site for site in sites if site in ops or feature_targets[site]
+              or site in carried_to]
     input_of = {site: str(input_site_of(dictionaries[site], site)) for site in active}
     # transcoders' input sites, read (in forward order) before the sites they write
     reads = {input_of[site] for site in active if input_of[site] != site}
@@ -124,6 +136,7 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
         last = active[-1] if active else None
     rows = input_ids.shape[0] * (copies if tile_at is not None else 1)
     inputs: dict[str, torch.Tensor] = {}   # input site → activation read there
+    carry: dict[str, torch.Tensor] = {}    # later site → edit carried there (cross-layer)
     with trace(model, input_ids) as tracer:
         for site in order:
             if site not in active:
@@ -138,6 +151,7 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                 tiled = True
             if op.overwrite is not None:
                 resolved.write(model, _as_activation(op.overwrite, resolved.read(model)))
+            carried = add_carried(model, resolved, carry)  # None unless a CLT patch wrote it
             x_in = inputs[input_of[site]] if input_of[site] != site else None
             if feature_targets[site]:
                 # targets are read before this site's own edits: they are read-outs, not
@@ -150,14 +164,15 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                     target_values.append((index, value.save()))
             edit = None
             if op.patch is not None:
-                edit = patch_site(model, resolved, dictionary, **op.patch, x_in=x_in)
+                edit = patch_site(model, resolved, dictionary, **op.patch, x_in=x_in,
+                                  carry=carry if dictionary.later_writes else None)
             if op.patch_err is not None:
                 # masks in the activation's dtype, so that a bf16 model gets bf16 back
                 dtype = resolved.read(model).dtype
                 patch_err = {key: value.to(dtype) if value.is_floating_point() else value
                              for key, value in op.patch_err.items()}
-                patch_error(model, resolved, dictionary, **patch_err, prior_edit=edit,
-                            x_in=x_in)
+                patch_error(model, resolved, dictionary, **patch_err,
+                            prior_edit=_not_own(edit, carried, op.earlier), x_in=x_in)
             x = resolved.read(model)
             if op.delta is not None:
                 # the delta is float32 (exact gradients); the model gets its own dtype back
@@ -170,12 +185,16 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
             if op.readout is not None:
                 features = _readout_features(op.readout, x if x_in is None else x_in,
                                              dictionary)
-                for kind, value in _read_nodes(op.readout, x, features, dictionary):
+                not_own = _not_own(None, carried, op.earlier)
+                own_x = x if not_own is None else x - not_own.to(x.dtype)
+                for kind, value in _read_nodes(op.readout, own_x, features, dictionary):
                     saved.append((kind, site, value.save()))
             if site == last:
                 tracer.stop()  # nothing later is needed: skip the remaining layers
             if op.freeze is not None:
                 x = _as_activation(op.freeze, x)
+                if carried is not None:  # a held site still gets the ablated node's writes
+                    x = x + carried
                 resolved.write(model, x)
             if site in reads:  # a transcoder reads this dictionary site: its final value
                 inputs[site] = x
@@ -198,6 +217,19 @@ def _as_activation(value: torch.Tensor, activation) -> torch.Tensor:
     """``value`` on the device and in the dtype of the model's ``activation`` (a no-op in
     float32 on one device; differentiable, so gradients still reach a float32 delta)."""
     return value.to(device=activation.device, dtype=activation.dtype)
+
+
+def _not_own(edit, carried, earlier):
+    """The part of a site's activation that is not its own dictionary's reconstruction
+    plus error: this pass's edit there, edits carried there, earlier cross-layer layers'
+    writes (``SiteOps.earlier``); ``None`` when there is none."""
+    parts = [part for part in (edit, carried, earlier) if part is not None]
+    if not parts:
+        return None
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part.to(total.dtype)
+    return total
 
 
 def _readout_features(readout: NodeRead, x, dictionary: Dictionary):

@@ -37,17 +37,18 @@ import torch
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
+from featcircuits.engine.carried import (
+    check_cross_layer_sites,
+    earlier_writes,
+    with_earlier_writes,
+)
 from featcircuits.engine.circuit_trace import (
     SiteOps,
     TraceResult,
     repeat_rows,
     trace_rows,
 )
-from featcircuits.engine.edits import (
-    check_finite_activations,
-    input_site_of,
-    refuse_several_sites,
-)
+from featcircuits.engine.edits import check_finite_activations, input_site_of
 from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row, rows_per_chunk
 from featcircuits.engine.settings import RunSettings
 from featcircuits.engine.sources import ABLATIONS, check_source, resample_index
@@ -220,10 +221,8 @@ class CircuitRuns:
         self.sites = sorted(self.dictionaries, key=lambda name: Site.parse(name).depth)
         self.input_sites = {site: str(input_site_of(d, site))
                             for site, d in self.dictionaries.items()}
+        check_cross_layer_sites(self.dictionaries)  # a CLT's written sites all have nodes
         for site, dictionary in self.dictionaries.items():
-            refuse_several_sites(dictionary, site, what="circuit discovery", missing=(
-                "a node whose ablation, gradient and freezing span all its output sites, "
-                "and an error node per output site that subtracts every layer's features"))
             check_dictionary_placement(dictionary, model, site)
             check_dictionary_fits(dictionary, model, site)
         ids, lengths, pairs = read_inputs(model, inputs)
@@ -257,6 +256,9 @@ class CircuitRuns:
         self.tiling = PrefixTiling(model)
         self._scales: dict = {}
         self._sources: dict[str, tuple[dict, dict]] = {}
+        # {site: [n, T, d]} what earlier cross-layer transcoder layers write at a CLT site on
+        # the clean run (engine.carried); empty without CLTs
+        self.earlier: dict[str, torch.Tensor] = {}
         self._clean_run()
 
     # ------------------------------------------------------------------ basics
@@ -334,6 +336,12 @@ class CircuitRuns:
                              for s in self.sites}
             self.errors = {s: self.activations[s] - self.dictionaries[s].decode(self.features[s])
                            for s in self.sites}
+            # a CLT site's error also subtracts what earlier layers write there
+            for s in self.sites:
+                earlier = earlier_writes(self.dictionaries, self.features, s)
+                if earlier is not None:
+                    self.earlier[s] = earlier
+                    self.errors[s] = self.errors[s] - earlier
 
     @property
     def metric_value(self) -> float:
@@ -369,6 +377,9 @@ class CircuitRuns:
                 check_finite_activations(result.activations[site], site=site, run="corrupt",
                                          token_mask=self.token_mask)
         index = resample_index(self.lengths, self.seed) if ablation == "resample" else None
+        if ablation == "corrupt":
+            corrupt_features = {site: self.dictionaries[site].encode(
+                result.inputs.get(site, result.activations[site])) for site in self.sites}
         for site in self.sites:
             clean_f, clean_e = self.features[site], self.errors[site]
             if ablation == "zero":  # views: no [n, T, F] of zeros is allocated
@@ -384,14 +395,19 @@ class CircuitRuns:
                 features[site], errors[site] = clean_f[index], clean_e[index]
             else:
                 x = result.activations[site]
-                features[site] = self.dictionaries[site].encode(result.inputs.get(site, x))
+                features[site] = corrupt_features[site]
                 errors[site] = x - self.dictionaries[site].decode(features[site])
+                earlier = earlier_writes(self.dictionaries, corrupt_features, site)
+                if earlier is not None:
+                    errors[site] = errors[site] - earlier
         return features, errors
 
     def source_activation(self, site: str, ablation: str) -> torch.Tensor:
-        """``[n, T, d]`` the activation with every feature and the error ablated."""
+        """``[n, T, d]`` the activation with every feature and the error ablated (at a
+        cross-layer transcoder site, earlier layers' clean writes there are kept)."""
         features, errors = self.sources(ablation)
-        return self.dictionaries[site].decode(features[site]) + errors[site]
+        activation = self.dictionaries[site].decode(features[site]) + errors[site]
+        return activation + self.earlier[site] if site in self.earlier else activation
 
     def active_features(self, site: str, ablation: str, positional: bool = False
                         ) -> list[int] | list[tuple[int, int]]:
@@ -449,9 +465,15 @@ class CircuitRuns:
         ``tile_at``: a site before which every copy is identical; the layers before it then
         run once on the ``n`` prompts and the activation is tiled there (falls back to full
         copies for architectures that build per-batch tensors before the first block).
+        At a cross-layer transcoder site whose error is read or patched, the earlier layers
+        are held at their clean writes (``SiteOps.earlier``, ``engine.carried``); on other
+        ``ids`` (the corrupt run) nothing is filled in.
         """
+        custom_ids = ids is not None
         ids = self.ids if ids is None else ids.to(self.device)
         self.rows_run += copies * self.n
+        if self.earlier and not custom_ids:
+            ops = with_earlier_writes(ops, self.earlier, copies)
 
         def untiled():
             return trace_rows(self.model, self.sites, self.dictionaries, ops,
