@@ -85,8 +85,9 @@ def node_masks(runs: CircuitRuns, nodes: Iterable[Node], *, sparse: bool = False
 def evaluate_node_sets(runs: CircuitRuns, kept: Sequence[Masks], *,
                        ablation: str = "zero") -> torch.Tensor:
     """``[len(kept)]`` metric with every node not in each set ablated (one forward pass per
-    chunk of sets, sets stacked along the batch)."""
-    _refuse_cross_layer(runs)
+    chunk of sets, sets stacked along the batch). A cross-layer transcoder's ablated
+    features edit every site they write, and its error patched at ``mlp_out.L'`` is the
+    pass's live one (``engine.carried``)."""
     n = runs.n
     source_features, source_errors = runs.sources(ablation)
     tm = runs.token_mask
@@ -194,9 +195,10 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
 
 
 def _refuse_cross_layer(runs: CircuitRuns) -> None:
-    refuse_cross_layer(runs.dictionaries, what="faithfulness", missing=(
-        "error nodes that subtract the live (ablated) features of earlier layers when many "
-        "sites are ablated at once"))
+    refuse_cross_layer(runs.dictionaries, what="edge-set faithfulness (edges=True, path "
+                       "patching)", missing="assembled activations that add every earlier "
+                       "layer's writes, and an absent edge's change at every site its "
+                       "upstream feature writes")
 
 
 def _level_of(runs: CircuitRuns, key) -> str | None:

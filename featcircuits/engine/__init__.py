@@ -5,6 +5,7 @@
 * ``cache``: ``RunCache`` (clean and corrupted runs of prompt pairs), ``SiteFeatures``;
 * ``runs``: ``CircuitRuns`` (the clean run circuit discovery works on);
 * ``circuit_trace``: ``trace_rows`` (many edited copies in one pass), ``SiteOps``, ``NodeRead``;
+* ``carried``: cross-layer transcoders in circuit runs (one node, several written sites);
 * ``sources``: the one vocabulary of sources and ablations, ``resample_index``,
   ``position_mask``;
 * ``memory``: budgets and the one per-row estimate ``bytes_per_row``;

@@ -19,6 +19,10 @@ every later output site ``mlp_out.L'`` (``dictionary.later_writes``). In circuit
   through every site it writes), and the error read there subtracts them together with the
   clean writes of the earlier layers (``SiteOps.earlier``, filled by ``CircuitRuns.trace``):
   the nodes of the held layers keep their clean values.
+* **Many sites ablated at once** (faithfulness of a node set): an error patched at a CLT
+  site is the error of the activation as this pass computed it, so it subtracts the
+  earlier layers' *live* writes (encoded in the same pass before their own patches,
+  :func:`live_writers`) and the edits carried there.
 * **Gradients.** A node's attribution sums its decoder rows against the gradient at every
   site it writes: ``(c − s) · Σ_{L' ≥ L} g_L' · W_dec[L → L']``.
 
@@ -41,6 +45,8 @@ __all__ = [
     "carried_sites",
     "check_cross_layer_sites",
     "earlier_writes",
+    "live_writers",
+    "live_writes",
     "refuse_cross_layer",
     "with_earlier_writes",
     "writers_of",
@@ -94,14 +100,34 @@ def earlier_writes(dictionaries: Mapping[str, Dictionary], features: Mapping[str
 def with_earlier_writes(ops: Mapping, earlier: Mapping[str, torch.Tensor], copies: int) -> dict:
     """``ops`` (``{site: SiteOps}``) with ``SiteOps.earlier`` set to ``earlier[site]``
     (``[n, T, d]``, repeated ``copies`` times: ``[(copies n), T, d]``) at every CLT site
-    whose error is read or patched: the earlier layers are held at those writes."""
+    whose node values are read: readouts sit on held sites (ACDC) or measure direct
+    effects (gradient edges), so the earlier layers count with their clean writes. An
+    error patched without a readout uses the pass's live writes (``live_writers``)."""
     out = dict(ops)
     for site, op in ops.items():
-        if site in earlier and op.earlier is None and (op.patch_err is not None
-                                                       or op.readout is not None):
+        if site in earlier and op.earlier is None and op.readout is not None:
             held = einops.repeat(earlier[site], "n ... -> (k n) ...", k=copies)
             out[site] = dataclasses.replace(op, earlier=held)
     return out
+
+
+def live_writers(dictionaries: Mapping[str, Dictionary], ops: Mapping) -> dict[str, list[str]]:
+    """``{writer site: [later sites]}``: the earlier CLT layers whose *live* writes a pass
+    needs, at the sites whose error is patched without ``SiteOps.earlier`` (the error of
+    the activation as this pass computed it, e.g. when many sites are ablated at once)."""
+    out: dict[str, list[str]] = {}
+    for site, op in ops.items():
+        if op.patch_err is not None and op.earlier is None:
+            for writer in writers_of(dictionaries, site):
+                out.setdefault(writer, []).append(site)
+    return out
+
+
+def live_writes(dictionary: Dictionary, x: torch.Tensor, site: str) -> torch.Tensor:
+    """``[R, T, d]`` what ``dictionary``'s features, encoded from its input activation
+    ``x`` in this pass (before any patch of its own), write into later ``site``."""
+    features = dictionary.encode(x)
+    return features @ dictionary.later_writes[site].to(features.dtype)
 
 
 def carried_sites(dictionaries: Mapping[str, Dictionary], patched) -> set[str]:
@@ -119,4 +145,5 @@ def refuse_cross_layer(dictionaries: Mapping[str, Dictionary], *, what: str,
                 f"{what} does not support cross-layer transcoders yet: {dictionary!r} at "
                 f"{site} also writes {sorted(dictionary.later_writes)}; what is missing is "
                 f"{missing}", hint="acdc_circuit, attribution_circuit and hybrid_circuit "
-                "(method='attribution') support them; for this, use per-layer transcoders")
+                "(method='attribution') and node-set faithfulness support them; for this, "
+                "use per-layer transcoders")

@@ -28,7 +28,7 @@ import einops
 import torch
 
 from featcircuits.dictionaries.base import Dictionary
-from featcircuits.engine.carried import carried_sites
+from featcircuits.engine.carried import carried_sites, live_writers, live_writes
 from featcircuits.engine.edits import add_carried, input_site_of, patch_error, patch_site
 from featcircuits.errors import ParameterError
 from featcircuits.model.loading import model_device, trace
@@ -124,8 +124,10 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     output_targets = [(i, t) for i, t in enumerate(targets) if t.is_output] if outputs else []
     # sites that patches of cross-layer transcoder layers carry edits to are visited too
     carried_to = carried_sites(dictionaries, [s for s in sites if s in ops and ops[s].patch])
+    # earlier CLT layers whose live writes an error patched without SiteOps.earlier needs
+    live_from = live_writers(dictionaries, ops)
     active = [site for site in sites if site in ops or feature_targets[site]
-              or site in carried_to]
+              or site in carried_to or site in live_from]
     input_of = {site: str(input_site_of(dictionaries[site], site)) for site in active}
     # transcoders' input sites, read (in forward order) before the sites they write
     reads = {input_of[site] for site in active if input_of[site] != site}
@@ -137,6 +139,7 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     rows = input_ids.shape[0] * (copies if tile_at is not None else 1)
     inputs: dict[str, torch.Tensor] = {}   # input site → activation read there
     carry: dict[str, torch.Tensor] = {}    # later site → edit carried there (cross-layer)
+    live: dict[str, torch.Tensor] = {}     # later site → earlier CLT layers' live writes
     with trace(model, input_ids) as tracer:
         for site in order:
             if site not in active:
@@ -148,6 +151,7 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
             if not tiled and site == tile_at:
                 resolved.write(model, repeat_rows(resolved.read(model), copies))
                 inputs = {name: repeat_rows(value, copies) for name, value in inputs.items()}
+                live = {name: repeat_rows(value, copies) for name, value in live.items()}
                 tiled = True
             if op.overwrite is not None:
                 resolved.write(model, _as_activation(op.overwrite, resolved.read(model)))
@@ -162,6 +166,10 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                     weights = repeat_rows(target.weights, copies)
                     value = (target_features[..., target.feature] * weights).sum(-1)
                     target_values.append((index, value.save()))
+            for later in live_from.get(site, ()):  # this layer's writes before its patch
+                written = live_writes(dictionary, resolved.read(model) if x_in is None
+                                      else x_in, later)
+                live[later] = written if later not in live else live[later] + written
             edit = None
             if op.patch is not None:
                 edit = patch_site(model, resolved, dictionary, **op.patch, x_in=x_in,
@@ -172,7 +180,8 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                 patch_err = {key: value.to(dtype) if value.is_floating_point() else value
                              for key, value in op.patch_err.items()}
                 patch_error(model, resolved, dictionary, **patch_err,
-                            prior_edit=_not_own(edit, carried, op.earlier), x_in=x_in)
+                            prior_edit=_not_own(edit, carried, op.earlier if op.earlier
+                                                is not None else live.get(site)), x_in=x_in)
             x = resolved.read(model)
             if op.delta is not None:
                 # the delta is float32 (exact gradients); the model gets its own dtype back

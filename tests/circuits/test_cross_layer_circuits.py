@@ -19,13 +19,18 @@ import torch
 from featcircuits.circuits.ablation import verify_edges
 from featcircuits.circuits.attribution import gradient_edges, node_attributions
 from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit
-from featcircuits.circuits.faithfulness import evaluate_node_sets, node_masks
+from featcircuits.circuits.faithfulness import (
+    EdgeSpec,
+    evaluate_edge_specs,
+    evaluate_node_sets,
+    node_masks,
+)
 from featcircuits.circuits.nodes import graph_nodes, node_id
 from featcircuits.circuits.targets import LogitTarget
 from featcircuits.engine.runs import ERROR, CircuitRuns
 from featcircuits.errors import DictionaryError
 from featcircuits.model.loading import underlying_module
-from tests.support.factories import QUIET, random_cross_layer_transcoder
+from tests.support.factories import QUIET, random_cross_layer_transcoder, random_sae
 
 TOKEN = 7
 
@@ -254,8 +259,8 @@ def test_what_is_not_supported_yet_is_refused(setup):
     with pytest.raises(DictionaryError, match="(?s)integrated gradients.*mlp_out.0.*"
                        r"also writes \['mlp_out.1'\]"):
         attribution_circuit(runs, tau=0.1, method="ig")
-    with pytest.raises(DictionaryError, match="(?s)faithfulness.*live"):
-        evaluate_node_sets(runs, [node_masks(runs, [])])
+    with pytest.raises(DictionaryError, match="(?s)edge-set faithfulness.*every site"):
+        evaluate_edge_specs(runs, [EdgeSpec(kept=node_masks(runs, []))])
 
 
 def test_runs_need_every_written_site(tiny_models):
@@ -263,3 +268,52 @@ def test_runs_need_every_written_site(tiny_models):
     with pytest.raises(DictionaryError, match=r"(?s)also writes \['mlp_out.1'\].*no dictionary"):
         CircuitRuns(tiny_models["gpt2"], {"mlp_out.0": clt.layers[0]}, [[1, 2, 3, 4]],
                     targets=[LogitTarget(5)], settings=QUIET)
+
+
+def test_node_set_faithfulness_patches_the_live_error_of_a_later_site(tiny_models):
+    """Every SAE feature at resid_in.0 ablated and the error of mlp_out.1 ablated, every
+    other node kept: mlp_out.1 becomes c0' W[0→1] + c1' W[1→1] + b1 with the *live*
+    features c0', c1' of that pass (layer 0's differ from the clean ones, since its input
+    changed); an error taken with the clean writes of layer 0 would differ."""
+    model = tiny_models["gpt2"]
+    clt = random_cross_layer_transcoder(n_features=10, seed=3)
+    sae = random_sae(32, "resid_in.0", n_features=12)
+    ids = torch.randint(1, 60, (3, 6), generator=torch.Generator().manual_seed(5))
+    runs = CircuitRuns(model, {"resid_in.0": sae, **clt.dictionaries()}, ids,
+                       targets=[LogitTarget(TOKEN)], settings=QUIET)
+    kept = ([("resid_in.0", ERROR, None), ("mlp_out.0", ERROR, None)]
+            + [(f"mlp_out.{layer}", f, None) for layer in range(2) for f in range(10)])
+    (measured,) = evaluate_node_sets(runs, [node_masks(runs, kept)]).tolist()
+
+    plain, mlps = _mlps(model)
+    clean = _clean(model, clt, ids)
+    seen = {}
+
+    def ablate_sae(module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        x = x - sae.encode(x) @ sae.directions
+        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+    def grab0(module, args, out):
+        seen[0] = clt.layers[0].encode(args[0])
+
+    def rebuild1(module, args, out):
+        c1 = clt.layers[1].encode(args[0])
+        return (clt.layers[0].decode_at(seen[0], "mlp_out.1")
+                + clt.layers[1].decode_at(c1, "mlp_out.1") + clt.layers[1].b_dec)
+
+    handles = [plain.transformer.h[0].register_forward_pre_hook(ablate_sae, with_kwargs=True),
+               mlps[0].register_forward_hook(grab0), mlps[1].register_forward_hook(rebuild1)]
+    try:
+        with torch.no_grad():
+            expected = float(plain(ids).logits[:, -1, TOKEN].mean())
+            seen_live = seen[0]
+            seen[0] = clean["features"][0]  # the wrong reading: layer 0's clean writes
+            handles[1].remove()
+            wrong = float(plain(ids).logits[:, -1, TOKEN].mean())
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert (seen_live - clean["features"][0]).abs().max() > 1e-2
+    assert measured == pytest.approx(expected, abs=1e-5, rel=1e-4)
+    assert abs(measured - wrong) > 1e-2
