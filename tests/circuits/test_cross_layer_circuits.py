@@ -7,7 +7,9 @@ the tiny model (CLT layer L reads mlp_in.L, writes mlp_out.L and every later mlp
   L' ≥ L; the error node of mlp_out.L' is x − Σ_{L ≤ L'} c_L W_dec[L → L'] − b_dec_L';
 * an ACDC edge into the logit holds mlp_out.1 at clean *plus* the carried write;
 * attribution: (c − s) · Σ_{L'} g_L' · W_dec[L → L'] against autograd with leaves at both
-  MLP outputs; edges likewise with the later output detached.
+  MLP outputs; edges likewise with the later output detached;
+* node-set faithfulness: an error patched with many sites ablated subtracts the earlier
+  layers' live writes.
 Each check is sharp against the wrong reading that edits only the first written site.
 """
 
