@@ -11,7 +11,8 @@ transcoder, ``c`` is encoded at its input site and ``∂/∂c`` taken along its 
 directions at its output site. A cross-layer transcoder node (``engine.carried``) sums
 its decoder rows against the gradient at every site it writes (``carried``): ``(c_u − s_u)
 · Σ_{L'} g_L' · W_dec[L → L']``, for edges over the written sites before the downstream
-node's read site; integrated gradients refuse them.
+node's read site; integrated gradients move every written site along the path
+(``circuits.carried_paths``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import einops
 import torch
 from tqdm.auto import tqdm
 
+from featcircuits.circuits.carried_paths import carried_path_ops
 from featcircuits.circuits.nodes import (
     Node,
     candidate_nodes,
@@ -31,7 +33,6 @@ from featcircuits.circuits.nodes import (
     site_depth,
     upstream_sites,
 )
-from featcircuits.engine.carried import refuse_cross_layer
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.errors import ParameterError
@@ -47,14 +48,23 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
     """``[n, T, d]`` gradient of the summed targets w.r.t. ``site``: at the clean run
     (``attribution``) or averaged over ``steps`` points between clean and ablated
     (``ig``, midpoint rule; only ``site`` is interpolated)."""
+    return path_gradients(runs, site, ablation=ablation, method=method, steps=steps)[site]
+
+def path_gradients(runs: CircuitRuns, site: str, *, ablation: str, method: str,
+                   steps: int) -> dict[str, torch.Tensor]:
+    """``{written site: [n, T, d]}`` as ``attribution_gradients``, at ``site`` and, for a
+    cross-layer transcoder layer, at every later site it writes (``ig``: the path edits
+    those sites too, ``circuits.carried_paths``)."""
     _check_method(method)
+    later = list(runs.dictionaries[site].later_writes)
     if method == "attribution":
-        return runs.gradients[site]
+        return {s: runs.gradients[s] for s in [site, *later]}
     clean = runs.activations[site]
     source = runs.source_activation(site, ablation)
     alphas = _alphas(steps, clean.device)
     per_chunk = runs.chunk_copies()
-    total = torch.zeros(clean.shape, device=clean.device)  # float32 even for a bf16 model
+    # float32 even for a bf16 model
+    totals = {s: torch.zeros(clean.shape, device=clean.device) for s in [site, *later]}
     for start in range(0, steps, per_chunk):
         chunk = alphas[start:start + per_chunk]
         copies = len(chunk)
@@ -63,12 +73,16 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
                             requires_grad=True)
         ops = {site: SiteOps(overwrite=points.reshape(copies * runs.n, runs.width, -1),
                              delta=delta)}
+        carried_ops, leaves = carried_path_ops(runs, site, ablation, chunk)  # CLT only
+        ops.update(carried_ops)
         with torch.enable_grad():
             result = runs.trace(ops, copies)
-            (grad,) = torch.autograd.grad(result.targets.sum(), [delta], allow_unused=True)
-        if grad is not None:
-            total += grad.reshape(copies, runs.n, runs.width, -1).sum(0)
-    return total / steps
+            grads = torch.autograd.grad(result.targets.sum(), [delta, *leaves.values()],
+                                        allow_unused=True)
+        for s, grad in zip([site, *leaves], grads):
+            if grad is not None:
+                totals[s] += grad.reshape(copies, runs.n, runs.width, -1).sum(0)
+    return {s: total / steps for s, total in totals.items()}
 
 def _check_method(method: str) -> None:
     if method not in IG_METHODS:
@@ -137,13 +151,10 @@ def node_attributions(runs: CircuitRuns, *, ablation: str = "zero", positional: 
                                 candidates=candidates, errors=errors)
         if not nodes:
             continue
-        if method == "ig":
-            _refuse_cross_layer_ig(runs)
-        gradient = attribution_gradients(runs, site, ablation=ablation, method=method,
-                                         steps=steps)
-        carried = {later: runs.gradients[later][None]
+        gradients = path_gradients(runs, site, ablation=ablation, method=method, steps=steps)
+        carried = {later: gradients[later][None]
                    for later in runs.dictionaries[site].later_writes}
-        values = _contributions(runs, site, gradient[None], nodes, ablation=ablation,
+        values = _contributions(runs, site, gradients[site][None], nodes, ablation=ablation,
                                 positional=positional, carried=carried)[0]
         effects.update({node: float(v) for node, v in zip(nodes, values)})
     return effects
@@ -178,7 +189,6 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     if not up_sites or not downstream:
         return weights
     if method == "ig":
-        _refuse_cross_layer_ig(runs)
         return _ig_edges(runs, level, downstream, upstream, up_sites, reachable,
                          ablation=ablation, positional=positional, steps=steps)
     early_targets = _has_targets_before(runs, reachable[0])
@@ -246,26 +256,33 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
             # the other sites between the interpolated one and the level stay clean
             ops.update({s: SiteOps(overwrite=repeat_rows(runs.activations[s], copies))
                         for s in later})
+            # a CLT site's path also edits the held sites it writes; gradients there count
+            carried_ops, leaves = carried_path_ops(runs, site, ablation, alphas[
+                [k for _, k in chunk]], held=True)
+            leaves = {s: leaf for s, leaf in leaves.items() if s in later}
+            ops.update({s: op for s, op in carried_ops.items() if s in leaves})
             if level is not None:
                 ops[level] = SiteOps(readout=_own_readout(runs, level, items))
             with torch.enable_grad():
                 result = runs.trace(ops, copies, tile_at=tile, outputs=level is None)
-                (grad,) = torch.autograd.grad(_own_values(runs, result, level, items), [delta],
-                                              allow_unused=True)
-            if grad is None:
+                grad, *later_grads = torch.autograd.grad(
+                    _own_values(runs, result, level, items), [delta, *leaves.values()],
+                    allow_unused=True)
+            carried = {s: g.reshape(copies, n, width, -1)
+                       for s, g in zip(leaves, later_grads) if g is not None}
+            if grad is None and not carried:
                 continue
+            if grad is None:
+                grad = torch.zeros_like(delta)
             values = _contributions(runs, site, grad.reshape(copies, n, width, -1),
-                                    upstream[site], ablation=ablation, positional=positional)
+                                    upstream[site], ablation=ablation, positional=positional,
+                                    carried=carried)
             total.index_add_(0, torch.tensor([index for index, _ in chunk], device="cpu"),
                              values.detach().cpu().double())
         for item, row in zip(downstream, (total / steps).tolist()):
             key = _down_key(runs, item, level)
             weights.update(((node, key), value) for node, value in zip(upstream[site], row))
     return weights
-
-def _refuse_cross_layer_ig(runs: CircuitRuns) -> None:
-    refuse_cross_layer(runs.dictionaries, what="integrated gradients (method='ig')", missing=(
-        "a path that interpolates every site a feature writes at once"))
 
 def _has_targets_before(runs: CircuitRuns, site: str) -> bool:
     """Whether a feature target is read before ``site`` (then copies cannot be tiled there)."""

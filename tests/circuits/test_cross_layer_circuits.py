@@ -20,7 +20,7 @@ import torch
 
 from featcircuits.circuits.ablation import verify_edges
 from featcircuits.circuits.attribution import gradient_edges, node_attributions
-from featcircuits.circuits.discovery import acdc_circuit, attribution_circuit
+from featcircuits.circuits.discovery import acdc_circuit
 from featcircuits.circuits.faithfulness import (
     EdgeSpec,
     evaluate_edge_specs,
@@ -256,12 +256,67 @@ def test_attribution_edges_to_the_logit_use_every_written_site(setup):
                                                         rel=1e-4)
 
 
-def test_what_is_not_supported_yet_is_refused(setup):
+def _path_gradients(model, ids, clt, clean, alphas, *, held):
+    """Plain autograd along the integrated-gradient path of mlp_out.0 (zero ablation):
+    MLP 0's output is clean0 − α (clean0 − b_dec_0), MLP 1's gets −α c0 @ W_dec[0 → 1] added
+    (to the clean value when ``held``). Returns the gradients at both outputs averaged over
+    the points."""
+    plain, mlps = _mlps(model)
+    totals = [0.0, 0.0]
+    carried = clt.layers[0].decode_at(clean["features"][0], "mlp_out.1").detach()
+    source0 = clt.layers[0].b_dec.detach()
+    for alpha in alphas:
+        leaves = [torch.zeros_like(clean["out"][layer], requires_grad=True) for layer in range(2)]
+
+        def first(module, args, out, alpha=alpha, leaves=leaves):
+            return clean["out"][0] - alpha * (clean["out"][0] - source0) + leaves[0]
+
+        def second(module, args, out, alpha=alpha, leaves=leaves):
+            return (clean["out"][1] if held else out) - alpha * carried + leaves[1]
+
+        handles = [mlps[0].register_forward_hook(first), mlps[1].register_forward_hook(second)]
+        try:
+            logits = plain(ids).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+        grads = torch.autograd.grad(logits[:, -1, TOKEN].sum(), leaves)
+        totals = [total + grad for total, grad in zip(totals, grads)]
+    return [total / len(alphas) for total in totals]
+
+
+def _estimates(clt, clean, g0, g1):
+    W = clt.layers[0].W_dec.detach()
+    return (clean["features"][0] * (torch.einsum("ntd,fd->ntf", g0, W[:, 0])
+                                    + torch.einsum("ntd,fd->ntf", g1, W[:, 1]))).sum(1).mean(0)
+
+
+def test_integrated_gradients_move_every_written_site_along_the_path(setup):
+    model, clt, ids, runs, clean = setup
+    active = runs.active_features("mlp_out.0", "zero")
+    nodes = [("mlp_out.0", f, None) for f in active]
+    effects = node_attributions(runs, method="ig", steps=2)
+    g0, g1 = _path_gradients(model, ids, clt, clean, [0.25, 0.75], held=False)
+    expected = _estimates(clt, clean, g0, g1)
+    assert [effects[node] for node in nodes] == pytest.approx(
+        [float(expected[f]) for f in active], abs=1e-5, rel=1e-4)
+    # the estimate without the gradient at the later written site would differ
+    alone = _estimates(clt, clean, g0, torch.zeros_like(g1))
+    assert max(abs(effects[node] - float(alone[node[1]])) for node in nodes) > 1e-2
+
+    weights = gradient_edges(runs, None, [0], {"mlp_out.0": nodes}, ablation="zero",
+                             positional=False, method="ig", steps=2)
+    g0, g1 = _path_gradients(model, ids, clt, clean, [0.25, 0.75], held=True)
+    expected = _estimates(clt, clean, g0, g1)
+    target = runs.targets[0].node_id
+    assert [weights[(node, target)] for node in nodes] == pytest.approx(
+        [float(expected[f]) for f in active], abs=1e-5, rel=1e-4)
+
+
+def test_edge_set_faithfulness_is_refused(setup):
     runs = setup[3]
-    with pytest.raises(DictionaryError, match="(?s)integrated gradients.*mlp_out.0.*"
-                       r"also writes \['mlp_out.1'\]"):
-        attribution_circuit(runs, tau=0.1, method="ig")
-    with pytest.raises(DictionaryError, match="(?s)edge-set faithfulness.*every site"):
+    with pytest.raises(DictionaryError, match="(?s)edge-set faithfulness.*mlp_out.0.*"
+                       r"also writes \['mlp_out.1'\].*every site"):
         evaluate_edge_specs(runs, [EdgeSpec(kept=node_masks(runs, []))])
 
 
