@@ -40,7 +40,7 @@ from featcircuits.errors import ParameterError
 IG_METHODS = ("attribution", "ig")
 
 __all__ = ["IG_METHODS", "attribution_edges", "attribution_gradients", "gradient_edges",
-           "keep_nodes", "node_attributions", "node_limit"]
+           "keep_nodes", "node_attributions", "node_limit", "path_gradients"]
 
 
 def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method: str,
@@ -183,7 +183,7 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     n, width = runs.n, runs.width
     depth = runs.read_depth(level)
     # sites before the last whole-state site (embed/resid) have no direct edge to the level
-    reachable = direct_sites(runs.sites, depth)
+    reachable = direct_sites(runs.sites, depth, runs.dictionaries)
     up_sites = [s for s in reachable if upstream.get(s)]
     weights: dict[tuple, float] = {}
     if not up_sites or not downstream:

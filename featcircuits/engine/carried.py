@@ -144,6 +144,5 @@ def refuse_cross_layer(dictionaries: Mapping[str, Dictionary], *, what: str,
             raise DictionaryError(
                 f"{what} does not support cross-layer transcoders yet: {dictionary!r} at "
                 f"{site} also writes {sorted(dictionary.later_writes)}; what is missing is "
-                f"{missing}", hint="acdc_circuit, attribution_circuit and hybrid_circuit "
-                "(method='attribution') and node-set faithfulness support them; for this, "
-                "use per-layer transcoders")
+                f"{missing}", hint="acdc_circuit, attribution_circuit, hybrid_circuit and "
+                "node-set faithfulness support them; for this, use per-layer transcoders")

@@ -137,19 +137,25 @@ def check_dictionary_placement(dictionary: Dictionary, model, site: str) -> None
 FULL_STATE_KINDS = ("embed", "resid_in", "resid_out")
 
 
-def direct_sites(sites: Sequence[str], depth: float) -> list[str]:
+def direct_sites(sites: Sequence[str], depth: float,
+                 dictionaries: Mapping[str, Dictionary] | None = None) -> list[str]:
     """The sites (of ``sites``) before ``depth`` that can have a *direct* effect there.
 
     ``embed``, ``resid_in.L`` and ``resid_out.L`` hold the model's whole state at their
     point, so once one of them is held fixed nothing earlier can reach ``depth`` directly:
-    the result starts at the last such site before ``depth``."""
+    the result starts at the last such site before ``depth`` — except that, given
+    ``dictionaries``, an earlier cross-layer transcoder site whose features also write a
+    site in that range still reaches ``depth`` through that write (it is kept, in order)."""
     before = [s for s in sites if Site.parse(s).depth < depth]
     start = 0
     for index, site in enumerate(before):
         parsed = Site.parse(site)
         if parsed.module_path is None and parsed.kind in FULL_STATE_KINDS:
             start = index
-    return before[start:]
+    kept = set(before[start:])
+    carried = [s for s in before[:start] if dictionaries is not None
+               and kept & set(dictionaries[s].later_writes)]
+    return carried + before[start:]
 
 
 def _position_mean(values: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:

@@ -374,3 +374,30 @@ def test_node_set_faithfulness_patches_the_live_error_of_a_later_site(tiny_model
     assert (seen_live - clean["features"][0]).abs().max() > 1e-2
     assert measured == pytest.approx(expected, abs=1e-5, rel=1e-4)
     assert abs(measured - wrong) > 1e-2
+
+
+def test_a_carried_write_reaches_past_a_held_whole_state_site(setup):
+    """With an SAE at resid_out.0 (the whole state, held clean for edges), layer 0's
+    features still reach the logit directly through their write to mlp_out.1: the ACDC
+    edge is the metric with mlp_out.1 = clean + carried, the attribution edge
+    c0 · (g1 · W_dec[0 → 1])."""
+    model, clt, ids, _, clean = setup
+    runs = CircuitRuns(model, {"resid_out.0": random_sae(32, "resid_out.0", n_features=12),
+                               **clt.dictionaries()}, ids, targets=[LogitTarget(TOKEN)],
+                       settings=QUIET)
+    active = runs.active_features("mlp_out.0", "zero")[:5]
+    nodes = [("mlp_out.0", f, None) for f in active]
+    target = runs.targets[0].node_id
+    exact = verify_edges(runs, [(node, target) for node in nodes], ablation="zero",
+                         positional=False)
+    edits = [{1: _feature_edits(clt, clean, node)[1]} for node in nodes]
+    expected = [clean["metric"] - value for value in _ablated_metrics(model, ids, edits)]
+    assert [exact[(node, target)] for node in nodes] == pytest.approx(expected, abs=1e-5,
+                                                                      rel=1e-4)
+    assert max(abs(value) for value in expected) > 1e-2
+    estimated = gradient_edges(runs, None, [0], {"mlp_out.0": nodes}, ablation="zero",
+                               positional=False)
+    along = torch.einsum("ntd,fd->ntf", clean["grads"][1], clt.layers[0].W_dec[:, 1].detach())
+    expected = (clean["features"][0] * along).sum(1).mean(0)
+    assert [estimated[(node, target)] for node in nodes] == pytest.approx(
+        [float(expected[f]) for f in active], abs=1e-5, rel=1e-4)
