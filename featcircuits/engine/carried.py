@@ -24,7 +24,12 @@ every later output site ``mlp_out.L'`` (``dictionary.later_writes``). In circuit
   earlier layers' *live* writes (encoded in the same pass before their own patches,
   :func:`live_writers`) and the edits carried there.
 * **Gradients.** A node's attribution sums its decoder rows against the gradient at every
-  site it writes: ``(c − s) · Σ_{L' ≥ L} g_L' · W_dec[L → L']``.
+  site it writes: ``(c − s) · Σ_{L' ≥ L} g_L' · W_dec[L → L']``; an integrated-gradient
+  path of ``mlp_out.L`` moves every site it writes (``circuits.carried_paths``).
+* **Path patching** (edge-set faithfulness) assembles a CLT site from its own nodes plus
+  the earlier layers' assembled writes (``circuits.faithfulness``).
+* **Direct reach.** A CLT site before a held whole-state site still reaches later sites
+  through its writes after it (``engine.runs.direct_sites`` given the dictionaries).
 
 Every site a CLT layer writes must itself be a dictionary site of the runs (pass the whole
 ``CrossLayerTranscoder.dictionaries()``): :func:`check_cross_layer_sites`.
@@ -47,7 +52,6 @@ __all__ = [
     "earlier_writes",
     "live_writers",
     "live_writes",
-    "refuse_cross_layer",
     "with_earlier_writes",
     "writers_of",
     "written_sites",
@@ -133,16 +137,3 @@ def live_writes(dictionary: Dictionary, x: torch.Tensor, site: str) -> torch.Ten
 def carried_sites(dictionaries: Mapping[str, Dictionary], patched) -> set[str]:
     """The sites that patches at ``patched`` (site names) carry edits to."""
     return {later for site in patched for later in dictionaries[site].later_writes}
-
-
-def refuse_cross_layer(dictionaries: Mapping[str, Dictionary], *, what: str,
-                       missing: str) -> None:
-    """``DictionaryError`` if any dictionary writes several sites and ``what`` does not
-    support it yet (``missing``: what it would need); a one-site answer would be wrong."""
-    for site, dictionary in dictionaries.items():
-        if dictionary.later_writes:
-            raise DictionaryError(
-                f"{what} does not support cross-layer transcoders yet: {dictionary!r} at "
-                f"{site} also writes {sorted(dictionary.later_writes)}; what is missing is "
-                f"{missing}", hint="acdc_circuit, attribution_circuit, hybrid_circuit and "
-                "node-set faithfulness support them; for this, use per-layer transcoders")

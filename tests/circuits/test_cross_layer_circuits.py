@@ -9,7 +9,8 @@ the tiny model (CLT layer L reads mlp_in.L, writes mlp_out.L and every later mlp
 * attribution: (c − s) · Σ_{L'} g_L' · W_dec[L → L'] against autograd with leaves at both
   MLP outputs; edges likewise with the later output detached;
 * node-set faithfulness: an error patched with many sites ablated subtracts the earlier
-  layers' live writes.
+  layers' live writes; edge-set faithfulness (path patching) assembles CLT sites from every
+  layer's writes and ablates an absent edge's feature at every site it writes.
 Each check is sharp against the wrong reading that edits only the first written site.
 """
 
@@ -313,11 +314,27 @@ def test_integrated_gradients_move_every_written_site_along_the_path(setup):
         [float(expected[f]) for f in active], abs=1e-5, rel=1e-4)
 
 
-def test_edge_set_faithfulness_is_refused(setup):
-    runs = setup[3]
-    with pytest.raises(DictionaryError, match="(?s)edge-set faithfulness.*mlp_out.0.*"
-                       r"also writes \['mlp_out.1'\].*every site"):
-        evaluate_edge_specs(runs, [EdgeSpec(kept=node_masks(runs, []))])
+def test_edge_set_faithfulness_ablates_an_absent_edge_at_every_written_site(setup):
+    """Every node kept, the edge (mlp_out.0, f) → logit absent: the logit is read from a
+    run with both MLP outputs at their clean values except f's source (zero) at both
+    written sites — the ACDC reading of that edge."""
+    model, clt, ids, runs, clean = setup
+    active = runs.active_features("mlp_out.0", "zero")[:3]
+    specs = [EdgeSpec(kept=_all_kept(runs),
+                      ablated_into={0: node_masks(runs, [("mlp_out.0", f, None)], sparse=True)})
+             for f in active]
+    measured = evaluate_edge_specs(runs, specs).tolist()
+    edits = [_feature_edits(clt, clean, ("mlp_out.0", f, None)) for f in active]
+    expected = _ablated_metrics(model, ids, edits, frozen={1: clean["out"][1]})
+    assert measured == pytest.approx(expected, abs=1e-5, rel=1e-4)
+    dropped = _ablated_metrics(model, ids, [{0: edit[0]} for edit in edits],
+                               frozen={1: clean["out"][1]})
+    assert max(abs(m - d) for m, d in zip(measured, dropped)) > 1e-2
+
+
+def _all_kept(runs):
+    return {site: torch.ones(runs.width, runs.dictionaries[site].n_features + 1,
+                             dtype=torch.bool, device=runs.device) for site in runs.sites}
 
 
 def test_runs_need_every_written_site(tiny_models):
@@ -341,6 +358,8 @@ def test_node_set_faithfulness_patches_the_live_error_of_a_later_site(tiny_model
     kept = ([("resid_in.0", ERROR, None), ("mlp_out.0", ERROR, None)]
             + [(f"mlp_out.{layer}", f, None) for layer in range(2) for f in range(10)])
     (measured,) = evaluate_node_sets(runs, [node_masks(runs, kept)]).tolist()
+    # every edge between the kept nodes present: the edge evaluation is the node evaluation
+    (by_edges,) = evaluate_edge_specs(runs, [EdgeSpec(kept=node_masks(runs, kept))]).tolist()
 
     plain, mlps = _mlps(model)
     clean = _clean(model, clt, ids)
@@ -373,6 +392,7 @@ def test_node_set_faithfulness_patches_the_live_error_of_a_later_site(tiny_model
             handle.remove()
     assert (seen_live - clean["features"][0]).abs().max() > 1e-2
     assert measured == pytest.approx(expected, abs=1e-5, rel=1e-4)
+    assert by_edges == pytest.approx(expected, abs=1e-5, rel=1e-4)
     assert abs(measured - wrong) > 1e-2
 
 
