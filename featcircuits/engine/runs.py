@@ -307,6 +307,9 @@ class CircuitRuns:
         vocab = int(getattr(config, "vocab_size", 0) or 0)
         widths = [d.n_features for d in self.dictionaries.values()]
         features = [(width, 4) for width in widths] if every_site else [(max(widths), 3)]
+        # a cross-layer transcoder's edit carried to each later site, and the earlier
+        # layers' writes held there: two [T, d_model] tensors each (engine.carried)
+        features += [(d.d_model, 2) for d in self.dictionaries.values() for _ in d.later_writes]
         d_model = max(d.d_model for d in self.dictionaries.values())
         return bytes_per_row(self.width, vocab=vocab, features=features, d_models=[d_model])
 
