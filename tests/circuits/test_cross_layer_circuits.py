@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from featcircuits.circuits.ablation import verify_edges
+from featcircuits.circuits.ablation import exact_node_effects, verify_edges
 from featcircuits.circuits.attribution import gradient_edges, node_attributions
 from featcircuits.circuits.discovery import acdc_circuit
 from featcircuits.circuits.faithfulness import (
@@ -50,7 +50,8 @@ def setup(tiny_models):
 
 def _mlps(model):
     plain = underlying_module(model)
-    return plain, [plain.transformer.h[layer].mlp for layer in range(2)]
+    blocks = plain.transformer.h if hasattr(plain, "transformer") else plain.gpt_neox.layers
+    return plain, [blocks[layer].mlp for layer in range(2)]
 
 
 def _clean(model, clt, ids):
@@ -421,3 +422,21 @@ def test_a_carried_write_reaches_past_a_held_whole_state_site(setup):
     expected = (clean["features"][0] * along).sum(1).mean(0)
     assert [estimated[(node, target)] for node in nodes] == pytest.approx(
         [float(expected[f]) for f in active], abs=1e-5, rel=1e-4)
+
+
+def test_exact_node_effects_on_gpt_neox(tiny_models):
+    """The same exact ablations on GPT-NeoX (parallel attention and MLP)."""
+    model = tiny_models["gpt_neox"]
+    clt = random_cross_layer_transcoder(n_features=8, seed=6)
+    ids = torch.randint(1, 60, (2, 5), generator=torch.Generator().manual_seed(2))
+    runs = CircuitRuns(model, clt.dictionaries(), ids, targets=[LogitTarget(TOKEN)],
+                       settings=QUIET)
+    clean = _clean(model, clt, ids)
+    nodes = ([("mlp_out.0", f, None) for f in runs.active_features("mlp_out.0", "zero")]
+             + [("mlp_out.0", ERROR, None), ("mlp_out.1", ERROR, None)])
+    effects = exact_node_effects(runs, nodes, ablation="zero", positional=False)
+    assert [effects[node] for node in nodes] == pytest.approx(
+        _reference_effects(model, ids, clt, clean, nodes), abs=1e-5, rel=1e-4)
+    features = nodes[:-2]
+    wrong = _reference_effects(model, ids, clt, clean, features, first_only=True)
+    assert max(abs(effects[node] - value) for node, value in zip(features, wrong)) > 1e-3
