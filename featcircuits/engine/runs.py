@@ -474,8 +474,8 @@ class CircuitRuns:
         ``tile_at``: a site before which every copy is identical; the layers before it then
         run once on the ``n`` prompts and the activation is tiled there (falls back to full
         copies for architectures that build per-batch tensors before the first block).
-        At a cross-layer transcoder site whose error is read or patched, the earlier layers
-        are held at their clean writes (``SiteOps.earlier``, ``engine.carried``); on other
+        At a cross-layer transcoder site whose node values are read, the earlier layers are
+        held at their clean writes (``SiteOps.earlier``, ``engine.carried``); on other
         ``ids`` (the corrupt run) nothing is filled in.
         """
         custom_ids = ids is not None
