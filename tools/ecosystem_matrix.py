@@ -6,6 +6,10 @@ computed, written as the table in docs/ecosystem.md.
 
 ``check_fixture`` is also what tests/dictionaries/test_peer_fixtures.py runs, so the page and
 the tests share one computation. No peer is needed: the fixtures hold the peers' outputs.
+A fixture whose ``expected.json`` names a ``spec`` (Gemma Scope, Llama Scope) holds the
+files at their paths inside the hub repo and is loaded by that spec, with the hub's download
+function serving them from the fixture folder; the files asked for are recorded
+(``Outcome.downloads``) for the test to compare with the ``downloads`` the peer asked for.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class Outcome:
     sites: dict[str, str | None] | None = None  # site (and input site) read by featcircuits
     expected_sites: dict[str, str | None] | None = None
     hook_name: str | None = None         # meta["hook_name"] read by featcircuits
+    downloads: list[list[str]] | None = None  # [repo, file] a spec fixture's load asked for
+    spec: str | None = None              # the spec a hub fixture is loaded by
 
     @property
     def max_error(self) -> float:
@@ -79,6 +85,9 @@ def check_fixture(folder: Path) -> Outcome:
     try:
         if meta.get("kind") == "set":
             loaded = load_dictionaries(folder)
+        elif meta.get("spec"):
+            outcome.downloads, outcome.spec = [], meta["spec"]
+            loaded = {None: _load_spec(folder, meta["spec"], outcome.downloads)}
         else:
             loaded = {None: load_dictionary(folder)}
     except DictionaryLoadError as exc:  # the message without this checkout's path
@@ -134,6 +143,35 @@ def _check_cross_layer(folder: Path, meta: dict, expected: dict[str, torch.Tenso
     return outcome
 
 
+def _load_spec(folder: Path, spec: str, asked: list[list[str]]):
+    """``load_dictionary(spec)`` with the hub's download function serving the files from
+    ``folder`` (stored there at their paths inside the repo); ``asked`` collects the
+    ``[repo, file]`` pairs requested, to compare with what the peer's loader asked for."""
+    import shutil
+    import tempfile
+    from unittest import mock
+
+    from featcircuits.dictionaries import hub, load_dictionary
+
+    def download(repo_id: str, filename: str, local_dir: str, **_) -> str:
+        asked.append([repo_id, filename])
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / filename, target)
+        return str(target)
+
+    from featcircuits.errors import DictionaryLoadError
+
+    with tempfile.TemporaryDirectory() as cache, \
+            mock.patch.object(hub, "_hf_hub_download", download):
+        try:
+            return load_dictionary(spec, cache_dir=cache, progress=False)
+        except DictionaryLoadError as exc:  # the message without the temporary folder
+            exc.message = exc.message.replace(str(Path(cache).resolve()), "<cache>").replace(
+                cache, "<cache>")
+            raise
+
+
 def _cell(value: float | None) -> str:
     return "—" if value is None else f"{value:.1e}"
 
@@ -154,6 +192,8 @@ def render(outcomes: list[Outcome]) -> str:
         verdict = "exact (≤ 1e-5)" if o.max_error <= 1e-5 else f"ERROR {o.max_error:.2g}"
         if o.sites != o.expected_sites:
             verdict += f"; sites {o.sites} expected {o.expected_sites}"
+        if o.downloads is not None:
+            verdict += f" (via `{o.spec}`, the peer's files)"
         lines.append(f"| {peer} | {name} | {o.direction} | {_cell(o.features)} | "
                      f"{_cell(o.reconstruction)} | {_cell(o.output)} | {verdict} |")
     return "\n".join(lines)

@@ -174,7 +174,7 @@ def add_train_sae_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_train_sae(args: argparse.Namespace) -> int:
     from featcircuits.errors import ParameterError
-    from featcircuits.model.sites import Site, d_model
+    from featcircuits.model.sites import Site
     from featcircuits.train.buffer import StepBatches
     from featcircuits.train.sae import train_sae
 
@@ -202,7 +202,7 @@ def run_train_sae(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     Site.parse(args.site).module(model)  # SiteError before collecting
     _check_n_ctx(model, args)
-    width = d_model(model)
+    width = Site.parse(args.site).width(model)
     n_features = args.n_features or round(args.expansion * width)
     if n_features < 1:
         raise ParameterError(f"the dictionary would have {n_features} features",

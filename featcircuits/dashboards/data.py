@@ -302,11 +302,10 @@ def feature_dashboard_data(
     if limit is not None and n_ctx > limit[0]:
         raise ParameterError(f"n_ctx {n_ctx} exceeds the model's {limit[0]} positions "
                              f"(config.{limit[1]})", hint=f"use n_ctx={limit[0]} or less")
-    from featcircuits.model.sites import d_model
-
-    if dictionary.d_model != d_model(model):
+    if dictionary.d_model != site.width(model):
         raise SiteError(f"{dictionary!r} has width {dictionary.d_model} but site {site} has "
-                        f"width {d_model(model)}", hint="use the dictionary trained for this site")
+                        f"width {site.width(model)}",
+                        hint="use the dictionary trained for this site")
     tokenizer = model.tokenizer
     if logit_token is not None:  # a bad token fails before the corpus is scanned
         _resolve_token(tokenizer, logit_token, default=0, vocab=None)
@@ -315,7 +314,7 @@ def feature_dashboard_data(
                            progress=progress)
 
     # Direct logit effect.
-    effect = direct_logit_effect(model, dictionary.directions[feature])
+    effect = direct_logit_effect(model, site.to_residual(model, dictionary.directions[feature]))
     order = torch.argsort(effect, descending=True)
     n_show = min(10, effect.numel())
     logit_up = [(_token_string(tokenizer, t), float(effect[t])) for t in order[:n_show]]

@@ -27,7 +27,9 @@ Where the files are published (checked against the projects' sources):
 * SAELens: the release table ``sae_lens/pretrained_saes.yaml`` (``repo_id`` + each SAE's
   ``path``, a folder with ``cfg.json`` and ``sae_weights.safetensors``). A curated subset for
   GPT-2 small and Pythia-70M-deduped ships as ``pretrained_saes.json``; with ``sae_lens``
-  installed its full table is read too.
+  installed its full table is read too. Gemma Scope / Llama Scope releases (``params.npz``;
+  ``hyperparams.json`` + checkpoint; R1-Distill ``config.json`` + weights) are read as SAELens
+  converts them (``scope`` module).
 * dictionary_learning: ``saprmarks/pythia-70m-deduped-saes`` holds one zip,
   ``dictionaries_pythia-70m-deduped_10.zip`` (about 2.4 GB, linked from the
   dictionary_learning and feature-circuits READMEs), which unpacks to
@@ -58,6 +60,13 @@ from featcircuits.model.sites import Site
 SCHEMES = ("saelens", "dictionary_learning", "circuit_tracer")
 CACHE_ENV = "FEATCIRCUITS_CACHE"
 _SPEC = re.compile(r"^(?P<scheme>[a-z_]+):(?P<rest>.*)$")
+# SAELens conversions featcircuits reads (featcircuits.dictionaries.scope): the files of one
+# SAE inside its folder, as SAELens' gemma_2 / llama_scope loaders download them
+SCOPE_FILES: dict[str, tuple[str, ...]] = {
+    "gemma_2": ("params.npz",),
+    "llama_scope": ("hyperparams.json", "checkpoints/final.safetensors"),
+    "llama_scope_r1_distill": ("config.json", "sae_weights.safetensors"),
+}
 
 DICTIONARY_LEARNING_RELEASES: dict[str, dict[str, Any]] = {
     "pythia-70m-deduped": {
@@ -97,9 +106,15 @@ class Fetched:
     site: str | None = None
     center_input: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    norm_scaling_factor: float | None = None
 
     def adapt(self, dictionary: Dictionary) -> Dictionary:
-        """Apply what the release table says and the files do not (centring, site, source)."""
+        """Apply what the release table says and the files do not (centring, site, source,
+        a Llama Scope SAE's ``norm_scaling_factor``)."""
+        if self.norm_scaling_factor is not None:
+            from featcircuits.dictionaries.scope import refold
+
+            refold(dictionary, self.norm_scaling_factor)  # type: ignore[arg-type]
         if self.center_input:
             dictionary = _centered(dictionary, self.spec)
         if self.site is not None:
@@ -170,6 +185,7 @@ class SaeLensEntry:
     model: str | None = None
     conversion_func: str | None = None
     config_overrides: dict[str, Any] | None = None
+    norm_scaling_factor: float | None = None
 
 
 @lru_cache(maxsize=1)
@@ -223,18 +239,23 @@ def resolve_saelens(rest: str) -> SaeLensEntry:
             f"release {release!r} has no SAE {sae_id!r}",
             hint=(f"did you mean {', '.join(close)}? " if close else "")
             + f"its SAEs: {', '.join(list(ids)[:8])}" + (" ..." if len(ids) > 8 else ""))
+    factor = ids[sae_id].get("norm_scaling_factor")
     return SaeLensEntry(release, sae_id, str(entry["repo_id"]), str(ids[sae_id]["path"]),
                         entry.get("model"), entry.get("conversion_func"),
-                        entry.get("config_overrides"))
+                        entry.get("config_overrides"),
+                        float(factor) if isinstance(factor, (int, float)) else None)
 
 
 def _fetch_saelens(entry: SaeLensEntry, root: Path, spec: str) -> Fetched:
+    if entry.conversion_func in SCOPE_FILES:
+        return _fetch_scope(entry, root, spec)
     if entry.conversion_func:
         raise DictionaryLoadError(
             f"SAELens release {entry.release!r} is stored in another format (SAELens converts "
-            f"it with {entry.conversion_func!r})",
-            hint="featcircuits reads releases in SAELens' own folder layout; convert it with "
-            "sae_lens and save_dictionary, or pick another release")
+            f"it with {entry.conversion_func!r}), which featcircuits does not read",
+            hint="featcircuits reads releases in SAELens' own folder layout and those SAELens "
+            f"converts with {', '.join(SCOPE_FILES)} (Gemma Scope, Llama Scope); convert it "
+            "with sae_lens and save_dictionary, or pick another release")
     overrides = entry.config_overrides or {}
     normalize = overrides.get("normalize_activations")
     if normalize not in (None, "none"):
@@ -250,6 +271,23 @@ def _fetch_saelens(entry: SaeLensEntry, root: Path, spec: str) -> Fetched:
                    center_input=bool(kwargs.get("center_writing_weights")),
                    meta={"source": "saelens", "release": entry.release, "sae_id": entry.sae_id,
                          "repo_id": entry.repo_id, "model_name": entry.model})
+
+
+def _fetch_scope(entry: SaeLensEntry, root: Path, spec: str) -> Fetched:
+    """A Gemma Scope (``gemma_2``) or Llama Scope (``llama_scope``) SAE: the files SAELens'
+    converter downloads, read by ``featcircuits.dictionaries.scope``."""
+    local_dir = root / "saelens" / _repo_folder(entry.repo_id)
+    files = [f"{entry.path}/{name}" for name in SCOPE_FILES[str(entry.conversion_func)]]
+    _ensure_files(entry.repo_id, files, local_dir, include=f"{entry.path}/*")
+    meta = {"source": "saelens", "release": entry.release, "sae_id": entry.sae_id,
+            "repo_id": entry.repo_id}
+    if entry.conversion_func == "gemma_2":
+        from featcircuits.dictionaries.scope import gemma_scope_hook
+
+        meta["hook_name"], meta["model_name"] = gemma_scope_hook(entry.repo_id, entry.path)
+    return Fetched(local_dir / entry.path, spec, meta=meta,
+                   norm_scaling_factor=None if entry.conversion_func == "gemma_2"
+                   else entry.norm_scaling_factor)
 
 
 def _centered(dictionary: Dictionary, spec: str) -> Dictionary:

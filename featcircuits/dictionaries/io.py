@@ -34,6 +34,12 @@ from featcircuits.dictionaries.saelens import (
     WEIGHTS_FILE,
     read_saelens,
 )
+from featcircuits.dictionaries.scope import (
+    is_gemma_scope,
+    is_llama_scope,
+    is_llama_scope_r1,
+    read_scope,
+)
 from featcircuits.dictionaries.transcoder import (
     read_circuit_tracer,
     transcoder_set_files,
@@ -81,7 +87,8 @@ def load_dictionary(
 
     Args:
         path: a native/SAELens folder, a dictionary_learning folder (or its ``ae.pt`` /
-            ``cfg.json`` file), a circuit-tracer ``layer_L.safetensors`` transcoder, or a spec:
+            ``cfg.json`` file), a circuit-tracer ``layer_L.safetensors`` transcoder, a Gemma
+            Scope or Llama Scope SAE folder (``featcircuits.dictionaries.scope``), or a spec:
             ``"saelens:<release>/<sae_id>"``, ``"dictionary_learning:<model>/<site>"``,
             ``"circuit_tracer:<repo_id>/layer_L"`` (see ``featcircuits.dictionaries.hub``).
         site: the site it will be used at; overrides the site stored in the file.
@@ -134,16 +141,21 @@ def load_dictionary(
                                   hint="pass a folder holding cfg.json + sae_weights.safetensors"
                                   " (SAELens/native) or ae.pt (dictionary_learning)")
     try:
-        if committed_path(folder / WEIGHTS_FILE).is_file():
+        if is_llama_scope_r1(folder):  # config.json + sae_weights.safetensors, no cfg.json
+            dictionary = read_scope(folder)
+        elif committed_path(folder / WEIGHTS_FILE).is_file():
             dictionary = _read(read_saelens, folder)
         elif committed_path(folder / AE_FILE).is_file():
             dictionary = _read(read_dictionary_learning, folder)
+        elif is_gemma_scope(folder) or is_llama_scope(folder):
+            dictionary = read_scope(folder)
         else:
             found = sorted(p.name for p in folder.iterdir())[:10]
             raise DictionaryLoadError(
                 f"no dictionary files in {str(folder)!r} (found: {found or 'nothing'})",
-                hint=f"expected {CFG_FILE} + {WEIGHTS_FILE} (SAELens/native) or ae.pt "
-                "(dictionary_learning)",
+                hint=f"expected {CFG_FILE} + {WEIGHTS_FILE} (SAELens/native), ae.pt "
+                "(dictionary_learning), params.npz (Gemma Scope) or hyperparams.json + "
+                "checkpoints/final.safetensors (Llama Scope)",
             )
     except FeatCircuitsError:
         raise
@@ -175,9 +187,8 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
     (for a token basis) its vocabulary size from the model's; ``NonFiniteError`` if its
     weights hold NaN/inf."""
     from featcircuits.model.loading import model_config, underlying_module
-    from featcircuits.model.sites import d_model
 
-    width = d_model(model)
+    width = Site.parse(site).width(model)
     trained_on = dictionary.meta.get("model_name")
     origin = f" (it was trained on {trained_on!r})" if trained_on else ""
     if dictionary.d_model != width:
@@ -202,20 +213,26 @@ def check_dictionary_fits(dictionary: Dictionary, model, site: str | Site) -> No
 
 
 def _check_hook_embed(dictionary: Dictionary, model, site: str | Site) -> None:
-    """``SiteError`` for a dictionary trained at TransformerLens' ``hook_embed`` (the token
-    embedding only) used at ``embed`` of a GPT-2 model, where that site holds token plus
-    position embeddings: it would read another tensor than it was trained on."""
-    from featcircuits.model.loading import model_config
+    """``SiteError`` for a dictionary trained at TransformerLens' ``hook_embed`` used at
+    ``embed`` of a Gemma model whose embedding module does not scale by ``sqrt(d_model)``
+    (transformers 4; TransformerLens' Gemma ``hook_embed`` is scaled): it would read another
+    tensor than it was trained on. (GPT-2's ``embed`` is the token embedding alone, as
+    ``hook_embed``.)"""
+    from featcircuits.model.loading import model_config, underlying_module
 
     hook = dictionary.meta.get("hook_name")
     if hook not in ("hook_embed", "embed.hook_embed") or Site.parse(site).kind != "embed":
         return
-    if getattr(model_config(model), "model_type", None) == "gpt2":
+    model_type = str(getattr(model_config(model), "model_type", None))
+    embeddings = getattr(underlying_module(model), "get_input_embeddings", lambda: None)()
+    if model_type.startswith("gemma") and getattr(embeddings, "embed_scale", None) is None:
         raise SiteError(
-            f"dictionary {dictionary!r} was trained at TransformerLens' {hook} (GPT-2's token "
-            "embedding without positions), but featcircuits' 'embed' site on GPT-2 holds token "
-            "+ position embeddings; what is missing is a token-embedding-only site",
-            hint="use a dictionary trained at blocks.0.hook_resid_pre (site resid_in.0)")
+            f"dictionary {dictionary!r} was trained at TransformerLens' {hook} (Gemma's token "
+            "embedding times sqrt(d_model)), but this model's embedding module returns the "
+            "embedding before Gemma scales it (transformers 4 scales after the module), so "
+            "featcircuits' 'embed' site holds a tensor sqrt(d_model) times smaller",
+            hint="use transformers >= 5, whose Gemma embedding module scales, or a dictionary "
+            "trained at blocks.0.hook_resid_pre (site resid_in.0)")
 
 
 def load_dictionaries(folder: str | os.PathLike[str], *, model=None,

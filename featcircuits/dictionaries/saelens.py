@@ -51,6 +51,10 @@ TRANSCODER_ARCHITECTURES = ("transcoder", "skip_transcoder", "jumprelu_transcode
 IDENTITY_NORMALIZATIONS = (None, "none", "expected_average_only_in", "covariance_whitening")
 # ... and these per input, in encode, undone in decode (the decoder is then no longer affine)
 PER_INPUT_NORMALIZATIONS = ("constant_norm_rescale", "layer_norm")
+# SAELens 6's run-time normalisations: (the scale s(x) decode multiplies by, what it adds)
+_PER_INPUT = {"constant_norm_rescale": ("‖x‖ / sqrt(d_in)", ""),
+              "layer_norm": ("std(x) (unbiased; encode divides by std(x) + 1e-5)",
+                             " + mean(x)")}
 WEIGHTS_FILE = "sae_weights.safetensors"
 
 
@@ -295,6 +299,8 @@ def native_cfg(dictionary: Dictionary, architecture: str, apply_b_dec: bool) -> 
         "hook_name": hook_name,
         "apply_b_dec_to_input": apply_b_dec,
         "normalize_activations": "none",
+        **({"reshape_activations": "hook_z"}
+           if site is not None and Site.parse(site).kind == "attn_z" else {}),
         "model_name": dictionary.meta.get("model_name"),
         # SAELens 6 reads these under "metadata" (earlier versions at the top level)
         "metadata": {"hook_name": hook_name, "model_name": dictionary.meta.get("model_name")},
@@ -327,27 +333,37 @@ class SaelensFormat(DictionaryFormat):
 
 def check_inference_config(cfg: dict[str, Any], folder: Path | None) -> None:
     """Refuse what featcircuits cannot compute exactly: per-input activation normalisation
-    (``constant_norm_rescale``, ``layer_norm``), ``hook_z`` reshaping, unknown settings."""
+    (``constant_norm_rescale``, ``layer_norm``), reshaping other than ``hook_z`` at an
+    attention ``hook_z`` hook, unknown settings."""
     normalize = cfg.get("normalize_activations")
     if normalize in PER_INPUT_NORMALIZATIONS:
+        scale, shift = _PER_INPUT[normalize]
         raise DictionaryLoadError(
             f"{str(folder)!r} (architecture {cfg.get('architecture', 'standard')!r}) uses "
-            f"normalize_activations={normalize!r}: SAELens rescales each input in encode and "
-            "undoes it in decode, so the reconstruction is not an affine function of the "
-            "features, and featcircuits' dictionaries decode affinely (patching adds "
-            "feature directions); what is missing is a per-input decoder scale",
+            f"normalize_activations={normalize!r}: SAELens decodes x̂ = s(x)·(c @ W_dec + "
+            f"b_dec){shift} with s(x) = {scale} of each input, so feature i writes "
+            "s(x)·W_dec[i], a direction scaled per prompt and position; featcircuits' "
+            "patching, ablation and circuit attribution add one fixed direction per feature "
+            "(Dictionary.directions), so what is missing is a per-input decoder scale in the "
+            "engine; loading it with fixed directions would patch every position off by s(x)",
             hint="use an SAE trained with normalize_activations none or "
-            "expected_average_only_in, or fold the normalisation into the weights")
+            "expected_average_only_in (no exact conversion exists: s depends on the input)")
     if normalize not in IDENTITY_NORMALIZATIONS:
         raise DictionaryLoadError(f"{str(folder)!r}: unknown normalize_activations "
                                   f"{normalize!r}", hint="the config is corrupt or newer")
     reshape = cfg.get("reshape_activations")
-    if reshape not in (None, "none"):
+    if reshape in (None, "none"):
+        return
+    hook = saelens_field(cfg, "hook_name", "hook_point")
+    site = _site_from_hook(hook) if isinstance(hook, str) else None
+    if reshape != "hook_z" or site is None or Site.parse(site).kind != "attn_z":
         raise DictionaryLoadError(
-            f"{str(folder)!r} uses reshape_activations={reshape!r} (an attention SAE on "
-            "hook_z, the per-head outputs before the output projection); featcircuits has no "
-            "site for hook_z yet", hint="use an SAE trained on hook_attn_out or the residual "
-            "stream")
+            f"{str(folder)!r} uses reshape_activations={reshape!r} with hook {hook!r}: "
+            "featcircuits reads hook_z SAEs (reshape_activations 'hook_z' at a "
+            "blocks.L.attn.hook_z / blocks.L.hook_z hook, site attn_z.L) and nothing else",
+            hint="the config is corrupt or newer than featcircuits")
+    # hook_z: SAELens flattens [.., n_heads, d_head] to [.., n_heads * d_head] head-major,
+    # which is how site attn_z.L holds it, so the SAE reads it as it is
 
 
 # ------------------------------------------------------------------------------- SAEs

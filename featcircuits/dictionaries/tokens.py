@@ -2,10 +2,10 @@
 
 ``TokenBasis`` has one feature per token: its direction is the token's embedding row, and
 ``encode`` is one-hot on the nearest row (so feature t is 1 exactly where token t sits).
-For models whose embedding output is the bare token embedding (GPT-NeoX, Llama-family) the
-reconstruction is exact and the error is zero; for GPT-2 (token + position embedding) the
-position embedding lands in the error term. Used to make circuits reach back to input
-tokens: node ``"embed/<token id>"`` is "this token, wherever it occurs".
+The ``embed`` site is the bare token embedding on every supported architecture (GPT-2's
+position embedding is the separate site ``pos_embed``), so the reconstruction is exact and
+the error is zero. Used to make circuits reach back to input tokens: node
+``"embed/<token id>"`` is "this token, wherever it occurs".
 """
 
 from __future__ import annotations

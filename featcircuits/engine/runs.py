@@ -269,12 +269,14 @@ class CircuitRuns:
 
     # ------------------------------------------------------------------ basics
     def site_layer(self, site: str | None) -> int:
-        """Graph ``layer`` of a site: its block index, -1 for embed, n_layers for outputs."""
+        """Graph ``layer`` of a site: its block index, -1 for embed and pos_embed, n_layers
+        for outputs."""
         if site is None:
             return self.n_layers
         parsed = Site.parse(site)
-        return -1 if parsed.kind == "embed" else int(parsed.layer if parsed.layer is not None
-                                                     else self.n_layers)
+        if parsed.kind in ("embed", "pos_embed"):
+            return -1
+        return int(parsed.layer if parsed.layer is not None else self.n_layers)
 
     def depth(self, site: str) -> float:
         return Site.parse(site).depth

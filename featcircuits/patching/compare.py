@@ -17,7 +17,7 @@ from featcircuits.dictionaries.bases import NeuronBasis, RandomBasis
 from featcircuits.engine.cache import RunCache
 from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import ParameterError
-from featcircuits.model.sites import Site, d_model
+from featcircuits.model.sites import Site
 from featcircuits.patching.experiment import PatchingExperiment
 from featcircuits.patching.search import attribution_curve, backward_elimination, features_needed
 
@@ -30,10 +30,10 @@ def reference_bases(model, sites: Sequence[str], *, seed: int = 0
     model's device and dtype (the rotation is drawn on the CPU, so it is the same everywhere)."""
     from featcircuits.model.loading import to_model
 
-    width = d_model(model)
+    width = {site: Site.parse(site).width(model) for site in sites}
     return {
-        "neuron": {site: to_model(NeuronBasis(width, site=site), model) for site in sites},
-        "random": {site: to_model(RandomBasis(width, seed=seed + index, site=site), model)
+        "neuron": {site: to_model(NeuronBasis(width[site], site=site), model) for site in sites},
+        "random": {site: to_model(RandomBasis(width[site], seed=seed + index, site=site), model)
                    for index, site in enumerate(sites)},
     }
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from featcircuits.errors import NonFiniteError, ParameterError, TrainingError
 from featcircuits.model.loading import max_positions, model_config, model_device, trace
-from featcircuits.model.sites import Site, d_model
+from featcircuits.model.sites import Site
 
 
 def _positive_int(name: str, value) -> int:
@@ -203,7 +203,7 @@ class ActivationBuffer:
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.device = torch.device(device)
-        self.d_model = d_model(model) if self.site.module_path is None else None
+        self.d_model = self.site.width(model) if self.site.module_path is None else None
         self._generator = torch.Generator().manual_seed(self.seed)
         self._source = iter_site_activations(
             model, [self.site], texts, n_ctx=self.n_ctx, batch_size=self.batch_size,

@@ -34,7 +34,7 @@ from featcircuits.dictionaries.bases import PCABasis
 from featcircuits.dictionaries.io import save_dictionary
 from featcircuits.errors import ParameterError
 from featcircuits.model.loading import model_name
-from featcircuits.model.sites import Site, all_sites, d_model
+from featcircuits.model.sites import Site, all_sites
 from featcircuits.train.buffer import StepBatches, collect_activations
 from featcircuits.train.evaluate import evaluate_dictionary
 from featcircuits.train.sae import train_sae
@@ -135,7 +135,6 @@ def ship_dictionaries(
     config = config or ShippingConfig()
     out = Path(out)
     parsed = [Site.parse(s) for s in sites] if sites else all_sites(model)
-    width = d_model(model)
     eval_list = list(itertools.islice(iter(eval_texts), config.eval_texts))
     start = time.perf_counter()
     acts = collect_activations(model, parsed, train_texts, config.train_tokens,
@@ -146,14 +145,15 @@ def ship_dictionaries(
     rows: list[dict[str, Any]] = []
     for site in parsed:
         x = acts[str(site)]
+        width = site.width(model)
         jobs: list[tuple[str, Callable[[], tuple[Any, dict[str, Any]]]]] = []
         if config.pca:
-            def fit_pca(x=x, site=site):
+            def fit_pca(x=x, site=site, width=width):
                 return PCABasis.fit(x, site=str(site)), {"n_features": width}
             jobs.append(("pca", fit_pca))
         final_l1: dict[str, float] = {}
         for spec in config.sae_sets:
-            def fit_sae(x=x, site=site, spec=spec, final_l1=final_l1):
+            def fit_sae(x=x, site=site, spec=spec, final_l1=final_l1, width=width):
                 sae, l1 = _train_to_target(x, site, spec, config, width, final_l1, progress, log)
                 final_l1[spec.name] = l1
                 return sae, {"n_features": spec.n_features, "l1_coefficient": l1}

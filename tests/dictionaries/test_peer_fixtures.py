@@ -49,6 +49,9 @@ def test_fixtures_cover_the_three_peers():
 def test_fixture_loads_exactly_or_is_refused(folder):
     torch.set_num_threads(1)
     outcome = matrix.check_fixture(folder)
+    meta = json.loads((folder / "expected.json").read_text())
+    if "spec" in meta:  # loaded by spec: the hub asked for exactly the files SAELens did
+        assert outcome.downloads == meta["downloads"]
     if outcome.variant in REFUSED:
         assert outcome.refused is not None, f"{outcome.variant} loaded but should be refused"
         for word in REFUSED[outcome.variant]:
@@ -59,7 +62,6 @@ def test_fixture_loads_exactly_or_is_refused(folder):
     assert outcome.reconstruction <= TOLERANCE
     assert outcome.output is None or outcome.output <= TOLERANCE
     assert outcome.sites == outcome.expected_sites
-    meta = json.loads((folder / "expected.json").read_text())
     if meta["hook_name"] is not None:  # SAELens 6 keeps it under cfg["metadata"]
         assert outcome.hook_name == meta["hook_name"]
 
@@ -195,7 +197,35 @@ def test_saelens_transcoder_with_an_unmapped_input_hook_is_refused(tmp_path):
     folder = tmp_path / "t"
     shutil.copytree(ROOT / "tests/fixtures/peers/saelens-6.54.0/transcoder", folder)
     cfg = json.loads((folder / "cfg.json").read_text())
-    cfg["metadata"]["hook_name"] = "blocks.1.attn.hook_z"
+    cfg["metadata"]["hook_name"] = "blocks.1.attn.hook_q"
     (folder / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(DictionaryLoadError, match="hook_z.*no featcircuits site"):
+    with pytest.raises(DictionaryLoadError, match="hook_q.*no featcircuits site"):
         load_dictionary(folder)
+
+
+@pytest.mark.parametrize("norm", ["constant_norm_rescale", "layer_norm"])
+def test_per_input_normalisation_refusal_states_saelens_formula(norm):
+    """The refusal's formula is what SAELens computed on its own fixture (plain torch), and
+    the scale s(x) differs between inputs by far: no fixed directions reproduce decode."""
+    from featcircuits.dictionaries import load_dictionary
+    from featcircuits.errors import DictionaryLoadError
+
+    folder = ROOT / "tests/fixtures/peers/saelens-6.54.0" / f"normalize_{norm}"
+    expected = load_file(str(folder / "expected.safetensors"))
+    t = load_file(str(folder / "sae_weights.safetensors"))
+    x = expected["x"]
+    if norm == "constant_norm_rescale":
+        scale, shift = x.norm(dim=-1, keepdim=True) / x.shape[-1] ** 0.5, 0.0
+        normed = x / scale
+    else:
+        shift, scale = x.mean(-1, keepdim=True), (x - x.mean(-1, keepdim=True)).std(
+            -1, keepdim=True)
+        normed = (x - shift) / (scale + 1e-5)
+    features = torch.relu((normed - t["b_dec"]) @ t["W_enc"] + t["b_enc"])
+    assert torch.allclose(features, expected["features"], atol=1e-5)
+    reconstruction = scale * (features @ t["W_dec"] + t["b_dec"]) + shift
+    assert torch.allclose(reconstruction, expected["reconstruction"], atol=1e-5)
+    assert float(scale.max() / scale.min()) > 1.4  # 1.48 and 1.53 on these fixtures
+    with pytest.raises(DictionaryLoadError, match="per-input decoder scale") as info:
+        load_dictionary(folder)
+    assert "s(x)·(c @ W_dec + b_dec)" in str(info.value)

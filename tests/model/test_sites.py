@@ -39,7 +39,7 @@ def test_bad_site_names_raise_site_error(bad):
 
 def test_unsupported_hook_lists_supported():
     with pytest.raises(SiteError, match="hook_resid_post"):
-        Site.from_hook_name("blocks.1.attn.hook_z")
+        Site.from_hook_name("blocks.1.attn.hook_q")
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -60,6 +60,8 @@ def variants():
     yield ("saelens", "centered", _random(CenteredSparseAutoencoder(D, N, site="resid_in.8"),
                                           504), None,
            "input centring folded into W_enc / b_enc at save time")
+    yield ("saelens", "hook_z", _random(SparseAutoencoder(D, N, site="attn_z.1"), 505), None,
+           "written with reshape_activations=hook_z; the peer is fed z as [rows, 4 heads, 8]")
     for seed, (fmt, activation, skip) in enumerate(
             [("saelens_transcoder", "relu", False), ("saelens_skip_transcoder", "relu", True),
              ("saelens_jumprelu_skip_transcoder", "jumprelu", True)], start=510):

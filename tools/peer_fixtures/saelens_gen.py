@@ -4,7 +4,8 @@
 
 Every variant is an inference SAE class of sae-lens, saved with ``save_model`` and reloaded
 with ``SAE.load_from_disk``; the reloaded object's ``encode`` / ``decode`` (transcoders:
-``forward``, which adds the skip connection) are recorded.
+``forward``, which adds the skip connection) are recorded. The Gemma Scope and Llama Scope
+variants come from ``saelens_scope_gen.py`` (SAELens' converters, ``from_pretrained``).
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ from sae_lens.saes.sae import SAEMetadata
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import inputs, randomize, record, record_reverse, stable_rows, written_by_featcircuits
+from saelens_scope_gen import build as build_scope_variants
 
 D_IN, D_SAE = 32, 64
 SAE_HOOK, SAE_SITE = "blocks.3.hook_resid_post", "resid_out.3"
 TC_IN, TC_OUT = "blocks.1.hook_resid_mid", "blocks.1.hook_mlp_out"
+HEADS = 4  # hook_z: x is [rows, HEADS, D_IN // HEADS] in the peer, flattened in the record
 
 
 def meta(hook: str, **extra) -> SAEMetadata:
@@ -80,6 +83,21 @@ def variants():
         cfg = cfg_cls(D_IN, D_SAE, d_out=D_IN, apply_b_dec_to_input=False,
                       metadata=meta(TC_IN, hook_name_out=TC_OUT))
         yield name, cls, cfg, "mlp_out.1", "resid_mid.1", "d_out = d_in"
+    yield ("hook_z", StandardSAE,
+           StandardSAEConfig(D_IN, D_SAE, reshape_activations="hook_z",
+                             metadata=meta("blocks.1.attn.hook_z")),
+           "attn_z.1", None,
+           "reshape_activations=hook_z: encode(z [.., 4 heads, 8]), z recorded flattened")
+
+
+def heads_in(name: str, x: torch.Tensor) -> torch.Tensor:
+    """What the peer is fed: ``x`` itself, or for ``hook_z`` ``[rows, heads, d_head]``."""
+    return x.unflatten(-1, (HEADS, -1)) if name == "hook_z" else x
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    """A hook_z SAE decodes to ``[rows, heads, d_head]``: recorded as ``[rows, d_in]``."""
+    return x.flatten(-2) if x.ndim == 3 else x
 
 
 @torch.no_grad()
@@ -90,10 +108,12 @@ def main(out: Path, written: Path | None = None) -> None:
         shutil.copytree(folder, target)
         loaded = SAE.load_from_disk(target)
         loaded.eval()
-        features = loaded.encode(x)
+        name = "hook_z" if str(info["site"]).startswith("attn_z.") else folder.name
+        features = loaded.encode(heads_in(name, x))
         extra = {"x_out": loaded(x)} if info["input_site"] is not None else {}
         record_reverse(target, info, "saelens", version, "SAE.load_from_disk", x=x,
-                       features=features, reconstruction=loaded.decode(features), **extra)
+                       features=features, reconstruction=flat(loaded.decode(features)),
+                       **extra)
         print(folder.name, type(loaded).__name__)
     for seed, (name, cls, cfg, site, input_site, notes) in enumerate(variants()):
         folder = out / name
@@ -102,9 +122,10 @@ def main(out: Path, written: Path | None = None) -> None:
         sae.save_model(folder)
         loaded = SAE.load_from_disk(folder)
         loaded.eval()
-        x = stable_rows(inputs(D_IN, seed), loaded.encode)
-        features = loaded.encode(x)
-        reconstruction = loaded.decode(features)
+        x = stable_rows(inputs(D_IN, seed),
+                        lambda x, loaded=loaded, name=name: loaded.encode(heads_in(name, x)))
+        features = loaded.encode(heads_in(name, x))
+        reconstruction = flat(loaded.decode(features))
         extra = {}
         if input_site is not None:
             extra["x_out"] = loaded(x)
@@ -115,6 +136,8 @@ def main(out: Path, written: Path | None = None) -> None:
                         "saved_by": "SAE.save_model", "loaded_by": "SAE.load_from_disk"},
                x=x, features=features, reconstruction=reconstruction, **extra)
         print(name, type(loaded).__name__, "L0", float((features != 0).float().sum(-1).mean()))
+    # Gemma Scope / Llama Scope: SAELens' own converters on files in the releases' layouts
+    build_scope_variants(out, 100, inputs, stable_rows, record, version)
 
 
 if __name__ == "__main__":
