@@ -4,7 +4,8 @@ Modules: ``targets`` (what a circuit explains), ``nodes`` (node keys, ids, candi
 thresholds), ``ablation`` (exact ablation effects), ``attribution`` (gradient estimates),
 ``build`` (graphs from nodes and edges), ``discovery`` (``acdc_circuit``,
 ``attribution_circuit``, ``hybrid_circuit``, ``feature_graph``), ``compare``
-(``all_edge_weights``) and ``faithfulness``. The cached runs they work on are
+(``all_edge_weights``) and ``faithfulness``; ``carried_paths`` (integrated-gradient paths
+of cross-layer transcoder sites). The cached runs they work on are
 ``featcircuits.engine.runs.CircuitRuns``.
 """
 

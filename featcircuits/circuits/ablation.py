@@ -43,7 +43,7 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
 
     def reached(target_depth: float) -> bool:
         # with later sites frozen, only sites with no whole-state site in between are reached
-        return not freeze or site in direct_sites(runs.sites, target_depth)
+        return not freeze or site in direct_sites(runs.sites, target_depth, runs.dictionaries)
 
     live_targets = [i for i, t in enumerate(runs.targets)
                     if (t.is_output or site_depth(t.site) > depth)

@@ -8,7 +8,11 @@ backward pass per chunk of downstream nodes (copies stacked along the batch); wi
 the gradient is averaged over points between the upstream site's clean and ablated
 activation (the sites in between held clean). For a
 transcoder, ``c`` is encoded at its input site and ``∂/∂c`` taken along its decoder
-directions at its output site.
+directions at its output site. A cross-layer transcoder node (``engine.carried``) sums
+its decoder rows against the gradient at every site it writes (``carried``): ``(c_u − s_u)
+· Σ_{L'} g_L' · W_dec[L → L']``, for edges over the written sites before the downstream
+node's read site; integrated gradients move every written site along the path
+(``circuits.carried_paths``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import einops
 import torch
 from tqdm.auto import tqdm
 
+from featcircuits.circuits.carried_paths import carried_path_ops
 from featcircuits.circuits.nodes import (
     Node,
     candidate_nodes,
@@ -37,7 +42,7 @@ from featcircuits.errors import ParameterError
 IG_METHODS = ("attribution", "ig")
 
 __all__ = ["IG_METHODS", "attribution_edges", "attribution_gradients", "gradient_edges",
-           "keep_nodes", "node_attributions", "node_limit"]
+           "keep_nodes", "node_attributions", "node_limit", "path_gradients"]
 
 
 def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method: str,
@@ -45,16 +50,25 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
     """``[n, T, d]`` gradient of the summed targets w.r.t. ``site``: at the clean run
     (``attribution``) or averaged over ``steps`` points between clean and ablated
     (``ig``, midpoint rule; only ``site`` is interpolated)."""
+    return path_gradients(runs, site, ablation=ablation, method=method, steps=steps)[site]
+
+def path_gradients(runs: CircuitRuns, site: str, *, ablation: str, method: str,
+                   steps: int) -> dict[str, torch.Tensor]:
+    """``{written site: [n, T, d]}`` as ``attribution_gradients``, at ``site`` and, for a
+    cross-layer transcoder layer, at every later site it writes (``ig``: the path edits
+    those sites too, ``circuits.carried_paths``)."""
     _check_method(method)
+    later = list(runs.dictionaries[site].later_writes)
     if method == "attribution":
-        return runs.gradients[site]
+        return {s: runs.gradients[s] for s in [site, *later]}
     clean = runs.activations[site]
     source = runs.source_activation(site, ablation)
     alphas = _alphas(steps, clean.device)
     per_chunk = runs.chunk_copies()
     # copies differ from the site on: the layers before it run once per prompt
     tile = None if _has_targets_before(runs, site) else tile_site(site)
-    total = torch.zeros(clean.shape, device=clean.device)  # float32 even for a bf16 model
+    # float32 even for a bf16 model
+    totals = {s: torch.zeros(clean.shape, device=clean.device) for s in [site, *later]}
     for start in range(0, steps, per_chunk):
         chunk = alphas[start:start + per_chunk]
         copies = len(chunk)
@@ -63,12 +77,16 @@ def attribution_gradients(runs: CircuitRuns, site: str, *, ablation: str, method
                             requires_grad=True)
         ops = {site: SiteOps(overwrite=points.reshape(copies * runs.n, runs.width, -1),
                              delta=delta)}
+        carried_ops, leaves = carried_path_ops(runs, site, ablation, chunk)  # CLT only
+        ops.update(carried_ops)
         with torch.enable_grad():
             result = runs.trace(ops, copies, tile_at=tile)
-            (grad,) = torch.autograd.grad(result.targets.sum(), [delta], allow_unused=True)
-        if grad is not None:
-            total += grad.reshape(copies, runs.n, runs.width, -1).sum(0)
-    return total / steps
+            grads = torch.autograd.grad(result.targets.sum(), [delta, *leaves.values()],
+                                        allow_unused=True)
+        for s, grad in zip([site, *leaves], grads):
+            if grad is not None:
+                totals[s] += grad.reshape(copies, runs.n, runs.width, -1).sum(0)
+    return {s: total / steps for s, total in totals.items()}
 
 def _check_method(method: str) -> None:
     if method not in IG_METHODS:
@@ -109,11 +127,15 @@ def _node_differences(runs: CircuitRuns, site: str, nodes: Sequence[Node], *, ab
 
 def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: Sequence[Node],
                    *, ablation: str, positional: bool,
-                   differences: torch.Tensor | None = None) -> torch.Tensor:
+                   differences: torch.Tensor | None = None,
+                   carried: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
     """``[copies, len(nodes)]`` estimates ``(c_u − s_u) · (g · f_u)`` for gradients
     ``[copies, n, T, d]`` (summed over positions unless the node is positional; mean over
     prompts). ``differences``: ``_node_differences`` of ``nodes``, computed once by a caller
-    that calls this per chunk; else the features are encoded here, block by block."""
+    that calls this per chunk; else the features are encoded here, block by block.
+    ``carried``: ``{later site: gradient [copies, n, T, d]}`` there, for a cross-layer
+    transcoder layer: its features' terms ``g_L' · W_dec[L → L']`` are added (the error
+    node lives at ``site`` alone)."""
     _, source_errors = runs.sources(ablation)
     tm = runs.token_mask
     dictionary = runs.dictionaries[site]
@@ -132,6 +154,9 @@ def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: 
                         else differences[..., first:first + step])
                 directions = dictionary.directions[block].to(gradient.dtype)
                 along = gradient @ directions.T                           # [c, n, T, k]
+                for later, later_gradient in (carried or {}).items():  # CLT: every site
+                    written = dictionary.later_writes[later][block].to(gradient.dtype)
+                    along = along + later_gradient @ written.T
                 per_position[..., first:first + step] = (along * diff[None]).mean(1)
             column = {f: k for k, f in enumerate(feature_ids)}
         error_diff = (runs.errors[site] - source_errors[site]) * tm[..., None]
@@ -158,10 +183,11 @@ def node_attributions(runs: CircuitRuns, *, ablation: str = "zero", positional: 
                                 candidates=candidates, errors=errors)
         if not nodes:
             continue
-        gradient = attribution_gradients(runs, site, ablation=ablation, method=method,
-                                         steps=steps)
-        values = _contributions(runs, site, gradient[None], nodes, ablation=ablation,
-                                positional=positional)[0]
+        gradients = path_gradients(runs, site, ablation=ablation, method=method, steps=steps)
+        carried = {later: gradients[later][None]
+                   for later in runs.dictionaries[site].later_writes}
+        values = _contributions(runs, site, gradients[site][None], nodes, ablation=ablation,
+                                positional=positional, carried=carried)[0]
         effects.update({node: float(v) for node, v in zip(nodes, values)})
     return effects
 
@@ -189,7 +215,7 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     n, width = runs.n, runs.width
     depth = runs.read_depth(level)
     # sites before the last whole-state site (embed/resid) have no direct edge to the level
-    reachable = direct_sites(runs.sites, depth)
+    reachable = direct_sites(runs.sites, depth, runs.dictionaries)
     up_sites = [s for s in reachable if upstream.get(s)]
     weights: dict[tuple, float] = {}
     if not up_sites or not downstream:
@@ -198,12 +224,17 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
         return _ig_edges(runs, level, downstream, upstream, up_sites, reachable,
                          ablation=ablation, positional=positional, steps=steps)
     tile = None if _has_targets_before(runs, reachable[0]) else tile_site(reachable[0])
+    # CLT sites' later written sites before the level: their gradients count too
+    grad_sites = up_sites + sorted({later for s in up_sites
+                                    for later in runs.dictionaries[s].later_writes
+                                    if later in reachable and later not in up_sites},
+                                   key=site_depth)
     chunks = _edge_chunks(runs, level, downstream)
     rows = max(len(chunk) for chunk in chunks) * n
-    # one zero delta per upstream site, sliced for every pass (the other reachable sites
-    # are only detached): gradients w.r.t. the slices
+    # one zero delta per site whose gradient is read, sliced for every pass (the other
+    # reachable sites are only detached): gradients w.r.t. the slices
     buffers = {s: torch.zeros(rows, width, runs.dictionaries[s].d_model, device=runs.device,
-                              requires_grad=True) for s in up_sites}
+                              requires_grad=True) for s in grad_sites}
     differences: dict[str, torch.Tensor | None] = {}  # per upstream site, once
     for chunk in chunks:
         copies = len(chunk)
@@ -214,17 +245,25 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                 ops[level] = SiteOps(readout=_own_readout(runs, level, chunk))
             result = runs.trace(ops, copies, tile_at=tile, outputs=level is None)
             grads = torch.autograd.grad(_own_values(runs, result, level, chunk),
-                                        [deltas[s] for s in up_sites], allow_unused=True)
-        for s, grad in zip(up_sites, grads):
-            if grad is None:   # no path from the site to the level
+                                        [deltas[s] for s in grad_sites], allow_unused=True)
+        site_grads = {s: None if grad is None else grad.reshape(copies, n, width, -1)
+                      for s, grad in zip(grad_sites, grads)}
+        for s in up_sites:
+            carried = {later: site_grads[later] for later in runs.dictionaries[s].later_writes
+                       if site_grads.get(later) is not None}
+            if site_grads[s] is None and not carried:   # no path from the site to the level
                 values = torch.zeros(copies, len(upstream[s]), device=runs.device)
             else:
+                grad = site_grads[s]
+                if grad is None:
+                    grad = torch.zeros(copies, n, width, runs.dictionaries[s].d_model,
+                                       device=runs.device)
                 if s not in differences:
                     differences[s] = _node_differences(runs, s, upstream[s],
                                                        ablation=ablation)
-                values = _contributions(runs, s, grad.reshape(copies, n, width, -1),
-                                        upstream[s], ablation=ablation, positional=positional,
-                                        differences=differences[s])
+                values = _contributions(runs, s, grad, upstream[s], ablation=ablation,
+                                        positional=positional, differences=differences[s],
+                                        carried=carried)
             for item, row in zip(chunk, values.tolist()):
                 key = _down_key(runs, item, level)
                 weights.update(((node, key), value) for node, value in zip(upstream[s], row))
@@ -297,17 +336,27 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
             # the other sites between the interpolated one and the level stay clean
             ops.update({s: SiteOps(overwrite=repeat_rows(runs.activations[s], copies))
                         for s in later})
+            # a CLT site's path also edits the held sites it writes; gradients there count
+            carried_ops, leaves = carried_path_ops(runs, site, ablation, alphas[
+                [k for _, k in chunk]], held=True)
+            leaves = {s: leaf for s, leaf in leaves.items() if s in later}
+            ops.update({s: op for s, op in carried_ops.items() if s in leaves})
             if level is not None:
                 ops[level] = SiteOps(readout=_own_readout(runs, level, items))
             with torch.enable_grad():
                 result = runs.trace(ops, copies, tile_at=tile, outputs=level is None)
-                (grad,) = torch.autograd.grad(_own_values(runs, result, level, items), [delta],
-                                              allow_unused=True)
-            if grad is None:
+                grad, *later_grads = torch.autograd.grad(
+                    _own_values(runs, result, level, items), [delta, *leaves.values()],
+                    allow_unused=True)
+            carried = {s: g.reshape(copies, n, width, -1)
+                       for s, g in zip(leaves, later_grads) if g is not None}
+            if grad is None and not carried:
                 continue
+            if grad is None:
+                grad = torch.zeros_like(delta)
             values = _contributions(runs, site, grad.reshape(copies, n, width, -1),
                                     upstream[site], ablation=ablation, positional=positional,
-                                    differences=differences)
+                                    differences=differences, carried=carried)
             total.index_add_(0, torch.tensor([index for index, _ in chunk], device="cpu"),
                              values.detach().cpu().double())
         for item, row in zip(downstream, (total / steps).tolist()):

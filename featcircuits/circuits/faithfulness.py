@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from featcircuits.circuits.discovery import circuit_runs
 from featcircuits.circuits.nodes import Node, graph_nodes, node_id, site_depth
 from featcircuits.engine.cache import select_features
+from featcircuits.engine.carried import earlier_writes, writers_of
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows, tile_site
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.engine.settings import RunSettings
@@ -85,7 +86,9 @@ def node_masks(runs: CircuitRuns, nodes: Iterable[Node], *, sparse: bool = False
 def evaluate_node_sets(runs: CircuitRuns, kept: Sequence[Masks], *,
                        ablation: str = "zero") -> torch.Tensor:
     """``[len(kept)]`` metric with every node not in each set ablated (one forward pass per
-    chunk of sets, sets stacked along the batch)."""
+    chunk of sets, sets stacked along the batch). A cross-layer transcoder's ablated
+    features edit every site they write, and its error patched at ``mlp_out.L'`` is the
+    pass's live one (``engine.carried``)."""
     n = runs.n
     source_features, source_errors = runs.sources(ablation)
     tm = runs.token_mask
@@ -134,7 +137,9 @@ class EdgeSpec:
 
 def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
                         ablation: str = "zero") -> torch.Tensor:
-    """``[len(specs)]`` metric of each edge set (see the module docstring)."""
+    """``[len(specs)]`` metric of each edge set (see the module docstring). A cross-layer
+    transcoder site is assembled with the earlier layers' assembled writes, and an absent
+    edge from a CLT feature sets it to its source at every site it writes."""
     source_features, source_errors = runs.sources(ablation)
     deepest = runs.max_target_depth
     sites = [s for s in runs.sites if site_depth(s) < deepest]
@@ -150,7 +155,7 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
         depth = runs.read_depth(level)
         # sites before the last whole-state site cannot reach the level directly: the copies
         # share everything up to it (and run it once, tiled)
-        earlier = direct_sites(sites, depth)
+        earlier = direct_sites(sites, depth, runs.dictionaries)
         copies: list[tuple[int, object]] = []  # (spec index, None = base | node | target idx)
         for index, spec in enumerate(specs):
             copies.append((index, None))
@@ -193,6 +198,23 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
     return target_values.sum(-1)
 
 
+def _carried_ablation(runs: CircuitRuns, site: str, masks, assembled, source_features):
+    """``[n, T, d]`` (or 0): what the ablated cells of earlier cross-layer transcoder layers
+    (``masks``: ``{site: [T, F+1]}``) change at ``site``, which their features also write:
+    ``(source − assembled) @ W_dec[L → site]`` along those cells."""
+    total = 0.0
+    for writer in writers_of(runs.dictionaries, site):
+        ablate = masks.get(writer)
+        if ablate is None or not ablate[:, :-1].any():
+            continue
+        ablate = ablate.to(runs.device)
+        columns = torch.nonzero(ablate[:, :-1].any(0)).flatten()
+        change = (source_features[writer][..., columns] - assembled[writer][..., columns])
+        change = change * ablate[None, :, columns]
+        total = total + change @ runs.dictionaries[writer].later_writes[site][columns]
+    return total
+
+
 def _level_of(runs: CircuitRuns, key) -> str | None:
     if isinstance(key, int):
         return runs.targets[key].site
@@ -218,6 +240,10 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
                 errors = assembled_e[index][site]
                 if (index, site) not in base:
                     base[(index, site)] = dictionary.decode(features) + errors
+                    # a CLT site: the earlier layers' assembled writes there
+                    writes = earlier_writes(runs.dictionaries, assembled_f[index], site)
+                    if writes is not None:
+                        base[(index, site)] = base[(index, site)] + writes
                 activation = base[(index, site)]
                 masks = specs[index].ablated_into.get(key) if key is not None else None
                 ablate = None if masks is None else masks.get(site)
@@ -233,10 +259,17 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
                     if ablate[:, -1].any():
                         activation = activation + (source_errors[site] - errors) * ablate[
                             None, :, -1:]
+                if masks is not None:  # absent edges from CLT features writing here
+                    activation = activation + _carried_ablation(
+                        runs, site, masks, assembled_f[index], source_features)
                 written.append(activation)
             ops[site] = SiteOps(overwrite=torch.cat(written))
         if read_site is not None:
-            ops[read_site] = SiteOps(readout=NodeRead(full=True))
+            # a CLT site's error subtracts the earlier layers' assembled (held) writes
+            held = [earlier_writes(runs.dictionaries, assembled_f[index], read_site)
+                    for index, _ in chunk]
+            ops[read_site] = SiteOps(readout=NodeRead(full=True),
+                                     earlier=None if held[0] is None else torch.cat(held))
         first = earlier[0] if earlier else None
         early_targets = first is not None and any(
             not t.is_output and site_depth(t.site) < site_depth(first) for t in runs.targets)

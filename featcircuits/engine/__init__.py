@@ -8,6 +8,7 @@
 * ``runs``: ``CircuitRuns`` (the clean run circuit discovery works on); ``run_features``
   its features and ablation sources, encoded on demand, and the scans over them;
 * ``circuit_trace``: ``trace_rows`` (many edited copies in one pass), ``SiteOps``, ``NodeRead``;
+* ``carried``: cross-layer transcoders in circuit runs (one node, several written sites);
 * ``sources``: the one vocabulary of sources and ablations, ``resample_index``,
   ``position_mask``;
 * ``memory``: budgets and the one per-row estimate ``bytes_per_row``;

@@ -11,6 +11,11 @@ Every dictionary is READ (encoded) at its ``input_site`` and WRITTEN (decoded: e
 term, freezing, deltas) at its ``site``. They differ for a transcoder: its input site is
 read earlier in the same pass (after any operations there) and its features are encoded
 from that activation, passed to ``patch_site`` / ``patch_error`` as ``x_in``.
+
+A cross-layer transcoder layer also writes later sites: its patches carry edits there,
+added when the trace reaches them (before that site's own operations, and on top of a
+freeze), and its error node subtracts the earlier layers' writes (``SiteOps.earlier``);
+see ``featcircuits.engine.carried``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ import einops
 import torch
 
 from featcircuits.dictionaries.base import Dictionary
-from featcircuits.engine.edits import input_site_of, patch_error, patch_site
+from featcircuits.engine.carried import carried_sites, live_writers, live_writes
+from featcircuits.engine.edits import add_carried, input_site_of, patch_error, patch_site
 from featcircuits.errors import ParameterError
 from featcircuits.model.loading import model_device, trace
 from featcircuits.model.sites import Site
@@ -66,6 +72,9 @@ class SiteOps:
     readout: NodeRead | None = None
     freeze: torch.Tensor | None = None             # [R, T, d] written after reading
     save_activation: bool = False
+    # [R, T, d] what earlier cross-layer transcoder layers write here, held at these values:
+    # subtracted (with edits carried here) when this site's error is read or patched
+    earlier: torch.Tensor | None = None
 
 
 @dataclass
@@ -121,7 +130,12 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                   for site, pairs in feature_targets.items()}
     target_columns = {site: torch.tensor(ids, dtype=torch.long, device=model_device(model))
                       for site, ids in target_ids.items() if ids}
-    active = [site for site in sites if site in ops or feature_targets[site]]
+    # sites that patches of cross-layer transcoder layers carry edits to are visited too
+    carried_to = carried_sites(dictionaries, [s for s in sites if s in ops and ops[s].patch])
+    # earlier CLT layers whose live writes an error patched without SiteOps.earlier needs
+    live_from = live_writers(dictionaries, ops)
+    active = [site for site in sites if site in ops or feature_targets[site]
+              or site in carried_to or site in live_from]
     input_of = {site: str(input_site_of(dictionaries[site], site)) for site in active}
     # transcoders' input sites, read (in forward order) before the sites they write
     reads = {input_of[site] for site in active if input_of[site] != site}
@@ -133,12 +147,15 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
         last = active[-1] if active else None
     rows = input_ids.shape[0] * (copies if tile_at is not None else 1)
     inputs: dict[str, torch.Tensor] = {}   # input site → activation read there
+    carry: dict[str, torch.Tensor] = {}    # later site → edit carried there (cross-layer)
+    live: dict[str, torch.Tensor] = {}     # later site → earlier CLT layers' live writes
     with trace(model, input_ids) as tracer:
         for site in order:
             resolved = Site.parse(site)
             if not tiled and site == tile_at:
                 resolved.write(model, repeat_rows(resolved.read(model), copies))
                 inputs = {name: repeat_rows(value, copies) for name, value in inputs.items()}
+                live = {name: repeat_rows(value, copies) for name, value in live.items()}
                 tiled = True
             if site not in active:
                 if site in reads:
@@ -148,6 +165,7 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
             dictionary = dictionaries[site]
             if op.overwrite is not None:
                 resolved.write(model, _as_activation(op.overwrite, resolved.read(model)))
+            carried = add_carried(model, resolved, carry)  # None unless a CLT patch wrote it
             x_in = inputs[input_of[site]] if input_of[site] != site else None
             if feature_targets[site]:
                 # targets are read before this site's own edits: they are read-outs, not
@@ -160,16 +178,22 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                     column = wanted.index(target.feature)
                     value = (target_features[..., column] * weights).sum(-1)
                     target_values.append((index, value.save()))
+            for later in live_from.get(site, ()):  # this layer's writes before its patch
+                written = live_writes(dictionary, resolved.read(model) if x_in is None
+                                      else x_in, later)
+                live[later] = written if later not in live else live[later] + written
             edit = None
             if op.patch is not None:
-                edit = patch_site(model, resolved, dictionary, **op.patch, x_in=x_in)
+                edit = patch_site(model, resolved, dictionary, **op.patch, x_in=x_in,
+                                  carry=carry if dictionary.later_writes else None)
             if op.patch_err is not None:
                 # masks in the activation's dtype, so that a bf16 model gets bf16 back
                 dtype = resolved.read(model).dtype
                 patch_err = {key: value.to(dtype) if value.is_floating_point() else value
                              for key, value in op.patch_err.items()}
-                patch_error(model, resolved, dictionary, **patch_err, prior_edit=edit,
-                            x_in=x_in)
+                patch_error(model, resolved, dictionary, **patch_err,
+                            prior_edit=_not_own(edit, carried, op.earlier if op.earlier
+                                                is not None else live.get(site)), x_in=x_in)
             x = resolved.read(model)
             if op.delta is not None or op.detach:
                 x = x.detach() if op.detach else x
@@ -182,13 +206,17 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                 if x_in is not None:
                     saved.append(("input", site, x_in.save()))
             if op.readout is not None:
-                for kind, value in _read_nodes(op.readout, x, x if x_in is None else x_in,
+                not_own = _not_own(None, carried, op.earlier)
+                own_x = x if not_own is None else x - not_own.to(x.dtype)
+                for kind, value in _read_nodes(op.readout, own_x, x if x_in is None else x_in,
                                                dictionary):
                     saved.append((kind, site, value.save()))
             if site == last:
                 tracer.stop()  # nothing later is needed: skip the remaining layers
             if op.freeze is not None:
                 x = _as_activation(op.freeze, x)
+                if carried is not None:  # a held site still gets the ablated node's writes
+                    x = x + carried
                 resolved.write(model, x)
             if site in reads:  # a transcoder reads this dictionary site: its final value
                 inputs[site] = x
@@ -226,6 +254,19 @@ def _as_activation(value: torch.Tensor, activation) -> torch.Tensor:
     """``value`` on the device and in the dtype of the model's ``activation`` (a no-op in
     float32 on one device; differentiable, so gradients still reach a float32 delta)."""
     return value.to(device=activation.device, dtype=activation.dtype)
+
+
+def _not_own(edit, carried, earlier):
+    """The part of a site's activation that is not its own dictionary's reconstruction
+    plus error: this pass's edit there, edits carried there, earlier cross-layer layers'
+    writes (``SiteOps.earlier``); ``None`` when there is none."""
+    parts = [part for part in (edit, carried, earlier) if part is not None]
+    if not parts:
+        return None
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part.to(total.dtype)
+    return total
 
 
 def _read_nodes(readout: NodeRead, x, x_in, dictionary: Dictionary):

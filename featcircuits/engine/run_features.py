@@ -28,6 +28,7 @@ import torch
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.engine.cache import SiteFeatures, select_features
+from featcircuits.engine.carried import earlier_writes
 from featcircuits.engine.memory import FLOAT_BYTES, rows_per_chunk
 from featcircuits.engine.sources import resample_index
 from featcircuits.errors import ParameterError
@@ -159,6 +160,10 @@ def compute_sources(runs: CircuitRuns, ablation: str
         activations, inputs = runs.run_corrupt()
         features = SiteFeatures(sites, encoder(runs.dictionaries, inputs, budget))
         errors = {site: activations[site] - decoded(runs, site, features) for site in sites}
+        for site in sites:  # a CLT site's error also subtracts earlier layers' writes there
+            earlier = earlier_writes(runs.dictionaries, features, site)
+            if earlier is not None:
+                errors[site] = errors[site] - earlier
         kept += [*inputs.values(), *errors.values()]
     return features, errors, kept
 

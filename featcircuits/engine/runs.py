@@ -40,6 +40,11 @@ import torch
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.engine.cache import SiteFeatures, feature_blocks
+from featcircuits.engine.carried import (
+    check_cross_layer_sites,
+    earlier_writes,
+    with_earlier_writes,
+)
 from featcircuits.engine.circuit_trace import (
     SiteOps,
     TraceResult,
@@ -50,7 +55,6 @@ from featcircuits.engine.edits import (
     check_finite_activations,
     input_site_of,
     refuse_decoder_scale,
-    refuse_several_sites,
 )
 from featcircuits.engine.memory import FLOAT_BYTES, STREAM_SHARE, bytes_per_row, rows_per_chunk
 from featcircuits.engine.run_features import (
@@ -147,19 +151,25 @@ def check_dictionary_placement(dictionary: Dictionary, model, site: str) -> None
 FULL_STATE_KINDS = ("embed", "resid_in", "resid_out")
 
 
-def direct_sites(sites: Sequence[str], depth: float) -> list[str]:
+def direct_sites(sites: Sequence[str], depth: float,
+                 dictionaries: Mapping[str, Dictionary] | None = None) -> list[str]:
     """The sites (of ``sites``) before ``depth`` that can have a *direct* effect there.
 
     ``embed``, ``resid_in.L`` and ``resid_out.L`` hold the model's whole state at their
     point, so once one of them is held fixed nothing earlier can reach ``depth`` directly:
-    the result starts at the last such site before ``depth``."""
+    the result starts at the last such site before ``depth`` — except that, given
+    ``dictionaries``, an earlier cross-layer transcoder site whose features also write a
+    site in that range still reaches ``depth`` through that write (it is kept, in order)."""
     before = [s for s in sites if Site.parse(s).depth < depth]
     start = 0
     for index, site in enumerate(before):
         parsed = Site.parse(site)
         if parsed.module_path is None and parsed.kind in FULL_STATE_KINDS:
             start = index
-    return before[start:]
+    kept = set(before[start:])
+    carried = [s for s in before[:start] if dictionaries is not None
+               and kept & set(dictionaries[s].later_writes)]
+    return carried + before[start:]
 
 
 class CircuitRuns:
@@ -222,10 +232,8 @@ class CircuitRuns:
         self.sites = sorted(self.dictionaries, key=lambda name: Site.parse(name).depth)
         self.input_sites = {site: str(input_site_of(d, site))
                             for site, d in self.dictionaries.items()}
+        check_cross_layer_sites(self.dictionaries)  # a CLT's written sites all have nodes
         for site, dictionary in self.dictionaries.items():
-            refuse_several_sites(dictionary, site, what="circuit discovery", missing=(
-                "a node whose ablation, gradient and freezing span all its output sites, "
-                "and an error node per output site that subtracts every layer's features"))
             refuse_decoder_scale(dictionary, site, what="circuit discovery")
             check_dictionary_placement(dictionary, model, site)
             check_dictionary_fits(dictionary, model, site)
@@ -262,6 +270,9 @@ class CircuitRuns:
         self._feature_scales: dict[tuple[str, bool], torch.Tensor] = {}
         self._sources: dict[str, tuple[SiteFeatures, dict]] = {}
         self._kept: dict[str, list[torch.Tensor]] = {}
+        # {site: [n, T, d]} what earlier cross-layer transcoder layers write at a CLT site on
+        # the clean run (engine.carried); empty without CLTs
+        self.earlier: dict[str, torch.Tensor] = {}
         self._clean_run()
 
     # ------------------------------------------------------------------ basics
@@ -306,6 +317,9 @@ class CircuitRuns:
         vocab = int(getattr(config, "vocab_size", 0) or 0)
         widths = [d.n_features for d in self.dictionaries.values()]
         features = [(width, 4) for width in widths] if every_site else [(max(widths), 3)]
+        # a cross-layer transcoder's edit carried to each later site, and the earlier
+        # layers' writes held there: two [T, d_model] tensors each (engine.carried)
+        features += [(d.d_model, 2) for d in self.dictionaries.values() for _ in d.later_writes]
         d_model = max(d.d_model for d in self.dictionaries.values())
         return bytes_per_row(self.width, vocab=vocab, features=features, d_models=[d_model])
 
@@ -370,6 +384,13 @@ class CircuitRuns:
                                                          self.scan_budget))
         self.errors = {s: self.activations[s] - decoded(self, s, self.features)
                        for s in self.sites}
+        # a CLT site's error also subtracts what earlier layers write there
+        with torch.no_grad():
+            for s in self.sites:
+                earlier = earlier_writes(self.dictionaries, self.features, s)
+                if earlier is not None:
+                    self.earlier[s] = earlier
+                    self.errors[s] = self.errors[s] - earlier
 
     @property
     def metric_value(self) -> float:
@@ -409,9 +430,11 @@ class CircuitRuns:
         return activations, inputs
 
     def source_activation(self, site: str, ablation: str) -> torch.Tensor:
-        """``[n, T, d]`` the activation with every feature and the error ablated."""
+        """``[n, T, d]`` the activation with every feature and the error ablated (at a
+        cross-layer transcoder site, earlier layers' clean writes there are kept)."""
         features, errors = self.sources(ablation)
-        return decoded(self, site, features) + errors[site]
+        activation = decoded(self, site, features) + errors[site]
+        return activation + self.earlier[site] if site in self.earlier else activation
 
     def active_features(self, site: str, ablation: str, positional: bool = False
                         ) -> list[int] | list[tuple[int, int]]:
@@ -470,9 +493,15 @@ class CircuitRuns:
         ``tile_at``: a site before which every copy is identical; the layers before it then
         run once on the ``n`` prompts and the activation is tiled there (falls back to full
         copies for architectures that build per-batch tensors before the first block).
+        At a cross-layer transcoder site whose node values are read, the earlier layers are
+        held at their clean writes (``SiteOps.earlier``, ``engine.carried``); on other
+        ``ids`` (the corrupt run) nothing is filled in.
         """
+        custom_ids = ids is not None
         ids = self.ids if ids is None else ids.to(self.device)
         self.rows_run += copies * self.n
+        if self.earlier and not custom_ids:
+            ops = with_earlier_writes(ops, self.earlier, copies)
 
         def untiled():
             return trace_rows(self.model, self.sites, self.dictionaries, ops,
