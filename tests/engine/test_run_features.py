@@ -73,10 +73,11 @@ def test_runs_keep_no_dense_features(tiny_models):
     dense = 4 * n * width * 4096                         # one site's float32 features
     assert max(kept[4096].values()) < dense / 4
     # what grows with the dictionary: per site [F] means and scales, [T, F] position means
-    # and positional scales (float32): at most (2 T + 2) floats per feature and site, not
-    # n T per source
+    # and positional scales (float32), [F] / [T, F] bool active-feature tables per
+    # ablation: not n T per source
     growth = sum(kept[4096].values()) - sum(kept[64].values())
-    assert 0 < growth <= 4 * (2 * width + 2) * (4096 - 64) * 2
+    per_feature = 4 * (2 * width + 2) * 2 + (width + 1) * len(ABLATIONS)
+    assert 0 < growth <= per_feature * (4096 - 64)
     assert growth < 4 * n * width * (4096 - 64)          # less than ONE site's dense features
     # nbytes counts what is kept (all but token ids, masks, target weights: O(n T))
     for runs, storages in ((small, kept[64]), (big, kept[4096])):
