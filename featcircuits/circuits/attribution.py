@@ -103,11 +103,16 @@ def _alphas(steps: int, device) -> torch.Tensor:
 def _feature_ids(nodes: Sequence[Node]) -> list[int]:
     return sorted({f for _, f, _ in nodes if f != ERROR})
 
+def _all_of(runs: CircuitRuns, site: str, ids: torch.Tensor) -> bool:
+    """Whether distinct ``ids`` are every feature of the site (then nothing is gathered)."""
+    return len(ids) == runs.dictionaries[site].n_features
+
 def _differences(runs: CircuitRuns, site: str, ids: torch.Tensor, ablation: str
                  ) -> torch.Tensor:
-    """``[n, T, k]`` ``c − s`` of features ``ids [k]`` at real tokens (only they are
-    encoded)."""
+    """``[n, T, k]`` ``c − s`` of distinct sorted features ``ids [k]`` at real tokens (only
+    they are encoded)."""
     source_features, _ = runs.sources(ablation)
+    ids = None if _all_of(runs, site, ids) else ids
     with torch.no_grad():
         return ((select_features(runs.features, site, feature_ids=ids)
                  - select_features(source_features, site, feature_ids=ids))
@@ -152,7 +157,8 @@ def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: 
                 block = ids[first:first + step]
                 diff = (_differences(runs, site, block, ablation) if differences is None
                         else differences[..., first:first + step])
-                directions = dictionary.directions[block].to(gradient.dtype)
+                directions = (dictionary.directions if _all_of(runs, site, block)
+                              else dictionary.directions[block]).to(gradient.dtype)
                 along = gradient @ directions.T                           # [c, n, T, k]
                 for later, later_gradient in (carried or {}).items():  # CLT: every site
                     written = dictionary.later_writes[later][block].to(gradient.dtype)

@@ -268,6 +268,7 @@ class CircuitRuns:
         self.tiling = PrefixTiling(model)
         self._scales: dict = {}
         self._feature_scales: dict[tuple[str, bool], torch.Tensor] = {}
+        self._active: dict[tuple[str, str, bool], torch.Tensor] = {}
         self._sources: dict[str, tuple[SiteFeatures, dict]] = {}
         self._kept: dict[str, list[torch.Tensor]] = {}
         # {site: [n, T, d]} what earlier cross-layer transcoder layers write at a CLT site on
@@ -346,12 +347,13 @@ class CircuitRuns:
     @property
     def nbytes(self) -> int:
         """Bytes of the tensors the runs keep: activations, input activations, errors,
-        gradients, target values, feature scales and the sources computed so far (each
-        storage once). Independent of ``n_features`` but for ``[T, F]`` per site (the
-        ``position_mean`` source, positional node scales)."""
+        gradients, target values, the sources, active-feature tables and feature scales
+        computed so far (each storage once). Independent of ``n_features`` but for
+        ``[F]`` and ``[T, F]`` tables per site (``mean`` / ``position_mean`` sources, active
+        features, node scales)."""
         tensors = [*self.activations.values(), *self.input_activations.values(),
                    *self.errors.values(), *self.gradients.values(), self.target_values,
-                   *self._feature_scales.values(),
+                   *self._feature_scales.values(), *self._active.values(),
                    *(t for kept in self._kept.values() for t in kept)]
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                     for t in tensors}
@@ -440,12 +442,16 @@ class CircuitRuns:
                         ) -> list[int] | list[tuple[int, int]]:
         """Features whose source differs from their clean value at some real token:
         ids, or ``(feature, position)`` pairs when ``positional``. Ablating any other feature
-        does nothing. Encoded block by block (nothing ``[n, T, F]`` is kept)."""
-        features, _ = self.sources(ablation)
-        active = active_cells(self, site, features)                       # [T, F]
+        does nothing. One blockwise scan per site and ablation; the ``[F]`` (``[T, F]`` when
+        ``positional``) bool table is kept."""
+        key = (site, ablation, positional)
+        if key not in self._active:  # [T, F] or [F] bool, one scan per site and ablation
+            features, _ = self.sources(ablation)
+            active = active_cells(self, site, features)
+            self._active[key] = active if positional else active.any(0)
         if positional:  # (feature, position) pairs, by feature then position
-            return [(f, p) for f, p in torch.nonzero(active.T).tolist()]
-        return torch.nonzero(active.any(0)).flatten().tolist()
+            return [(f, p) for f, p in torch.nonzero(self._active[key].T).tolist()]
+        return torch.nonzero(self._active[key]).flatten().tolist()
 
     def error_positions(self) -> list[int]:
         """Positions that are real in at least one prompt."""
