@@ -59,7 +59,9 @@ class LinearFormat(SaelensFormat):
         tensors = {"W_enc": basis.encoder.T, "b_enc": torch.zeros(basis.n_features),
                    "W_dec": basis.directions, "b_dec": basis.mean}
         tensors.update(cls.extra_tensors(basis))
-        return DictionaryState(tensors, native_cfg(basis, "standard", True))
+        # its own architecture name: SAELens refuses it by name (as "standard" it would read
+        # a neuron or random basis as a ReLU SAE and fail on PCA's extra tensor)
+        return DictionaryState(tensors, native_cfg(basis, cls.name, True))
 
     @classmethod
     def extra_tensors(cls, basis: LinearBasis) -> dict[str, torch.Tensor]:

@@ -390,6 +390,21 @@ def test_every_registered_architecture_has_a_round_trip_case():
     assert set(_one_per_architecture()) == set(FORMATS)
 
 
+@pytest.mark.parametrize("architecture", [name for name in _one_per_architecture()
+                                          if name.startswith("featcircuits-")])
+def test_linear_bases_name_their_own_architecture_in_cfg_json(architecture, tmp_path):
+    """A linear basis is written under its own architecture name, which SAELens refuses by
+    name (checked by hand with sae-lens 6.54: ``KeyError: 'featcircuits-pca'``). Written as
+    ``standard`` (before), SAELens read a neuron or random basis as a ReLU SAE — negative
+    codes clipped, a silent wrong result — and failed on PCA's extra tensor."""
+    import json
+
+    from featcircuits.dictionaries import FORMATS
+
+    FORMATS[architecture].save(_one_per_architecture()[architecture], tmp_path / "d")
+    assert json.loads((tmp_path / "d" / "cfg.json").read_text())["architecture"] == architecture
+
+
 @pytest.mark.parametrize("architecture", list(_one_per_architecture()))
 def test_every_architecture_round_trips_with_identical_encodings(architecture, tmp_path):
     from featcircuits.dictionaries import FORMATS, format_of
