@@ -92,12 +92,19 @@ class ResolvedTarget:
     def is_output(self) -> bool:
         return self.site is None
 
-    def output_values(self, logits: torch.Tensor, rows_per_prompt: int) -> torch.Tensor:
+    def output_values(self, logits: torch.Tensor, rows_per_prompt: int,
+                      positions: Sequence[int] | None = None) -> torch.Tensor:
         """``[R]`` values from logits ``[R, T, vocab]`` of ``rows_per_prompt`` copies of the
-        data (row ``r`` is prompt ``r % n``)."""
+        data (row ``r`` is prompt ``r % n``); or ``[R, len(positions), vocab]`` holding only
+        the sorted ``positions`` (which include every position this target reads)."""
         weights = self.weights.repeat(rows_per_prompt, 1)
         used = torch.nonzero(weights.any(0)).flatten()
-        logits = logits[:, used].float()  # bf16 logit differences lose their low digits
+        columns = used
+        if positions is not None:
+            column_of = {int(p): i for i, p in enumerate(positions)}
+            columns = torch.tensor([column_of[int(p)] for p in used.tolist()],
+                                   dtype=torch.long, device=logits.device)
+        logits = logits[:, columns].float()  # bf16 logit differences lose their low digits
         weights = weights[:, used]
         tokens = self.token_ids.repeat(rows_per_prompt)[:, None].expand(-1, len(used))
         if self.transform == "prob":

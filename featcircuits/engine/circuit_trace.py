@@ -20,6 +20,7 @@ see ``featcircuits.engine.carried``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -31,7 +32,7 @@ from featcircuits.dictionaries.base import Dictionary
 from featcircuits.engine.carried import carried_sites, live_writers, live_writes
 from featcircuits.engine.edits import add_carried, input_site_of, patch_error, patch_site
 from featcircuits.errors import ParameterError
-from featcircuits.model.loading import model_device, trace
+from featcircuits.model.loading import model_device, trace, underlying_module
 from featcircuits.model.sites import Site
 
 if TYPE_CHECKING:
@@ -145,11 +146,15 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
     last = None
     if not output_targets:
         last = active[-1] if active else None
+    # the positions output targets read: the model's unembedding runs on those only
+    logit_positions = _logit_positions(model, [t for _, t in output_targets], input_ids.shape[1])
     rows = input_ids.shape[0] * (copies if tile_at is not None else 1)
     inputs: dict[str, torch.Tensor] = {}   # input site → activation read there
     carry: dict[str, torch.Tensor] = {}    # later site → edit carried there (cross-layer)
     live: dict[str, torch.Tensor] = {}     # later site → earlier CLT layers' live writes
-    with trace(model, input_ids) as tracer:
+    keep = {} if logit_positions is None else {
+        "logits_to_keep": torch.tensor(logit_positions, device=input_ids.device)}
+    with trace(model, input_ids, **keep) as tracer:
         for site in order:
             resolved = Site.parse(site)
             if not tiled and site == tile_at:
@@ -223,7 +228,8 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
         if output_targets:
             logits = model.output.logits
             for index, target in output_targets:
-                target_values.append((index, target.output_values(logits, copies).save()))
+                target_values.append((index, target.output_values(
+                    logits, copies, positions=logit_positions).save()))
     for kind, site, value in saved:
         {"activation": result.activations, "input": result.inputs,
          "features": result.features, "errors": result.errors, "own": result.own,
@@ -248,6 +254,26 @@ def tile_site(site: str | None) -> str | None:
     if parsed.kind in ("embed", "resid_in", "resid_out"):
         return site
     return f"resid_in.{parsed.layer}"
+
+
+def _logit_positions(model, output_targets: Sequence[ResolvedTarget], width: int
+                     ) -> list[int] | None:
+    """The sorted positions any output target reads, when they are fewer than ``width`` and
+    the model's forward takes Hugging Face's ``logits_to_keep`` (then the logits of a pass
+    are ``[R, len(positions), vocab]``: the unembedding, which for a 50k vocabulary costs
+    more than a small model's layers, runs on those positions only); else ``None``."""
+    if not output_targets:
+        return None
+    used = sorted({int(p) for t in output_targets
+                   for p in torch.nonzero(t.weights.any(0)).flatten().tolist()})
+    if len(used) >= width:
+        return None
+    forward = getattr(underlying_module(model), "forward", None)
+    try:
+        accepts = "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    return used if accepts else None
 
 
 def _as_activation(value: torch.Tensor, activation) -> torch.Tensor:
