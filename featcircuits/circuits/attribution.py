@@ -148,10 +148,11 @@ def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: 
     device = gradient.device
     out = torch.zeros(gradient.shape[0], len(nodes), device=device)
     with torch.no_grad():
+        # [c, T, k + 1]: every feature node's per-position value, then the error node's
+        per_position = torch.empty(gradient.shape[0], runs.width, len(feature_ids) + 1,
+                                   device=device)
         if feature_ids:
             ids = torch.tensor(feature_ids, dtype=torch.long, device=device)
-            per_position = torch.empty(gradient.shape[0], runs.width, len(feature_ids),
-                                       device=device)
             step = runs.feature_chunk(gradient.shape[0] * runs.n)
             for first in range(0, len(feature_ids), step):  # [c, n, T, step] within budget
                 block = ids[first:first + step]
@@ -163,13 +164,23 @@ def _contributions(runs: CircuitRuns, site: str, gradient: torch.Tensor, nodes: 
                 for later, later_gradient in (carried or {}).items():  # CLT: every site
                     written = dictionary.later_writes[later][block].to(gradient.dtype)
                     along = along + later_gradient @ written.T
-                per_position[..., first:first + step] = (along * diff[None]).mean(1)
-            column = {f: k for k, f in enumerate(feature_ids)}
+                per_position[..., first:first + len(block)] = (along * diff[None]).mean(1)
         error_diff = (runs.errors[site] - source_errors[site]) * tm[..., None]
-        error_per_position = (gradient * error_diff[None]).sum(-1).mean(1)   # [c, T]
-        for i, (_, f, position) in enumerate(nodes):
-            values = error_per_position if f == ERROR else per_position[..., column[f]]
-            out[:, i] = values.sum(-1) if position is None else values[:, position]
+        per_position[..., -1] = (gradient * error_diff[None]).sum(-1).mean(1)   # [c, T]
+        # one gather per kind of node (was a Python loop over every node)
+        column_of = {f: k for k, f in enumerate(feature_ids)}
+        columns = torch.tensor([len(feature_ids) if f == ERROR else column_of[f]
+                                for _, f, _ in nodes], dtype=torch.long, device=device)
+        whole = [i for i, (_, _, position) in enumerate(nodes) if position is None]
+        at = [i for i, (_, _, position) in enumerate(nodes) if position is not None]
+        if whole:
+            whole_t = torch.tensor(whole, dtype=torch.long, device=device)
+            out[:, whole_t] = per_position[..., columns[whole_t]].sum(1)
+        if at:
+            at_t = torch.tensor(at, dtype=torch.long, device=device)
+            positions = torch.tensor([nodes[i][2] for i in at], dtype=torch.long,
+                                     device=device)
+            out[:, at_t] = per_position[:, positions, columns[at_t]]
     return out
 
 def node_attributions(runs: CircuitRuns, *, ablation: str = "zero", positional: bool = False,
