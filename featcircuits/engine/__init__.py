@@ -27,7 +27,6 @@ from featcircuits.engine.edits import (
     input_site_of,
     patch_error,
     patch_site,
-    refuse_several_sites,
 )
 from featcircuits.engine.memory import (
     bytes_per_row,
@@ -74,7 +73,6 @@ __all__ = [
     "patch_error",
     "patch_site",
     "position_mask",
-    "refuse_several_sites",
     "resample_index",
     "rows_per_chunk",
     "select_features",

@@ -26,7 +26,7 @@ from featcircuits.errors import DictionaryError, NonFiniteError, ParameterError
 from featcircuits.model.sites import Site
 
 __all__ = ["add_carried", "check_finite_activations", "input_site_of", "patch_error",
-           "patch_site", "refuse_decoder_scale", "refuse_several_sites"]
+           "patch_site", "refuse_decoder_scale"]
 
 
 def patch_site(model, site: Site | str, dictionary: Dictionary, source_features: torch.Tensor,
@@ -117,20 +117,6 @@ def add_carried(model, site: Site | str, carry: dict[str, torch.Tensor]) -> torc
     resolved = Site.parse(name)
     resolved.write(model, resolved.read(model) + edit)
     return edit
-
-
-def refuse_several_sites(dictionary: Dictionary, site: Site | str, *, what: str,
-                         missing: str) -> None:
-    """``DictionaryError`` if ``dictionary``'s features also write sites after ``site`` (a
-    cross-layer transcoder layer) and ``what`` handles one written site only: ``missing``
-    says what it would need; a silent one-site answer would be wrong."""
-    later = sorted(dictionary.later_writes)
-    if later:
-        raise DictionaryError(
-            f"{what} does not support cross-layer transcoders yet: {dictionary!r} at {site} "
-            f"also writes {later}; what is missing is {missing}",
-            hint="PatchingExperiment patches and ablates them (every written site is edited); "
-            "for this, use per-layer transcoders")
 
 
 def refuse_decoder_scale(dictionary: Dictionary, site: Site | str, *, what: str,
