@@ -37,6 +37,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import einops
 import torch
 
 from featcircuits.circuits.attribution import (
@@ -163,56 +164,89 @@ def _levels_rows(graph, runs) -> dict:
 
 
 def floor_passes(runs, graph, kept: dict, rows_per_pass: int) -> float:
-    """Seconds of the bare forward + backward passes the attribution edges of ``graph``
-    need: per level, (downstream nodes × prompts) rows through the one transformer block
-    between the last residual site and the level (the unembedding for the output level),
-    read along the downstream nodes' encoder rows, backward to the block's input, and
-    projected on the kept upstream directions. Plain torch on the transformers modules."""
+    """Seconds of the bare passes the attribution edges of ``graph`` need, in plain torch on
+    the transformers modules, as the method runs them: per level, one forward from the
+    last residual site on the prompts with the direct upstream sites detached (a zero delta
+    added to each), one vector-Jacobian product per downstream node (batched with
+    ``is_grads_batched``; its cotangent is the node's encoder row where the feature fires,
+    weighted by the node weights), projected on the kept upstream directions. The output
+    level backpropagates the logit difference through the final norm and unembedding."""
     from transformers.masking_utils import create_causal_mask
 
     module = runs.model._module
     neox = module.gpt_neox
     n = runs.n
+    weights = runs.node_weights                                   # [n, T]
     start = time.perf_counter()
     for level, count in _levels_rows(graph, runs).items():
         if count == 0:
             continue
-        if level is None:
-            block, first = None, runs.activations[runs.sites[-1]]
-        else:
-            layer = Site.parse(level).layer
-            block = neox.layers[layer]
-            first = (runs.activations[f"resid_out.{layer - 1}"] if layer > 0
-                     else neox.embed_in(runs.ids))
         ups = [s for s in direct_sites(runs.sites, runs.read_depth(level)) if kept.get(s)]
         directions = {s: runs.dictionaries[s].directions[[f for _, f, _ in kept[s]
                                                           if f >= 0]] for s in ups}
-        encoder = None
-        if level is not None:
-            ids = [f for _, f, _ in kept.get(level, []) if f >= 0][:max(1, count)]
-            encoder = runs.dictionaries[level].W_enc[:, ids]          # [d_model, kept]
-        copies_per_pass = max(1, rows_per_pass // n)
-        for done in range(0, count, copies_per_pass):
-            copies = min(copies_per_pass, count - done)
-            x = first.detach().repeat(copies, 1, 1).requires_grad_(True)
-            with torch.enable_grad():
-                if block is None:
-                    out = module.get_output_embeddings()(neox.final_layer_norm(x))[:, -1]
-                    value = (out[:, 0] - out[:, 1]).sum()
-                else:
-                    positions = torch.arange(x.shape[1], device=x.device)[None]
-                    mask = create_causal_mask(config=module.config, inputs_embeds=x,
-                                              attention_mask=None, cache=None,
-                                              position_ids=positions)
-                    y = block(x, attention_mask=mask, position_ids=positions,
-                              position_embeddings=neox.rotary_emb(x, positions))
-                    y = y[0] if isinstance(y, tuple) else y
-                    value = torch.relu(y @ encoder.to(y.dtype)).sum()
-                (grad,) = torch.autograd.grad(value, [x])
-            with torch.no_grad():
-                for s in ups:
-                    grad @ directions[s].to(grad.dtype).T
+        with torch.enable_grad():
+            if level is None:
+                x = runs.activations[runs.sites[-1]].detach().requires_grad_(True)
+                out = module.get_output_embeddings()(neox.final_layer_norm(x[:, -1:]))
+                (grad,) = torch.autograd.grad((out[..., 0] - out[..., 1]).sum(), [x])
+                grads = {runs.sites[-1]: grad[None]}
+                _project(grads, ups, directions)
+                continue
+            for grads in _level_vjps(runs, module, neox, create_causal_mask, level, count,
+                                     kept, weights, rows_per_pass // n):
+                _project(grads, ups, directions)
     return time.perf_counter() - start
+
+
+def _project(grads, ups, directions) -> None:
+    """The kept upstream directions read off the gradients (``[copies, n, T, k]``)."""
+    with torch.no_grad():
+        for s in ups:
+            if grads.get(s) is not None:
+                grads[s] @ directions[s].to(grads[s].dtype).T
+
+
+def _level_vjps(runs, module, neox, create_causal_mask, level, count, kept, weights,
+                copies_per_pass):
+    """Per pass: ``{upstream site: [copies, n, T, d]}``; one forward of the level's block,
+    ``count`` batched vector-Jacobian products in all (see ``floor_passes``)."""
+    site = Site.parse(level)
+    layer = site.layer
+    first = (runs.activations[f"resid_out.{layer - 1}"] if layer > 0
+             else neox.embed_in(runs.ids)).detach()
+    block = neox.layers[layer]
+    names = {"resid": f"resid_out.{layer - 1}" if layer > 0 else None,
+             "attn": f"attn_out.{layer}", "mlp": f"mlp_out.{layer}"}
+    deltas = {key: torch.zeros_like(first, requires_grad=True) for key in names}
+    x = first + deltas["resid"]
+    positions = torch.arange(x.shape[1], device=x.device)[None]
+    mask = create_causal_mask(config=module.config, inputs_embeds=x, attention_mask=None,
+                              cache=None, position_ids=positions)
+    attn = block.attention(block.input_layernorm(x), attention_mask=mask,
+                           position_embeddings=neox.rotary_emb(x, positions))
+    attn = attn[0] if isinstance(attn, tuple) else attn
+    if site.kind == "attn_out":
+        y = attn
+    else:
+        mlp = block.mlp(block.post_attention_layernorm(x))
+        if site.kind == "mlp_out":
+            y = mlp
+        else:   # resid_out: the sublayers' outputs are held (detached) direct sites
+            y = x + (attn.detach() + deltas["attn"]) + (mlp.detach() + deltas["mlp"])
+    sae = runs.dictionaries[level]
+    ids = [f for _, f, _ in kept.get(level, []) if f >= 0] or [0]
+    ids = (ids * (count // len(ids) + 1))[:count]
+    encoder = sae.W_enc[:, ids]                                   # [d, count]
+    fires = (y.detach() @ encoder + sae.b_enc[ids]) > 0           # [n, T, count]
+    cotangent = einops.einsum(fires * weights[..., None], encoder,
+                              "n t k, d k -> k n t d")
+    wanted = [key for key in names if names[key] in runs.sites]
+    step = max(1, copies_per_pass)
+    for done in range(0, count, step):
+        got = torch.autograd.grad(y, [deltas[key] for key in wanted],
+                                  grad_outputs=cotangent[done:done + step],
+                                  is_grads_batched=True, retain_graph=True, allow_unused=True)
+        yield {names[key]: grad for key, grad in zip(wanted, got)}
 
 
 def clean_floor(runs) -> float:
@@ -279,7 +313,7 @@ def main() -> None:
                            f"{graphs[nodes].number_of_edges()} edges")
         with meter.step(f"floor: edge passes ({nodes} nodes/site)"):
             floor_passes(runs, graphs[nodes], kept_sets[nodes],
-                         runs.chunk_copies() * runs.n)
+                         runs.max_rows)
     if "hybrid" not in args.skip:
         with meter.step(f"hybrid (50 nodes/site, verify {args.max_verify})") as row:
             hybrid = hybrid_circuit(runs, tau=tau, max_nodes=50, max_verify=args.max_verify)

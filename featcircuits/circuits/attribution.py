@@ -36,6 +36,7 @@ from featcircuits.circuits.nodes import (
 from featcircuits.engine.cache import select_features
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows, tile_site
 from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row, model_shape
+from featcircuits.engine.pullback import PullbackUnsupported, level_pullbacks, pullback_possible
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.errors import ParameterError
 
@@ -240,31 +241,15 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
     if method == "ig":
         return _ig_edges(runs, level, downstream, upstream, up_sites, reachable,
                          ablation=ablation, positional=positional, steps=steps)
-    tile = None if _has_targets_before(runs, reachable[0]) else tile_site(reachable[0])
     # CLT sites' later written sites before the level: their gradients count too
     grad_sites = up_sites + sorted({later for s in up_sites
                                     for later in runs.dictionaries[s].later_writes
                                     if later in reachable and later not in up_sites},
                                    key=site_depth)
     chunks = _edge_chunks(runs, level, downstream)
-    rows = max(len(chunk) for chunk in chunks) * n
-    # one zero delta per site whose gradient is read, sliced for every pass (the other
-    # reachable sites are only detached): gradients w.r.t. the slices
-    buffers = {s: torch.zeros(rows, width, runs.dictionaries[s].d_model, device=runs.device,
-                              requires_grad=True) for s in grad_sites}
     differences: dict[str, torch.Tensor | None] = {}  # per upstream site, once
-    for chunk in chunks:
+    for chunk, site_grads in _chunk_gradients(runs, level, chunks, reachable, grad_sites):
         copies = len(chunk)
-        with torch.enable_grad():
-            deltas = {s: buffer[:copies * n] for s, buffer in buffers.items()}
-            ops = {s: SiteOps(delta=deltas.get(s), detach=True) for s in reachable}
-            if level is not None:
-                ops[level] = SiteOps(readout=_own_readout(runs, level, chunk))
-            result = runs.trace(ops, copies, tile_at=tile, outputs=level is None)
-            grads = torch.autograd.grad(_own_values(runs, result, level, chunk),
-                                        [deltas[s] for s in grad_sites], allow_unused=True)
-        site_grads = {s: None if grad is None else grad.reshape(copies, n, width, -1)
-                      for s, grad in zip(grad_sites, grads)}
         for s in up_sites:
             carried = {later: site_grads[later] for later in runs.dictionaries[s].later_writes
                        if site_grads.get(later) is not None}
@@ -285,6 +270,44 @@ def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
                 key = _down_key(runs, item, level)
                 weights.update(((node, key), value) for node, value in zip(upstream[s], row))
     return weights
+
+def _chunk_gradients(runs: CircuitRuns, level: str | None, chunks: Sequence[Sequence],
+                     reachable: Sequence[str], grad_sites: Sequence[str]):
+    """Per chunk of downstream items: ``(chunk, {site: [copies, n, T, d] gradient of each
+    copy's own value, or None})``, every site of ``reachable`` detached. Feature levels: one
+    forward pass and batched vector-Jacobian products (``engine.pullback``); the output
+    level, runs with cross-layer transcoders and models ``vmap`` cannot batch: one copy of
+    the data per item."""
+    n, width = runs.n, runs.width
+    if pullback_possible(runs, level, grad_sites):
+        try:
+            pulled = level_pullbacks(runs, level, reachable, grad_sites, len(chunks),
+                                     lambda k: _own_readout(runs, level, chunks[k]))
+            first = next(pulled)
+        except PullbackUnsupported:
+            pass
+        else:
+            yield chunks[0], first
+            yield from zip(chunks[1:], pulled)
+            return
+    tile = None if _has_targets_before(runs, reachable[0]) else tile_site(reachable[0])
+    rows = max(len(chunk) for chunk in chunks) * n
+    # one zero delta per site whose gradient is read, sliced for every pass (the other
+    # reachable sites are only detached): gradients w.r.t. the slices
+    buffers = {s: torch.zeros(rows, width, runs.dictionaries[s].d_model, device=runs.device,
+                              requires_grad=True) for s in grad_sites}
+    for chunk in chunks:
+        copies = len(chunk)
+        with torch.enable_grad():
+            deltas = {s: buffer[:copies * n] for s, buffer in buffers.items()}
+            ops = {s: SiteOps(delta=deltas.get(s), detach=True) for s in reachable}
+            if level is not None:
+                ops[level] = SiteOps(readout=_own_readout(runs, level, chunk))
+            result = runs.trace(ops, copies, tile_at=tile, outputs=level is None)
+            grads = torch.autograd.grad(_own_values(runs, result, level, chunk),
+                                        [deltas[s] for s in grad_sites], allow_unused=True)
+        yield chunk, {s: None if grad is None else grad.reshape(copies, n, width, -1)
+                      for s, grad in zip(grad_sites, grads)}
 
 def _edge_chunks(runs: CircuitRuns, level: str | None, items: Sequence,
                  reads_error=None) -> list[list]:
