@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from featcircuits.circuits.discovery import circuit_runs
 from featcircuits.circuits.nodes import Node, graph_nodes, node_id, site_depth
+from featcircuits.circuits.path_patching import evaluate_edge_specs_sparse, sparse_possible
 from featcircuits.engine.cache import select_features
 from featcircuits.engine.carried import earlier_writes, writers_of
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows, tile_site
@@ -147,6 +148,12 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
     levels = sorted(set(sites) | target_sites, key=site_depth)
     if any(t.is_output for t in runs.targets):
         levels.append(None)
+    if sparse_possible(runs):
+        return evaluate_edge_specs_sparse(
+            runs, specs, ablation=ablation, levels=levels, sites=sites, level_of=_level_of,
+            progress=lambda items: tqdm(items, desc="edge evaluation", leave=False,
+                                        disable=not runs.progress or len(items) < 3)
+        ).sum(-1)
     assembled_f = [{} for _ in specs]
     assembled_e = [{} for _ in specs]
     target_values = torch.zeros(len(specs), len(runs.targets), device=runs.device)
