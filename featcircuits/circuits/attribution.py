@@ -191,7 +191,9 @@ def node_attributions(runs: CircuitRuns, *, ablation: str = "zero", positional: 
     """Estimated ``m(clean) − m(node ablated)`` of every candidate node (all upstream sites).
 
     ``attribution``: ``(c − s) · ∂m/∂c`` at the clean run (one backward pass, cached);
-    ``ig``: integrated gradients with ``steps`` points per site. Per site, features plus the
+    ``ig``: integrated gradients with ``steps`` points per site. Computed once per site and
+    setting on ``runs`` (``CircuitRuns.attributions``): another circuit on the same runs
+    (another ``tau`` or ``max_nodes``) reuses them. Per site, features plus the
     error node add up to ``(x − x_source) · g``: exactly ``m(clean) − m(site ablated)`` when
     ``m`` is linear in the site, and up to the Riemann error for ``ig`` in general.
     """
@@ -201,12 +203,19 @@ def node_attributions(runs: CircuitRuns, *, ablation: str = "zero", positional: 
                                 candidates=candidates, errors=errors)
         if not nodes:
             continue
-        gradients = path_gradients(runs, site, ablation=ablation, method=method, steps=steps)
-        carried = {later: gradients[later][None]
-                   for later in runs.dictionaries[site].later_writes}
-        values = _contributions(runs, site, gradients[site][None], nodes, ablation=ablation,
-                                positional=positional, carried=carried)[0]
-        effects.update({node: float(v) for node, v in zip(nodes, values)})
+        key = (site, ablation, positional, method, steps if method == "ig" else None, errors)
+        values = runs.attributions.get(key) if candidates is None else None
+        if values is None:
+            gradients = path_gradients(runs, site, ablation=ablation, method=method,
+                                       steps=steps)
+            carried = {later: gradients[later][None]
+                       for later in runs.dictionaries[site].later_writes}
+            values = _contributions(runs, site, gradients[site][None], nodes,
+                                    ablation=ablation, positional=positional,
+                                    carried=carried)[0]
+            if candidates is None:   # every candidate: reused by the next call on these runs
+                runs.attributions[key] = values
+        effects.update(zip(nodes, values.tolist()))
     return effects
 
 def gradient_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,

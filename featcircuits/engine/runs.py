@@ -141,6 +141,9 @@ class CircuitRuns:
         target_values: ``[n, n_targets]``.
         gradients: ``{site: [n, T, d]}`` of the summed targets, per prompt.
         rows_run: sequences run so far (a cost counter).
+        attributions: node attributions computed so far (``circuits.attribution.
+            node_attributions``), ``{(site, ablation, positional, method, steps, errors):
+            [candidate nodes] values}``: reused by later circuits on these runs.
         tiling: the ``engine.tiling.PrefixTiling`` of the traced passes (``tiling.possible``
             turns ``False`` for good after a tiling mismatch).
     """
@@ -202,6 +205,9 @@ class CircuitRuns:
         self._scales: dict = {}
         self._feature_scales: dict[tuple[str, bool], torch.Tensor] = {}
         self._active: dict[tuple[str, str, bool], torch.Tensor] = {}
+        # node attributions already computed: {(site, ablation, positional, method, steps,
+        # errors): [candidate nodes] values}, read by circuits.attribution.node_attributions
+        self.attributions: dict[tuple, torch.Tensor] = {}
         self._sources: dict[str, tuple[SiteFeatures, dict]] = {}
         self._kept: dict[str, list[torch.Tensor]] = {}
         # {site: [n, T, d]} what earlier cross-layer transcoder layers write at a CLT site on
@@ -280,13 +286,14 @@ class CircuitRuns:
     @property
     def nbytes(self) -> int:
         """Bytes of the tensors the runs keep: activations, input activations, errors,
-        gradients, target values, the sources, active-feature tables and feature scales
-        computed so far (each storage once). Independent of ``n_features`` but for
+        gradients, target values, the sources, active-feature tables, feature scales and
+        node attributions computed so far (each storage once). Independent of ``n_features`` but for
         ``[F]`` and ``[T, F]`` tables per site (``mean`` / ``position_mean`` sources, active
         features, node scales)."""
         tensors = [*self.activations.values(), *self.input_activations.values(),
                    *self.errors.values(), *self.gradients.values(), self.target_values,
                    *self._feature_scales.values(), *self._active.values(),
+                   *self.attributions.values(),
                    *(t for kept in self._kept.values() for t in kept)]
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                     for t in tensors}
