@@ -21,7 +21,6 @@ from featcircuits.graph import parse_node_id
 from tests.circuits.test_edge_readouts import _dictionaries
 from tests.support.factories import QUIET, random_saes
 
-
 faithfulness_module = importlib.import_module("featcircuits.circuits.faithfulness")
 
 
