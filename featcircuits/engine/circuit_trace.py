@@ -344,9 +344,23 @@ def _own_values(readout: NodeRead, x, x_in, dictionary: Dictionary, features, er
         error_values = torch.zeros_like(feature_values)
         rows = torch.nonzero(own < 0).squeeze(-1)
         if readout.error_vector is not None and rows.numel():
-            # only the rows whose own node is the error node encode and decode everything
-            row_error = x[rows] - dictionary.decode(dictionary.encode(x_in[rows]))
-            row_values = (row_error * readout.error_vector[rows]).sum(-1)
+            # only the rows whose own node is the error node encode everything
+            row_values = _error_values(dictionary, x[rows], x_in[rows],
+                                       readout.error_vector[rows])
             error_values = error_values.to(row_values.dtype).index_copy(0, rows, row_values)
     values = torch.where(is_feature, feature_values, error_values)
     return (values * readout.own_weights).sum(-1)
+
+
+def _error_values(dictionary: Dictionary, x, x_in, g) -> torch.Tensor:
+    """``[R, T]`` error-node values ``e · g`` with ``e = x − decode(encode(x_in))``, for
+    ``x, x_in, g [R, T, d]``. An affine decoder ``c @ D + b`` gives ``x·g − c·(g Dᵀ) − b·g``:
+    the reconstruction is never built, so the value and its gradient cost three
+    ``[R·T, d] × [d, F]`` products instead of four (encode, decode and their backward)."""
+    features = dictionary.encode(x_in)
+    if type(dictionary).decode is not Dictionary.decode:   # e.g. a decoder scale s(x)
+        return ((x - dictionary.decode(features, x)) * g).sum(-1)
+    g = g.to(features.dtype)
+    along = g @ dictionary.directions.T                       # [R, T, F], no gradient
+    return ((x * g).sum(-1) - (features * along).sum(-1)
+            - g @ dictionary.decoder_bias.to(g.dtype))

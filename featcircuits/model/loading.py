@@ -7,6 +7,7 @@ back dispatched (real weights, not meta tensors) and in eval mode.
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import warnings
@@ -286,7 +287,20 @@ def trace(model, *inputs: Any, **kwargs: Any):
     mode = remote_mode(model)
     if mode and "remote" not in kwargs:
         kwargs["remote"] = mode
+    if "use_cache" not in kwargs and _accepts(model, "use_cache"):
+        # a trace never generates: building the key/value cache only copies every layer's
+        # keys and values (and their backward, in gradient passes)
+        kwargs["use_cache"] = False
     return model.trace(*inputs, **kwargs)
+
+
+def _accepts(model, name: str) -> bool:
+    """Whether the forward of ``model``'s module takes the keyword ``name``."""
+    forward = getattr(underlying_module(model), "forward", None)
+    try:
+        return name in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def underlying_module(model) -> torch.nn.Module:
