@@ -68,16 +68,13 @@ class RunCache:
         self.chunk_prompts = scan_rows(budget, forward_bytes_per_row(model, width,
                                                                      backward=False))
         self.chunks_run = 0
-        self._kept: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
         self.clean_logits, self.clean_activations = self._run(model, self.prompts.clean_ids,
                                                               "clean")
         self.corrupt_logits, self.corrupt_activations = self._run(
             model, self.prompts.corrupt_ids, "corrupt")
-        del self._kept
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the kept tensors (views of one buffer)."""
         tensors = [self.clean_logits, self.corrupt_logits, *self.clean_activations.values(),
                    *self.corrupt_activations.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
@@ -86,14 +83,17 @@ class RunCache:
     def _run(self, model, input_ids: torch.Tensor, run: str
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         n = len(input_ids)
+        logits: torch.Tensor | None = None
+        activations: dict[str, torch.Tensor] = {}
         for start in range(0, n, self.chunk_prompts):
             chunk = slice(start, min(n, start + self.chunk_prompts))
             chunk_logits, chunk_activations = self._run_chunk(model, input_ids[chunk],
                                                               self.prompts.final_positions[chunk])
             self.chunks_run += 1
-            if not self._kept:  # both runs' tensors, preallocated once, filled chunk by chunk
-                self._kept = self._allocate(n, chunk_logits, chunk_activations)
-            logits, activations = self._kept[run]
+            if logits is None:  # preallocated once, filled chunk by chunk
+                logits = chunk_logits.new_empty((n, *chunk_logits.shape[1:]))
+                activations = {site: value.new_empty((n, *value.shape[1:]))
+                               for site, value in chunk_activations.items()}
             logits[chunk] = chunk_logits
             for site, value in chunk_activations.items():
                 # checked chunk by chunk: isfinite's temporaries (a float copy among them)
@@ -105,30 +105,6 @@ class RunCache:
             del chunk_logits, chunk_activations
             release_freed_memory()  # the chunk's intermediates (docs/memory.md)
         return logits, activations
-
-    def _allocate(self, n: int, logits: torch.Tensor, activations: dict[str, torch.Tensor]
-                  ) -> dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        """``{run: (logits [n, ...], {site: [n, ...]})}`` for both runs, shaped like one
-        chunk's tensors, as views of one buffer: one allocation of the whole cache, made
-        once, instead of a block per run and site that the chunks' temporaries would then
-        fragment around (docs/memory.md)."""
-        parts = [(run, site, value) for run in ("clean", "corrupt")
-                 for site, value in (("", logits), *activations.items())]
-        sizes = [-(-(n * value[0].numel() * value.element_size()) // 64) * 64
-                 for _, _, value in parts]  # each view starts 64-byte aligned
-        buffer = torch.empty(sum(sizes), dtype=torch.uint8, device=logits.device)
-        kept: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
-        offset = 0
-        for (run, site, value), size in zip(parts, sizes):
-            shape = (n, *value.shape[1:])
-            view = buffer[offset:offset + n * value[0].numel() * value.element_size()]
-            view = view.view(value.dtype).view(shape)
-            offset += size
-            if not site:
-                kept[run] = (view, {})
-            else:
-                kept[run][1][site] = view
-        return kept
 
     def _run_chunk(self, model, input_ids: torch.Tensor, final: torch.Tensor
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

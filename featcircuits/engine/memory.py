@@ -194,7 +194,8 @@ def split_rows(n_items: int, rows_per_item: int, max_rows: int) -> tuple[int, in
 
 def release_freed_memory() -> None:
     """Hand the heap's freed pages back to the OS (glibc's ``malloc_trim(0)``; nothing where
-    the C library has no such call).
+    the C library has no such call), after collecting young reference cycles
+    (``gc.collect(1)``: a trace's objects form cycles that hold its tensors).
 
     Scans over prompts call it after each block: glibc keeps what a block's tensors freed
     in the process, fragmented, so without it the resident set creeps up block after block
