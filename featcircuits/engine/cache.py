@@ -96,12 +96,14 @@ class RunCache:
                                for site, value in chunk_activations.items()}
             logits[chunk] = chunk_logits
             for site, value in chunk_activations.items():
+                # checked chunk by chunk: isfinite's temporaries (a float copy among them)
+                # then follow the chunk, not the n prompts (docs/memory.md)
+                check_finite_activations(value, site=site, run=run,
+                                         token_mask=self.prompts.token_mask[chunk],
+                                         first_prompt=start)
                 activations[site][chunk] = value
             del chunk_logits, chunk_activations
             release_freed_memory()  # the chunk's intermediates (docs/memory.md)
-        for site, values in activations.items():
-            check_finite_activations(values, site=site, run=run,
-                                     token_mask=self.prompts.token_mask)
         return logits, activations
 
     def _run_chunk(self, model, input_ids: torch.Tensor, final: torch.Tensor

@@ -188,9 +188,12 @@ def patch_error(model, site: Site | str, dictionary: Dictionary, source_error: t
 
 
 def check_finite_activations(activations: torch.Tensor, *, site: str, run: str,
-                             token_mask: torch.Tensor | None = None) -> None:
+                             token_mask: torch.Tensor | None = None,
+                             first_prompt: int = 0) -> None:
     """Raise ``NonFiniteError`` naming the site, run, prompt and position of the first
-    NaN/inf in ``activations [n, pos, d]`` (only real tokens when ``token_mask [n, pos]``)."""
+    NaN/inf in ``activations [n, pos, d]`` (only real tokens when ``token_mask [n, pos]``).
+    ``first_prompt``: the index of the first row's prompt, when ``activations`` is a chunk
+    of prompts (the message names the prompt by its index in the whole run)."""
     bad = ~torch.isfinite(activations).all(dim=-1)
     if token_mask is not None:
         bad = bad & token_mask.to(bad.device).bool()
@@ -199,7 +202,8 @@ def check_finite_activations(activations: torch.Tensor, *, site: str, run: str,
     row, position = (int(v) for v in torch.nonzero(bad)[0])
     value = activations[row, position][~torch.isfinite(activations[row, position])][0]
     raise NonFiniteError(
-        f"the {run} run has {float(value)} at site {site}, prompt {row}, position {position} "
+        f"the {run} run has {float(value)} at site {site}, prompt {first_prompt + row}, "
+        f"position {position} "
         f"({int(bad.sum())} token positions affected)",
         hint="the model itself produced NaN/inf: check its weights, and load it in float32 "
         "(float16 overflows in large activations)")

@@ -34,6 +34,11 @@ STREAM_SHARE = 4
 #: share: the scan over 2,000 prompts then runs the same blocks as one over 100, and its
 #: working set does not grow with the number of prompts (docs/memory.md).
 SCAN_ROWS = 64
+#: Most rows (sequences after tiling) one patched forward of ``PatchingExperiment`` holds,
+#: however large the budget: glibc fragments the heap more the larger a forward's tensors,
+#: and 2,000 prompts run 25 times as many forwards as 100, so large forwards made the peak
+#: grow with the number of prompts (docs/memory.md). ``RunSettings.max_rows`` caps it too.
+FORWARD_ROWS = 128
 
 _UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2,
           "mib": 1024**2, "g": 1024**3, "gb": 1024**3, "gib": 1024**3, "t": 1024**4,
@@ -189,7 +194,8 @@ def split_rows(n_items: int, rows_per_item: int, max_rows: int) -> tuple[int, in
 
 def release_freed_memory() -> None:
     """Hand the heap's freed pages back to the OS (glibc's ``malloc_trim(0)``; nothing where
-    the C library has no such call).
+    the C library has no such call), after collecting young reference cycles
+    (``gc.collect(1)``: a trace's objects form cycles that hold its tensors).
 
     Scans over prompts call it after each block: glibc keeps what a block's tensors freed
     in the process, fragmented, so without it the resident set creeps up block after block
@@ -197,7 +203,11 @@ def release_freed_memory() -> None:
     docs/memory.md) although the working set is the same.
     """
     import ctypes
+    import gc
 
+    # a trace's objects form reference cycles: collect the young ones (cheap) so that the
+    # block's tensors they hold are freed now, not at the next full collection
+    gc.collect(1)
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (AttributeError, OSError, TypeError):

@@ -27,6 +27,7 @@ from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.engine.cache import RunCache, SiteFeatures, feature_blocks
 from featcircuits.engine.edits import add_carried, input_site_of, patch_site
 from featcircuits.engine.memory import (
+    FORWARD_ROWS,
     STREAM_SHARE,
     bytes_per_row,
     release_freed_memory,
@@ -304,6 +305,7 @@ class PatchingExperiment:
             if rows is None:
                 continue
             prompt_index, row_masks, used, inverse = rows
+            release_freed_memory()  # the deduplication's temporaries, before the forwards
             row_logits, row_norms = self._evaluate_rows(prompt_index, row_masks, used)
             patched = inverse >= 0
             set_ids = torch.arange(sets.start, min(sets.stop, k), device="cpu")
@@ -335,9 +337,14 @@ class PatchingExperiment:
     def _evaluate_rows(self, prompt_index: torch.Tensor, row_masks: dict[str, torch.Tensor],
                        used: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[R, vocab]`` and edit norms ``[R]`` of ``R`` (prompt, mask) rows, at most
-        ``max_rows`` per forward and as many as ``max_memory`` allows (``bytes_per_row``)."""
-        per_chunk = min(self.max_rows, rows_per_chunk(
-            self.max_memory, self.bytes_per_row({s: len(ids) for s, ids in used.items()})))
+        ``max_rows`` and ``FORWARD_ROWS`` per forward and as many as ``max_memory // (2 *
+        STREAM_SHARE)`` allows (``bytes_per_row``): the forwards are steps of a scan over
+        blocks of prompts, and each shares its scan's share of the budget with the block's
+        deduplication tables (``row_blocks``), alive while the block's forwards run
+        (docs/memory.md)."""
+        per_chunk = min(self.max_rows, FORWARD_ROWS, rows_per_chunk(
+            self.max_memory // (2 * STREAM_SHARE),
+            self.bytes_per_row({s: len(ids) for s, ids in used.items()})))
         starts = range(0, len(prompt_index), per_chunk)
         logits, norms = [], []
         for start in tqdm(starts, desc="patching", disable=not self.progress or len(starts) < 4,

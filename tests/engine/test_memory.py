@@ -233,11 +233,11 @@ def test_run_cache_streams_prompts_in_chunks_with_unchunked_results(tiny, one_th
 def test_scans_over_many_prompts_keep_fixed_blocks_and_stream_metrics(tiny, one_thread):
     """More prompts than ``SCAN_ROWS``: even with a huge budget the run cache, the encoding
     blocks and the patched forwards' deduplication blocks hold at most ``SCAN_ROWS``
-    prompts (counted), so a scan over 2,000 prompts runs the blocks one over 100 does; and
+    prompts and a patched forward at most ``FORWARD_ROWS`` rows (counted), so a scan over 2,000 prompts runs the blocks one over 100 does; and
     ``evaluate`` / ``mean_kl``, which reduce each block to its metrics, equal the metrics of
     the full ``[sets, prompts, vocab]`` logits of ``patched_logits``."""
     from featcircuits.engine.cache import RunCache
-    from featcircuits.engine.memory import SCAN_ROWS
+    from featcircuits.engine.memory import FORWARD_ROWS, SCAN_ROWS
     from featcircuits.model.metrics import answer_prob, kl_divergence, logit_diff
 
     prompts = ioi_prompt_pairs(SCAN_ROWS + 6, seed=5, corruptions=("abc",),
@@ -252,10 +252,24 @@ def test_scans_over_many_prompts_keep_fixed_blocks_and_stream_metrics(tiny, one_
     assert [(p.start, p.stop, ids) for p, ids in blocks] == [(0, SCAN_ROWS, None),
                                                               (SCAN_ROWS, n, None)]
     sets = [[], [3], list(range(0, 128, 2)), list(range(128))]
-    before = experiment.forwards_run
+    before, rows_before = experiment.forwards_run, experiment.rows_run
     table = experiment.evaluate(sets, per_prompt=True)
-    # every set of a block of prompts runs together: two blocks, one forward each
-    assert experiment.forwards_run - before == 2
+    # every set of a block of prompts runs together, in forwards of at most FORWARD_ROWS
+    # rows whatever the budget: the first block's 64 prompts x 3 patched sets (192 distinct
+    # rows) in two forwards, the second block's 6 x 3 in one
+    assert experiment.rows_run - rows_before == 3 * n
+    assert experiment.forwards_run - before == sum(
+        -(-3 * prompts // FORWARD_ROWS) for prompts in (SCAN_ROWS, n - SCAN_ROWS)) == 3
+    # forwards of fewer rows (max_rows) patch the same rows: the same metrics
+    smaller = PatchingExperiment(tiny, dictionary, prompts, runs=runs,
+                                 settings=RunSettings(max_memory="64GB", max_rows=48,
+                                                      progress=False))
+    small_table = smaller.evaluate(sets, per_prompt=True)
+    assert smaller.forwards_run == sum(-(-3 * prompts // 48)
+                                       for prompts in (SCAN_ROWS, n - SCAN_ROWS))
+    for column in ("kl", "logit_diff", "answer_prob", "edit_magnitude"):
+        torch.testing.assert_close(torch.tensor(small_table[column].values),
+                                   torch.tensor(table[column].values), rtol=1e-5, atol=1e-6)
     kl = experiment.mean_kl(sets)
     logits, norms = experiment.patched_logits(sets)
     pairs = experiment.prompts

@@ -33,6 +33,7 @@ from featcircuits.dictionaries import SparseAutoencoder
 from featcircuits.dictionaries.io import check_dictionary_fits
 from featcircuits.dictionaries.tokens import TokenBasis
 from featcircuits.engine.cache import RunCache
+from featcircuits.engine.edits import check_finite_activations
 from featcircuits.engine.runs import CircuitRuns
 from featcircuits.engine.settings import RunSettings
 from featcircuits.graph import threshold
@@ -260,6 +261,12 @@ def test_inf_in_corrupt_activations_only(poisoned_model):
     pattern = r"corrupt run has (inf|-inf|nan) at site resid_out\.0, prompt 1, position \d"
     with pytest.raises(NonFiniteError, match=pattern):
         RunCache(poisoned_model, PROMPTS, ["resid_out.0"])
+    # checked chunk by chunk: a chunk's prompts are named by their index in the whole run
+    chunked = r"corrupt run has (inf|-inf|nan) at site resid_out\.0, prompt 11, position 2 "
+    values = torch.zeros(4, 5, 3)
+    values[1, 2, 0] = math.inf
+    with pytest.raises(NonFiniteError, match=chunked):
+        check_finite_activations(values, site="resid_out.0", run="corrupt", first_prompt=10)
     runs = CircuitRuns(poisoned_model, {"resid_out.0": _sae()}, PROMPTS,
                        targets="logit_diff",
                        settings=RunSettings(progress=False))  # the clean run is fine
