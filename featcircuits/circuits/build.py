@@ -115,8 +115,16 @@ def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, 
                        feature=feature, position=None if position is None else int(position),
                        activation=activation, effect=effect, label=label,
                        scale=runs.node_scale(node))
-    for (upstream, downstream), weight in edges.items():
-        source = node_id(upstream)
-        target = downstream if isinstance(downstream, str) else node_id(downstream)
-        graph.add_edge(source, target, weight=float(weight), method=method)
+    ids: dict[Node, str] = {}   # one id per node (a graph can have ~10⁶ edges)
+
+    def ident_of(node) -> str:
+        if isinstance(node, str):
+            return node
+        if node not in ids:
+            ids[node] = node_id(node)
+        return ids[node]
+
+    graph.add_edges_from((ident_of(upstream), ident_of(downstream),
+                          {"weight": float(weight), "method": method})
+                         for (upstream, downstream), weight in edges.items())
     return reaching(graph)
