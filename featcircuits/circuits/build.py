@@ -94,6 +94,7 @@ def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, 
                            scale=runs.node_scale(target.node_id))
     nodes = [node for node in nodes if node_id(node) not in graph]
     activations = _feature_activations(runs, nodes)
+    runs.prepare_node_scales(nodes)   # the graph's features only, not every feature
     for node in nodes:
         site, f, position = node
         ident = node_id(node)

@@ -39,7 +39,7 @@ import torch
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
-from featcircuits.engine.cache import SiteFeatures, feature_blocks
+from featcircuits.engine.cache import SiteFeatures, feature_blocks, select_features
 from featcircuits.engine.carried import (
     check_cross_layer_sites,
     earlier_writes,
@@ -405,6 +405,34 @@ class CircuitRuns:
         if key not in self._scales:
             self._scales[key] = self._node_scale(key)
         return self._scales[key]
+
+    def prepare_node_scales(self, nodes: Sequence) -> None:
+        """Compute ``node_scale`` of many feature nodes at once: per site, only their
+        features are encoded (a few columns) unless the site's whole table is cached or
+        they are most of its features."""
+        wanted: dict[tuple[str, bool], set[int]] = {}
+        for key in nodes:
+            if isinstance(key, str) or key in self._scales or key[1] == ERROR:
+                continue
+            site, f, position = key
+            if (site, position is not None) not in self._feature_scales:
+                wanted.setdefault((site, position is not None), set()).add(int(f))
+        for (site, positional), features in wanted.items():
+            dictionary = self.dictionaries[site]
+            if not dictionary.separable or 4 * len(features) > dictionary.n_features:
+                continue   # node_scale computes (and keeps) the whole table
+            ids = torch.tensor(sorted(features), dtype=torch.long, device=self.device)
+            weights = self.token_mask if positional else self.node_weights
+            values = select_features(self.features, site, feature_ids=ids).float().abs()
+            values = values * weights[..., None]                          # [n, T, k]
+            table = (values.sum(0) if positional else values.sum((0, 1))) / self.n
+            column = {f: k for k, f in enumerate(ids.tolist())}
+            for key in nodes:
+                if (not isinstance(key, str) and key[0] == site and key[1] != ERROR
+                        and (key[2] is not None) == positional and key not in self._scales):
+                    k = column[int(key[1])]
+                    self._scales[key] = float(table[k] if key[2] is None
+                                              else table[key[2], k])
 
     def _node_scale(self, key) -> float:
         if isinstance(key, str):
