@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import einops
@@ -30,7 +30,13 @@ import torch
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.engine.carried import carried_sites, live_writers, live_writes
-from featcircuits.engine.edits import add_carried, input_site_of, patch_error, patch_site
+from featcircuits.engine.edits import (
+    add_carried,
+    input_site_of,
+    patch_error,
+    patch_features_and_error,
+    patch_site,
+)
 from featcircuits.errors import ParameterError
 from featcircuits.model.loading import model_device, trace, underlying_module
 from featcircuits.model.sites import Site
@@ -188,14 +194,20 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                                       else x_in, later)
                 live[later] = written if later not in live else live[later] + written
             edit = None
+            earlier = op.earlier if op.earlier is not None else live.get(site)
+            if (op.patch is not None and op.patch_err is not None and carried is None
+                    and earlier is None and not dictionary.later_writes):
+                # features and error together: one encode, one decode
+                patch_features_and_error(model, resolved, dictionary, op.patch,
+                                         _in_dtype(op.patch_err, resolved.read(model).dtype),
+                                         x_in=x_in)
+                op = _without_patches(op)
             if op.patch is not None:
                 edit = patch_site(model, resolved, dictionary, **op.patch, x_in=x_in,
                                   carry=carry if dictionary.later_writes else None)
             if op.patch_err is not None:
                 # masks in the activation's dtype, so that a bf16 model gets bf16 back
-                dtype = resolved.read(model).dtype
-                patch_err = {key: value.to(dtype) if value.is_floating_point() else value
-                             for key, value in op.patch_err.items()}
+                patch_err = _in_dtype(op.patch_err, resolved.read(model).dtype)
                 patch_error(model, resolved, dictionary, **patch_err,
                             prior_edit=_not_own(edit, carried, op.earlier if op.earlier
                                                 is not None else live.get(site)), x_in=x_in)
@@ -274,6 +286,18 @@ def _logit_positions(model, output_targets: Sequence[ResolvedTarget], width: int
     except (TypeError, ValueError):
         accepts = False
     return used if accepts else None
+
+
+def _in_dtype(patch_err: dict, dtype) -> dict:
+    """``patch_error`` arguments with floating tensors in ``dtype`` (masks in the
+    activation's dtype, so that a bf16 model gets bf16 back)."""
+    return {key: value.to(dtype) if torch.is_tensor(value) and value.is_floating_point()
+            else value for key, value in patch_err.items()}
+
+
+def _without_patches(op: SiteOps) -> SiteOps:
+    """``op`` with its feature and error patches done."""
+    return replace(op, patch=None, patch_err=None)
 
 
 def _as_activation(value: torch.Tensor, activation) -> torch.Tensor:

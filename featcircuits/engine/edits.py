@@ -26,7 +26,7 @@ from featcircuits.errors import DictionaryError, NonFiniteError, ParameterError
 from featcircuits.model.sites import Site
 
 __all__ = ["add_carried", "check_finite_activations", "input_site_of", "patch_error",
-           "patch_site", "refuse_decoder_scale"]
+           "patch_features_and_error", "patch_site", "refuse_decoder_scale"]
 
 
 def patch_site(model, site: Site | str, dictionary: Dictionary, source_features: torch.Tensor,
@@ -86,13 +86,7 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
     directions = dictionary.directions
     if feature_ids is not None:
         directions = directions[feature_ids]
-    if feature_mask.ndim == 3:
-        weight = (source_features - current) * feature_mask
-    else:
-        mask = feature_mask if feature_mask.ndim == 2 else feature_mask[None, :]
-        weight = (source_features - current) * mask[:, None, :]
-    if position_mask is not None:
-        weight = weight * position_mask[..., None]
+    weight = _feature_weight(source_features, current, feature_mask, position_mask)
     scale = dictionary.decoder_scale(encoded)  # [batch, pos, 1], None: 1
     if scale is not None:
         weight = weight * scale.to(weight.dtype)
@@ -103,6 +97,53 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
             later_directions = later_directions[feature_ids]
         later_edit = (weight @ later_directions.to(weight.dtype)).to(activation.dtype)
         carry[later_site] = carry[later_site] + later_edit if later_site in carry else later_edit
+    return edit
+
+
+def _feature_weight(source_features, current, feature_mask, position_mask) -> torch.Tensor:
+    """``[batch, pos, n]`` ``(c_source − c̄)`` where features (and positions) are patched."""
+    if feature_mask.ndim == 3:
+        weight = (source_features - current) * feature_mask
+    else:
+        mask = feature_mask if feature_mask.ndim == 2 else feature_mask[None, :]
+        weight = (source_features - current) * mask[:, None, :]
+    if position_mask is not None:
+        weight = weight * position_mask[..., None]
+    return weight
+
+
+def patch_features_and_error(model, site: Site | str, dictionary: Dictionary,
+                             patch: dict, patch_err: dict,
+                             x_in: torch.Tensor | None = None) -> torch.Tensor:
+    """Inside a trace: ``patch_site(**patch)`` then ``patch_error(**patch_err,
+    prior_edit=that edit)`` at one site, with one encode and one decode: with ``c̄ =
+    encode(x̄)``, ``a`` the error's patch weight and ``W`` the features' (see
+    ``patch_site``), ``x′ = x̄ + (W + a c̄) @ D + a (e_source − x̄ + b)`` — the same value as
+    the two calls (``ē = x̄ − c̄ @ D − b``), which encode twice and decode twice. For an
+    affine decoder, a dictionary that writes only its own site and ``patch`` without
+    ``feature_ids``/``rows``/``carry`` (else the two calls run). Returns the total edit."""
+    site = Site.parse(site)
+    fused = (not dictionary.later_writes and type(dictionary).decode is Dictionary.decode
+             and not set(patch) & {"feature_ids", "rows", "carry"})
+    if not fused:
+        edit = patch_site(model, site, dictionary, **patch, x_in=x_in)
+        return edit + patch_error(model, site, dictionary, **patch_err, prior_edit=edit,
+                                  x_in=x_in)
+    input_site = input_site_of(dictionary, site)
+    if x_in is None and input_site != site:
+        x_in = input_site.read(model)
+    activation = site.read(model)
+    current = dictionary.encode(activation if x_in is None else x_in)
+    weight = _feature_weight(patch["source_features"], current, patch["feature_mask"],
+                             patch.get("position_mask"))
+    error_weight = patch_err["error_mask"].to(weight.dtype)[:, None, None]
+    if patch_err.get("position_mask") is not None:
+        error_weight = error_weight * patch_err["position_mask"][..., None]   # [batch, pos, 1]
+    directions = dictionary.directions.to(weight.dtype)
+    edit = ((weight + error_weight * current) @ directions
+            + error_weight * (patch_err["source_error"] - activation
+                              + dictionary.decoder_bias.to(weight.dtype))).to(activation.dtype)
+    site.write(model, activation + edit)
     return edit
 
 
