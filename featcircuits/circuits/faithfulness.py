@@ -42,7 +42,11 @@ from tqdm.auto import tqdm
 
 from featcircuits.circuits.discovery import circuit_runs
 from featcircuits.circuits.nodes import Node, graph_nodes, node_id, site_depth
-from featcircuits.circuits.path_patching import evaluate_edge_specs_sparse, sparse_possible
+from featcircuits.circuits.path_patching import (
+    dense_mask,
+    evaluate_edge_specs_sparse,
+    sparse_possible,
+)
 from featcircuits.engine.cache import select_features
 from featcircuits.engine.carried import earlier_writes, writers_of
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows, tile_site
@@ -129,7 +133,8 @@ class EdgeSpec:
 
     ``kept``: nodes present (``{site: [T, F+1]}``). ``ablated_into``: for a downstream node
     (``Node``) or target (its index in ``runs.targets``), the upstream cells whose edge into
-    it is absent (same mask layout, earlier sites only).
+    it is absent (same mask layout, dense or sparse; only the sites with a direct edge into
+    it are read).
     """
 
     kept: Masks
@@ -169,7 +174,7 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
             for key, masks in spec.ablated_into.items():
                 if _level_of(runs, key) != level:
                     continue
-                if any(masks[s].any() for s in earlier if s in masks):
+                if any(dense_mask(masks[s]).any() for s in earlier if s in masks):
                     copies.append((index, key))
         readings = _run_copies(runs, copies, specs, earlier, level if level in sites else None,
                                assembled_f, assembled_e, source_features, source_errors,
@@ -211,7 +216,7 @@ def _carried_ablation(runs: CircuitRuns, site: str, masks, assembled, source_fea
     ``(source − assembled) @ W_dec[L → site]`` along those cells."""
     total = 0.0
     for writer in writers_of(runs.dictionaries, site):
-        ablate = masks.get(writer)
+        ablate = dense_mask(masks.get(writer))
         if ablate is None or not ablate[:, :-1].any():
             continue
         ablate = ablate.to(runs.device)
@@ -253,7 +258,7 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
                         base[(index, site)] = base[(index, site)] + writes
                 activation = base[(index, site)]
                 masks = specs[index].ablated_into.get(key) if key is not None else None
-                ablate = None if masks is None else masks.get(site)
+                ablate = None if masks is None else dense_mask(masks.get(site))
                 ablate = None if ablate is None else ablate.to(runs.device)
                 if ablate is not None and ablate.any():
                     # only the ablated cells change: add (source − assembled) along them
@@ -312,9 +317,12 @@ def edge_spec(runs: CircuitRuns, graph: nx.DiGraph, *, complement: bool = False)
             cells = present
         else:
             cells = [u for u in nodes if u not in present]
-        cells = [u for u in cells if site_depth(u[0]) < depth]
-        if cells:
-            spec.ablated_into[key] = node_masks(runs, cells, sparse=True)
+        # only the sites with a direct edge into the node (its level's direct sites)
+        direct = set(direct_sites(runs.sites, depth, runs.dictionaries))
+        cells = [u for u in cells if u[0] in direct]
+        if cells:   # sparse: one [T, F + 1] mask per node and site, almost all False
+            spec.ablated_into[key] = {site: mask.to_sparse() for site, mask in
+                                      node_masks(runs, cells, sparse=True).items()}
     return spec
 
 

@@ -45,7 +45,15 @@ from featcircuits.engine.circuit_trace import SiteOps, tile_site
 from featcircuits.engine.memory import bytes_per_row, model_shape
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 
-__all__ = ["evaluate_edge_specs_sparse", "sparse_possible"]
+__all__ = ["dense_mask", "evaluate_edge_specs_sparse", "sparse_possible"]
+
+
+def dense_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """An ``EdgeSpec.ablated_into`` mask ``[T, F + 1]`` as a dense bool tensor (``edge_spec``
+    stores them sparse: a circuit has one per node and site, almost all False)."""
+    if mask is None or not mask.is_sparse:
+        return mask
+    return mask.to_dense()
 
 
 @dataclass
@@ -80,7 +88,7 @@ def evaluate_edge_specs_sparse(runs: CircuitRuns, specs: Sequence, *, ablation: 
             copies.append((index, None))
             for key, masks in spec.ablated_into.items():
                 if level_of(runs, key) == level and any(
-                        masks[s].any() for s in earlier if s in masks):
+                        dense_mask(masks[s]).any() for s in earlier if s in masks):
                     copies.append((index, key))
         read_site = level if level in sites else None
         readings = _run_copies(runs, copies, specs, earlier, read_site, assembled,
@@ -111,7 +119,7 @@ def _ablated_columns(runs: CircuitRuns, specs: Sequence, site: str
     for spec in specs:
         for masks in spec.ablated_into.values():
             if site in masks:
-                hit |= masks[site].any(0).cpu()
+                hit |= dense_mask(masks[site]).any(0).cpu()
     return torch.nonzero(hit[:-1]).flatten().to(runs.device), bool(hit[-1])
 
 
@@ -208,7 +216,7 @@ def _run_copies(runs: CircuitRuns, copies, specs, earlier, read_site, assembled,
                 state = assembled[index][site]
                 activation = state.activation
                 masks = specs[index].ablated_into.get(key) if key is not None else None
-                ablate = None if masks is None else masks.get(site)
+                ablate = None if masks is None else dense_mask(masks.get(site))
                 if ablate is not None and ablate.any():
                     ablate = ablate.to(runs.device)
                     columns = torch.nonzero(ablate[:, :-1].any(0)).flatten()
