@@ -281,7 +281,7 @@ def main() -> None:
     parser.add_argument("--ig-steps", type=int, default=4)
     parser.add_argument("--max-verify", type=int, default=50)
     parser.add_argument("--max-memory", default="1GB")
-    parser.add_argument("--loop-nodes", type=int, default=12)
+    parser.add_argument("--loop-nodes", type=int, default=8)
     parser.add_argument("--floor200", action="store_true",
                         help="also time the floor of the 200-node circuit")
     parser.add_argument("--skip", nargs="*", default=[],

@@ -161,8 +161,14 @@ def _assemble(runs: CircuitRuns, site: str, kept: torch.Tensor, base: dict, over
     directions = dictionary.directions[moved].to(x.dtype)           # [m, d]
     source_error = source_errors[site].expand_as(x)
     keep_e = kept_e[None, :, None]
-    needs_error = (error_ablated or any(key[1] == ERROR for key, _ in overrides)
-                   or (bool(kept_e.any()) if not mostly_kept else not bool(kept_e.all())))
+    # the base copy's error is needed where the assembled error keeps it: next to mostly
+    # ablated features only at kept error cells; next to mostly kept features also to
+    # remove it at ablated cells, or when a later pass or an override reads the error
+    if mostly_kept:
+        needs_error = (not bool(kept_e.all()) or error_ablated
+                       or any(key[1] == ERROR for key, _ in overrides))
+    else:
+        needs_error = bool(kept_e.any())
     base_error = _error_of(runs, site, x, x_in) if needs_error else None
     error = None if base_error is None else torch.where(keep_e, base_error, source_error)
     if mostly_kept:   # x − Σ_{not kept} (c − s) d + (e_a − e)
