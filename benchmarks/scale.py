@@ -384,8 +384,9 @@ def report(meter: Meter, weights: int, loop: dict, wall: float, cpu_total: float
     sys_time = sum(row["sys"] for row in meter.rows)
     print("\ntargets:")
     checks = [
-        ("attribution circuit <= 2x the bare-pass floor",
-         circuit["seconds"] / floor["seconds"], "x floor", lambda v: v <= 2),
+        ("attribution circuit <= 2x the bare-pass floor (CPU time)",
+         circuit["cpu"] / floor["cpu"],
+         f"x floor (wall {circuit['seconds'] / floor['seconds']:.3g}x)", lambda v: v <= 2),
         (">= 10x faster than the per-node loop", loop["loop"] / loop["batched"],
          f"x (CPU time {loop['loop_cpu'] / max(loop['batched_cpu'], 1e-9):.3g}x)",
          lambda v: v >= 10),
