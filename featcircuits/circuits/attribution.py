@@ -4,7 +4,9 @@ A node's effect ``m(clean) − m(node ablated)`` is estimated by attribution pat
 ``(c − s) · ∂m/∂c`` at the clean run, or by integrated gradients (``ig``: the gradient
 averaged over points between the clean and the ablated site). An edge ``u → d`` is
 estimated by ``(c_u − s_u) · ∂d/∂c_u`` with every dictionary site in between detached, one
-backward pass per chunk of downstream nodes (copies stacked along the batch); with ``ig``
+backward pass per chunk of downstream nodes (feature levels: one forward pass and batched
+vector-Jacobian products, ``engine.pullback``; the output level: copies stacked along the
+batch); with ``ig``
 the gradient is averaged over points between the upstream site's clean and ablated
 activation (the sites in between held clean). For a
 transcoder, ``c`` is encoded at its input site and ``∂/∂c`` taken along its decoder
