@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from featcircuits.circuits.nodes import Node, node_order, site_depth
 from featcircuits.engine.cache import select_features
-from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows, tile_site
+from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 
 __all__ = ["ablation_effects", "exact_node_effects", "verify_edges"]
@@ -65,8 +65,7 @@ def ablation_effects(runs: CircuitRuns, site: str, nodes: Sequence[Node],
     columns.extend(runs.targets[i].node_id for i in live_targets)
     baseline = _baseline(runs, plans, live_targets, positional)
     # copies only differ from ``site`` on: run the layers before it once and tile there
-    tile = (tile_site(site) if all(t.is_output or site_depth(t.site) >= depth
-                                   for t in runs.targets) else None)
+    tile = runs.copies_tile(site)
     need_outputs = any(runs.targets[i].is_output for i in live_targets)
     per_chunk = runs.chunk_copies()
     chunks = range(0, len(nodes), per_chunk)

@@ -36,7 +36,7 @@ from featcircuits.circuits.nodes import (
     upstream_sites,
 )
 from featcircuits.engine.cache import select_features
-from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows, tile_site
+from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
 from featcircuits.engine.memory import FLOAT_BYTES, bytes_per_row, model_shape
 from featcircuits.engine.pullback import PullbackUnsupported, level_pullbacks, pullback_possible
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
@@ -69,7 +69,7 @@ def path_gradients(runs: CircuitRuns, site: str, *, ablation: str, method: str,
     alphas = _alphas(steps, clean.device)
     per_chunk = runs.chunk_copies()
     # copies differ from the site on: the layers before it run once per prompt
-    tile = None if _has_targets_before(runs, site) else tile_site(site)
+    tile = runs.copies_tile(site)
     # float32 even for a bf16 model
     totals = {s: torch.zeros(clean.shape, device=clean.device) for s in [site, *later]}
     for start in range(0, steps, per_chunk):
@@ -301,7 +301,7 @@ def _chunk_gradients(runs: CircuitRuns, level: str | None, chunks: Sequence[Sequ
             yield chunks[0], first
             yield from zip(chunks[1:], pulled)
             return
-    tile = None if _has_targets_before(runs, reachable[0]) else tile_site(reachable[0])
+    tile = runs.copies_tile(reachable[0])
     rows = max(len(chunk) for chunk in chunks) * n
     # one zero delta per site whose gradient is read, sliced for every pass (the other
     # reachable sites are only detached): gradients w.r.t. the slices
@@ -371,7 +371,7 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
         clean = runs.activations[site].float()
         diff = clean - runs.source_activation(site, ablation).float()
         later = [s for s in reachable if site_depth(s) > site_depth(site)]
-        tile = None if _has_targets_before(runs, site) else tile_site(site)
+        tile = runs.copies_tile(site)
         # [len(downstream), len(upstream nodes)]: contributions summed over the points
         total = torch.zeros(len(downstream), len(upstream[site]), dtype=torch.float64,
                             device="cpu")  # host-side sums, read once per site
@@ -414,10 +414,6 @@ def _ig_edges(runs: CircuitRuns, level: str | None, downstream: Sequence,
             key = _down_key(runs, item, level)
             weights.update(((node, key), value) for node, value in zip(upstream[site], row))
     return weights
-
-def _has_targets_before(runs: CircuitRuns, site: str) -> bool:
-    """Whether a feature target is read before ``site`` (then copies cannot be tiled there)."""
-    return any(not t.is_output and site_depth(t.site) < site_depth(site) for t in runs.targets)
 
 def _own_readout(runs: CircuitRuns, level: str, chunk: Sequence) -> NodeRead:
     """The readout at ``level`` in which copy ``k`` reads ``chunk[k]``'s value (a node at

@@ -49,7 +49,7 @@ from featcircuits.circuits.path_patching import (
 )
 from featcircuits.engine.cache import select_features
 from featcircuits.engine.carried import earlier_writes, writers_of
-from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows, tile_site
+from featcircuits.engine.circuit_trace import NodeRead, SiteOps, repeat_rows
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 from featcircuits.engine.settings import RunSettings
 from featcircuits.errors import GraphError, ParameterError
@@ -282,12 +282,9 @@ def _run_copies(runs, copies, specs, earlier, read_site, assembled_f, assembled_
                     for index, _ in chunk]
             ops[read_site] = SiteOps(readout=NodeRead(full=True),
                                      earlier=None if held[0] is None else torch.cat(held))
-        first = earlier[0] if earlier else None
-        early_targets = first is not None and any(
-            not t.is_output and site_depth(t.site) < site_depth(first) for t in runs.targets)
         with torch.no_grad():
             result = runs.trace(ops, len(chunk),
-                                tile_at=None if early_targets else tile_site(first),
+                                tile_at=runs.copies_tile(earlier[0] if earlier else None),
                                 outputs=outputs)
         for k in range(len(chunk)):
             rows = slice(k * n, (k + 1) * n)

@@ -39,9 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
-from featcircuits.circuits.nodes import site_depth
 from featcircuits.engine.cache import select_features
-from featcircuits.engine.circuit_trace import SiteOps, tile_site
+from featcircuits.engine.circuit_trace import SiteOps
 from featcircuits.engine.memory import bytes_per_row, model_shape
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 
@@ -239,12 +238,9 @@ def _run_copies(runs: CircuitRuns, copies, specs, earlier, read_site, assembled,
             ops[site] = SiteOps(overwrite=torch.cat(written))
         if read_site is not None:
             ops[read_site] = SiteOps(save_activation=True)
-        first = earlier[0] if earlier else None
-        early_targets = first is not None and any(
-            not t.is_output and site_depth(t.site) < site_depth(first) for t in runs.targets)
         with torch.no_grad():
             result = runs.trace(ops, len(chunk),
-                                tile_at=None if early_targets else tile_site(first),
+                                tile_at=runs.copies_tile(earlier[0] if earlier else None),
                                 outputs=outputs)
         for k in range(len(chunk)):
             rows = slice(k * n, (k + 1) * n)

@@ -185,17 +185,21 @@ def active_cells(runs: CircuitRuns, site: str, source: Mapping[str, torch.Tensor
 
 
 @torch.no_grad()
-def feature_scales(runs: CircuitRuns, site: str, positional: bool) -> torch.Tensor:
+def feature_scales(runs: CircuitRuns, site: str, positional: bool,
+                   feature_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Every feature's typical magnitude on the clean run (``CircuitRuns.node_scale``):
     ``[F]`` the prompt mean of ``Σ_t w_t |c_t|``, or (``positional``) ``[T, F]`` the prompt
-    mean of ``|c_t|`` at real tokens; float32, blockwise."""
+    mean of ``|c_t|`` at real tokens; float32, blockwise. ``feature_ids [k]``: those
+    features only (``[k]`` / ``[T, k]``, encoded in one block)."""
     weights = runs.token_mask if positional else runs.node_weights
-    F = runs.dictionaries[site].n_features
+    F = runs.dictionaries[site].n_features if feature_ids is None else len(feature_ids)
     total = torch.zeros((runs.width, F) if positional else (F,), device=runs.device)
-    for prompts, ids in runs.feature_blocks(site):
+    blocks = (runs.feature_blocks(site) if feature_ids is None
+              else [(slice(None), feature_ids)])
+    for prompts, ids in blocks:
         values = select_features(runs.features, site, prompts, ids).float().abs()
         values = values * weights[prompts, :, None]
         summed = values.sum(0) if positional else values.sum((0, 1))
-        total[..., slice(None) if ids is None else ids] += summed
+        total[..., slice(None) if ids is None or feature_ids is not None else ids] += summed
     return total / runs.n
 

@@ -39,7 +39,7 @@ import torch
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
-from featcircuits.engine.cache import SiteFeatures, feature_blocks, select_features
+from featcircuits.engine.cache import SiteFeatures, feature_blocks
 from featcircuits.engine.carried import (
     check_cross_layer_sites,
     earlier_writes,
@@ -49,6 +49,7 @@ from featcircuits.engine.circuit_trace import (
     SiteOps,
     TraceResult,
     repeat_rows,
+    tile_site,
     trace_rows,
 )
 from featcircuits.engine.edits import (
@@ -410,29 +411,25 @@ class CircuitRuns:
         """Compute ``node_scale`` of many feature nodes at once: per site, only their
         features are encoded (a few columns) unless the site's whole table is cached or
         they are most of its features."""
-        wanted: dict[tuple[str, bool], set[int]] = {}
+        wanted: dict[tuple[str, bool], list] = {}   # (site, positional) → feature nodes
         for key in nodes:
             if isinstance(key, str) or key in self._scales or key[1] == ERROR:
                 continue
-            site, f, position = key
-            if (site, position is not None) not in self._feature_scales:
-                wanted.setdefault((site, position is not None), set()).add(int(f))
-        for (site, positional), features in wanted.items():
+            group = (key[0], key[2] is not None)
+            if group not in self._feature_scales:
+                wanted.setdefault(group, []).append(key)
+        for (site, positional), keys in wanted.items():
+            features = sorted({int(f) for _, f, _ in keys})
             dictionary = self.dictionaries[site]
             if not dictionary.separable or 4 * len(features) > dictionary.n_features:
                 continue   # node_scale computes (and keeps) the whole table
-            ids = torch.tensor(sorted(features), dtype=torch.long, device=self.device)
-            weights = self.token_mask if positional else self.node_weights
-            values = select_features(self.features, site, feature_ids=ids).float().abs()
-            values = values * weights[..., None]                          # [n, T, k]
-            table = (values.sum(0) if positional else values.sum((0, 1))) / self.n
-            column = {f: k for k, f in enumerate(ids.tolist())}
-            for key in nodes:
-                if (not isinstance(key, str) and key[0] == site and key[1] != ERROR
-                        and (key[2] is not None) == positional and key not in self._scales):
-                    k = column[int(key[1])]
-                    self._scales[key] = float(table[k] if key[2] is None
-                                              else table[key[2], k])
+            ids = torch.tensor(features, dtype=torch.long, device=self.device)
+            table = feature_scales(self, site, positional, ids)           # [k] / [T, k]
+            column = {f: k for k, f in enumerate(features)}
+            for key in keys:
+                _, f, position = key
+                k = column[int(f)]
+                self._scales[key] = float(table[k] if position is None else table[position, k])
 
     def _node_scale(self, key) -> float:
         if isinstance(key, str):
@@ -459,6 +456,15 @@ class CircuitRuns:
         return self.token_mask / self.lengths[:, None].float()
 
     # ------------------------------------------------------------------ engine
+    def copies_tile(self, site: str | None) -> str | None:
+        """Where copies of the data that differ only from ``site`` on can be tiled
+        (``trace(tile_at=)``): ``tile_site(site)``, or ``None`` when a feature target is read
+        before ``site`` (every copy reads it there) or ``site`` is ``None``."""
+        if site is None or any(not t.is_output and Site.parse(t.site).depth
+                               < Site.parse(site).depth for t in self.targets):
+            return None
+        return tile_site(site)
+
     def trace(self, ops: Mapping[str, SiteOps], copies: int, *,
               ids: torch.Tensor | None = None, tile_at: str | None = None,
               outputs: bool = True) -> TraceResult:
