@@ -20,7 +20,6 @@ see ``featcircuits.engine.carried``.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -38,7 +37,7 @@ from featcircuits.engine.edits import (
     patch_site,
 )
 from featcircuits.errors import ParameterError
-from featcircuits.model.loading import model_device, trace, underlying_module
+from featcircuits.model.loading import forward_accepts, model_device, trace
 from featcircuits.model.sites import Site
 
 if TYPE_CHECKING:
@@ -209,8 +208,7 @@ def trace_rows(model, sites: Sequence[str], dictionaries: Mapping[str, Dictionar
                 # masks in the activation's dtype, so that a bf16 model gets bf16 back
                 patch_err = _in_dtype(op.patch_err, resolved.read(model).dtype)
                 patch_error(model, resolved, dictionary, **patch_err,
-                            prior_edit=_not_own(edit, carried, op.earlier if op.earlier
-                                                is not None else live.get(site)), x_in=x_in)
+                            prior_edit=_not_own(edit, carried, earlier), x_in=x_in)
             x = resolved.read(model)
             if op.delta is not None or op.detach:
                 x = x.detach() if op.detach else x
@@ -280,12 +278,7 @@ def _logit_positions(model, output_targets: Sequence[ResolvedTarget], width: int
                    for p in torch.nonzero(t.weights.any(0)).flatten().tolist()})
     if len(used) >= width:
         return None
-    forward = getattr(underlying_module(model), "forward", None)
-    try:
-        accepts = "logits_to_keep" in inspect.signature(forward).parameters
-    except (TypeError, ValueError):
-        accepts = False
-    return used if accepts else None
+    return used if forward_accepts(model, "logits_to_keep") else None
 
 
 def _in_dtype(patch_err: dict, dtype) -> dict:

@@ -287,15 +287,16 @@ def trace(model, *inputs: Any, **kwargs: Any):
     mode = remote_mode(model)
     if mode and "remote" not in kwargs:
         kwargs["remote"] = mode
-    if "use_cache" not in kwargs and _accepts(model, "use_cache"):
+    if "use_cache" not in kwargs and forward_accepts(model, "use_cache"):
         # a trace never generates: building the key/value cache only copies every layer's
         # keys and values (and their backward, in gradient passes)
         kwargs["use_cache"] = False
     return model.trace(*inputs, **kwargs)
 
 
-def _accepts(model, name: str) -> bool:
-    """Whether the forward of ``model``'s module takes the keyword ``name``."""
+def forward_accepts(model, name: str) -> bool:
+    """Whether the forward of ``model``'s module takes the keyword ``name`` (e.g.
+    ``use_cache``, ``logits_to_keep``)."""
     forward = getattr(underlying_module(model), "forward", None)
     try:
         return name in inspect.signature(forward).parameters
