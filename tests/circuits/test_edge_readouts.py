@@ -84,14 +84,21 @@ def _active(runs, site, count):
     return [(site, int(f), None) for f in order]
 
 
-@pytest.mark.parametrize("kind", ["relu", "jumprelu", "topk", "transcoder"])
-def test_own_readouts_match_the_dense_path(neox, kind, monkeypatch):
+def level_case(model, kind):
+    """``(runs, level, downstream, upstream)``: ``_dictionaries(kind)``, the last site as the
+    level, its 4 most active features and error node downstream, 6 + error upstream."""
     dictionaries = _dictionaries(kind)
-    runs = CircuitRuns(neox, dictionaries, _ids(), targets=LogitTarget(3, minus=4),
+    runs = CircuitRuns(model, dictionaries, _ids(), targets=LogitTarget(3, minus=4),
                        settings=QUIET)
     level = list(dictionaries)[-1]
     downstream = [*_active(runs, level, 4), (level, ERROR, None)]
     upstream = {s: [*_active(runs, s, 6), (s, ERROR, None)] for s in list(dictionaries)[:-1]}
+    return runs, level, downstream, upstream
+
+
+@pytest.mark.parametrize("kind", ["relu", "jumprelu", "topk", "transcoder"])
+def test_own_readouts_match_the_dense_path(neox, kind, monkeypatch):
+    runs, level, downstream, upstream = level_case(neox, kind)
     common = {"ablation": "zero", "positional": False}
     fast = gradient_edges(runs, level, downstream, upstream, **common)
     monkeypatch.setattr(circuit_trace, "_read_nodes", _dense_read_nodes)

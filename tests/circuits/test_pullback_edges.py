@@ -17,7 +17,7 @@ from featcircuits.circuits.attribution import gradient_edges
 from featcircuits.circuits.targets import LogitTarget
 from featcircuits.engine import pullback
 from featcircuits.engine.runs import ERROR, CircuitRuns
-from tests.circuits.test_edge_readouts import _active, _dictionaries, _ids
+from tests.circuits.test_edge_readouts import _active, _dictionaries, _ids, level_case
 from tests.support.factories import QUIET, random_sae
 
 LEVELS = ("attn_out.1", "mlp_out.1", "resid_out.1")
@@ -66,12 +66,7 @@ def test_pullback_equals_one_copy_per_node(tiny_models, arch, level, monkeypatch
 
 @pytest.mark.parametrize("kind", ["jumprelu", "topk", "transcoder"])
 def test_pullback_reads_every_dictionary_kind(neox, kind, monkeypatch):
-    dictionaries = _dictionaries(kind)
-    runs = CircuitRuns(neox, dictionaries, _ids(), targets=LogitTarget(3, minus=4),
-                       settings=QUIET)
-    level = list(dictionaries)[-1]
-    downstream = [*_active(runs, level, 4), (level, ERROR, None)]
-    upstream = {s: [*_active(runs, s, 6), (s, ERROR, None)] for s in list(dictionaries)[:-1]}
+    runs, level, downstream, upstream = level_case(neox, kind)
     _assert_equal(*_both(runs, level, downstream, upstream, monkeypatch))
 
 
