@@ -128,4 +128,4 @@ def build_graph(runs: CircuitRuns, nodes: Sequence[Node], edges: Mapping[tuple, 
     graph.add_edges_from((ident_of(upstream), ident_of(downstream),
                           {"weight": float(weight), "method": method})
                          for (upstream, downstream), weight in edges.items())
-    return reaching(graph)
+    return reaching(graph, copy=False)   # the graph is ours: no second copy of its edges

@@ -39,10 +39,13 @@ def check_tau(tau, name: str = "tau") -> float:
 
 
 # --------------------------------------------------------------------------- functions
-def reaching(graph: nx.DiGraph, targets: Iterable[str] | str | None = None) -> nx.DiGraph:
+def reaching(graph: nx.DiGraph, targets: Iterable[str] | str | None = None, *,
+             copy: bool = True) -> nx.DiGraph:
     """The sub-graph of nodes with a directed path to any of ``targets`` (targets included).
 
     ``targets`` defaults to ``target_nodes(graph)``. Unknown target ids raise ``GraphError``.
+    ``copy=False`` removes the other nodes from ``graph`` itself and returns it (as in
+    ``networkx.relabel_nodes``): no second copy of a large graph's edges is made.
     """
     if targets is None:
         targets = target_nodes(graph)
@@ -56,6 +59,9 @@ def reaching(graph: nx.DiGraph, targets: Iterable[str] | str | None = None) -> n
     keep = set(targets)
     for node in targets:
         keep |= nx.ancestors(graph, node)
+    if not copy:
+        graph.remove_nodes_from([node for node in graph if node not in keep])
+        return graph
     return graph.subgraph(keep).copy()
 
 

@@ -480,6 +480,13 @@ def test_threshold_is_monotone_and_prunes():
     assert set(reaching(graph, "resid_out.1/4").nodes) == {"resid_out.0/2", "resid_out.1/4"}
     with pytest.raises(GraphError, match="not in the graph"):
         reaching(graph, ["nope/1"])
+    # copy=False prunes the graph itself: same nodes and edges, the same object, data kept
+    copied = reaching(graph, "resid_out.1/4")
+    in_place = graph.copy()
+    assert reaching(in_place, "resid_out.1/4", copy=False) is in_place
+    assert set(in_place.nodes) == set(copied.nodes)
+    assert sorted(in_place.edges(data=True)) == sorted(copied.edges(data=True))
+    assert graph.number_of_nodes() > in_place.number_of_nodes()   # the original untouched
 
 
 @pytest.mark.parametrize("relative", [False, True])
