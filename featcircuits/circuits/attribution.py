@@ -480,10 +480,12 @@ def attribution_edges(runs: CircuitRuns, kept: Mapping[str, list[Node]], tau: fl
                        method: str = "attribution", steps: int = 10
                        ) -> tuple[dict[tuple, float], dict[tuple, float]]:
     """Edges with ``|weight| >= tau`` among ``kept`` nodes, levels from the top down; also
-    every weight computed. ``method``/``steps``: as in ``gradient_edges``."""
+    every weight computed into a target (whatever its size: ``warn_if_cut_off`` reads the
+    strongest; the weights between nodes below ``tau`` are not kept, ~10⁶ of them at
+    Pythia scale). ``method``/``steps``: as in ``gradient_edges``."""
     in_graph: dict[str, set[Node]] = {}
     edges: dict[tuple, float] = {}
-    computed: dict[tuple, float] = {}
+    into_targets: dict[tuple, float] = {}
     levels: list[str | None] = []
     if any(t.is_output for t in runs.targets):
         levels.append(None)
@@ -499,9 +501,10 @@ def attribution_edges(runs: CircuitRuns, kept: Mapping[str, list[Node]], tau: fl
         upstream = {s: nodes for s, nodes in kept.items() if site_depth(s) < depth}
         weights = gradient_edges(runs, level, downstream, upstream, ablation=ablation,
                                  positional=positional, method=method, steps=steps)
-        computed.update(weights)
         for (u, d), w in weights.items():
+            if isinstance(d, str):
+                into_targets[(u, d)] = w
             if keeps_edge(w, edge_threshold(runs, d, tau, relative_tau)):
                 edges[(u, d)] = w
                 in_graph.setdefault(u[0], set()).add(u)
-    return edges, computed
+    return edges, into_targets

@@ -238,14 +238,14 @@ def attribution_circuit(model, dictionaries: Mapping[str, Dictionary] | None = N
                         settings=settings)
     effects, kept = _attributed_nodes(runs, options, node_tau=node_tau, max_nodes=max_nodes,
                                       method=method, steps=steps)
-    edges, computed = attribution_edges(runs, kept, options.tau, ablation=ablation,
+    edges, measured = attribution_edges(runs, kept, options.tau, ablation=ablation,
                                         positional=positional, relative_tau=relative_tau,
                                         method=method, steps=steps)
     nodes = [node for group in kept.values() for node in group]
     graph = build_graph(runs, nodes, edges, method="attribution", effects=effects,
                         node_threshold=node_tau, attribution=method, **options.graph_attrs(),
                         **({} if max_nodes is None else {"max_nodes": int(max_nodes)}))
-    warn_if_cut_off(graph, runs, options, _into_targets(computed),
+    warn_if_cut_off(graph, runs, options, _into_targets(measured),
                     node_tau=node_tau, effects=effects)
     return graph
 
