@@ -185,15 +185,14 @@ def _assemble(runs: CircuitRuns, site: str, kept: torch.Tensor, base: dict, over
         where = slice(None) if position is None else slice(position, position + 1)
         if f == ERROR:
             if bool(kept_e[where].all()):
-                own_error = _error_of(runs, site, reading["x"], reading["x_in"])
-                activation[:, where] += own_error[:, where] - error[:, where]
+                own_error = reading["own"]                                  # [n, t, d]
+                activation[:, where] += own_error - error[:, where]
                 error = error.clone()
-                error[:, where] = own_error[:, where]
+                error[:, where] = own_error
             continue
         if not bool(kept_f[where, f].all()):
             continue
-        own_value = dictionary.encode_features(
-            reading["x_in"][:, where], torch.tensor([f], device=device))[..., 0]  # [n, t]
+        own_value = reading["own"]                                          # [n, t]
         change = own_value - values[:, where, slot[f]]
         activation[:, where] += change[..., None] * dictionary.directions[f].to(x.dtype)
         values[:, where, slot[f]] = own_value
@@ -242,13 +241,30 @@ def _run_copies(runs: CircuitRuns, copies, specs, earlier, read_site, assembled,
             result = runs.trace(ops, len(chunk),
                                 tile_at=runs.copies_tile(earlier[0] if earlier else None),
                                 outputs=outputs)
-        for k in range(len(chunk)):
+        for k, (_, key) in enumerate(chunk):
             rows = slice(k * n, (k + 1) * n)
             reading = {"targets": result.targets[rows]}
             if read_site is not None:
                 x = result.activations[read_site][rows]
-                reading["x"] = x
                 x_in = result.inputs.get(read_site)
-                reading["x_in"] = x if x_in is None else x_in[rows]
+                x_in = x if x_in is None else x_in[rows]
+                if key is None:   # the base copy: its own tensors, not views of the chunk's
+                    reading["x"] = x.clone()
+                    reading["x_in"] = reading["x"] if x_in is x else x_in.clone()
+                elif not isinstance(key, int):   # a node's copy: only its own value
+                    reading["own"] = _own_value(runs, read_site, key, x, x_in)
             readings.append(reading)
     return readings
+
+
+def _own_value(runs: CircuitRuns, site: str, node, x: torch.Tensor, x_in: torch.Tensor
+               ) -> torch.Tensor:
+    """The value of ``node`` (a feature ``[n, t]`` or the error term ``[n, t, d]``, ``t``
+    its positions) in a copy whose activation at ``site`` is ``x`` (input ``x_in``): all a
+    node's copy keeps, so that a level's readings do not hold ``[n, T, d]`` per copy."""
+    _, f, position = node
+    where = slice(None) if position is None else slice(position, position + 1)
+    if f == ERROR:
+        return _error_of(runs, site, x[:, where], x_in[:, where])
+    return runs.dictionaries[site].encode_features(
+        x_in[:, where], torch.tensor([f], device=x.device))[..., 0]
