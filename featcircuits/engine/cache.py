@@ -126,10 +126,19 @@ class SiteFeatures(MutableMapping):
     (``features[site] = t``) overrides the computed values for that site.
     """
 
-    def __init__(self, sites: Sequence[str], compute) -> None:
+    def __init__(self, sites: Sequence[str], compute,
+                 shared: Mapping[str, torch.Tensor] | None = None) -> None:
         self._sites = list(sites)
         self._compute = compute
+        self._shared = shared
         self._overrides: dict[str, torch.Tensor] = {}
+
+    def shared(self, site: str) -> torch.Tensor | None:
+        """``[F]`` or ``[pos, F]``: the values every prompt has at ``site`` (a mean or zero
+        source), or ``None`` where they differ between prompts (or were overridden)."""
+        if self._shared is None or site in self._overrides:
+            return None
+        return self._shared.get(site)
 
     def select(self, site: str, prompts: slice = slice(None),
                feature_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -77,6 +77,10 @@ def decoded(runs: CircuitRuns, site: str, features: Mapping[str, torch.Tensor]
             ) -> torch.Tensor:
     """``[n, T, d]`` ``decode(features[site])``, decoded block by block."""
     dictionary = runs.dictionaries[site]
+    shared = features.shared(site) if isinstance(features, SiteFeatures) else None
+    if shared is not None:   # the same at every prompt: decode it once
+        one = shared.reshape(1, -1 if shared.dim() > 1 else 1, shared.shape[-1])
+        return dictionary.decode(one).expand(runs.n, runs.width, -1).clone()
     out = None
     split = False
     for prompts, ids in runs.feature_blocks(site):
@@ -133,7 +137,7 @@ def compute_sources(runs: CircuitRuns, ablation: str
             runs.dictionaries[site].n_features) for site in sites}
         errors = {site: runs.errors[site].new_zeros(()).expand_as(runs.errors[site])
                   for site in sites}
-        features = SiteFeatures(sites, constant(values, n, width))
+        features = SiteFeatures(sites, constant(values, n, width), shared=values)
     elif ablation in ("mean", "position_mean"):
         positional = ablation == "position_mean"
         tm = runs.token_mask
@@ -146,7 +150,7 @@ def compute_sources(runs: CircuitRuns, ablation: str
             error = _means(error_sums, counts, positional).to(dtypes[site])
             errors[site] = error.expand_as(runs.errors[site])
             kept += [values[site], error]
-        features = SiteFeatures(sites, constant(values, n, width))
+        features = SiteFeatures(sites, constant(values, n, width), shared=values)
     elif ablation == "resample":
         index = resample_index(runs.lengths, runs.seed)
         features = SiteFeatures(sites, encoder(runs.dictionaries, runs.input_activations,

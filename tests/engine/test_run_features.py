@@ -162,3 +162,26 @@ def test_circuits_match_dense_features(tiny_models, method, ablation):
             if data.get(key) is not None:
                 assert got.nodes[node][key] == pytest.approx(data[key], rel=1e-5, abs=1e-7)
     assert len(set(got.nodes) ^ set(want.nodes)) <= 2
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean", "position_mean", "resample"])
+def test_source_activation_equals_decoding_every_prompt(tiny_models, ablation):
+    """Sources the same at every prompt (zero, mean, position_mean) are decoded once and
+    expanded; that equals decoding the dense ``[n, T, F]`` source prompt by prompt (and a
+    per-prompt source still decodes each prompt)."""
+    model = tiny_models["gpt_neox"]
+    runs = CircuitRuns(model, _saes(64, SITES[:2]), PAIRS, targets="logit_diff",
+                       settings=QUIET)
+    features, errors = runs.sources(ablation)
+    assert (features.shared("mlp_out.1") is None) == (ablation == "resample")
+    dense = features["mlp_out.1"].clone()                         # [n, T, F]
+    assert dense.shape == (runs.n, runs.width, 64)
+    with torch.no_grad():
+        want = runs.dictionaries["mlp_out.1"].decode(dense) + errors["mlp_out.1"]
+    got = runs.source_activation("mlp_out.1", ablation)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    if ablation == "position_mean":   # positions differ: not one vector expanded
+        assert not torch.allclose(got[0, 0], got[0, 1])
+    got[0, 0, 0] = 1e6                 # its own tensor, not a view of a shared one
+    assert runs.source_activation("mlp_out.1", ablation)[1, 0, 0] != 1e6
