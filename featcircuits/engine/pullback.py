@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, _own_values, repeat_rows
+from featcircuits.engine.memory import release_freed_memory
 from featcircuits.engine.runs import CircuitRuns
 
 __all__ = ["PullbackUnsupported", "level_pullbacks", "pullback_possible"]
@@ -72,6 +73,8 @@ def level_pullbacks(runs: CircuitRuns, level: str, reachable: Sequence[str],
             yield dict.fromkeys(grad_sites)
         return
     for index in range(chunks):
+        if index:
+            release_freed_memory()   # the previous chunk's backward (docs/memory.md)
         read = readout(index)
         copies = read.own_feature.shape[0] // n
         leaf_x = repeat_rows(x.detach(), copies).requires_grad_(x.requires_grad)

@@ -57,7 +57,13 @@ from featcircuits.engine.edits import (
     input_site_of,
     refuse_decoder_scale,
 )
-from featcircuits.engine.memory import FLOAT_BYTES, STREAM_SHARE, bytes_per_row, rows_per_chunk
+from featcircuits.engine.memory import (
+    FLOAT_BYTES,
+    STREAM_SHARE,
+    bytes_per_row,
+    release_freed_memory,
+    rows_per_chunk,
+)
 from featcircuits.engine.run_features import (
     active_cells,
     compute_sources,
@@ -480,6 +486,10 @@ class CircuitRuns:
         custom_ids = ids is not None
         ids = self.ids if ids is None else ids.to(self.device)
         self.rows_run += copies * self.n
+        # what earlier passes freed goes back first: glibc keeps it fragmented, and over the
+        # thousands of passes of a circuit at scale the resident set crept 0.6 GiB above
+        # what was alive (docs/memory.md)
+        release_freed_memory()
         if self.earlier and not custom_ids:
             ops = with_earlier_writes(ops, self.earlier, copies)
 
