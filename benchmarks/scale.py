@@ -29,6 +29,7 @@ features, 8 prompts) in about a minute. docs/performance.md ("Scale") has the fi
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import sys
@@ -110,6 +111,10 @@ class Meter:
 
     @contextmanager
     def step(self, name: str):
+        # what earlier steps dropped goes first: a networkx graph is freed only by a full
+        # collection (its cached views form reference cycles), as Python would eventually
+        gc.collect()
+        release_freed_memory()
         peak = [current_rss()]
         done = threading.Event()
 
