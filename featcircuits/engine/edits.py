@@ -101,15 +101,30 @@ def patch_site(model, site: Site | str, dictionary: Dictionary, source_features:
 
 
 def _feature_weight(source_features, current, feature_mask, position_mask) -> torch.Tensor:
-    """``[batch, pos, n]`` ``(c_source − c̄)`` where features (and positions) are patched."""
+    """``[batch, pos, n]`` ``(c_source − c̄)`` where features (and positions) are patched.
+    One ``[batch, pos, n]`` tensor is allocated (the masks multiply it in place): at 32,768
+    features each is 2 MiB per row and position."""
     if feature_mask.ndim == 3:
-        weight = (source_features - current) * feature_mask
+        mask = feature_mask
     else:
         mask = feature_mask if feature_mask.ndim == 2 else feature_mask[None, :]
-        weight = (source_features - current) * mask[:, None, :]
+        mask = mask[:, None, :]
+    weight = _times(source_features - current, mask)
     if position_mask is not None:
-        weight = weight * position_mask[..., None]
+        weight = _times(weight, position_mask[..., None])
     return weight
+
+
+def _in_place(tensor: torch.Tensor, factor: torch.Tensor) -> bool:
+    """Whether ``tensor`` (a fresh temporary) can take ``tensor * factor`` in place: same
+    shape and dtype as the out-of-place result, and ``factor`` needs no gradient."""
+    return (not factor.requires_grad and torch.result_type(tensor, factor) == tensor.dtype
+            and torch.broadcast_shapes(tensor.shape, factor.shape) == tensor.shape)
+
+
+def _times(tensor: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``tensor * factor``, in place where that is the same tensor (``_in_place``)."""
+    return tensor.mul_(factor) if _in_place(tensor, factor) else tensor * factor
 
 
 def patch_features_and_error(model, site: Site | str, dictionary: Dictionary,
@@ -140,7 +155,11 @@ def patch_features_and_error(model, site: Site | str, dictionary: Dictionary,
     if patch_err.get("position_mask") is not None:
         error_weight = error_weight * patch_err["position_mask"][..., None]   # [batch, pos, 1]
     directions = dictionary.directions.to(weight.dtype)
-    edit = ((weight + error_weight * current) @ directions
+    if _in_place(weight, error_weight) and not current.requires_grad:
+        combined = weight.addcmul_(error_weight, current)     # no second [b, T, F] tensor
+    else:
+        combined = weight + error_weight * current
+    edit = (combined @ directions
             + error_weight * (patch_err["source_error"] - activation
                               + dictionary.decoder_bias.to(weight.dtype))).to(activation.dtype)
     site.write(model, activation + edit)
