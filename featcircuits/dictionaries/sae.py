@@ -105,12 +105,20 @@ class SparseAutoencoder(Dictionary):
         """``(x - b_dec) @ W_enc + b_enc``, ``[..., n_features]``."""
         if self.pre_encoder_bias:
             x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        pre = x @ self.W_enc
+        # the bias is added in place where that is the same tensor: at 32,768 features
+        # every [rows, T, n_features] temporary is 2 MiB per row and position
+        if (torch.result_type(pre, self.b_enc) == pre.dtype
+                and not (self.b_enc.requires_grad and torch.is_grad_enabled())):
+            return pre.add_(self.b_enc)
+        return pre + self.b_enc
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.pre_activations(x)
         if self.activation == "relu":
-            return torch.relu(pre)
+            # pre_activations' own result is a fresh temporary: rectify it in place
+            fresh = type(self).pre_activations is SparseAutoencoder.pre_activations
+            return torch.relu_(pre) if fresh else torch.relu(pre)
         if self.activation == "jumprelu":
             return torch.relu(pre) * (pre > self.threshold)
         if self.activation == "jumprelu_signed":
