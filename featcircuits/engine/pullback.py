@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, _own_values, repeat_rows
-from featcircuits.engine.memory import release_freed_memory
 from featcircuits.engine.runs import CircuitRuns
 
 __all__ = ["PullbackUnsupported", "level_pullbacks", "pullback_possible"]
@@ -74,7 +73,7 @@ def level_pullbacks(runs: CircuitRuns, level: str, reachable: Sequence[str],
         return
     for index in range(chunks):
         if index:
-            release_freed_memory()   # the previous chunk's backward (docs/memory.md)
+            runs.freed.release()   # the previous chunks' backward (docs/memory.md)
         read = readout(index)
         copies = read.own_feature.shape[0] // n
         leaf_x = repeat_rows(x.detach(), copies).requires_grad_(x.requires_grad)

@@ -60,8 +60,8 @@ from featcircuits.engine.edits import (
 from featcircuits.engine.memory import (
     FLOAT_BYTES,
     STREAM_SHARE,
+    FreedMemory,
     bytes_per_row,
-    release_freed_memory,
     rows_per_chunk,
 )
 from featcircuits.engine.run_features import (
@@ -153,6 +153,8 @@ class CircuitRuns:
             [candidate nodes] values}``: reused by later circuits on these runs.
         tiling: the ``engine.tiling.PrefixTiling`` of the traced passes (``tiling.possible``
             turns ``False`` for good after a tiling mismatch).
+        freed: the ``engine.memory.FreedMemory`` that passes call before they run (trims
+            freed memory once the process grew by ``max_memory // 16``).
     """
 
     def __init__(self, model, dictionaries: Mapping[str, Dictionary], inputs, *,
@@ -204,6 +206,8 @@ class CircuitRuns:
         self.settings = settings
         self.max_rows = settings.rows(256)
         self.max_memory = settings.max_memory
+        # passes hand freed memory back once the process grew by 1/16 of the budget
+        self.freed = FreedMemory(self.max_memory // 16)
         self.seed = settings.seed
         self.progress = settings.progress
         self.n_layers = num_layers(model)
@@ -486,10 +490,10 @@ class CircuitRuns:
         custom_ids = ids is not None
         ids = self.ids if ids is None else ids.to(self.device)
         self.rows_run += copies * self.n
-        # what earlier passes freed goes back first: glibc keeps it fragmented, and over the
-        # thousands of passes of a circuit at scale the resident set crept 0.6 GiB above
-        # what was alive (docs/memory.md)
-        release_freed_memory()
+        # what earlier passes freed goes back once it adds up: glibc keeps it fragmented,
+        # and over the thousands of passes of a circuit at scale the resident set crept
+        # 0.6 GiB above what was alive (docs/memory.md)
+        self.freed.release()
         if self.earlier and not custom_ids:
             ops = with_earlier_writes(ops, self.earlier, copies)
 

@@ -341,3 +341,36 @@ def test_wide_dictionary_peak_rss_stays_under_bound(wide_child):
     assert result["curve_sizes"][-1] == WIDE_FEATURES
     assert result["curve_kl"][-1] < 1e-6 < result["curve_kl"][0]
     assert result["acdc_edges"] and result["attribution_edges"]
+
+
+def test_freed_memory_trims_only_past_its_slack(monkeypatch, tiny):
+    """``FreedMemory`` trims when RSS exceeds the last trim's by more than its slack (not
+    after every pass: that re-faults the pages the next pass reuses), and every traced pass
+    of ``CircuitRuns`` asks it first."""
+    import featcircuits.engine.memory as memory
+    from featcircuits.circuits.discovery import circuit_runs
+
+    rss = iter([1000, 1005, 1011, 900, 950, 1500, 1200])
+    trims = []
+    monkeypatch.setattr(memory, "current_rss", lambda: next(rss))
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: trims.append(1))
+    freed = memory.FreedMemory(slack=10)            # settled at 1000
+    freed.release()                                 # 1005: within the slack
+    assert trims == []
+    freed.release()                                 # 1011: trims; settles at 900
+    assert trims == [1] and freed.settled == 900
+    freed.release()                                 # 950 > 900 + 10: trims
+    assert len(trims) == 2 and freed.settled == 1500
+    freed.release()                                 # 1200: below the new settled RSS
+    assert len(trims) == 2
+    monkeypatch.undo()
+
+    sae = load_dictionary(ROOT / "featcircuits/zoo/tiny/dictionaries/sae-sparse/resid_out.2")
+    runs = circuit_runs(tiny, {"resid_out.2": sae}, ioi_prompt_pairs(
+        2, seed=0, corruptions=("abc",), tokenizer=tiny.tokenizer), targets="logit_diff",
+        settings=RunSettings(progress=False))
+    calls, start = [], runs.rows_run
+    monkeypatch.setattr(runs.freed, "release", lambda: calls.append(runs.rows_run - start))
+    runs.trace({}, 2)
+    runs.trace({}, 1)
+    assert calls == [runs.n * 2, runs.n * 3]      # once per pass
