@@ -347,8 +347,8 @@ def test_freed_memory_trims_only_past_its_slack(monkeypatch, tiny):
     """``FreedMemory`` trims when RSS exceeds the last trim's by more than its slack (not
     after every pass: that re-faults the pages the next pass reuses), and every traced pass
     of ``CircuitRuns`` asks it first."""
-    import featcircuits.engine.memory as memory
     from featcircuits.circuits.discovery import circuit_runs
+    from featcircuits.engine import memory
 
     rss = iter([1000, 1005, 1011, 900, 950, 1500, 1200])
     trims = []
