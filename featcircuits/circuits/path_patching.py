@@ -123,9 +123,12 @@ def _ablated_columns(runs: CircuitRuns, specs: Sequence, site: str
 
 
 def _error_of(runs: CircuitRuns, site: str, x: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
-    """``[p, T, d]`` ``x − decode(encode(x_in))``, encoded a few prompts at a time."""
+    """``[p, T, d]`` ``x − decode(encode(x_in))``, encoded a few prompts at a time: the
+    ``[step, T, n_features]`` temporaries take a quarter of the scan budget (the level's
+    assembled states and copies are alive beside them; at Pythia scale this encode set
+    edge faithfulness' peak)."""
     dictionary = runs.dictionaries[site]
-    step = max(1, runs.scan_budget // max(1, 4 * 3 * runs.width * dictionary.n_features))
+    step = max(1, runs.scan_budget // max(1, 4 * 4 * 3 * runs.width * dictionary.n_features))
     parts = [x[p:p + step] - dictionary.decode(dictionary.encode(x_in[p:p + step]))
              for p in range(0, x.shape[0], step)]
     return torch.cat(parts)
