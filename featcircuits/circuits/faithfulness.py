@@ -45,6 +45,7 @@ from featcircuits.circuits.nodes import Node, graph_nodes, node_id, site_depth
 from featcircuits.circuits.path_patching import (
     dense_mask,
     evaluate_edge_specs_sparse,
+    mask_any,
     sparse_possible,
 )
 from featcircuits.engine.cache import select_features
@@ -174,7 +175,7 @@ def evaluate_edge_specs(runs: CircuitRuns, specs: Sequence[EdgeSpec], *,
             for key, masks in spec.ablated_into.items():
                 if _level_of(runs, key) != level:
                     continue
-                if any(dense_mask(masks[s]).any() for s in earlier if s in masks):
+                if any(mask_any(masks[s]) for s in earlier if s in masks):
                     copies.append((index, key))
         readings = _run_copies(runs, copies, specs, earlier, level if level in sites else None,
                                assembled_f, assembled_e, source_features, source_errors,

@@ -44,7 +44,7 @@ from featcircuits.engine.circuit_trace import SiteOps
 from featcircuits.engine.memory import bytes_per_row, model_shape
 from featcircuits.engine.runs import ERROR, CircuitRuns, direct_sites
 
-__all__ = ["dense_mask", "evaluate_edge_specs_sparse", "sparse_possible"]
+__all__ = ["dense_mask", "evaluate_edge_specs_sparse", "mask_any", "sparse_possible"]
 
 
 def dense_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -53,6 +53,23 @@ def dense_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     if mask is None or not mask.is_sparse:
         return mask
     return mask.to_dense()
+
+
+def mask_any(mask: torch.Tensor) -> bool:
+    """Whether an ``EdgeSpec.ablated_into`` mask (dense or sparse) has a True cell, without
+    making a sparse one dense (a ``[T, F + 1]`` tensor per call: ~0.6 ms at 32,768
+    features, and edge faithfulness asks it for every node and site)."""
+    return bool(mask.coalesce().values().any()) if mask.is_sparse else bool(mask.any())
+
+
+def _mask_columns(mask: torch.Tensor) -> torch.Tensor:
+    """``[F + 1]`` bool: the columns of ``mask`` with a True cell (sparse stays sparse)."""
+    if not mask.is_sparse:
+        return mask.any(0)
+    mask = mask.coalesce()
+    hit = torch.zeros(mask.shape[1], dtype=torch.bool, device=mask.device)
+    hit[mask.indices()[1][mask.values()]] = True
+    return hit
 
 
 @dataclass
@@ -87,7 +104,7 @@ def evaluate_edge_specs_sparse(runs: CircuitRuns, specs: Sequence, *, ablation: 
             copies.append((index, None))
             for key, masks in spec.ablated_into.items():
                 if level_of(runs, key) == level and any(
-                        dense_mask(masks[s]).any() for s in earlier if s in masks):
+                        mask_any(masks[s]) for s in earlier if s in masks):
                     copies.append((index, key))
         read_site = level if level in sites else None
         readings = _run_copies(runs, copies, specs, earlier, read_site, assembled,
@@ -118,7 +135,7 @@ def _ablated_columns(runs: CircuitRuns, specs: Sequence, site: str
     for spec in specs:
         for masks in spec.ablated_into.values():
             if site in masks:
-                hit |= dense_mask(masks[site]).any(0).cpu()
+                hit |= _mask_columns(masks[site]).cpu()
     return torch.nonzero(hit[:-1]).flatten().to(runs.device), bool(hit[-1])
 
 
