@@ -202,12 +202,18 @@ def release_freed_memory() -> None:
     (2,000 IOI prompt pairs: +150 MiB over 32 gradient blocks of 64 prompts, none with it;
     docs/memory.md) although the working set is the same.
     """
-    import ctypes
     import gc
 
     # a trace's objects form reference cycles: collect the young ones (cheap) so that the
     # block's tensors they hold are freed now, not at the next full collection
     gc.collect(1)
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """glibc's ``malloc_trim(0)``; nothing where the C library has no such call."""
+    import ctypes
+
     try:
         trim = ctypes.CDLL(None).malloc_trim
     except (AttributeError, OSError, TypeError):
@@ -237,7 +243,7 @@ class FreedMemory:
 
         gc.collect(1)
         if current_rss() > self.settled + self.slack:
-            release_freed_memory()
+            _trim_heap()
             self.settled = current_rss()
 
 

@@ -353,7 +353,7 @@ def test_freed_memory_trims_only_past_its_slack(monkeypatch, tiny):
     rss = iter([1000, 1005, 1011, 900, 950, 1500, 1200])
     trims = []
     monkeypatch.setattr(memory, "current_rss", lambda: next(rss))
-    monkeypatch.setattr(memory, "release_freed_memory", lambda: trims.append(1))
+    monkeypatch.setattr(memory, "_trim_heap", lambda: trims.append(1))
     freed = memory.FreedMemory(slack=10)            # settled at 1000
     freed.release()                                 # 1005: within the slack
     assert trims == []
