@@ -2,7 +2,8 @@
 
 * ``edits``: ``patch_site``, ``patch_error``, ``add_carried`` (inside a trace), ``input_site_of``,
   ``check_finite_activations``;
-* ``cache``: ``RunCache`` (clean and corrupted runs of prompt pairs), ``SiteFeatures``
+* ``cache``: ``RunCache`` (clean and corrupted runs of prompt pairs; ``RunActivations``
+  reads a block of one run's activations, kept or recomputed), ``SiteFeatures``
   (features encoded when read), ``select_features`` (one block of them) and
   ``feature_blocks`` (blocks of a site's features within a budget);
 * ``runs``: ``CircuitRuns`` (the clean run circuit discovery works on); ``run_features``
@@ -19,7 +20,13 @@
 ``PatchingExperiment`` is a client of the engine: ``featcircuits.patching``.
 """
 
-from featcircuits.engine.cache import RunCache, SiteFeatures, feature_blocks, select_features
+from featcircuits.engine.cache import (
+    RunActivations,
+    RunCache,
+    SiteFeatures,
+    feature_blocks,
+    select_features,
+)
 from featcircuits.engine.circuit_trace import NodeRead, SiteOps, TraceResult, trace_rows
 from featcircuits.engine.edits import (
     add_carried,
@@ -55,6 +62,7 @@ __all__ = [
     "CircuitRuns",
     "NodeRead",
     "PrefixTiling",
+    "RunActivations",
     "RunCache",
     "RunSettings",
     "SiteFeatures",

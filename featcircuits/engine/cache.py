@@ -17,6 +17,7 @@ from featcircuits.engine.edits import check_finite_activations
 from featcircuits.engine.memory import (
     FLOAT_BYTES,
     SCAN_ROWS,
+    STREAM_SHARE,
     forward_bytes_per_row,
     parse_memory,
     release_freed_memory,
@@ -27,31 +28,47 @@ from featcircuits.model.loading import check_positions, model_device, trace
 from featcircuits.model.sites import Site
 from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
 
-__all__ = ["RunCache", "SiteFeatures", "feature_blocks", "select_features"]
+__all__ = ["RunActivations", "RunCache", "SiteFeatures", "feature_blocks", "select_features"]
 
 
 class RunCache:
-    """Clean and corrupted runs of prompt pairs: activations at sites, answer logits.
+    """Clean and corrupted runs of prompt pairs: answer logits, and activations at sites.
 
     Computed once and shared by every experiment on the same prompts (e.g. when comparing
-    bases at one site), so the clean and corrupted forwards are never rerun.
+    bases at one site), so the clean and corrupted forwards are not rerun per experiment.
 
-    ``max_memory`` (bytes, a size string or ``None`` for the default budget) bounds the
-    forward passes: prompts run in chunks of ``scan_rows(max_memory, forward_bytes_per_row(...))``
-    sequences (a quarter of the budget, at most ``SCAN_ROWS``), so a forward over thousands
-    of prompts never holds every prompt's intermediate activations at once, and 2,000
-    prompts run the same chunks as 100. Chunks give the same values as
-    one pass (rows of a forward are independent), up to float rounding of differently
-    sized batches. What is kept, ``nbytes``, counts against the budget of the experiments
-    that use the cache (``PatchingExperiment`` sizes its working tensors with
-    ``max_memory − nbytes``).
+    ``max_memory`` (bytes, a size string or ``None`` for the default budget) bounds what
+    the cache runs and keeps:
+
+    - the forwards run in prompt chunks of ``scan_rows(max_memory, forward_bytes_per_row(...))``
+      sequences (a quarter of the budget, at most ``SCAN_ROWS``), so a forward over
+      thousands of prompts never holds every prompt's intermediate activations at once;
+    - the answer logits of both runs are kept (``[n, vocab]`` each);
+    - the clean run's activations are kept while they take at most a quarter of the budget
+      (``STREAM_SHARE``); beyond that they are streamed: read by a forward over the prompts
+      asked for, stopped after the deepest cached site;
+    - the corrupted run's activations are never kept: they are read only by scans that
+      visit each block of prompts once or twice (the no-op table, attribution scores), a
+      patched forward reads x̄ live from its own run, so keeping ``[n, pos, d_model]`` per
+      site for them would make memory grow with the prompts for a prefix forward per block.
+
+    Blocks are read through ``clean_activations`` / ``corrupt_activations``
+    (``RunActivations``: ``.select(site, prompts)``); the last block read (at most
+    ``SCAN_ROWS`` prompts) is kept, so the clean and corrupted features of one block cost
+    one forward each. Recomputed values are those of a forward over fewer or more prompts
+    than the cache's chunks: equal up to float rounding of differently sized batches (rows
+    of a forward are independent). What is kept, ``nbytes``, counts against the budget of
+    the experiments that use the cache (``PatchingExperiment`` works within
+    ``max_memory − nbytes``). Every activation of both runs is checked for NaN/inf when
+    the cache is built.
 
     Attributes:
         clean_logits, corrupt_logits: ``[n, vocab]`` logits at each answer position.
-        clean_activations, corrupt_activations: ``{site: [n, pos, d_model]}``.
+        clean_activations, corrupt_activations: ``RunActivations``, read-only mappings
+            ``{site: [n, pos, d_model]}`` whose ``select(site, prompts)`` reads a block.
         chunk_prompts: prompts per forward pass.
-        chunks_run: forward passes run (both runs together).
-        nbytes: bytes held by the cached tensors.
+        chunks_run: forward passes run (both runs together, recomputations included).
+        nbytes: bytes held by the kept tensors.
     """
 
     def __init__(self, model, prompts, sites: Sequence[str | Site],
@@ -63,28 +80,39 @@ class RunCache:
         self.prompts: PromptPairs = pairs.to(model_device(model))
         self.sites = sorted({str(Site.parse(site)) for site in sites},
                             key=lambda name: Site.parse(name).depth)
+        self._model = model
         budget = parse_memory(max_memory)
+        self._keep_budget = budget // STREAM_SHARE
         width = self.prompts.clean_ids.shape[1]
         self.chunk_prompts = scan_rows(budget, forward_bytes_per_row(model, width,
                                                                      backward=False))
         self.chunks_run = 0
-        self.clean_logits, self.clean_activations = self._run(model, self.prompts.clean_ids,
-                                                              "clean")
-        self.corrupt_logits, self.corrupt_activations = self._run(
-            model, self.prompts.corrupt_ids, "corrupt")
+        self._recent: tuple[tuple, dict[str, torch.Tensor]] | None = None
+        self.clean_logits, kept = self._run(model, "clean", keep=True)
+        self.corrupt_logits, _ = self._run(model, "corrupt", keep=False)
+        self._kept: dict[str, dict[str, torch.Tensor] | None] = {"clean": kept,
+                                                                 "corrupt": None}
+        self.clean_activations = RunActivations(self, "clean")
+        self.corrupt_activations = RunActivations(self, "corrupt")
 
     @property
     def nbytes(self) -> int:
-        tensors = [self.clean_logits, self.corrupt_logits, *self.clean_activations.values(),
-                   *self.corrupt_activations.values()]
+        tensors = [self.clean_logits, self.corrupt_logits,
+                   *(self._kept["clean"] or {}).values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def _ids(self, run: str) -> torch.Tensor:
+        return self.prompts.clean_ids if run == "clean" else self.prompts.corrupt_ids
+
     @torch.no_grad()
-    def _run(self, model, input_ids: torch.Tensor, run: str
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _run(self, model, run: str, *, keep: bool
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """Logits ``[n, vocab]`` of the run, and (``keep`` and while they fit the keep
+        budget) ``{site: [n, pos, d]}``; every chunk's activations are checked finite."""
+        input_ids = self._ids(run)
         n = len(input_ids)
         logits: torch.Tensor | None = None
-        activations: dict[str, torch.Tensor] = {}
+        activations: dict[str, torch.Tensor] | None = None
         for start in range(0, n, self.chunk_prompts):
             chunk = slice(start, min(n, start + self.chunk_prompts))
             chunk_logits, chunk_activations = self._run_chunk(model, input_ids[chunk],
@@ -92,8 +120,11 @@ class RunCache:
             self.chunks_run += 1
             if logits is None:  # preallocated once, filled chunk by chunk
                 logits = chunk_logits.new_empty((n, *chunk_logits.shape[1:]))
-                activations = {site: value.new_empty((n, *value.shape[1:]))
-                               for site, value in chunk_activations.items()}
+                needed = sum(n * value[0].numel() * value.element_size()
+                             for value in chunk_activations.values())
+                if keep and needed <= self._keep_budget:
+                    activations = {site: value.new_empty((n, *value.shape[1:]))
+                                   for site, value in chunk_activations.items()}
             logits[chunk] = chunk_logits
             for site, value in chunk_activations.items():
                 # checked chunk by chunk: isfinite's temporaries (a float copy among them)
@@ -101,7 +132,8 @@ class RunCache:
                 check_finite_activations(value, site=site, run=run,
                                          token_mask=self.prompts.token_mask[chunk],
                                          first_prompt=start)
-                activations[site][chunk] = value
+                if activations is not None:
+                    activations[site][chunk] = value
             del chunk_logits, chunk_activations
             release_freed_memory()  # the chunk's intermediates (docs/memory.md)
         return logits, activations
@@ -115,6 +147,82 @@ class RunCache:
             rows = torch.arange(len(final), device=final.device)
             logits = model.output.logits[rows, final].float().save()
         return logits, dict(zip(self.sites, activations))
+
+    def _read_chunk(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        """``[p, pos, d]`` per site of one forward stopped after the deepest site."""
+        activations: list[torch.Tensor] = []
+        with trace(self._model, input_ids) as tracer:
+            for site in self.sites:
+                activations.append(Site.parse(site).read(self._model).save())
+            tracer.stop()  # nothing after the deepest site is read
+        self.chunks_run += 1
+        return activations
+
+    @torch.no_grad()
+    def activations(self, run: str, prompts: slice | torch.Tensor = slice(None)
+                    ) -> dict[str, torch.Tensor]:
+        """``{site: [p, pos, d]}`` activations of ``run`` (``"clean"`` or ``"corrupt"``)
+        for the prompts ``prompts`` (a slice or ids ``[p]``): kept ones indexed, others
+        read by forwards of at most ``chunk_prompts`` distinct prompts."""
+        kept = self._kept[run]
+        if kept is not None:
+            return {site: value[prompts] for site, value in kept.items()}
+        n = len(self.prompts)
+        if isinstance(prompts, slice):
+            key = (run, *prompts.indices(n))
+            if self._recent is not None and self._recent[0] == key:
+                return self._recent[1]
+            index = torch.arange(n, device=self.prompts.device)[prompts]
+            distinct, gather = index, None
+        else:
+            key = None
+            index = torch.as_tensor(prompts, device=self.prompts.device).long()
+            distinct, gather = torch.unique(index, return_inverse=True)
+        self._recent = None  # the previous block is not held beside this one
+        # no prompts: one is read for the shapes, and none of its rows returned
+        ids = self._ids(run)[distinct] if len(distinct) else self._ids(run)[:1]
+        chunks = [self._read_chunk(ids[start:start + self.chunk_prompts])
+                  for start in range(0, len(ids), self.chunk_prompts)]
+        values = {site: (torch.cat([chunk[i] for chunk in chunks]) if len(chunks) > 1
+                         else chunks[0][i])[:len(distinct)]
+                  for i, site in enumerate(self.sites)}
+        if gather is not None:
+            values = {site: value[gather] for site, value in values.items()}
+        if key is not None and len(index) <= SCAN_ROWS:
+            self._recent = (key, values)
+        return values
+
+
+class RunActivations(Mapping):
+    """``{site: [n, pos, d_model]}``: one run's activations in a ``RunCache``, read-only.
+
+    ``select(site, prompts)`` reads a block (``[p, pos, d_model]``; kept values are
+    indexed, streamed ones are computed by a forward, see ``RunCache``); ``[site]`` reads
+    every prompt. ``kept`` says whether the cache holds them.
+    """
+
+    def __init__(self, cache: RunCache, run: str) -> None:
+        self._cache = cache
+        self._run = run
+
+    @property
+    def kept(self) -> bool:
+        return self._cache._kept[self._run] is not None
+
+    def select(self, site: str, prompts: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """``[p, pos, d_model]``: the activations at ``site`` of the prompts ``prompts``."""
+        if site not in self._cache.sites:
+            raise KeyError(site)
+        return self._cache.activations(self._run, prompts)[site]
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        return self.select(site)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._cache.sites)
+
+    def __len__(self) -> int:
+        return len(self._cache.sites)
 
 
 class SiteFeatures(MutableMapping):

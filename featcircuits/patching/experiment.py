@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from featcircuits.dictionaries.base import Dictionary
 from featcircuits.dictionaries.io import check_dictionary_fits
-from featcircuits.engine.cache import RunCache, SiteFeatures, feature_blocks
+from featcircuits.engine.cache import RunActivations, RunCache, SiteFeatures, feature_blocks
 from featcircuits.engine.edits import add_carried, input_site_of, patch_site
 from featcircuits.engine.memory import (
     FORWARD_ROWS,
@@ -74,9 +74,9 @@ class PatchingExperiment:
             ``docs/memory.md``); ``seed`` for ``"resample"``; ``progress`` bars.
         runs: a ``RunCache`` of the same prompts to reuse (covering these sites).
 
-    Only activations ``[n, pos, d_model]`` are cached; feature activations
-    (``clean_features``, ``corrupt_features``, ``source_features``) are encoded on demand,
-    in blocks that fit the budget.
+    At most the clean activations ``[n, pos, d_model]`` are cached (``RunCache`` says
+    when); feature activations (``clean_features``, ``corrupt_features``,
+    ``source_features``) are encoded on demand, in blocks that fit the budget.
 
     Attributes:
         rows_run: patched sequences run so far (a cost counter; rows that need no forward,
@@ -140,11 +140,11 @@ class PatchingExperiment:
         self.rows_run = 0
         self.forwards_run = 0
 
-    def _encoder(self, activations: Mapping[str, torch.Tensor]):
+    def _encoder(self, activations: RunActivations):
         @torch.no_grad()
         def compute(site: str, prompts: slice, feature_ids: torch.Tensor | None):
             return self.dictionaries[site].encode_features(
-                activations[self.input_sites[site]][prompts], feature_ids)
+                activations.select(self.input_sites[site], prompts), feature_ids)
         return compute
 
     def _source(self, site: str, source: str | torch.Tensor, seed: int):
@@ -187,7 +187,8 @@ class PatchingExperiment:
             index = kind[1][prompts]
             with torch.no_grad():
                 return self.dictionaries[site].encode_features(
-                    self.runs.clean_activations[self.input_sites[site]][index], feature_ids)
+                    self.runs.clean_activations.select(self.input_sites[site], index),
+                    feature_ids)
         values = kind[1] if feature_ids is None else kind[1][..., feature_ids]
         n, width = self.prompts.clean_ids.shape
         return values.expand(n, width, values.shape[-1])[prompts]

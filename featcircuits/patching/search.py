@@ -135,7 +135,7 @@ def attribution_scores(experiment: PatchingExperiment, site: str | None = None, 
             along = sum(gradient[name] @ (directions if ids is None else directions[ids]).T
                         for name, directions in written.items())  # [p, pos, features]
             scale = dictionary.decoder_scale(  # [p, pos, 1]: the patch's s(x̄), or None
-                experiment.runs.corrupt_activations[experiment.input_sites[site]][prompts])
+                experiment.runs.corrupt_activations.select(experiment.input_sites[site], prompts))
             if scale is not None:
                 along = along * scale.to(along.dtype)
             block = (difference * along).sum(dim=(0, 1)).double()

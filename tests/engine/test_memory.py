@@ -221,13 +221,76 @@ def test_run_cache_streams_prompts_in_chunks_with_unchunked_results(tiny, one_th
     for name in ("clean_activations", "corrupt_activations"):
         for site, values in getattr(whole, name).items():
             torch.testing.assert_close(getattr(chunked, name)[site], values, rtol=0, atol=1e-6)
-    expected_bytes = 2 * (12 * 209 + 2 * 12 * width * 128) * 4
-    assert whole.nbytes == expected_bytes
+    # kept: both runs' answer logits and the clean run's activations at both sites (the
+    # corrupted run's are read again where needed, test below)
+    expected_bytes = (2 * 12 * 209 + 2 * 12 * width * 128) * 4
+    assert whole.nbytes == chunked.nbytes == expected_bytes
     sae = RandomBasis(128, n_features=64, seed=1, site="resid_out.2")
     budget = 64 * MIB
     experiment = PatchingExperiment(tiny, sae, prompts, runs=whole,
                                     settings=RunSettings(max_memory=budget, progress=False))
     assert experiment.max_memory == budget - expected_bytes
+
+
+def test_run_cache_streams_the_activations_it_does_not_keep(tiny, one_thread):
+    """The corrupted run's activations are never kept, and the clean run's not when they
+    exceed a quarter of the budget (40 prompts × 2 sites at 1 MiB): blocks, index lists
+    with repeats and whole sites are read by forwards (counted; the last block read is
+    reused) and equal the kept values within 1e-6; nothing but logits counts in ``nbytes``;
+    a patching experiment on the streamed cache gives the kept cache's scores and table."""
+    from featcircuits.engine.cache import RunCache
+
+    sites = ["resid_out.0", "resid_out.2"]
+    prompts = ioi_prompt_pairs(40, seed=5, corruptions=("abc",), tokenizer=tiny.tokenizer)
+    kept = RunCache(tiny, prompts, sites, max_memory="64GB")
+    streamed = RunCache(tiny, prompts, sites, max_memory="1MB")
+    width = kept.prompts.clean_ids.shape[1]
+    assert 40 * width * 128 * 4 * 2 > MIB // 4  # the clean activations exceed a quarter
+    assert kept.clean_activations.kept and not streamed.clean_activations.kept
+    assert not kept.corrupt_activations.kept and not streamed.corrupt_activations.kept
+    logits_bytes = 2 * 40 * 209 * 4
+    assert streamed.nbytes == logits_bytes
+    assert kept.nbytes == logits_bytes + 2 * 40 * width * 128 * 4
+    for run in ("clean", "corrupt"):
+        ours, theirs = (getattr(cache, f"{run}_activations") for cache in (streamed, kept))
+        assert list(ours) == sites
+        before = streamed.chunks_run
+        block = ours.select("resid_out.2", slice(3, 9))
+        forwards = -(-6 // streamed.chunk_prompts)
+        assert streamed.chunks_run - before == forwards
+        same_block = ours.select("resid_out.0", slice(3, 9))  # the block just read: no forward
+        assert streamed.chunks_run - before == forwards
+        torch.testing.assert_close(block, theirs.select("resid_out.2", slice(3, 9)),
+                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(same_block, theirs["resid_out.0"][3:9], rtol=0, atol=1e-6)
+        index = torch.tensor([5, 1, 5, 30])
+        before = streamed.chunks_run
+        torch.testing.assert_close(ours.select("resid_out.0", index),
+                                   theirs["resid_out.0"][index], rtol=0, atol=1e-6)
+        assert streamed.chunks_run - before == -(-3 // streamed.chunk_prompts)  # 3 distinct
+        before = streamed.chunks_run
+        torch.testing.assert_close(ours["resid_out.2"], theirs["resid_out.2"], rtol=0, atol=1e-6)
+        assert streamed.chunks_run - before == -(-40 // streamed.chunk_prompts)
+        assert ours.select("resid_out.2", torch.tensor([], dtype=torch.long)).shape == (
+            0, width, 128)
+    sae = RandomBasis(128, n_features=256, seed=2, site="resid_out.2")
+    results = {}
+    for name, cache in (("kept", kept), ("streamed", streamed)):
+        experiment = PatchingExperiment(tiny, sae, prompts, runs=cache,
+                                        settings=RunSettings(max_memory="64GB", progress=False))
+        scores = attribution_scores(experiment).set_index("feature")["score"].sort_index()
+        ranked = attribution_scores(experiment)["feature"].tolist()
+        results[name] = (experiment.active_features(), scores, ranked,
+                         experiment.evaluate([[], ranked[:8], ranked[:64]]))
+    (active, scores, ranked, table), (active2, scores2, ranked2, table2) = results.values()
+    assert active == active2 and len(active) > 100
+    torch.testing.assert_close(torch.tensor(scores2.values), torch.tensor(scores.values),
+                               rtol=1e-4, atol=1e-7)
+    assert ranked2[:8] == ranked[:8]
+    for column in ("kl", "logit_diff", "edit_magnitude"):
+        torch.testing.assert_close(torch.tensor(table2[column].values),
+                                   torch.tensor(table[column].values), rtol=1e-4, atol=1e-5)
+    assert table["kl"].iloc[2] < table["kl"].iloc[0]
 
 
 def test_scans_over_many_prompts_keep_fixed_blocks_and_stream_metrics(tiny, one_thread):
