@@ -24,6 +24,7 @@ from featcircuits.engine.memory import (
     rows_per_chunk,
     scan_rows,
 )
+from featcircuits.errors import ParameterError
 from featcircuits.model.loading import check_positions, model_device, trace
 from featcircuits.model.sites import Site
 from featcircuits.tasks.prompts import PromptPairs, tokenize_prompts
@@ -164,6 +165,8 @@ class RunCache:
         """``{site: [p, pos, d]}`` activations of ``run`` (``"clean"`` or ``"corrupt"``)
         for the prompts ``prompts`` (a slice or ids ``[p]``): kept ones indexed, others
         read by forwards of at most ``chunk_prompts`` distinct prompts."""
+        if run not in self._kept:
+            raise ParameterError(f"unknown run {run!r}", hint="use 'clean' or 'corrupt'")
         kept = self._kept[run]
         if kept is not None:
             return {site: value[prompts] for site, value in kept.items()}

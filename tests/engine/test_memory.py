@@ -273,6 +273,8 @@ def test_run_cache_streams_the_activations_it_does_not_keep(tiny, one_thread):
         assert streamed.chunks_run - before == -(-40 // streamed.chunk_prompts)
         assert ours.select("resid_out.2", torch.tensor([], dtype=torch.long)).shape == (
             0, width, 128)
+    with pytest.raises(ParameterError, match="unknown run 'patched'"):
+        streamed.activations("patched", slice(0, 2))
     sae = RandomBasis(128, n_features=256, seed=2, site="resid_out.2")
     results = {}
     for name, cache in (("kept", kept), ("streamed", streamed)):
