@@ -89,8 +89,8 @@ class RunCache:
                                                                      backward=False))
         self.chunks_run = 0
         self._recent: tuple[tuple, dict[str, torch.Tensor]] | None = None
-        self.clean_logits, kept = self._run(model, "clean", keep=True)
-        self.corrupt_logits, _ = self._run(model, "corrupt", keep=False)
+        self.clean_logits, kept = self._run("clean", keep=True)
+        self.corrupt_logits, _ = self._run("corrupt", keep=False)
         self._kept: dict[str, dict[str, torch.Tensor] | None] = {"clean": kept,
                                                                  "corrupt": None}
         self.clean_activations = RunActivations(self, "clean")
@@ -106,8 +106,7 @@ class RunCache:
         return self.prompts.clean_ids if run == "clean" else self.prompts.corrupt_ids
 
     @torch.no_grad()
-    def _run(self, model, run: str, *, keep: bool
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    def _run(self, run: str, *, keep: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         """Logits ``[n, vocab]`` of the run, and (``keep`` and while they fit the keep
         budget) ``{site: [n, pos, d]}``; every chunk's activations are checked finite."""
         input_ids = self._ids(run)
@@ -116,9 +115,8 @@ class RunCache:
         activations: dict[str, torch.Tensor] | None = None
         for start in range(0, n, self.chunk_prompts):
             chunk = slice(start, min(n, start + self.chunk_prompts))
-            chunk_logits, chunk_activations = self._run_chunk(model, input_ids[chunk],
-                                                              self.prompts.final_positions[chunk])
-            self.chunks_run += 1
+            chunk_logits, chunk_activations = self._forward(input_ids[chunk],
+                                                            self.prompts.final_positions[chunk])
             if logits is None:  # preallocated once, filled chunk by chunk
                 logits = chunk_logits.new_empty((n, *chunk_logits.shape[1:]))
                 needed = sum(n * value[0].numel() * value.element_size()
@@ -139,25 +137,24 @@ class RunCache:
             release_freed_memory()  # the chunk's intermediates (docs/memory.md)
         return logits, activations
 
-    def _run_chunk(self, model, input_ids: torch.Tensor, final: torch.Tensor
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _forward(self, input_ids: torch.Tensor, final: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """One forward of ``[p, T]`` prompts: ``{site: [p, pos, d]}`` and, given the answer
+        positions ``final [p]``, the logits there ``[p, vocab]`` (else ``None``: the
+        forward stops after the deepest site)."""
+        model = self._model
         activations: list[torch.Tensor] = []
-        with trace(model, input_ids):
+        logits = None
+        with trace(model, input_ids) as tracer:
             for site in self.sites:
                 activations.append(Site.parse(site).read(model).save())
-            rows = torch.arange(len(final), device=final.device)
-            logits = model.output.logits[rows, final].float().save()
-        return logits, dict(zip(self.sites, activations))
-
-    def _read_chunk(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
-        """``[p, pos, d]`` per site of one forward stopped after the deepest site."""
-        activations: list[torch.Tensor] = []
-        with trace(self._model, input_ids) as tracer:
-            for site in self.sites:
-                activations.append(Site.parse(site).read(self._model).save())
-            tracer.stop()  # nothing after the deepest site is read
+            if final is None:
+                tracer.stop()  # nothing after the deepest site is read
+            else:
+                rows = torch.arange(len(final), device=final.device)
+                logits = model.output.logits[rows, final].float().save()
         self.chunks_run += 1
-        return activations
+        return logits, dict(zip(self.sites, activations))
 
     @torch.no_grad()
     def activations(self, run: str, prompts: slice | torch.Tensor = slice(None)
@@ -170,28 +167,28 @@ class RunCache:
         kept = self._kept[run]
         if kept is not None:
             return {site: value[prompts] for site, value in kept.items()}
-        n = len(self.prompts)
+        key, gather = None, None
         if isinstance(prompts, slice):
-            key = (run, *prompts.indices(n))
+            key = (run, *prompts.indices(len(self.prompts)))
             if self._recent is not None and self._recent[0] == key:
                 return self._recent[1]
-            index = torch.arange(n, device=self.prompts.device)[prompts]
-            distinct, gather = index, None
-        else:
-            key = None
-            index = torch.as_tensor(prompts, device=self.prompts.device).long()
-            distinct, gather = torch.unique(index, return_inverse=True)
+            ids = self._ids(run)[prompts]
+        else:  # ids, perhaps repeated: each distinct prompt runs once
+            distinct, gather = torch.unique(
+                torch.as_tensor(prompts, device=self.prompts.device).long(),
+                return_inverse=True)
+            ids = self._ids(run)[distinct]
         self._recent = None  # the previous block is not held beside this one
-        # no prompts: one is read for the shapes, and none of its rows returned
-        ids = self._ids(run)[distinct] if len(distinct) else self._ids(run)[:1]
-        chunks = [self._read_chunk(ids[start:start + self.chunk_prompts])
+        count = len(ids)
+        if not count:  # one prompt is read for the shapes, none of its rows returned
+            ids = self._ids(run)[:1]
+        chunks = [self._forward(ids[start:start + self.chunk_prompts])[1]
                   for start in range(0, len(ids), self.chunk_prompts)]
-        values = {site: (torch.cat([chunk[i] for chunk in chunks]) if len(chunks) > 1
-                         else chunks[0][i])[:len(distinct)]
-                  for i, site in enumerate(self.sites)}
+        values = {site: torch.cat([chunk[site] for chunk in chunks])[:count]
+                  for site in self.sites}
         if gather is not None:
             values = {site: value[gather] for site, value in values.items()}
-        if key is not None and len(index) <= SCAN_ROWS:
+        if key is not None and count <= SCAN_ROWS:
             self._recent = (key, values)
         return values
 
